@@ -1,0 +1,54 @@
+# sigma: error bars for Keras networks. `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+EXTRAS := notebooks,distributed,dev
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+REPORTS := reports
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: help env test test-unit test-notebooks run notebooks lint format bench clean
+
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+env: $(STAMP) ## create .venv (plain venv + pip, from pyproject.toml) if missing
+
+test: $(STAMP) ## run the whole test suite (unit tier, then notebooks with small parameters)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP) ## unit tier only (fast)
+	$(PY) -m pytest -q -m "not notebook"
+
+test-notebooks: $(STAMP) ## notebook tier only: papermill with small parameters
+	$(PY) -m pytest -q -m notebook
+
+run: $(STAMP) ## execute every notebook at its defaults into reports/ and render HTML
+	$(PY) -m sigma.reports run $(NOTEBOOKS) --out $(REPORTS)
+
+lint: $(STAMP) ## ruff check then ruff format --check
+	$(PY) -m ruff check sigma tests bench notebooks
+	$(PY) -m ruff format --check sigma tests bench notebooks
+
+format: $(STAMP) ## ruff check --fix then ruff format
+	$(PY) -m ruff check --fix sigma tests bench notebooks
+	$(PY) -m ruff format sigma tests bench notebooks
+
+bench: $(STAMP) ## print the benchmark tables (bench/*.py)
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## remove generated reports, caches and paired .ipynb files (keeps .venv)
+	rm -rf $(REPORTS) .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	rm -f notebooks/*.ipynb

@@ -1,0 +1,119 @@
+"""Validation at the API boundary: clear ValueErrors that name the argument.
+
+Every public function of :mod:`sigma` calls these before touching TensorFlow, so that bad input
+never surfaces as a stack trace from deep inside a graph.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+import numpy as np
+
+
+def check_model(model, name: str = "model") -> None:
+    """Raise if ``model`` is not a built Keras model with trainable weights."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{name} must be a keras.Model, got {type(model).__name__}")
+    if not model.built or not model.weights:
+        raise ValueError(
+            f"{name} is not built: call it once on data or call "
+            f"{name}.build(input_shape) before asking for its curvature"
+        )
+    if not model.trainable_variables:
+        raise ValueError(f"{name} has no trainable weights")
+    dtypes = {v.dtype for v in model.trainable_variables}
+    if len(dtypes) != 1:
+        raise ValueError(
+            f"{name} mixes trainable weight dtypes {sorted(dtypes)}: use one dtype for all "
+            "trainable weights (e.g. build it under keras.config.set_dtype_policy('float64'))"
+        )
+
+
+def model_dtype(model) -> str:
+    """The (single) dtype of the model's trainable weights, e.g. 'float32'."""
+    return str(model.trainable_variables[0].dtype)
+
+
+def as_array(value, name: str, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Convert to a float NumPy array, refusing NaN/inf and the wrong rank."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if arr.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have rank {want}, got shape {arr.shape}")
+    if arr.size and not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return arr
+
+
+def check_inputs(model, x, name: str = "x") -> np.ndarray:
+    """Check ``x`` against the model's input shape (when the model declares one)."""
+    arr = as_array(x, name)
+    if arr.ndim < 1 or arr.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample along axis 0, got shape {arr.shape}")
+    expected = _declared_input_shape(model)
+    if expected is not None:
+        if arr.ndim != len(expected):
+            raise ValueError(
+                f"{name} must have rank {len(expected)} (samples, {', '.join(map(str, expected[1:]))}) "
+                f"to match the model's input, got shape {arr.shape}"
+            )
+        for got, want in zip(arr.shape[1:], expected[1:], strict=True):
+            if want is not None and got != want:
+                raise ValueError(
+                    f"{name} has shape {arr.shape}, but the model expects (N, "
+                    f"{', '.join(str(d) for d in expected[1:])})"
+                )
+    return arr
+
+
+def check_targets(y, n: int, k: int, name: str = "y") -> np.ndarray:
+    """Check regression targets: shape (n, k), finite."""
+    arr = as_array(y, name, ndim=(1, 2))
+    if arr.ndim == 1:
+        if k != 1:
+            raise ValueError(
+                f"{name} must have shape (N, K) = ({n}, {k}) to match the model's {k} outputs, "
+                f"got shape {arr.shape}"
+            )
+        arr = arr[:, None]
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} rows but x has {n}: they must match")
+    if arr.shape[1] != k:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} columns but the model has {k} outputs: "
+            f"expected shape ({n}, {k})"
+        )
+    return arr
+
+
+def check_precision(value, name: str, *, allow_zero: bool) -> float:
+    """A prior/noise precision: a finite real, > 0 (or >= 0 when ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        op = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {op}, got {value}")
+    return value
+
+
+def _declared_input_shape(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape)

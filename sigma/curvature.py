@@ -1,0 +1,126 @@
+"""Curvature of the summed data error by automatic differentiation (shared/design/MATH.md).
+
+All functions take a built Keras model and arrays, differentiate the pure function
+f(w, x) of :func:`sigma.params.functional_forward` with respect to the flat weight vector w
+(order: ``model.trainable_variables`` flattened row-major, concatenated; length P), and return
+float64 NumPy arrays. Each builds one ``tf.function`` per call, traced once with a batch
+dimension of ``None``, and reuses it over batches of the data.
+
+    E_D(w) = ½ Σ_n Σ_k (f_k(x_n; w) − t_nk)²          (summed, not averaged)
+    H      = ∇² E_D(w)                                  (exact Hessian, nested tapes)
+    G      = Σ_n J_nᵀ J_n,   J_n = ∂f(x_n)/∂w  (K×P)    (Gauss–Newton)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from sigma._checks import check_inputs, check_model, check_targets, model_dtype
+from sigma.params import flat_weights, functional_forward, num_params
+
+# Default cap on the elements of one batch's Jacobian or Hessian intermediate (~256 MB float64).
+_ELEMENT_BUDGET = 2**25
+
+
+def num_outputs(model, x) -> int:
+    """K, the number of outputs per sample (the model's output flattened per sample)."""
+    out = model(np.asarray(x[:1]).astype(model_dtype(model)), training=False)
+    return int(np.prod(out.shape[1:]))
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def _auto_batch(n: int, per_sample: int, batch_size: int | None) -> int:
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        return int(batch_size)
+    return int(max(1, min(n, _ELEMENT_BUDGET // max(per_sample, 1))))
+
+
+def _spec(model, arr) -> tf.TensorSpec:
+    return tf.TensorSpec([None, *arr.shape[1:]], model_dtype(model))
+
+
+def prepare(model, x, y=None):
+    """Validate (model, x[, y]) and return (x, y, K) with x, y cast to the model dtype."""
+    check_model(model)
+    x = check_inputs(model, x).astype(model_dtype(model))
+    k = num_outputs(model, x)
+    if y is not None:
+        y = check_targets(y, x.shape[0], k).astype(model_dtype(model))
+    return x, y, k
+
+
+def data_error(model, x, y) -> float:
+    """E_D = ½ Σ_n Σ_k (f_k(x_n) − t_nk)² at the current weights (float64)."""
+    x, y, _ = prepare(model, x, y)
+    f = np.asarray(model.predict(x, verbose=0, batch_size=4096), dtype=np.float64)
+    return 0.5 * float(np.sum((f.reshape(y.shape) - y.astype(np.float64)) ** 2))
+
+
+def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:
+    """J with J[n, k, p] = ∂f_k(x_n)/∂w_p at the current weights; shape (N, K, P), float64.
+
+    Vectorised over the batch and outputs (``GradientTape.jacobian`` with pfor), no Python
+    loop over samples or weights.
+    """
+    x, _, k = prepare(model, x)
+    p = num_params(model)
+    forward = functional_forward(model)
+    w = tf.constant(flat_weights(model))
+
+    @tf.function(input_signature=[_spec(model, x)], reduce_retracing=True)
+    def jac(xb):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            f = forward(w, xb)
+        return tape.jacobian(f, w, experimental_use_pfor=True)
+
+    bs = _auto_batch(len(x), k * p, batch_size)
+    return np.concatenate([jac(x[s]).numpy().astype(np.float64) for s in _batches(len(x), bs)])
+
+
+def gauss_newton(model, x, *, batch_size: int | None = None) -> np.ndarray:
+    """G = Σ_n J_nᵀ J_n, shape (P, P), float64. Positive semi-definite by construction."""
+    x, _, k = prepare(model, x)
+    p = num_params(model)
+    g = np.zeros((p, p))
+    bs = _auto_batch(len(x), k * p, batch_size)
+    for s in _batches(len(x), bs):
+        j = output_jacobian(model, x[s], batch_size=bs).reshape(-1, p)
+        g += j.T @ j
+    return g
+
+
+def hessian(model, x, y, *, batch_size: int | None = None) -> np.ndarray:
+    """H = ∇²E_D at the current weights by nested GradientTapes; shape (P, P), float64.
+
+    The inner tape gives the gradient g(w) of E_D; the outer tape's vectorised ``jacobian``
+    differentiates all P components of g at once (no Python loop over P). The data are
+    summed over batches of ``batch_size`` samples through one traced function.
+    """
+    x, y, _ = prepare(model, x, y)
+    p = num_params(model)
+    forward = functional_forward(model)
+    w = tf.constant(flat_weights(model))
+
+    @tf.function(input_signature=[_spec(model, x), _spec(model, y)], reduce_retracing=True)
+    def hess(xb, yb):
+        with tf.GradientTape() as outer:
+            outer.watch(w)
+            with tf.GradientTape() as inner:
+                inner.watch(w)
+                e = 0.5 * tf.reduce_sum(tf.square(forward(w, xb) - yb))
+            g = inner.gradient(e, w)
+        return outer.jacobian(g, w, experimental_use_pfor=True)
+
+    bs = _auto_batch(len(x), 64 * p, batch_size)
+    h = np.zeros((p, p))
+    for s in _batches(len(x), bs):
+        h += hess(x[s], y[s]).numpy().astype(np.float64)
+    return 0.5 * (h + h.T)

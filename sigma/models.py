@@ -1,0 +1,75 @@
+"""Building and training the notebook's networks, with a real choice of float precision.
+
+Keras 3 caches its dtype policy: ``keras.config.set_floatx`` alone does not change the dtype of
+new layers. :func:`mlp` passes ``dtype`` to every layer so float64 models are float64 for real.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def mlp(
+    n_inputs: int,
+    hidden: int | tuple[int, ...] = 4,
+    n_outputs: int = 3,
+    *,
+    activation: str = "sigmoid",
+    output_activation: str = "linear",
+    dtype: str = "float32",
+    seed: int = 0,
+) -> keras.Model:
+    """A built Sequential MLP: ``n_inputs → hidden... (activation) → n_outputs``.
+
+    The original notebook's network is ``mlp(4, 4, 3)``: 4 sigmoid units, 3 linear outputs,
+    35 weights.
+    """
+    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    if any(int(h) < 1 for h in hidden):
+        raise ValueError(f"hidden must be positive layer widths, got {hidden}")
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((n_inputs,), dtype=dtype)]
+    layers += [keras.layers.Dense(int(h), activation=activation, dtype=dtype) for h in hidden]
+    layers += [keras.layers.Dense(n_outputs, activation=output_activation, dtype=dtype)]
+    return keras.Sequential(layers)
+
+
+def train(
+    model: keras.Model,
+    x,
+    y,
+    *,
+    epochs: int = 20,
+    batch_size: int = 1,
+    learning_rate: float = 1e-3,
+    loss: str = "mean_squared_error",
+    seed: int = 0,
+    validation_data=None,
+    verbose: int = 0,
+) -> keras.callbacks.History:
+    """Compile with RMSprop and fit, as the original notebook (MSE, batch 1, 20 epochs)."""
+    keras.utils.set_random_seed(seed)
+    metrics = ["accuracy"] if loss != "mean_squared_error" else ["categorical_accuracy"]
+    model.compile(loss=loss, optimizer=keras.optimizers.RMSprop(learning_rate), metrics=metrics)
+    dtype = model.trainable_variables[0].dtype
+    if validation_data is not None:
+        validation_data = tuple(np.asarray(v, dtype=dtype) for v in validation_data)
+    return model.fit(
+        np.asarray(x, dtype=dtype),
+        np.asarray(y, dtype=dtype),
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=validation_data,
+        verbose=verbose,
+        shuffle=True,
+    )
+
+
+def reinitialised_copy(model: keras.Model, seed: int = 1) -> keras.Model:
+    """Same architecture, fresh random weights: what the original notebook's
+    ``tf.initialize_all_variables()`` silently did before taking output gradients."""
+    keras.utils.set_random_seed(seed)
+    clone = keras.models.clone_model(model)
+    clone.build(model.inputs[0].shape if model.inputs else None)
+    return clone

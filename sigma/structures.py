@@ -1,0 +1,95 @@
+"""Structures of the posterior precision A = α I + β C (shared/design/MATH.md, "Structures").
+
+A structure holds the curvature C of the data term in some approximate form and answers the
+three questions the rest of the package asks, whatever the form:
+
+* ``eigenvalues`` — the eigenvalues of C (length r ≤ P; the P − r others are zero). The log
+  evidence, ln|A| and the effective number of parameters γ follow from them for any α, β.
+* ``predictive_variance(model, x, alpha, beta)`` — diag of J(x) A⁻¹ J(x)ᵀ per sample, (N, K).
+* ``predictive_covariance(model, x, alpha, beta)`` — J(x) A⁻¹ J(x)ᵀ, (N, K, K).
+
+Changing α or β never refits the curvature: each structure keeps C eigen-decomposed, so A⁻¹ is
+diagonal in that basis. New structures subclass :class:`Structure` and register in
+:data:`STRUCTURES`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sigma.curvature import _auto_batch, _batches, gauss_newton, hessian, output_jacobian
+from sigma.params import num_params
+
+
+class Structure:
+    """Base class: a fitted curvature C in some structure."""
+
+    name = "base"
+
+    def fit(self, model, x, y, *, curvature: str, batch_size: int | None) -> Structure:
+        raise NotImplementedError
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of C, shape (r,), r ≤ P (the remaining P − r are zero)."""
+        raise NotImplementedError
+
+    def logdet(self, alpha: float, beta: float) -> float:
+        """ln|α I + β C| from the eigenvalues of C."""
+        lam = self.eigenvalues
+        return float(np.sum(np.log(alpha + beta * lam)) + (self.n_params - lam.size) * np.log(alpha))
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None) -> np.ndarray:
+        cov = self.predictive_covariance(model, x, alpha, beta, batch_size=batch_size)
+        return np.einsum("nkk->nk", cov)
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Full(Structure):
+    """The full P×P curvature, eigen-decomposed once: C = V diag(c) Vᵀ.
+
+    A⁻¹ = V diag(1/(α + β c)) Vᵀ, so J A⁻¹ Jᵀ = (J V) diag(1/(α + β c)) (J V)ᵀ.
+    Memory P²; the reference for every other structure.
+    """
+
+    name = "full"
+
+    def fit(self, model, x, y, *, curvature, batch_size):
+        self.n_params = num_params(model)
+        if curvature == "ggn":
+            c = gauss_newton(model, x, batch_size=batch_size)
+        elif curvature == "hessian":
+            c = hessian(model, x, y, batch_size=batch_size)
+        else:  # pragma: no cover - validated by Laplace
+            raise ValueError(f"curvature must be 'ggn' or 'hessian', got {curvature!r}")
+        self.matrix = c
+        self._eig, self._vecs = np.linalg.eigh(c)
+        return self
+
+    @property
+    def eigenvalues(self):
+        return self._eig
+
+    def _projected(self, model, x, batch_size):
+        """Yield J(x) V for batches of x: (B, K, P)."""
+        k = int(np.prod(model(np.asarray(x[:1]), training=False).shape[1:]))
+        bs = _auto_batch(len(x), 2 * k * self.n_params, batch_size)
+        for s in _batches(len(x), bs):
+            yield output_jacobian(model, x[s], batch_size=bs) @ self._vecs
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        return np.concatenate(
+            [np.einsum("nkp,p->nk", jv**2, inv) for jv in self._projected(model, x, batch_size)]
+        )
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        return np.concatenate(
+            [np.einsum("nkp,p,njp->nkj", jv, inv, jv) for jv in self._projected(model, x, batch_size)]
+        )
+
+
+STRUCTURES: dict[str, type[Structure]] = {"full": Full}
