@@ -56,11 +56,17 @@ def prepare(model, x, y=None):
     return x, y, k
 
 
+def outputs(model, x, *, batch_size: int = 4096) -> np.ndarray:
+    """f(x) at the current weights in inference mode, (N, K) float64, computed in the model's
+    own dtype (``model.predict`` would cast float64 inputs to Keras' floatx)."""
+    f = [model(x[s], training=False) for s in _batches(len(x), batch_size)]
+    return np.concatenate([np.asarray(b, dtype=np.float64).reshape(len(b), -1) for b in f])
+
+
 def data_error(model, x, y) -> float:
     """E_D = ½ Σ_n Σ_k (f_k(x_n) − t_nk)² at the current weights (float64)."""
     x, y, _ = prepare(model, x, y)
-    f = np.asarray(model.predict(x, verbose=0, batch_size=4096), dtype=np.float64)
-    return 0.5 * float(np.sum((f.reshape(y.shape) - y.astype(np.float64)) ** 2))
+    return 0.5 * float(np.sum((outputs(model, x) - y.astype(np.float64)) ** 2))
 
 
 def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigma._checks import check_inputs, check_precision, model_dtype
-from sigma.curvature import data_error, prepare
+from sigma.curvature import data_error, outputs, prepare
 from sigma.params import flat_weights, num_params
 from sigma.structures import STRUCTURES
 
@@ -121,13 +121,13 @@ class Laplace:
         with ``noise=False`` only the weight-uncertainty part ``gᵀA⁻¹g``.
         """
         x = self._inputs(x)
-        mean = np.asarray(self.model.predict(x, verbose=0, batch_size=4096), dtype=np.float64)
+        mean = outputs(self.model, x)
         var = self.structure.predictive_variance(
             self.model, x, self._alpha, self._beta, batch_size=batch_size
         )
         if noise:
             var = var + 1.0 / self._beta
-        return mean.reshape(len(x), -1), np.sqrt(var)
+        return mean, np.sqrt(var)
 
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
         """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64."""

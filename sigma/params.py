@@ -48,9 +48,11 @@ def functional_forward(model):
     statistics) is read from the model as it is.
     """
     non_trainable = [v.value for v in model.non_trainable_variables]
+    # Model.__call__ drops `training` for a call() without it; stateless_call does not.
+    kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
 
     def forward(w_flat, x):
-        out, _ = model.stateless_call(unflatten(model, w_flat), non_trainable, x, training=False)
+        out, _ = model.stateless_call(unflatten(model, w_flat), non_trainable, x, **kwargs)
         return tf.reshape(out, (tf.shape(out)[0], -1))
 
     return forward

@@ -1,0 +1,43 @@
+"""Shared tiny, seeded models. Float64 models are built with an explicit layer dtype
+(Keras 3 caches its dtype policy, so keras.config.set_floatx alone would not do it)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def make_mlp(n_in=3, hidden=(5, 4), n_out=2, dtype="float64", seed=0, activation="tanh"):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((n_in,), dtype=dtype)]
+    layers += [keras.layers.Dense(h, activation=activation, dtype=dtype) for h in hidden]
+    layers += [keras.layers.Dense(n_out, dtype=dtype)]
+    return keras.Sequential(layers)
+
+
+def make_linear(n_in=3, n_out=2, dtype="float64", seed=0, use_bias=True):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((n_in,), dtype=dtype), keras.layers.Dense(n_out, use_bias=use_bias, dtype=dtype)]
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def mlp64():
+    return make_mlp()
+
+
+@pytest.fixture
+def data(rng):
+    x = rng.normal(size=(12, 3))
+    y = rng.normal(size=(12, 2))
+    return x, y

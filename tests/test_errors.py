@@ -1,0 +1,114 @@
+"""Every bad input gets a ValueError that names the argument and what was expected."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_mlp
+
+import sigma
+
+
+@pytest.fixture
+def xy(rng):
+    return rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf(mlp64, xy, where, bad):
+    x, y = (a.copy() for a in xy)
+    (x if where == "x" else y)[3, 1] = bad
+    for call in (
+        lambda: sigma.hessian(mlp64, x, y),
+        lambda: sigma.Laplace(mlp64, x, y),
+    ):
+        with pytest.raises(ValueError, match=rf"^{where} contains 1 NaN or infinite"):
+            call()
+    if where == "x":
+        with pytest.raises(ValueError, match="^x contains"):
+            sigma.output_jacobian(mlp64, x)
+        with pytest.raises(ValueError, match="^x contains"):
+            sigma.Laplace(mlp64, *xy).predict(x)
+
+
+def test_wrong_rank_or_feature_count(mlp64, xy):
+    x, y = xy
+    with pytest.raises(ValueError, match=r"^x must have rank 2"):
+        sigma.hessian(mlp64, x[:, :, None], y)
+    with pytest.raises(ValueError, match=r"^x has shape \(10, 4\).*expects \(N, 3\)"):
+        sigma.gauss_newton(mlp64, np.c_[x, x[:, :1]])
+    with pytest.raises(ValueError, match=r"^y must have rank 1 or 2"):
+        sigma.hessian(mlp64, x, y[:, :, None])
+
+
+def test_wrong_length(mlp64, xy):
+    x, y = xy
+    with pytest.raises(ValueError, match=r"^y has 9 rows but x has 10"):
+        sigma.Laplace(mlp64, x, y[:9])
+
+
+def test_wrong_number_of_output_columns(mlp64, xy):
+    x, y = xy
+    with pytest.raises(ValueError, match=r"^y has 3 columns but the model has 2 outputs"):
+        sigma.hessian(mlp64, x, np.c_[y, y[:, :1]])
+    with pytest.raises(ValueError, match=r"^y must have shape \(N, K\) = \(10, 2\)"):
+        sigma.Laplace(mlp64, x, y[:, 0])
+
+
+def test_unbuilt_model(xy):
+    x, y = xy
+    model = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"^model is not built"):
+        sigma.Laplace(model, x, y)
+    with pytest.raises(ValueError, match=r"^model must be a keras.Model"):
+        sigma.hessian("not a model", x, y)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": -1.0}, r"^alpha must be a finite number >= 0, got -1.0"),
+        ({"beta": 0.0}, r"^beta must be a finite number > 0, got 0.0"),
+        ({"beta": -2.0}, r"^beta must be a finite number > 0"),
+        ({"beta": float("nan")}, r"^beta must be a finite number > 0"),
+        ({"alpha": "1"}, r"^alpha must be a real number"),
+        ({"curvature": "fisher"}, r"^curvature must be one of \('ggn', 'hessian'\)"),
+        ({"structure": "banded"}, r"^structure must be one of"),
+    ],
+)
+def test_bad_laplace_arguments(mlp64, xy, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sigma.Laplace(mlp64, *xy, **kwargs)
+
+
+def test_bad_precision_assignment_is_refused(mlp64, xy):
+    la = sigma.Laplace(mlp64, *xy)
+    with pytest.raises(ValueError, match="^beta must be"):
+        la.beta = 0
+    assert la.beta == 1.0
+
+
+def test_indefinite_hessian_posterior_says_how_to_fix(rng):
+    """Far from a minimum the exact Hessian has negative eigenvalues; A must then be refused."""
+    model = make_mlp(hidden=(6,), seed=3)
+    x = rng.normal(size=(20, 3))
+    y = 5.0 + 3.0 * rng.normal(size=(20, 2))  # large residuals at random weights
+    lam = np.linalg.eigvalsh(sigma.hessian(model, x, y))
+    assert lam.min() < 0
+    with pytest.raises(ValueError, match=r"not positive definite.*curvature='ggn'.*alpha >"):
+        sigma.Laplace(model, x, y, curvature="hessian", alpha=1e-3, beta=1.0)
+    # the advertised fixes work
+    sigma.Laplace(model, x, y, curvature="ggn", alpha=1e-3, beta=1.0)
+    sigma.Laplace(model, x, y, curvature="hessian", alpha=-lam.min() * 1.01 + 1e-6, beta=1.0)
+
+
+def test_bad_batch_size(mlp64, xy):
+    with pytest.raises(ValueError, match="^batch_size must be a positive integer"):
+        sigma.gauss_newton(mlp64, xy[0], batch_size=0)
+
+
+def test_seed_sigma_refuses_nonpositive_diagonal():
+    with pytest.raises(ValueError, match="^hessian_diag has 1 zero or negative"):
+        sigma.seed_sigma(np.array([1.0, 0.0]), np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"^output_gradients must have shape \(K, 2\)"):
+        sigma.seed_sigma(np.array([1.0, 2.0]), np.ones((3, 4)))
