@@ -78,26 +78,6 @@ def check_inputs(model, x, name: str = "x") -> np.ndarray:
     return arr
 
 
-def check_targets(y, n: int, k: int, name: str = "y") -> np.ndarray:
-    """Check regression targets: shape (n, k), finite."""
-    arr = as_array(y, name, ndim=(1, 2))
-    if arr.ndim == 1:
-        if k != 1:
-            raise ValueError(
-                f"{name} must have shape (N, K) = ({n}, {k}) to match the model's {k} outputs, "
-                f"got shape {arr.shape}"
-            )
-        arr = arr[:, None]
-    if arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} rows but x has {n}: they must match")
-    if arr.shape[1] != k:
-        raise ValueError(
-            f"{name} has {arr.shape[1]} columns but the model has {k} outputs: "
-            f"expected shape ({n}, {k})"
-        )
-    return arr
-
-
 def check_precision(value, name: str, *, allow_zero: bool) -> float:
     """A prior/noise precision: a finite real, > 0 (or >= 0 when ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

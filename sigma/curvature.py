@@ -9,6 +9,9 @@ dimension of ``None``, and reuses it over batches of the data.
     E_D(w) = ½ Σ_n Σ_k (f_k(x_n; w) − t_nk)²          (summed, not averaged)
     H      = ∇² E_D(w)                                  (exact Hessian, nested tapes)
     G      = Σ_n J_nᵀ J_n,   J_n = ∂f(x_n)/∂w  (K×P)    (Gauss–Newton)
+
+With ``likelihood="classification"`` the data term is the cross-entropy on logits and the
+Gauss–Newton matrix is the generalised one, Σ_n J_nᵀ Λ_n J_n (see :mod:`sigma.likelihoods`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from sigma._checks import check_inputs, check_model, check_targets, model_dtype
+from sigma import likelihoods
+from sigma._checks import check_inputs, check_model, model_dtype
 from sigma.params import flat_weights, functional_forward, num_params
 
 # Default cap on the elements of one batch's Jacobian or Hessian intermediate (~256 MB float64).
@@ -46,13 +50,17 @@ def _spec(model, arr) -> tf.TensorSpec:
     return tf.TensorSpec([None, *arr.shape[1:]], model_dtype(model))
 
 
-def prepare(model, x, y=None):
-    """Validate (model, x[, y]) and return (x, y, K) with x, y cast to the model dtype."""
+def prepare(model, x, y=None, likelihood="regression"):
+    """Validate (model, x[, y]) and return (x, y, K) with x, y cast to the model dtype.
+
+    Targets are checked (and integer labels one-hot encoded) by the likelihood.
+    """
+    lik = likelihoods.get(likelihood)
     check_model(model)
     x = check_inputs(model, x).astype(model_dtype(model))
     k = num_outputs(model, x)
     if y is not None:
-        y = check_targets(y, x.shape[0], k).astype(model_dtype(model))
+        y = lik.targets(y, x.shape[0], k).astype(model_dtype(model))
     return x, y, k
 
 
@@ -63,10 +71,12 @@ def outputs(model, x, *, batch_size: int = 4096) -> np.ndarray:
     return np.concatenate([np.asarray(b, dtype=np.float64).reshape(len(b), -1) for b in f])
 
 
-def data_error(model, x, y) -> float:
-    """E_D = ½ Σ_n Σ_k (f_k(x_n) − t_nk)² at the current weights (float64)."""
-    x, y, _ = prepare(model, x, y)
-    return 0.5 * float(np.sum((outputs(model, x) - y.astype(np.float64)) ** 2))
+def data_error(model, x, y, *, likelihood="regression") -> float:
+    """The summed data term at the current weights (float64): E_D = ½ Σ_n Σ_k (f_k(x_n) − t_nk)²
+    for regression, the cross-entropy −Σ t log softmax(f) for classification."""
+    lik = likelihoods.get(likelihood)
+    x, y, _ = prepare(model, x, y, lik)
+    return float(lik.data_error(tf.constant(outputs(model, x)), tf.constant(y, tf.float64)))
 
 
 def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:
@@ -91,26 +101,42 @@ def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:
     return np.concatenate([jac(x[s]).numpy().astype(np.float64) for s in _batches(len(x), bs)])
 
 
-def gauss_newton(model, x, *, batch_size: int | None = None) -> np.ndarray:
-    """G = Σ_n J_nᵀ J_n, shape (P, P), float64. Positive semi-definite by construction."""
+def gauss_newton(
+    model, x, *, likelihood="regression", batch_size: int | None = None
+) -> np.ndarray:
+    """G = Σ_n J_nᵀ Λ_n J_n, shape (P, P), float64; positive semi-definite by construction.
+
+    Λ_n = I for regression (G = Σ J_nᵀ J_n); the softmax Hessian diag(p) − p pᵀ for
+    classification, applied through its square root L_n as Σ (L_nᵀ J_n)ᵀ (L_nᵀ J_n).
+    """
+    lik = likelihoods.get(likelihood)
     x, _, k = prepare(model, x)
     p = num_params(model)
     g = np.zeros((p, p))
     bs = _auto_batch(len(x), k * p, batch_size)
     for s in _batches(len(x), bs):
-        j = output_jacobian(model, x[s], batch_size=bs).reshape(-1, p)
+        j = output_jacobian(model, x[s], batch_size=bs)
+        root = lik.hessian_sqrt(tf.constant(outputs(model, x[s]), tf.float64))
+        if root is not None:
+            j = np.einsum("bkj,bkp->bjp", root.numpy(), j)  # L_nᵀ J_n
+        j = j.reshape(-1, p)
         g += j.T @ j
     return g
 
 
-def hessian(model, x, y, *, batch_size: int | None = None) -> np.ndarray:
+def hessian(
+    model, x, y, *, likelihood="regression", batch_size: int | None = None
+) -> np.ndarray:
     """H = ∇²E_D at the current weights by nested GradientTapes; shape (P, P), float64.
+
+    (With ``likelihood="classification"``, the Hessian of the summed cross-entropy.)
 
     The inner tape gives the gradient g(w) of E_D; the outer tape's vectorised ``jacobian``
     differentiates all P components of g at once (no Python loop over P). The data are
     summed over batches of ``batch_size`` samples through one traced function.
     """
-    x, y, _ = prepare(model, x, y)
+    lik = likelihoods.get(likelihood)
+    x, y, _ = prepare(model, x, y, lik)
     p = num_params(model)
     forward = functional_forward(model)
     w = tf.constant(flat_weights(model))
@@ -121,7 +147,7 @@ def hessian(model, x, y, *, batch_size: int | None = None) -> np.ndarray:
             outer.watch(w)
             with tf.GradientTape() as inner:
                 inner.watch(w)
-                e = 0.5 * tf.reduce_sum(tf.square(forward(w, xb) - yb))
+                e = lik.data_error(forward(w, xb), yb)
             g = inner.gradient(e, w)
         return outer.jacobian(g, w, experimental_use_pfor=True)
 

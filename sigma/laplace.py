@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sigma import likelihoods
 from sigma._checks import check_inputs, check_precision, model_dtype
 from sigma.curvature import data_error, outputs, prepare
 from sigma.params import flat_weights, num_params
@@ -39,6 +40,7 @@ class Laplace:
         x,
         y,
         *,
+        likelihood: str = "regression",
         curvature: str = "ggn",
         structure: str = "full",
         alpha: float = 1.0,
@@ -51,16 +53,17 @@ class Laplace:
             raise ValueError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
         self._alpha = check_precision(alpha, "alpha", allow_zero=True)
         self._beta = check_precision(beta, "beta", allow_zero=False)
-        x, y, k = prepare(model, x, y)
+        self.likelihood = likelihoods.get(likelihood)
+        x, y, k = prepare(model, x, y, self.likelihood)
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
         self.n_data, self.n_outputs, self.n_params = len(x), k, num_params(model)
         self.w_map = flat_weights(model).astype(np.float64)
-        self.data_error = data_error(model, x, y)  # E_D
+        self.data_error = data_error(model, x, y, likelihood=self.likelihood)  # E_D
         self.weight_error = 0.5 * float(self.w_map @ self.w_map)  # E_W
         self.structure = STRUCTURES[structure]().fit(
-            model, x, y, curvature=curvature, batch_size=batch_size
+            model, x, y, likelihood=self.likelihood, curvature=curvature, batch_size=batch_size
         )
         self._check_positive_definite(self._alpha, self._beta)
 

@@ -26,7 +26,9 @@ class Structure:
 
     name = "base"
 
-    def fit(self, model, x, y, *, curvature: str, batch_size: int | None) -> Structure:
+    def fit(self, model, x, y, *, likelihood, curvature: str, batch_size: int | None) -> Structure:
+        """Accumulate C over (x, y): ``curvature`` is "ggn" or "hessian"; ``likelihood`` a
+        :mod:`sigma.likelihoods` object (its ``hessian_sqrt`` gives the GGN's Λ_n = L_n L_nᵀ)."""
         raise NotImplementedError
 
     @property
@@ -56,12 +58,12 @@ class Full(Structure):
 
     name = "full"
 
-    def fit(self, model, x, y, *, curvature, batch_size):
+    def fit(self, model, x, y, *, likelihood, curvature, batch_size):
         self.n_params = num_params(model)
         if curvature == "ggn":
-            c = gauss_newton(model, x, batch_size=batch_size)
+            c = gauss_newton(model, x, likelihood=likelihood, batch_size=batch_size)
         elif curvature == "hessian":
-            c = hessian(model, x, y, batch_size=batch_size)
+            c = hessian(model, x, y, likelihood=likelihood, batch_size=batch_size)
         else:  # pragma: no cover - validated by Laplace
             raise ValueError(f"curvature must be 'ggn' or 'hessian', got {curvature!r}")
         self.matrix = c
