@@ -1,0 +1,36 @@
+"""Run a jupytext notebook through papermill in a test (the notebook tier)."""
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def to_ipynb(source: Path, dest: Path) -> Path:
+    """Write the .ipynb twin of a jupytext percent script (keeps the `parameters` tag)."""
+    nbformat.write(jupytext.read(source), dest)
+    return dest
+
+
+def declared_parameters(source: Path, tmp_path: Path) -> dict:
+    """The parameters papermill finds in the notebook's `parameters` cell."""
+    return papermill.inspect_notebook(str(to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")))
+
+
+def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 300):
+    """Execute with papermill from the repo root; returns the executed notebook."""
+    src = to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")
+    out = tmp_path / f"{source.stem}.out.ipynb"
+    papermill.execute_notebook(
+        str(src),
+        str(out),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(ROOT),
+        execution_timeout=timeout,
+        progress_bar=False,
+    )
+    return nbformat.read(out, as_version=4)
