@@ -38,7 +38,14 @@ import numpy as np
 METRICS_FILE = "metrics.json"
 FAILED_DIR = "failed"  # <sweep>/failed/<run>/error.json: runs that raised (see sigma.sweep)
 ERROR_FILE = "error.json"
-VERSIONED_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "scipy", "sigma")
+# Recorded with every result; a name may be provided by several distributions (tensorflow-cpu).
+VERSIONED_PACKAGES = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "keras": ("keras",),
+    "numpy": ("numpy",),
+    "scipy": ("scipy",),
+    "sigma": ("sigma",),
+}
 
 
 def record_metrics(path, parameters: dict, metrics: dict, *, start: float | None = None) -> dict:
@@ -153,11 +160,14 @@ def git_state(cwd=None) -> tuple[str | None, bool | None]:
 def package_versions() -> dict[str, str | None]:
     """Versions of Python and the packages that shape a result (``None`` if not installed)."""
     versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    for name, distributions in VERSIONED_PACKAGES.items():
+        versions[name] = None
+        for dist in distributions:
+            try:
+                versions[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     return versions
 
 
