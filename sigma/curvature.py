@@ -79,6 +79,25 @@ def data_error(model, x, y, *, likelihood="regression") -> float:
     return float(lik.data_error(tf.constant(outputs(model, x)), tf.constant(y, tf.float64)))
 
 
+def jacobian_function(model, example):
+    """Trace once: ``xb -> (f, J)`` with f (B, K) and J (B, K, P) at the current weights.
+
+    ``example`` fixes the per-sample input shape; the batch dimension is ``None`` so batches of
+    any size (including the last, shorter one) reuse the same graph.
+    """
+    forward = functional_forward(model)
+    w = tf.constant(flat_weights(model))
+
+    @tf.function(input_signature=[_spec(model, example)])
+    def jac(xb):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            f = forward(w, xb)
+        return f, tape.jacobian(f, w, experimental_use_pfor=True)
+
+    return jac
+
+
 def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:
     """J with J[n, k, p] = ∂f_k(x_n)/∂w_p at the current weights; shape (N, K, P), float64.
 
@@ -86,19 +105,9 @@ def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:
     loop over samples or weights.
     """
     x, _, k = prepare(model, x)
-    p = num_params(model)
-    forward = functional_forward(model)
-    w = tf.constant(flat_weights(model))
-
-    @tf.function(input_signature=[_spec(model, x)], reduce_retracing=True)
-    def jac(xb):
-        with tf.GradientTape() as tape:
-            tape.watch(w)
-            f = forward(w, xb)
-        return tape.jacobian(f, w, experimental_use_pfor=True)
-
-    bs = _auto_batch(len(x), k * p, batch_size)
-    return np.concatenate([jac(x[s]).numpy().astype(np.float64) for s in _batches(len(x), bs)])
+    jac = jacobian_function(model, x)
+    bs = _auto_batch(len(x), k * num_params(model), batch_size)
+    return np.concatenate([jac(x[s])[1].numpy().astype(np.float64) for s in _batches(len(x), bs)])
 
 
 def gauss_newton(
@@ -112,11 +121,11 @@ def gauss_newton(
     lik = likelihoods.get(likelihood)
     x, _, k = prepare(model, x)
     p = num_params(model)
+    jac = jacobian_function(model, x)
     g = np.zeros((p, p))
-    bs = _auto_batch(len(x), k * p, batch_size)
-    for s in _batches(len(x), bs):
-        j = output_jacobian(model, x[s], batch_size=bs)
-        root = lik.hessian_sqrt(tf.constant(outputs(model, x[s]), tf.float64))
+    for s in _batches(len(x), _auto_batch(len(x), k * p, batch_size)):
+        f, j = (t.numpy().astype(np.float64) for t in jac(x[s]))
+        root = lik.hessian_sqrt(tf.constant(f))
         if root is not None:
             j = np.einsum("bkj,bkp->bjp", root.numpy(), j)  # L_nᵀ J_n
         j = j.reshape(-1, p)
@@ -141,7 +150,7 @@ def hessian(
     forward = functional_forward(model)
     w = tf.constant(flat_weights(model))
 
-    @tf.function(input_signature=[_spec(model, x), _spec(model, y)], reduce_retracing=True)
+    @tf.function(input_signature=[_spec(model, x), _spec(model, y)])
     def hess(xb, yb):
         with tf.GradientTape() as outer:
             outer.watch(w)

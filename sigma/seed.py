@@ -21,12 +21,16 @@ def mean_loss_hessian_diag(hessian_ed, n_data: int, n_outputs: int) -> np.ndarra
     return 2.0 / (n_data * n_outputs) * np.diag(h).astype(np.float64)
 
 
-def seed_sigma(hessian_diag, output_gradients, beta: float = 10.0) -> np.ndarray:
+def seed_sigma(
+    hessian_diag, output_gradients, beta: float = 10.0, *, strict: bool = True
+) -> np.ndarray:
     """The original formula s_k = Σ_j g_kj² / (β h_jj).
 
     hessian_diag : (P,) diagonal h_jj (of the mean-loss Hessian, as the original).
     output_gradients : (K, P) gradients g_k of each output at one input.
-    Returns (K,). Zero or negative h_jj (which the original did not guard) raise ValueError.
+    Returns (K,). Zero or negative h_jj, which the original did not guard, raise ValueError;
+    with ``strict=False`` the raw formula is returned as the original computed it (it can then
+    be negative or infinite — which is the point of showing it).
     """
     h = as_array(hessian_diag, "hessian_diag", ndim=1).astype(np.float64)
     g = as_array(output_gradients, "output_gradients", ndim=2).astype(np.float64)
@@ -35,12 +39,13 @@ def seed_sigma(hessian_diag, output_gradients, beta: float = 10.0) -> np.ndarray
         raise ValueError(
             f"output_gradients must have shape (K, {h.shape[0]}) to match hessian_diag, got {g.shape}"
         )
-    if np.any(h <= 0):
+    if strict and np.any(h <= 0):
         raise ValueError(
             f"hessian_diag has {int(np.sum(h <= 0))} zero or negative entries: the original "
             "formula divides by them; use sigma.Laplace (Gauss–Newton, alpha > 0) instead"
         )
-    return np.sum(g**2 / (beta * h), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sum(g**2 / (beta * h), axis=1)
 
 
 def summed_beta(beta_mean_loss: float, n_data: int, n_outputs: int) -> float:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sigma.curvature import _auto_batch, _batches, gauss_newton, hessian, output_jacobian
+from sigma.curvature import _auto_batch, _batches, gauss_newton, hessian, jacobian_function
 from sigma.params import num_params
 
 
@@ -75,11 +75,13 @@ class Full(Structure):
         return self._eig
 
     def _projected(self, model, x, batch_size):
-        """Yield J(x) V for batches of x: (B, K, P)."""
+        """Yield J(x) V for batches of x: (B, K, P). The Jacobian graph is traced once."""
+        if getattr(self, "_jac", None) is None:
+            self._jac = jacobian_function(model, x)
         k = int(np.prod(model(np.asarray(x[:1]), training=False).shape[1:]))
         bs = _auto_batch(len(x), 2 * k * self.n_params, batch_size)
         for s in _batches(len(x), bs):
-            yield output_jacobian(model, x[s], batch_size=bs) @ self._vecs
+            yield self._jac(x[s])[1].numpy().astype(np.float64) @ self._vecs
 
     def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
         inv = 1.0 / (alpha + beta * self._eig)
