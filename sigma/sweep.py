@@ -176,7 +176,7 @@ def check_value(param: Parameter, value, where: str):
     """``value`` converted to the parameter's type, or ValueError saying what is wrong.
 
     float takes ints and numeric strings (PyYAML reads ``1e-3`` as a string) and must be
-    finite; int, bool and str must be exactly that; str values must be safe in a folder name.
+    finite; int, bool and str must be exactly that.
     """
     if value is None or isinstance(value, list | dict | tuple | set):
         raise ValueError(f"{where}: {value!r} is not a single value")
@@ -210,11 +210,6 @@ def check_value(param: Parameter, value, where: str):
         )
     elif not isinstance(value, bool | int | float | str):
         raise ValueError(f"{where}: {value!r} is not a number, string or bool")
-    if isinstance(value, str) and not _SAFE_STR.fullmatch(value):
-        raise ValueError(
-            f"{where}: {value!r} cannot go in a folder name: use letters, digits and . _ + - "
-            "(not starting with a dot)"
-        )
     if param.range is not None and not isinstance(value, str | bool) and value not in param.range:
         raise ValueError(
             f"{where}: {value!r} is out of range: {param.name} must be {param.range} "
@@ -314,6 +309,11 @@ def validate_grid(parameters, declared: dict[str, Parameter], where: str = "grid
         typed, seen = [], {}
         for i, value in enumerate(values):
             v = check_value(declared[name], value, f"{where}: parameter {name!r}, value {i}")
+            if isinstance(v, str) and not _SAFE_STR.fullmatch(v):
+                raise ValueError(
+                    f"{where}: parameter {name!r}, value {i}: {v!r} cannot go in a run folder "
+                    "name: use letters, digits and . _ + - (not starting with a dot)"
+                )
             label = format_value(v)
             if label in seen:
                 raise ValueError(
