@@ -2,19 +2,31 @@
 
     A = α I + β C        C = Gauss–Newton G or exact Hessian H of E_D (MATH.md)
     σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x),   g_k(x) = ∂f_k(x)/∂w at the trained weights
+
+The evidence for α, β (and their re-estimation) is in :mod:`sigma.evidence`; class
+probabilities for ``likelihood="classification"`` in :mod:`sigma.classification`.
 """
 
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import numpy as np
 
-from sigma import likelihoods
-from sigma._checks import check_inputs, check_precision, model_dtype
+from sigma import evidence, likelihoods
+from sigma._checks import as_array, check_inputs, check_precision, model_dtype
+from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
 from sigma.curvature import data_error, outputs, prepare
 from sigma.params import flat_weights, num_params
 from sigma.structures import STRUCTURES
 
 CURVATURES = ("ggn", "hessian")
+NEGATIVE = ("keep", "clip")
+_NO_BETA = (
+    "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
+    "precision); only alpha can be set or optimised"
+)
 
 
 class Laplace:
@@ -28,10 +40,21 @@ class Laplace:
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
     structure : how C is stored; see :mod:`sigma.structures` (``"full"``: P×P).
     alpha : prior precision α ≥ 0 (w ~ N(0, α⁻¹ I)).
-    beta : noise precision β > 0 (t ~ N(f, β⁻¹ I)).
+    beta : noise precision β > 0 (t ~ N(f, β⁻¹ I)), or a (K,) array with one β_k per output
+        (A = α I + Σ_k β_k C_k, ``curvature="ggn"`` and ``structure="full"`` only). Fixed at 1
+        for ``likelihood="classification"``.
+    likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
+        cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,)).
+    negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
+        still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
+        positive semi-definite part, for predictions and evidence alike, with a warning saying
+        how many and how large).
     batch_size : samples per batch when accumulating the curvature (default: automatic).
 
     Raises ValueError for bad input and when A = α I + β C is not positive definite.
+
+    Evidence: :meth:`log_evidence`, :meth:`optimize_evidence`, :attr:`gamma`. Classification:
+    :meth:`predict_proba` (``predict`` returns the same for a classifier).
     """
 
     def __init__(
@@ -46,15 +69,27 @@ class Laplace:
         alpha: float = 1.0,
         beta: float = 1.0,
         batch_size: int | None = None,
+        negative: str = "keep",
     ):
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
+        if negative not in NEGATIVE:
+            raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         self._alpha = check_precision(alpha, "alpha", allow_zero=True)
-        self._beta = check_precision(beta, "beta", allow_zero=False)
         self.likelihood = likelihoods.get(likelihood)
+        if not self.likelihood.has_beta and not (
+            isinstance(beta, numbers.Real) and float(beta) == 1.0
+        ):
+            raise ValueError(_NO_BETA)
+        if np.ndim(beta) == 0:
+            check_precision(beta, "beta", allow_zero=False)
+        self._beta, self._weighted, self._blocks = 1.0, None, None
         x, y, k = prepare(model, x, y, self.likelihood)
+        f = outputs(model, x)
+        if not self.likelihood.has_beta:
+            check_logits(model, f)
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
@@ -62,10 +97,16 @@ class Laplace:
         self.w_map = flat_weights(model).astype(np.float64)
         self.data_error = data_error(model, x, y, likelihood=self.likelihood)  # E_D
         self.weight_error = 0.5 * float(self.w_map @ self.w_map)  # E_W
+        # E_Dk = ½ Σ_n (f_nk − t_nk)² per output (regression; Σ_k E_Dk = E_D)
+        self.data_errors = 0.5 * np.sum((f - y) ** 2, axis=0) if self.likelihood.has_beta else None
+        self._x = x
         self.structure = STRUCTURES[structure]().fit(
             model, x, y, likelihood=self.likelihood, curvature=curvature, batch_size=batch_size
         )
-        self._check_positive_definite(self._alpha, self._beta)
+        self.negative = negative
+        self._clip_negative()
+        self._set_precisions(self._alpha, beta)
+        self.evidence_result = None  # an evidence.EvidenceResult after optimize_evidence()
 
     # -- precisions -----------------------------------------------------------------------------
     @property
@@ -74,22 +115,79 @@ class Laplace:
 
     @alpha.setter
     def alpha(self, value):
-        value = check_precision(value, "alpha", allow_zero=True)
-        self._check_positive_definite(value, self._beta)
-        self._alpha = value
+        self._set_precisions(check_precision(value, "alpha", allow_zero=True), self._beta)
 
     @property
-    def beta(self) -> float:
-        return self._beta
+    def beta(self) -> float | np.ndarray:
+        """Noise precision β: a float, or a (K,) array with one β_k per output."""
+        return self._beta.copy() if isinstance(self._beta, np.ndarray) else self._beta
 
     @beta.setter
     def beta(self, value):
-        value = check_precision(value, "beta", allow_zero=False)
-        self._check_positive_definite(self._alpha, value)
-        self._beta = value
+        if not self.likelihood.has_beta:
+            raise ValueError(_NO_BETA)
+        self._set_precisions(self._alpha, value)
 
-    def _check_positive_definite(self, alpha, beta):
-        lam = self.structure.eigenvalues
+    def _set_precisions(self, alpha, beta):
+        """Validate β (float or (K,)), check A is positive definite, then set both."""
+        if np.ndim(beta) == 0:
+            beta = check_precision(beta, "beta", allow_zero=False)
+            self._check_positive_definite(alpha, beta)
+            self._alpha, self._beta, self._weighted = alpha, beta, None
+            return
+        beta = as_array(beta, "beta", ndim=1).astype(np.float64)
+        if beta.shape != (self.n_outputs,) or not np.all(beta > 0):
+            raise ValueError(
+                f"beta as an array must hold one positive precision per output, shape "
+                f"({self.n_outputs},), got {beta.shape} with minimum {beta.min() if beta.size else None}"
+            )
+        blocks = self._output_blocks()
+        weighted = self.structure.reweighted(np.einsum("k,kpq->pq", beta, blocks))
+        self._check_positive_definite(alpha, 1.0, weighted)
+        self._alpha, self._beta, self._weighted = alpha, beta, weighted
+
+    def _output_blocks(self):
+        """C_k = Σ_n J_nkᵀ J_nk, (K, P, P), computed once (one β per output)."""
+        if self.curvature != "ggn":
+            raise ValueError(
+                "one beta per output needs curvature='ggn' (the exact Hessian does not split "
+                f"into per-output Gauss–Newton blocks), got curvature={self.curvature!r}"
+            )
+        if self._blocks is None:
+            self._check_weights_unchanged()
+            try:
+                self._blocks = self.structure.output_blocks(
+                    self.model, self._x, batch_size=self.batch_size
+                )
+            except NotImplementedError:
+                raise ValueError(
+                    f"structure {self.structure.name!r} does not support one beta per output; "
+                    "use structure='full' or a single beta"
+                ) from None
+        return self._blocks
+
+    def _clip_negative(self):
+        count, worst = evidence.negative_eigenvalues(self.structure.eigenvalues)
+        if self.negative != "clip" or not count:
+            return
+        try:
+            self.structure.clip_negative()
+        except NotImplementedError:
+            raise ValueError(
+                f"structure {self.structure.name!r} cannot clip negative eigenvalues; use "
+                "negative='keep' or curvature='ggn'"
+            ) from None
+        warnings.warn(
+            f"the {self.curvature} curvature has {count} negative eigenvalue(s) out of "
+            f"{self.n_params} (most negative {worst:.4g}; largest {self.structure.eigenvalues.max():.4g}): "
+            "clipped to zero (negative='clip'), so A = alpha*I + beta*C+ with C+ the positive "
+            "part, for predictions and the evidence alike",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _check_positive_definite(self, alpha, beta, structure=None):
+        lam = (structure or self.structure).eigenvalues
         smallest = alpha + beta * float(lam.min()) if lam.size else alpha
         if lam.size < self.n_params:
             smallest = min(smallest, alpha)
@@ -117,34 +215,233 @@ class Laplace:
         self._check_weights_unchanged()
         return check_inputs(self.model, x, "x").astype(model_dtype(self.model))
 
-    def predict(self, x, *, noise: bool = True, batch_size: int | None = None):
-        """Predictive mean and standard deviation at inputs x (N, ...).
+    def _posterior(self):
+        """(structure, β) such that A = α I + β C_structure (one β per output: Σ β_k C_k, 1)."""
+        if self._weighted is not None:
+            return self._weighted, 1.0
+        return self.structure, self._beta
 
-        Returns ``(mean, std)``, both (N, K) float64. ``std² = 1/β + gᵀA⁻¹g`` (noise included);
-        with ``noise=False`` only the weight-uncertainty part ``gᵀA⁻¹g``.
+    def predict(
+        self,
+        x,
+        *,
+        noise: bool = True,
+        batch_size: int | None = None,
+        method: str = "probit",
+        n_samples: int = 1000,
+        seed: int = 0,
+    ):
+        """Regression: predictive mean and standard deviation at inputs x (N, ...).
+
+        Returns ``(mean, std)``, both (N, K) float64. ``std² = 1/β + gᵀA⁻¹g`` (noise included;
+        1/β_k per output when β is an array); with ``noise=False`` only ``gᵀA⁻¹g``.
+
+        Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
+        ``n_samples``, ``seed`` are passed on; ``noise`` does not apply).
         """
+        if not self.likelihood.has_beta:
+            return self.predict_proba(
+                x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
+            )
         x = self._inputs(x)
         mean = outputs(self.model, x)
-        var = self.structure.predictive_variance(
-            self.model, x, self._alpha, self._beta, batch_size=batch_size
-        )
+        structure, beta = self._posterior()
+        var = structure.predictive_variance(self.model, x, self._alpha, beta, batch_size=batch_size)
         if noise:
             var = var + 1.0 / self._beta
         return mean, np.sqrt(var)
 
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
-        """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64."""
+        """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64.
+
+        Classification: the logit covariance J(x) A⁻¹ J(x)ᵀ (there is no noise term).
+        """
         x = self._inputs(x)
-        cov = self.structure.predictive_covariance(
-            self.model, x, self._alpha, self._beta, batch_size=batch_size
+        structure, beta = self._posterior()
+        cov = structure.predictive_covariance(
+            self.model, x, self._alpha, beta, batch_size=batch_size
         )
-        if noise:
-            cov = cov + np.eye(self.n_outputs) / self._beta
+        if noise and self.likelihood.has_beta:
+            cov = cov + np.diag(np.broadcast_to(1.0 / self._beta, (self.n_outputs,)))
         return cov
+
+    def predict_proba(
+        self,
+        x,
+        *,
+        method: str = "probit",
+        n_samples: int = 1000,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1.
+
+        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
+        softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
+        ``n_samples`` draws of the logits from a generator seeded by ``seed``.
+        Classification only (ValueError for regression).
+        """
+        if self.likelihood.has_beta:
+            raise ValueError(
+                "predict_proba needs likelihood='classification'; for regression use predict"
+            )
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        x = self._inputs(x)
+        mean = outputs(self.model, x)
+        cov = self.predictive_covariance(x, batch_size=batch_size)
+        if method == "probit":
+            return probit_probabilities(mean, cov)
+        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed)
+
+    # -- evidence -------------------------------------------------------------------------------
+    def _evidence_eigenvalues(self, structure=None):
+        lam = (structure or self.structure).eigenvalues
+        count, worst = evidence.negative_eigenvalues(lam)
+        if count:
+            raise ValueError(
+                f"the {self.curvature} curvature has {count} negative eigenvalue(s) out of "
+                f"{self.n_params} (most negative {worst:.4g}; largest {lam.max():.4g}): the "
+                "evidence needs a positive semi-definite curvature. Build the Laplace with "
+                "negative='clip' (sets them to zero, with a warning) or curvature='ggn'"
+            )
+        return lam
+
+    @property
+    def gamma(self) -> float:
+        """γ = Σ_i λ_i/(λ_i + α), λ_i the eigenvalues of β C: the effective number of
+        well-determined parameters at the current α, β (0 ≤ γ ≤ P)."""
+        structure, beta = self._posterior()
+        return evidence.effective_parameters(
+            self._evidence_eigenvalues(structure), self.n_params, self._alpha, beta
+        )
+
+    def log_evidence(self, alpha=None, beta=None):
+        """ln p(D | α, β) in nats, constants included (MATH.md); defaults: the current α, β.
+
+        ``alpha`` and ``beta`` may be arrays (broadcast against each other, e.g. a meshgrid):
+        the result then has their broadcast shape, for drawing the evidence surface. A given
+        ``beta`` is one noise precision shared by all outputs; with one β_k per output set,
+        ``log_evidence()`` (beta=None) uses them. Classification: ln p(D | α), no β.
+        """
+        alpha = self._alpha if alpha is None else alpha
+        if not self.likelihood.has_beta:
+            if beta is not None:
+                raise ValueError(_NO_BETA)
+            return evidence.log_evidence_classification(
+                self._evidence_eigenvalues(),
+                cross_entropy=self.data_error,
+                weight_error=self.weight_error,
+                n_params=self.n_params,
+                alpha=alpha,
+            )
+        if beta is None and self._weighted is not None:
+            if np.ndim(alpha) != 0:
+                raise ValueError("with one beta per output, alpha must be a single number")
+            return evidence.log_evidence_per_output(
+                self._output_blocks(),
+                data_errors=self.data_errors,
+                weight_error=self.weight_error,
+                n_data=self.n_data,
+                alpha=float(alpha),
+                betas=self._beta,
+            )
+        return evidence.log_evidence(
+            self._evidence_eigenvalues(),
+            data_error=self.data_error,
+            weight_error=self.weight_error,
+            n_params=self.n_params,
+            n_obs=self.n_data * self.n_outputs,
+            alpha=alpha,
+            beta=self._beta if beta is None else beta,
+        )
+
+    def optimize_evidence(
+        self,
+        *,
+        fix_alpha: bool = False,
+        fix_beta: bool = False,
+        per_output: bool | None = None,
+        tol: float = 1e-8,
+        max_iter: int = 1000,
+    ) -> Laplace:
+        """Set α and β to MacKay's fixed point of the evidence at the trained weights; returns self.
+
+        γ = Σ λ_i/(λ_i + α) (λ_i eigenvalues of β C), α ← γ/(2E_W), β ← (NK − γ)/(2E_D),
+        iterated from the current α, β until the relative change is below ``tol``.
+        ``fix_alpha`` / ``fix_beta`` hold one precision at its current value. ``per_output``:
+        one β_k per output (β_k ← (N − γ_k)/(2E_Dk)); default: keep the current form of β.
+        Classification re-estimates α only (β is fixed at 1).
+
+        Afterwards ``alpha``, ``beta``, ``gamma`` and ``log_evidence()`` refer to the optimum and
+        ``evidence_result`` records the iterations. Raises :class:`sigma.evidence.EvidenceError`
+        (with the last α, β) when the iteration diverges or does not converge, ValueError for
+        a curvature with negative eigenvalues (see ``negative``).
+        """
+        if per_output is None:
+            per_output = self._weighted is not None
+        start_alpha = self._alpha
+        if not self.likelihood.has_beta:
+            if per_output:
+                raise ValueError(_NO_BETA)
+            result = evidence.optimize(
+                self._evidence_eigenvalues(),
+                data_error=self.data_error,
+                weight_error=self.weight_error,
+                n_params=self.n_params,
+                n_obs=None,
+                alpha=start_alpha,
+                beta=1.0,
+                fix_alpha=fix_alpha,
+                fix_beta=True,
+                tol=tol,
+                max_iter=max_iter,
+            )
+        elif per_output:
+            if start_alpha == 0:
+                start_alpha = self._alpha_from_zero()
+            result = evidence.optimize_per_output(
+                self._output_blocks(),
+                data_errors=self.data_errors,
+                weight_error=self.weight_error,
+                n_data=self.n_data,
+                alpha=start_alpha,
+                betas=np.broadcast_to(self._beta, (self.n_outputs,)),
+                fix_alpha=fix_alpha,
+                fix_beta=fix_beta,
+                tol=tol,
+                max_iter=max_iter,
+            )
+        else:
+            result = evidence.optimize(
+                self._evidence_eigenvalues(),
+                data_error=self.data_error,
+                weight_error=self.weight_error,
+                n_params=self.n_params,
+                n_obs=self.n_data * self.n_outputs,
+                alpha=start_alpha,
+                beta=float(np.mean(self._beta)),
+                fix_alpha=fix_alpha,
+                fix_beta=fix_beta,
+                tol=tol,
+                max_iter=max_iter,
+            )
+        self._set_precisions(result.alpha, result.beta)
+        self.evidence_result = result
+        return self
+
+    def _alpha_from_zero(self):
+        """A proper starting α from α = 0: γ/(2E_W) with γ the rank of the curvature."""
+        if not self.weight_error > 0:
+            return 1.0
+        lam = self.structure.eigenvalues
+        return max(float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())), 1.0) / (
+            2.0 * self.weight_error
+        )
 
     def __repr__(self):
         return (
             f"Laplace(structure={self.structure.name!r}, curvature={self.curvature!r}, "
             f"P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
-            f"alpha={self._alpha:.4g}, beta={self._beta:.4g})"
+            f"alpha={self._alpha:.4g}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )

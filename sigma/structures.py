@@ -48,6 +48,19 @@ class Structure:
     def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None) -> np.ndarray:
         raise NotImplementedError
 
+    # Optional (used by sigma.evidence via Laplace); structures without them say so clearly.
+    def clip_negative(self) -> None:
+        """Replace negative eigenvalues of C by zero (C → its positive semi-definite part)."""
+        raise NotImplementedError
+
+    def output_blocks(self, model, x, *, batch_size=None) -> np.ndarray:
+        """C_k = Σ_n J_nkᵀ J_nk for each output k, (K, P, P) (regression; Σ_k C_k = G)."""
+        raise NotImplementedError
+
+    def reweighted(self, matrix) -> Structure:
+        """A new structure of the same kind holding the given (P, P) curvature in place of C."""
+        raise NotImplementedError
+
 
 class Full(Structure):
     """The full P×P curvature, eigen-decomposed once: C = V diag(c) Vᵀ.
@@ -94,6 +107,25 @@ class Full(Structure):
         return np.concatenate(
             [np.einsum("nkp,p,njp->nkj", jv, inv, jv) for jv in self._projected(model, x, batch_size)]
         )
+
+    def clip_negative(self):
+        self._eig = np.maximum(self._eig, 0.0)
+        self.matrix = (self._vecs * self._eig) @ self._vecs.T
+
+    def output_blocks(self, model, x, *, batch_size=None):
+        jac = jacobian_function(model, x)
+        k = int(np.prod(model(np.asarray(x[:1]), training=False).shape[1:]))
+        blocks = np.zeros((k, self.n_params, self.n_params))
+        for s in _batches(len(x), _auto_batch(len(x), k * self.n_params, batch_size)):
+            j = jac(x[s])[1].numpy().astype(np.float64)
+            blocks += np.einsum("nkp,nkq->kpq", j, j)
+        return blocks
+
+    def reweighted(self, matrix):
+        new = Full()
+        new.n_params, new.matrix = self.n_params, 0.5 * (matrix + matrix.T)
+        new._eig, new._vecs = np.linalg.eigh(new.matrix)
+        return new
 
 
 STRUCTURES: dict[str, type[Structure]] = {"full": Full}

@@ -1,0 +1,102 @@
+"""Predictive class probabilities from a Gaussian over the logits (MATH.md, "Classification").
+
+The Laplace posterior gives, at each input, logits f ~ N(μ, Σ) with μ = f(x; w*) and
+Σ = J(x) A⁻¹ J(x)ᵀ (K×K). The predictive probability E[softmax(f)] has no closed form:
+
+* probit (MacKay 1992b): softmax(μ_k / sqrt(1 + π/8 · Σ_kk)), deterministic, cheap;
+* sampling: the average of softmax(f) over seeded draws f ~ N(μ, Σ).
+
+A model whose last layer already applies a softmax outputs probabilities, not logits; the
+Laplace approximation of the cross-entropy needs logits, so :func:`check_logits` refuses it.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from sigma._checks import as_array
+
+METHODS = ("probit", "mc")
+
+
+def softmax(logits) -> np.ndarray:
+    """softmax along the last axis, float64, stable."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _check_mean_cov(mean, cov):
+    mean = as_array(mean, "mean", ndim=2).astype(np.float64)
+    cov = as_array(cov, "cov", ndim=3).astype(np.float64)
+    n, k = mean.shape
+    if cov.shape != (n, k, k):
+        raise ValueError(f"cov must have shape (N, K, K) = ({n}, {k}, {k}), got {cov.shape}")
+    return mean, cov
+
+
+def probit_probabilities(mean, cov) -> np.ndarray:
+    """softmax(μ / sqrt(1 + π/8 · diag Σ)) per input.
+
+    mean : (N, K) logits μ.  cov : (N, K, K) logit covariance Σ.  Returns (N, K), rows sum to 1.
+    """
+    mean, cov = _check_mean_cov(mean, cov)
+    var = np.einsum("nkk->nk", cov)
+    return softmax(mean / np.sqrt(1.0 + np.pi / 8.0 * var))
+
+
+def sampled_probabilities(mean, cov, *, n_samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """E[softmax(f)], f ~ N(μ, Σ), by ``n_samples`` seeded draws per input: (N, K).
+
+    The same seed gives the same probabilities. Σ is factored by its eigen-decomposition
+    (negative round-off eigenvalues set to zero), so a singular Σ is fine.
+    """
+    mean, cov = _check_mean_cov(mean, cov)
+    if int(n_samples) < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples}")
+    lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, 1, 2)))
+    root = vec * np.sqrt(np.maximum(lam, 0.0))[:, None, :]  # Σ = root rootᵀ
+    z = np.random.default_rng(seed).standard_normal((int(n_samples), *mean.shape))
+    logits = mean[None] + np.einsum("nkj,snj->snk", root, z)
+    return softmax(logits).mean(axis=0)
+
+
+def _is_softmax(activation) -> bool:
+    name = getattr(activation, "__name__", None) or getattr(activation, "name", None)
+    return activation is keras.activations.softmax or name == "softmax"
+
+
+def check_logits(model, f=None) -> None:
+    """Refuse a model whose outputs are probabilities (a final softmax) instead of logits.
+
+    Looks at the last layer (a ``softmax`` activation, a ``Softmax`` layer or
+    ``Activation("softmax")``) and, when the outputs f (N, K) are given, at whether every row
+    is non-negative and sums to 1.
+    """
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    final_softmax = isinstance(last, keras.layers.Softmax) or _is_softmax(
+        getattr(last, "activation", None)
+    )
+    looks_normalised = False
+    if f is not None and not final_softmax:
+        f = np.asarray(f, np.float64)
+        looks_normalised = (
+            len(f) > 1
+            and f.shape[-1] > 1
+            and bool(np.all(f >= 0))
+            and bool(np.allclose(f.sum(axis=-1), 1.0, atol=1e-6))
+        )
+    if final_softmax or looks_normalised:
+        why = (
+            f"its last layer {last.name!r} applies a softmax"
+            if final_softmax
+            else "every output row is non-negative and sums to 1"
+        )
+        raise ValueError(
+            f"likelihood='classification' needs a model with linear logits, but {why}: the "
+            "model outputs probabilities. Pass a model with linear logits (e.g. rebuild it "
+            "with output_activation='linear' and train with "
+            "keras.losses.CategoricalCrossentropy(from_logits=True)); the softmax is applied "
+            "by Laplace.predict_proba"
+        )
