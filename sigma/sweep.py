@@ -91,6 +91,7 @@ class Range:
 KNOWN_RANGES = {
     "alpha": Range(lo=0.0, lo_closed=True),  # prior precision
     "beta": Range(lo=0.0),  # noise precision
+    "laplace_beta": Range(lo=0.0, lo_closed=True),  # notebook 01: 0 = from the residuals
     "epochs": Range(lo=1, lo_closed=True),
     "seed": Range(lo=0, lo_closed=True),
     "hidden_units": Range(lo=1, lo_closed=True),

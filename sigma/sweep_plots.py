@@ -87,15 +87,28 @@ def plot_against(
 
 
 def plot_sigma_against_beta(
-    table: pd.DataFrame, *, ax=None, x: str = "beta", prefix: str = "sigma.", best=None
+    table: pd.DataFrame,
+    *,
+    ax=None,
+    x: str = "beta",
+    prefix: str = "sigma.",
+    names=None,
+    best=None,
 ):
-    """σ of each output (columns ``sigma.<output>``) against β; ``best`` marks optimal β."""
+    """σ of each output (columns ``<prefix><output>``) against β.
+
+    names : labels for outputs recorded as a list (columns ``<prefix>0``, ``<prefix>1``, ...).
+    best : :func:`evidence_optimal`'s frame, marked by vertical lines.
+    """
     ax = ax if ax is not None else plt.gca()
     columns = [c for c in table.columns if c.startswith(prefix)]
     if not columns:
-        return _no_data(ax, "σ per output not recorded")
+        return _no_data(ax, f"σ per output ({prefix}*) not recorded")
     for i, col in enumerate(columns):
-        plot_against(table, x, col, ax=ax, label=col[len(prefix) :], color=f"C{i}")
+        label = col[len(prefix) :]
+        if names is not None and label.isdigit() and int(label) < len(names):
+            label = names[int(label)]
+        plot_against(table, x, col, ax=ax, label=label, color=f"C{i}")
     ax.set_ylabel("σ")
     if all(_positive(table[c]) for c in columns):
         ax.set_yscale("log")
@@ -135,11 +148,20 @@ def plot_evidence_against_beta(
 
 
 def plot_test_error_against_epochs(
-    table: pd.DataFrame, *, ax=None, x: str = "epochs", y: str = "test_error"
+    table: pd.DataFrame,
+    *,
+    ax=None,
+    x: str = "epochs",
+    y: str = "test_error",
+    average_over=REPLICATES,
 ):
-    """Held-out error against the number of epochs, one line per β (and other parameters)."""
+    """Held-out error against the number of epochs, one line per β (and other parameters).
+
+    average_over : parameters averaged rather than drawn apart, e.g. ("seed", "laplace_beta")
+    when β does not enter training.
+    """
     ax = ax if ax is not None else plt.gca()
-    plot_against(table, x, y, ax=ax)
+    plot_against(table, x, y, ax=ax, average_over=average_over)
     ax.set_xscale("linear")
     ax.set_title("test error against epochs")
     return _finish(ax, None, x)
