@@ -113,7 +113,9 @@ class Full(Structure):
         self.matrix = (self._vecs * self._eig) @ self._vecs.T
 
     def output_blocks(self, model, x, *, batch_size=None):
-        jac = jacobian_function(model, x)
+        if getattr(self, "_jac", None) is None:
+            self._jac = jacobian_function(model, x)  # shared with _projected: traced once
+        jac = self._jac
         k = int(np.prod(model(np.asarray(x[:1]), training=False).shape[1:]))
         blocks = np.zeros((k, self.n_params, self.n_params))
         for s in _batches(len(x), _auto_batch(len(x), k * self.n_params, batch_size)):
@@ -125,6 +127,7 @@ class Full(Structure):
         new = Full()
         new.n_params, new.matrix = self.n_params, 0.5 * (matrix + matrix.T)
         new._eig, new._vecs = np.linalg.eigh(new.matrix)
+        new._jac = getattr(self, "_jac", None)
         return new
 
 
