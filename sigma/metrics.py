@@ -1,0 +1,205 @@
+"""Calibration metrics for error bars and class probabilities (held-out data).
+
+Regression, from predictive means μ, standard deviations σ and targets t, all (N, K), every
+metric averaged over all N·K values:
+
+* coverage of the central interval μ ± z σ, z = Φ⁻¹((1 + level)/2) (68%: z = 0.994, 95%: 1.960);
+* Gaussian negative log-likelihood ½ ln(2πσ²) + (t − μ)²/(2σ²), in nats per value;
+* RMSE and the mean σ.
+
+Classification, from probabilities p (N, K) and labels (integer (N,) or one-hot (N, K)):
+accuracy, negative log-likelihood −ln p_true (nats per sample), Brier score Σ_k (p_k − t_k)²
+per sample (0 perfect, 2 worst), and the expected calibration error over equal-width bins of
+the confidence max_k p_k.
+
+:func:`beta_scan` evaluates the evidence and these metrics over a grid of noise precisions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import norm
+
+from sigma._checks import as_array
+
+TINY = 1e-300  # probabilities are clipped here before the log
+
+
+def _regression_arrays(mean, std, targets):
+    mean = as_array(mean, "mean", ndim=(1, 2)).astype(np.float64)
+    std = as_array(std, "std", ndim=(1, 2)).astype(np.float64)
+    targets = as_array(targets, "targets", ndim=(1, 2)).astype(np.float64)
+    if not mean.shape == std.shape == targets.shape:
+        raise ValueError(
+            f"mean, std and targets must have the same shape (N, K), got {mean.shape}, "
+            f"{std.shape} and {targets.shape}"
+        )
+    if np.any(std <= 0):
+        raise ValueError(f"std must be > 0, got {int(np.sum(std <= 0))} value(s) <= 0")
+    return mean, std, targets
+
+
+def _z(level: float) -> float:
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return float(norm.ppf(0.5 + 0.5 * float(level)))
+
+
+def coverage(mean, std, targets, level: float = 0.95) -> float:
+    """Fraction of targets inside the central ``level`` interval μ ± z σ of a Gaussian."""
+    mean, std, targets = _regression_arrays(mean, std, targets)
+    return float(np.mean(np.abs(targets - mean) <= _z(level) * std))
+
+
+def coverage_curve(mean, std, targets, levels=None) -> tuple[np.ndarray, np.ndarray]:
+    """(nominal levels, observed coverage) for a coverage diagram; default levels 0.05..0.95."""
+    mean, std, targets = _regression_arrays(mean, std, targets)
+    levels = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, np.float64)
+    scaled = np.abs(targets - mean) / std
+    return levels, np.array([np.mean(scaled <= _z(q)) for q in levels])
+
+
+def gaussian_nll(mean, std, targets) -> float:
+    """Mean over all values of −ln N(t; μ, σ²) = ½ ln(2πσ²) + (t − μ)²/(2σ²), nats."""
+    mean, std, targets = _regression_arrays(mean, std, targets)
+    return float(np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * ((targets - mean) / std) ** 2))
+
+
+def rmse(mean, targets) -> float:
+    """sqrt of the mean over all values of (t − μ)²."""
+    mean = as_array(mean, "mean").astype(np.float64)
+    targets = as_array(targets, "targets").astype(np.float64)
+    if mean.shape != targets.shape:
+        raise ValueError(
+            f"mean and targets must have the same shape, got {mean.shape} and {targets.shape}"
+        )
+    return float(np.sqrt(np.mean((targets - mean) ** 2)))
+
+
+def regression_metrics(mean, std, targets) -> dict:
+    """{coverage_68, coverage_95, nll, rmse, mean_sigma} over all N·K values."""
+    mean, std, targets = _regression_arrays(mean, std, targets)
+    return {
+        "coverage_68": coverage(mean, std, targets, 0.68),
+        "coverage_95": coverage(mean, std, targets, 0.95),
+        "nll": gaussian_nll(mean, std, targets),
+        "rmse": rmse(mean, targets),
+        "mean_sigma": float(np.mean(std)),
+    }
+
+
+# -- classification -----------------------------------------------------------------------------
+def _classification_arrays(probs, labels):
+    probs = as_array(probs, "probs", ndim=2).astype(np.float64)
+    n, k = probs.shape
+    if np.any(probs < 0) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-6):
+        raise ValueError("probs must be non-negative with rows that sum to 1 (class probabilities)")
+    labels = as_array(labels, "labels", ndim=(1, 2))
+    if labels.ndim == 2:
+        if (
+            labels.shape != (n, k)
+            or not np.all((labels == 0) | (labels == 1))
+            or not np.all(labels.sum(axis=1) == 1)
+        ):
+            raise ValueError(f"labels as a 2-D array must be one-hot of shape ({n}, {k})")
+        labels = labels.argmax(axis=1)
+    if (
+        labels.shape != (n,)
+        or not np.all(labels == np.round(labels))
+        or labels.min() < 0
+        or labels.max() >= k
+    ):
+        raise ValueError(
+            f"labels must be {n} integer class labels in [0, {k}) or one-hot ({n}, {k})"
+        )
+    return probs, labels.astype(int)
+
+
+def accuracy(probs, labels) -> float:
+    """Fraction of samples whose most probable class is the label."""
+    probs, labels = _classification_arrays(probs, labels)
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def nll(probs, labels) -> float:
+    """Mean over samples of −ln p(label), nats."""
+    probs, labels = _classification_arrays(probs, labels)
+    return float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], TINY))))
+
+
+def brier(probs, labels) -> float:
+    """Mean over samples of Σ_k (p_k − t_k)², t one-hot (0 = perfect, 2 = worst)."""
+    probs, labels = _classification_arrays(probs, labels)
+    return float(np.mean(np.sum((probs - np.eye(probs.shape[1])[labels]) ** 2, axis=1)))
+
+
+def reliability(probs, labels, n_bins: int = 10) -> dict:
+    """Reliability diagram data over equal-width confidence bins on [0, 1].
+
+    Returns {"edges": (n_bins + 1,), "confidence": (n_bins,) mean max-probability per bin,
+    "accuracy": (n_bins,) fraction correct per bin, "count": (n_bins,)}; empty bins hold NaN.
+    """
+    probs, labels = _classification_arrays(probs, labels)
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(float)
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, int(n_bins) - 1)
+    count = np.bincount(idx, minlength=int(n_bins)).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, conf, int(n_bins)) / count
+        mean_acc = np.bincount(idx, correct, int(n_bins)) / count
+    return {"edges": edges, "confidence": mean_conf, "accuracy": mean_acc, "count": count}
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
+    """ECE = Σ_b (|B_b|/N) · |accuracy(B_b) − confidence(B_b)| over equal-width bins."""
+    r = reliability(probs, labels, n_bins)
+    used = r["count"] > 0
+    gaps = np.abs(r["accuracy"][used] - r["confidence"][used])
+    return float(np.sum(r["count"][used] * gaps) / np.sum(r["count"]))
+
+
+def classification_metrics(probs, labels, n_bins: int = 10) -> dict:
+    """{accuracy, nll, brier, ece}."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": nll(probs, labels),
+        "brier": brier(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+    }
+
+
+# -- a β scan -----------------------------------------------------------------------------------
+def beta_scan(laplace, betas, x_test, y_test, *, optimize_alpha: bool = True) -> dict:
+    """Evidence and held-out calibration of a regression Laplace over noise precisions β.
+
+    For each β (one shared by all outputs): α re-estimated by the evidence with β fixed
+    (``optimize_alpha``) or kept; then the log evidence, γ and :func:`regression_metrics` of
+    the predictive on (x_test, y_test). The Laplace's α, β are restored afterwards.
+
+    Returns a dict of (len(betas),) arrays: beta, alpha, log_evidence, gamma, coverage_68,
+    coverage_95, nll, rmse, mean_sigma.
+    """
+    betas = as_array(betas, "betas", ndim=1).astype(np.float64)
+    saved = laplace.alpha, laplace.beta, laplace.evidence_result
+    rows = []
+    try:
+        for b in betas:
+            laplace.beta = float(b)
+            if optimize_alpha:
+                laplace.optimize_evidence(fix_beta=True, per_output=False)
+            mean, std = laplace.predict(x_test)
+            rows.append(
+                {
+                    "beta": float(b),
+                    "alpha": laplace.alpha,
+                    "log_evidence": laplace.log_evidence(),
+                    "gamma": laplace.gamma,
+                    **regression_metrics(mean, std, y_test),
+                }
+            )
+    finally:
+        laplace._set_precisions(saved[0], saved[1])
+        laplace.evidence_result = saved[2]
+    return {key: np.array([r[key] for r in rows]) for key in rows[0]}
