@@ -301,7 +301,7 @@ def validate_grid(parameters, declared: dict[str, Parameter], where: str = "grid
         )
     checked = {}
     for name, values in parameters.items():
-        _check_name(name, declared, where)
+        _check_name(name, declared, where, grid=True)
         if not isinstance(values, list) or not values:
             raise ValueError(
                 f"{where}: parameter {name!r} must be a non-empty list of values, got "
@@ -330,8 +330,8 @@ def validate_grid(parameters, declared: dict[str, Parameter], where: str = "grid
     return checked
 
 
-def _check_name(name, declared: dict[str, Parameter], where: str) -> None:
-    if name == METRICS_PARAMETER:
+def _check_name(name, declared: dict[str, Parameter], where: str, grid: bool = False) -> None:
+    if grid and name == METRICS_PARAMETER:
         raise ValueError(f"{where}: {METRICS_PARAMETER!r} is set by the sweep runner; remove it")
     if name not in declared:
         names = ", ".join(n for n in declared if n != METRICS_PARAMETER) or "none"
@@ -612,7 +612,7 @@ def _locked(sweep_dir: Path):
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
-    with open(sweep_dir / ".lock", "w") as handle:
+    with open(sweep_dir / ".lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
