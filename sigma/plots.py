@@ -32,3 +32,131 @@ def prediction_bands(mean, std, targets, *, names=None, order=None, n_std: float
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# -- calibration and evidence (notebook 02) -----------------------------------------------------
+def evidence_surface(alphas, betas, log_evidence, *, optimum=None, marks=None, depth: float = 60.0):
+    """Filled contours of ln p(D | α, β) − its maximum over a log α × log β grid.
+
+    alphas (A,), betas (B,), log_evidence (A, B) (e.g. ``Laplace.log_evidence`` on a meshgrid
+    with ``indexing="ij"``). ``optimum`` (α, β) is marked with a star; ``marks`` {label: β}
+    draws vertical lines. Values more than ``depth`` nats below the maximum are clipped.
+    """
+    alphas, betas = np.asarray(alphas, float), np.asarray(betas, float)
+    rel = np.asarray(log_evidence, float) - np.max(log_evidence)
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    cs = ax.contourf(
+        betas, alphas, np.maximum(rel, -depth), levels=np.linspace(-depth, 0, 13), cmap="viridis"
+    )
+    fig.colorbar(cs, ax=ax, label="ln evidence − max (nats)")
+    if optimum is not None:
+        ax.plot(
+            optimum[1],
+            optimum[0],
+            "r*",
+            ms=14,
+            label=f"evidence optimum α={optimum[0]:.3g}, β={optimum[1]:.3g}",
+        )
+    for i, (label, b) in enumerate((marks or {}).items()):
+        ax.axvline(b, color=f"C{i + 1}", ls="--", label=f"{label} (β={b:.3g})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("noise precision β")
+    ax.set_ylabel("prior precision α")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def beta_scan(scan, *, marks=None):
+    """Three panels over β (log axis): log evidence, held-out Gaussian NLL, held-out coverage.
+
+    scan : the dict of :func:`sigma.metrics.beta_scan`. marks : {label: β} vertical lines
+    (e.g. the evidence optimum and the original notebook's β).
+    """
+    b = np.asarray(scan["beta"], float)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
+    axes[0].plot(b, scan["log_evidence"], "o-")
+    axes[0].set_ylabel("ln p(D | α(β), β)  (nats)")
+    axes[0].set_title("evidence (α re-estimated at each β)", fontsize=10)
+    axes[1].plot(b, scan["nll"], "o-", color="C1")
+    axes[1].set_ylabel("held-out Gaussian NLL (nats/value)")
+    axes[1].set_title("held-out negative log-likelihood", fontsize=10)
+    axes[2].plot(b, scan["coverage_68"], "o-", color="C2", label="68% interval")
+    axes[2].plot(b, scan["coverage_95"], "s-", color="C3", label="95% interval")
+    axes[2].axhline(0.68, color="C2", lw=0.8, ls=":")
+    axes[2].axhline(0.95, color="C3", lw=0.8, ls=":")
+    axes[2].set_ylabel("held-out coverage")
+    axes[2].set_title("coverage (dotted: nominal)", fontsize=10)
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("noise precision β")
+        for i, (label, value) in enumerate((marks or {}).items()):
+            ax.axvline(
+                value, color=f"C{i + 4}", ls="--", lw=1, label=label if ax is axes[0] else None
+            )
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def coverage_diagram(curves):
+    """Observed against nominal coverage of central Gaussian intervals.
+
+    curves : {label: (levels, observed)} from :func:`sigma.metrics.coverage_curve`.
+    """
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
+    for label, (levels, observed) in curves.items():
+        ax.plot(levels, observed, "o-", ms=3, label=label)
+    ax.set_xlabel("nominal coverage of μ ± zσ")
+    ax.set_ylabel("observed coverage (held out)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def error_vs_sigma(mean, std, targets, *, names=None):
+    """|target − mean| against σ for every held-out value, one colour per output, with the
+    lines |error| = σ and 1.96σ."""
+    mean, std, targets = (np.asarray(a, float) for a in (mean, std, targets))
+    k = mean.shape[1]
+    names = names or [f"output {i}" for i in range(k)]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for i in range(k):
+        ax.plot(std[:, i], np.abs(targets[:, i] - mean[:, i]), "o", ms=4, alpha=0.7, label=names[i])
+    s = np.linspace(0, std.max() * 1.05, 2)
+    ax.plot(s, s, "k-", lw=1, label="|error| = σ")
+    ax.plot(s, 1.96 * s, "k--", lw=1, label="|error| = 1.96σ")
+    ax.set_xlabel("predictive σ")
+    ax.set_ylabel("|target − prediction|")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(probabilities, labels, *, n_bins: int = 10):
+    """Accuracy against confidence per bin for several predictives, plus a histogram of the
+    confidences. probabilities : {label: (N, K)}; labels : integer (N,) or one-hot (N, K)."""
+    from sigma.metrics import reliability  # local: plots stays importable on its own
+
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(4.8, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
+    for i, (label, probs) in enumerate(probabilities.items()):
+        r = reliability(probs, labels, n_bins)
+        used = r["count"] > 0
+        ax.plot(r["confidence"][used], r["accuracy"][used], "o-", color=f"C{i}", label=label)
+        hist.hist(np.max(probs, axis=1), bins=r["edges"], histtype="step", color=f"C{i}")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    hist.set_xlabel("confidence (max probability)")
+    hist.set_ylabel("count")
+    hist.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
