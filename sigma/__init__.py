@@ -8,7 +8,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from sigma import plots  # noqa: E402
+from sigma import classification, evidence, metrics, plots  # noqa: E402, F401
 from sigma.curvature import data_error, gauss_newton, hessian, output_jacobian  # noqa: E402
 from sigma.data import iris_split, one_hot  # noqa: E402
 from sigma.laplace import Laplace  # noqa: E402

@@ -199,3 +199,14 @@ def test_softmax_outputs_are_refused(labelled, head):
     # outputs that are rows of probabilities are refused even without a recognisable layer
     with pytest.raises(ValueError, match="non-negative and sums to 1"):
         classification.check_logits(make_linear(), np.full((4, 2), 0.5))
+
+
+def test_alpha_scan_matches_direct_evaluation_and_restores_alpha(clf):
+    _, x, labels, la = clf
+    scan = sigma.metrics.alpha_scan(la, [0.1, 2.0], x[:10], labels[:10])
+    assert la.alpha == 0.5
+    la.alpha = 2.0
+    direct = sigma.metrics.classification_metrics(la.predict_proba(x[:10]), labels[:10])
+    np.testing.assert_allclose(scan["nll"][1], direct["nll"])
+    np.testing.assert_allclose(scan["log_evidence"][1], la.log_evidence())
+    assert scan["log_evidence"].shape == (2,)
