@@ -12,7 +12,7 @@ REPORTS := reports
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help env test test-unit test-notebooks run notebooks lint format bench clean
+.PHONY: help env test test-unit test-notebooks run notebooks lint format bench figure clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ format: $(STAMP) ## ruff check --fix then ruff format
 
 bench: $(STAMP) ## print the benchmark tables (bench/*.py)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+figure: $(STAMP) ## redraw the README figure docs/iris_sigma.png
+	$(PY) docs/make_figure.py
 
 clean: ## remove generated reports, caches and paired .ipynb files (keeps .venv)
 	rm -rf $(REPORTS) .pytest_cache .ruff_cache build *.egg-info
