@@ -68,35 +68,36 @@ def evidence_surface(alphas, betas, log_evidence, *, optimum=None, marks=None, d
     return fig
 
 
-def beta_scan(scan, *, marks=None):
-    """Three panels over β (log axis): log evidence, held-out Gaussian NLL, held-out coverage.
+def beta_scan(scan, n_obs: int, *, marks=None, span: float = 3.0):
+    """Two panels over β (log axis), for a :func:`sigma.metrics.beta_scan` result ``scan``.
 
-    scan : the dict of :func:`sigma.metrics.beta_scan`. marks : {label: β} vertical lines
-    (e.g. the evidence optimum and the original notebook's β).
+    Left: −ln p(D | α(β), β) / NK (training, nats per target value; ``n_obs`` = NK) next to
+    the held-out Gaussian NLL per value, the same units, so their minima can be compared; the
+    y axis shows ``span`` nats above the lowest value. Right: held-out coverage of the 68% and
+    95% intervals. ``marks`` {label: β} draws vertical lines (evidence optimum, original β).
     """
     b = np.asarray(scan["beta"], float)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
-    axes[0].plot(b, scan["log_evidence"], "o-")
-    axes[0].set_ylabel("ln p(D | α(β), β)  (nats)")
-    axes[0].set_title("evidence (α re-estimated at each β)", fontsize=10)
-    axes[1].plot(b, scan["nll"], "o-", color="C1")
-    axes[1].set_ylabel("held-out Gaussian NLL (nats/value)")
-    axes[1].set_title("held-out negative log-likelihood", fontsize=10)
-    axes[2].plot(b, scan["coverage_68"], "o-", color="C2", label="68% interval")
-    axes[2].plot(b, scan["coverage_95"], "s-", color="C3", label="95% interval")
-    axes[2].axhline(0.68, color="C2", lw=0.8, ls=":")
-    axes[2].axhline(0.95, color="C3", lw=0.8, ls=":")
-    axes[2].set_ylabel("held-out coverage")
-    axes[2].set_title("coverage (dotted: nominal)", fontsize=10)
-    axes[2].legend(fontsize=8)
+    per_value = -np.asarray(scan["log_evidence"], float) / n_obs
+    nll = np.asarray(scan["nll"], float)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    axes[0].plot(b, per_value, "o-", label="−ln evidence / NK (training)")
+    axes[0].plot(b, nll, "s-", label="held-out Gaussian NLL per value")
+    low = min(per_value.min(), nll.min())
+    axes[0].set_ylim(low - 0.1 * span, low + span)
+    axes[0].set_ylabel("nats per target value")
+    axes[0].set_title("evidence (α re-estimated at each β) and held-out NLL", fontsize=10)
+    axes[1].plot(b, scan["coverage_68"], "o-", color="C2", label="68% interval")
+    axes[1].plot(b, scan["coverage_95"], "s-", color="C3", label="95% interval")
+    axes[1].axhline(0.68, color="C2", lw=0.8, ls=":")
+    axes[1].axhline(0.95, color="C3", lw=0.8, ls=":")
+    axes[1].set_ylabel("held-out coverage")
+    axes[1].set_title("coverage (dotted: nominal)", fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("noise precision β")
         for i, (label, value) in enumerate((marks or {}).items()):
-            ax.axvline(
-                value, color=f"C{i + 4}", ls="--", lw=1, label=label if ax is axes[0] else None
-            )
-    axes[0].legend(fontsize=8)
+            ax.axvline(value, color=f"C{i + 4}", ls="--", lw=1, label=label)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
