@@ -310,3 +310,13 @@ def test_optimize_from_alpha_zero(linear_data):
     la.optimize_evidence(tol=1e-12)
     ref.optimize_evidence(tol=1e-12)
     np.testing.assert_allclose([la.alpha, la.beta], [ref.alpha, ref.beta], rtol=1e-8)
+
+
+def test_failed_optimisation_leaves_the_laplace_unchanged(linear_data):
+    x, t, _ = linear_data
+    la = _linear_laplace(x, t, _posterior_mean(x, t, 1.0, 5.0), alpha=1.0, beta=5.0)
+    with pytest.raises(
+        evidence.EvidenceError, match="did not converge in 1 iterations.*last alpha="
+    ):
+        la.optimize_evidence(max_iter=1)
+    assert (la.alpha, la.beta, la.evidence_result) == (1.0, 5.0, None)
