@@ -14,12 +14,13 @@ import warnings
 
 import numpy as np
 
-from sigma import evidence, likelihoods
+from sigma import evidence, likelihoods, memory
 from sigma._checks import as_array, check_inputs, check_precision, model_dtype
 from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
 from sigma.curvature import data_error, outputs, prepare
+from sigma.distribute import current_strategy, fit_structure, is_dataset, prepare_dataset
 from sigma.params import flat_weights, num_params
-from sigma.structures import STRUCTURES
+from sigma.structures import STRUCTURES, Structure
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
@@ -35,10 +36,17 @@ class Laplace:
     Parameters
     ----------
     model : keras.Model, built and trained; f(x) ∈ R^K per sample.
-    x : array (N, ...) of training inputs, matching the model's input shape.
+    x : array (N, ...) of training inputs, matching the model's input shape; or a
+        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). The structures
+        "full", "lowrank" and "last_layer" consume the dataset batch by batch; the others get
+        it concatenated into arrays.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
-    structure : how C is stored; see :mod:`sigma.structures` (``"full"``: P×P).
+    structure : how C is stored: a name in :data:`sigma.structures.STRUCTURES` ("full": P×P,
+        "lowrank": top-k eigenpairs by Lanczos, "last_layer": the final Dense layer only, ...)
+        or an unfitted :class:`~sigma.structures.Structure` instance.
+    structure_options : keyword arguments for the structure's constructor, e.g.
+        ``{"rank": 50}`` for "lowrank".
     alpha : prior precision α ≥ 0 (w ~ N(0, α⁻¹ I)).
     beta : noise precision β > 0 (t ~ N(f, β⁻¹ I)), or a (K,) array with one β_k per output
         (A = α I + Σ_k β_k C_k, ``curvature="ggn"`` and ``structure="full"`` only). Fixed at 1
@@ -49,7 +57,16 @@ class Laplace:
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
         how many and how large).
-    batch_size : samples per batch when accumulating the curvature (default: automatic).
+    batch_size : samples per batch when accumulating the curvature (default: automatic; a
+        dataset is re-batched to it when given).
+    strategy : a ``tf.distribute.Strategy`` to accumulate the curvature under (per-replica sums
+        reduced); default: the strategy whose ``scope()`` is active, if any ("full", "lowrank",
+        "last_layer").
+    max_memory : the memory the structure may use, bytes or a string like "2GB" (default: 80%
+        of the memory available); a structure estimated to need more is refused before any
+        large allocation, with :class:`sigma.memory.InsufficientMemoryError` naming structures
+        that fit.
+    progress : show progress bars while accumulating.
 
     Raises ValueError for bad input and when A = α I + β C is not positive definite.
 
@@ -61,20 +78,26 @@ class Laplace:
         self,
         model,
         x,
-        y,
+        y=None,
         *,
         likelihood: str = "regression",
         curvature: str = "ggn",
-        structure: str = "full",
+        structure: str | Structure = "full",
         alpha: float = 1.0,
         beta: float = 1.0,
         batch_size: int | None = None,
         negative: str = "keep",
+        structure_options: dict | None = None,
+        strategy=None,
+        max_memory: int | str | None = None,
+        progress: bool = False,
     ):
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-        if structure not in STRUCTURES:
+        if not isinstance(structure, Structure) and structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
+        if isinstance(structure, Structure) and structure_options:
+            raise ValueError("structure_options apply to a structure name, not an instance")
         if negative not in NEGATIVE:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         self._alpha = check_precision(alpha, "alpha", allow_zero=True)
@@ -86,23 +109,53 @@ class Laplace:
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
         self._beta, self._weighted, self._blocks = 1.0, None, None
-        x, y, k = prepare(model, x, y, self.likelihood)
-        f = outputs(model, x)
-        if not self.likelihood.has_beta:
-            check_logits(model, f)
+        if is_dataset(x):
+            if y is not None:
+                raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
+            x, n, k, e_d, e_dk = prepare_dataset(model, x, self.likelihood, batch_size=batch_size)
+            if not self.likelihood.has_beta:
+                check_logits(model, outputs(model, next(iter(x))[0].numpy()))
+        else:
+            x, y, k = prepare(model, x, y, self.likelihood)
+            f = outputs(model, x)
+            if not self.likelihood.has_beta:
+                check_logits(model, f)
+            n, e_d = len(x), data_error(model, x, y, likelihood=self.likelihood)  # E_D
+            # E_Dk = ½ Σ_n (f_nk − t_nk)² per output (regression; Σ_k E_Dk = E_D)
+            e_dk = 0.5 * np.sum((f - y) ** 2, axis=0) if self.likelihood.has_beta else None
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
-        self.n_data, self.n_outputs, self.n_params = len(x), k, num_params(model)
+        self.n_data, self.n_outputs, self.n_params = n, k, num_params(model)
         self.w_map = flat_weights(model).astype(np.float64)
-        self.data_error = data_error(model, x, y, likelihood=self.likelihood)  # E_D
-        self.weight_error = 0.5 * float(self.w_map @ self.w_map)  # E_W
-        # E_Dk = ½ Σ_n (f_nk − t_nk)² per output (regression; Σ_k E_Dk = E_D)
-        self.data_errors = 0.5 * np.sum((f - y) ** 2, axis=0) if self.likelihood.has_beta else None
+        self.data_error, self.data_errors = e_d, e_dk
         self._x = x
-        self.structure = STRUCTURES[structure]().fit(
-            model, x, y, likelihood=self.likelihood, curvature=curvature, batch_size=batch_size
+        if not isinstance(structure, Structure):
+            structure = STRUCTURES[structure](**(structure_options or {}))
+        self.memory_estimate = memory.check(
+            structure,
+            model,
+            n_data=n,
+            n_outputs=k,
+            batch_size=batch_size,
+            curvature=curvature,
+            max_memory=max_memory,
+        )  # bytes; refuses (InsufficientMemoryError) before any large allocation
+        self.structure = fit_structure(
+            structure,
+            model,
+            x,
+            y,
+            likelihood=self.likelihood,
+            curvature=curvature,
+            batch_size=batch_size,
+            strategy=current_strategy(strategy),
+            progress=progress,
         )
+        # The posterior's weights: all of them, or the final layer's for "last_layer".
+        self.n_params = self.structure.n_params
+        w_post = np.asarray(self.structure.posterior_weights(model), np.float64)
+        self.weight_error = 0.5 * float(w_post @ w_post)  # E_W
         self.negative = negative
         self._clip_negative()
         self._set_precisions(self._alpha, beta)
@@ -155,6 +208,10 @@ class Laplace:
             )
         if self._blocks is None:
             self._check_weights_unchanged()
+            if is_dataset(self._x):
+                raise ValueError(
+                    "one beta per output needs the training data as arrays, not a dataset"
+                )
             try:
                 self._blocks = self.structure.output_blocks(
                     self.model, self._x, batch_size=self.batch_size
@@ -197,6 +254,12 @@ class Laplace:
                 f"{-beta * float(lam.min()):.4g}"
                 if lam.size and lam.min() < 0
                 else "use alpha > 0"
+                + (
+                    f" (structure {self.structure.name!r} keeps {lam.size} of the "
+                    f"{self.n_params} eigenvalues of C and takes the others as zero)"
+                    if lam.size < self.n_params
+                    else ""
+                )
             )
             raise ValueError(
                 f"the posterior precision A = alpha*I + beta*C is not positive definite "

@@ -18,18 +18,27 @@ from __future__ import annotations
 import numpy as np
 
 from sigma.curvature import _auto_batch, _batches, gauss_newton, hessian, jacobian_function
-from sigma.params import num_params
+from sigma.distribute import dense_curvature, is_dataset
+from sigma.params import flat_weights, num_params
 
 
 class Structure:
     """Base class: a fitted curvature C in some structure."""
 
     name = "base"
+    # True: fit() also takes x as a tf.data.Dataset of (x, y) batches (y None) and the keywords
+    # strategy= and progress= (see sigma.distribute.fit_structure); False: arrays only.
+    streaming = False
 
     def fit(self, model, x, y, *, likelihood, curvature: str, batch_size: int | None) -> Structure:
         """Accumulate C over (x, y): ``curvature`` is "ggn" or "hessian"; ``likelihood`` a
         :mod:`sigma.likelihoods` object (its ``hessian_sqrt`` gives the GGN's Λ_n = L_n L_nᵀ)."""
         raise NotImplementedError
+
+    def posterior_weights(self, model) -> np.ndarray:
+        """The weights the posterior covers, (n_params,) in package order (default: all; the
+        last-layer structure covers its layer only). E_W = ½‖·‖² in the evidence."""
+        return flat_weights(model)
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -70,10 +79,22 @@ class Full(Structure):
     """
 
     name = "full"
+    streaming = True
 
-    def fit(self, model, x, y, *, likelihood, curvature, batch_size):
+    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
         self.n_params = num_params(model)
-        if curvature == "ggn":
+        if is_dataset(x) or strategy is not None:  # batches of a dataset and/or across replicas
+            c = dense_curvature(
+                model,
+                x,
+                y,
+                likelihood=likelihood,
+                curvature=curvature,
+                batch_size=batch_size,
+                strategy=strategy,
+                progress=progress,
+            )
+        elif curvature == "ggn":
             c = gauss_newton(model, x, likelihood=likelihood, batch_size=batch_size)
         elif curvature == "hessian":
             c = hessian(model, x, y, likelihood=likelihood, batch_size=batch_size)
@@ -132,3 +153,9 @@ class Full(Structure):
 
 
 STRUCTURES: dict[str, type[Structure]] = {"full": Full}
+
+# Registered last: their modules import Structure from this one.
+from sigma.last_layer import LastLayer  # noqa: E402
+from sigma.lowrank import LowRank  # noqa: E402
+
+STRUCTURES.update({LowRank.name: LowRank, LastLayer.name: LastLayer})
