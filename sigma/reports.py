@@ -209,8 +209,8 @@ def write_index(out="reports") -> Path:
     """Write ``out/index.html``: links to every HTML page under ``out``, offline.
 
     Sections: the notebooks (with code / without code / .ipynb, and whether they raised), one
-    table per sweep (``out/sweeps/<name>/``: a row per finished run with its parameters and
-    metrics, then the failed runs with their error), and any other HTML page.
+    table per sweep (``out/sweeps/<name>/``: a row per finished run with the parameters that
+    vary and the metrics, then the failed runs with their error), and any other HTML page.
     """
     from sigma.runs import FAILED_DIR, git_state, load_failures, load_sweep
 
@@ -250,7 +250,12 @@ def write_index(out="reports") -> Path:
             f"{len(failures)} failed, in <code>{html.escape(str(sweep))}</code></p>"
         )
         if len(table):
-            columns = table.attrs["parameters"] + table.attrs["metrics"] + ["wall_time_s"]
+            params = table.attrs["parameters"]
+            varying = [c for c in params if table[c].astype(str).nunique() > 1]
+            fixed = [f"{c}={_fmt(table[c].iloc[0])}" for c in params if c not in varying]
+            if fixed:
+                parts.append(f'<p class="meta">Same in every run: {", ".join(fixed)}</p>')
+            columns = varying + table.attrs["metrics"] + ["wall_time_s"]
             body = []
             for _, row in table.iterrows():
                 page = _first_html(sweep / row["run"])

@@ -239,6 +239,7 @@ class Grid:
     name: str
     parameters: dict[str, tuple]
     declared: dict[str, Parameter] = field(repr=False, compare=False)
+    source: object = field(default=None, repr=False, compare=False)  # the NotebookNode
 
     def points(self) -> list[dict]:
         """The runs: the cartesian product of the values, one dict per run."""
@@ -287,9 +288,10 @@ def load_grid(path) -> Grid:
     name = spec.get("name", notebook.stem)
     if not isinstance(name, str) or not _SAFE_STR.fullmatch(name):
         raise ValueError(f"{path}: 'name' must be a folder name (letters, digits, . _ + -)")
-    declared = declared_parameters(read_notebook(notebook), str(notebook))
+    nb = read_notebook(notebook)
+    declared = declared_parameters(nb, str(notebook))
     values = validate_grid(spec["parameters"], declared, f"{path}")
-    return Grid(notebook, name, values, declared)
+    return Grid(notebook, name, values, declared, nb)
 
 
 def validate_grid(parameters, declared: dict[str, Parameter], where: str = "grid") -> dict:
@@ -499,10 +501,10 @@ def run_sweep(
         raise ValueError(f"workers must be ≥ 1, got {workers}")
     sweep_dir = (Path(out) / grid.name).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    nb = read_notebook(grid.notebook)
+    source = json.dumps(grid.source if grid.source is not None else read_notebook(grid.notebook))
     wants = METRICS_PARAMETER in grid.declared
     specs = [
-        RunSpec(run_name(p), p, json.dumps(nb), grid.notebook.stem, str(sweep_dir), wants, timeout)
+        RunSpec(run_name(p), p, source, grid.notebook.stem, str(sweep_dir), wants, timeout)
         for p in grid.points()
     ]
     with _locked(sweep_dir):
