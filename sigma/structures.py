@@ -159,3 +159,7 @@ from sigma.last_layer import LastLayer  # noqa: E402
 from sigma.lowrank import LowRank  # noqa: E402
 
 STRUCTURES.update({LowRank.name: LowRank, LastLayer.name: LastLayer})
+from sigma.diag import Diag  # noqa: E402
+from sigma.kfac import KFAC  # noqa: E402
+
+STRUCTURES.update({Diag.name: Diag, KFAC.name: KFAC})

@@ -1,0 +1,121 @@
+"""The Kronecker-factored structure (KFAC; Ritter, Botev & Barber 2018; Martens & Grosse 2015).
+
+For a Dense or convolutional layer with bias-augmented inputs ã (D) and output sensitivities s
+(C), the exact GGN block is Σ_n Σ_k (Σ_t ã_nt ⊗ s_nkt)(Σ_t ã_nt ⊗ s_nkt)ᵀ. KFAC replaces it by
+
+    C_layer ≈ Q ⊗ H,   Q = (1 / (N T)) Σ_n Σ_t ã_nt ã_ntᵀ   (D × D, inputs)
+                       H = Σ_n Σ_t Σ_k s_nkt s_nktᵀ          (C × C, sensitivities)
+
+with T positions per sample (T = 1 for a Dense layer on vectors; the spatial positions of a
+convolution, i.e. KFC of Grosse & Martens 2016 in its "expand" form). The 1/N sits on Q so that
+Q ⊗ H is the exact block for one sample (and for one sample, any K, on a Dense layer). The
+Kronecker order Q ⊗ H matches the package's weight order: the (D, C) augmented kernel
+[W; b] is flattened row-major, index i·C + j (:mod:`sigma.params`).
+
+The factors are eigen-decomposed once, Q = U_q diag(q) U_qᵀ, H = U_h diag(h) U_hᵀ, so the
+prior and β enter exactly (no per-factor damping):
+
+    A_layer⁻¹ = (U_q ⊗ U_h) diag(1 / (α + β q_i h_j)) (U_q ⊗ U_h)ᵀ,
+
+the eigenvalues of C are the products q_i h_j, and the predictive rotates the test inputs ã into
+U_q and the sensitivities s into U_h and contracts with 1/(α + β q_i h_j) — never forming J.
+Layers without a fast path (:mod:`sigma.layers`) keep their exact GGN block, eigen-decomposed,
+when it has at most ``max_block`` weights, and its exact diagonal otherwise.
+GGN only: ``curvature="hessian"`` is refused. Memory Σ (D² + C²) plus the generic blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from threadpoolctl import threadpool_limits
+
+from sigma.layers import Captured, Layerwise
+
+
+class KFAC(Layerwise):
+    """C ≈ block-diag(Q_l ⊗ H_l) over Dense/Conv layers, exact blocks for the others.
+
+    Parameters
+    ----------
+    max_block : generic-path layers with more weights than this get their exact GGN diagonal
+        instead of their exact GGN block (P_l² memory).
+    fast : see :class:`sigma.layers.Layerwise`.
+    """
+
+    name = "kfac"
+
+    def __init__(self, *, max_block: int = 2048, fast: bool = True):
+        super().__init__(fast=fast)
+        self.max_block = int(max_block)
+
+    def _full(self, g) -> bool:
+        return g.size <= self.max_block
+
+    def _batch_stats(self, cap: Captured) -> list:
+        stats = []
+        for blk, a, s in zip(self.plan.fast, cap.acts, cap.sens, strict=True):
+            if a is None:
+                dt = cap.outputs.dtype
+                stats += [tf.zeros((blk.d_in,) * 2, dt), tf.zeros((blk.d_out,) * 2, dt)]
+                continue
+            a2 = tf.reshape(a, (-1, blk.d_in))
+            s2 = tf.reshape(s, (-1, blk.d_out))
+            stats += [tf.matmul(a2, a2, transpose_a=True), tf.matmul(s2, s2, transpose_a=True)]
+        for g, j in zip(self.plan.generic, cap.jacs, strict=True):
+            if self._full(g):
+                j2 = tf.reshape(j, (-1, g.size))
+                stats.append(tf.matmul(j2, j2, transpose_a=True))
+            else:
+                stats.append(tf.reduce_sum(tf.square(j), axis=(0, 1)))
+        return stats
+
+    def _finish(self, stats):
+        n, nf = self.n_data, len(self.plan.fast)
+        self.factors, self.factor_eigen, eig = [], [], []
+        for i, blk in enumerate(self.plan.fast):
+            q, h = stats[2 * i] / (n * max(blk.positions, 1)), stats[2 * i + 1]
+            self.factors.append((q, h))
+            (qe, qv), (he, hv) = _eigh(q), _eigh(h)
+            self.factor_eigen.append((qe, qv, he, hv))
+            eig.append(np.outer(qe, he).ravel())
+        self.generic_eigen = []
+        for acc in stats[2 * nf :]:
+            e, v = _eigh(acc) if acc.ndim == 2 else (acc, None)
+            self.generic_eigen.append((e, v, acc))
+            eig.append(e)
+        self._eig = np.concatenate(eig) if eig else np.zeros(0)
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """Products q_i h_j of the factor eigenvalues per Kronecker block, then the generic
+        blocks' eigenvalues: (P,) in total."""
+        return self._eig
+
+    def _block_params(self, alpha, beta):
+        out = []
+        for qe, qv, he, hv in self.factor_eigen:
+            out.append([qv, hv, 1.0 / (alpha + beta * np.outer(qe, he))])
+        for e, v, _ in self.generic_eigen:
+            out.append([v, 1.0 / (alpha + beta * e)])
+        return out
+
+    def matrix(self) -> np.ndarray:
+        c = np.zeros((self.n_params, self.n_params))
+        for blk, (q, h) in zip(self.plan.fast, self.factors, strict=True):
+            c[np.ix_(blk.index, blk.index)] = np.kron(q, h)
+        for g, (_, _, acc) in zip(self.plan.generic, self.generic_eigen, strict=True):
+            c[np.ix_(g.index, g.index)] = acc if acc.ndim == 2 else np.diag(acc)
+        return c
+
+
+def _eigh(m):
+    """Eigen-decomposition of a PSD factor in float64; round-off negatives clipped to 0.
+
+    One BLAS thread: on a small, busy machine a multi-threaded OpenBLAS eigh of a 785 × 785
+    factor was measured 3–10× slower than a single-threaded one (threads spin-waiting for each
+    other and for TensorFlow's pool).
+    """
+    with threadpool_limits(1):
+        e, v = np.linalg.eigh(0.5 * (m + m.T))
+    return np.clip(e, 0.0, None), v

@@ -1,0 +1,658 @@
+"""Per-layer curvature pieces: layer inputs and back-propagated output sensitivities.
+
+The structured curvatures (:mod:`sigma.diag`, :mod:`sigma.kfac`) never form the (N, K, P)
+Jacobian. For a layer computing z = a W + b (Dense) the per-sample gradient of a (pseudo-)output
+u_k with respect to the layer's weights is an outer product,
+
+    ∂u_k(x_n)/∂[W; b] = Σ_t ã_nt ⊗ s_nkt,   ã = [a, 1] (bias augmented),  s_nk = ∂u_k(x_n)/∂z_n,
+
+summed over the positions t at which the weights are applied (t = 1 for a Dense layer on
+vectors; the spatial positions of a convolution, whose input a is then the patch under the
+kernel; every call of a layer used more than once). One forward pass records ã and z for every
+such layer and one vectorised backward pass per output gives s; the heavy contractions then
+run over (B, T, D) and (K, B, T, C) tensors. The pseudo-outputs are u = f for the predictive
+and u_n = L_nᵀ f_n for the generalised Gauss–Newton matrix (Λ_n = L_n L_nᵀ, see
+:mod:`sigma.likelihoods`), so the GGN is Σ_n Σ_k g_nk g_nkᵀ with g_nk = ∂u_nk/∂w.
+
+Which layers take which path
+----------------------------
+===========================================  =========  =========================================
+Keras layer                                  path       weights per block
+===========================================  =========  =========================================
+``Dense`` (any input rank)                   fast       kernel (+ bias), D = d_in (+1), C = units
+``Conv2D`` (channels_last, groups=1)         fast       patches via ``tf.image.extract_patches``
+``Conv1D`` (channels_last, groups=1, incl.   fast       as Conv2D on a height-1 image
+causal padding)
+``Embedding``, ``BatchNormalization``,       generic    all trainable weights of the layer, one
+``LayerNormalization``, ``Conv3D``,                     block; per-sample Jacobian by autodiff
+``DepthwiseConv2D``, ``Conv2DTranspose``,
+any custom layer, LoRA / quantised layers
+Dropout, pooling, Flatten, Reshape, ...      —          no weights (inference mode: Dropout off)
+===========================================  =========  =========================================
+
+The fast path is found by patching, for the duration of one traced forward pass, the layer
+instance's ``call`` (to record its input) and ``activation`` (to record and watch the
+pre-activation z); this works for Sequential, Functional and subclassed models alike. A fit
+first checks, on a few samples, that Σ_n Σ_k of the outer products equals the plain gradient of
+the layer's weights; a layer whose weights are also used outside its ``call`` (tied weights)
+fails the check and falls back to the generic path with a warning.
+
+The generic path differentiates each sample's pseudo-outputs with respect to the layer's own
+weights (``tf.vectorized_map`` over the samples of a batch of a ``GradientTape.jacobian``):
+exact, but it costs K backward passes per sample and B·K·P_layer memory per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sigma import likelihoods
+from sigma._checks import check_inputs, model_dtype
+from sigma.curvature import _batches, _spec, num_outputs, prepare
+from sigma.distribute import Accumulator, as_dataset, batch_size_for, first_samples, is_dataset
+from sigma.structures import Structure
+
+# Cap on the elements of the largest per-batch intermediate of the layer-wise structures.
+_ELEMENT_BUDGET = 2**24
+# Patching is process-wide: replicas of a tf.distribute strategy trace their forward passes in
+# threads, so the patched forward pass is serialised.
+_PATCH_LOCK = threading.RLock()
+
+
+@dataclass
+class FastBlock:
+    """A Dense/Conv layer whose weights form a (D, C) matrix: rows = (patch) inputs + bias."""
+
+    layer: keras.layers.Layer
+    kind: str  # "dense" | "conv1d" | "conv2d"
+    kernel: int  # index into model.trainable_variables
+    bias: int | None
+    d_in: int  # D: rows of the bias-augmented kernel matrix
+    d_out: int  # C: output features (units / filters)
+    index: np.ndarray  # (D·C,) positions in the flat weight vector, row-major over (D, C)
+    positions: int = 1  # T per sample (set by probing a forward pass)
+
+    @property
+    def size(self) -> int:
+        return self.d_in * self.d_out
+
+
+@dataclass
+class GenericBlock:
+    """All trainable weights of one layer without a fast path (autodiff per-sample Jacobian)."""
+
+    name: str
+    variables: list[int]  # indices into model.trainable_variables
+    index: np.ndarray  # (P_l,) positions in the flat weight vector
+    layer_class: str = ""
+
+    @property
+    def size(self) -> int:
+        return int(self.index.size)
+
+
+@dataclass
+class LayerPlan:
+    """How each trainable weight of a model is handled: fast blocks and generic blocks."""
+
+    fast: list[FastBlock] = field(default_factory=list)
+    generic: list[GenericBlock] = field(default_factory=list)
+    n_params: int = 0
+    excluded: tuple = ()  # layers forced onto the generic path
+    generic_pfor: bool = True  # vectorised generic Jacobians (False: while loops; see probe)
+
+    def table(self) -> list[dict]:
+        """One row per block: layer name, class, path and number of weights."""
+        rows = [
+            {
+                "layer": b.layer.name,
+                "class": type(b.layer).__name__,
+                "path": f"fast ({b.kind})",
+                "weights": b.size,
+                "positions": b.positions,
+            }
+            for b in self.fast
+        ]
+        rows += [
+            {
+                "layer": g.name,
+                "class": g.layer_class,
+                "path": "generic",
+                "weights": g.size,
+                "positions": None,
+            }
+            for g in self.generic
+        ]
+        return rows
+
+
+def _fast_kind(layer) -> str | None:
+    """The fast-path kind of a layer, or None when it must take the generic path."""
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return None
+    if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call:
+        return "dense"
+    for cls, kind in ((keras.layers.Conv2D, "conv2d"), (keras.layers.Conv1D, "conv1d")):
+        if (
+            isinstance(layer, cls)
+            and type(layer).call is cls.call
+            and type(layer).convolution_op is cls.convolution_op
+            and layer.data_format == "channels_last"
+            and getattr(layer, "groups", 1) == 1
+        ):
+            return kind
+    return None
+
+
+def _own_variables(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    )
+
+
+def plan_layers(model, *, fast: bool = True, exclude: tuple = ()) -> LayerPlan:
+    """Assign every trainable weight of ``model`` to a fast or a generic block.
+
+    ``fast=False`` sends every layer down the generic path (the reference in the tests);
+    ``exclude`` lists layers (objects) forced onto the generic path.
+    """
+    tv = model.trainable_variables
+    pos = {id(v): i for i, v in enumerate(tv)}
+    sizes = [int(np.prod(v.shape)) for v in tv]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def flat(i):
+        return np.arange(offsets[i], offsets[i + 1])
+
+    plan, taken = LayerPlan(n_params=int(offsets[-1]), excluded=tuple(exclude)), set()
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    for layer in layers:
+        kind = _fast_kind(layer) if fast and not any(layer is e for e in exclude) else None
+        if kind is None or id(layer.kernel) not in pos:
+            continue
+        bias = getattr(layer, "bias", None)
+        if bias is not None and id(bias) not in pos:
+            continue
+        k, b = pos[id(layer.kernel)], None if bias is None else pos[id(bias)]
+        c = int(layer.kernel.shape[-1])
+        index = flat(k) if b is None else np.concatenate([flat(k), flat(b)])
+        d = index.size // c
+        plan.fast.append(FastBlock(layer, kind, k, b, d, c, index))
+        taken.update({k} if b is None else {k, b})
+    for layer in layers:
+        own = [
+            pos[id(v)] for v in _own_variables(layer) if id(v) in pos and pos[id(v)] not in taken
+        ]
+        if own:
+            plan.generic.append(
+                GenericBlock(
+                    layer.name, own, np.concatenate([flat(i) for i in own]), type(layer).__name__
+                )
+            )
+            taken.update(own)
+    rest = [i for i in range(len(tv)) if i not in taken]
+    for i in rest:  # weights no layer claims as its own (should be rare)
+        plan.generic.append(GenericBlock(tv[i].path, [i], flat(i), "Variable"))
+    return plan
+
+
+# -- capture -----------------------------------------------------------------------------------
+class Captured(NamedTuple):
+    """What one batch gives: per fast block ã (B, T, D) and s (K, B, T, C) (None if the layer
+    was never called); per generic block the per-sample Jacobian (B, K, P_l); and f (B, K)."""
+
+    acts: list
+    sens: list
+    jacs: list
+    outputs: tf.Tensor
+
+
+@contextlib.contextmanager
+def _patched(plan: LayerPlan, tape, records):
+    """Record each fast layer's input and (watched) pre-activation output while active."""
+    with _PATCH_LOCK:
+        saved = []
+        try:
+            for i, blk in enumerate(plan.fast):
+                layer = blk.layer
+                own_call = layer.__dict__.get("call")
+                orig_call, orig_act = layer.call, layer.activation
+
+                def call(*args, _i=i, _orig=orig_call, **kwargs):
+                    records[_i][0].append(args[0] if args else kwargs["inputs"])
+                    return _orig(*args, **kwargs)
+
+                def activation(z, _i=i, _orig=orig_act):
+                    if tape is not None:
+                        tape.watch(z)
+                    records[_i][1].append(z)
+                    return _orig(z) if _orig is not None else z
+
+                saved.append((layer, own_call, orig_act))
+                object.__setattr__(layer, "call", call)
+                object.__setattr__(layer, "activation", activation)
+            yield
+        finally:
+            for layer, own_call, orig_act in saved:
+                if own_call is None:
+                    object.__delattr__(layer, "call")
+                else:
+                    object.__setattr__(layer, "call", own_call)
+                object.__setattr__(layer, "activation", orig_act)
+
+
+def _patches(blk: FastBlock, a):
+    """The layer input as (B, T, D_kernel): flattened positions for Dense, patches for conv."""
+    layer = blk.layer
+    if blk.kind == "dense":
+        return tf.reshape(a, (tf.shape(a)[0], -1, a.shape[-1]))
+    if blk.kind == "conv1d":
+        if layer.padding == "causal":
+            left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+            a = tf.pad(a, [[0, 0], [left, 0], [0, 0]])
+        padding = "VALID" if layer.padding in ("valid", "causal") else "SAME"
+        a = a[:, None]
+        sizes = [1, 1, layer.kernel_size[0], 1]
+        strides = [1, 1, layer.strides[0], 1]
+        rates = [1, 1, layer.dilation_rate[0], 1]
+    else:
+        padding = layer.padding.upper()
+        sizes = [1, *layer.kernel_size, 1]
+        strides = [1, *layer.strides, 1]
+        rates = [1, *layer.dilation_rate, 1]
+    p = tf.image.extract_patches(a, sizes=sizes, strides=strides, rates=rates, padding=padding)
+    return tf.reshape(p, (tf.shape(p)[0], -1, p.shape[-1]))
+
+
+def _pseudo_outputs(f, root):
+    """u_n = L_nᵀ f_n with L_n held constant (its own dependence on w is not part of the GGN)."""
+    if root is None:
+        return f
+    lmat = root(tf.stop_gradient(f))
+    if lmat is None:
+        return f
+    return tf.einsum("bkj,bk->bj", tf.cast(lmat, f.dtype), f)
+
+
+def _model_outputs(model, x):
+    out = model(x, training=False)
+    k = int(np.prod(out.shape[1:])) if None not in out.shape[1:] else -1
+    return tf.reshape(out, (tf.shape(out)[0], k))
+
+
+def capture(model, plan: LayerPlan, x, *, root=None) -> Captured:
+    """Traceable: layer inputs, output sensitivities and generic Jacobians for a batch x.
+
+    ``root`` is ``likelihood.hessian_sqrt`` (pseudo-outputs u = Lᵀ f, for the GGN) or None
+    (u = f, for the predictive). Cost: one forward pass and a vectorised backward pass per
+    output for the fast blocks; for generic blocks, per sample, one forward and K backward
+    passes (``tf.vectorized_map``).
+    """
+    records = [([], []) for _ in plan.fast]
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        with _patched(plan, tape, records):
+            f = _model_outputs(model, x)
+        u = _pseudo_outputs(f, root)
+        total = tf.reduce_sum(u, axis=0)  # (K,): samples are independent in inference mode
+    zs = [z for _, zl in records for z in zl]
+    grads = _sensitivities(tape, u, total, zs) if zs else []
+    del tape
+    acts, sens, start = [], [], 0
+    for blk, (al, zl) in zip(plan.fast, records, strict=True):
+        if len(al) != len(zl):
+            raise RuntimeError(f"layer {blk.layer.name}: inputs and outputs recorded unevenly")
+        if not zl:
+            acts.append(None)
+            sens.append(None)
+            continue
+        a = tf.concat([_patches(blk, ai) for ai in al], axis=1)
+        if blk.bias is not None:
+            a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
+        g = grads[start : start + len(zl)]
+        start += len(zl)
+        k = tf.shape(g[0])[0]
+        s = tf.concat([tf.reshape(gi, (k, tf.shape(gi)[1], -1, blk.d_out)) for gi in g], axis=2)
+        acts.append(a)
+        sens.append(s)
+    jacs = _generic_jacobians(model, plan, x, root) if plan.generic else []
+    return Captured(acts, sens, jacs, f)
+
+
+_LOOP_OUTPUTS = 64  # up to this many outputs, one backward pass each; beyond, pfor
+
+
+def _sensitivities(tape, u, total, zs):
+    """∂u_k/∂z for every recorded z, stacked over k: each (K, *z.shape).
+
+    Samples are independent in inference mode, so the gradient of Σ_n u_nk with respect to z
+    holds every sample's own sensitivity. One backward pass per output (a Python loop unrolled
+    in the graph: faster to run than ``jacobian``'s pfor here); pfor for many outputs.
+    """
+    k = u.shape[1]
+    zero = tf.UnconnectedGradients.ZERO
+    if k is None or k > _LOOP_OUTPUTS:
+        return tape.jacobian(total, zs, unconnected_gradients=zero, experimental_use_pfor=True)
+    rows = tf.fill(tf.shape(u)[:1], 0)
+    per_k = [
+        tape.gradient(
+            u,
+            zs,
+            output_gradients=tf.one_hot(rows + i, k, dtype=u.dtype),
+            unconnected_gradients=zero,
+        )
+        for i in range(k)
+    ]
+    return [tf.stack([g[j] for g in per_k]) for j in range(len(zs))]
+
+
+def _generic_jacobians(model, plan: LayerPlan, x, root):
+    """Per generic block the per-sample Jacobian of the pseudo-outputs, (B, K, P_l).
+
+    ``tf.vectorized_map`` over the samples of a ``jacobian`` over the K outputs (pfor): K
+    backward passes per sample, linear in B. When pfor cannot convert some op of the model
+    (:func:`probe` finds out), a ``tf.map_fn`` of while-loop Jacobians instead: slower, same
+    values.
+    """
+    tv = model.trainable_variables
+    generic = [i for blk in plan.generic for i in blk.variables]
+    values = [tf.convert_to_tensor(v.value) for v in tv]
+    non_trainable = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+    kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
+    pfor = plan.generic_pfor
+
+    def one(xn):
+        # The weights enter as plain tensors (stateless_call): gradients with respect to them
+        # also work inside tf.map_fn, where variables captured by the loop body would not.
+        weights = list(values)
+        with tf.GradientTape(persistent=not pfor, watch_accessed_variables=False) as tape:
+            for i in generic:
+                weights[i] = tf.identity(values[i])
+                tape.watch(weights[i])
+            out, _ = model.stateless_call(weights, non_trainable, xn[None], **kwargs)
+            u = _pseudo_outputs(tf.reshape(out, (1, -1)), root)[0]
+        variables = [weights[i] for i in generic]
+        zero = tf.UnconnectedGradients.ZERO
+        if pfor:
+            jac = tape.jacobian(
+                u, variables, unconnected_gradients=zero, experimental_use_pfor=True
+            )
+            return [tf.reshape(j, (tf.shape(u)[0], -1)) for j in jac]
+        k = u.shape[0]
+        rows = [
+            tape.gradient(
+                u,
+                variables,
+                output_gradients=tf.one_hot(i, k, dtype=u.dtype),
+                unconnected_gradients=zero,
+            )
+            for i in range(k)
+        ]
+        return [tf.stack([tf.reshape(r[v], [-1]) for r in rows]) for v in range(len(variables))]
+
+    if pfor:
+        per_var = tf.vectorized_map(one, x)
+    else:
+        sig = [tf.TensorSpec([None, int(np.prod(tv[i].shape))], values[i].dtype) for i in generic]
+        per_var = tf.map_fn(one, x, fn_output_signature=sig)
+    out, i = [], 0
+    for blk in plan.generic:
+        n = len(blk.variables)
+        out.append(tf.concat(per_var[i : i + n], axis=-1))
+        i += n
+    return out
+
+
+# -- probing and checking the fast path ---------------------------------------------------------
+def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
+    """Run the fast path eagerly on a few samples x: set each block's positions T and check
+    Σ_n Σ_k Σ_t ã ⊗ s against the plain gradient of Σ f. A block that disagrees (weights also
+    used outside the layer's ``call``) moves to the generic path, with a warning."""
+    tv = model.trainable_variables
+    if rtol is None:
+        rtol = 1e-3 if tv[0].dtype in ("float16", "bfloat16", "float32") else 1e-8
+    records = [([], []) for _ in plan.fast]
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        for blk in plan.fast:
+            tape.watch(tv[blk.kernel].value)
+            if blk.bias is not None:
+                tape.watch(tv[blk.bias].value)
+        with _patched(plan, tape, records):
+            total = tf.reduce_sum(_model_outputs(model, tf.constant(x)))
+    bad = []
+    for blk, (al, zl) in zip(plan.fast, records, strict=True):
+        if not zl:
+            blk.positions = 0
+            continue
+        a = tf.concat([_patches(blk, ai) for ai in al], axis=1)
+        if blk.bias is not None:
+            a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
+        s = tf.concat(
+            [tf.reshape(g, (g.shape[0], -1, blk.d_out)) for g in tape.gradient(total, zl)], axis=1
+        )
+        blk.positions = int(a.shape[1])
+        fast = tf.reshape(tf.einsum("btd,btc->dc", a, s), [-1]).numpy()
+        refs = [tv[blk.kernel].value] + ([] if blk.bias is None else [tv[blk.bias].value])
+        ref = np.concatenate(
+            [
+                np.ravel(g.numpy()) if g is not None else np.zeros(int(np.prod(r.shape)))
+                for g, r in zip(tape.gradient(total, refs), refs, strict=True)
+            ]
+        )
+        if np.linalg.norm(fast - ref) > rtol * max(np.linalg.norm(ref), 1e-30):
+            bad.append(blk.layer)
+    del tape
+    if plan.generic and plan.generic_pfor:
+        try:  # some ops (e.g. grouped convolutions) break pfor: fall back to while loops
+            _generic_jacobians(model, plan, tf.constant(x[:2]), None)
+        except (tf.errors.OpError, ValueError, NotImplementedError, TypeError):
+            plan.generic_pfor = False
+    if bad:
+        names = ", ".join(layer.name for layer in bad)
+        warnings.warn(
+            f"layers {names}: their weights are also used outside their call() (tied weights?); "
+            "they take the generic autodiff path instead",
+            stacklevel=3,
+        )
+        return probe(model, plan_layers(model, exclude=plan.excluded + tuple(bad)), x, rtol=rtol)
+    return plan
+
+
+def per_sample_elements(plan: LayerPlan, k: int) -> int:
+    """Elements held per sample by the largest intermediates of a batch (for a batch size)."""
+    n = 0
+    for b in plan.fast:
+        n += 2 * k * b.positions * b.d_out + b.positions * b.d_in  # s (and its rotation), ã
+        if b.positions > 1:
+            n += 2 * k * b.size  # per-sample gradients of a weight-shared layer
+    n += sum(4 * k * g.size for g in plan.generic)  # vectorised Jacobian intermediates
+    return max(n, 1)
+
+
+def layer_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
+    """``batch_size`` if given, else the largest batch (≤ n) within :data:`_ELEMENT_BUDGET`."""
+    if batch_size is not None:
+        return batch_size_for(n, per_sample, batch_size)
+    return int(max(1, min(n, _ELEMENT_BUDGET // max(int(per_sample), 1))))
+
+
+# -- the shared machinery of the layer-wise structures ------------------------------------------
+class Layerwise(Structure):
+    """Base of :class:`sigma.diag.Diag` and :class:`sigma.kfac.KFAC`: a per-layer curvature
+    accumulated over batches from :func:`capture`, and a predictive that contracts the layer
+    inputs and sensitivities of the test batch with each block's inverse, never forming J.
+
+    Subclasses define ``_batch_stats`` (traced: per-batch sums), ``_finish`` and
+    ``_block_params(alpha, beta)`` (the per-block rotations and inverse eigenvalues). The
+    batches are summed by :class:`sigma.distribute.Accumulator` (one traced graph, arrays or a
+    dataset, optionally a ``tf.distribute.Strategy``, a tqdm bar with ``progress=True``).
+
+    Parameters
+    ----------
+    fast : use the fast path for Dense/Conv layers (False: every layer generic; for tests).
+    """
+
+    name = "layerwise"
+    streaming = True  # fit() takes a dataset, strategy= and progress=
+
+    def __init__(self, *, fast: bool = True):
+        self.fast = bool(fast)
+        self._fns = {}
+
+    # fitting ------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model,
+        x,
+        y=None,
+        *,
+        likelihood="regression",
+        curvature="ggn",
+        batch_size=None,
+        strategy=None,
+        progress=False,
+    ):
+        """Accumulate the layer-wise curvature over x: arrays (N, ...) in batches of
+        ``batch_size`` (default: automatic), or a ``tf.data.Dataset`` of ``(x, y)`` batches;
+        under a ``tf.distribute.Strategy`` when given. ``y`` is not needed (GGN)."""
+        if curvature != "ggn":
+            raise ValueError(
+                f"structure={self.name!r} supports curvature='ggn' only (the exact Hessian has "
+                f"no layer-wise factorisation here), got curvature={curvature!r}: use "
+                "structure='full' for the Hessian of a small model"
+            )
+        lik = likelihoods.get(likelihood)
+        if is_dataset(x):
+            first = check_inputs(model, first_samples(x, 8)).astype(model_dtype(model))
+            k, n, data = num_outputs(model, first), None, x
+        else:
+            x, _, k = prepare(model, x)
+            first, n = x[:8], len(x)
+        self.plan = probe(model, plan_layers(model, fast=self.fast), first)
+        self.n_params, self.n_outputs = self.plan.n_params, k
+        if n is not None:
+            bs = layer_batch_size(n, per_sample_elements(self.plan, k), batch_size)
+            data = as_dataset(x, batch_size=bs)
+        plan, root = self.plan, lik.hessian_sqrt
+
+        def body(batch):
+            cap = capture(model, plan, batch[0], root=root)
+            count = tf.cast(tf.shape(batch[0])[0], cap.outputs.dtype)
+            return (*self._batch_stats(cap), count)
+
+        stats = Accumulator(
+            body, data, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
+        )()
+        self.n_data = int(round(float(stats[-1])))
+        self._finish(list(stats[:-1]))
+        self._fns = {}
+        return self
+
+    # predictive ---------------------------------------------------------------------------------
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        """diag J(x) A⁻¹ J(x)ᵀ per sample, (N, K) float64, from the layer-wise inverse."""
+        return self._predict(model, x, alpha, beta, batch_size, covariance=False)
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        """J(x) A⁻¹ J(x)ᵀ per sample, (N, K, K) float64, from the layer-wise inverse."""
+        return self._predict(model, x, alpha, beta, batch_size, covariance=True)
+
+    def _predict(self, model, x, alpha, beta, batch_size, *, covariance):
+        x, _, k = prepare(model, x)
+        dtype = x.dtype
+        params = [
+            [None if t is None else tf.constant(t, dtype) for t in blk]
+            for blk in self._block_params(float(alpha), float(beta))
+        ]
+        flat = [t for blk in params for t in blk if t is not None]
+        key = (id(model), covariance, x.shape[1:], str(dtype))
+        if key not in self._fns:
+            self._fns[key] = self._predict_fn(model, x, params, covariance)
+        fn = self._fns[key]
+        bs = layer_batch_size(len(x), per_sample_elements(self.plan, k), batch_size)
+        out = [np.asarray(fn(x[s], flat), dtype=np.float64) for s in _batches(len(x), bs)]
+        return np.concatenate(out)
+
+    def _predict_fn(self, model, x, params, covariance):
+        plan = self.plan
+        layout = [[t is not None for t in blk] for blk in params]
+        specs = [tf.TensorSpec(t.shape, t.dtype) for blk in params for t in blk if t is not None]
+
+        @tf.function(input_signature=[_spec(model, x), specs], autograph=False)
+        def fn(xb, flat):
+            it = iter(flat)
+            blocks = [[next(it) if present else None for present in blk] for blk in layout]
+            return contract(plan, capture(model, plan, xb), blocks, covariance=covariance)
+
+        return fn
+
+    # hooks --------------------------------------------------------------------------------------
+    def _batch_stats(self, cap: Captured) -> list:
+        """Traced: the batch's sums of each block's statistics (tensors of static shape)."""
+        raise NotImplementedError
+
+    def _finish(self, stats: list) -> None:
+        """From the summed statistics (float64 arrays), the fitted curvature."""
+        raise NotImplementedError
+
+    def _block_params(self, alpha, beta) -> list:
+        """Per fast block [U_in or None, U_out or None, W (D, C)]; per generic block
+        [V or None, w]: the inverse of that block of A is (U_in ⊗ U_out) diag(W) (U_in ⊗ U_out)ᵀ
+        (resp. V diag(w) Vᵀ), None standing for the identity."""
+        raise NotImplementedError
+
+    def matrix(self) -> np.ndarray:
+        """The approximate curvature C as an explicit (P, P) float64 matrix (small models only;
+        for tests: the structures themselves never form it)."""
+        raise NotImplementedError
+
+
+def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
+    """Σ over blocks of g A_block⁻¹ gᵀ for every sample, without forming g (traceable).
+
+    For a fast block with (rotated) inputs ã (B, T, D), sensitivities s (K, B, T, C) and inverse
+    eigenvalues W (D, C): the per-sample gradient is G_nk = Σ_t ã_nt s_nktᵀ (D, C), and
+    g A⁻¹ gᵀ = Σ_dc G_nk,dc G_nl,dc W_dc. With one position (T = 1) this is
+    Σ_c ((ã_n²) W)_c s_nkc s_nlc: no per-sample gradient is formed at all.
+    Returns (B, K) variances or (B, K, K) covariances.
+    """
+    nf = len(plan.fast)
+    out = 0.0
+    for blk, a, s, (u_in, u_out, w) in zip(plan.fast, cap.acts, cap.sens, blocks[:nf], strict=True):
+        if a is None:
+            continue
+        if u_in is not None:
+            a = tf.einsum("btd,de->bte", a, u_in)
+            s = tf.einsum("kbtc,ce->kbte", s, u_out)
+        if blk.positions == 1:
+            a2w = tf.matmul(tf.square(a[:, 0]), w)  # (B, C)
+            s0 = s[:, :, 0]  # (K, B, C)
+            if covariance:
+                out += tf.einsum("bc,kbc,lbc->bkl", a2w, s0, s0)
+            else:
+                out += tf.transpose(tf.einsum("bc,kbc->kb", a2w, tf.square(s0)))
+        else:
+            g = tf.einsum("btd,kbtc->bkdc", a, s)
+            if covariance:
+                out += tf.einsum("bkdc,dc,bldc->bkl", g, w, g)
+            else:
+                out += tf.einsum("bkdc,dc->bk", tf.square(g), w)
+    for j, (v, w) in zip(cap.jacs, blocks[nf:], strict=True):
+        if v is not None:
+            j = tf.einsum("bkp,pr->bkr", j, v)
+        if covariance:
+            out += tf.einsum("bkp,p,blp->bkl", j, w, j)
+        else:
+            out += tf.einsum("bkp,p->bk", tf.square(j), w)
+    if isinstance(out, float):  # no weights reached the outputs
+        k = tf.shape(cap.outputs)[1]
+        shape = (tf.shape(cap.outputs)[0], k, k) if covariance else tf.shape(cap.outputs)
+        out = tf.zeros(shape, cap.outputs.dtype)
+    return out

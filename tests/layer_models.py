@@ -1,0 +1,157 @@
+"""Tiny float64 models covering the layer paths of sigma.layers (fast: Dense, Conv1D, Conv2D;
+generic: Embedding, BatchNormalization; no weights: Dropout, pooling, Flatten), in the three
+ways of building a Keras model, plus a reference that rebuilds J from a capture."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import sigma
+from sigma.layers import capture, plan_layers, probe
+
+F = "float64"
+
+
+def cnn(seed=0, n_out=3):
+    """Conv2D (same, stride 1) → max-pool → Conv2D (valid, dilation 2) → Flatten → Dense."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((7, 7, 2), dtype=F),
+            keras.layers.Conv2D(3, 3, padding="same", activation="tanh", dtype=F),
+            keras.layers.MaxPooling2D(2, dtype=F),
+            keras.layers.Conv2D(2, 2, dilation_rate=1, activation="tanh", dtype=F),
+            keras.layers.Flatten(dtype=F),
+            keras.layers.Dense(n_out, dtype=F),
+        ]
+    )
+
+
+def strided_cnn(seed=0):
+    """Conv2D with stride 2 and 'same' padding, dilation 2, then a Conv1D with causal padding."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 6, 2), dtype=F)
+    h = keras.layers.Conv2D(3, (3, 2), strides=2, padding="same", activation="tanh", dtype=F)(inp)
+    h = keras.layers.Conv2D(2, 2, dilation_rate=(2, 1), activation="relu", dtype=F)(h)
+    h = keras.layers.Reshape((-1, 2), dtype=F)(h)
+    h = keras.layers.Conv1D(2, 2, strides=1, padding="causal", activation="tanh", dtype=F)(h)
+    h = keras.layers.Conv1D(3, 2, strides=2, use_bias=False, dtype=F)(h)
+    out = keras.layers.Dense(2, dtype=F)(keras.layers.GlobalAveragePooling1D(dtype=F)(h))
+    return keras.Model(inp, out)
+
+
+def embedding_bn_dropout(seed=0, n_out=2):
+    """Embedding → Flatten → BatchNormalization (with non-trivial statistics) → Dense → Dropout
+    → Dense: the generic path for Embedding and BatchNorm, Dropout off at inference."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype=F),
+            keras.layers.Embedding(6, 3, dtype=F),
+            keras.layers.Flatten(dtype=F),
+            keras.layers.BatchNormalization(dtype=F),
+            keras.layers.Dense(5, activation="tanh", dtype=F),
+            keras.layers.Dropout(0.5, dtype=F),
+            keras.layers.Dense(n_out, dtype=F),
+        ]
+    )
+    bn = model.layers[2]
+    rng = np.random.default_rng(seed)
+    bn.moving_mean.assign(rng.normal(size=12) * 0.3)
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=12))
+    bn.gamma.assign(rng.uniform(0.5, 1.5, size=12))
+    bn.beta.assign(rng.normal(size=12) * 0.2)
+    return model
+
+
+def tokens(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 6, size=(n, 4)).astype(F)
+
+
+def functional_mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((3,), dtype=F)
+    h = keras.layers.Dense(4, activation="tanh", dtype=F)(inp)
+    out = keras.layers.Dense(2, dtype=F)(keras.layers.Dense(3, activation="sigmoid", dtype=F)(h))
+    return keras.Model(inp, out)
+
+
+class SharedDense(keras.Model):
+    """Subclassed: one Dense applied twice (weight sharing → two positions), a Dense on a
+    sequence (positions), a nested Sequential."""
+
+    def __init__(self):
+        super().__init__(dtype=F)
+        self.shared = keras.layers.Dense(3, activation="tanh", dtype=F)
+        self.seq = keras.layers.Dense(2, activation="tanh", dtype=F)
+        self.head = keras.Sequential(
+            [keras.layers.Dense(4, activation="tanh", dtype=F), keras.layers.Dense(2, dtype=F)]
+        )
+
+    def call(self, x):
+        h = self.shared(self.shared(x))  # (B, 3) → (B, 3)
+        s = self.seq(tf.reshape(x, (-1, 1, 3)) * tf.constant([[[1.0], [2.0]]], F))  # (B, 2, 2)
+        return self.head(tf.concat([h, tf.reshape(s, (-1, 4))], axis=-1))
+
+
+def shared_dense(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = SharedDense()
+    model(np.zeros((1, 3)))
+    return model
+
+
+class Tied(keras.Model):
+    """A Dense whose kernel is used again outside its call (tied weights)."""
+
+    def __init__(self):
+        super().__init__(dtype=F)
+        self.inp = keras.layers.Dense(3, activation="tanh", dtype=F)
+        self.out = keras.layers.Dense(2, dtype=F)
+
+    def call(self, x):
+        h = self.inp(x)
+        return self.out(h + tf.matmul(h, tf.transpose(self.inp.kernel)) @ self.inp.kernel)
+
+
+def tied(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = Tied()
+    model(np.zeros((1, 3)))
+    return model
+
+
+def jacobian_from_capture(model, x, *, fast=True, likelihood=None):
+    """J (N, K, P) (or Lᵀ J) rebuilt from the fast path's outer products and the generic
+    Jacobians: the reference check of sigma.layers against sigma.output_jacobian."""
+    plan = probe(model, plan_layers(model, fast=fast), x[:8])
+    root = None if likelihood is None else sigma.likelihoods.get(likelihood).hessian_sqrt
+    cap = capture(model, plan, tf.constant(x), root=root)
+    n, k = cap.outputs.shape
+    j = np.zeros((n, k, plan.n_params))
+    for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
+        g = np.einsum("btd,kbtc->bkdc", a.numpy(), s.numpy())
+        j[:, :, blk.index] = g.reshape(n, k, -1)
+    for blk, jac in zip(plan.generic, cap.jacs, strict=True):
+        j[:, :, blk.index] = jac.numpy()
+    return j, plan
+
+
+def loop_jacobian(model, x):
+    """J (N, K, P) by one plain tape per sample and output: the slow, obvious reference (for
+    layers on which pfor, and so sigma.output_jacobian, fails, e.g. grouped convolutions)."""
+    rows = []
+    for n in range(len(x)):
+        with tf.GradientTape(persistent=True) as tape:
+            f = tf.reshape(model(x[n : n + 1], training=False), [-1])
+            outs = [f[k] for k in range(f.shape[0])]
+        rows.append(
+            [
+                np.concatenate(
+                    [g.numpy().ravel() for g in tape.gradient(o, model.trainable_variables)]
+                )
+                for o in outs
+            ]
+        )
+        del tape
+    return np.array(rows)

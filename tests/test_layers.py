@@ -1,0 +1,119 @@
+"""The capture of layer inputs and output sensitivities (sigma.layers) against the (N, K, P)
+Jacobian of sigma.output_jacobian: per-sample gradients are outer products, for every way of
+building a model and every layer path."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+from layer_models import (
+    cnn,
+    embedding_bn_dropout,
+    functional_mlp,
+    jacobian_from_capture,
+    loop_jacobian,
+    shared_dense,
+    strided_cnn,
+    tied,
+    tokens,
+)
+
+import sigma
+from sigma.layers import _fast_kind, capture, plan_layers
+
+RNG = np.random.default_rng(0)
+MODELS = {
+    "sequential_mlp": (make_mlp, lambda n: RNG.normal(size=(n, 3))),
+    "functional_mlp": (functional_mlp, lambda n: RNG.normal(size=(n, 3))),
+    "subclassed_shared_sequence_nested": (shared_dense, lambda n: RNG.normal(size=(n, 3))),
+    "cnn_pool": (cnn, lambda n: RNG.normal(size=(n, 7, 7, 2))),
+    "strided_dilated_causal_conv": (strided_cnn, lambda n: RNG.normal(size=(n, 8, 6, 2))),
+    "embedding_batchnorm_dropout": (embedding_bn_dropout, tokens),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_outer_products_rebuild_the_jacobian(name):
+    build, inputs = MODELS[name]
+    model, x = build(), inputs(5)
+    j, plan = jacobian_from_capture(model, x)
+    ref = sigma.output_jacobian(model, x)
+    assert j.shape == ref.shape
+    np.testing.assert_allclose(j, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+    covered = np.sort(np.concatenate([b.index for b in plan.fast + plan.generic]))
+    np.testing.assert_array_equal(covered, np.arange(sigma.num_params(model)))
+
+
+def test_generic_path_equals_fast_path_on_dense():
+    model, x = make_mlp(), RNG.normal(size=(6, 3))
+    fast, plan_f = jacobian_from_capture(model, x, fast=True)
+    generic, plan_g = jacobian_from_capture(model, x, fast=False)
+    assert len(plan_f.fast) == 3 and not plan_f.generic
+    assert not plan_g.fast and len(plan_g.generic) == 3
+    np.testing.assert_allclose(generic, fast, rtol=1e-12, atol=1e-14)
+
+
+def test_classification_pseudo_outputs_are_root_transpose_jacobian():
+    model, x = make_mlp(n_out=3), RNG.normal(size=(5, 3))
+    j, _ = jacobian_from_capture(model, x, likelihood="classification")
+    ref = sigma.output_jacobian(model, x)
+    root = sigma.likelihoods.get("classification").hessian_sqrt(tf.constant(model(x))).numpy()
+    np.testing.assert_allclose(j, np.einsum("bkj,bkp->bjp", root, ref), rtol=1e-10, atol=1e-13)
+
+
+def test_plan_says_which_layer_takes_which_path():
+    plan = plan_layers(embedding_bn_dropout())
+    paths = {row["class"]: row["path"] for row in plan.table()}
+    assert paths == {
+        "Dense": "fast (dense)",
+        "Embedding": "generic",
+        "BatchNormalization": "generic",
+    }
+    plan = plan_layers(strided_cnn())
+    assert [b.kind for b in plan.fast] == ["conv2d", "conv2d", "conv1d", "conv1d", "dense"]
+    assert [b.d_in for b in plan.fast] == [3 * 2 * 2 + 1, 2 * 2 * 3 + 1, 2 * 2 + 1, 2 * 2, 3 + 1]
+
+
+def test_unsupported_variants_take_the_generic_path():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 4), dtype="float64"),
+            keras.layers.Conv2D(4, 2, groups=2, dtype="float64"),
+            keras.layers.DepthwiseConv2D(2, dtype="float64"),
+            keras.layers.Flatten(dtype="float64"),
+            keras.layers.Dense(2, dtype="float64"),
+        ]
+    )
+    plan = plan_layers(model)
+    assert [g.layer_class for g in plan.generic] == ["Conv2D", "DepthwiseConv2D"]
+    x = RNG.normal(size=(3, 5, 5, 4))
+    j, plan = jacobian_from_capture(model, x)
+    assert not plan.generic_pfor  # pfor fails on the grouped convolution: while loops instead
+    np.testing.assert_allclose(j, loop_jacobian(model, x), rtol=1e-10, atol=1e-13)
+    lora = keras.layers.Dense(2)
+    lora.build((None, 3))
+    lora.enable_lora(1)
+    assert _fast_kind(lora) is None
+
+
+def test_tied_weights_fall_back_to_generic_with_a_warning():
+    model, x = tied(), RNG.normal(size=(4, 3))
+    with pytest.warns(UserWarning, match="outside their call"):
+        j, plan = jacobian_from_capture(model, x)
+    assert [b.layer.name for b in plan.fast] == [model.out.name]
+    np.testing.assert_allclose(j, sigma.output_jacobian(model, x), rtol=1e-10, atol=1e-13)
+
+
+def test_patches_are_removed_after_capture_even_on_error():
+    model = make_mlp()
+    dense = model.layers[0]
+    act = dense.activation
+    plan = plan_layers(model)
+    capture(model, plan, tf.constant(RNG.normal(size=(2, 3))))
+    assert "call" not in dense.__dict__ and dense.activation is act
+    with pytest.raises(Exception):  # noqa: B017 - wrong input width, raised inside the patch
+        capture(model, plan, tf.constant(RNG.normal(size=(2, 4))))
+    assert "call" not in dense.__dict__ and dense.activation is act
+    np.testing.assert_allclose(model(np.ones((1, 3))), make_mlp()(np.ones((1, 3))))
