@@ -216,6 +216,7 @@ metrics = sigma.runs.record_metrics(
         sigma_seed_trained=seed_trained, sigma_seed_reinitialised=seed_reinit,
         beta_summed=beta_summed, beta_laplace=beta_fit,
         sigma_ggn_mean=std_ggn.mean(axis=0), sigma_hessian_mean=std_h.mean(axis=0),
+        log_evidence=laplace_ggn.log_evidence(), gamma=laplace_ggn.gamma,
         test_rmse=rmse, test_accuracy=test_accuracy, coverage_95=inside_95,
     ),
     start=started,
