@@ -94,14 +94,20 @@ class Accumulator:
     arg_specs : ``tf.TensorSpec`` of the extra arguments (e.g. the vector of a product).
     strategy : a ``tf.distribute.Strategy`` or None (one device).
     progress : show a tqdm bar over the batches; ``desc`` labels it.
+    cache : keep the (per-replica) batches after the first call and reuse them, instead of
+        iterating the dataset again — for data that are in memory anyway (arrays); iterating a
+        distributed dataset costs far more than a small batch's computation.
 
     ``accumulator(*args)`` returns the sum as float64 NumPy array(s).
     """
 
-    def __init__(self, body, data, *, arg_specs=(), strategy=None, progress=False, desc=None):
+    def __init__(
+        self, body, data, *, arg_specs=(), strategy=None, progress=False, desc=None, cache=False
+    ):
         self.data, self.strategy = data, strategy
         self.progress, self.desc = bool(progress), desc
         self._n_batches = dataset_size(data)
+        self._cache, self._cached = bool(cache), None
         if strategy is None:
             self._batches = data
             self._step = tf.function(
@@ -137,20 +143,26 @@ class Accumulator:
 
     def __call__(self, *args):
         total = None
+        batches = self._cached if self._cached is not None else self._batches
+        keep = [] if self._cache and self._cached is None else None
         bar = tqdm(
-            self._batches,
-            total=self._n_batches,
+            batches,
+            total=self._n_batches if self._cached is None else len(self._cached),
             desc=self.desc,
             disable=not self.progress,
             leave=False,
         )
         for batch in bar:
+            if keep is not None:
+                keep.append(batch)
             out = tf.nest.map_structure(
                 lambda t: np.asarray(t.numpy(), dtype=np.float64), self._step(batch, *args)
             )
             total = out if total is None else tf.nest.map_structure(np.add, total, out)
         if total is None:
             raise ValueError("the data hold no batches: nothing to accumulate")
+        if keep is not None:
+            self._cached = keep
         return total
 
     @property

@@ -66,8 +66,11 @@ def lanczos(
     matvec : v (n,) → C v (n,), float64.  tol : stop when every one of the k Ritz residuals
     ‖C u_i − θ_i u_i‖ is below ``tol · max|θ|``.  max_steps : Krylov dimension cap (default
     min(n, max(3k, k + 50))).  A breakdown (an invariant subspace found, e.g. for a matrix of
-    rank < k or with repeated eigenvalues) continues from a fresh random vector orthogonal to
-    the basis, so multiplicities are found.
+    rank < k or with few distinct eigenvalues) continues from a fresh random vector orthogonal
+    to the basis, so the multiplicities are found there. (Like every single-vector Krylov
+    method, a sequence that has not broken down sees one copy of an exactly repeated
+    eigenvalue; other copies appear only through round-off. Network curvatures rarely have
+    exact repeats.)
 
     Returns ``(values (k,), vectors (n, k), info)`` with values sorted by decreasing value and
     ``info = {"steps", "residuals" (k,), "converged"}``. Warns (RuntimeWarning) when the cap
@@ -83,8 +86,8 @@ def lanczos(
     diag, off = np.zeros(m_max), np.zeros(m_max)
     q = rng.standard_normal(n)
     basis[0] = q / np.linalg.norm(q)
-    scale, steps = 0.0, 0
-    theta = s = idx = None
+    scale, steps, restarted, converged = 0.0, 0, 0, False
+    theta = s = idx = residuals = None
     bar = tqdm(total=m_max, desc="Lanczos", disable=not progress, leave=False)
     for j in range(m_max):
         z = np.asarray(matvec(basis[j]), dtype=np.float64)
@@ -97,31 +100,33 @@ def lanczos(
         t = np.diag(diag[:steps]) + np.diag(off[: steps - 1], 1) + np.diag(off[: steps - 1], -1)
         theta, s = np.linalg.eigh(t)
         scale = max(scale, float(np.abs(theta).max()))
-        if steps >= k:
-            idx = np.argsort(-np.abs(theta))[:k]
-            residuals = off[j] * np.abs(s[-1, idx])
-            if steps == n or np.all(residuals <= tol * scale):
-                break
+        tiny = 1e-12 * max(scale, 1e-300)
+        breakdown = off[j] <= tiny  # span(basis) is invariant under C
+        # a fresh vector of the (invariant) complement that C maps to 0: the rest is null
+        null_rest = breakdown and restarted == j and abs(diag[j]) <= tiny
+        idx = np.argsort(-np.abs(theta))[:k]
+        residuals = off[j] * np.abs(s[-1, idx])
+        if steps >= k and (
+            steps == n or null_rest or (not breakdown and np.all(residuals <= tol * scale))
+        ):
+            converged = True
+            break
         if steps == m_max:
             break
-        if off[j] <= 1e-12 * max(scale, 1e-300):  # invariant subspace: restart orthogonally
+        if breakdown:  # continue from a random vector orthogonal to the invariant subspace
             off[j] = 0.0
             z = rng.standard_normal(n)
             for _ in range(2):
                 z -= basis[:steps].T @ (basis[:steps] @ z)
-            basis[steps] = z / np.linalg.norm(z)
+            basis[steps], restarted = z / np.linalg.norm(z), steps
         else:
             basis[steps] = z / off[j]
     bar.close()
-    if idx is None:  # pragma: no cover - m_max >= k guarantees a check
-        idx = np.argsort(-np.abs(theta))[:k]
-    residuals = off[steps - 1] * np.abs(s[-1, idx])
-    converged = bool(steps == n or np.all(residuals <= tol * scale))
     if not converged:
         warnings.warn(
             f"Lanczos stopped after {steps} steps without reaching tol={tol:g}: largest relative "
-            f"residual {residuals.max() / scale:.2g}; the top-{k} Ritz pairs are used as they are "
-            "(raise max_steps or tol)",
+            f"residual {residuals.max() / max(scale, 1e-300):.2g}; the top-{min(k, steps)} Ritz "
+            "pairs are used as they are (raise max_steps or tol)",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -200,6 +205,7 @@ def curvature_product(
         data,
         arg_specs=[tf.TensorSpec([p], dtype)],
         strategy=strategy,
+        cache=not is_dataset(x),  # arrays: reuse the batches in every Lanczos step
     )
 
     def matvec(v):
