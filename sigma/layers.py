@@ -107,7 +107,7 @@ class LayerPlan:
     generic: list[GenericBlock] = field(default_factory=list)
     n_params: int = 0
     excluded: tuple = ()  # layers forced onto the generic path
-    generic_pfor: bool = True  # vectorised generic Jacobians (False: while loops; see probe)
+    generic_pfor: bool = True  # vectorised generic Jacobians (False: while loops)
 
     def table(self) -> list[dict]:
         """One row per block: layer name, class, path and number of weights."""
@@ -356,10 +356,10 @@ def _sensitivities(tape, u, total, zs):
 def _generic_jacobians(model, plan: LayerPlan, x, root):
     """Per generic block the per-sample Jacobian of the pseudo-outputs, (B, K, P_l).
 
-    ``tf.vectorized_map`` over the samples of a ``jacobian`` over the K outputs (pfor): K
-    backward passes per sample, linear in B. When pfor cannot convert some op of the model
-    (:func:`probe` finds out), a ``tf.map_fn`` of while-loop Jacobians instead: slower, same
-    values.
+    ``tf.vectorized_map`` over the samples of K backward passes (one per output, unrolled as in
+    :func:`_sensitivities`): linear in B. When pfor cannot convert some op of the model
+    (:func:`with_pfor_fallback` finds out), a ``tf.map_fn`` over the samples instead: slower,
+    same values.
     """
     tv = model.trainable_variables
     generic = [i for blk in plan.generic for i in blk.variables]
@@ -372,7 +372,7 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
         # The weights enter as plain tensors (stateless_call): gradients with respect to them
         # also work inside tf.map_fn, where variables captured by the loop body would not.
         weights = list(values)
-        with tf.GradientTape(persistent=not pfor, watch_accessed_variables=False) as tape:
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             for i in generic:
                 weights[i] = tf.identity(values[i])
                 tape.watch(weights[i])
@@ -380,12 +380,12 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
             u = _pseudo_outputs(tf.reshape(out, (1, -1)), root)[0]
         variables = [weights[i] for i in generic]
         zero = tf.UnconnectedGradients.ZERO
-        if pfor:
+        k = u.shape[0]
+        if k is None or k > _LOOP_OUTPUTS:
             jac = tape.jacobian(
-                u, variables, unconnected_gradients=zero, experimental_use_pfor=True
+                u, variables, unconnected_gradients=zero, experimental_use_pfor=pfor
             )
             return [tf.reshape(j, (tf.shape(u)[0], -1)) for j in jac]
-        k = u.shape[0]
         rows = [
             tape.gradient(
                 u,
@@ -449,11 +449,6 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         if np.linalg.norm(fast - ref) > rtol * max(np.linalg.norm(ref), 1e-30):
             bad.append(blk.layer)
     del tape
-    if plan.generic and plan.generic_pfor:
-        try:  # some ops (e.g. grouped convolutions) break pfor: fall back to while loops
-            _generic_jacobians(model, plan, tf.constant(x[:2]), None)
-        except (tf.errors.OpError, ValueError, NotImplementedError, TypeError):
-            plan.generic_pfor = False
     if bad:
         names = ", ".join(layer.name for layer in bad)
         warnings.warn(
@@ -463,6 +458,18 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         )
         return probe(model, plan_layers(model, exclude=plan.excluded + tuple(bad)), x, rtol=rtol)
     return plan
+
+
+def with_pfor_fallback(plan: LayerPlan, run):
+    """``run()``; if it fails while generic blocks use pfor (which cannot convert some ops,
+    e.g. grouped convolutions), switch ``plan`` to while-loop Jacobians and run again."""
+    try:
+        return run()
+    except (tf.errors.OpError, ValueError, NotImplementedError, TypeError):
+        if not (plan.generic and plan.generic_pfor):
+            raise
+        plan.generic_pfor = False
+        return run()
 
 
 def per_sample_elements(plan: LayerPlan, k: int) -> int:
@@ -547,9 +554,12 @@ class Layerwise(Structure):
             count = tf.cast(tf.shape(batch[0])[0], cap.outputs.dtype)
             return (*self._batch_stats(cap), count)
 
-        stats = Accumulator(
-            body, data, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
-        )()
+        stats = with_pfor_fallback(
+            plan,
+            lambda: Accumulator(
+                body, data, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
+            )(),
+        )
         self.n_data = int(round(float(stats[-1])))
         self._finish(list(stats[:-1]))
         self._fns = {}

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 import sigma
-from sigma.layers import capture, plan_layers, probe
+from sigma.layers import capture, plan_layers, probe, with_pfor_fallback
 
 F = "float64"
 
@@ -126,7 +126,7 @@ def jacobian_from_capture(model, x, *, fast=True, likelihood=None):
     Jacobians: the reference check of sigma.layers against sigma.output_jacobian."""
     plan = probe(model, plan_layers(model, fast=fast), x[:8])
     root = None if likelihood is None else sigma.likelihoods.get(likelihood).hessian_sqrt
-    cap = capture(model, plan, tf.constant(x), root=root)
+    cap = with_pfor_fallback(plan, lambda: capture(model, plan, tf.constant(x), root=root))
     n, k = cap.outputs.shape
     j = np.zeros((n, k, plan.n_params))
     for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
