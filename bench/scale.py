@@ -1,7 +1,7 @@
 """Scalable structures on a 784-256-256-10 MLP with N = 10,000: fit and predictive cost.
 
 The unit is one gradient pass: ∇E_D over all N samples (forward + backward, traced once, warm,
-in batches of --batch-size). For each structure it times the fit (a fresh structure each run,
+in batches of --grad-batch). For each structure it times the fit (a fresh structure each run,
 tracing included) and the predictive variance of --test points (median of the calls after the
 first; the first call, which traces, is shown too), and reports both in seconds and as
 multiples of the gradient pass measured in the same process. Each structure runs in its own
@@ -9,7 +9,7 @@ subprocess, so its peak memory is its own: the process's peak resident size (ru_
 increase over the resident size after setup during the fit and during the predictive
 (sigma.memory.PeakMemory, sampled every 5 ms).
 
-    .venv/bin/python bench/scale.py [--n 10000] [--test 1000] [--repeats 3] [--batch-size 2000]
+    .venv/bin/python bench/scale.py [--n 10000] [--test 1000] [--repeats 3] [--batch-size B]
                                     [--structures diag,kfac,lowrank,last_layer]
 
 The data are synthetic, generated from --seed (no download): x ~ N(0, I_784) and 10 targets
@@ -104,7 +104,7 @@ def worker(args) -> dict:
     x, y, x_test = data(args.n, args.test, args.seed)
     net = model(args.seed)
     net.load_weights(args.weights)
-    unit = statistics.median(timed(gradient_pass(net, x, y, args.batch_size), args.repeats)[0])
+    unit = statistics.median(timed(gradient_pass(net, x, y, args.grad_batch), args.repeats)[0])
     row = {"structure": args.worker, "unit": unit, "rss_setup": resident_bytes()}
     if args.worker == "gradient":
         row["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -150,7 +150,13 @@ def main():
     parser.add_argument("--n", type=int, default=10_000, help="training samples")
     parser.add_argument("--test", type=int, default=1_000, help="test points for the predictive")
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing (median)")
-    parser.add_argument("--batch-size", type=int, default=2000, help="samples per batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per batch for the structures (default: each structure's automatic choice)",
+    )
+    parser.add_argument("--grad-batch", type=int, default=2000, help="batch of the gradient pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--structures", default="diag,kfac,lowrank,last_layer")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -172,7 +178,8 @@ def main():
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--weights", weights]
             cmd += ["--n", str(args.n), "--test", str(args.test), "--repeats", str(args.repeats)]
-            cmd += ["--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+            cmd += ["--grad-batch", str(args.grad_batch), "--seed", str(args.seed)]
+            cmd += [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode:
                 print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -186,7 +193,8 @@ def print_table(rows, args, missing):
     p = sum(a * b + b for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=False))
     print(
         f"MLP {'-'.join(map(str, WIDTHS))} (P = {p:,}), N = {args.n:,} regression, "
-        f"K = {WIDTHS[-1]}, predictive for {args.test:,} points, batch {args.batch_size}, "
+        f"K = {WIDTHS[-1]}, predictive for {args.test:,} points, batch "
+        f"{args.batch_size or 'auto'} (gradient pass {args.grad_batch}), "
         f"median of {args.repeats}; unit = one gradient pass over N (measured in each worker)"
     )
     head = (
