@@ -9,8 +9,8 @@ u_k with respect to the layer's weights is an outer product,
 summed over the positions t at which the weights are applied (t = 1 for a Dense layer on
 vectors; the spatial positions of a convolution, whose input a is then the patch under the
 kernel; every call of a layer used more than once). One forward pass records ã and z for every
-such layer and one vectorised backward pass per output gives s; the heavy contractions then
-run over (B, T, D) and (K, B, T, C) tensors. The pseudo-outputs are u = f for the predictive
+such layer and one backward pass per output (K in all, each over the whole batch) gives s; the
+heavy contractions then run over (B, T, D) and (K, B, T, C) tensors. The pseudo-outputs are u = f for the predictive
 and u_n = L_nᵀ f_n for the generalised Gauss–Newton matrix (Λ_n = L_n L_nᵀ, see
 :mod:`sigma.likelihoods`), so the GGN is Σ_n Σ_k g_nk g_nkᵀ with g_nk = ∂u_nk/∂w.
 
@@ -26,7 +26,8 @@ causal padding)
 ``Embedding``, ``BatchNormalization``,       generic    all trainable weights of the layer, one
 ``LayerNormalization``, ``Conv3D``,                     block; per-sample Jacobian by autodiff
 ``DepthwiseConv2D``, ``Conv2DTranspose``,
-any custom layer, LoRA / quantised layers
+grouped convolutions, any custom layer,
+LoRA / quantised layers, tied weights
 Dropout, pooling, Flatten, Reshape, ...      —          no weights (inference mode: Dropout off)
 ===========================================  =========  =========================================
 
@@ -38,8 +39,12 @@ the layer's weights; a layer whose weights are also used outside its ``call`` (t
 fails the check and falls back to the generic path with a warning.
 
 The generic path differentiates each sample's pseudo-outputs with respect to the layer's own
-weights (``tf.vectorized_map`` over the samples of a batch of a ``GradientTape.jacobian``):
-exact, but it costs K backward passes per sample and B·K·P_layer memory per batch.
+weights (``stateless_call``; ``tf.vectorized_map`` over the samples of K backward passes, or a
+``tf.map_fn`` where pfor cannot convert an op, e.g. grouped convolutions): exact, but it costs
+K backward passes per sample and B·K·P_layer memory per batch.
+
+Used by :class:`Layerwise` (the base of ``diag`` and ``kfac``) and by the ``lowrank``
+predictive (:func:`capture`, :func:`contract`, :func:`plan_layers`, :func:`probe`).
 """
 
 from __future__ import annotations
@@ -431,6 +436,9 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         if not zl:
             blk.positions = 0
             continue
+        if any(a.shape[0] != len(x) for a in al):  # samples folded into the batch axis
+            bad.append(blk.layer)
+            continue
         a = tf.concat([_patches(blk, ai) for ai in al], axis=1)
         if blk.bias is not None:
             a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
@@ -452,8 +460,9 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
     if bad:
         names = ", ".join(layer.name for layer in bad)
         warnings.warn(
-            f"layers {names}: their weights are also used outside their call() (tied weights?); "
-            "they take the generic autodiff path instead",
+            f"layers {names}: their weights are also used outside their call() (tied weights?) "
+            "or see a batch axis other than the model's samples; they take the generic "
+            "autodiff path instead",
             stacklevel=3,
         )
         return probe(model, plan_layers(model, exclude=plan.excluded + tuple(bad)), x, rtol=rtol)

@@ -155,3 +155,23 @@ def loop_jacobian(model, x):
         )
         del tape
     return np.array(rows)
+
+
+class Folded(keras.Model):
+    """A Dense applied to the samples' halves folded into the batch axis (B·2, 3)."""
+
+    def __init__(self):
+        super().__init__(dtype=F)
+        self.inner = keras.layers.Dense(2, activation="tanh", dtype=F)
+        self.out = keras.layers.Dense(2, dtype=F)
+
+    def call(self, x):
+        h = self.inner(tf.reshape(x, (-1, 3)))
+        return self.out(tf.reshape(h, (-1, 4)))
+
+
+def folded(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = Folded()
+    model(np.zeros((1, 6)))
+    return model

@@ -10,6 +10,7 @@ from conftest import make_mlp
 from layer_models import (
     cnn,
     embedding_bn_dropout,
+    folded,
     functional_mlp,
     jacobian_from_capture,
     loop_jacobian,
@@ -98,11 +99,30 @@ def test_unsupported_variants_take_the_generic_path():
     assert _fast_kind(lora) is None
 
 
-def test_tied_weights_fall_back_to_generic_with_a_warning():
-    model, x = tied(), RNG.normal(size=(4, 3))
-    with pytest.warns(UserWarning, match="outside their call"):
+@pytest.mark.parametrize("build", [tied, folded], ids=["tied-weights", "samples-folded"])
+def test_layers_not_applied_per_sample_fall_back_to_generic_with_a_warning(build):
+    model = build()
+    x = RNG.normal(size=(4, 3 if build is tied else 6))
+    with pytest.warns(UserWarning, match="generic autodiff path"):
         j, plan = jacobian_from_capture(model, x)
     assert [b.layer.name for b in plan.fast] == [model.out.name]
+    np.testing.assert_allclose(j, sigma.output_jacobian(model, x), rtol=1e-10, atol=1e-13)
+
+
+def test_time_distributed_dense_is_a_layer_called_once_per_step():
+    keras.utils.set_random_seed(0)
+    inner = keras.layers.Dense(2, activation="tanh", dtype="float64")
+    model = keras.Sequential(
+        [
+            keras.Input((3, 2), dtype="float64"),
+            keras.layers.TimeDistributed(inner, dtype="float64"),
+            keras.layers.Flatten(dtype="float64"),
+            keras.layers.Dense(2, dtype="float64"),
+        ]
+    )
+    x = RNG.normal(size=(4, 3, 2))
+    j, plan = jacobian_from_capture(model, x)
+    assert [b.positions for b in plan.fast if b.layer is inner] == [3]
     np.testing.assert_allclose(j, sigma.output_jacobian(model, x), rtol=1e-10, atol=1e-13)
 
 
