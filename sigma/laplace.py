@@ -37,14 +37,15 @@ class Laplace:
     ----------
     model : keras.Model, built and trained; f(x) ∈ R^K per sample.
     x : array (N, ...) of training inputs, matching the model's input shape; or a
-        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). The structures
-        "full", "lowrank" and "last_layer" consume the dataset batch by batch; the others get
-        it concatenated into arrays.
+        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every structure
+        with ``streaming = True`` (all five built in) consumes the dataset batch by batch;
+        others get it concatenated into arrays.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
     structure : how C is stored: a name in :data:`sigma.structures.STRUCTURES` ("full": P×P,
-        "lowrank": top-k eigenpairs by Lanczos, "last_layer": the final Dense layer only, ...)
-        or an unfitted :class:`~sigma.structures.Structure` instance.
+        "diag": the exact GGN diagonal, "kfac": Kronecker factors per Dense/Conv layer,
+        "lowrank": top-k eigenpairs by Lanczos, "last_layer": the final Dense layer only; see
+        README "Structures and layers") or an unfitted :class:`~sigma.structures.Structure`.
     structure_options : keyword arguments for the structure's constructor, e.g.
         ``{"rank": 50}`` for "lowrank".
     alpha : prior precision α ≥ 0 (w ~ N(0, α⁻¹ I)).
@@ -60,8 +61,8 @@ class Laplace:
     batch_size : samples per batch when accumulating the curvature (default: automatic; a
         dataset is re-batched to it when given).
     strategy : a ``tf.distribute.Strategy`` to accumulate the curvature under (per-replica sums
-        reduced); default: the strategy whose ``scope()`` is active, if any ("full", "lowrank",
-        "last_layer").
+        reduced); default: the strategy whose ``scope()`` is active, if any (streaming
+        structures).
     max_memory : the memory the structure may use, bytes or a string like "2GB" (default: 80%
         of the memory available); a structure estimated to need more is refused before any
         large allocation, with :class:`sigma.memory.InsufficientMemoryError` naming structures
