@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -552,6 +553,7 @@ class Layerwise(Structure):
             x, _, k = prepare(model, x)
             first, n = x[:8], len(x)
         self.plan = probe(model, plan_layers(model, fast=self.fast), first)
+        self._model = weakref.ref(model)
         self.n_params, self.n_outputs = self.plan.n_params, k
         if n is not None:
             bs = layer_batch_size(n, per_sample_elements(self.plan, k), batch_size)
@@ -584,6 +586,11 @@ class Layerwise(Structure):
         return self._predict(model, x, alpha, beta, batch_size, covariance=True)
 
     def _predict(self, model, x, alpha, beta, batch_size, *, covariance):
+        if getattr(self, "_model", lambda: None)() is not model:
+            raise ValueError(
+                f"structure {self.name!r} was fitted on another model (its layers are "
+                "recorded by identity): predict with the model it was fitted on"
+            )
         x, _, k = prepare(model, x)
         dtype = x.dtype
         params = [

@@ -94,6 +94,12 @@ def test_float32_model_is_close_to_float64():
     np.testing.assert_allclose(s32, s64, rtol=1e-4)
 
 
+def test_predicting_with_another_model_is_refused():
+    s = _fit(make_mlp(), X)
+    with pytest.raises(ValueError, match="fitted on another model"):
+        s.predictive_variance(make_mlp(), X, 1.0, 1.0)
+
+
 def test_exact_hessian_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="curvature='ggn' only"):
         sigma.Laplace(make_mlp(), X, Y, structure="diag", curvature="hessian")
