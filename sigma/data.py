@@ -38,3 +38,49 @@ def iris_split(test_size: float = 0.33, seed: int = 0, *, one_hot_targets: bool 
 
 
 IRIS_CLASSES = ("setosa", "versicolor", "virginica")
+
+
+def digits_split(test_size: float = 0.25, seed: int = 0, *, images: bool = False):
+    """scikit-learn's handwritten digits (1797 × 8×8 grey levels, 10 classes; shipped with
+    scikit-learn, no download), pixels scaled to [0, 1], split stratified and seeded.
+
+    Returns ``x_train, x_test, labels_train, labels_test``: x (N, 64) float64, or (N, 8, 8, 1)
+    with ``images=True``; integer labels (N,).
+    """
+    from sklearn.datasets import load_digits
+
+    if not 0.0 < float(test_size) < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    data = load_digits()
+    x = data["data"].astype(np.float64) / 16.0
+    if images:
+        x = x.reshape(-1, 8, 8, 1)
+    return train_test_split(
+        x, data["target"], test_size=test_size, random_state=seed, stratify=data["target"]
+    )
+
+
+def teacher_regression(
+    n_train: int,
+    n_test: int,
+    *,
+    n_inputs: int = 784,
+    n_outputs: int = 10,
+    hidden: int = 32,
+    noise: float = 0.1,
+    seed: int = 0,
+):
+    """Synthetic regression from a random teacher network, t = tanh(x W₁/√D) W₂ + ε,
+    x ~ N(0, I_D), W ~ N(0, 1), ε ~ N(0, noise²) per output.
+
+    Returns ``x_train, x_test, y_train, y_test`` (float64; x (N, D), y (N, K)). The noise
+    precision of the data is 1/noise².
+    """
+    if min(n_train, n_test, n_inputs, n_outputs, hidden) < 1 or not noise > 0:
+        raise ValueError("sizes must be positive integers and noise > 0")
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((n_inputs, hidden))
+    w2 = rng.standard_normal((hidden, n_outputs)) / np.sqrt(hidden)
+    x = rng.standard_normal((n_train + n_test, n_inputs))
+    y = np.tanh(x @ w1 / np.sqrt(n_inputs)) @ w2 + noise * rng.standard_normal((len(x), n_outputs))
+    return x[:n_train], x[n_train:], y[:n_train], y[n_train:]

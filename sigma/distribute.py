@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sigma import likelihoods
 from sigma._checks import check_inputs, model_dtype
+from sigma.curvature import per_sample_jacobian
 from sigma.params import flat_weights, functional_forward, num_params
 
 # Cap on the elements of one batch's largest intermediate (~256 MB in float64).
@@ -175,7 +176,7 @@ class Accumulator:
 def dense_curvature_body(model, likelihood, curvature: str):
     """Per-batch body giving the (P, P) curvature of the batch, float64.
 
-    ``"ggn"``: Σ_b (L_bᵀ J_b)ᵀ (L_bᵀ J_b) with J_b the (K, P) output Jacobian (pfor);
+    ``"ggn"``: Σ_b (L_bᵀ J_b)ᵀ (L_bᵀ J_b) with J_b the (K, P) output Jacobian of each sample;
     ``"hessian"``: ∇² E_D of the batch by nested tapes (needs ``batch = (x_b, y_b)``).
     """
     lik = likelihoods.get(likelihood)
@@ -184,10 +185,8 @@ def dense_curvature_body(model, likelihood, curvature: str):
     p = num_params(model)
 
     def ggn(batch, *_):
-        with tf.GradientTape() as tape:
-            tape.watch(w)
-            f = forward(w, batch[0])
-        j = tf.cast(tape.jacobian(f, w, experimental_use_pfor=True), tf.float64)  # (B, K, P)
+        f = forward(w, batch[0])
+        j = tf.cast(per_sample_jacobian(forward, w, batch[0]), tf.float64)  # (B, K, P)
         root = lik.hessian_sqrt(tf.cast(f, tf.float64))
         if root is not None:
             j = tf.einsum("bkj,bkp->bjp", root, j)  # L_bᵀ J_b

@@ -10,7 +10,7 @@ features, φ = the output of the rest of the network. With its weights w̃ = W̃
                                     M_n = ∂²E_n/∂z_n²       (exact Hessian of E_D in w̃)
 
 in closed form (no Jacobian by autodiff over the network; for a linear output layer D_n = I and
-both curvatures coincide). C has P_last = (D + 1) K rows; it is eigen-decomposed once, and
+both curvatures coincide; with the squared error too, M_n = I and C = (Σ_n φ̃_n φ̃_nᵀ) ⊗ I_K). C has P_last = (D + 1) K rows; it is eigen-decomposed once, and
 the predictive is J(x) A⁻¹ J(x)ᵀ with J(x) V = D(x) (φ̃(x)ᵀ ⊗ I) V.
 
 The posterior covers the last layer only: ``n_params`` is P_last and ``posterior_weights``
@@ -150,9 +150,14 @@ class LastLayer(Structure):
         kernel_t, bias_t = tf.constant(kernel), None if bias is None else tf.constant(bias)
         d1 = self._d1
 
+        act = self._activation
+        identity = lik.has_beta and (act is None or act is keras.activations.linear)
+
         def body(batch):
             phi, _, _ = features(tf.cast(batch[0], dtype))
             phi = self._augment(tf.cast(phi, tf.float64))  # (B, D1)
+            if identity:  # squared error, linear output: M_n = I, C = (Σ φ̃ φ̃ᵀ) ⊗ I_K
+                return tf.matmul(phi, phi, transpose_a=True)
             z = tf.matmul(phi[:, :d], kernel_t) + (0.0 if bias_t is None else bias_t)
             m = self._curvature_blocks(z, None if curvature == "ggn" else batch[1], lik)
             y4 = phi[:, :, None, None] * m[:, None, :, :]  # φ̃_nj M_nkl, (B, D1, K, K)
@@ -160,13 +165,19 @@ class LastLayer(Structure):
             return tf.reshape(c4, (d1 * k, d1 * k))
 
         n = 1 if is_dataset(x) else len(x)
-        bs = batch_size_for(n, d1 * k * k + activation_elements(model), batch_size)
+        per_sample = (d1 if identity else d1 * k * k) + activation_elements(model)
+        bs = batch_size_for(n, per_sample, batch_size)
         data = as_dataset(x, y if curvature == "hessian" else None, batch_size=bs)
         if curvature == "hessian" and len(data.element_spec) < 2:
             raise ValueError("curvature='hessian' needs the targets y")
         c = Accumulator(body, data, strategy=strategy, progress=progress, desc="last layer")()
-        self.matrix = 0.5 * (c + c.T)
-        self._eig, self._vecs = np.linalg.eigh(self.matrix)
+        if identity:  # eigenpairs of S ⊗ I_K: those of S, each K times, vectors V ⊗ I_K
+            s_eig, s_vecs = np.linalg.eigh(0.5 * (c + c.T))
+            self.matrix = np.kron(0.5 * (c + c.T), np.eye(k))
+            self._eig, self._vecs = np.repeat(s_eig, k), np.kron(s_vecs, np.eye(k))
+        else:
+            self.matrix = 0.5 * (c + c.T)
+            self._eig, self._vecs = np.linalg.eigh(self.matrix)
         self._proj = None
         return self
 

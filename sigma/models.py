@@ -35,6 +35,31 @@ def mlp(
     return keras.Sequential(layers)
 
 
+def small_cnn(
+    input_shape: tuple[int, ...] = (8, 8, 1),
+    n_outputs: int = 10,
+    *,
+    filters: int = 8,
+    hidden: int = 32,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> keras.Model:
+    """A built small CNN: Conv2D(``filters``, 3×3, relu) → MaxPool 2×2 → Flatten →
+    Dense(``hidden``, relu) → Dense(``n_outputs``) (linear: logits or regression outputs).
+    On 8×8 digits with the defaults: 2,746 weights."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input(input_shape, dtype=dtype),
+            keras.layers.Conv2D(filters, 3, activation="relu", dtype=dtype),
+            keras.layers.MaxPooling2D(2, dtype=dtype),
+            keras.layers.Flatten(dtype=dtype),
+            keras.layers.Dense(hidden, activation="relu", dtype=dtype),
+            keras.layers.Dense(n_outputs, dtype=dtype),
+        ]
+    )
+
+
 def train(
     model: keras.Model,
     x,

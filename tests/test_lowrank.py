@@ -158,3 +158,30 @@ def test_dataset_float32_and_options(rng):
         LowRank(rank=0)
     with pytest.raises(ValueError, match="structure_options apply to a structure name"):
         sigma.Laplace(m32, x, y, structure=LowRank(), structure_options={"rank": 3})
+
+
+def test_layerwise_and_jacobian_predictives_agree(rng):
+    """‖g‖² from layer inputs and sensitivities (Dense and Conv layers) and Uᵀg by forward mode
+    equal the per-sample Jacobian route."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    cnn = keras.Sequential(
+        [
+            keras.Input((5, 5, 1), dtype="float64"),
+            keras.layers.Conv2D(3, 3, activation="tanh", dtype="float64"),
+            keras.layers.Flatten(dtype="float64"),
+            keras.layers.Dense(2, dtype="float64"),
+        ]
+    )
+    x, y = rng.normal(size=(30, 5, 5, 1)), rng.normal(size=(30, 2))
+    fits = {
+        path: sigma.Laplace(cnn, x, y, structure=LowRank(rank=6, predictive=path))
+        for path in ("layerwise", "jacobian")
+    }
+    np.testing.assert_allclose(
+        fits["layerwise"].predictive_covariance(x[:9]),
+        fits["jacobian"].predictive_covariance(x[:9]),
+        rtol=1e-9,
+    )
+    assert fits["layerwise"].structure._proj[2] == "layerwise"
