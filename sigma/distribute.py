@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma import likelihoods
 from sigma._checks import check_inputs, model_dtype

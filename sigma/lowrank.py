@@ -37,7 +37,7 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma import likelihoods
 from sigma._checks import model_dtype
