@@ -15,6 +15,9 @@ diagonal in that basis. New structures subclass :class:`Structure` and register 
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import MutableMapping
+
 import numpy as np
 
 from sigma.curvature import _auto_batch, _batches, gauss_newton, hessian, jacobian_function
@@ -152,14 +155,44 @@ class Full(Structure):
         return new
 
 
-STRUCTURES: dict[str, type[Structure]] = {"full": Full}
+class Registry(MutableMapping):
+    """Structure classes by name, imported on first use.
 
-# Registered last: their modules import Structure from this one.
-from sigma.last_layer import LastLayer  # noqa: E402
-from sigma.lowrank import LowRank  # noqa: E402
+    The built-in structures live in modules that import :class:`Structure` from this one, so
+    they are registered by "module:Class" and imported when looked up — importing any of them
+    first (``import sigma.kfac``) then never meets a half-initialised module. Register your own
+    with ``STRUCTURES["name"] = MyStructure``.
+    """
 
-STRUCTURES.update({LowRank.name: LowRank, LastLayer.name: LastLayer})
-from sigma.diag import Diag  # noqa: E402
-from sigma.kfac import KFAC  # noqa: E402
+    def __init__(self, entries: dict):
+        self._entries = dict(entries)
 
-STRUCTURES.update({Diag.name: Diag, KFAC.name: KFAC})
+    def __getitem__(self, name):
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, cls = entry.split(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), cls)
+        return entry
+
+    def __setitem__(self, name, cls):
+        self._entries[name] = cls
+
+    def __delitem__(self, name):
+        del self._entries[name]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+
+STRUCTURES = Registry(
+    {
+        "full": Full,
+        "lowrank": "sigma.lowrank:LowRank",
+        "last_layer": "sigma.last_layer:LastLayer",
+        "diag": "sigma.diag:Diag",
+        "kfac": "sigma.kfac:KFAC",
+    }
+)
