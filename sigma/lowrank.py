@@ -319,6 +319,8 @@ class LowRank(Structure):
             self.info["tracing_count"] = matvec.accumulator.tracing_count
             self.method = "lanczos"
         self._proj = None
+        # ‖g‖² − ‖Uᵀg‖² cancels: below this fraction of ‖g‖² it is round-off of the model dtype
+        self._resid_floor = 10 * float(np.finfo(model_dtype(model)).eps)
         return self
 
     @property
@@ -399,10 +401,20 @@ class LowRank(Structure):
             yield (t.numpy() for t in proj(x[start : start + bs]))
 
     def _residual(self, gram, ju):
-        """(J Jᵀ − J U Uᵀ Jᵀ): the part of J Jᵀ outside span(U) (exactly 0 when k = P)."""
+        """(J Jᵀ − J U Uᵀ Jᵀ): the part of J Jᵀ outside span(U) (exactly 0 when k = P).
+
+        It is a difference of two nearly equal terms when g lies almost in span(U); for a
+        float32 model their round-off (~eps·‖g‖²) divided by a small α would swamp σ, so
+        outputs whose residual is below 10·eps(dtype)·‖g‖² get exactly zero (their rows and
+        columns), rather than amplified noise.
+        """
         if self._vecs.shape[1] == self.n_params:
             return np.zeros_like(gram)
-        return gram - np.einsum("bkr,blr->bkl", ju, ju)
+        resid = gram - np.einsum("bkr,blr->bkl", ju, ju)
+        norms = np.einsum("bkk->bk", gram)
+        lost = np.einsum("bkk->bk", resid) <= self._resid_floor * norms
+        keep = ~lost
+        return resid * keep[:, :, None] * keep[:, None, :]
 
     def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
         inv = 1.0 / (alpha + beta * self._eig)
