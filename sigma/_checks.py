@@ -29,6 +29,20 @@ def check_model(model, name: str = "model") -> None:
             f"{name} mixes trainable weight dtypes {sorted(dtypes)}: use one dtype for all "
             "trainable weights (e.g. build it under keras.config.set_dtype_policy('float64'))"
         )
+    mixed = sorted(
+        {
+            layer.name
+            for layer in model._flatten_layers(include_self=False)
+            if getattr(layer, "dtype_policy", None) is not None
+            and layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype
+        }
+    )
+    if mixed:
+        raise ValueError(
+            f"{name} uses a mixed-precision dtype policy (layers {mixed[:5]} compute in a "
+            "different dtype than their weights): curvature in float16 is not reliable; build "
+            "the model for sigma with a float32 or float64 policy and copy the weights over"
+        )
 
 
 def model_dtype(model) -> str:
@@ -61,7 +75,9 @@ def check_inputs(model, x, name: str = "x") -> np.ndarray:
     """Check ``x`` against the model's input shape (when the model declares one)."""
     arr = as_array(x, name)
     if arr.ndim < 1 or arr.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample along axis 0, got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must hold at least one sample along axis 0, got shape {arr.shape}"
+        )
     expected = _declared_input_shape(model)
     if expected is not None:
         if arr.ndim != len(expected):

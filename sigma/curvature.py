@@ -24,7 +24,7 @@ from sigma._checks import check_inputs, check_model, model_dtype
 from sigma.params import flat_weights, functional_forward, num_params
 
 # Default cap on the elements of one batch's Jacobian or Hessian intermediate (~256 MB float64).
-_ELEMENT_BUDGET = 2**25
+ELEMENT_BUDGET = 2**25
 
 
 def num_outputs(model, x) -> int:
@@ -38,12 +38,16 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(n, start + batch_size))
 
 
-def _auto_batch(n: int, per_sample: int, batch_size: int | None) -> int:
+def batch_size_for(
+    n: int, per_sample: int, batch_size: int | None, *, budget: int = ELEMENT_BUDGET
+) -> int:
+    """``batch_size`` if given (validated), else the largest batch (at most n) whose
+    intermediates of ``per_sample`` elements per sample stay within ``budget`` elements."""
     if batch_size is not None:
-        if int(batch_size) < 1:
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         return int(batch_size)
-    return int(max(1, min(n, _ELEMENT_BUDGET // max(per_sample, 1))))
+    return int(max(1, min(n, budget // max(int(per_sample), 1))))
 
 
 def _spec(model, arr) -> tf.TensorSpec:
@@ -121,7 +125,7 @@ def output_jacobian(model, x, *, batch_size: int | None = None) -> np.ndarray:
     """
     x, _, k = prepare(model, x)
     jac = jacobian_function(model, x)
-    bs = _auto_batch(len(x), k * num_params(model), batch_size)
+    bs = batch_size_for(len(x), k * num_params(model), batch_size)
     return np.concatenate([jac(x[s])[1].numpy().astype(np.float64) for s in _batches(len(x), bs)])
 
 
@@ -136,7 +140,7 @@ def gauss_newton(model, x, *, likelihood="regression", batch_size: int | None = 
     p = num_params(model)
     jac = jacobian_function(model, x)
     g = np.zeros((p, p))
-    for s in _batches(len(x), _auto_batch(len(x), k * p, batch_size)):
+    for s in _batches(len(x), batch_size_for(len(x), k * p, batch_size)):
         f, j = (t.numpy().astype(np.float64) for t in jac(x[s]))
         root = lik.hessian_sqrt(tf.constant(f))
         if root is not None:
@@ -185,7 +189,7 @@ def hessian(
             g_rows = tf.gather(inner.gradient(e, w), rows)
         return outer.jacobian(g_rows, w, experimental_use_pfor=True)
 
-    bs = _auto_batch(len(x), 64 * int(row_chunk), batch_size)
+    bs = batch_size_for(len(x), 64 * int(row_chunk), batch_size)
     h = np.zeros((p, p))
     for s in _batches(len(x), bs):
         for r in _batches(p, int(row_chunk)):

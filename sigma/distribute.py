@@ -23,12 +23,11 @@ import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma import likelihoods
-from sigma._checks import check_inputs, model_dtype
-from sigma.curvature import per_sample_jacobian
+from sigma._checks import check_inputs, check_model, model_dtype
+from sigma.curvature import batch_size_for, per_sample_jacobian  # noqa: F401 (re-exported)
 from sigma.params import flat_weights, functional_forward, num_params
 
 # Cap on the elements of one batch's largest intermediate (~256 MB in float64).
-ELEMENT_BUDGET = 2**25
 
 
 def is_dataset(x) -> bool:
@@ -45,16 +44,6 @@ def current_strategy(strategy=None):
             )
         return strategy
     return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-
-
-def batch_size_for(n: int, per_sample: int, batch_size: int | None) -> int:
-    """``batch_size`` if given (validated), else the largest batch whose intermediates of
-    ``per_sample`` elements per sample stay within :data:`ELEMENT_BUDGET` (at most n)."""
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        return int(batch_size)
-    return int(max(1, min(n, ELEMENT_BUDGET // max(int(per_sample), 1))))
 
 
 def as_dataset(x, y=None, *, batch_size: int) -> tf.data.Dataset:
@@ -241,6 +230,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     E_Dk per output (K,). With ``batch_size`` the data are re-batched to that size.
     """
     lik = likelihoods.get(likelihood)
+    check_model(model)
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(

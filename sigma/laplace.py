@@ -117,6 +117,12 @@ class Laplace:
             if not self.likelihood.has_beta:
                 check_logits(model, outputs(model, next(iter(x))[0].numpy()))
         else:
+            if y is None:
+                raise ValueError(
+                    "y is required when x is an array: pass the training targets, shape (N, K) "
+                    "(or integer labels (N,) for classification), or pass x as a "
+                    "tf.data.Dataset of (x, y) batches"
+                )
             x, y, k = prepare(model, x, y, self.likelihood)
             f = outputs(model, x)
             if not self.likelihood.has_beta:
@@ -129,6 +135,7 @@ class Laplace:
         self.batch_size = batch_size
         self.n_data, self.n_outputs, self.n_params = n, k, num_params(model)
         self.w_map = flat_weights(model).astype(np.float64)
+        self._state = _frozen_state(model)
         self.data_error, self.data_errors = e_d, e_dk
         self._x = x
         if not isinstance(structure, Structure):
@@ -245,34 +252,43 @@ class Laplace:
         )
 
     def _check_positive_definite(self, alpha, beta, structure=None):
+        """Refuse A = αI + βC unless its smallest eigenvalue is clearly positive: above
+        round-off of its largest, so σ is never 1/round-off."""
         lam = (structure or self.structure).eigenvalues
+        top = alpha + beta * float(np.abs(lam).max()) if lam.size else alpha
         smallest = alpha + beta * float(lam.min()) if lam.size else alpha
         if lam.size < self.n_params:
             smallest = min(smallest, alpha)
-        if not smallest > 0:
+        if smallest > evidence.ROUNDOFF * top:
+            return
+        if lam.size and lam.min() < -evidence.ROUNDOFF * float(np.abs(lam).max()):
             hint = (
-                f"use curvature='ggn' (always positive semi-definite) or alpha > "
-                f"{-beta * float(lam.min()):.4g}"
-                if lam.size and lam.min() < 0
-                else "use alpha > 0"
-                + (
-                    f" (structure {self.structure.name!r} keeps {lam.size} of the "
-                    f"{self.n_params} eigenvalues of C and takes the others as zero)"
-                    if lam.size < self.n_params
-                    else ""
-                )
+                f"the {self.curvature} curvature has negative eigenvalues (down to "
+                f"{float(lam.min()):.4g}): use curvature='ggn' (always positive semi-definite), "
+                f"negative='clip', or alpha > {-beta * float(lam.min()):.4g}"
             )
-            raise ValueError(
-                f"the posterior precision A = alpha*I + beta*C is not positive definite "
-                f"(smallest eigenvalue {smallest:.4g} with alpha={alpha:g}, beta={beta:g}, "
-                f"curvature={self.curvature!r}): {hint}"
+        elif lam.size < self.n_params:
+            hint = (
+                f"use alpha > 0 (structure {self.structure.name!r} keeps {lam.size} of the "
+                f"{self.n_params} eigenvalues of C and takes the others as zero)"
             )
+        else:
+            hint = "C is singular (it has zero eigenvalues), so use alpha > 0"
+        raise ValueError(
+            f"the posterior precision A = alpha*I + beta*C is not positive definite "
+            f"(smallest eigenvalue {smallest:.4g} with alpha={alpha:g}, beta={beta:g}, "
+            f"curvature={self.curvature!r}): {hint}"
+        )
 
     # -- prediction -----------------------------------------------------------------------------
     def _check_weights_unchanged(self):
-        if not np.array_equal(flat_weights(self.model).astype(np.float64), self.w_map):
+        if not np.array_equal(flat_weights(self.model).astype(np.float64), self.w_map) or any(
+            not np.array_equal(a, b)
+            for a, b in zip(_frozen_state(self.model), self._state, strict=True)
+        ):
             raise ValueError(
-                "model weights changed since this Laplace was fitted: build a new Laplace"
+                "model weights (or its non-trainable state, e.g. BatchNorm statistics) changed "
+                "since this Laplace was fitted: build a new Laplace"
             )
 
     def _inputs(self, x):
@@ -509,3 +525,13 @@ class Laplace:
             f"P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={self._alpha:.4g}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )
+
+
+def _frozen_state(model) -> list[np.ndarray]:
+    """Copies of the non-trainable state the curvature depends on (normalisation statistics;
+    not the random-seed state, which inference does not use)."""
+    return [
+        np.array(v.numpy())
+        for v in model.non_trainable_variables
+        if "seed_generator" not in getattr(v, "path", v.name)
+    ]

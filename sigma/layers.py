@@ -67,7 +67,7 @@ from sigma.distribute import Accumulator, as_dataset, batch_size_for, first_samp
 from sigma.structures import Structure
 
 # Cap on the elements of the largest per-batch intermediate of the layer-wise structures.
-_ELEMENT_BUDGET = 2**24
+LAYER_BUDGET = 2**24
 # Patching is process-wide: replicas of a tf.distribute strategy trace their forward passes in
 # threads, so the patched forward pass is serialised.
 _PATCH_LOCK = threading.RLock()
@@ -494,10 +494,8 @@ def per_sample_elements(plan: LayerPlan, k: int) -> int:
 
 
 def layer_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
-    """``batch_size`` if given, else the largest batch (≤ n) within :data:`_ELEMENT_BUDGET`."""
-    if batch_size is not None:
-        return batch_size_for(n, per_sample, batch_size)
-    return int(max(1, min(n, _ELEMENT_BUDGET // max(int(per_sample), 1))))
+    """``batch_size`` if given, else the largest batch (≤ n) within :data:`LAYER_BUDGET`."""
+    return batch_size_for(n, per_sample, batch_size, budget=LAYER_BUDGET)
 
 
 # -- the shared machinery of the layer-wise structures ------------------------------------------

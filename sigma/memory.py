@@ -29,11 +29,11 @@ import time
 
 import numpy as np
 
+from sigma.curvature import ELEMENT_BUDGET as _BUDGET  # per-batch element caps
+from sigma.layers import LAYER_BUDGET as _LAYER_BUDGET
 from sigma.params import num_params
 
 SAFETY = 0.8  # fraction of the available memory a fit may plan to use
-_BUDGET = 2**25  # per-batch element cap of sigma.curvature / sigma.distribute
-_LAYER_BUDGET = 2**24  # per-batch element cap of sigma.layers (diag, kfac)
 _WHAT = {
     "full": "a P×P matrix and its eigendecomposition",
     "diag": "P diagonal entries and per-layer batch statistics",

@@ -20,7 +20,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from sigma.curvature import _auto_batch, _batches, gauss_newton, hessian, jacobian_function
+from sigma.curvature import _batches, batch_size_for, gauss_newton, hessian, jacobian_function
 from sigma.distribute import dense_curvature, is_dataset
 from sigma.params import flat_weights, num_params
 
@@ -51,7 +51,9 @@ class Structure:
     def logdet(self, alpha: float, beta: float) -> float:
         """ln|α I + β C| from the eigenvalues of C."""
         lam = self.eigenvalues
-        return float(np.sum(np.log(alpha + beta * lam)) + (self.n_params - lam.size) * np.log(alpha))
+        return float(
+            np.sum(np.log(alpha + beta * lam)) + (self.n_params - lam.size) * np.log(alpha)
+        )
 
     def predictive_variance(self, model, x, alpha, beta, *, batch_size=None) -> np.ndarray:
         cov = self.predictive_covariance(model, x, alpha, beta, batch_size=batch_size)
@@ -116,7 +118,7 @@ class Full(Structure):
         if getattr(self, "_jac", None) is None:
             self._jac = jacobian_function(model, x)
         k = int(np.prod(model(np.asarray(x[:1]), training=False).shape[1:]))
-        bs = _auto_batch(len(x), 2 * k * self.n_params, batch_size)
+        bs = batch_size_for(len(x), 2 * k * self.n_params, batch_size)
         for s in _batches(len(x), bs):
             yield self._jac(x[s])[1].numpy().astype(np.float64) @ self._vecs
 
@@ -129,7 +131,10 @@ class Full(Structure):
     def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
         inv = 1.0 / (alpha + beta * self._eig)
         return np.concatenate(
-            [np.einsum("nkp,p,njp->nkj", jv, inv, jv) for jv in self._projected(model, x, batch_size)]
+            [
+                np.einsum("nkp,p,njp->nkj", jv, inv, jv)
+                for jv in self._projected(model, x, batch_size)
+            ]
         )
 
     def clip_negative(self):
@@ -142,7 +147,7 @@ class Full(Structure):
         jac = self._jac
         k = int(np.prod(model(np.asarray(x[:1]), training=False).shape[1:]))
         blocks = np.zeros((k, self.n_params, self.n_params))
-        for s in _batches(len(x), _auto_batch(len(x), k * self.n_params, batch_size)):
+        for s in _batches(len(x), batch_size_for(len(x), k * self.n_params, batch_size)):
             j = jac(x[s])[1].numpy().astype(np.float64)
             blocks += np.einsum("nkp,nkq->kpq", j, j)
         return blocks

@@ -112,3 +112,52 @@ def test_seed_sigma_refuses_nonpositive_diagonal():
         sigma.seed_sigma(np.array([1.0, 0.0]), np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"^output_gradients must have shape \(K, 2\)"):
         sigma.seed_sigma(np.array([1.0, 2.0]), np.ones((3, 4)))
+
+
+def test_missing_targets_for_arrays(mlp64, xy):
+    with pytest.raises(ValueError, match=r"^y is required when x is an array"):
+        sigma.Laplace(mlp64, xy[0])
+
+
+def test_unbuilt_model_with_a_dataset(xy):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(xy).batch(4)
+    with pytest.raises(ValueError, match=r"^model is not built"):
+        sigma.Laplace(keras.Sequential([keras.layers.Dense(2)]), ds)
+
+
+def test_fractional_batch_size(mlp64, xy):
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive integer, got 2.5"):
+        sigma.gauss_newton(mlp64, xy[0], batch_size=2.5)
+
+
+def test_mixed_precision_is_refused(xy):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype="mixed_float16")])
+    with pytest.raises(ValueError, match=r"^model uses a mixed-precision dtype policy"):
+        sigma.Laplace(model, *xy)
+
+
+def test_singular_curvature_with_zero_alpha_says_use_alpha(mlp64, rng):
+    x, y = rng.normal(size=(3, 3)), rng.normal(size=(3, 2))  # rank(G) <= N K = 6 < P = 54
+    with pytest.raises(ValueError, match=r"not positive definite.*C is singular.*alpha > 0"):
+        sigma.Laplace(mlp64, x, y, alpha=0.0)
+
+
+def test_changed_normalisation_statistics_are_refused(xy):
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="float64"),
+            keras.layers.Dense(4, dtype="float64"),
+            keras.layers.BatchNormalization(dtype="float64"),
+            keras.layers.Dropout(0.5, dtype="float64"),
+            keras.layers.Dense(2, dtype="float64"),
+        ]
+    )
+    la = sigma.Laplace(model, *xy)
+    la.predict(xy[0])  # inference leaves the state (and the dropout seed) alone
+    model.layers[1].moving_mean.assign(np.ones(4))
+    with pytest.raises(
+        ValueError, match=r"non-trainable state, e.g. BatchNorm statistics\) changed"
+    ):
+        la.predict(xy[0])
