@@ -11,6 +11,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 REPORTS := reports
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-n 2" (pytest-xdist) or "-x -k laplace"
 
 .PHONY: help env test test-unit test-notebooks run notebooks lint format bench figure clean
 
@@ -26,13 +27,13 @@ $(STAMP): pyproject.toml
 env: $(STAMP) ## create .venv (plain venv + pip, from pyproject.toml) if missing
 
 test: $(STAMP) ## run the whole test suite (unit tier, then notebooks with small parameters)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## unit tier only (fast)
-	$(PY) -m pytest -q -m "not notebook"
+	$(PY) -m pytest -q -m "not notebook" $(PYTEST_ARGS)
 
 test-notebooks: $(STAMP) ## notebook tier only: papermill with small parameters
-	$(PY) -m pytest -q -m notebook
+	$(PY) -m pytest -q -m notebook $(PYTEST_ARGS)
 
 run: $(STAMP) ## execute every notebook at its defaults into reports/ and render HTML
 	$(PY) -m sigma.reports run $(NOTEBOOKS) --out $(REPORTS)

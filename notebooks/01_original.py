@@ -183,7 +183,8 @@ print("mean σ per output (Hessian):", np.round(std_h.mean(axis=0), 4))
 
 # %% [markdown]
 # The three σ of the first training example, side by side (original formula at the trained
-# weights, Laplace with Gauss–Newton, Laplace with the exact Hessian):
+# weights, Laplace with Gauss–Newton at α = `alpha`, Laplace with the exact Hessian at the
+# larger α its negative eigenvalues force — so the last two differ in their prior too):
 
 # %%
 _, std_first = laplace_ggn.predict(x_train[:1])
