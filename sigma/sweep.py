@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import contextlib
 import itertools
 import json
@@ -38,6 +39,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -541,13 +543,30 @@ def _run_local(specs, workers: int, label: str, progress: bool) -> list[RunResul
             raise
 
 
+# papermill drives its kernel through an asyncio loop that is not safe to share between threads
+# of one process ("This event loop is already running"): a Dask worker with several threads
+# runs its notebooks one at a time; run more worker processes for parallelism.
+_ONE_NOTEBOOK_PER_PROCESS = threading.Lock()
+
+
+def _execute_run_in_worker(spec: RunSpec) -> RunResult:
+    with _ONE_NOTEBOOK_PER_PROCESS:
+        loop = asyncio.new_event_loop()  # this thread's own, never the worker's running loop
+        asyncio.set_event_loop(loop)
+        try:
+            return execute_run(spec)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 def _run_dask(specs, address: str, label: str, progress: bool) -> list[RunResult]:
     from distributed import Client, as_completed
 
     results = []
     with Client(address) as client, _bar(len(specs), label, progress) as bar:
         futures = client.map(
-            execute_run,
+            _execute_run_in_worker,
             specs,
             pure=False,
             key=[f"sigma-run-{s.name}-{uuid.uuid4().hex[:6]}" for s in specs],
