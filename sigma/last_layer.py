@@ -38,7 +38,7 @@ from sigma.distribute import (
     is_dataset,
 )
 from sigma.memory import activation_elements
-from sigma.structures import Structure
+from sigma.structures import Eigenbasis
 
 
 def final_dense(model) -> keras.layers.Dense:
@@ -116,7 +116,7 @@ def _features_function(model, layer):
     return features
 
 
-class LastLayer(Structure):
+class LastLayer(Eigenbasis):
     """The exact curvature over the final Dense layer's kernel and bias; other weights fixed."""
 
     name = "last_layer"
@@ -277,18 +277,3 @@ class LastLayer(Structure):
         bs = batch_size_for(len(x), 2 * self._k * self.n_params, batch_size)
         for start in range(0, len(x), bs):
             yield proj(x[start : start + bs]).numpy()
-
-    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
-        inv = 1.0 / (alpha + beta * self._eig)
-        return np.concatenate(
-            [np.einsum("nkp,p->nk", jv**2, inv) for jv in self._projected(model, x, batch_size)]
-        )
-
-    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
-        inv = 1.0 / (alpha + beta * self._eig)
-        return np.concatenate(
-            [
-                np.einsum("nkp,p,njp->nkj", jv, inv, jv)
-                for jv in self._projected(model, x, batch_size)
-            ]
-        )

@@ -76,7 +76,31 @@ class Structure:
         raise NotImplementedError
 
 
-class Full(Structure):
+class Eigenbasis(Structure):
+    """A structure that keeps C = V diag(c) Vᵀ over its P weights (``_eig``, ``_vecs``) and
+    yields J(x) V in batches (``_projected``): A⁻¹ = V diag(1/(α + β c)) Vᵀ, so
+    J A⁻¹ Jᵀ = (J V) diag(1/(α + β c)) (J V)ᵀ. Shared by "full" and "last_layer"."""
+
+    def _projected(self, model, x, batch_size):
+        raise NotImplementedError
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        return np.concatenate(
+            [np.einsum("nkp,p->nk", jv**2, inv) for jv in self._projected(model, x, batch_size)]
+        )
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        return np.concatenate(
+            [
+                np.einsum("nkp,p,njp->nkj", jv, inv, jv)
+                for jv in self._projected(model, x, batch_size)
+            ]
+        )
+
+
+class Full(Eigenbasis):
     """The full P×P curvature, eigen-decomposed once: C = V diag(c) Vᵀ.
 
     A⁻¹ = V diag(1/(α + β c)) Vᵀ, so J A⁻¹ Jᵀ = (J V) diag(1/(α + β c)) (J V)ᵀ.
@@ -121,21 +145,6 @@ class Full(Structure):
         bs = batch_size_for(len(x), 2 * k * self.n_params, batch_size)
         for s in _batches(len(x), bs):
             yield self._jac(x[s])[1].numpy().astype(np.float64) @ self._vecs
-
-    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
-        inv = 1.0 / (alpha + beta * self._eig)
-        return np.concatenate(
-            [np.einsum("nkp,p->nk", jv**2, inv) for jv in self._projected(model, x, batch_size)]
-        )
-
-    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
-        inv = 1.0 / (alpha + beta * self._eig)
-        return np.concatenate(
-            [
-                np.einsum("nkp,p,njp->nkj", jv, inv, jv)
-                for jv in self._projected(model, x, batch_size)
-            ]
-        )
 
     def clip_negative(self):
         self._eig = np.maximum(self._eig, 0.0)
