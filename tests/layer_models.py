@@ -175,3 +175,36 @@ def folded(seed=0):
     model = Folded()
     model(np.zeros((1, 6)))
     return model
+
+
+def model_cases(rng):
+    """Parametrize (build, inputs, likelihood) over an MLP, a CNN and an Embedding/BN/Dropout
+    model, each for regression and classification; inputs drawn from ``rng``."""
+    import pytest
+    from conftest import make_mlp
+
+    def dense(n):
+        return rng.normal(size=(n, 3))
+
+    def images(n):
+        return rng.normal(size=(n, 7, 7, 2))
+
+    return pytest.mark.parametrize(
+        ("build", "inputs", "likelihood"),
+        [
+            (make_mlp, dense, "regression"),
+            (make_mlp, dense, "classification"),
+            (cnn, images, "regression"),
+            (cnn, images, "classification"),
+            (embedding_bn_dropout, tokens, "regression"),
+            (embedding_bn_dropout, tokens, "classification"),
+        ],
+        ids=[
+            "mlp-reg",
+            "mlp-clf",
+            "cnn-reg",
+            "cnn-clf",
+            "emb_bn_dropout-reg",
+            "emb_bn_dropout-clf",
+        ],
+    )

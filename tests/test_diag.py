@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
-from layer_models import cnn, embedding_bn_dropout, tokens
+from layer_models import model_cases
 
 import sigma
 from sigma.diag import Diag
@@ -20,18 +20,7 @@ def _fit(model, x, likelihood="regression", **kw):
     return Diag(**kw).fit(model, x, likelihood=likelihood, curvature="ggn", batch_size=5)
 
 
-@pytest.mark.parametrize(
-    ("build", "inputs", "likelihood"),
-    [
-        (make_mlp, lambda n: RNG.normal(size=(n, 3)), "regression"),
-        (make_mlp, lambda n: RNG.normal(size=(n, 3)), "classification"),
-        (cnn, lambda n: RNG.normal(size=(n, 7, 7, 2)), "regression"),
-        (cnn, lambda n: RNG.normal(size=(n, 7, 7, 2)), "classification"),
-        (embedding_bn_dropout, tokens, "regression"),
-        (embedding_bn_dropout, tokens, "classification"),
-    ],
-    ids=["mlp-reg", "mlp-clf", "cnn-reg", "cnn-clf", "emb_bn_dropout-reg", "emb_bn_dropout-clf"],
-)
+@model_cases(RNG)
 def test_diagonal_equals_gauss_newton_diagonal_and_sigma_its_inverse(build, inputs, likelihood):
     model, x = build(), inputs(11)
     s = _fit(model, x, likelihood)

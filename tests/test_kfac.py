@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import make_mlp
-from layer_models import cnn, embedding_bn_dropout, tokens
+from layer_models import embedding_bn_dropout, model_cases, tokens
 
 import sigma
 from sigma.kfac import KFAC
@@ -90,18 +90,7 @@ def test_factors_equal_an_independent_reference(likelihood):
         np.testing.assert_allclose(hh, np.einsum("nkc,nke->ce", bias, bias), rtol=1e-10)
 
 
-@pytest.mark.parametrize(
-    ("build", "inputs", "likelihood"),
-    [
-        (make_mlp, lambda n: RNG.normal(size=(n, 3)), "regression"),
-        (make_mlp, lambda n: RNG.normal(size=(n, 3)), "classification"),
-        (cnn, lambda n: RNG.normal(size=(n, 7, 7, 2)), "regression"),
-        (cnn, lambda n: RNG.normal(size=(n, 7, 7, 2)), "classification"),
-        (embedding_bn_dropout, tokens, "regression"),
-        (embedding_bn_dropout, tokens, "classification"),
-    ],
-    ids=["mlp-reg", "mlp-clf", "cnn-reg", "cnn-clf", "emb_bn_dropout-reg", "emb_bn_dropout-clf"],
-)
+@model_cases(RNG)
 def test_sigma_equals_sigma_from_the_explicit_kfac_matrix(build, inputs, likelihood):
     model, x = build(), inputs(9)
     alpha, beta = 0.4, (3.0 if likelihood == "regression" else 1.0)
