@@ -1,11 +1,20 @@
 """sigma: error bars for any Keras network, by automatic differentiation.
 
-The Laplace approximation around trained weights (shared/design/MATH.md):
+The Laplace approximation around trained weights (docs/math.md):
 ``Laplace(model, x, y).predict(x_new)`` returns the predictive mean and σ per output.
 
-Names are imported lazily (PEP 562), so ``python -m sigma.sweep`` or ``sigma.runs`` start
-without loading TensorFlow; ``sigma.Laplace`` or ``sigma.plots`` import what they need on
-first use.
+The package is layered; each layer imports only those below it:
+
+* the core — :mod:`sigma.laplace` (the :class:`Laplace` facade), :mod:`sigma.structures`
+  (one file per structure of the posterior precision), :mod:`sigma.curvature` (one engine
+  computing every curvature, traced once per model), :mod:`sigma.evidence`,
+  :mod:`sigma.likelihoods`, :mod:`sigma.classification`, :mod:`sigma.metrics`,
+  :mod:`sigma.memory`, :mod:`sigma.params`;
+* :mod:`sigma.lab` — the notebook helpers (data, models, the original formula, scans, plots);
+* :mod:`sigma.sweep` — papermill sweeps and HTML reports, which never import the layers above.
+
+Public names are resolved on first use (PEP 562), so ``python -m sigma.sweep`` starts without
+loading TensorFlow; ``sigma.Laplace`` imports the core when first touched.
 """
 
 import importlib as _importlib
@@ -13,31 +22,32 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "Laplace": "sigma.laplace",
+    "curvature_product": "sigma.curvature",
     "data_error": "sigma.curvature",
     "gauss_newton": "sigma.curvature",
     "hessian": "sigma.curvature",
     "output_jacobian": "sigma.curvature",
-    "digits_split": "sigma.data",
-    "iris_split": "sigma.data",
-    "one_hot": "sigma.data",
-    "mlp": "sigma.models",
-    "reinitialised_copy": "sigma.models",
-    "train": "sigma.models",
     "flat_weights": "sigma.params",
     "num_params": "sigma.params",
     "set_flat_weights": "sigma.params",
-    "mean_loss_hessian_diag": "sigma.seed",
-    "seed_sigma": "sigma.seed",
-    "summed_beta": "sigma.seed",
+    # notebook helpers (sigma.lab)
+    "digits_split": "sigma.lab",
+    "iris_split": "sigma.lab",
+    "one_hot": "sigma.lab",
+    "mlp": "sigma.lab",
+    "reinitialised_copy": "sigma.lab",
+    "train": "sigma.lab",
+    "mean_loss_hessian_diag": "sigma.lab",
+    "seed_sigma": "sigma.lab",
+    "summed_beta": "sigma.lab",
 }
 _SUBMODULES = {
-    "classification", "compare", "curvature", "data", "diag", "distribute", "evidence", "kfac",
-    "laplace", "last_layer", "layers", "likelihoods", "lowrank", "memory", "metrics", "models",
-    "params", "plots", "reports", "runs", "seed", "structures", "sweep", "sweep_plots",
+    "classification", "curvature", "evidence", "lab", "laplace", "likelihoods", "memory",
+    "metrics", "params", "structures", "sweep",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

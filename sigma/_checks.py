@@ -94,6 +94,24 @@ def check_inputs(model, x, name: str = "x") -> np.ndarray:
     return arr
 
 
+def check_positive_int(value, name: str) -> int:
+    """A positive integer (an int, or an integral float/NumPy integer); never a bool or str."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not float(value).is_integer()
+        or value < 1
+    ):
+        shown = f"{value!r} ({type(value).__name__})" if isinstance(value, str) else repr(value)
+        raise ValueError(f"{name} must be a positive integer, got {shown}")
+    return int(value)
+
+
+def check_batch_size(value, name: str = "batch_size") -> int:
+    """A batch size: a positive integer."""
+    return check_positive_int(value, name)
+
+
 def check_precision(value, name: str, *, allow_zero: bool) -> float:
     """A prior/noise precision: a finite real, > 0 (or >= 0 when ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -3,8 +3,10 @@
     A = α I + β C        C = Gauss–Newton G or exact Hessian H of E_D (MATH.md)
     σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x),   g_k(x) = ∂f_k(x)/∂w at the trained weights
 
-The evidence for α, β (and their re-estimation) is in :mod:`sigma.evidence`; class
-probabilities for ``likelihood="classification"`` in :mod:`sigma.classification`.
+The facade over the layers below it: a structure (:mod:`sigma.structures`) holds C, the
+model's curvature engine (:mod:`sigma.curvature`) computes it, the evidence for α, β (and their
+re-estimation) is :mod:`sigma.evidence`, class probabilities for
+``likelihood="classification"`` are :mod:`sigma.classification`. Formulas: docs/math.md.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import warnings
 
 import numpy as np
 
-from sigma import evidence, likelihoods, memory
+from sigma import evidence, likelihoods, structures
 from sigma._checks import as_array, check_inputs, check_precision, model_dtype
 from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
-from sigma.curvature import data_error, outputs, prepare
-from sigma.distribute import current_strategy, fit_structure, is_dataset, prepare_dataset
+from sigma.curvature import engine, prepare
+from sigma.curvature.accumulate import (
+    ArrayBatches,
+    current_strategy,
+    is_dataset,
+    prepare_dataset,
+)
 from sigma.params import flat_weights, num_params
-from sigma.structures import STRUCTURES, Structure
+from sigma.structures import Structure, fit_structure
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
@@ -42,7 +49,7 @@ class Laplace:
         others get it concatenated into arrays.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
-    structure : how C is stored: a name in :data:`sigma.structures.STRUCTURES` ("full": P×P,
+    structure : how C is stored: a registered name (:mod:`sigma.structures`; "full": P×P,
         "diag": the exact GGN diagonal, "kfac": Kronecker factors per Dense/Conv layer,
         "lowrank": top-k eigenpairs by Lanczos, "last_layer": the final Dense layer only; see
         README "Structures and layers") or an unfitted :class:`~sigma.structures.Structure`.
@@ -95,10 +102,19 @@ class Laplace:
     ):
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-        if not isinstance(structure, Structure) and structure not in STRUCTURES:
-            raise ValueError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
-        if isinstance(structure, Structure) and structure_options:
-            raise ValueError("structure_options apply to a structure name, not an instance")
+        if isinstance(structure, Structure):
+            if structure_options:
+                raise ValueError("structure_options apply to a structure name, not an instance")
+        else:
+            structure = structures.get(structure).from_options(structure_options)
+        if curvature not in structure.curvatures:
+            others = sorted(n for n, c in Structure.registry.items() if curvature in c.curvatures)
+            supported = " or ".join(f"curvature={c!r}" for c in structure.curvatures)
+            raise ValueError(
+                f"structure={structure.name!r} supports {supported} only, got "
+                f"curvature={curvature!r}: use {supported}, or structure={others} for the "
+                f"{curvature} of a small model"
+            )
         if negative not in NEGATIVE:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         self._alpha = check_precision(alpha, "alpha", allow_zero=True)
@@ -115,7 +131,7 @@ class Laplace:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
             x, n, k, e_d, e_dk = prepare_dataset(model, x, self.likelihood, batch_size=batch_size)
             if not self.likelihood.has_beta:
-                check_logits(model, outputs(model, next(iter(x))[0].numpy()))
+                check_logits(model, engine(model).outputs(next(iter(x))[0].numpy()))
         else:
             if y is None:
                 raise ValueError(
@@ -124,12 +140,11 @@ class Laplace:
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, self.likelihood)
-            f = outputs(model, x)
             if not self.likelihood.has_beta:
-                check_logits(model, f)
-            n, e_d = len(x), data_error(model, x, y, likelihood=self.likelihood)  # E_D
-            # E_Dk = ½ Σ_n (f_nk − t_nk)² per output (regression; Σ_k E_Dk = E_D)
-            e_dk = 0.5 * np.sum((f - y) ** 2, axis=0) if self.likelihood.has_beta else None
+                check_logits(model, engine(model).outputs(x))
+            # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
+            n, e_d, e_dk = engine(model).summary(ArrayBatches((x, y), 4096), self.likelihood)
+            e_dk = e_dk if self.likelihood.has_beta else None
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
@@ -138,9 +153,7 @@ class Laplace:
         self._state = _frozen_state(model)
         self.data_error, self.data_errors = e_d, e_dk
         self._x = x
-        if not isinstance(structure, Structure):
-            structure = STRUCTURES[structure](**(structure_options or {}))
-        self.memory_estimate = memory.check(
+        self.memory_estimate = structures.check_memory(
             structure,
             model,
             n_data=n,
@@ -220,28 +233,28 @@ class Laplace:
                 raise ValueError(
                     "one beta per output needs the training data as arrays, not a dataset"
                 )
-            try:
-                self._blocks = self.structure.output_blocks(
-                    self.model, self._x, batch_size=self.batch_size
-                )
-            except NotImplementedError:
+            if not self.structure.per_output_beta:
                 raise ValueError(
                     f"structure {self.structure.name!r} does not support one beta per output; "
                     "use structure='full' or a single beta"
-                ) from None
+                )
+            self._blocks = self.structure.output_blocks(
+                self.model, self._x, batch_size=self.batch_size
+            )
         return self._blocks
 
     def _clip_negative(self):
-        count, worst = evidence.negative_eigenvalues(self.structure.eigenvalues)
-        if self.negative != "clip" or not count:
+        if self.negative != "clip":
             return
-        try:
-            self.structure.clip_negative()
-        except NotImplementedError:
+        count, worst = evidence.negative_eigenvalues(self.structure.eigenvalues)
+        if not count:
+            return
+        if not self.structure.can_clip:
             raise ValueError(
                 f"structure {self.structure.name!r} cannot clip negative eigenvalues; use "
                 "negative='keep' or curvature='ggn'"
-            ) from None
+            )
+        self.structure.clip_negative()
         warnings.warn(
             f"the {self.curvature} curvature has {count} negative eigenvalue(s) out of "
             f"{self.n_params} (most negative {worst:.4g}; largest {self.structure.eigenvalues.max():.4g}): "
@@ -254,6 +267,8 @@ class Laplace:
     def _check_positive_definite(self, alpha, beta, structure=None):
         """Refuse A = αI + βC unless its smallest eigenvalue is clearly positive: above
         round-off of its largest, so σ is never 1/round-off."""
+        if (structure or self.structure).clearly_positive_definite(alpha, beta):
+            return
         lam = (structure or self.structure).eigenvalues
         top = alpha + beta * float(np.abs(lam).max()) if lam.size else alpha
         smallest = alpha + beta * float(lam.min()) if lam.size else alpha
@@ -324,7 +339,7 @@ class Laplace:
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
         x = self._inputs(x)
-        mean = outputs(self.model, x)
+        mean = engine(self.model).outputs(x)
         structure, beta = self._posterior()
         var = structure.predictive_variance(self.model, x, self._alpha, beta, batch_size=batch_size)
         if noise:
@@ -368,7 +383,7 @@ class Laplace:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         x = self._inputs(x)
-        mean = outputs(self.model, x)
+        mean = engine(self.model).outputs(x)
         cov = self.predictive_covariance(x, batch_size=batch_size)
         if method == "probit":
             return probit_probabilities(mean, cov)

@@ -203,7 +203,7 @@ def test_softmax_outputs_are_refused(labelled, head):
 
 def test_alpha_scan_matches_direct_evaluation_and_restores_alpha(clf):
     _, x, labels, la = clf
-    scan = sigma.metrics.alpha_scan(la, [0.1, 2.0], x[:10], labels[:10])
+    scan = sigma.lab.alpha_scan(la, [0.1, 2.0], x[:10], labels[:10])
     assert la.alpha == 0.5
     la.alpha = 2.0
     direct = sigma.metrics.classification_metrics(la.predict_proba(x[:10]), labels[:10])

@@ -7,7 +7,7 @@ from conftest import make_mlp
 from layer_models import model_cases
 
 import sigma
-from sigma.diag import Diag
+from sigma.structures import Diag
 from sigma.params import flat_weights, set_flat_weights
 
 RNG = np.random.default_rng(1)

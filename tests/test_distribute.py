@@ -12,8 +12,8 @@ import tensorflow as tf
 from conftest import make_mlp
 
 import sigma
-from sigma.distribute import Accumulator, as_dataset, fit_structure
-from sigma.structures import Structure
+from sigma.curvature.accumulate import Accumulator, as_dataset
+from sigma.structures import Structure, fit_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from conftest import make_mlp
 from layer_models import embedding_bn_dropout, model_cases, tokens
 
 import sigma
-from sigma.kfac import KFAC
+from sigma.structures import KFAC
 
 RNG = np.random.default_rng(2)
 X = RNG.normal(size=(13, 3))
@@ -142,8 +142,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np
 sys.path.insert(0, "tests")
 from conftest import make_mlp
-from sigma.diag import Diag
-from sigma.kfac import KFAC
+from sigma.structures import Diag
+from sigma.structures import KFAC
 
 x = np.random.default_rng(0).normal(size=(11, 3))
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -157,7 +157,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_diag_and_kfac_under_a_mirrored_strategy_equal_one_device():
-    """Two replicas trace the patched forward pass in threads (sigma.layers serialises it).
+    """Two replicas trace the patched forward pass in threads (sigma.curvature.layers serialises it).
     A subprocess: logical devices must be configured before TensorFlow initialises them."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(

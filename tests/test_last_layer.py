@@ -8,7 +8,7 @@ import tensorflow as tf
 from conftest import make_mlp
 
 import sigma
-from sigma.last_layer import final_dense
+from sigma.structures.last_layer import final_dense
 
 
 def _frozen_body(activation=None, seed=0, use_bias=True):

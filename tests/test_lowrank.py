@@ -1,4 +1,4 @@
-"""Low-rank structure: Lanczos against eigh, matrix-free products against the explicit matrices,
+"""Low-rank structure: block Lanczos against eigh, matrix-free products against the explicit matrices,
 k = P against full, k < P against the explicit low-rank inverse."""
 
 import numpy as np
@@ -8,7 +8,9 @@ from conftest import make_mlp
 
 import sigma
 from sigma import evidence
-from sigma.lowrank import LowRank, curvature_product, lanczos
+from sigma.curvature import curvature_product
+from sigma.structures import LowRank
+from sigma.structures.lowrank import block_lanczos
 
 
 def _spd(rng, n, spectrum):
@@ -31,7 +33,7 @@ def _top(values, k):
 def test_lanczos_matches_eigh(rng, spectrum):
     n, k = 60, 15
     a = _spd(rng, n, spectrum(n))
-    values, vectors, info = lanczos(lambda v: a @ v, n, k, tol=1e-10)
+    values, vectors, info = block_lanczos(lambda v: a @ v, n, k, tol=1e-10)
     exact = np.linalg.eigvalsh(a)
     np.testing.assert_allclose(values, _top(exact, k), atol=1e-8 * np.abs(exact).max())
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-8)
@@ -40,31 +42,35 @@ def test_lanczos_matches_eigh(rng, spectrum):
 
 
 def test_lanczos_finds_repeated_eigenvalues_after_breakdown(rng):
-    """C = B ⊗ I₃ has each of its 4 distinct eigenvalues three times; one Krylov sequence sees
-    one copy of each and breaks down after 4 steps, and the restarts must find the others."""
+    """C = B ⊗ I₃ has each of its 4 distinct eigenvalues three times; a block of 2 sees two
+    copies of each and its Krylov space stops growing after 4 passes, so the fresh directions
+    must find the third copies."""
     b = _spd(rng, 4, np.array([8.0, 7.0, 6.0, 5.0]))
     a = np.kron(b, np.eye(3))
-    values, _, info = lanczos(lambda v: a @ v, 12, 7, tol=1e-10)
+    values, _, info = block_lanczos(lambda v: a @ v, 12, 7, block=2, tol=1e-10)
     np.testing.assert_allclose(values, [8, 8, 8, 7, 7, 7, 6], atol=1e-8)
     assert info["converged"]
 
 
 def test_lanczos_warns_when_capped(rng):
     a = _spd(rng, 80, 1.0 + np.linspace(0, 1e-3, 80))  # tightly clustered: slow
-    with pytest.warns(RuntimeWarning, match="Lanczos stopped after 6 steps"):
-        values, _, info = lanczos(lambda v: a @ v, 80, 5, tol=1e-14, max_steps=6)
+    with pytest.warns(RuntimeWarning, match=r"Lanczos stopped after 1 passes \(15 products\)"):
+        values, _, info = block_lanczos(lambda v: a @ v, 80, 5, tol=1e-14, max_passes=1)
     assert values.shape == (5,) and not info["converged"]
 
 
+@pytest.mark.parametrize("route", ["jacobian", "matrix_free"])
 @pytest.mark.parametrize("likelihood", ["regression", "classification"])
-def test_ggn_vector_product_equals_explicit_matrix(rng, mlp64, likelihood):
+def test_ggn_vector_product_equals_explicit_matrix(rng, mlp64, likelihood, route):
     x = rng.normal(size=(13, 3))
-    matvec = curvature_product(mlp64, x, likelihood=likelihood, batch_size=5)
+    matvec = curvature_product(mlp64, x, likelihood=likelihood, batch_size=5, route=route)
     g = sigma.gauss_newton(mlp64, x, likelihood=likelihood)
     for _ in range(3):
         v = rng.normal(size=g.shape[0])
         np.testing.assert_allclose(matvec(v), g @ v, rtol=1e-10, atol=1e-12)
-    assert matvec.accumulator.tracing_count == 1  # 3 batches (5, 5, 3) × 3 calls, traced once
+    block = rng.normal(size=(g.shape[0], 4))  # a block of vectors in one pass
+    np.testing.assert_allclose(matvec(block), g @ block, rtol=1e-10, atol=1e-12)
+    assert matvec.accumulator.tracing_count == 1  # 3 batches (5, 5, 3) × 4 calls, traced once
 
 
 def test_hessian_vector_product_equals_explicit_matrix(rng, mlp64):
@@ -184,7 +190,7 @@ def test_layerwise_and_jacobian_predictives_agree(rng):
         fits["jacobian"].predictive_covariance(x[:9]),
         rtol=1e-9,
     )
-    assert fits["layerwise"].structure._proj[2] == "layerwise"
+    assert fits["layerwise"].structure._path == "layerwise"
 
 
 def test_float32_complement_does_not_amplify_round_off():

@@ -5,7 +5,7 @@ import pytest
 from conftest import make_mlp
 
 import sigma
-from sigma import memory
+from sigma import memory, structures
 from sigma.memory import InsufficientMemoryError
 
 
@@ -22,16 +22,16 @@ def test_parse_and_format_bytes():
 def test_estimates_follow_the_design_table(mlp64):
     p = 54
     kw = dict(n_data=100, n_outputs=2)
-    full = memory.estimate("full", mlp64, **kw)
+    full = structures.estimate("full", mlp64, **kw)
     assert full >= 4 * p * p * 8
-    assert memory.estimate("last_layer", mlp64, **kw) >= 4 * 10 * 10 * 8
-    assert memory.estimate(sigma.lowrank.LowRank(rank=30), mlp64, **kw) == pytest.approx(
-        memory.estimate("full", mlp64, **kw)
+    assert structures.estimate("last_layer", mlp64, **kw) >= 4 * 10 * 10 * 8
+    assert structures.estimate(sigma.structures.LowRank(rank=30), mlp64, **kw) == pytest.approx(
+        structures.estimate("full", mlp64, **kw)
     )  # 2k + 1 > P: the dense fallback
     big = make_mlp(n_in=50, hidden=(400, 400), n_out=3)
     pb = sigma.num_params(big)
-    lowrank = memory.estimate(sigma.lowrank.LowRank(rank=10), big, **kw)
-    assert (10 + 60) * pb * 8 <= lowrank < memory.estimate("full", big, **kw) / 50
+    lowrank = structures.estimate(sigma.structures.LowRank(rank=10), big, **kw)
+    assert (10 + 60) * pb * 8 <= lowrank < structures.estimate("full", big, **kw) / 50
 
 
 def test_full_on_270k_weights_is_refused_before_allocating(rng):
@@ -52,8 +52,8 @@ def test_full_on_270k_weights_is_refused_before_allocating(rng):
 def test_max_memory_triggers_refusal_on_a_small_model(rng, mlp64):
     x, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 2))
     kw = dict(n_data=12, n_outputs=2)
-    needed = memory.estimate("full", mlp64, **kw)
-    limit = (needed + memory.estimate("last_layer", mlp64, **kw)) // 2
+    needed = structures.estimate("full", mlp64, **kw)
+    limit = (needed + structures.estimate("last_layer", mlp64, **kw)) // 2
     with pytest.raises(
         InsufficientMemoryError, match=r"structures that fit: .*'last_layer'"
     ) as err:

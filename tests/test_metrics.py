@@ -93,7 +93,7 @@ def test_beta_scan_restores_the_laplace(rng):
     model = make_linear(use_bias=False)
     sigma.set_flat_weights(model, np.linalg.lstsq(x, y, rcond=None)[0].ravel())
     la = sigma.Laplace(model, x, y, alpha=1.0, beta=2.0)
-    scan = metrics.beta_scan(la, [1.0, 4.0], x_test, y_test)
+    scan = sigma.lab.beta_scan(la, [1.0, 4.0], x_test, y_test)
     assert (la.alpha, la.beta) == (1.0, 2.0)
     assert set(scan) >= {"beta", "alpha", "log_evidence", "gamma", "coverage_95", "nll"}
     la.beta = 4.0

@@ -69,7 +69,7 @@ def evidence_surface(alphas, betas, log_evidence, *, optimum=None, marks=None, d
 
 
 def beta_scan(scan, n_obs: int, *, marks=None, span: float = 3.0):
-    """Two panels over β (log axis), for a :func:`sigma.metrics.beta_scan` result ``scan``.
+    """Two panels over β (log axis), for a :func:`sigma.lab.scans.beta_scan` result ``scan``.
 
     Left: −ln p(D | α(β), β) / NK (training, nats per target value; ``n_obs`` = NK) next to
     the held-out Gaussian NLL per value, the same units, so their minima can be compared; the

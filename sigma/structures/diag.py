@@ -7,7 +7,7 @@ so its eigenvalues are α + β d_p and
 
     σ_k²(x) − 1/β = Σ_p g_kp(x)² / (α + β d_p).
 
-Fast path (Dense, Conv1D, Conv2D; :mod:`sigma.layers`): with layer inputs ã (bias-augmented)
+Fast path (Dense, Conv1D, Conv2D; :mod:`sigma.curvature.layers`): with layer inputs ã (bias-augmented)
 and output sensitivities s, a Dense layer gives d = (ã²)ᵀ (Σ_k s²) summed over samples — one
 matrix product per batch, no per-sample gradient. A layer whose weights act at T > 1 positions
 (a convolution, a Dense on sequences, a shared layer) needs the per-sample gradients
@@ -23,17 +23,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from sigma.layers import Captured, Layerwise
+from sigma.memory import activation_elements
+from sigma.params import num_params
+from sigma.curvature.layers import Captured
+from sigma.structures.layerwise import Layerwise, layer_batch_size
 
 
 class Diag(Layerwise):
     """C = diag(G), the exact diagonal of the GGN, in the package's weight order."""
 
     name = "diag"
+    memory_summary = "P diagonal entries and per-layer batch statistics"
 
-    def _batch_stats(self, cap: Captured) -> list:
+    @staticmethod
+    def _batch_stats(plan, cap: Captured) -> list:
         stats = []
-        for blk, a, s in zip(self.plan.fast, cap.acts, cap.sens, strict=True):
+        for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
             if a is None:
                 stats.append(tf.zeros((blk.d_in, blk.d_out), cap.outputs.dtype))
             elif blk.positions == 1:  # d = Σ_n ã_n² ⊗ Σ_k s_nk²
@@ -69,3 +74,8 @@ class Diag(Layerwise):
 
     def matrix(self) -> np.ndarray:
         return np.diag(self.diagonal)
+
+    def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
+        act = activation_elements(model)
+        per = 2 * (n_outputs + 1) * act
+        return 4 * num_params(model) * 8 + layer_batch_size(n_data, per, batch_size) * per * 8

@@ -43,8 +43,10 @@ weights (``stateless_call``; ``tf.vectorized_map`` over the samples of K backwar
 ``tf.map_fn`` where pfor cannot convert an op, e.g. grouped convolutions): exact, but it costs
 K backward passes per sample and B·K·P_layer memory per batch.
 
-Used by :class:`Layerwise` (the base of ``diag`` and ``kfac``) and by the ``lowrank``
-predictive (:func:`capture`, :func:`contract`, :func:`plan_layers`, :func:`probe`).
+Used by the layer-wise structures (``diag`` and ``kfac``, :mod:`sigma.structures.layerwise`)
+and by the ``lowrank`` predictive (:func:`capture`, :func:`contract`, :func:`plan_for`). A
+model's probed plan is kept by its :class:`~sigma.curvature.engine.Engine`, with the traced
+functions built on it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -60,11 +61,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import likelihoods
-from sigma._checks import check_inputs, model_dtype
-from sigma.curvature import _batches, _spec, num_outputs, prepare
-from sigma.distribute import Accumulator, as_dataset, batch_size_for, first_samples, is_dataset
-from sigma.structures import Structure
+from sigma.curvature.accumulate import batch_size_for
+from sigma.curvature.engine import engine, flat_outputs
 
 # Cap on the elements of the largest per-batch intermediate of the layer-wise structures.
 LAYER_BUDGET = 2**24
@@ -289,9 +287,7 @@ def _pseudo_outputs(f, root):
 
 
 def _model_outputs(model, x):
-    out = model(x, training=False)
-    k = int(np.prod(out.shape[1:])) if None not in out.shape[1:] else -1
-    return tf.reshape(out, (tf.shape(out)[0], k))
+    return flat_outputs(model(x, training=False))
 
 
 def capture(model, plan: LayerPlan, x, *, root=None) -> Captured:
@@ -482,6 +478,18 @@ def with_pfor_fallback(plan: LayerPlan, run):
         return run()
 
 
+def plan_for(model, x, *, fast: bool = True) -> LayerPlan:
+    """The probed :class:`LayerPlan` of ``model`` for inputs like ``x`` (a few samples are
+    run eagerly once), kept by the model's engine so it is probed once."""
+    eng = engine(model)
+    key = ("plan", bool(fast), tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x)))
+    plan = eng.store.get(key)
+    if plan is None:
+        first = tf.nest.map_structure(lambda a: np.asarray(a[:8]), x)
+        plan = eng.store[key] = probe(model, plan_layers(model, fast=fast), first)
+    return plan
+
+
 def per_sample_elements(plan: LayerPlan, k: int) -> int:
     """Elements held per sample by the largest intermediates of a batch (for a batch size)."""
     n = 0
@@ -498,146 +506,6 @@ def layer_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
     return batch_size_for(n, per_sample, batch_size, budget=LAYER_BUDGET)
 
 
-# -- the shared machinery of the layer-wise structures ------------------------------------------
-class Layerwise(Structure):
-    """Base of :class:`sigma.diag.Diag` and :class:`sigma.kfac.KFAC`: a per-layer curvature
-    accumulated over batches from :func:`capture`, and a predictive that contracts the layer
-    inputs and sensitivities of the test batch with each block's inverse, never forming J.
-
-    Subclasses define ``_batch_stats`` (traced: per-batch sums), ``_finish`` and
-    ``_block_params(alpha, beta)`` (the per-block rotations and inverse eigenvalues). The
-    batches are summed by :class:`sigma.distribute.Accumulator` (one traced graph, arrays or a
-    dataset, optionally a ``tf.distribute.Strategy``, a tqdm bar with ``progress=True``).
-
-    Parameters
-    ----------
-    fast : use the fast path for Dense/Conv layers (False: every layer generic; for tests).
-    """
-
-    name = "layerwise"
-    streaming = True  # fit() takes a dataset, strategy= and progress=
-
-    def __init__(self, *, fast: bool = True):
-        self.fast = bool(fast)
-        self._fns = {}
-
-    # fitting ------------------------------------------------------------------------------------
-    def fit(
-        self,
-        model,
-        x,
-        y=None,
-        *,
-        likelihood="regression",
-        curvature="ggn",
-        batch_size=None,
-        strategy=None,
-        progress=False,
-    ):
-        """Accumulate the layer-wise curvature over x: arrays (N, ...) in batches of
-        ``batch_size`` (default: automatic), or a ``tf.data.Dataset`` of ``(x, y)`` batches;
-        under a ``tf.distribute.Strategy`` when given. ``y`` is not needed (GGN)."""
-        if curvature != "ggn":
-            raise ValueError(
-                f"structure={self.name!r} supports curvature='ggn' only (the exact Hessian has "
-                f"no layer-wise factorisation here), got curvature={curvature!r}: use "
-                "structure='full' for the Hessian of a small model"
-            )
-        lik = likelihoods.get(likelihood)
-        if is_dataset(x):
-            first = check_inputs(model, first_samples(x, 8)).astype(model_dtype(model))
-            k, n, data = num_outputs(model, first), None, x
-        else:
-            x, _, k = prepare(model, x)
-            first, n = x[:8], len(x)
-        self.plan = probe(model, plan_layers(model, fast=self.fast), first)
-        self._model = weakref.ref(model)
-        self.n_params, self.n_outputs = self.plan.n_params, k
-        if n is not None:
-            bs = layer_batch_size(n, per_sample_elements(self.plan, k), batch_size)
-            data = as_dataset(x, batch_size=bs)
-        plan, root = self.plan, lik.hessian_sqrt
-
-        def body(batch):
-            cap = capture(model, plan, batch[0], root=root)
-            count = tf.cast(tf.shape(batch[0])[0], cap.outputs.dtype)
-            return (*self._batch_stats(cap), count)
-
-        stats = with_pfor_fallback(
-            plan,
-            lambda: Accumulator(
-                body, data, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
-            )(),
-        )
-        self.n_data = int(round(float(stats[-1])))
-        self._finish(list(stats[:-1]))
-        self._fns = {}
-        return self
-
-    # predictive ---------------------------------------------------------------------------------
-    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
-        """diag J(x) A⁻¹ J(x)ᵀ per sample, (N, K) float64, from the layer-wise inverse."""
-        return self._predict(model, x, alpha, beta, batch_size, covariance=False)
-
-    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
-        """J(x) A⁻¹ J(x)ᵀ per sample, (N, K, K) float64, from the layer-wise inverse."""
-        return self._predict(model, x, alpha, beta, batch_size, covariance=True)
-
-    def _predict(self, model, x, alpha, beta, batch_size, *, covariance):
-        if getattr(self, "_model", lambda: None)() is not model:
-            raise ValueError(
-                f"structure {self.name!r} was fitted on another model (its layers are "
-                "recorded by identity): predict with the model it was fitted on"
-            )
-        x, _, k = prepare(model, x)
-        dtype = x.dtype
-        params = [
-            [None if t is None else tf.constant(t, dtype) for t in blk]
-            for blk in self._block_params(float(alpha), float(beta))
-        ]
-        flat = [t for blk in params for t in blk if t is not None]
-        key = (id(model), covariance, x.shape[1:], str(dtype))
-        if key not in self._fns:
-            self._fns[key] = self._predict_fn(model, x, params, covariance)
-        fn = self._fns[key]
-        bs = layer_batch_size(len(x), per_sample_elements(self.plan, k), batch_size)
-        out = [np.asarray(fn(x[s], flat), dtype=np.float64) for s in _batches(len(x), bs)]
-        return np.concatenate(out)
-
-    def _predict_fn(self, model, x, params, covariance):
-        plan = self.plan
-        layout = [[t is not None for t in blk] for blk in params]
-        specs = [tf.TensorSpec(t.shape, t.dtype) for blk in params for t in blk if t is not None]
-
-        @tf.function(input_signature=[_spec(model, x), specs], autograph=False)
-        def fn(xb, flat):
-            it = iter(flat)
-            blocks = [[next(it) if present else None for present in blk] for blk in layout]
-            return contract(plan, capture(model, plan, xb), blocks, covariance=covariance)
-
-        return fn
-
-    # hooks --------------------------------------------------------------------------------------
-    def _batch_stats(self, cap: Captured) -> list:
-        """Traced: the batch's sums of each block's statistics (tensors of static shape)."""
-        raise NotImplementedError
-
-    def _finish(self, stats: list) -> None:
-        """From the summed statistics (float64 arrays), the fitted curvature."""
-        raise NotImplementedError
-
-    def _block_params(self, alpha, beta) -> list:
-        """Per fast block [U_in or None, U_out or None, W (D, C)]; per generic block
-        [V or None, w]: the inverse of that block of A is (U_in ⊗ U_out) diag(W) (U_in ⊗ U_out)ᵀ
-        (resp. V diag(w) Vᵀ), None standing for the identity."""
-        raise NotImplementedError
-
-    def matrix(self) -> np.ndarray:
-        """The approximate curvature C as an explicit (P, P) float64 matrix (small models only;
-        for tests: the structures themselves never form it)."""
-        raise NotImplementedError
-
-
 def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
     """Σ over blocks of g A_block⁻¹ gᵀ for every sample, without forming g (traceable).
 
@@ -645,13 +513,15 @@ def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
     eigenvalues W (D, C): the per-sample gradient is G_nk = Σ_t ã_nt s_nktᵀ (D, C), and
     g A⁻¹ gᵀ = Σ_dc G_nk,dc G_nl,dc W_dc. With one position (T = 1) this is
     Σ_c ((ã_n²) W)_c s_nkc s_nlc: no per-sample gradient is formed at all.
-    Returns (B, K) variances or (B, K, K) covariances.
+    Returns (B, K) variances or (B, K, K) covariances, in the dtype of the blocks' inverse
+    eigenvalues W (float64 for the structures' predictive: no overflow for tiny α, β).
     """
     nf = len(plan.fast)
     out = 0.0
     for blk, a, s, (u_in, u_out, w) in zip(plan.fast, cap.acts, cap.sens, blocks[:nf], strict=True):
         if a is None:
             continue
+        a, s = tf.cast(a, w.dtype), tf.cast(s, w.dtype)
         if u_in is not None:
             a = tf.einsum("btd,de->bte", a, u_in)
             s = tf.einsum("kbtc,ce->kbte", s, u_out)
@@ -669,6 +539,7 @@ def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
             else:
                 out += tf.einsum("bkdc,dc->bk", tf.square(g), w)
     for j, (v, w) in zip(cap.jacs, blocks[nf:], strict=True):
+        j = tf.cast(j, w.dtype)
         if v is not None:
             j = tf.einsum("bkp,pr->bkr", j, v)
         if covariance:
@@ -678,5 +549,6 @@ def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
     if isinstance(out, float):  # no weights reached the outputs
         k = tf.shape(cap.outputs)[1]
         shape = (tf.shape(cap.outputs)[0], k, k) if covariance else tf.shape(cap.outputs)
-        out = tf.zeros(shape, cap.outputs.dtype)
+        dtype = blocks[0][-1].dtype if blocks else cap.outputs.dtype
+        out = tf.zeros(shape, dtype)
     return out

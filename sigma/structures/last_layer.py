@@ -29,16 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from sigma import likelihoods
-from sigma._checks import model_dtype
-from sigma.distribute import (
-    Accumulator,
-    as_dataset,
-    batch_size_for,
-    first_samples,
-    is_dataset,
-)
-from sigma.memory import activation_elements
-from sigma.structures import Eigenbasis
+from sigma._checks import check_inputs
+from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
+from sigma.curvature.engine import _spec_key, engine, flat_outputs
+from sigma.memory import activation_elements, last_dense_size
+from sigma.structures.base import Eigenbasis
+from sigma._linalg import eigh
 
 
 def final_dense(model) -> keras.layers.Dense:
@@ -111,7 +107,7 @@ def _features_function(model, layer):
                 f"structure='last_layer': the final Dense layer {layer.name!r} acts on inputs of "
                 f"shape {phi.shape}; it must act on vectors (batch, features)"
             )
-        return phi, tf.reshape(out, (tf.shape(out)[0], -1)), dense_out
+        return phi, flat_outputs(out), dense_out
 
     return features
 
@@ -120,10 +116,14 @@ class LastLayer(Eigenbasis):
     """The exact curvature over the final Dense layer's kernel and bias; other weights fixed."""
 
     name = "last_layer"
+    curvatures = ("ggn", "hessian")
     streaming = True
+    can_clip = True
+    memory_summary = "a P_last×P_last matrix over the final Dense layer"
 
     def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
         lik = likelihoods.get(likelihood)
+        eng = engine(model)
         layer = final_dense(model)
         self.layer_name = layer.name
         kernel = layer.kernel.numpy().astype(np.float64)
@@ -139,56 +139,47 @@ class LastLayer(Eigenbasis):
         self._d1, self._k = d + (bias is not None), k
         self.n_params = self._d1 * k
         self._w = np.concatenate([kernel.ravel()] + ([] if bias is None else [bias]))
-        self._kernel, self._bias, self._activation = kernel, bias, layer.activation
-        dtype = model_dtype(model)
-        features = _features_function(model, layer)
-        example = first_samples(x, 2)
-        self._features = features
-        self._spec = tf.TensorSpec([None, *example.shape[1:]], dtype)
-        self._check_output(tf.cast(example, dtype))
-
-        kernel_t, bias_t = tf.constant(kernel), None if bias is None else tf.constant(bias)
-        d1 = self._d1
-
-        act = self._activation
-        identity = lik.has_beta and (act is None or act is keras.activations.linear)
-
-        def body(batch):
-            phi, _, _ = features(tf.cast(batch[0], dtype))
-            phi = self._augment(tf.cast(phi, tf.float64))  # (B, D1)
-            if identity:  # squared error, linear output: M_n = I, C = (Σ φ̃ φ̃ᵀ) ⊗ I_K
-                return tf.matmul(phi, phi, transpose_a=True)
-            z = tf.matmul(phi[:, :d], kernel_t) + (0.0 if bias_t is None else bias_t)
-            m = self._curvature_blocks(z, None if curvature == "ggn" else batch[1], lik)
-            y4 = phi[:, :, None, None] * m[:, None, :, :]  # φ̃_nj M_nkl, (B, D1, K, K)
-            c4 = tf.einsum("ni,njkl->ikjl", phi, y4)  # Σ_n φ̃_ni φ̃_nj M_nkl
-            return tf.reshape(c4, (d1 * k, d1 * k))
-
+        self._layer = layer
+        self._check_output(eng, layer, first_samples(x, 2))
+        identity = lik.has_beta and _is_linear(layer.activation)
         n = 1 if is_dataset(x) else len(x)
-        per_sample = (d1 if identity else d1 * k * k) + activation_elements(model)
-        bs = batch_size_for(n, per_sample, batch_size)
-        data = as_dataset(x, y if curvature == "hessian" else None, batch_size=bs)
+        per_sample = (self._d1 if identity else self._d1 * k * k) + activation_elements(model)
+        data = as_batches(
+            x,
+            y if curvature == "hessian" else None,
+            batch_size=batch_size_for(n, per_sample, batch_size),
+        )
         if curvature == "hessian" and len(data.element_spec) < 2:
             raise ValueError("curvature='hessian' needs the targets y")
-        c = Accumulator(body, data, strategy=strategy, progress=progress, desc="last layer")()
+        key = ("last_layer", id(layer), curvature, lik.name, identity)
+        body = _curvature_body(eng, layer, lik, curvature, identity)
+        c = eng.accumulator(
+            key, body, data, strategy=strategy, progress=progress, desc="last layer"
+        )()
+        c = 0.5 * (c + c.T)
         if identity:  # eigenpairs of S ⊗ I_K: those of S, each K times, vectors V ⊗ I_K
-            s_eig, s_vecs = np.linalg.eigh(0.5 * (c + c.T))
-            self.matrix = np.kron(0.5 * (c + c.T), np.eye(k))
+            s_eig, s_vecs = eigh(c)
+            self.matrix = np.kron(c, np.eye(k))
             self._eig, self._vecs = np.repeat(s_eig, k), np.kron(s_vecs, np.eye(k))
         else:
-            self.matrix = 0.5 * (c + c.T)
-            self._eig, self._vecs = np.linalg.eigh(self.matrix)
-        self._proj = None
+            self.matrix = c
+            self._eig, self._vecs = eigh(c)
         return self
 
-    def _augment(self, phi):
-        if self._bias is None:
-            return phi
-        return tf.concat([phi, tf.ones_like(phi[:, :1])], axis=1)
+    def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
+        d1, kk = last_dense_size(model)
+        pl = d1 * kk
+        per = d1 * kk * kk + activation_elements(model)
+        return 4 * pl * pl * 8 + batch_size_for(n_data, per, batch_size) * per * 8
 
-    def _check_output(self, example):
-        """The final Dense layer's output must be the model's output."""
-        _, f, dense_out = self._features(example)
+    def _check_output(self, eng, layer, example):
+        """The final Dense layer's output must be the model's output (checked once per model,
+        layer and input shape, eagerly on two samples)."""
+        example = check_inputs(eng.model, example).astype(eng.dtype)
+        key = ("last_layer-output-check", id(layer), _spec_key(eng.spec(example)))
+        if eng.store.get(key):
+            return
+        _, f, dense_out = _features_function(eng.model, layer)(tf.constant(example))
         dense_out = tf.reshape(dense_out, tf.shape(f))
         if dense_out.shape != f.shape or not np.array_equal(dense_out.numpy(), f.numpy()):
             raise ValueError(
@@ -196,41 +187,7 @@ class LastLayer(Eigenbasis):
                 f"Dense layer {self.layer_name!r} (a layer after it, e.g. a separate Activation?); "
                 "fold the activation into the Dense layer or use another structure"
             )
-
-    def _curvature_blocks(self, z, yb, lik):
-        """M_n (B, K, K): D_nᵀ Λ_n D_n (GGN, yb None) or ∂²E_n/∂z_n² (Hessian)."""
-        act = self._activation
-        linear = act is None or act is keras.activations.linear
-        if yb is None:
-            if linear:
-                f, dmat = z, None
-            else:
-                with tf.GradientTape() as tape:
-                    tape.watch(z)
-                    f = act(z)
-                dmat = tape.batch_jacobian(f, z)  # D_n = ∂f/∂z, (B, K, K)
-            root = lik.hessian_sqrt(f)
-            r = (
-                dmat
-                if root is None
-                else (
-                    tf.transpose(root, (0, 2, 1))
-                    if dmat is None
-                    else tf.einsum("bkj,bkl->bjl", root, dmat)
-                )
-            )  # R_n = L_nᵀ D_n
-            if r is None:
-                return tf.eye(self._k, batch_shape=[tf.shape(z)[0]], dtype=z.dtype)
-            return tf.einsum("bjk,bjl->bkl", r, r)  # R_nᵀ R_n
-        yb = tf.cast(yb, tf.float64)
-        with tf.GradientTape() as outer:
-            outer.watch(z)
-            with tf.GradientTape() as inner:
-                inner.watch(z)
-                e = lik.data_error(z if linear else act(z), yb)
-            g = inner.gradient(e, z)
-        m = outer.batch_jacobian(g, z)
-        return 0.5 * (m + tf.transpose(m, (0, 2, 1)))
+        eng.store[key] = True
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -245,35 +202,111 @@ class LastLayer(Eigenbasis):
         self.matrix = (self._vecs * self._eig) @ self._vecs.T
 
     # -- predictive -----------------------------------------------------------------------------
-    def _projection(self, model):
-        """Traced once: x_b -> J(x_b) V, (B, K, P_last), float64."""
-        if self._proj is None:
-            d, k, d1 = self._kernel.shape[0], self._k, self._d1
-            v4 = tf.constant(self._vecs.reshape(d1, k, -1))  # V[(i, l), m] → (i, l, m)
-            kernel_t = tf.constant(self._kernel)
-            bias_t = None if self._bias is None else tf.constant(self._bias)
-            act = self._activation
-            linear = act is None or act is keras.activations.linear
-            features = self._features
-
-            @tf.function(input_signature=[self._spec], autograph=False)
-            def proj(xb):
-                phi, _, _ = features(xb)
-                phi = self._augment(tf.cast(phi, tf.float64))
-                q = tf.einsum("ni,ilm->nlm", phi, v4)  # (φ̃ᵀ ⊗ I) V, (B, K, P_last)
-                if linear:
-                    return q
-                z = tf.matmul(phi[:, :d], kernel_t) + (0.0 if bias_t is None else bias_t)
-                with tf.GradientTape() as tape:
-                    tape.watch(z)
-                    f = act(z)
-                return tf.einsum("nkl,nlm->nkm", tape.batch_jacobian(f, z), q)
-
-            self._proj = proj
-        return self._proj
-
     def _projected(self, model, x, batch_size):
-        proj = self._projection(model)
+        """Yield J(x) V per batch, (B, K, P_last) float64; one traced graph per model and input
+        shape (V is an argument)."""
+        eng = engine(model)
+        x = check_inputs(model, x).astype(eng.dtype)
+        layer = self._layer
+        spec = eng.spec(x)
+        proj = eng.function(
+            ("last_layer-projection", id(layer), _spec_key(spec)),
+            lambda: _projection_function(eng, layer, spec),
+        )
+        v = tf.constant(self._vecs)
         bs = batch_size_for(len(x), 2 * self._k * self.n_params, batch_size)
         for start in range(0, len(x), bs):
-            yield proj(x[start : start + bs]).numpy()
+            yield proj(x[start : start + bs], v).numpy()
+
+
+def _is_linear(act) -> bool:
+    return act is None or act is keras.activations.linear
+
+
+def _layer_weights(layer):
+    """(kernel (D, K), bias (K,) or None) of a Dense layer as float64 tensors, read from its
+    variables when the graph runs."""
+    kernel = tf.cast(tf.convert_to_tensor(layer.kernel.value), tf.float64)
+    bias = None if layer.bias is None else tf.cast(tf.convert_to_tensor(layer.bias.value), tf.float64)
+    return kernel, bias
+
+
+def _augmented_features(eng, layer, xb):
+    """φ̃ = [φ, 1] (B, D1) float64 (no 1 without a bias) and z = φ W + b (B, K)."""
+    phi, _, _ = _features_function(eng.model, layer)(xb)
+    phi = tf.cast(phi, tf.float64)
+    kernel, bias = _layer_weights(layer)
+    z = tf.matmul(phi, kernel) + (0.0 if bias is None else bias)
+    if bias is not None:
+        phi = tf.concat([phi, tf.ones_like(phi[:, :1])], axis=1)
+    return phi, z
+
+
+def _curvature_body(eng, layer, lik, curvature, identity):
+    """Per-batch C of the last layer: Σ_n (φ̃_n φ̃_nᵀ) ⊗ M_n, or Σ φ̃ φ̃ᵀ when M_n = I."""
+    k = int(layer.kernel.shape[-1])
+
+    def body(batch):
+        phi, z = _augmented_features(eng, layer, tf.cast(batch[0], eng.dtype))
+        if identity:  # squared error, linear output: M_n = I, C = (Σ φ̃ φ̃ᵀ) ⊗ I_K
+            return tf.matmul(phi, phi, transpose_a=True)
+        yb = None if curvature == "ggn" else batch[1]
+        m = _curvature_blocks(layer.activation, z, yb, lik, k)
+        d1 = phi.shape[1]
+        y4 = phi[:, :, None, None] * m[:, None, :, :]  # φ̃_nj M_nkl, (B, D1, K, K)
+        c4 = tf.einsum("ni,njkl->ikjl", phi, y4)  # Σ_n φ̃_ni φ̃_nj M_nkl
+        return tf.reshape(c4, (d1 * k, d1 * k))
+
+    return body
+
+
+def _curvature_blocks(act, z, yb, lik, k):
+    """M_n (B, K, K): D_nᵀ Λ_n D_n (GGN, yb None) or ∂²E_n/∂z_n² (Hessian)."""
+    linear = _is_linear(act)
+    if yb is None:
+        if linear:
+            f, dmat = z, None
+        else:
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                f = act(z)
+            dmat = tape.batch_jacobian(f, z)  # D_n = ∂f/∂z, (B, K, K)
+        root = lik.hessian_sqrt(f)
+        if root is None and dmat is None:
+            return tf.eye(k, batch_shape=[tf.shape(z)[0]], dtype=z.dtype)
+        if root is None:
+            r = dmat
+        elif dmat is None:
+            r = tf.transpose(root, (0, 2, 1))
+        else:
+            r = tf.einsum("bkj,bkl->bjl", root, dmat)  # R_n = L_nᵀ D_n
+        return tf.einsum("bjk,bjl->bkl", r, r)  # R_nᵀ R_n
+    yb = tf.cast(yb, tf.float64)
+    with tf.GradientTape() as outer:
+        outer.watch(z)
+        with tf.GradientTape() as inner:
+            inner.watch(z)
+            e = lik.data_error(z if linear else act(z), yb)
+        g = inner.gradient(e, z)
+    m = outer.batch_jacobian(g, z)
+    return 0.5 * (m + tf.transpose(m, (0, 2, 1)))
+
+
+def _projection_function(eng, layer, spec):
+    """Traced: (x_b, V (P_last, P_last)) -> J(x_b) V, (B, K, P_last) float64."""
+    k = int(layer.kernel.shape[-1])
+    linear = _is_linear(layer.activation)
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([None, None], tf.float64)], autograph=False)
+    def proj(xb, v):
+        phi, z = _augmented_features(eng, layer, xb)
+        v4 = tf.reshape(v, (tf.shape(phi)[1], k, -1))  # V[(i, l), m] → (i, l, m)
+        q = tf.einsum("ni,ilm->nlm", phi, v4)  # (φ̃ᵀ ⊗ I) V, (B, K, P_last)
+        if linear:
+            return q
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            f = layer.activation(z)
+        return tf.einsum("nkl,nlm->nkm", tape.batch_jacobian(f, z), q)
+
+    return proj

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from threadpoolctl import threadpool_limits
 
-from sigma.layers import Captured, Layerwise
+from sigma.curvature.layers import Captured
+from sigma.memory import activation_elements, kernel_blocks
+from sigma._linalg import eigh
+from sigma.structures.layerwise import Layerwise, layer_batch_size
 
 
 class KFAC(Layerwise):
@@ -40,21 +42,23 @@ class KFAC(Layerwise):
     ----------
     max_block : generic-path layers with more weights than this get their exact GGN diagonal
         instead of their exact GGN block (P_l² memory).
-    fast : see :class:`sigma.layers.Layerwise`.
+    fast : see :class:`sigma.structures.layerwise.Layerwise`.
     """
 
     name = "kfac"
+    memory_summary = "two Kronecker factors per layer"
 
     def __init__(self, *, max_block: int = 2048, fast: bool = True):
         super().__init__(fast=fast)
         self.max_block = int(max_block)
 
-    def _full(self, g) -> bool:
-        return g.size <= self.max_block
+    def _options(self) -> dict:
+        return {"max_block": self.max_block}
 
-    def _batch_stats(self, cap: Captured) -> list:
+    @staticmethod
+    def _batch_stats(plan, cap: Captured, *, max_block: int) -> list:
         stats = []
-        for blk, a, s in zip(self.plan.fast, cap.acts, cap.sens, strict=True):
+        for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
             if a is None:
                 dt = cap.outputs.dtype
                 stats += [tf.zeros((blk.d_in,) * 2, dt), tf.zeros((blk.d_out,) * 2, dt)]
@@ -62,8 +66,8 @@ class KFAC(Layerwise):
             a2 = tf.reshape(a, (-1, blk.d_in))
             s2 = tf.reshape(s, (-1, blk.d_out))
             stats += [tf.matmul(a2, a2, transpose_a=True), tf.matmul(s2, s2, transpose_a=True)]
-        for g, j in zip(self.plan.generic, cap.jacs, strict=True):
-            if self._full(g):
+        for g, j in zip(plan.generic, cap.jacs, strict=True):
+            if g.size <= max_block:
                 j2 = tf.reshape(j, (-1, g.size))
                 stats.append(tf.matmul(j2, j2, transpose_a=True))
             else:
@@ -100,6 +104,13 @@ class KFAC(Layerwise):
             out.append([v, 1.0 / (alpha + beta * e)])
         return out
 
+    def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
+        blocks, other = kernel_blocks(model)
+        factors = sum(3 * (d * d + c * c) for d, c in blocks) * 8
+        generic = (other * other if other <= self.max_block else 4 * other) * 8
+        per = 2 * (n_outputs + 1) * activation_elements(model)
+        return factors + generic + layer_batch_size(n_data, per, batch_size) * per * 8
+
     def matrix(self) -> np.ndarray:
         c = np.zeros((self.n_params, self.n_params))
         for blk, (q, h) in zip(self.plan.fast, self.factors, strict=True):
@@ -110,12 +121,6 @@ class KFAC(Layerwise):
 
 
 def _eigh(m):
-    """Eigen-decomposition of a PSD factor in float64; round-off negatives clipped to 0.
-
-    One BLAS thread: on a small, busy machine a multi-threaded OpenBLAS eigh of a 785 × 785
-    factor was measured 3–10× slower than a single-threaded one (threads spin-waiting for each
-    other and for TensorFlow's pool).
-    """
-    with threadpool_limits(1):
-        e, v = np.linalg.eigh(0.5 * (m + m.T))
+    """Eigen-decomposition of a PSD factor in float64; round-off negatives clipped to 0."""
+    e, v = eigh(m)
     return np.clip(e, 0.0, None), v

@@ -20,7 +20,7 @@ from sigma import metrics
 from sigma.evidence import EvidenceError
 from sigma.laplace import Laplace
 from sigma.memory import InsufficientMemoryError, PeakMemory
-from sigma.structures import STRUCTURES
+from sigma.structures import Structure
 
 
 @dataclass
@@ -57,7 +57,7 @@ def compare_structures(
 ) -> Comparison:
     """Fit, optimise the evidence of and score each structure; compare σ with ``reference``.
 
-    structures : names (default: every name in :data:`sigma.structures.STRUCTURES`).
+    structures : names (default: every registered structure name).
     options : {name: structure_options}, e.g. ``{"lowrank": {"rank": 20}}``.
     reference : the structure whose evidence optimum sets the common α, β and whose σ the
         others are compared with (when it fits; otherwise the first that was fitted sets α, β
@@ -65,7 +65,7 @@ def compare_structures(
     alpha, beta : the precisions each structure starts from; ``evidence`` : keywords for
         :meth:`Laplace.optimize_evidence`, e.g. ``{"fix_beta": True}`` to keep a known β.
     """
-    names = list(STRUCTURES) if structures is None else list(structures)
+    names = list(Structure.registry) if structures is None else list(structures)
     options = options or {}
     regression = likelihood == "regression"
     rows, notes, fitted = [], {}, {}

@@ -1,0 +1,288 @@
+"""Sums over the training data: batches of arrays or a ``tf.data.Dataset``, on one device or
+on the replicas of a ``tf.distribute.Strategy``.
+
+Every curvature is a sum over samples (E_D, G = Σ_n J_nᵀ Λ_n J_n, the product G V, ...; see
+docs/math.md), so it is accumulated batch by batch. An :class:`Accumulator` takes a per-batch
+*body* — a Python function of TF tensors, ``body(batch, *args)`` with ``batch = (x_b,)`` or
+``(x_b, y_b)`` — and runs its traced graph on every batch. The graph's batch dimension is
+``None``, so one trace serves every batch, every call (e.g. every pass of an eigensolver) and,
+when the traced step comes from an :class:`~sigma.curvature.engine.Engine`'s cache, every
+``Laplace`` built on the same model. Under a strategy each replica runs the body on its share of
+the global batch (``strategy.run``) and the partial sums are added across replicas
+(``strategy.reduce(SUM)``); the result is the same sum as on one device.
+
+In-memory arrays are sliced directly (:class:`ArrayBatches`, no ``tf.data`` pipeline: at the
+scale of a small network the pipeline costs more than the computation); datasets are iterated.
+Datasets given to :class:`sigma.Laplace` yield ``(x, y)`` batches and are validated in one pass
+by :func:`prepare_dataset`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
+
+from sigma import likelihoods
+from sigma._checks import check_batch_size, check_inputs, check_model, model_dtype
+
+# Cap on the elements of one batch's largest intermediate (2²⁵ ≈ 256 MB in float64).
+ELEMENT_BUDGET = 2**25
+
+
+def is_dataset(x) -> bool:
+    return isinstance(x, tf.data.Dataset)
+
+
+def batch_size_for(
+    n: int, per_sample: int, batch_size: int | None, *, budget: int = ELEMENT_BUDGET
+) -> int:
+    """``batch_size`` if given (validated), else the largest batch (at most n) whose
+    intermediates of ``per_sample`` elements per sample stay within ``budget`` elements."""
+    if batch_size is not None:
+        return check_batch_size(batch_size)
+    return int(max(1, min(n, budget // max(int(per_sample), 1))))
+
+
+def current_strategy(strategy=None):
+    """The strategy to accumulate under: ``strategy`` if given, else the one whose
+    ``scope()`` is active (``tf.distribute.has_strategy()``), else None (one device)."""
+    if strategy is not None:
+        if not isinstance(strategy, tf.distribute.Strategy):
+            raise ValueError(
+                f"strategy must be a tf.distribute.Strategy, got {type(strategy).__name__}"
+            )
+        return strategy
+    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+
+
+class ArrayBatches:
+    """Consecutive batches of in-memory arrays: tuples ``(x_b,)`` or ``(x_b, y_b)``.
+
+    arrays : a tuple of arrays (or nests of arrays) with the same first dimension N.
+    batch_size : samples per batch (the last batch may be shorter).
+    """
+
+    def __init__(self, arrays: tuple, batch_size: int):
+        self.arrays = tuple(arrays)
+        self.batch_size = int(batch_size)
+        self.n = int(len(tf.nest.flatten(self.arrays[0])[0]))
+
+    def __iter__(self):
+        for start in range(0, self.n, self.batch_size):
+            stop = min(self.n, start + self.batch_size)
+            yield tf.nest.map_structure(lambda a, s=start, e=stop: a[s:e], self.arrays)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    @property
+    def element_spec(self):
+        return tf.nest.map_structure(
+            lambda a: tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype)), self.arrays
+        )
+
+    def as_dataset(self) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(self.arrays).batch(self.batch_size)
+
+
+def as_batches(x, y=None, *, batch_size: int):
+    """``(x_b,)``/``(x_b, y_b)`` batches: :class:`ArrayBatches` for arrays; a dataset of
+    ``(x, y)`` batches (as returned by :func:`prepare_dataset`) is passed through."""
+    if is_dataset(x):
+        return x
+    return ArrayBatches((x,) if y is None else (x, y), batch_size)
+
+
+def as_dataset(x, y=None, *, batch_size: int) -> tf.data.Dataset:
+    """Batched dataset of ``(x_b,)`` or ``(x_b, y_b)`` tuples (a dataset passes through)."""
+    data = as_batches(x, y, batch_size=batch_size)
+    return data if is_dataset(data) else data.as_dataset()
+
+
+def dataset_size(data) -> int | None:
+    """Number of batches when known, else None."""
+    if isinstance(data, ArrayBatches):
+        return len(data)
+    n = int(data.cardinality())
+    return n if n >= 0 else None
+
+
+def first_samples(data, n: int = 2):
+    """The inputs of the first (up to n) samples of a batched dataset or an array."""
+    if not is_dataset(data):
+        return tf.nest.map_structure(lambda a: np.asarray(a[:n]), data)
+    for batch in data.take(1):
+        return tf.nest.map_structure(lambda t: t[:n].numpy(), batch[0])
+    raise ValueError("the dataset is empty")
+
+
+class Accumulator:
+    """Σ over the batches of ``data`` of ``body(batch, *args)``, traced once, reused per call.
+
+    data : :class:`ArrayBatches` or a batched ``tf.data.Dataset`` of tuples.
+    body : Python function of TF tensors returning a tensor or a nest of tensors, without
+        Python control flow on tensors (traced with ``autograph=False``) (under a strategy a
+        replica left without samples by the last, short batch returns zeros of the shape the
+        body gives for one sample).
+    arg_specs : ``tf.TensorSpec`` of the extra arguments (e.g. the vectors of a product).
+    strategy : a ``tf.distribute.Strategy`` or None (one device).
+    progress : show a tqdm bar over the batches; ``desc`` labels it.
+    cache : keep the (per-replica) batches of a dataset after the first call and reuse them,
+        for data that are in memory anyway.
+    store, key : a dict in which the traced step is kept under ``(key, input signature,
+        strategy)`` — an :class:`~sigma.curvature.engine.Engine`'s cache, so that another
+        accumulator with the same body reuses the trace. Without it the step is traced here.
+
+    ``accumulator(*args)`` returns the sum as float64 NumPy array(s).
+    """
+
+    def __init__(
+        self,
+        body,
+        data,
+        *,
+        arg_specs=(),
+        strategy=None,
+        progress=False,
+        desc=None,
+        cache=False,
+        store=None,
+        key=None,
+    ):
+        self.strategy = strategy
+        self.progress, self.desc = bool(progress), desc
+        if strategy is not None and isinstance(data, ArrayBatches):
+            data = data.as_dataset()
+        self.data = data
+        self._n_batches = dataset_size(data)
+        self._cache = bool(cache) and is_dataset(data)
+        self._cached = None
+        self._batches = data if strategy is None else strategy.experimental_distribute_dataset(data)
+        signature = [self._batches.element_spec, *arg_specs]
+        full_key = (key, _spec_key(signature), id(strategy))
+        if store is not None and key is not None and full_key in store:
+            self._step = store[full_key]
+            return
+        fn = body if strategy is None else _distributed(body, strategy)
+        self._step = tf.function(fn, input_signature=signature, autograph=False)
+        if store is not None and key is not None:
+            store[full_key] = self._step
+
+    def __call__(self, *args):
+        total = None
+        batches = self._cached if self._cached is not None else self._batches
+        keep = [] if self._cache and self._cached is None else None
+        bar = tqdm(
+            batches,
+            total=self._n_batches if self._cached is None else len(self._cached),
+            desc=self.desc,
+            disable=not self.progress,
+            leave=False,
+        )
+        for batch in bar:
+            if keep is not None:
+                keep.append(batch)
+            out = tf.nest.map_structure(_to_numpy, self._step(batch, *args))
+            total = out if total is None else tf.nest.map_structure(np.add, total, out)
+        if total is None:
+            raise ValueError("the data hold no batches: nothing to accumulate")
+        if keep is not None:
+            self._cached = keep
+        return total
+
+    @property
+    def tracing_count(self) -> int:
+        """How many times the per-batch graph was traced (1 once it has run)."""
+        return self._step.experimental_get_tracing_count()
+
+
+def _to_numpy(t) -> np.ndarray:
+    return np.asarray(t.numpy(), dtype=np.float64)
+
+
+def _spec_key(signature) -> tuple:
+    return tuple(
+        (tuple(s.shape.as_list()), s.dtype.name) if isinstance(s, tf.TensorSpec) else repr(s)
+        for s in tf.nest.flatten(signature, expand_composites=False)
+    )
+
+
+def _distributed(body, strategy):
+    """``body`` run on every replica, the per-replica sums reduced."""
+
+    def guarded(batch, *args):
+        # The last, short global batch can leave a replica with no samples, on which pfor
+        # Jacobians fail: that replica returns zeros shaped like the body's output on one
+        # sample of zeros (shapes may depend on the arguments, e.g. the vectors of a product).
+        def run():
+            return body(batch, *args)
+
+        def empty():
+            one = tf.nest.map_structure(
+                lambda t: tf.zeros(tf.concat([[1], tf.shape(t)[1:]], 0), t.dtype), batch
+            )
+            return tf.nest.map_structure(tf.zeros_like, body(one, *args))
+
+        n = tf.shape(tf.nest.flatten(batch)[0])[0]
+        return tf.cond(n > 0, run, empty)
+
+    def step(batch, *args):
+        per_replica = strategy.run(guarded, args=(batch, *args))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return step
+
+
+# -- datasets given to Laplace ----------------------------------------------------------------
+def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None):
+    """Validate a ``tf.data.Dataset`` of ``(x, y)`` batches in one pass.
+
+    Returns ``(data, n, k, data_error, data_errors)``: ``data`` yields ``(x_b, y_b)`` cast
+    to the model dtype with targets as (B, K) (integer labels one-hot encoded for
+    classification); N samples, K outputs, the summed data term E_D and, for regression,
+    E_Dk per output (K,). With ``batch_size`` the data are re-batched to that size.
+    """
+    lik = likelihoods.get(likelihood)
+    check_model(model)
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(
+            "x as a tf.data.Dataset must yield (x, y) batches (a tuple of two tensors), got "
+            f"elements {spec}"
+        )
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError("the dataset is infinite (a .repeat() without count?): it must end")
+    if batch_size is not None:
+        dataset = dataset.unbatch().batch(check_batch_size(batch_size))
+    dtype = model_dtype(model)
+    n, k, e_d, e_dk = 0, None, 0.0, None
+    for i, (xb, yb) in enumerate(dataset):
+        xb = check_inputs(model, xb.numpy(), f"x (dataset batch {i})").astype(dtype)
+        f = np.asarray(model(xb, training=False), np.float64).reshape(len(xb), -1)
+        if k is None:
+            k = f.shape[1]
+        t = lik.targets(yb.numpy(), len(xb), k, f"y (dataset batch {i})").astype(np.float64)
+        e_d += float(lik.data_error(tf.constant(f), tf.constant(t)))
+        if lik.has_beta:
+            part = 0.5 * np.sum((f - t) ** 2, axis=0)
+            e_dk = part if e_dk is None else e_dk + part
+        n += len(xb)
+    if n == 0:
+        raise ValueError("the dataset is empty")
+
+    def cast(xb, yb):
+        if yb.shape.rank == 1:
+            yb = tf.one_hot(tf.cast(yb, tf.int32), k) if not lik.has_beta else yb[:, None]
+        return tf.cast(xb, dtype), tf.cast(tf.reshape(yb, (-1, k)), dtype)
+
+    return dataset.map(cast), n, k, e_d, e_dk
+
+
+def dataset_arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate a dataset of ``(x_b, y_b)`` batches into arrays (x, y)."""
+    xs, ys = [], []
+    for xb, yb in data:
+        xs.append(xb.numpy())
+        ys.append(yb.numpy())
+    return np.concatenate(xs), np.concatenate(ys)

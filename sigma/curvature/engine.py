@@ -1,0 +1,376 @@
+"""One curvature engine per model: every traced function sigma runs, built once and reused.
+
+The curvature of the summed data error (docs/math.md) at the model's current weights,
+
+    E_D = ½ Σ_n Σ_k (f_k(x_n; w) − t_nk)²              (summed, not averaged)
+    G   = Σ_n J_nᵀ Λ_n J_n,   J_n = ∂f(x_n)/∂w (K×P)    (generalised Gauss–Newton; Λ = I for
+                                                          regression, the softmax Hessian else)
+    H   = ∇² E_D                                         (exact Hessian, nested tapes)
+
+is computed from a handful of per-batch graphs, written once here:
+
+* ``forward(w, x)`` — the model as a pure function of the flat weight vector w (order:
+  ``model.trainable_variables`` flattened row-major, concatenated; :mod:`sigma.params`);
+* ``jacobian(w, x)`` — f (B, K) and the per-sample Jacobian J (B, K, P);
+* products ``C V`` with a block of vectors V (P, m) for C = G (through J when it is small, or
+  matrix-free: J V by forward mode, Jᵀ U by reverse mode, both vectorised over the m columns)
+  and C = H (reverse over reverse, vectorised over the columns);
+* the dense C: Σ_n (Lᵀ J_n)ᵀ (Lᵀ J_n) for G; H I in column chunks for the Hessian;
+* the data summary (N, E_D, E_D per output) and the outputs f(x).
+
+Every structure, the dataset/strategy accumulation and :func:`sigma.hessian`,
+:func:`sigma.gauss_newton`, :func:`sigma.output_jacobian` use these. The layer-wise capture of
+inputs and output sensitivities (:mod:`sigma.curvature.layers`) keeps its traced functions in
+the same cache.
+
+**Compiled once per model.** :func:`engine` returns the model's :class:`Engine`, cached on the
+model and rebuilt when its set of variables changes (a layer frozen or added). Its graphs take
+the data as arguments with a batch dimension of ``None`` and read the weights from the model's
+variables when they run, so a second ``Laplace`` on the same model, every ``predict``, a scan
+over α or β and a refit after more training (the evidence callback) reuse them: nothing is
+traced per call, per object or per batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from sigma import likelihoods as _likelihoods
+from sigma._checks import model_dtype
+from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for
+from sigma.params import num_params
+
+ZERO = tf.UnconnectedGradients.ZERO
+ROW_CHUNK = 128  # columns of H per product when the dense Hessian is accumulated
+
+
+def engine(model) -> Engine:
+    """The :class:`Engine` of ``model``: built on first use, cached on the model, and rebuilt
+    when the model's variables change (e.g. ``layer.trainable`` toggled)."""
+    current = model.__dict__.get("_sigma_engine")
+    if current is not None and current.signature == _signature(model):
+        return current
+    current = Engine(model)
+    object.__setattr__(model, "_sigma_engine", current)  # not a tracked Keras attribute
+    return current
+
+
+def _signature(model) -> tuple:
+    return (
+        tuple((id(v), tuple(v.shape), str(v.dtype)) for v in model.trainable_variables),
+        tuple(id(v) for v in model.non_trainable_variables),
+    )
+
+
+def flat_outputs(out) -> tf.Tensor:
+    """A model's output (a tensor, or a list/dict of tensors) as (B, K): each output flattened
+    per sample, concatenated in ``tf.nest`` order (dict outputs: sorted by name)."""
+    parts = [tf.reshape(o, (tf.shape(o)[0], -1)) for o in tf.nest.flatten(out)]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+
+class Engine:
+    """The traced curvature functions of one model (see the module docstring).
+
+    Attributes: ``dtype`` (of the trainable weights), ``n_params`` (P), ``store`` (the traced
+    functions by key; :class:`~sigma.curvature.accumulate.Accumulator` keeps its steps there).
+    The engine holds the model weakly: it lives on the model and dies with it.
+    """
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+        self.signature = _signature(model)
+        self.dtype = model_dtype(model)
+        self.n_params = num_params(model)
+        self.sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
+        self.shapes = [tuple(v.shape) for v in model.trainable_variables]
+        # Model.__call__ drops `training` for a call() without it; stateless_call does not.
+        self._kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
+        self.store: dict = {}
+        self._k: dict = {}
+
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:  # pragma: no cover - the engine lives on the model
+            raise RuntimeError("the model of this curvature engine no longer exists")
+        return model
+
+    def spec(self, x):
+        """Input signature of batches of x: its per-sample shape, a batch dimension of None."""
+        return tf.nest.map_structure(
+            lambda a: tf.TensorSpec([None, *np.shape(a)[1:]], self.dtype), x
+        )
+
+    def function(self, key, build):
+        """The traced function cached under ``key``, built by ``build()`` on first use."""
+        fn = self.store.get(key)
+        if fn is None:
+            fn = self.store[key] = build()
+        return fn
+
+    def accumulator(self, key, body, data, **kwargs) -> Accumulator:
+        """An :class:`Accumulator` over ``data`` whose traced step is cached under ``key``."""
+        return Accumulator(body, data, store=self.store, key=key, **kwargs)
+
+    # -- traceable pieces ---------------------------------------------------------------------
+    def weights(self) -> tf.Tensor:
+        """The current weights as one (P,) tensor, read from the variables when the graph runs."""
+        return tf.concat(
+            [tf.reshape(tf.convert_to_tensor(v.value), [-1]) for v in self.model.trainable_variables],
+            axis=0,
+        )
+
+    def unflatten(self, w) -> list[tf.Tensor]:
+        parts = tf.split(w, self.sizes)
+        return [tf.reshape(p, s) for p, s in zip(parts, self.shapes, strict=True)]
+
+    def forward(self, w, x) -> tf.Tensor:
+        """f(w, x) (B, K) in inference mode, a pure function of the flat weights w
+        (``stateless_call``: differentiable in w; normalisation statistics read as they are)."""
+        model = self.model
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        out, _ = model.stateless_call(self.unflatten(w), non_trainable, x, **self._kwargs)
+        return flat_outputs(out)
+
+    def jacobian(self, w, x):
+        """f (B, K) and J (B, K, P), one sample at a time (``tf.vectorized_map`` over a (K, P)
+        jacobian): O(B·K·P). A jacobian of the whole batch output would back-propagate each of
+        the B·K outputs through all B samples, O(B²·K·P)."""
+
+        def one(xn):
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                f = self.forward(w, tf.nest.map_structure(lambda t: t[None], xn))[0]
+            return f, tape.jacobian(f, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+
+        return tf.vectorized_map(one, x)
+
+    def pseudo_jacobian(self, lik, f, j):
+        """Lᵀ J per sample, (B, K, P) float64, with Λ = L Lᵀ the likelihood's output Hessian."""
+        j = tf.cast(j, tf.float64)
+        root = lik.hessian_sqrt(tf.cast(f, tf.float64))
+        return j if root is None else tf.einsum("bkj,bkp->bjp", root, j)
+
+    # -- per-batch bodies ---------------------------------------------------------------------
+    def _summary_body(self, lik):
+        def body(batch):
+            x, y = batch
+            f = tf.cast(self.forward(self.weights(), x), tf.float64)
+            t = tf.cast(y, tf.float64)
+            count = tf.cast(tf.shape(f)[0], tf.float64)
+            per_output = 0.5 * tf.reduce_sum(tf.square(f - t), axis=0)
+            return count, tf.cast(lik.data_error(f, t), tf.float64), per_output
+
+        return body
+
+    def _ggn_dense_body(self, lik):
+        p = self.n_params
+
+        def body(batch):
+            f, j = self.jacobian(self.weights(), batch[0])
+            lj = tf.reshape(self.pseudo_jacobian(lik, f, j), (-1, p))
+            return tf.matmul(lj, lj, transpose_a=True)
+
+        return body
+
+    def _output_blocks_body(self):
+        def body(batch):
+            _, j = self.jacobian(self.weights(), batch[0])
+            j = tf.cast(j, tf.float64)
+            return tf.einsum("nkp,nkq->kpq", j, j)
+
+        return body
+
+    def _ggn_product_body(self, lik, route):
+        """(batch, V (P, m)) -> G_batch V (P, m) float64."""
+
+        def through_jacobian(batch, v):
+            f, j = self.jacobian(self.weights(), batch[0])
+            lj = self.pseudo_jacobian(lik, f, j)  # Lᵀ J (B, K, P)
+            u = tf.einsum("bkp,pm->bkm", lj, tf.cast(v, tf.float64))
+            return tf.einsum("bkp,bkm->pm", lj, u)
+
+        def matrix_free(batch, v):
+            w, x = self.weights(), batch[0]
+
+            def jvp(vi):
+                with tf.autodiff.ForwardAccumulator(w, vi) as acc:
+                    f = self.forward(w, x)
+                return acc.jvp(f, unconnected_gradients=ZERO)
+
+            jv = tf.vectorized_map(jvp, tf.transpose(v))  # (m, B, K)
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                f = self.forward(w, x)
+                root = lik.hessian_sqrt(tf.stop_gradient(f))
+                if root is not None:  # Λ (J v) = L (Lᵀ J v)
+                    root = tf.cast(root, jv.dtype)
+                    jv = tf.einsum("bkj,mbj->mbk", root, tf.einsum("bkj,mbk->mbj", root, jv))
+                s = tf.einsum("bk,mbk->m", f, tf.stop_gradient(jv))
+            jt = tape.jacobian(s, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+            return tf.transpose(tf.cast(jt, tf.float64))
+
+        return through_jacobian if route == "jacobian" else matrix_free
+
+    def _hessian_product_body(self, lik):
+        """((x, y), V (P, m)) -> H_batch V (P, m) float64: the jacobian (pfor over the m
+        columns) of Vᵀ ∇E_D, i.e. reverse over reverse."""
+
+        def body(batch, v):
+            w = self.weights()
+            x, y = batch
+            with tf.GradientTape() as outer:
+                outer.watch(w)
+                with tf.GradientTape() as inner:
+                    inner.watch(w)
+                    e = lik.data_error(self.forward(w, x), y)
+                g = inner.gradient(e, w, unconnected_gradients=ZERO)
+                gv = tf.linalg.matvec(v, g, transpose_a=True)  # (m,)
+            hv = outer.jacobian(gv, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+            return tf.transpose(tf.cast(hv, tf.float64))
+
+        return body
+
+    # -- host-side entry points ---------------------------------------------------------------
+    def n_outputs(self, x) -> int:
+        """K, the number of outputs per sample (all outputs flattened), for inputs like x."""
+        key = _shape_key(x)
+        if key not in self._k:
+            self._k[key] = int(self.outputs(tf.nest.map_structure(lambda a: a[:1], x)).shape[1])
+        return self._k[key]
+
+    def outputs(self, x, *, batch_size: int = 4096) -> np.ndarray:
+        """f(x) at the current weights in inference mode, (N, K) float64, computed in the
+        model's dtype by one traced forward pass per batch."""
+        spec = self.spec(x)
+        fn = self.function(
+            ("outputs", _spec_key(spec)),
+            lambda: tf.function(
+                lambda xb: self.forward(self.weights(), xb),
+                input_signature=[spec],
+                autograph=False,
+            ),
+        )
+        return np.concatenate(
+            [np.asarray(fn(b[0]), np.float64) for b in ArrayBatches((x,), batch_size)]
+        )
+
+    def jacobians(self, x, *, batch_size: int | None = None, extra: int = 1):
+        """Yield (f (B, K), J (B, K, P)) NumPy arrays (model dtype) for batches of x; the batch
+        holds at most ``ELEMENT_BUDGET / extra`` Jacobian elements unless ``batch_size`` is set."""
+        spec = self.spec(x)
+        fn = self.function(
+            ("jacobian", _spec_key(spec)),
+            lambda: tf.function(
+                lambda xb: self.jacobian(self.weights(), xb),
+                input_signature=[spec],
+                autograph=False,
+            ),
+        )
+        n = len(tf.nest.flatten(x)[0])
+        k = self.n_outputs(x)
+        bs = batch_size_for(n, extra * k * self.n_params, batch_size)
+        for batch in ArrayBatches((x,), bs):
+            f, j = fn(batch[0])
+            yield f.numpy(), j.numpy()
+
+    def summary(self, data, likelihood) -> tuple[int, float, np.ndarray]:
+        """(N, E_D, E_D per output (K,)) over ``(x, y)`` batches; E_D is the likelihood's summed
+        data term (½ Σ (f − t)² for regression, the cross-entropy for classification)."""
+        lik = _likelihoods.get(likelihood)
+        acc = self.accumulator(("summary", lik.name), self._summary_body(lik), data)
+        count, e_d, per_output = acc()
+        return int(round(float(count))), float(e_d), per_output
+
+    def dense(
+        self, data, likelihood, curvature: str, *, strategy=None, progress=False,
+        row_chunk: int = ROW_CHUNK,
+    ) -> np.ndarray:
+        """The (P, P) curvature summed over ``data`` (batches ``(x,)`` for "ggn", ``(x, y)`` for
+        "hessian"), float64, symmetric."""
+        lik = _likelihoods.get(likelihood)
+        if curvature == "ggn":
+            acc = self.accumulator(
+                ("ggn", lik.name),
+                self._ggn_dense_body(lik),
+                data,
+                strategy=strategy,
+                progress=progress,
+                desc="ggn P×P",
+            )
+            return _symmetric(acc())
+        products = self.products(
+            data, lik, "hessian", strategy=strategy, cache=True, progress=progress
+        )
+        p = self.n_params
+        eye = np.eye(p, dtype=self.dtype)
+        h = np.concatenate(
+            [products(eye[:, s : s + row_chunk]).T for s in range(0, p, row_chunk)], axis=0
+        )
+        return _symmetric(h)
+
+    def products(
+        self, data, likelihood, curvature: str, *, route="auto", strategy=None, cache=False,
+        progress=False,
+    ):
+        """The product V ↦ C V (V (P, m) or (P,)) summed over ``data``, as a reusable function.
+
+        ``route`` (GGN): "jacobian" forms each batch's (B, K, P) Jacobian; "matrix_free" uses
+        forward and reverse mode vectorised over the columns of V; "auto" takes the Jacobian
+        when K·P is small. The per-batch graph is traced once per engine (``m`` may vary);
+        ``products.accumulator`` is the :class:`Accumulator` behind it.
+        """
+        lik = _likelihoods.get(likelihood)
+        p = self.n_params
+        if curvature == "hessian":
+            body, key = self._hessian_product_body(lik), ("hessian_product", lik.name)
+        else:
+            if route == "auto":
+                route = "jacobian" if self._k_max() * p <= 2**18 else "matrix_free"
+            body, key = self._ggn_product_body(lik, route), ("ggn_product", lik.name, route)
+        acc = self.accumulator(
+            key,
+            body,
+            data,
+            arg_specs=[tf.TensorSpec([p, None], self.dtype)],
+            strategy=strategy,
+            cache=cache,
+            progress=progress,
+            desc=f"{curvature} products",
+        )
+
+        def product(v):
+            v = np.asarray(v)
+            block = v.reshape(p, -1).astype(self.dtype)
+            out = acc(block)
+            return out.reshape(v.shape)
+
+        product.accumulator = acc
+        product.route = route if curvature == "ggn" else "hessian"
+        return product
+
+    def output_blocks(self, x, *, batch_size=None) -> np.ndarray:
+        """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P) float64 (Σ_k C_k = G)."""
+        k = self.n_outputs(x)
+        n = len(tf.nest.flatten(x)[0])
+        data = ArrayBatches((x,), batch_size_for(n, k * self.n_params, batch_size))
+        return self.accumulator(("output_blocks",), self._output_blocks_body(), data)()
+
+    def _k_max(self) -> int:
+        return max(self._k.values()) if self._k else 1
+
+
+def _spec_key(spec) -> tuple:
+    return tuple((tuple(s.shape.as_list()), s.dtype.name) for s in tf.nest.flatten(spec))
+
+
+def _shape_key(x) -> tuple:
+    return tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x))
+
+
+def _symmetric(m: np.ndarray) -> np.ndarray:
+    return 0.5 * (m + m.T)

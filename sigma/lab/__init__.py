@@ -1,0 +1,35 @@
+"""Notebook helpers: the data, networks, scans, plots and comparisons the notebooks narrate.
+
+Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.curvature`,
+:mod:`sigma.structures`, :mod:`sigma.evidence`), which never imports it:
+
+* :mod:`.data` — the Iris split of the original notebook, digits, synthetic regression;
+* :mod:`.models` — the MLPs and the small CNN, and :func:`~.models.train` (the original's
+  RMSprop/MSE loop, optionally training for the posterior with the evidence);
+* :mod:`.seed` — the original notebook's formula, kept as a documented reference;
+* :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
+* :mod:`.compare` — every structure on one trained model;
+* :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
+"""
+
+from sigma.lab.data import IRIS_CLASSES, digits_split, iris_split, one_hot, teacher_regression
+from sigma.lab.models import mlp, reinitialised_copy, small_cnn, train
+from sigma.lab.scans import alpha_scan, beta_scan
+from sigma.lab.seed import mean_loss_hessian_diag, seed_sigma, summed_beta
+
+__all__ = [
+    "IRIS_CLASSES",
+    "alpha_scan",
+    "beta_scan",
+    "digits_split",
+    "iris_split",
+    "mean_loss_hessian_diag",
+    "mlp",
+    "one_hot",
+    "reinitialised_copy",
+    "seed_sigma",
+    "small_cnn",
+    "summed_beta",
+    "teacher_regression",
+    "train",
+]

@@ -1,0 +1,187 @@
+"""The interface every structure of the posterior precision A = α I + β C implements.
+
+A structure holds the curvature C of the data term in some approximate form (docs/math.md,
+"Structures") and answers the questions the rest of the package asks, whatever the form:
+
+* ``eigenvalues`` — the eigenvalues of C (length r ≤ P; the P − r others are zero). The log
+  evidence, ln|A| and the effective number of parameters γ follow from them for any α, β
+  (:mod:`sigma.evidence`).
+* ``predictive_variance(model, x, alpha, beta)`` — diag of J(x) A⁻¹ J(x)ᵀ per sample, (N, K).
+* ``predictive_covariance(model, x, alpha, beta)`` — J(x) A⁻¹ J(x)ᵀ, (N, K, K).
+* ``memory_bytes(model, ...)`` — what fitting and predicting will need, before any allocation.
+
+Changing α or β never refits the curvature. What a structure can do beyond this is declared in
+class attributes (``curvatures``, ``per_output_beta``, ``can_clip``, ``streaming``), which
+:class:`sigma.Laplace` reads before asking — never by trying and catching.
+
+A new structure is one file: a subclass with a ``name`` registers itself under that name
+(:data:`Structure.registry`), and one import line in :mod:`sigma.structures` makes it built in.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import ClassVar
+
+import numpy as np
+
+from sigma.curvature.accumulate import dataset_arrays, is_dataset
+from sigma.params import flat_weights
+
+
+class Structure:
+    """Base class: a fitted curvature C in some structure.
+
+    Class attributes (capabilities):
+
+    name : the name ``Laplace(structure=...)`` takes; a subclass that sets it is registered.
+    curvatures : the curvatures it can hold ("ggn", "hessian").
+    streaming : ``fit`` takes a ``tf.data.Dataset`` of (x, y) batches and the keywords
+        ``strategy=`` and ``progress=``; otherwise it gets arrays and no strategy.
+    per_output_beta : supports one β per output (:meth:`output_blocks`, :meth:`reweighted`).
+    can_clip : can replace negative eigenvalues of C by zero (:meth:`clip_negative`).
+    """
+
+    name: ClassVar[str | None] = None
+    curvatures: ClassVar[tuple[str, ...]] = ("ggn",)
+    streaming: ClassVar[bool] = False
+    per_output_beta: ClassVar[bool] = False
+    can_clip: ClassVar[bool] = False
+    memory_summary: ClassVar[str] = "its curvature"  # what the memory holds, for messages
+    registry: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            Structure.registry[cls.name] = cls
+
+    @classmethod
+    def from_options(cls, options=None) -> Structure:
+        """An instance from ``structure_options``, checked against the constructor's keywords
+        (a ValueError naming the unknown option and the ones the structure takes)."""
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ValueError(
+                f"structure_options must be a dict of keyword arguments, got "
+                f"{type(options).__name__}"
+            )
+        params = inspect.signature(cls.__init__).parameters
+        allowed = [
+            n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD
+        ]
+        unknown = [k for k in options if k not in allowed]
+        if unknown:
+            takes = f"it takes {', '.join(map(repr, allowed))}" if allowed else "it takes none"
+            raise ValueError(
+                f"structure_options {unknown} are not options of structure {cls.name!r}: {takes}"
+            )
+        return cls(**options)
+
+    def fit(self, model, x, y, *, likelihood, curvature: str, batch_size: int | None) -> Structure:
+        """Accumulate C over (x, y): ``curvature`` is one of :attr:`curvatures`; ``likelihood``
+        a :mod:`sigma.likelihoods` object (its ``hessian_sqrt`` gives the GGN's Λ_n = L_n L_nᵀ)."""
+        raise NotImplementedError
+
+    def posterior_weights(self, model) -> np.ndarray:
+        """The weights the posterior covers, (n_params,) in package order (default: all; the
+        last-layer structure covers its layer only). E_W = ½‖·‖² in the evidence."""
+        return flat_weights(model)
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of C, shape (r,), r ≤ P (the remaining P − r are zero)."""
+        raise NotImplementedError
+
+    def logdet(self, alpha: float, beta: float) -> float:
+        """ln|α I + β C| from the eigenvalues of C."""
+        lam = self.eigenvalues
+        return float(
+            np.sum(np.log(alpha + beta * lam)) + (self.n_params - lam.size) * np.log(alpha)
+        )
+
+    def clearly_positive_definite(self, alpha: float, beta: float) -> bool:
+        """True when A = αI + βC is certainly positive definite without an eigendecomposition
+        (False: the caller looks at the eigenvalues)."""
+        return False
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None) -> np.ndarray:
+        cov = self.predictive_covariance(model, x, alpha, beta, batch_size=batch_size)
+        return np.einsum("nkk->nk", cov)
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None) -> np.ndarray:
+        raise NotImplementedError
+
+    def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature) -> int | None:
+        """Bytes needed to fit and predict (dominant terms), or None when unknown."""
+        return None
+
+    # Capabilities (see the class attributes).
+    def clip_negative(self) -> None:
+        """Replace negative eigenvalues of C by zero (C → its positive semi-definite part)."""
+        raise NotImplementedError
+
+    def output_blocks(self, model, x, *, batch_size=None) -> np.ndarray:
+        """C_k = Σ_n J_nkᵀ J_nk for each output k, (K, P, P) (regression; Σ_k C_k = G)."""
+        raise NotImplementedError
+
+    def reweighted(self, matrix) -> Structure:
+        """A new structure of the same kind holding the given (P, P) curvature in place of C."""
+        raise NotImplementedError
+
+
+class Eigenbasis(Structure):
+    """A structure that keeps C = V diag(c) Vᵀ over its P weights (``_eig``, ``_vecs``) and
+    yields J(x) V in batches (``_projected``): A⁻¹ = V diag(1/(α + β c)) Vᵀ, so
+    J A⁻¹ Jᵀ = (J V) diag(1/(α + β c)) (J V)ᵀ."""
+
+    def _projected(self, model, x, batch_size):
+        raise NotImplementedError
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        return np.concatenate(
+            [np.einsum("nkp,p->nk", jv**2, inv) for jv in self._projected(model, x, batch_size)]
+        )
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        return np.concatenate(
+            [
+                np.einsum("nkp,p,njp->nkj", jv, inv, jv)
+                for jv in self._projected(model, x, batch_size)
+            ]
+        )
+
+
+def fit_structure(
+    structure, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False
+):
+    """``structure.fit`` on arrays or a prepared dataset, under ``strategy`` when given.
+
+    Streaming structures take the dataset and the ``strategy`` and ``progress`` keywords;
+    others get the dataset concatenated into arrays and are refused a strategy (ValueError
+    naming the structure).
+    """
+    if structure.streaming:
+        return structure.fit(
+            model,
+            x,
+            y,
+            likelihood=likelihood,
+            curvature=curvature,
+            batch_size=batch_size,
+            strategy=strategy,
+            progress=progress,
+        )
+    if strategy is not None:
+        streaming = sorted(n for n, c in Structure.registry.items() if c.streaming)
+        raise ValueError(
+            f"structure {structure.name!r} does not accumulate under a tf.distribute.Strategy; "
+            f"use one of the streaming structures ({', '.join(streaming)}) or no strategy"
+        )
+    if is_dataset(x):
+        x, y = dataset_arrays(x)
+    return structure.fit(
+        model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size
+    )

@@ -1,0 +1,146 @@
+"""The full structure: the P×P curvature itself, the reference for every other structure.
+
+    A = α I + β C,   J A⁻¹ Jᵀ = (L⁻¹ Jᵀ)ᵀ (L⁻¹ Jᵀ)   with A = L Lᵀ (Cholesky), or
+                               = (J V) diag(1/(α + β c)) (J V)ᵀ   with C = V diag(c) Vᵀ.
+
+The fit accumulates C (the GGN through per-sample Jacobians, or the exact Hessian by nested
+tapes) and nothing more: the eigendecomposition, O(P³) and the dominant cost at small P, is
+made only when something needs the eigenvalues (the evidence, γ, a check of an indefinite
+Hessian) and kept; until then the predictive solves with a Cholesky factor of A, cached for
+the current α, β. Memory P² (C, its eigenvectors, the eigensolver's workspace).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from sigma import evidence
+from sigma._linalg import eigh, one_blas_thread
+from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
+from sigma.curvature.engine import ROW_CHUNK, engine
+from sigma.structures.base import Eigenbasis
+
+
+class Full(Eigenbasis):
+    """The full P×P curvature C (``matrix``); eigenpairs on demand (``eigenvalues``,
+    ``vectors``)."""
+
+    name = "full"
+    curvatures = ("ggn", "hessian")
+    streaming = True
+    per_output_beta = True
+    can_clip = True
+    memory_summary = "a P×P matrix and its eigendecomposition"
+
+    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
+        eng = engine(model)
+        self.n_params = eng.n_params
+        n = 1 if is_dataset(x) else len(x)
+        k = eng.n_outputs(first_samples(x, 1))
+        per_sample = 2 * k * self.n_params if curvature == "ggn" else 64 * ROW_CHUNK
+        data = as_batches(
+            x,
+            y if curvature == "hessian" else None,
+            batch_size=batch_size_for(n, per_sample, batch_size),
+        )
+        self._set_matrix(
+            eng.dense(data, likelihood, curvature, strategy=strategy, progress=progress)
+        )
+        self.psd = curvature == "ggn"  # Σ (Lᵀ J)ᵀ (Lᵀ J): positive semi-definite by construction
+        return self
+
+    def _set_matrix(self, matrix):
+        self.matrix = matrix
+        self._eig = self._vecs = None
+        self._chol = (None, None)
+
+    # -- eigenpairs, on demand ----------------------------------------------------------------
+    def _decompose(self):
+        if self._eig is None:
+            self._eig, self._vecs = eigh(self.matrix)
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        self._decompose()
+        return self._eig
+
+    @property
+    def vectors(self) -> np.ndarray:
+        self._decompose()
+        return self._vecs
+
+    def clearly_positive_definite(self, alpha, beta) -> bool:
+        # C ⪰ 0 has λ_max ≤ trace(C): A's smallest eigenvalue α is then above round-off of its
+        # largest without any decomposition.
+        if not getattr(self, "psd", False) or self._eig is not None:
+            return False
+        top = alpha + beta * max(float(np.trace(self.matrix)), 0.0)
+        return alpha > evidence.ROUNDOFF * top
+
+    # -- predictive -----------------------------------------------------------------------------
+    def _factor(self, alpha, beta):
+        """Lower Cholesky factor of A = αI + βC, kept for the last (α, β)."""
+        key, factor = self._chol
+        if key != (alpha, beta):
+            a = beta * self.matrix
+            a[np.diag_indices_from(a)] += alpha
+            with one_blas_thread():
+                factor = scipy.linalg.cholesky(a, lower=True, check_finite=False)
+            self._chol = ((alpha, beta), factor)
+        return factor
+
+    def _projected(self, model, x, batch_size):
+        """Yield J(x) V for batches of x: (B, K, P)."""
+        for _, j in engine(model).jacobians(x, batch_size=batch_size, extra=2):
+            with one_blas_thread():
+                jv = j.astype(np.float64) @ self._vecs
+            yield jv
+
+    def _whitened(self, model, x, alpha, beta, batch_size):
+        """Yield L⁻¹ J(x)ᵀ per batch as (B, K, P): rows whose inner products are J A⁻¹ Jᵀ."""
+        factor = self._factor(alpha, beta)
+        for _, j in engine(model).jacobians(x, batch_size=batch_size, extra=2):
+            b, k, p = j.shape
+            with one_blas_thread():
+                z = scipy.linalg.solve_triangular(
+                    factor, j.reshape(b * k, p).T.astype(np.float64), lower=True,
+                    check_finite=False,
+                )
+            yield z.T.reshape(b, k, p)
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        if self._eig is not None:
+            return super().predictive_variance(model, x, alpha, beta, batch_size=batch_size)
+        return np.concatenate(
+            [np.einsum("nkp,nkp->nk", z, z) for z in self._whitened(model, x, alpha, beta, batch_size)]
+        )
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        if self._eig is not None:
+            return super().predictive_covariance(model, x, alpha, beta, batch_size=batch_size)
+        return np.concatenate(
+            [np.einsum("nkp,njp->nkj", z, z) for z in self._whitened(model, x, alpha, beta, batch_size)]
+        )
+
+    # -- capabilities ---------------------------------------------------------------------------
+    def clip_negative(self):
+        self._decompose()
+        self._eig = np.maximum(self._eig, 0.0)
+        self.matrix = (self._vecs * self._eig) @ self._vecs.T
+        self._chol = (None, None)
+
+    def output_blocks(self, model, x, *, batch_size=None):
+        return engine(model).output_blocks(x, batch_size=batch_size)
+
+    def reweighted(self, matrix):
+        new = Full()
+        new.n_params, new.psd = self.n_params, getattr(self, "psd", False)
+        new._set_matrix(0.5 * (matrix + matrix.T))
+        return new
+
+    def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
+        p = engine(model).n_params
+        per = n_outputs * p if curvature == "ggn" else 64 * p
+        jac = batch_size_for(n_data, per, batch_size) * per * 8 * 2
+        return 4 * p * p * 8 + jac

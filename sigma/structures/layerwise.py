@@ -1,0 +1,187 @@
+"""The shared machinery of the layer-wise structures (``diag`` and ``kfac``).
+
+Both accumulate per-layer statistics over batches from the capture of layer inputs and output
+sensitivities (:func:`sigma.curvature.layers.capture`) and predict by contracting the inputs
+and sensitivities of a test batch with each block's inverse (:func:`~sigma.curvature.layers.
+contract`), never forming the Jacobian J. Their graphs are kept by the model's engine, keyed by
+the structure's kind and options, so a second fit or predict on the same model traces nothing.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from sigma import likelihoods
+from sigma._checks import check_inputs, model_dtype
+from sigma.curvature.accumulate import ArrayBatches, as_batches, first_samples, is_dataset
+from sigma.curvature.engine import engine
+from sigma.curvature.layers import (
+    LAYER_BUDGET,
+    Captured,
+    capture,
+    contract,
+    per_sample_elements,
+    plan_for,
+    with_pfor_fallback,
+)
+from sigma.curvature.accumulate import batch_size_for
+from sigma.structures.base import Structure
+
+
+def layer_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
+    """``batch_size`` if given, else the largest batch (≤ n) within :data:`LAYER_BUDGET`."""
+    return batch_size_for(n, per_sample, batch_size, budget=LAYER_BUDGET)
+
+
+class Layerwise(Structure):
+    """Base of :class:`~sigma.structures.diag.Diag` and :class:`~sigma.structures.kfac.KFAC`.
+
+    Subclasses define ``_batch_stats(plan, cap, **options)`` (traced: per-batch sums; a pure
+    function of the plan and the options, so its graph can be shared), ``_finish`` and
+    ``_block_params(alpha, beta)`` (the per-block rotations and inverse eigenvalues), and
+    ``_options()`` (what else the statistics depend on).
+
+    Parameters
+    ----------
+    fast : use the fast path for Dense/Conv layers (False: every layer generic; for tests).
+    """
+
+    streaming = True
+
+    def __init__(self, *, fast: bool = True):
+        self.fast = bool(fast)
+
+    def _options(self) -> dict:
+        return {}
+
+    # fitting ------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model,
+        x,
+        y=None,
+        *,
+        likelihood="regression",
+        curvature="ggn",
+        batch_size=None,
+        strategy=None,
+        progress=False,
+    ):
+        """Accumulate the layer-wise curvature over x: arrays (N, ...) in batches of
+        ``batch_size`` (default: automatic), or a ``tf.data.Dataset`` of ``(x, y)`` batches;
+        under a ``tf.distribute.Strategy`` when given. ``y`` is not needed (GGN)."""
+        if curvature != "ggn":
+            raise ValueError(
+                f"structure={self.name!r} supports curvature='ggn' only (the exact Hessian has "
+                f"no layer-wise factorisation here), got curvature={curvature!r}: use "
+                "structure='full' for the Hessian of a small model"
+            )
+        lik = likelihoods.get(likelihood)
+        eng = engine(model)
+        if is_dataset(x):
+            first = check_inputs(model, first_samples(x, 8)).astype(model_dtype(model))
+        else:
+            x = check_inputs(model, x).astype(model_dtype(model))
+            first = x[:8]
+        k = eng.n_outputs(first)
+        self.plan = plan = plan_for(model, first, fast=self.fast)
+        self._model = weakref.ref(model)
+        self.n_params, self.n_outputs = plan.n_params, k
+        if not is_dataset(x):
+            bs = layer_batch_size(len(x), per_sample_elements(plan, k), batch_size)
+            x = as_batches(x, batch_size=bs)
+        options, stats_fn, root = self._options(), type(self)._batch_stats, lik.hessian_sqrt
+
+        def body(batch):
+            cap = capture(model, plan, batch[0], root=root)
+            count = tf.cast(tf.shape(batch[0])[0], cap.outputs.dtype)
+            return (*stats_fn(plan, cap, **options), count)
+
+        def run():
+            key = (
+                "layerwise", type(self).__name__, tuple(sorted(options.items())), lik.name,
+                self.fast, plan.generic_pfor,
+            )  # fmt: skip
+            return eng.accumulator(
+                key, body, x, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
+            )()
+
+        stats = with_pfor_fallback(plan, run)
+        self.n_data = int(round(float(stats[-1])))
+        self._finish(list(stats[:-1]))
+        return self
+
+    # predictive ---------------------------------------------------------------------------------
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        """diag J(x) A⁻¹ J(x)ᵀ per sample, (N, K) float64, from the layer-wise inverse."""
+        return self._predict(model, x, alpha, beta, batch_size, covariance=False)
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        """J(x) A⁻¹ J(x)ᵀ per sample, (N, K, K) float64, from the layer-wise inverse."""
+        return self._predict(model, x, alpha, beta, batch_size, covariance=True)
+
+    def _predict(self, model, x, alpha, beta, batch_size, *, covariance):
+        if getattr(self, "_model", lambda: None)() is not model:
+            raise ValueError(
+                f"structure {self.name!r} was fitted on another model (its layers are "
+                "recorded by identity): predict with the model it was fitted on"
+            )
+        x = check_inputs(model, x).astype(model_dtype(model))
+        k = engine(model).n_outputs(x)
+        # The contractions run in float64, whatever the model's dtype: inverse eigenvalues
+        # 1/(α + β c) overflow float32 for tiny α, β.
+        params = [
+            [None if t is None else tf.constant(t, tf.float64) for t in blk]
+            for blk in self._block_params(float(alpha), float(beta))
+        ]
+        flat = [t for blk in params for t in blk if t is not None]
+        fn = self._predict_fn(model, x, params, covariance)
+        bs = layer_batch_size(len(x), per_sample_elements(self.plan, k), batch_size)
+        out = [np.asarray(fn(b[0], flat), dtype=np.float64) for b in ArrayBatches((x,), bs)]
+        return np.concatenate(out)
+
+    def _predict_fn(self, model, x, params, covariance):
+        eng, plan = engine(model), self.plan
+        layout = tuple(tuple(t is not None for t in blk) for blk in params)
+        specs = [tf.TensorSpec(t.shape, t.dtype) for blk in params for t in blk if t is not None]
+        spec = eng.spec(x)
+        key = (
+            "layerwise-predict", type(self).__name__, covariance, id(plan), plan.generic_pfor,
+            layout, tuple((tuple(s.shape), s.dtype.name) for s in specs),
+            tuple(tuple(s.shape.as_list()) for s in tf.nest.flatten(spec)),
+        )  # fmt: skip
+
+        def build():
+            @tf.function(input_signature=[spec, specs], autograph=False)
+            def fn(xb, flat):
+                it = iter(flat)
+                blocks = [[next(it) if present else None for present in blk] for blk in layout]
+                return contract(plan, capture(model, plan, xb), blocks, covariance=covariance)
+
+            return fn
+
+        return eng.function(key, build)
+
+    # hooks --------------------------------------------------------------------------------------
+    @staticmethod
+    def _batch_stats(plan, cap: Captured, **options) -> list:
+        """Traced: the batch's sums of each block's statistics (tensors of static shape)."""
+        raise NotImplementedError
+
+    def _finish(self, stats: list) -> None:
+        """From the summed statistics (float64 arrays), the fitted curvature."""
+        raise NotImplementedError
+
+    def _block_params(self, alpha, beta) -> list:
+        """Per fast block [U_in or None, U_out or None, W (D, C)]; per generic block
+        [V or None, w]: the inverse of that block of A is (U_in ⊗ U_out) diag(W) (U_in ⊗ U_out)ᵀ
+        (resp. V diag(w) Vᵀ), None standing for the identity."""
+        raise NotImplementedError
+
+    def matrix(self) -> np.ndarray:
+        """The approximate curvature C as an explicit (P, P) float64 matrix (small models only;
+        for tests: the structures themselves never form it)."""
+        raise NotImplementedError

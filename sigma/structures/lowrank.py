@@ -1,0 +1,427 @@
+"""The low-rank structure: the top-k eigenpairs of the curvature by block Lanczos on matrix-free
+curvature products, for any differentiable model (docs/math.md, "Structures").
+
+    C ≈ U diag(λ) Uᵀ,   U (P, k) orthonormal,   the other P − k eigenvalues taken as zero
+
+    A⁻¹ = U diag(1/(α + βλ)) Uᵀ + (1/α)(I − U Uᵀ)                       (needs α > 0)
+    σ_k²(x) − 1/β = gᵀA⁻¹g = (1/α)(‖g‖² − ‖Uᵀg‖²) + Σ_i (u_iᵀg)² / (α + βλ_i)
+
+**At the cost of its rank.** Each pass over the data multiplies C by a whole block of b vectors
+(:meth:`sigma.curvature.engine.Engine.products`: G V through per-sample Jacobians, or J V by
+forward mode and Jᵀ U by reverse mode vectorised over the columns; H V by nested tapes), so the
+Krylov space grows by b dimensions per pass instead of one: :func:`block_lanczos` keeps every
+block, re-orthogonalises fully, and stops when the top-k Ritz residuals fall below ``tol``
+times the largest eigenvalue — for k = 20 typically in a handful of passes where single-vector
+Lanczos needed over a hundred. "Top" means largest in magnitude: the best rank-k approximation
+of C (for the Hessian, large negative curvature is kept and the positive-definiteness check
+can see it). When 2k + 1 > P the P×P curvature is accumulated and eigen-decomposed exactly
+instead (``method == "dense"``).
+
+Memory: U and the Krylov basis, P·(k + passes·b) floats; per batch the activations of the
+vectorised forward/backward passes. The predictive needs, per test sample, Uᵀg_k (k forward-mode
+products per batch) and ‖g_k‖² — the diagonal of J Jᵀ, from the layer inputs and output
+sensitivities of :mod:`sigma.curvature.layers` (for a Dense layer ‖∂f_k/∂W‖² = ‖ã‖² ‖s_k‖², no
+per-sample gradient formed), or with ``predictive="jacobian"`` from per-sample Jacobians in
+memory-bounded chunks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
+
+from sigma._checks import check_inputs, check_positive_int, model_dtype
+from sigma._linalg import one_blas_thread
+from sigma.curvature.accumulate import (
+    ELEMENT_BUDGET,
+    as_batches,
+    batch_size_for,
+    first_samples,
+    is_dataset,
+)
+from sigma.curvature.engine import ZERO, _spec_key, engine
+from sigma.curvature.layers import capture, contract, per_sample_elements, plan_for
+from sigma.memory import activation_elements, itemsize
+from sigma.structures.base import Structure
+from sigma.structures.full import Full
+
+
+def block_lanczos(
+    matmat,
+    n: int,
+    k: int,
+    *,
+    block: int | None = None,
+    tol: float = 1e-8,
+    max_passes: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+):
+    """Top-k eigenpairs (largest |λ|) of a symmetric n×n operator, by block Lanczos with full
+    re-orthogonalisation.
+
+    matmat : V (n, b) → C V (n, b), float64 — one pass over the data per call.
+    block : b, the vectors per pass (default min(n, k + 10)).
+    tol : stop when every one of the k Ritz residuals ‖C y_i − θ_i y_i‖ is below
+        ``tol · max|θ|``.
+    max_passes : cap on the passes (default: enough to span max(4k, k + 60) dimensions, plus
+        two; never more than it takes to span the whole space, where the Ritz pairs are exact).
+
+    A block whose new directions are (numerically) dependent — an invariant subspace found,
+    e.g. for a matrix of rank < k or with eigenvalues repeated more than b times — is completed
+    with fresh random vectors orthogonal to the basis, so multiplicities are found.
+
+    Returns ``(values (k,), vectors (n, k), info)`` with values sorted by decreasing value and
+    ``info = {"passes", "steps" (vectors multiplied), "block", "residuals" (k,), "converged"}``.
+    Warns (RuntimeWarning) when the cap is reached before convergence; the Ritz pairs are then
+    the best the Krylov space holds.
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n] = [1, {n}], got {k}")
+    b = min(n, k + 10) if block is None else min(n, check_positive_int(block, "block"))
+    if max_passes is None:
+        cap = -(-min(n, max(4 * k, k + 60)) // b) + 2
+    else:
+        cap = check_positive_int(max_passes, "max_passes")
+    rng = np.random.default_rng(seed)
+    # The basis updates are memory-bound: one BLAS thread is faster than several competing with
+    # TensorFlow's pool on a small machine.
+    with one_blas_thread():
+        q, _ = np.linalg.qr(rng.standard_normal((n, b)))
+        blocks, diag, off = [q], [], []
+        converged, fresh, scale, steps = False, False, 0.0, 0
+        bar = tqdm(total=cap, desc="block Lanczos", disable=not progress, leave=False)
+        while True:
+            qj = blocks[-1]
+            z = np.asarray(matmat(qj), dtype=np.float64).reshape(n, qj.shape[1])
+            steps += qj.shape[1]
+            a = qj.T @ z
+            diag.append(0.5 * (a + a.T))
+            z -= qj @ diag[-1]
+            if off:
+                z -= blocks[-2] @ off[-1].T
+            basis = np.hstack(blocks)
+            for _ in range(2):  # full re-orthogonalisation, twice ("twice is enough")
+                z -= basis @ (basis.T @ z)
+            bar.update(1)
+            theta, s = np.linalg.eigh(_block_tridiagonal(diag, off))
+            scale = max(scale, float(np.abs(theta).max()))
+            idx = np.argsort(-np.abs(theta))[:k]
+            m = basis.shape[1]
+            if m >= n:  # the Krylov space is the whole space: the Ritz pairs are exact
+                residuals, converged = np.zeros(len(idx)), True
+                break
+            tiny = 1e-12 * max(scale, 1e-300)
+            q_next, r, kept = _orthonormal_block(z, basis, rng, size=min(b, n - m), tiny=tiny)
+            residuals = np.linalg.norm(r @ s[m - qj.shape[1] : m, idx], axis=0)
+            # A fresh block (after an invariant subspace) that C maps to ~0: the rest is null.
+            null_rest = fresh and np.abs(diag[-1]).max() <= tiny and kept == 0
+            # Directions replaced by fresh ones: an invariant subspace was reached, and copies
+            # of repeated eigenvalues may lie outside it — continue unless the rest is null.
+            if len(idx) == k and (null_rest or (kept == r.shape[0] and np.all(residuals <= tol * scale))):
+                converged = True
+                break
+            fresh = kept == 0
+            if len(diag) >= cap:
+                break
+            off.append(r)
+            blocks.append(q_next)
+        bar.close()
+        passes = len(diag)
+        if not converged:
+            warnings.warn(
+                f"block Lanczos stopped after {passes} passes ({steps} products) without "
+                f"reaching tol={tol:g}: largest relative residual "
+                f"{residuals.max() / max(scale, 1e-300):.2g}; the top-{len(idx)} Ritz pairs are "
+                "used as they are (raise max_passes or tol)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        vectors = np.hstack(blocks[:passes]) @ s[:, idx]
+    order = np.argsort(-theta[idx])
+    info = {
+        "passes": passes,
+        "steps": steps,
+        "block": b,
+        "residuals": residuals[order],
+        "converged": converged,
+    }
+    return theta[idx][order], vectors[:, order], info
+
+
+def _block_tridiagonal(diag, off):
+    """The symmetric block tridiagonal T with diagonal blocks ``diag`` (b_j × b_j) and
+    sub-diagonal blocks ``off`` (T[j+1, j] = off[j], b_{j+1} × b_j)."""
+    sizes = [d.shape[0] for d in diag]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    t = np.zeros((starts[-1], starts[-1]))
+    for j, a in enumerate(diag):
+        t[starts[j] : starts[j + 1], starts[j] : starts[j + 1]] = a
+    for j, r in enumerate(off[: len(diag) - 1]):
+        t[starts[j + 1] : starts[j + 2], starts[j] : starts[j + 1]] = r
+        t[starts[j] : starts[j + 1], starts[j + 1] : starts[j + 2]] = r.T
+    return t
+
+
+def _orthonormal_block(z, basis, rng, *, size, tiny):
+    """(Q, R, kept): Q (n, size) orthonormal and orthogonal to ``basis``, Z ≈ Q R, R = Qᵀ Z.
+
+    Directions of Z below ``tiny`` (an invariant subspace reached) are replaced by random ones
+    orthogonal to the basis. Q is re-orthogonalised against the basis after the factorisation:
+    normalising a small component of Z amplifies its round-off along the basis.
+    """
+    u, sv, _ = np.linalg.svd(z, full_matrices=False)
+    keep = min(size, int(np.sum(sv > tiny)))
+    q = u[:, :keep]
+    if keep < size:
+        q = np.hstack([q, rng.standard_normal((z.shape[0], size - keep))])
+    for _ in range(2):
+        q -= basis @ (basis.T @ q)
+    q, _ = np.linalg.qr(q)
+    return q, q.T @ z, keep
+
+
+class LowRank(Structure):
+    """C ≈ U diag(λ) Uᵀ from its top-``rank`` eigenpairs (block Lanczos), the rest taken as zero.
+
+    Parameters
+    ----------
+    rank : k, the number of eigenpairs kept (capped at P).
+    tol : tolerance on the Ritz residuals relative to the largest eigenvalue (default 1e-8 for
+        float64 models, 1e-5 for lower precision).
+    block : vectors per pass over the data (default k + 10).
+    max_passes : cap on the passes over the data (default: enough for 3k + 50 dimensions).
+    seed : seed of the random start block.
+    predictive : how ‖g‖² and Uᵀg are computed at test inputs: "layerwise" (J Jᵀ from layer
+        inputs and sensitivities, :mod:`sigma.curvature.layers`; Uᵀg by k forward-mode
+        products) or "jacobian" (per-sample Jacobians in memory-bounded chunks; the reference).
+
+    After ``fit``: ``eigenvalues`` (k,), ``vectors`` (P, k), ``method`` ("lanczos" or "dense"),
+    ``info`` (passes, products, residuals). Needs α > 0 unless k = P.
+    """
+
+    name = "lowrank"
+    curvatures = ("ggn", "hessian")
+    streaming = True
+    can_clip = True
+    memory_summary = "k eigenvectors and the Krylov basis, P floats each"
+
+    def __init__(
+        self,
+        rank: int = 20,
+        *,
+        tol: float | None = None,
+        block: int | None = None,
+        max_passes: int | None = None,
+        seed: int = 0,
+        predictive: str = "layerwise",
+    ):
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or int(rank) < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if predictive not in ("layerwise", "jacobian"):
+            raise ValueError(f"predictive must be 'layerwise' or 'jacobian', got {predictive!r}")
+        if tol is not None and not (isinstance(tol, float | int) and 0 < tol < 1):
+            raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+        self.rank, self.tol, self.seed = int(rank), tol, int(seed)
+        self.block = None if block is None else check_positive_int(block, "block")
+        self.max_passes = None if max_passes is None else check_positive_int(max_passes, "max_passes")
+        self.predictive = predictive
+
+    def _block_size(self, p):
+        k = min(self.rank, p)
+        return min(p, k + 10) if self.block is None else min(p, self.block)
+
+    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
+        eng = engine(model)
+        p = self.n_params = eng.n_params
+        k = min(self.rank, p)
+        if 2 * k + 1 > p:
+            full = Full().fit(
+                model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size,
+                strategy=strategy, progress=progress,
+            )  # fmt: skip
+            lam, vecs = full.eigenvalues, full.vectors
+            top = np.argsort(-np.abs(lam))[:k]
+            top = top[np.argsort(-lam[top])]
+            self._eig, self._vecs = lam[top], vecs[:, top]
+            self.method, self.info = "dense", {"passes": 1, "steps": 0}
+        else:
+            tol = self.tol
+            if tol is None:
+                tol = 1e-8 if eng.dtype == "float64" else 1e-5
+            b = self._block_size(p)
+            n = 1 if is_dataset(x) else len(x)
+            kk = eng.n_outputs(first_samples(x, 1))
+            per_sample = max(4 * (b + 1) * activation_elements(model), 2 * kk * p)
+            data = as_batches(
+                x,
+                y if curvature == "hessian" else None,
+                batch_size=batch_size_for(n, per_sample, batch_size),
+            )
+            if curvature == "hessian" and len(data.element_spec) < 2:
+                raise ValueError("curvature='hessian' needs the targets y")
+            products = eng.products(
+                data, likelihood, curvature, strategy=strategy, progress=False
+            )
+            self._eig, self._vecs, self.info = block_lanczos(
+                products,
+                p,
+                k,
+                block=b,
+                tol=tol,
+                max_passes=self.max_passes,
+                seed=self.seed,
+                progress=progress,
+            )
+            self.info["tracing_count"] = products.accumulator.tracing_count
+            self.method = "lanczos"
+        # Products in the model's dtype are exact to ~eps(dtype)·‖C‖: eigenvalues below that
+        # (e.g. the null space of a GGN of rank < k) are round-off, i.e. zero.
+        eps = float(np.finfo(eng.dtype).eps)
+        if self._eig.size:
+            self._eig = np.where(
+                np.abs(self._eig) <= 10 * eps * np.abs(self._eig).max(), 0.0, self._eig
+            )
+        # ‖g‖² − ‖Uᵀg‖² cancels: below this fraction of ‖g‖² it is round-off of the model dtype
+        self._resid_floor = 10 * eps
+        return self
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """The k kept eigenvalues of C, decreasing, (k,)."""
+        return self._eig
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The k eigenvectors U, (P, k), orthonormal columns."""
+        return self._vecs
+
+    def clip_negative(self):
+        self._eig = np.maximum(self._eig, 0.0)
+
+    def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
+        eng = engine(model)
+        p = eng.n_params
+        r = min(self.rank, p)
+        if 2 * r + 1 > p:
+            return Full().memory_bytes(
+                model, n_data=n_data, n_outputs=n_outputs, batch_size=batch_size,
+                curvature=curvature,
+            )  # fmt: skip
+        b = self._block_size(p)
+        passes = -(-min(p, max(4 * r, r + 60)) // b) + 2 if self.max_passes is None else self.max_passes
+        steps = min(p, passes * b)
+        item = itemsize(model)
+        act = activation_elements(model)
+        per = 4 * (b + 1) * act
+        products = batch_size_for(n_data, per, batch_size) * per * item
+        predictive = max(min(ELEMENT_BUDGET, 4 * n_outputs * p), n_outputs * p) * item * 2
+        return (steps + 2 * r + 4) * p * 8 + 3 * p * b * 8 + products + predictive
+
+    # -- predictive -----------------------------------------------------------------------------
+    def _projection(self, model, x):
+        """The traced x_b, U -> (J Jᵀ (B, K, K), J U (B, K, k)) float64, its per-sample
+        elements and its path; one graph per model (U is an argument).
+
+        ``"layerwise"``: J Jᵀ from the layer inputs and output sensitivities of
+        :mod:`sigma.curvature.layers` (no per-sample gradient for Dense layers; K backward
+        passes per batch) and J U by k forward-mode products. ``"jacobian"``: both from
+        per-sample Jacobians in chunks — used when k = P, and as the reference.
+        """
+        eng = engine(model)
+        r, k = self._vecs.shape[1], eng.n_outputs(x)
+        path = "jacobian" if r == self.n_params else self.predictive
+        spec = eng.spec(x)
+        u_spec = tf.TensorSpec([self.n_params, None], eng.dtype)
+        if path == "layerwise":
+            plan = plan_for(model, x)
+
+            def build():
+                ones = [[None, None, tf.ones((b.d_in, b.d_out), eng.dtype)] for b in plan.fast]
+                ones += [[None, tf.ones((g.size,), eng.dtype)] for g in plan.generic]
+
+                def jvp(w, xb, ui):
+                    with tf.autodiff.ForwardAccumulator(w, ui) as acc:
+                        f = eng.forward(w, xb)
+                    return acc.jvp(f, unconnected_gradients=ZERO)
+
+                @tf.function(input_signature=[spec, u_spec], autograph=False)
+                def proj(xb, u):
+                    gram = contract(plan, capture(model, plan, xb), ones, covariance=True)
+                    w = eng.weights()
+                    ju = tf.vectorized_map(lambda ui: jvp(w, xb, ui), tf.transpose(u))
+                    return tf.cast(gram, tf.float64), tf.cast(tf.transpose(ju, (1, 2, 0)), tf.float64)
+
+                return proj
+
+            per_sample = per_sample_elements(plan, k) + 4 * (r + 2) * activation_elements(model)
+            key = ("lowrank-projection", path, id(plan), _spec_key(spec))
+        else:
+
+            def build():
+                @tf.function(input_signature=[spec, u_spec], autograph=False)
+                def proj(xb, u):
+                    _, j = eng.jacobian(eng.weights(), xb)  # (B_c, K, P), a chunk
+                    gram = tf.einsum("bkp,blp->bkl", j, j)
+                    ju = tf.einsum("bkp,pr->bkr", j, u)
+                    return tf.cast(gram, tf.float64), tf.cast(ju, tf.float64)
+
+                return proj
+
+            per_sample = 2 * k * self.n_params
+            key = ("lowrank-projection", path, _spec_key(spec))
+        self._path = path
+        return eng.function(key, build), per_sample
+
+    def _parts(self, model, x, alpha, batch_size):
+        if self._vecs.shape[1] < self.n_params and not alpha > 0:
+            raise ValueError(
+                f"structure 'lowrank' keeps {self._vecs.shape[1]} of the P = {self.n_params} "
+                "eigenvalues of C and takes the others as zero, so A = alpha*I + beta*C needs "
+                f"alpha > 0, got alpha={alpha:g}"
+            )
+        x = check_inputs(model, x).astype(model_dtype(model))
+        proj, per_sample = self._projection(model, x)
+        u = tf.constant(self._vecs.astype(model_dtype(model)))
+        bs = batch_size_for(len(x), per_sample, None)
+        if batch_size is not None:
+            bs = min(bs, batch_size_for(len(x), 1, batch_size))
+        for start in range(0, len(x), bs):
+            yield (t.numpy() for t in proj(x[start : start + bs], u))
+
+    def _residual(self, gram, ju):
+        """(J Jᵀ − J U Uᵀ Jᵀ): the part of J Jᵀ outside span(U) (exactly 0 when k = P).
+
+        It is a difference of two nearly equal terms when g lies almost in span(U); for a
+        float32 model their round-off (~eps·‖g‖²) divided by a small α would swamp σ, so
+        outputs whose residual is below 10·eps(dtype)·‖g‖² get exactly zero (their rows and
+        columns), rather than amplified noise.
+        """
+        if self._vecs.shape[1] == self.n_params:
+            return np.zeros_like(gram)
+        resid = gram - np.einsum("bkr,blr->bkl", ju, ju)
+        norms = np.einsum("bkk->bk", gram)
+        lost = np.einsum("bkk->bk", resid) <= self._resid_floor * norms
+        keep = ~lost
+        return resid * keep[:, :, None] * keep[:, None, :]
+
+    def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        out = []
+        for gram, ju in self._parts(model, x, alpha, batch_size):
+            resid = np.maximum(np.einsum("bkk->bk", self._residual(gram, ju)), 0.0)
+            out.append(np.einsum("bkr,r->bk", ju**2, inv) + (resid / alpha if resid.any() else 0))
+        return np.concatenate(out)
+
+    def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        inv = 1.0 / (alpha + beta * self._eig)
+        out = []
+        for gram, ju in self._parts(model, x, alpha, batch_size):
+            resid = self._residual(gram, ju)
+            cov = np.einsum("bkr,r,blr->bkl", ju, inv, ju)
+            out.append(cov + (resid / alpha if resid.any() else 0))
+        return np.concatenate(out)
+
