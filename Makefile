@@ -63,7 +63,7 @@ format: $(STAMP) ## ruff check --fix then ruff format
 bench: $(STAMP) ## print the benchmark tables (bench/*.py)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-figure: $(STAMP) ## redraw the README figure docs/iris_sigma.png
+figure: $(STAMP) ## redraw the README figures docs/regression_sigma.png and docs/iris_sigma.png
 	$(PY) docs/make_figure.py
 
 clean: ## remove generated reports, caches and paired .ipynb files (keeps .venv)
