@@ -64,12 +64,12 @@ report: sweep ## sweep, then notebooks/03_sweep_report.py, HTML of every execute
 	$(PY) -m sigma.reports index --out $(REPORTS)
 
 lint: $(STAMP) ## ruff check then ruff format --check
-	$(PY) -m ruff check sigma tests bench notebooks
-	$(PY) -m ruff format --check sigma tests bench notebooks
+	$(PY) -m ruff check sigma tests bench notebooks docs jupyter_config
+	$(PY) -m ruff format --check sigma tests bench notebooks docs jupyter_config
 
 format: $(STAMP) ## ruff check --fix then ruff format
-	$(PY) -m ruff check --fix sigma tests bench notebooks
-	$(PY) -m ruff format sigma tests bench notebooks
+	$(PY) -m ruff check --fix sigma tests bench notebooks docs jupyter_config
+	$(PY) -m ruff format sigma tests bench notebooks docs jupyter_config
 
 bench: $(STAMP) ## print the benchmark tables (bench/*.py)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
