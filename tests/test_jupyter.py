@@ -172,3 +172,19 @@ def test_lab_opens_py_files_as_notebooks_on_double_click(lab_server):
     config = json.loads(parser.text)
     extensions = [e["name"] for e in config.get("federated_extensions", [])]
     assert "jupyterlab-jupytext" in extensions, extensions
+
+
+def test_make_notebooks_pairs_every_source_without_changing_it(tmp_path):
+    """`make notebooks` (jupytext --sync) on a copy: an .ipynb per source, sources unchanged."""
+    shutil.copy(ROOT / "jupytext.toml", tmp_path / "jupytext.toml")
+    (tmp_path / "notebooks").mkdir()
+    sources = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert sources
+    for src in sources:
+        shutil.copy(src, tmp_path / "notebooks" / src.name)
+    cmd = [sys.executable, "-m", "jupytext", "--sync", *(f"notebooks/{s.name}" for s in sources)]
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, timeout=REQUEST_TIMEOUT)
+    for src in sources:
+        paired = nbformat.read(tmp_path / "notebooks" / f"{src.stem}.ipynb", as_version=4)
+        assert any("parameters" in c.metadata.get("tags", []) for c in paired.cells), src.name
+        assert (tmp_path / "notebooks" / src.name).read_text() == src.read_text(), src.name
