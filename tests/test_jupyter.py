@@ -5,6 +5,7 @@ JupyterLab to open .py files as notebooks on a double click.
 The server runs headless on a port the OS picks, with a random token, from a temporary copy of
 jupytext.toml and notebooks/01_original.py (saving writes there, not into the repository), and
 with temporary Jupyter runtime, data, config and settings directories (your own are not read).
+`make notebooks` (jupytext --sync) is checked on a copy of every notebook.
 """
 
 import html.parser
