@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,21 +54,33 @@ class Server:
         return json.loads(self.request(method, path, body)[1])
 
 
-def _wait_for_connection_file(proc, runtime: Path, log: Path) -> dict:
-    """The server's jpserver-<pid>.json (written once it listens), or fail with its log."""
-    info = runtime / f"jpserver-{proc.pid}.json"
+def _wait_until_serving(proc, runtime: Path, token: str, log: Path) -> Server:
+    """Wait for the server's jpserver-<pid>.json, then for its port to answer; fail with the
+    server's log if it exits or START_TIMEOUT passes. (The connection file is written just
+    before the event loop starts, and the socket is bound in one of the loop's first callbacks,
+    so a request right after the file appears can still be refused.)"""
+    info_file = runtime / f"jpserver-{proc.pid}.json"
     deadline = time.monotonic() + START_TIMEOUT
+    server, last_error = None, None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        if info.exists():
+        if server is None and info_file.exists():
             try:
-                return json.loads(info.read_text())
-            except json.JSONDecodeError:
+                info = json.loads(info_file.read_text())
+                server = Server(url=info["url"], token=token, root=Path(info["root_dir"]))
+            except (json.JSONDecodeError, KeyError):
                 pass  # being written
+        if server is not None:
+            try:
+                server.json("GET", "/api/status")
+                return server
+            except urllib.error.URLError as e:  # connection refused: not bound yet
+                last_error = e
         time.sleep(0.2)
     pytest.fail(
-        f"jupyter lab wrote no {info.name} in {START_TIMEOUT:g} s:\n{log.read_text()[-4000:]}"
+        f"jupyter lab did not answer within {START_TIMEOUT:g} s ({last_error}; connection "
+        f"file {'found' if server else 'missing'}):\n{log.read_text()[-4000:]}"
     )
 
 
@@ -100,8 +113,9 @@ def lab_server(tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
         try:
-            info = _wait_for_connection_file(proc, runtime, log)
-            yield Server(url=info["url"], token=token, root=root)
+            server = _wait_until_serving(proc, runtime, token, log)
+            assert server.root.resolve() == root.resolve()
+            yield server
         finally:
             proc.terminate()
             try:
