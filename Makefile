@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-n 2" (pytest-xdist) or "-x -k laplace"
 
-.PHONY: help env test test-unit test-notebooks run notebooks lint format bench figure clean
+.PHONY: help env test test-unit test-notebooks run notebooks lab lint format bench figure clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,17 @@ test-notebooks: $(STAMP) ## notebook tier only: papermill with small parameters
 run: $(STAMP) ## execute every notebook at its defaults into reports/ and render HTML
 	$(PY) -m sigma.reports run $(NOTEBOOKS) --out $(REPORTS)
 
+notebooks: $(STAMP) ## (re)generate the paired notebooks/*.ipynb from the .py sources (jupytext --sync)
+	$(PY) -m jupytext --sync $(NOTEBOOKS)
+
+# jupyter_config/ holds this repository's Jupyter settings (jupytext's contents manager; .py
+# opens as a notebook on double click); JUPYTER_CONFIG_PATH adds it to your own, changes nothing
+# in your home directory.
+LAB_ARGS ?=  # e.g. make lab LAB_ARGS="--no-browser --port 8890" (as root: --allow-root)
+lab: $(STAMP) ## JupyterLab with jupytext: notebooks/*.py open as notebooks, paired with their .ipynb
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter_config$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))" \
+	  $(PY) -m jupyterlab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS)
+
 GRID ?= sweeps/beta_epochs.yaml
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 SCHEDULER ?=
@@ -53,17 +64,17 @@ report: sweep ## sweep, then notebooks/03_sweep_report.py, HTML of every execute
 	$(PY) -m sigma.reports index --out $(REPORTS)
 
 lint: $(STAMP) ## ruff check then ruff format --check
-	$(PY) -m ruff check sigma tests bench notebooks
-	$(PY) -m ruff format --check sigma tests bench notebooks
+	$(PY) -m ruff check sigma tests bench notebooks docs jupyter_config
+	$(PY) -m ruff format --check sigma tests bench notebooks docs jupyter_config
 
 format: $(STAMP) ## ruff check --fix then ruff format
-	$(PY) -m ruff check --fix sigma tests bench notebooks
-	$(PY) -m ruff format sigma tests bench notebooks
+	$(PY) -m ruff check --fix sigma tests bench notebooks docs jupyter_config
+	$(PY) -m ruff format sigma tests bench notebooks docs jupyter_config
 
 bench: $(STAMP) ## print the benchmark tables (bench/*.py)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-figure: $(STAMP) ## redraw the README figure docs/iris_sigma.png
+figure: $(STAMP) ## redraw the README figures docs/regression_sigma.png and docs/iris_sigma.png
 	$(PY) docs/make_figure.py
 
 clean: ## remove generated reports, caches and paired .ipynb files (keeps .venv)

@@ -14,11 +14,11 @@
 # %% [markdown]
 # # Using automatic differentiation to compute σ — the original notebook, done right
 #
-# The original notebook (`shared/seed/original-notebook.md`) trained a 4-4-3 Keras network on
+# The original notebook ([docs/original-notebook.md](../docs/original-notebook.md)) trained a 4-4-3 Keras network on
 # Iris, took the Hessian of the loss and the gradient of each output with respect to the
 # weights, and combined them into an error bar σ with an arbitrary β = 10. This notebook
 # follows it cell by cell in TensorFlow 2 / Keras 3, then shows its three defects and fixes
-# them (conventions: `shared/design/MATH.md`):
+# them (conventions: [docs/math.md](../docs/math.md)):
 #
 # 1. its output gradients were taken at **re-initialised** weights, not the trained ones;
 # 2. its Hessian is that of Keras' **mean** loss, so its β = 10 is not a noise precision;
@@ -96,7 +96,7 @@ print("P =", hessian_mean_loss.shape[0], "weights; Hessian", hessian_mean_loss.s
 
 # %% [markdown]
 # `sigma.hessian` computes the same thing, vectorised and traced once, but for the **summed**
-# data error E_D = ½ Σ (f − t)² of MATH.md. The mean loss is L = E_D · 2/(N K), so the two
+# data error E_D = ½ Σ (f − t)² of [docs/math.md](../docs/math.md). The mean loss is L = E_D · 2/(N K), so the two
 # Hessians differ by exactly that factor:
 
 # %%

@@ -17,7 +17,7 @@
 # Notebook 01 turned the original formula into a Laplace error bar
 # σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x), A = αI + βC, but left two numbers to choose: the noise
 # precision β and the prior precision α. The original notebook picked β = 10 by hand. Here
-# the data choose them (conventions: `shared/design/MATH.md`):
+# the data choose them (conventions: [docs/math.md](../docs/math.md)):
 #
 # * the **evidence** ln p(D | α, β) = −αE_W − βE_D − ½ ln|A| + (P/2) ln α + (NK/2) ln β − (NK/2) ln 2π
 #   is the probability of the training targets under the model with the weights integrated out;

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Bigger networks: structured curvature and the memory it needs
 #
-# The error bar σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x), A = αI + βC (`shared/design/MATH.md`) needs
+# The error bar σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x), A = αI + βC ([docs/math.md](../docs/math.md)) needs
 # A⁻¹. Stored in full, A has P² entries: 23 MB for the 1,700 weights of a small MLP, 580 GB for
 # the 270,000 weights of a 784-256-256-10 MLP. Each *structure* keeps C in a cheaper form and
 # answers the same questions — `predict`, `log_evidence`, `optimize_evidence` — from its
