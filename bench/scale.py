@@ -98,8 +98,8 @@ def timed(fn, repeats: int):
 
 def worker(args) -> dict:
     """One structure in this process: the gradient-pass unit, fits, predictives, memory."""
+    from sigma import structures
     from sigma.memory import PeakMemory, resident_bytes
-    from sigma.structures import STRUCTURES
 
     x, y, x_test = data(args.n, args.test, args.seed)
     net = model(args.seed)
@@ -109,7 +109,7 @@ def worker(args) -> dict:
     if args.worker == "gradient":
         row["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return row
-    cls = STRUCTURES[args.worker]
+    cls = structures.get(args.worker)
 
     def fit():
         return cls().fit(
@@ -166,11 +166,11 @@ def main():
         print(json.dumps(worker(args)))
         return
 
-    from sigma.structures import STRUCTURES
+    from sigma import structures
 
     wanted = [s for s in args.structures.split(",") if s]
-    missing = [s for s in wanted if s not in STRUCTURES]
-    names = ["gradient"] + [s for s in wanted if s in STRUCTURES]
+    missing = [s for s in wanted if s not in structures.names()]
+    names = ["gradient"] + [s for s in wanted if s in structures.names()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "mlp.weights.h5")

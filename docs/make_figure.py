@@ -145,11 +145,11 @@ def iris_figure() -> Path:
     la = sigma.Laplace(model, x_train, y_train).optimize_evidence()
     print(f"  {la}")
     mean, std = la.predict(x_test)
-    fig = sigma.plots.prediction_bands(
+    fig = sigma.lab.plots.prediction_bands(
         mean,
         std,
         y_test,
-        names=list(sigma.data.IRIS_CLASSES),
+        names=list(sigma.lab.IRIS_CLASSES),
         title=f"Iris, 4-4-3 network: prediction ± 2σ (α = {la.alpha:.3g}, β = {la.beta:.3g} by evidence)",
     )
     return _save(fig, "iris_sigma.png", dpi=90)

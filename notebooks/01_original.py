@@ -39,6 +39,7 @@ metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 # %%
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -46,7 +47,7 @@ import sigma
 import sigma.runs
 
 started = time.time()
-print("tensorflow", tf.__version__, "| keras", sigma.models.keras.__version__)
+print("tensorflow", tf.__version__, "| keras", keras.__version__)
 
 # %% [markdown]
 # ## Load Iris and make the targets one-hot
@@ -134,7 +135,7 @@ print("original formula, trained weights:", np.round(seed_trained, 4))
 # %%
 grads_reinit = sigma.output_jacobian(sigma.reinitialised_copy(model, seed=seed + 1), x_train[:1])[0]
 seed_reinit = sigma.seed_sigma(h_diag, grads_reinit, beta=beta, strict=False)
-for k, name in enumerate(sigma.data.IRIS_CLASSES):
+for k, name in enumerate(sigma.lab.IRIS_CLASSES):
     print(f"{name:>10}: trained {seed_trained[k]:10.4f}   re-initialised {seed_reinit[k]:10.4f}")
 
 # %% [markdown]
@@ -189,7 +190,7 @@ print("mean σ per output (Hessian):", np.round(std_h.mean(axis=0), 4))
 # %%
 _, std_first = laplace_ggn.predict(x_train[:1])
 _, std_first_h = laplace_h.predict(x_train[:1])
-for k, name in enumerate(sigma.data.IRIS_CLASSES):
+for k, name in enumerate(sigma.lab.IRIS_CLASSES):
     print(f"{name:>10}: original {seed_trained[k]:9.4f}   Laplace GGN {std_first[0, k]:.4f}"
           f"   Laplace Hessian {std_first_h[0, k]:.4f}")
 
@@ -197,8 +198,8 @@ for k, name in enumerate(sigma.data.IRIS_CLASSES):
 # ## Every test point: prediction ± 2σ against the targets
 
 # %%
-fig = sigma.plots.prediction_bands(
-    mean_test, std_ggn, y_test, names=list(sigma.data.IRIS_CLASSES),
+fig = sigma.lab.plots.prediction_bands(
+    mean_test, std_ggn, y_test, names=list(sigma.lab.IRIS_CLASSES),
     title=f"Laplace (Gauss–Newton), α = {alpha:g}, β = {beta_fit:.3g}",
 )
 

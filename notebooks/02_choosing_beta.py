@@ -47,7 +47,8 @@ import scipy.stats
 
 import sigma
 import sigma.runs
-from sigma import metrics, plots
+from sigma import metrics
+from sigma.lab import plots
 
 started = time.time()
 x_train, x_test, y_train, y_test = sigma.iris_split(seed=seed)
@@ -55,7 +56,7 @@ n_train, n_outputs = y_train.shape
 beta_original = sigma.summed_beta(10.0, n_train, n_outputs)  # the original's β = 10, summed convention
 alpha_grid = np.geomspace(1e-3, 1e3, 61)  # for the evidence surface
 beta_dense = np.geomspace(min(beta_grid), max(beta_grid), 81)
-class_names = list(sigma.data.IRIS_CLASSES)
+class_names = list(sigma.lab.IRIS_CLASSES)
 print(f"{n_train} training and {len(x_test)} held-out samples, {n_outputs} outputs; "
       f"the original β = 10 is β = {beta_original:.4g} here")
 
@@ -99,7 +100,7 @@ fig = plots.evidence_surface(alpha_grid, beta_dense, surface, optimum=(la.alpha,
 # Divided by the NK training values, −ln evidence is in the same units as the held-out NLL.
 
 # %%
-scan = metrics.beta_scan(la, np.sort(np.r_[beta_grid, la.beta, beta_original]), x_test, y_test)
+scan = sigma.lab.beta_scan(la, np.sort(np.r_[beta_grid, la.beta, beta_original]), x_test, y_test)
 table = pd.DataFrame(scan)
 print(table.round(4).to_string(index=False))
 fig = plots.beta_scan(scan, la.n_data * la.n_outputs,
@@ -233,7 +234,7 @@ print(f"largest |probit − sampled| probability {gap.max():.3f}; mean logit var
       f"softmax) {cov_c.mean(axis=(1, 2)).mean():.3g}; 1/α = {1 / la_c.alpha:.3g}")
 
 # %%
-scan_c = metrics.alpha_scan(la_c, np.sort(np.r_[np.geomspace(0.01, 100.0, 9), la_c.alpha]),
+scan_c = sigma.lab.alpha_scan(la_c, np.sort(np.r_[np.geomspace(0.01, 100.0, 9), la_c.alpha]),
                             x_test, y_test, method="mc", n_samples=n_samples, seed=seed)
 table_alpha = pd.DataFrame(scan_c)
 print(table_alpha.round(4).to_string(index=False))

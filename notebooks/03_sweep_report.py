@@ -26,7 +26,7 @@
 import matplotlib.pyplot as plt
 
 from sigma import runs, sweep_plots
-from sigma.data import IRIS_CLASSES
+from sigma.lab.data import IRIS_CLASSES
 
 # %% tags=["parameters"]
 sweep_dir: str = "reports/sweeps/01_original"  # where the runs are (make sweep)

@@ -58,13 +58,13 @@ import tensorflow as tf
 
 import sigma
 import sigma.runs
-from sigma import compare, memory
-from sigma.structures import STRUCTURES
+from sigma import memory, structures
+from sigma.lab import compare
 
 started = time.time()
 tf.get_logger().setLevel("ERROR")  # one traced graph per fit: TF's retracing notices are noise here
 pd.set_option("display.width", 200)
-names = list(STRUCTURES)  # every registered structure, whoever added it
+names = list(structures.names())  # every registered structure, whoever added it
 options = {"lowrank": {"rank": rank}}
 limit = max_memory if max_memory > 0 else None  # None: sigma.memory's default
 columns = [
@@ -86,9 +86,9 @@ columns = [
     "fit_peak_MB",
     "estimate_MB",
 ]
-x_train, x_test, labels_train, labels_test = sigma.data.digits_split(seed=seed)
-images_train, images_test, _, _ = sigma.data.digits_split(seed=seed, images=True)
-xs_train, xs_test, ys_train, ys_test = sigma.data.teacher_regression(
+x_train, x_test, labels_train, labels_test = sigma.lab.digits_split(seed=seed)
+images_train, images_test, _, _ = sigma.lab.digits_split(seed=seed, images=True)
+xs_train, xs_test, ys_train, ys_test = sigma.lab.teacher_regression(
     n_synthetic, n_test, n_inputs=784, n_outputs=10, noise=0.1, seed=seed
 )
 cross_entropy = keras.losses.CategoricalCrossentropy(from_logits=True)
@@ -164,7 +164,7 @@ print(pd.DataFrame(sweep).round(4).to_string(index=False))
 # (2,746 weights at the defaults).
 
 # %%
-cnn = sigma.models.small_cnn(
+cnn = sigma.lab.small_cnn(
     (8, 8, 1), 10, filters=cnn_filters, hidden=cnn_hidden, dtype="float32", seed=seed
 )
 sigma.train(
@@ -202,15 +202,15 @@ fig = compare.sigma_scatter(c_cnn, title="digits CNN: σ of each logit against f
 # %% [markdown]
 # ## A 784-256-256-10 MLP on 10,000 synthetic samples
 # Regression on targets from a random teacher network with noise σ = 0.1 (β = 100). Before any
-# fit, `sigma.memory` estimates what each structure needs for this model and compares it with
+# fit, each structure estimates what it needs for this model and compares it with
 # 80% of the memory available now; `full` is refused with an error naming the structures that
 # fit.
 
 # %%
 big = sigma.mlp(784, (hidden_big, hidden_big), 10, activation="relu", dtype="float32", seed=seed)
 estimates = {
-    name: memory.estimate(
-        STRUCTURES[name](**options.get(name, {})),
+    name: structures.estimate(
+        structures.get(name).from_options(options.get(name)),
         big,
         n_data=n_synthetic,
         n_outputs=10,

@@ -22,7 +22,10 @@ def make_mlp(n_in=3, hidden=(5, 4), n_out=2, dtype="float64", seed=0, activation
 def make_linear(n_in=3, n_out=2, dtype="float64", seed=0, use_bias=True):
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
-        [keras.Input((n_in,), dtype=dtype), keras.layers.Dense(n_out, use_bias=use_bias, dtype=dtype)]
+        [
+            keras.Input((n_in,), dtype=dtype),
+            keras.layers.Dense(n_out, use_bias=use_bias, dtype=dtype),
+        ]
     )
 
 

@@ -51,9 +51,14 @@ def test_hessian_is_of_summed_error_not_keras_mean_loss(mlp64, data):
     with tf.GradientTape() as outer:
         with tf.GradientTape() as inner:
             loss = mse(y, mlp64(x))
-        g = tf.concat([tf.reshape(t, [-1]) for t in inner.gradient(loss, mlp64.trainable_variables)], 0)
+        g = tf.concat(
+            [tf.reshape(t, [-1]) for t in inner.gradient(loss, mlp64.trainable_variables)], 0
+        )
     hm = np.concatenate(
-        [tf.reshape(t, (g.shape[0], -1)).numpy() for t in outer.jacobian(g, mlp64.trainable_variables)],
+        [
+            tf.reshape(t, (g.shape[0], -1)).numpy()
+            for t in outer.jacobian(g, mlp64.trainable_variables)
+        ],
         axis=1,
     )
     np.testing.assert_allclose(hm, 2.0 / y.size * h, rtol=1e-8, atol=1e-12)
@@ -62,7 +67,9 @@ def test_hessian_is_of_summed_error_not_keras_mean_loss(mlp64, data):
 def test_hessian_equals_gauss_newton_for_linear_model(data):
     x, y = data
     model = make_linear()
-    np.testing.assert_allclose(sigma.hessian(model, x, y), sigma.gauss_newton(model, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        sigma.hessian(model, x, y), sigma.gauss_newton(model, x), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_gauss_newton_differs_from_hessian_for_nonlinear_model(mlp64, data):
@@ -80,7 +87,9 @@ def test_output_jacobian_matches_per_sample_loop(mlp64, data):
         for k in range(2):
             with tf.GradientTape() as tape:
                 out = mlp64(x[n : n + 1], training=False)[0, k]
-            ref = np.concatenate([g.numpy().ravel() for g in tape.gradient(out, mlp64.trainable_variables)])
+            ref = np.concatenate(
+                [g.numpy().ravel() for g in tape.gradient(out, mlp64.trainable_variables)]
+            )
             np.testing.assert_allclose(j[n, k], ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(sigma.output_jacobian(mlp64, x, batch_size=5), j)
 
@@ -89,7 +98,9 @@ def test_gauss_newton_is_sum_of_jacobian_products(mlp64, data):
     x, _ = data
     j = sigma.output_jacobian(mlp64, x)
     ref = sum(j[n].T @ j[n] for n in range(len(x)))
-    np.testing.assert_allclose(sigma.gauss_newton(mlp64, x, batch_size=4), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        sigma.gauss_newton(mlp64, x, batch_size=4), ref, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_weight_order_is_trainable_variables_flattened_row_major(mlp64):
@@ -116,7 +127,9 @@ def test_precision_is_kept(dtype, data):
 def test_functional_and_subclassed_models_work(data):
     x, y = data
     inp = keras.Input((3,), dtype="float64")
-    out = keras.layers.Dense(2, dtype="float64")(keras.layers.Dense(4, activation="tanh", dtype="float64")(inp))
+    out = keras.layers.Dense(2, dtype="float64")(
+        keras.layers.Dense(4, activation="tanh", dtype="float64")(inp)
+    )
     functional = keras.Model(inp, out)
 
     class Sub(keras.Model):
@@ -131,4 +144,6 @@ def test_functional_and_subclassed_models_work(data):
     sub = Sub()
     sub(x[:1])
     sigma.set_flat_weights(sub, flat_weights(functional))
-    np.testing.assert_allclose(sigma.hessian(sub, x, y), sigma.hessian(functional, x, y), rtol=1e-12)
+    np.testing.assert_allclose(
+        sigma.hessian(sub, x, y), sigma.hessian(functional, x, y), rtol=1e-12
+    )

@@ -7,8 +7,8 @@ from conftest import make_mlp
 from layer_models import model_cases
 
 import sigma
-from sigma.structures import Diag
 from sigma.params import flat_weights, set_flat_weights
+from sigma.structures import Diag
 
 RNG = np.random.default_rng(1)
 X = RNG.normal(size=(12, 3))

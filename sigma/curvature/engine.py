@@ -120,7 +120,10 @@ class Engine:
     def weights(self) -> tf.Tensor:
         """The current weights as one (P,) tensor, read from the variables when the graph runs."""
         return tf.concat(
-            [tf.reshape(tf.convert_to_tensor(v.value), [-1]) for v in self.model.trainable_variables],
+            [
+                tf.reshape(tf.convert_to_tensor(v.value), [-1])
+                for v in self.model.trainable_variables
+            ],
             axis=0,
         )
 
@@ -287,7 +290,13 @@ class Engine:
         return int(round(float(count))), float(e_d), per_output
 
     def dense(
-        self, data, likelihood, curvature: str, *, strategy=None, progress=False,
+        self,
+        data,
+        likelihood,
+        curvature: str,
+        *,
+        strategy=None,
+        progress=False,
         row_chunk: int = ROW_CHUNK,
     ) -> np.ndarray:
         """The (P, P) curvature summed over ``data`` (batches ``(x,)`` for "ggn", ``(x, y)`` for
@@ -314,7 +323,14 @@ class Engine:
         return _symmetric(h)
 
     def products(
-        self, data, likelihood, curvature: str, *, route="auto", strategy=None, cache=False,
+        self,
+        data,
+        likelihood,
+        curvature: str,
+        *,
+        route="auto",
+        strategy=None,
+        cache=False,
         progress=False,
     ):
         """The product V ↦ C V (V (P, m) or (P,)) summed over ``data``, as a reusable function.

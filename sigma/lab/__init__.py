@@ -12,6 +12,7 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 * :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
 """
 
+from sigma.lab import compare, data, models, plots, scans, seed
 from sigma.lab.data import IRIS_CLASSES, digits_split, iris_split, one_hot, teacher_regression
 from sigma.lab.models import mlp, reinitialised_copy, small_cnn, train
 from sigma.lab.scans import alpha_scan, beta_scan
@@ -20,6 +21,12 @@ from sigma.lab.seed import mean_loss_hessian_diag, seed_sigma, summed_beta
 __all__ = [
     "IRIS_CLASSES",
     "alpha_scan",
+    "compare",
+    "data",
+    "models",
+    "plots",
+    "scans",
+    "seed",
     "beta_scan",
     "digits_split",
     "iris_split",

@@ -11,7 +11,9 @@ def one_hot(labels, num_classes: int | None = None) -> np.ndarray:
     """Integer labels (N,) → one-hot float64 (N, C)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape}, dtype {labels.dtype}")
+        raise ValueError(
+            f"labels must be a 1-D integer array, got shape {labels.shape}, dtype {labels.dtype}"
+        )
     if labels.size and labels.min() < 0:
         raise ValueError("labels must be non-negative integers")
     c = int(labels.max()) + 1 if num_classes is None else int(num_classes)
@@ -30,7 +32,11 @@ def iris_split(test_size: float = 0.33, seed: int = 0, *, one_hot_targets: bool 
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
     data = load_iris()
     x_train, x_test, t_train, t_test = train_test_split(
-        data["data"], data["target"], test_size=test_size, random_state=seed, stratify=data["target"]
+        data["data"],
+        data["target"],
+        test_size=test_size,
+        random_state=seed,
+        stratify=data["target"],
     )
     if one_hot_targets:
         t_train, t_test = one_hot(t_train, 3), one_hot(t_test, 3)

@@ -20,7 +20,9 @@ def prediction_bands(mean, std, targets, *, names=None, order=None, n_std: float
     for i, ax in enumerate(axes[0]):
         idx = np.lexsort((mean[:, i], targets[:, i])) if order is None else np.asarray(order)
         m, s = mean[idx, i], std[idx, i]
-        ax.fill_between(pos, m - n_std * s, m + n_std * s, color="C0", alpha=0.25, label=f"±{n_std:g}σ")
+        ax.fill_between(
+            pos, m - n_std * s, m + n_std * s, color="C0", alpha=0.25, label=f"±{n_std:g}σ"
+        )
         ax.plot(pos, m, "o-", color="C0", ms=3, lw=1, label="prediction")
         ax.plot(pos, targets[idx, i], "k.", ms=5, label="target")
         inside = np.mean(np.abs(targets[:, i] - mean[:, i]) <= n_std * std[:, i])

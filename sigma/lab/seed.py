@@ -50,6 +50,8 @@ def seed_sigma(
 
 def summed_beta(beta_mean_loss: float, n_data: int, n_outputs: int) -> float:
     """The β of the summed-error convention equivalent to the original's mean-loss β: 2β/(N K)."""
-    return 2.0 * check_precision(beta_mean_loss, "beta_mean_loss", allow_zero=False) / (
-        n_data * n_outputs
+    return (
+        2.0
+        * check_precision(beta_mean_loss, "beta_mean_loss", allow_zero=False)
+        / (n_data * n_outputs)
     )

@@ -104,7 +104,9 @@ class Full(Eigenbasis):
             b, k, p = j.shape
             with one_blas_thread():
                 z = scipy.linalg.solve_triangular(
-                    factor, j.reshape(b * k, p).T.astype(np.float64), lower=True,
+                    factor,
+                    j.reshape(b * k, p).T.astype(np.float64),
+                    lower=True,
                     check_finite=False,
                 )
             yield z.T.reshape(b, k, p)
@@ -113,14 +115,20 @@ class Full(Eigenbasis):
         if self._eig is not None:
             return super().predictive_variance(model, x, alpha, beta, batch_size=batch_size)
         return np.concatenate(
-            [np.einsum("nkp,nkp->nk", z, z) for z in self._whitened(model, x, alpha, beta, batch_size)]
+            [
+                np.einsum("nkp,nkp->nk", z, z)
+                for z in self._whitened(model, x, alpha, beta, batch_size)
+            ]
         )
 
     def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
         if self._eig is not None:
             return super().predictive_covariance(model, x, alpha, beta, batch_size=batch_size)
         return np.concatenate(
-            [np.einsum("nkp,njp->nkj", z, z) for z in self._whitened(model, x, alpha, beta, batch_size)]
+            [
+                np.einsum("nkp,njp->nkj", z, z)
+                for z in self._whitened(model, x, alpha, beta, batch_size)
+            ]
         )
 
     # -- capabilities ---------------------------------------------------------------------------

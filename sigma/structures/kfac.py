@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sigma._linalg import eigh
 from sigma.curvature.layers import Captured
 from sigma.memory import activation_elements, kernel_blocks
-from sigma._linalg import eigh
 from sigma.structures.layerwise import Layerwise, layer_batch_size
 
 

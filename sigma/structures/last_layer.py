@@ -30,11 +30,11 @@ import tensorflow as tf
 
 from sigma import likelihoods
 from sigma._checks import check_inputs
+from sigma._linalg import eigh
 from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
 from sigma.curvature.engine import _spec_key, engine, flat_outputs
 from sigma.memory import activation_elements, last_dense_size
 from sigma.structures.base import Eigenbasis
-from sigma._linalg import eigh
 
 
 def final_dense(model) -> keras.layers.Dense:
@@ -227,7 +227,9 @@ def _layer_weights(layer):
     """(kernel (D, K), bias (K,) or None) of a Dense layer as float64 tensors, read from its
     variables when the graph runs."""
     kernel = tf.cast(tf.convert_to_tensor(layer.kernel.value), tf.float64)
-    bias = None if layer.bias is None else tf.cast(tf.convert_to_tensor(layer.bias.value), tf.float64)
+    bias = (
+        None if layer.bias is None else tf.cast(tf.convert_to_tensor(layer.bias.value), tf.float64)
+    )
     return kernel, bias
 
 

@@ -16,7 +16,13 @@ import tensorflow as tf
 
 from sigma import likelihoods
 from sigma._checks import check_inputs, model_dtype
-from sigma.curvature.accumulate import ArrayBatches, as_batches, first_samples, is_dataset
+from sigma.curvature.accumulate import (
+    ArrayBatches,
+    as_batches,
+    batch_size_for,
+    first_samples,
+    is_dataset,
+)
 from sigma.curvature.engine import engine
 from sigma.curvature.layers import (
     LAYER_BUDGET,
@@ -27,7 +33,6 @@ from sigma.curvature.layers import (
     plan_for,
     with_pfor_fallback,
 )
-from sigma.curvature.accumulate import batch_size_for
 from sigma.structures.base import Structure
 
 

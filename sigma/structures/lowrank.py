@@ -121,7 +121,9 @@ def block_lanczos(
             null_rest = fresh and np.abs(diag[-1]).max() <= tiny and kept == 0
             # Directions replaced by fresh ones: an invariant subspace was reached, and copies
             # of repeated eigenvalues may lie outside it — continue unless the rest is null.
-            if len(idx) == k and (null_rest or (kept == r.shape[0] and np.all(residuals <= tol * scale))):
+            if len(idx) == k and (
+                null_rest or (kept == r.shape[0] and np.all(residuals <= tol * scale))
+            ):
                 converged = True
                 break
             fresh = kept == 0
@@ -227,7 +229,9 @@ class LowRank(Structure):
             raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
         self.rank, self.tol, self.seed = int(rank), tol, int(seed)
         self.block = None if block is None else check_positive_int(block, "block")
-        self.max_passes = None if max_passes is None else check_positive_int(max_passes, "max_passes")
+        self.max_passes = (
+            None if max_passes is None else check_positive_int(max_passes, "max_passes")
+        )
         self.predictive = predictive
 
     def _block_size(self, p):
@@ -263,9 +267,7 @@ class LowRank(Structure):
             )
             if curvature == "hessian" and len(data.element_spec) < 2:
                 raise ValueError("curvature='hessian' needs the targets y")
-            products = eng.products(
-                data, likelihood, curvature, strategy=strategy, progress=False
-            )
+            products = eng.products(data, likelihood, curvature, strategy=strategy, progress=False)
             self._eig, self._vecs, self.info = block_lanczos(
                 products,
                 p,
@@ -312,7 +314,9 @@ class LowRank(Structure):
                 curvature=curvature,
             )  # fmt: skip
         b = self._block_size(p)
-        passes = -(-min(p, max(4 * r, r + 60)) // b) + 2 if self.max_passes is None else self.max_passes
+        passes = (
+            -(-min(p, max(4 * r, r + 60)) // b) + 2 if self.max_passes is None else self.max_passes
+        )
         steps = min(p, passes * b)
         item = itemsize(model)
         act = activation_elements(model)
@@ -353,7 +357,9 @@ class LowRank(Structure):
                     gram = contract(plan, capture(model, plan, xb), ones, covariance=True)
                     w = eng.weights()
                     ju = tf.vectorized_map(lambda ui: jvp(w, xb, ui), tf.transpose(u))
-                    return tf.cast(gram, tf.float64), tf.cast(tf.transpose(ju, (1, 2, 0)), tf.float64)
+                    return tf.cast(gram, tf.float64), tf.cast(
+                        tf.transpose(ju, (1, 2, 0)), tf.float64
+                    )
 
                 return proj
 
@@ -424,4 +430,3 @@ class LowRank(Structure):
             cov = np.einsum("bkr,r,blr->bkl", ju, inv, ju)
             out.append(cov + (resid / alpha if resid.any() else 0))
         return np.concatenate(out)
-
