@@ -33,4 +33,25 @@ def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 
         execution_timeout=timeout,
         progress_bar=False,
     )
-    return nbformat.read(out, as_version=4)
+    nb = nbformat.read(out, as_version=4)
+    assert_no_retracing(nb)
+    return nb
+
+
+def outputs_text(nb) -> str:
+    """Every text output of the executed notebook's code cells (streams, results, errors)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            parts.append(out.get("text", ""))
+            parts.extend(str(v) for k, v in out.get("data", {}).items() if k == "text/plain")
+    return "".join(parts)
+
+
+def assert_no_retracing(nb) -> None:
+    """TensorFlow warns when a tf.function is traced again and again ("triggered tf.function
+    retracing"): sigma traces each graph once per model, so no notebook may show it."""
+    text = outputs_text(nb)
+    assert "retracing" not in text, text[
+        text.find("retracing") - 300 : text.find("retracing") + 100
+    ]

@@ -1,0 +1,180 @@
+"""The package's layering: an import graph without cycles, the core below the notebook helpers
+and the sweep machinery, and graphs traced once per model however many Laplace objects use it."""
+
+import ast
+import json
+import logging
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+
+import sigma
+from sigma.curvature import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "sigma"
+
+
+def _modules() -> list[str]:
+    return sorted(
+        m.name
+        for m in pkgutil.walk_packages([str(PACKAGE)], prefix="sigma.")
+        if "__main__" not in m.name
+    )
+
+
+def _imports(module: str) -> set[str]:
+    """The sigma modules ``module`` imports at import time (module level, not in functions)."""
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in tree.body:  # module level only: lazy imports inside functions are not edges
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("sigma")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
+                )
+            if base.startswith("sigma"):
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}
+    known = set(_modules()) | {"sigma"}
+    return {m for m in found if m in known and m != module}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {m: _imports(m) for m in _modules()}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ("lab", "sweep") else "core"
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        if state.get(node) == 1:
+            cycle = path[path.index(node) :] + [node]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, path + [node])
+        state[node] = 2
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_layers_point_one_way():
+    """core ← lab; the sweep machinery imports neither (and the core neither of them)."""
+    allowed = {"core": {"core"}, "lab": {"core", "lab"}, "sweep": {"sweep"}}
+    bad = [
+        f"{m} imports {d}"
+        for m, deps in _graph().items()
+        for d in deps
+        if d != "sigma" and _layer(d) not in allowed[_layer(m)]
+    ]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_module_imports_in_a_fresh_interpreter_in_random_order(seed):
+    modules = _modules()
+    np.random.default_rng(seed).shuffle(modules)
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_import_sigma_does_not_import_the_sweep_machinery():
+    code = (
+        "import json, sys, sigma\nsigma.Laplace\nimport sigma.lab\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('sigma.sweep'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def _tracing_counts(model) -> dict:
+    """How many times each traced function in the model's engine has been traced."""
+    counts = {}
+    for key, fn in engine(model).store.items():
+        get = getattr(fn, "experimental_get_tracing_count", None)
+        if get is not None:
+            counts[key] = get()
+    return counts
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "lowrank", "last_layer"])
+def test_a_beta_scan_of_ten_laplace_objects_traces_once(rng, structure):
+    model = make_mlp(hidden=(8, 6))  # P = 100
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 2))
+    kw = dict(structure=structure, alpha=1.0)
+    if structure == "lowrank":
+        kw["structure_options"] = {"rank": 5}
+    sigma.Laplace(model, x, y, **kw).predict(x[:7])  # the first: every graph traced here
+    before = _tracing_counts(model)
+    assert before and all(n == 1 for n in before.values()), before
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for beta in np.geomspace(0.1, 10.0, 10):
+            la = sigma.Laplace(model, x, y, beta=float(beta), **kw)
+            la.predict(x[:7])
+            la.predict(x[:3])  # another batch size: the same graph
+            la.log_evidence()
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert _tracing_counts(model) == before
+    assert not [m for m in messages if "retracing" in m]
+
+
+def test_graphs_follow_the_weights_without_tracing_again(rng, mlp64):
+    """The graphs read the variables when they run: after more training a new Laplace sees the
+    new weights (the same σ as a fresh model with those weights) and nothing is traced."""
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 2))
+    sigma.Laplace(mlp64, x, y).predict(x)
+    before = _tracing_counts(mlp64)
+    w = sigma.flat_weights(mlp64) * 1.5
+    sigma.set_flat_weights(mlp64, w)
+    moved = sigma.Laplace(mlp64, x, y).predict(x)[1]
+    assert _tracing_counts(mlp64) == before
+    fresh = make_mlp(hidden=(5, 4))
+    sigma.set_flat_weights(fresh, w)
+    np.testing.assert_allclose(moved, sigma.Laplace(fresh, x, y).predict(x)[1], rtol=1e-12)
+
+
+def test_a_changed_set_of_variables_gets_a_new_engine(rng, mlp64):
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
+    first = engine(mlp64)
+    assert engine(mlp64) is first
+    mlp64.layers[0].trainable = False
+    second = engine(mlp64)
+    assert second is not first and second.n_params == sigma.num_params(mlp64) == 54 - 20
+    assert sigma.Laplace(mlp64, x, y).n_params == 34
