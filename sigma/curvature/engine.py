@@ -45,6 +45,7 @@ from sigma.params import num_params
 
 ZERO = tf.UnconnectedGradients.ZERO
 ROW_CHUNK = 128  # columns of H per product when the dense Hessian is accumulated
+JACOBIAN_ROUTE = 2**18  # GGN products through per-sample Jacobians up to this K·P
 
 
 def engine(model) -> Engine:
@@ -342,11 +343,11 @@ class Engine:
         """
         lik = _likelihoods.get(likelihood)
         p = self.n_params
-        if curvature == "hessian":
+        if curvature == "hessian" or route == "hessian":
             body, key = self._hessian_product_body(lik), ("hessian_product", lik.name)
         else:
             if route == "auto":
-                route = "jacobian" if self._k_max() * p <= 2**18 else "matrix_free"
+                route = "jacobian" if self._k_max() * p <= JACOBIAN_ROUTE else "matrix_free"
             body, key = self._ggn_product_body(lik, route), ("ggn_product", lik.name, route)
         acc = self.accumulator(
             key,
@@ -368,6 +369,13 @@ class Engine:
         product.accumulator = acc
         product.route = route if curvature == "ggn" else "hessian"
         return product
+
+    def product_route(self, x, curvature: str) -> str:
+        """The route :meth:`products` takes for inputs like x: "jacobian" when K·P is small
+        (GGN), else "matrix_free" (the Hessian: "hessian")."""
+        if curvature == "hessian":
+            return "hessian"
+        return "jacobian" if self.n_outputs(x) * self.n_params <= JACOBIAN_ROUTE else "matrix_free"
 
     def output_blocks(self, x, *, batch_size=None) -> np.ndarray:
         """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P) float64 (Σ_k C_k = G)."""

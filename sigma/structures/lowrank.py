@@ -258,8 +258,11 @@ class LowRank(Structure):
                 tol = 1e-8 if eng.dtype == "float64" else 1e-5
             b = self._block_size(p)
             n = 1 if is_dataset(x) else len(x)
-            kk = eng.n_outputs(first_samples(x, 1))
-            per_sample = max(4 * (b + 1) * activation_elements(model), 2 * kk * p)
+            route = eng.product_route(first_samples(x, 1), curvature)
+            if route == "jacobian":  # per sample: its (K, P) Jacobian and Lᵀ J
+                per_sample = 2 * eng.n_outputs(first_samples(x, 1)) * p
+            else:  # per sample: the activations of b tangents, forward and backward
+                per_sample = 4 * (b + 1) * activation_elements(model)
             data = as_batches(
                 x,
                 y if curvature == "hessian" else None,
@@ -267,7 +270,9 @@ class LowRank(Structure):
             )
             if curvature == "hessian" and len(data.element_spec) < 2:
                 raise ValueError("curvature='hessian' needs the targets y")
-            products = eng.products(data, likelihood, curvature, strategy=strategy, progress=False)
+            products = eng.products(
+                data, likelihood, curvature, route=route, strategy=strategy, progress=False
+            )
             self._eig, self._vecs, self.info = block_lanczos(
                 products,
                 p,
