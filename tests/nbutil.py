@@ -6,6 +6,8 @@ import jupytext
 import nbformat
 import papermill
 
+from sigma.sweep.run import record_executed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,12 @@ def declared_parameters(source: Path, tmp_path: Path) -> dict:
 
 
 def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 300):
-    """Execute with papermill from the repo root; returns the executed notebook."""
+    """Execute with papermill from the repo root; returns the executed notebook.
+
+    If ``metrics_path`` is given, the metrics the notebook saved there are completed into the
+    full ``metrics.json`` record, as the sweep runner does (parameters from papermill, versions,
+    git state: ``sigma.sweep.run.record_executed``).
+    """
     src = to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")
     out = tmp_path / f"{source.stem}.out.ipynb"
     papermill.execute_notebook(
@@ -33,4 +40,7 @@ def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 
         execution_timeout=timeout,
         progress_bar=False,
     )
-    return nbformat.read(out, as_version=4)
+    executed = nbformat.read(out, as_version=4)
+    if parameters.get("metrics_path"):
+        record_executed(parameters["metrics_path"], jupytext.read(source), executed, source.name)
+    return executed
