@@ -224,15 +224,18 @@ def _sweep_section(sweep: Path, link, skipped: list) -> str:
                 f'<p class="bad">These runs used {len(versions)} versions of the notebook (column '
                 "“notebook”): rerun the sweep to bring them all to the current one.</p>"
             )
-        columns = varying + table.attrs["metrics"] + ["wall_time_s"]
+        groups = _metric_groups(table.attrs["metrics"])
         body = []
         for _, row in table.iterrows():
             page = _first_html(sweep / row["run"])
             first = link(page, row["run"]) if page else html.escape(row["run"])
             sha = row["notebook_sha256"]
             version = f"<code>{html.escape(sha[:12])}</code>" if isinstance(sha, str) else "?"
-            body.append([first, *(_fmt(row[c]) for c in columns), version])
-        parts.append(_table(["run", *columns, "notebook"], body))
+            metrics = [" · ".join(_fmt(row[c]) for c in cols) for cols in groups.values()]
+            body.append([first, *(_fmt(row[c]) for c in varying), version,
+                         _fmt(row["wall_time_s"]), *metrics])  # fmt: skip
+        header = ["run", *varying, "notebook", "wall_time_s", *groups]
+        parts.append(_table(header, body))
     if len(failures):
         body = []
         for _, row in failures.iterrows():
@@ -251,8 +254,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; c
 .scroll {{ overflow-x: auto; margin: 0.5em 0 1.5em; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; }}
-th {{ background: #f4f4f4; white-space: nowrap; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+th {{ background: #f4f4f4; vertical-align: bottom; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
 .bad {{ color: #b00; }} .meta {{ color: #666; font-size: 0.9em; }}
 </style></head>
 <body><h1>sigma reports</h1>
@@ -262,14 +265,33 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 """
 
 
+def _metric_groups(metrics: list[str]) -> dict[str, list[str]]:
+    """Columns by metric: a list recorded per output (``sigma.0``, ``sigma.1``...) is one."""
+    groups: dict[str, list[str]] = {}
+    for name in metrics:
+        base, _, index = name.rpartition(".")
+        groups.setdefault(base if base and index.isdigit() else name, []).append(name)
+    return groups
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{_breakable(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
+def _breakable(name: str) -> str:
+    """A column name that may break after "_" and "." (long metric names)."""
+    return _BREAK.sub(r"\1<wbr>", html.escape(name))
+
+
+_BREAK = re.compile(r"([_.])")
+_NUMBER = r"-?[\d.]+(e[-+]\d+)?"
+_NUMBERS = re.compile(rf"{_NUMBER}( · {_NUMBER})*")  # a number, or one per output
+
+
 def _td(cell: str) -> str:
-    numeric = re.fullmatch(r"-?[\d.]+(e[-+]\d+)?", cell or "") is not None
+    numeric = _NUMBERS.fullmatch(cell or "") is not None
     return f'<td class="num">{cell}</td>' if numeric else f"<td>{cell}</td>"
 
 
