@@ -74,7 +74,8 @@ def test_an_output_folder_that_is_a_file_cannot_run(tmp_path, capsys):
     for argv in (["grid", str(grid), "--out", str(out)], ["run", str(PLAIN), "--out", str(out)]):
         assert cli.main(argv) == cli.CANNOT_RUN
         err = capsys.readouterr().err
-        assert err.startswith("error: cannot write in the output folder ") and str(out) in err
+        assert err.startswith("error: cannot create the output folder ")
+        assert err.rstrip().endswith(f"{out} is a file")
         assert "Traceback" not in err
     assert out.read_text() == "not a folder"
 
@@ -96,20 +97,25 @@ def test_a_read_only_output_folder_cannot_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o555)  # read-only
+    commands = [["grid", str(grid), "--out", str(out)], ["run", str(PLAIN), "--out", str(out)]]
+    code = (  # both commands in one interpreter: one start-up
+        "import sys\nfrom sigma.sweep.cli import main\n"
+        f"for argv in {commands!r}:\n"
+        "    code = main(argv)\n    print(code, file=sys.stderr)\n"
+    )
     try:
-        for argv in (
-            ["grid", str(grid), "--out", str(out)],
-            ["run", str(PLAIN), "--out", str(out)],
-        ):
-            proc = subprocess.run(
-                [*_without_root_override(), sys.executable, "-m", "sigma.sweep", *argv],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            )
-            assert proc.returncode == cli.CANNOT_RUN, proc.stderr
-            assert "error: cannot write in the output folder " in proc.stderr, proc.stderr
-            assert "Permission denied" in proc.stderr and "Traceback" not in proc.stderr
-        assert list(out.iterdir()) == []
+        proc = subprocess.run(
+            [*_without_root_override(), sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
     finally:
         out.chmod(0o755)
+    lines = proc.stderr.splitlines()
+    assert lines[1::2] == [str(cli.CANNOT_RUN)] * 2, proc.stderr
+    assert lines[::2] == [
+        f"error: cannot create the output folder {out / 'tiny_plain'}: Permission denied",
+        f"error: cannot write in the output folder {out}: Permission denied",
+    ]
+    assert list(out.iterdir()) == []

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sigma.sweep.grid import Grid, load_grid, run_name
+from sigma.sweep.notebook import notebook_sha256, read_notebook
 from sigma.sweep.records import METRICS_PARAMETER, TMP_DIR
 from sigma.sweep.run import (
     RunResult,
@@ -111,13 +112,14 @@ def run_sweep(
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e12
     ):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    import nbformat
+
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
     sweep_dir = prepare_output(Path(out) / grid.name)
-    sha256 = grid.notebook_sha256()
-    import nbformat
-
-    notebook_json = nbformat.writes(grid.source)
+    source = grid.source if grid.source is not None else read_notebook(grid.notebook)
+    sha256 = notebook_sha256(source)
+    notebook_json = nbformat.writes(source)
     specs = [
         RunSpec(
             name=run_name(p),
@@ -139,10 +141,10 @@ def run_sweep(
         todo = [s for s in specs if states[s.name] != "finished"]
         stale = sum(states[s.name] == "stale" for s in todo)
         engine = f"Dask scheduler {scheduler}" if scheduler else f"{_workers(workers)} processes"
+        changed = f" ({stale} of them for a changed notebook)" if stale else ""
         _log(
             f"{grid.name}: {len(specs)} runs, {len(specs) - len(todo)} finished before, "
-            f"{len(todo)} to run ({stale} of them for a changed notebook) on {engine} "
-            f"→ {sweep_dir}",
+            f"{len(todo)} to run{changed} on {engine} → {sweep_dir}",
             progress,
         )
         names = {s.name for s in todo}
@@ -153,7 +155,8 @@ def run_sweep(
                 results += _run_all(todo, workers, scheduler, grid.name, progress)
             except KeyboardInterrupt:
                 _ignore_sigint()  # until the clean-up is done: a second Ctrl-C cannot cut it short
-                shutil.rmtree(sweep_dir / TMP_DIR, ignore_errors=True)
+                if not scheduler:  # runs already started on a cluster may still be writing there
+                    shutil.rmtree(sweep_dir / TMP_DIR, ignore_errors=True)
                 finished = sum(is_finished(sweep_dir / s.name, s.stem, sha256) for s in specs)
                 raise SweepInterrupted(
                     sweep_dir, len(specs), finished, len(specs) - len(todo), bool(scheduler)
@@ -169,18 +172,26 @@ def run_sweep(
 def prepare_output(sweep_dir) -> Path:
     """Create the sweep folder and check that files can be written in it (absolute path).
 
-    Raises :class:`CannotRun` naming the folder: not a folder, read-only, no permission.
+    Raises :class:`CannotRun` naming the folder and why: a file in the way, read-only, no
+    permission, no space.
     """
     sweep_dir = Path(sweep_dir).resolve()
-    probe = sweep_dir / f".write-test.{os.getpid()}"
+    existing = next(p for p in (sweep_dir, *sweep_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise CannotRun(f"cannot create the output folder {sweep_dir}: {existing} is a file")
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CannotRun(
+            f"cannot create the output folder {sweep_dir}: {exc.strerror or exc}"
+        ) from None
+    probe = sweep_dir / f".write-test.{os.getpid()}"
+    try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise CannotRun(
             f"cannot write in the output folder {sweep_dir}: {exc.strerror or exc}"
-            + (f" ({exc.filename})" if exc.filename and Path(exc.filename) != probe else "")
         ) from None
     return sweep_dir
 

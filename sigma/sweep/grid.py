@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sigma.sweep.notebook import notebook_sha256, read_notebook
+from sigma.sweep.notebook import read_notebook
 from sigma.sweep.records import METRICS_PARAMETER
 
 TYPES = ("float", "int", "str", "bool")
@@ -224,12 +224,6 @@ class Grid:
             dict(zip(keys, combo, strict=True))
             for combo in itertools.product(*self.parameters.values())
         ]
-
-    def notebook_sha256(self) -> str:
-        """The hash of the notebook's source (:func:`sigma.sweep.notebook.notebook_sha256`)."""
-        return notebook_sha256(
-            self.source if self.source is not None else read_notebook(self.notebook)
-        )
 
     def defaults(self) -> dict:
         """Every declared parameter's default, less ``metrics_path`` (:func:`default_values`)."""
