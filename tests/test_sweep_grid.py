@@ -4,6 +4,8 @@ refused (naming the key and what was expected) before anything runs."""
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sweeputil import METRICS, PLAIN, ROOT, write_grid
 
 from sigma.sweep import engine
@@ -187,3 +189,28 @@ def test_the_single_value_hint_is_given_only_where_it_is_right(tmp_path, values,
         assert "for a single value" not in str(info.value)
     else:
         assert str(info.value).endswith(hint)
+
+
+# -- run names identify their values ------------------------------------------------------------
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_a_float_in_a_run_name_reads_back_as_itself(value):
+    assert float(grids.format_value(value)) == value
+
+
+SAME_TYPE_PAIRS = st.one_of(
+    st.tuples(st.floats(allow_nan=False), st.floats(allow_nan=False)),
+    st.tuples(st.integers(), st.integers()),
+    st.tuples(st.booleans(), st.booleans()),
+    st.tuples(st.from_regex(r"[a-z][a-z0-9._+-]{0,8}", fullmatch=True),
+              st.from_regex(r"[a-z][a-z0-9._+-]{0,8}", fullmatch=True)),
+)  # fmt: skip
+
+
+@given(st.dictionaries(st.sampled_from(["beta", "epochs", "label"]), SAME_TYPE_PAIRS, min_size=1))
+def test_two_points_share_a_run_name_only_if_they_are_the_same(pairs):
+    a = {k: v[0] for k, v in pairs.items()}
+    b = {k: v[1] for k, v in pairs.items()}
+    same = {k: repr(v) for k, v in a.items()} == {k: repr(v) for k, v in b.items()}
+    assert (grids.run_name(a) == grids.run_name(b)) == same
