@@ -214,6 +214,7 @@ def test_index_skips_unreadable_files_with_a_visible_note(tmp_path, capsys):
     index = report.write_index(out)
     text = index.path.read_text()
     assert "Skipped files" in text and "1 finished run(s), 0 failed" in text and "0.75" in text
+    assert "5 record(s) of this sweep could not be read" in text  # said where the runs are
     skipped = {p.relative_to(out).as_posix(): why for p, why in index.skipped}
     index_bad = {k: v for k, v in bad.items() if not k.endswith("01_x.ipynb")}  # not read
     assert set(skipped) == set(index_bad)

@@ -187,7 +187,7 @@ def write_index(out="reports") -> Written:
         parts.append("<h2>Other pages</h2>")
         parts.append(_table(["page"], [[link(p, p.relative_to(out).as_posix())] for p in others]))
     if skipped:
-        parts.append('<h2 class="bad">Skipped files</h2>')
+        parts.append('<h2 class="bad" id="skipped">Skipped files</h2>')
         parts.append("<p>These files could not be read and were left out above:</p>")
         parts.append(
             _table(
@@ -207,11 +207,17 @@ def write_index(out="reports") -> Written:
 
 def _sweep_section(sweep: Path, link, skipped: list) -> str:
     table, failures = load_sweep(sweep), load_failures(sweep)
-    skipped += table.attrs["skipped"] + failures.attrs["skipped"]
+    unreadable = table.attrs["skipped"] + failures.attrs["skipped"]
+    skipped += unreadable
     parts = [
         f"<h3>{html.escape(sweep.name)}</h3><p>{len(table)} finished run(s), "
         f"{len(failures)} failed, in <code>{html.escape(str(sweep))}</code></p>"
     ]
+    if unreadable:
+        parts.append(
+            f'<p class="bad">{len(unreadable)} record(s) of this sweep could not be read and '
+            'are left out: see <a href="#skipped">Skipped files</a>.</p>'
+        )
     if len(table):
         params = table.attrs["parameters"]
         varying = [c for c in params if table[c].astype(str).nunique() > 1]
