@@ -37,7 +37,7 @@ _EXPORTS = {
 _SUBMODULES = {
     "classification", "compare", "curvature", "data", "diag", "distribute", "evidence", "kfac",
     "laplace", "last_layer", "layers", "likelihoods", "lowrank", "memory", "metrics", "models",
-    "params", "plots", "runs", "seed", "structures", "sweep",
+    "params", "plots", "reports", "runs", "seed", "structures", "sweep", "sweep_plots",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

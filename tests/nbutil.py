@@ -1,5 +1,6 @@
 """Run a jupytext notebook through papermill in a test (the notebook tier)."""
 
+import functools
 from pathlib import Path
 
 import jupytext
@@ -22,13 +23,24 @@ def declared_parameters(source: Path, tmp_path: Path) -> dict:
     return papermill.inspect_notebook(str(to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")))
 
 
-def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 300):
-    """Execute with papermill from the repo root; returns the executed notebook.
+def _completes_the_record(run):
+    """If ``metrics_path`` is given, complete the metrics the notebook saved there into the full
+    ``metrics.json`` record, as the sweep runner does (parameters from papermill, versions, git
+    state: ``sigma.sweep.run.record_executed``)."""
 
-    If ``metrics_path`` is given, the metrics the notebook saved there are completed into the
-    full ``metrics.json`` record, as the sweep runner does (parameters from papermill, versions,
-    git state: ``sigma.sweep.run.record_executed``).
-    """
+    @functools.wraps(run)
+    def run_and_record(source: Path, tmp_path: Path, parameters: dict, *args, **kwargs):
+        nb = run(source, tmp_path, parameters, *args, **kwargs)
+        if parameters.get("metrics_path"):
+            record_executed(parameters["metrics_path"], jupytext.read(source), nb, source.name)
+        return nb
+
+    return run_and_record
+
+
+@_completes_the_record
+def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 300):
+    """Execute with papermill from the repo root; returns the executed notebook."""
     src = to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")
     out = tmp_path / f"{source.stem}.out.ipynb"
     papermill.execute_notebook(
@@ -40,7 +52,4 @@ def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 
         execution_timeout=timeout,
         progress_bar=False,
     )
-    executed = nbformat.read(out, as_version=4)
-    if parameters.get("metrics_path"):
-        record_executed(parameters["metrics_path"], jupytext.read(source), executed, source.name)
-    return executed
+    return nbformat.read(out, as_version=4)
