@@ -35,8 +35,8 @@ test-unit: $(STAMP) ## unit tier only (fast)
 test-notebooks: $(STAMP) ## notebook tier only: papermill with small parameters
 	$(PY) -m pytest -q -m notebook $(PYTEST_ARGS)
 
-run: $(STAMP) ## execute every notebook at its defaults into reports/ and render HTML
-	$(PY) -m sigma.reports run $(NOTEBOOKS) --out $(REPORTS)
+run: $(STAMP) ## execute every notebook at its defaults into reports/ and render HTML (a progress bar per notebook)
+	$(PY) -m sigma.sweep run $(NOTEBOOKS) --out $(REPORTS)
 
 notebooks: $(STAMP) ## (re)generate the paired notebooks/*.ipynb from the .py sources (jupytext --sync)
 	$(PY) -m jupytext --sync $(NOTEBOOKS)
@@ -56,12 +56,12 @@ SWEEP_DIR ?= $(REPORTS)/sweeps/01_original
 .PHONY: sweep report
 
 sweep: $(STAMP) ## run the grid GRID=sweeps/beta_epochs.yaml on WORKERS processes (or SCHEDULER=tcp://host:8786); resumable
-	$(PY) -m sigma.sweep $(GRID) --workers $(WORKERS) --out $(REPORTS)/sweeps $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+	$(PY) -m sigma.sweep grid $(GRID) --workers $(WORKERS) --out $(REPORTS)/sweeps $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 report: sweep ## sweep, then notebooks/03_sweep_report.py, HTML of every executed notebook, reports/index.html
-	$(PY) -m sigma.reports run notebooks/03_sweep_report.py --out $(REPORTS) -p sweep_dir=$(SWEEP_DIR)
-	$(PY) -m sigma.reports render --out $(REPORTS)
-	$(PY) -m sigma.reports index --out $(REPORTS)
+	$(PY) -m sigma.sweep run notebooks/03_sweep_report.py --out $(REPORTS) -p sweep_dir=$(SWEEP_DIR)
+	$(PY) -m sigma.sweep render --out $(REPORTS)
+	$(PY) -m sigma.sweep index --out $(REPORTS)
 
 lint: $(STAMP) ## ruff check then ruff format --check
 	$(PY) -m ruff check sigma tests bench notebooks docs jupyter_config

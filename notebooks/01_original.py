@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 import sigma
-import sigma.runs
+from sigma.sweep.records import save_metrics
 
 started = time.time()
 print("tensorflow", tf.__version__, "| keras", keras.__version__)
@@ -209,18 +209,11 @@ rmse = float(np.sqrt(np.mean((y_test - mean_test) ** 2)))
 print(f"test RMSE {rmse:.4f}; {inside_95:.1%} of test targets within ±1.96σ (GGN)")
 
 # %%
-metrics = sigma.runs.record_metrics(
-    metrics_path,
-    parameters=dict(beta=beta, epochs=epochs, seed=seed, hidden_units=hidden_units,
-                    test_size=test_size, batch_size=batch_size, alpha=alpha,
-                    laplace_beta=laplace_beta),
-    metrics=dict(
-        sigma_seed_trained=seed_trained, sigma_seed_reinitialised=seed_reinit,
-        beta_summed=beta_summed, beta_laplace=beta_fit,
-        sigma_ggn_mean=std_ggn.mean(axis=0), sigma_hessian_mean=std_h.mean(axis=0),
-        log_evidence=laplace_ggn.log_evidence(), gamma=laplace_ggn.gamma,
-        test_rmse=rmse, test_accuracy=test_accuracy, coverage_95=inside_95,
-    ),
-    start=started,
-)
+metrics = save_metrics(metrics_path, dict(
+    sigma_seed_trained=seed_trained, sigma_seed_reinitialised=seed_reinit,
+    beta_summed=beta_summed, beta_laplace=beta_fit,
+    sigma_ggn_mean=std_ggn.mean(axis=0), sigma_hessian_mean=std_h.mean(axis=0),
+    log_evidence=laplace_ggn.log_evidence(), gamma=laplace_ggn.gamma,
+    test_rmse=rmse, test_accuracy=test_accuracy, coverage_95=inside_95,
+))
 print(sorted(metrics))

@@ -46,9 +46,9 @@ import pandas as pd
 import scipy.stats
 
 import sigma
-import sigma.runs
 from sigma import metrics
 from sigma.lab import plots
+from sigma.sweep.records import save_metrics
 
 started = time.time()
 x_train, x_test, y_train, y_test = sigma.iris_split(seed=seed)
@@ -264,21 +264,14 @@ print(f"held-out NLL (sampled) is lowest at α = {table_alpha.loc[table_alpha.nl
 #   because of the common-mode logit variance.
 
 # %%
-record = sigma.runs.record_metrics(
-    metrics_path,
-    parameters=dict(beta_grid=beta_grid, epochs=epochs, seed=seed, hidden_units=hidden_units,
-                    learning_rate=learning_rate, classifier_learning_rate=classifier_learning_rate,
-                    n_samples=n_samples),
-    metrics=dict(
-        alpha=la.alpha, beta=la.beta, gamma=la.gamma, log_evidence=la.log_evidence(),
-        beta_original=beta_original, beta_best_nll=float(best.beta),
-        sigma=std.mean(axis=0), test_error=held_out["rmse"], coverage=held_out["coverage_95"],
-        coverage_68=held_out["coverage_68"], coverage_95=held_out["coverage_95"],
-        nll=held_out["nll"], rmse=held_out["rmse"], mean_sigma=held_out["mean_sigma"],
-        beta_per_output=la_k.beta, nll_per_output_beta=held_out_k["nll"],
-        coverage_95_per_output_beta=held_out_k["coverage_95"],
-        classifier_alpha=la_c.alpha, classifier=table_c.to_dict(orient="index"),
-    ),
-    start=started,
-)
+record = save_metrics(metrics_path, dict(
+    alpha=la.alpha, beta=la.beta, gamma=la.gamma, log_evidence=la.log_evidence(),
+    beta_original=beta_original, beta_best_nll=float(best.beta),
+    sigma=std.mean(axis=0), test_error=held_out["rmse"], coverage=held_out["coverage_95"],
+    coverage_68=held_out["coverage_68"], coverage_95=held_out["coverage_95"],
+    nll=held_out["nll"], rmse=held_out["rmse"], mean_sigma=held_out["mean_sigma"],
+    beta_per_output=la_k.beta, nll_per_output_beta=held_out_k["nll"],
+    coverage_95_per_output_beta=held_out_k["coverage_95"],
+    classifier_alpha=la_c.alpha, classifier=table_c.to_dict(orient="index"),
+))
 print(f"done in {time.time() - started:.0f} s", f"→ {metrics_path}" if metrics_path else "")

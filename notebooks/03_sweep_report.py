@@ -19,14 +19,16 @@
 # * how the held-out error moves with the number of training epochs.
 #
 # Lines are drawn per value of the other parameters of the grid; seeds are averaged, the band
-# showing their spread. The column parameters below name what notebook 01 records; point them
-# elsewhere to report on another notebook's sweep.
+# showing their spread. The column parameters below name what notebook 01 records (the same
+# defaults as `sigma.sweep.plots.COLUMNS`); point them elsewhere to report on another
+# notebook's sweep.
 
 # %%
 import matplotlib.pyplot as plt
 
-from sigma import runs, sweep_plots
 from sigma.lab.data import IRIS_CLASSES
+from sigma.sweep import plots as sweep_plots
+from sigma.sweep.table import load_failures, load_sweep
 
 # %% tags=["parameters"]
 sweep_dir: str = "reports/sweeps/01_original"  # where the runs are (make sweep)
@@ -41,11 +43,22 @@ error_column: str = "test_rmse"  # held-out error
 # ## The runs
 #
 # One row per finished run: its parameters, then what the notebook recorded (σ per output as
-# `<name>.<output>`). An empty table means the sweep has not been run yet: `make sweep`.
+# `<name>.<output>`), and the version (source hash) of the notebook it ran. An empty table
+# means the sweep has not been run yet: `make sweep`.
 
 # %%
-table = runs.load_sweep(sweep_dir)
+table = load_sweep(sweep_dir)
 print(f"{len(table)} finished runs in {sweep_dir}")
+for path, reason in table.attrs["skipped"]:
+    print(f"skipped {path}: {reason}")
+if table["notebook_sha256"].nunique() > 1:
+    print("the runs used more than one version of the notebook: rerun the sweep")
+columns = [beta_column, "epochs", coverage_column, evidence_column, error_column]
+missing = [c for c in columns if c not in table]
+if not any(c.startswith(sigma_prefix) for c in table):
+    missing.append(f"{sigma_prefix}*")
+if len(table) and missing:
+    print(f"not recorded in these runs: {', '.join(missing)} (set the column parameters above)")
 table
 
 # %% [markdown]
@@ -53,7 +66,7 @@ table
 # `failed/<run>/`.
 
 # %%
-runs.load_failures(sweep_dir)
+load_failures(sweep_dir)
 
 # %% [markdown]
 # ## The β the evidence prefers

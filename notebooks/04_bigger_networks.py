@@ -57,9 +57,9 @@ import pandas as pd
 import tensorflow as tf
 
 import sigma
-import sigma.runs
 from sigma import memory, structures
 from sigma.lab import compare
+from sigma.sweep.records import save_metrics
 
 started = time.time()
 tf.get_logger().setLevel("ERROR")  # one traced graph per fit: TF's retracing notices are noise here
@@ -286,24 +286,9 @@ print("\n".join(f"{name}: {note}" for name, note in c_big.notes.items()))
 #   after a 30 s Lanczos run (about two passes over the data per eigenpair).
 
 # %%
-record = sigma.runs.record_metrics(
+record = save_metrics(
     metrics_path,
-    parameters=dict(
-        hidden_digits=hidden_digits,
-        epochs_digits=epochs_digits,
-        n_synthetic=n_synthetic,
-        n_test=n_test,
-        hidden_big=hidden_big,
-        epochs_big=epochs_big,
-        rank=rank,
-        ranks=ranks,
-        batch_size=batch_size,
-        cnn_filters=cnn_filters,
-        cnn_hidden=cnn_hidden,
-        max_memory=max_memory,
-        seed=seed,
-    ),
-    metrics=dict(
+    dict(
         structures=names,
         digits_mlp=table_mlp.set_index("structure").to_dict(orient="index"),
         digits_cnn=table_cnn.set_index("structure").to_dict(orient="index"),
@@ -311,6 +296,5 @@ record = sigma.runs.record_metrics(
         lowrank_rank_sweep=sweep,
         big_mlp_full_refused="full" in c_big.notes,
     ),
-    start=started,
 )
 print(f"done in {time.time() - started:.0f} s", f"→ {metrics_path}" if metrics_path else "")

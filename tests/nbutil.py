@@ -1,10 +1,13 @@
 """Run a jupytext notebook through papermill in a test (the notebook tier)."""
 
+import functools
 from pathlib import Path
 
 import jupytext
 import nbformat
 import papermill
+
+from sigma.sweep.run import record_executed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +23,22 @@ def declared_parameters(source: Path, tmp_path: Path) -> dict:
     return papermill.inspect_notebook(str(to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")))
 
 
+def _completes_the_record(run):
+    """If ``metrics_path`` is given, complete the metrics the notebook saved there into the full
+    ``metrics.json`` record, as the sweep runner does (parameters from papermill, versions, git
+    state: ``sigma.sweep.run.record_executed``)."""
+
+    @functools.wraps(run)
+    def run_and_record(source: Path, tmp_path: Path, parameters: dict, *args, **kwargs):
+        nb = run(source, tmp_path, parameters, *args, **kwargs)
+        if parameters.get("metrics_path"):
+            record_executed(parameters["metrics_path"], jupytext.read(source), nb, source.name)
+        return nb
+
+    return run_and_record
+
+
+@_completes_the_record
 def run_notebook(source: Path, tmp_path: Path, parameters: dict, timeout: int = 300):
     """Execute with papermill from the repo root; returns the executed notebook."""
     src = to_ipynb(source, tmp_path / f"{source.stem}.in.ipynb")

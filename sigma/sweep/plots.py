@@ -1,9 +1,12 @@
-"""Plots of a sweep: the table of :func:`sigma.runs.load_sweep`, one row per run.
+"""Plots of a sweep: the table of :func:`sigma.sweep.table.load_sweep`, one row per run.
 
 Each plot draws a metric against one parameter (β or epochs), one line per combination of the
 other parameters that vary in the sweep; replicate parameters (``seed``) are averaged over, the
 band showing their min–max. Missing metrics give an empty panel that says so, never an error:
 a notebook may not record every metric.
+
+The default column names (:data:`COLUMNS`) are those notebook 01 (``notebooks/01_original.py``)
+records, and the defaults of the sweep report (``notebooks/03_sweep_report.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ import numpy as np
 import pandas as pd
 
 REPLICATES = ("seed",)  # parameters averaged over rather than drawn as separate lines
+# What notebook 01 records: the β axis (a parameter) and the metrics drawn against it.
+BETA = "laplace_beta"  # noise precision of the Laplace error bars
+EPOCHS = "epochs"
+SIGMA_PREFIX = "sigma_ggn_mean."  # σ per output, the mean over the held-out inputs
+COVERAGE = "coverage_95"  # fraction of held-out targets inside ±1.96σ
+EVIDENCE = "log_evidence"  # ln p(D | α, β)
+ERROR = "test_rmse"  # held-out error
+COLUMNS = {
+    "beta_column": BETA,
+    "sigma_prefix": SIGMA_PREFIX,
+    "coverage_column": COVERAGE,
+    "evidence_column": EVIDENCE,
+    "error_column": ERROR,
+}  # named as the parameters of notebooks/03_sweep_report.py
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -39,7 +56,7 @@ def curves(table: pd.DataFrame, x: str, y: str, average_over=REPLICATES) -> pd.D
 
 
 def evidence_optimal(
-    table: pd.DataFrame, x: str = "beta", evidence: str = "log_evidence", average_over=REPLICATES
+    table: pd.DataFrame, x: str = BETA, evidence: str = EVIDENCE, average_over=REPLICATES
 ) -> pd.DataFrame:
     """The ``x`` of largest (mean) log evidence, per line group.
 
@@ -90,8 +107,8 @@ def plot_sigma_against_beta(
     table: pd.DataFrame,
     *,
     ax=None,
-    x: str = "beta",
-    prefix: str = "sigma.",
+    x: str = BETA,
+    prefix: str = SIGMA_PREFIX,
     names=None,
     best=None,
 ):
@@ -120,8 +137,8 @@ def plot_coverage_against_beta(
     table: pd.DataFrame,
     *,
     ax=None,
-    x: str = "beta",
-    y: str = "coverage",
+    x: str = BETA,
+    y: str = COVERAGE,
     nominal: float | None = None,
     best=None,
 ):
@@ -134,9 +151,7 @@ def plot_coverage_against_beta(
     return _finish(ax, best, x)
 
 
-def plot_evidence_against_beta(
-    table: pd.DataFrame, *, ax=None, x: str = "beta", y: str = "log_evidence"
-):
+def plot_evidence_against_beta(table: pd.DataFrame, *, ax=None, x: str = BETA, y: str = EVIDENCE):
     """Log evidence against β, the best β of each line starred."""
     ax = ax if ax is not None else plt.gca()
     plot_against(table, x, y, ax=ax)
@@ -151,8 +166,8 @@ def plot_test_error_against_epochs(
     table: pd.DataFrame,
     *,
     ax=None,
-    x: str = "epochs",
-    y: str = "test_error",
+    x: str = EPOCHS,
+    y: str = ERROR,
     average_over=REPLICATES,
 ):
     """Held-out error against the number of epochs, one line per β (and other parameters).
@@ -167,7 +182,7 @@ def plot_test_error_against_epochs(
     return _finish(ax, None, x)
 
 
-def mark_optimum(ax, best: pd.DataFrame | None, x: str = "beta"):
+def mark_optimum(ax, best: pd.DataFrame | None, x: str = BETA):
     """Dotted vertical lines at the evidence-optimal β (:func:`evidence_optimal`)."""
     if best is None or len(best) == 0:
         return ax

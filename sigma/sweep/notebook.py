@@ -1,0 +1,181 @@
+"""One notebook: read it (jupytext or .ipynb), hash its source, execute it (papermill), render it.
+
+* :func:`read_notebook` — a jupytext percent script or an ``.ipynb`` as a NotebookNode.
+* :func:`notebook_sha256` — the hash of what runs: cell types, sources and tags (not outputs,
+  not the file format), the identity of a notebook version in a sweep.
+* :func:`execute_notebook` — papermill in a fresh kernel whose environment silences
+  TensorFlow's C++ start-up logging (:data:`KERNEL_ENV`), so executed notebooks and their HTML
+  carry no oneDNN / absl / CUDA lines.
+* :func:`render_html` — a self-contained HTML page, readable offline: images are embedded and
+  the template loads no script from a CDN (MathJax, require.js and mermaid are left out, so
+  LaTeX shows as its source).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from sigma.sweep.records import write_text_atomic
+
+DEFAULT_KERNEL = "python3"
+# Set in the kernel's environment unless already set: TensorFlow's C++ logging (oneDNN notices,
+# "All log messages before absl::InitializeLog()", CPU feature and CUDA lines) is off below
+# warnings and errors.
+KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+# The lab template without the <script src=https://cdn...> tags (require.js, MathJax, mermaid).
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def read_notebook(path):
+    """A notebook (``nbformat.NotebookNode``) from a jupytext ``.py`` script or an ``.ipynb``.
+
+    Cell tags (the papermill ``parameters`` tag) are kept; a notebook without a kernelspec
+    gets the ``python3`` kernel. Raises FileNotFoundError, or ValueError naming the file if it
+    cannot be parsed.
+    """
+    import jupytext
+    import nbformat
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {path} does not exist")
+    try:
+        nb = nbformat.read(path, as_version=4) if path.suffix == ".ipynb" else jupytext.read(path)
+    except Exception as exc:  # nbformat and jupytext raise many kinds
+        raise ValueError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})") from exc
+    nb.metadata.setdefault(
+        "kernelspec", {"name": DEFAULT_KERNEL, "display_name": "Python 3", "language": "python"}
+    )
+    return nb
+
+
+def load_executed(notebook):
+    """An executed notebook from a path (or a NotebookNode, returned as is).
+
+    Raises ValueError naming the file when it is not a readable ``.ipynb`` (empty, truncated,
+    binary, invalid).
+    """
+    import nbformat
+
+    if isinstance(notebook, nbformat.NotebookNode):
+        return notebook
+    try:
+        return nbformat.read(notebook, as_version=4)
+    except Exception as exc:  # NotJSONError, UnicodeDecodeError, ValidationError, KeyError...
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ValueError(f"{notebook}: not a readable notebook ({reason})") from exc
+
+
+def notebook_sha256(nb) -> str:
+    """SHA-256 of the cells' types, sources and tags: changes when what runs changes."""
+    cells = [
+        [c.cell_type, c.source, sorted(c.get("metadata", {}).get("tags", []))] for c in nb.cells
+    ]
+    kernel = nb.metadata.get("kernelspec", {}).get("name", DEFAULT_KERNEL)
+    text = json.dumps({"kernel": kernel, "cells": cells}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def kernel_environment(extra: dict | None = None):
+    """Set :data:`KERNEL_ENV` (and ``extra``) in ``os.environ`` where unset, while kernels start.
+
+    A kernel inherits the environment of the process that starts it; the values set here are
+    removed again on exit. Values the user already set are left alone.
+    """
+    added = {k: v for k, v in {**KERNEL_ENV, **(extra or {})}.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def execute_notebook(
+    nb,
+    output_path,
+    parameters: dict | None = None,
+    *,
+    timeout: float | None = None,
+    progress: bool = False,
+    cwd=None,
+):
+    """Run ``nb`` in a fresh kernel with papermill, saving it (cell by cell) to ``output_path``.
+
+    parameters : values injected after the ``parameters`` cell (papermill records them in the
+        notebook's ``metadata.papermill.parameters``).
+    timeout : seconds allowed per cell (``None``: no limit).
+    progress : papermill's progress bar over the cells, on stderr.
+    Returns the executed NotebookNode; raises papermill's PapermillExecutionError when a cell
+    raises (the notebook, with the error, is saved all the same).
+    """
+    import papermill
+
+    with kernel_environment():
+        return papermill.execute_notebook(
+            nb,
+            os.fspath(output_path),
+            parameters=parameters or {},
+            progress_bar=progress,
+            execution_timeout=timeout,
+            cwd=None if cwd is None else os.fspath(cwd),
+            # Quiet the kernel's "running over TCP without encryption" warning on our stderr.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+
+
+def render_html(notebook, html_path, *, code: bool = True) -> Path:
+    """Render an executed notebook (path or NotebookNode) to a self-contained HTML file.
+
+    code=False hides the code cells' input (nbconvert's ``--no-input``). Written atomically.
+    Raises ValueError naming the file if it is not a readable notebook.
+    """
+    import jinja2
+    from nbconvert import HTMLExporter
+
+    notebook = load_executed(notebook)
+    exporter = HTMLExporter(
+        extra_loaders=[jinja2.DictLoader({"sigma_offline.html.j2": _OFFLINE_TEMPLATE})],
+        template_file="sigma_offline.html.j2",
+        exclude_input=not code,
+        exclude_input_prompt=not code,
+        exclude_output_prompt=not code,
+        embed_images=True,
+    )
+    body, _ = exporter.from_notebook_node(notebook)
+    return write_text_atomic(html_path, body)
+
+
+def is_failed(notebook) -> bool:
+    """Whether papermill marked this executed notebook (path or node) as raising."""
+    return bool(load_executed(notebook).metadata.get("papermill", {}).get("exception"))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception; for a notebook cell: ``Name: message (cell [n])``."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename is not None:
+        return f"{ename}: {evalue} (cell [{getattr(exc, 'exec_count', '?')}])"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def error_traceback(exc: BaseException) -> str:
+    """The notebook's traceback (ANSI colours removed) or Python's."""
+    import traceback
+
+    tb = getattr(exc, "traceback", None)
+    if isinstance(tb, list):
+        return _ANSI.sub("", "\n".join(tb))
+    return "".join(traceback.format_exception(exc))

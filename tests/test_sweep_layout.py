@@ -1,0 +1,75 @@
+"""The shape of sigma.sweep: its modules depend on each other one way only, it loads neither
+TensorFlow nor the numerical core, and the core never imports it."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from sweeputil import ROOT
+
+PACKAGE = ROOT / "sigma"
+SWEEP = PACKAGE / "sweep"
+# Each module may import only modules listed before it.
+LAYERS = ["records", "notebook", "grid", "table", "plots", "run", "engine", "report", "cli"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_every_module_of_the_subpackage_is_in_a_layer():
+    modules = {p.stem for p in SWEEP.glob("*.py")} - {"__init__", "__main__"}
+    assert modules == set(LAYERS)
+
+
+def test_dependencies_inside_the_subpackage_point_one_way():
+    for i, name in enumerate(LAYERS):
+        used = {
+            m.split(".")[2]
+            for m in imported_modules(SWEEP / f"{name}.py")
+            if m.startswith("sigma.sweep.") and m.split(".")[2] in LAYERS
+        }
+        later = used - set(LAYERS[:i])
+        assert not later, f"sigma.sweep.{name} imports {sorted(later)}, which come after it"
+
+
+def test_the_subpackage_imports_nothing_of_the_core():
+    for path in SWEEP.glob("*.py"):
+        outside = {
+            m
+            for m in imported_modules(path)
+            if (m == "sigma" or m.startswith("sigma.")) and not m.startswith("sigma.sweep")
+        }
+        assert not outside, f"{path.name} imports {sorted(outside)}"
+        assert not {m for m in imported_modules(path) if m.split(".")[0] in ("tensorflow", "keras")}
+
+
+def test_the_core_never_imports_the_subpackage():
+    for path in PACKAGE.glob("*.py"):
+        if path.name == "runs.py":  # the alias kept for the notebooks' import cells
+            continue
+        sweep = {m for m in imported_modules(path) if m.startswith("sigma.sweep")}
+        assert not sweep, f"sigma/{path.name} imports {sorted(sweep)}"
+
+
+def test_importing_the_sweep_machinery_loads_no_tensorflow():
+    code = (
+        "import sys, sigma.sweep, sigma.sweep.__main__\n"
+        "from sigma.sweep import records, notebook, grid, table, plots, run, engine, report, cli\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'sigma.laplace', 'sigma.curvature')"
+        " if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
