@@ -40,12 +40,15 @@ import tensorflow as tf
 
 from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
+from sigma.curvature import layers as _layers
 from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for
+from sigma.curvature.layers import flat_outputs
 from sigma.params import num_params
 
 ZERO = tf.UnconnectedGradients.ZERO
 ROW_CHUNK = 128  # columns of H per product when the dense Hessian is accumulated
 JACOBIAN_ROUTE = 2**18  # GGN products through per-sample Jacobians up to this K·P
+CAPTURE_CACHE = 2**30  # bytes of layer inputs/sensitivities kept across product passes
 
 
 def engine(model) -> Engine:
@@ -64,13 +67,6 @@ def _signature(model) -> tuple:
         tuple((id(v), tuple(v.shape), str(v.dtype)) for v in model.trainable_variables),
         tuple(id(v) for v in model.non_trainable_variables),
     )
-
-
-def flat_outputs(out) -> tf.Tensor:
-    """A model's output (a tensor, or a list/dict of tensors) as (B, K): each output flattened
-    per sample, concatenated in ``tf.nest`` order (dict outputs: sorted by name)."""
-    parts = [tf.reshape(o, (tf.shape(o)[0], -1)) for o in tf.nest.flatten(out)]
-    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
 
 class Engine:
@@ -220,6 +216,18 @@ class Engine:
 
         return through_jacobian if route == "jacobian" else matrix_free
 
+    def _layerwise_product_body(self, lik, plan):
+        """(batch, V (P, m)) -> G_batch V (P, m) float64, from the layer-wise capture: two
+        layer-sized products per vector, no Jacobian formed (:func:`layers.product`)."""
+        root = lik.hessian_sqrt
+        model = self.model
+
+        def body(batch, v):
+            cap = _layers.capture(model, plan, batch[0], root=root)
+            return tf.cast(_layers.product(plan, cap, tf.cast(v, cap.outputs.dtype)), tf.float64)
+
+        return body
+
     def _hessian_product_body(self, lik):
         """((x, y), V (P, m)) -> H_batch V (P, m) float64: the jacobian (pfor over the m
         columns) of Vᵀ ∇E_D, i.e. reverse over reverse."""
@@ -333,18 +341,30 @@ class Engine:
         strategy=None,
         cache=False,
         progress=False,
+        plan_inputs=None,
     ):
         """The product V ↦ C V (V (P, m) or (P,)) summed over ``data``, as a reusable function.
 
-        ``route`` (GGN): "jacobian" forms each batch's (B, K, P) Jacobian; "matrix_free" uses
-        forward and reverse mode vectorised over the columns of V; "auto" takes the Jacobian
-        when K·P is small. The per-batch graph is traced once per engine (``m`` may vary);
+        ``route`` (GGN): "jacobian" forms each batch's (B, K, P) Jacobian; "layerwise" contracts
+        the layer-wise capture (:func:`layers.product`; ``plan_inputs``: a few inputs to probe
+        the layer plan with); "matrix_free" uses forward and reverse mode vectorised over the
+        columns of V; "auto" takes the Jacobian when K·P is small, else "matrix_free". The per-batch graph is traced once per engine (``m`` may vary);
         ``products.accumulator`` is the :class:`Accumulator` behind it.
         """
         lik = _likelihoods.get(likelihood)
         p = self.n_params
         if curvature == "hessian" or route == "hessian":
             body, key = self._hessian_product_body(lik), ("hessian_product", lik.name)
+        elif route == "layerwise":
+            if plan_inputs is None:
+                raise ValueError("route='layerwise' needs plan_inputs: a few inputs to probe")
+            plan = self.layer_plan(plan_inputs)
+            if strategy is None and isinstance(data, ArrayBatches):
+                product = self._captured_products(lik, plan, data)
+                if product is not None:
+                    return product
+            key = ("ggn_product", lik.name, route, id(plan), plan.generic_pfor)
+            body = self._layerwise_product_body(lik, plan)
         else:
             if route == "auto":
                 route = "jacobian" if self._k_max() * p <= JACOBIAN_ROUTE else "matrix_free"
@@ -368,14 +388,93 @@ class Engine:
 
         product.accumulator = acc
         product.route = route if curvature == "ggn" else "hessian"
+        product.tracing_count = lambda: acc.tracing_count
+        return product
+
+    def _captured_products(self, lik, plan, data: ArrayBatches):
+        """G V for in-memory batches, capturing each batch's layer inputs and sensitivities
+        once and contracting them with every block of vectors afterwards (the capture — a
+        forward and K backward passes — is then paid once, not once per pass). None when the
+        captures would not fit in :data:`CAPTURE_CACHE` bytes."""
+        model, root, dtype = self.model, lik.hessian_sqrt, self.dtype
+        spec = data.element_spec[0]
+        present = [blk.positions > 0 for blk in plan.fast]
+
+        def capture_flat(xb):
+            cap = _layers.capture(model, plan, xb, root=root)
+            return (
+                [a for a in cap.acts if a is not None]
+                + [s for s in cap.sens if s is not None]
+                + list(cap.jacs)
+            )
+
+        capture_fn = self.function(
+            ("capture", lik.name, id(plan), plan.generic_pfor, _spec_key(spec)),
+            lambda: tf.function(capture_flat, input_signature=[spec], autograph=False),
+        )
+        batches = iter(data)
+        first = capture_fn(next(batches)[0])
+        n_first = min(data.batch_size, data.n)
+        per_sample = sum(int(np.prod(t.shape)) for t in first) * np.dtype(dtype).itemsize / n_first
+        if per_sample * data.n > CAPTURE_CACHE:
+            return None
+        cached = [first] + [capture_fn(b[0]) for b in batches]
+        n_acts = sum(present)
+        specs = [  # the batch axis: 0 for ã (B, T, D) and J (B, K, P_l), 1 for s (K, B, T, C)
+            tf.TensorSpec(
+                [None if axis == (1 if n_acts <= i < 2 * n_acts else 0) else d
+                 for axis, d in enumerate(t.shape)],
+                t.dtype,
+            )
+            for i, t in enumerate(first)
+        ]  # fmt: skip
+
+        def apply(flat, v):
+            it = iter(flat)
+            acts = [next(it) if p else None for p in present]
+            sens = [next(it) if p else None for p in present]
+            cap = _layers.Captured(acts, sens, list(it), None)
+            return tf.cast(_layers.product(plan, cap, tf.cast(v, dtype)), tf.float64)
+
+        apply_fn = self.function(
+            ("captured_product", lik.name, id(plan), plan.generic_pfor, _spec_key(spec)),
+            lambda: tf.function(
+                apply,
+                input_signature=[specs, tf.TensorSpec([self.n_params, None], dtype)],
+                autograph=False,
+            ),
+        )
+
+        def product(v):
+            v = np.asarray(v)
+            block = tf.constant(v.reshape(self.n_params, -1).astype(dtype))
+            total = sum(apply_fn(flat, block).numpy() for flat in cached)
+            return total.reshape(v.shape)
+
+        product.route = "layerwise"
+        product.tracing_count = lambda: max(
+            capture_fn.experimental_get_tracing_count(), apply_fn.experimental_get_tracing_count()
+        )
         return product
 
     def product_route(self, x, curvature: str) -> str:
-        """The route :meth:`products` takes for inputs like x: "jacobian" when K·P is small
-        (GGN), else "matrix_free" (the Hessian: "hessian")."""
+        """The route :meth:`products` should take for inputs like x: "jacobian" when K·P is
+        small, else "layerwise" (the Hessian: "hessian")."""
         if curvature == "hessian":
             return "hessian"
-        return "jacobian" if self.n_outputs(x) * self.n_params <= JACOBIAN_ROUTE else "matrix_free"
+        return "jacobian" if self.n_outputs(x) * self.n_params <= JACOBIAN_ROUTE else "layerwise"
+
+    def layer_plan(self, x, *, fast: bool = True) -> _layers.LayerPlan:
+        """The probed :class:`~sigma.curvature.layers.LayerPlan` for inputs like ``x`` (a few
+        samples run eagerly once), kept here so it is probed once per model."""
+        key = ("plan", bool(fast), _shape_key(x))
+        plan = self.store.get(key)
+        if plan is None:
+            first = tf.nest.map_structure(lambda a: np.asarray(a[:8]), x)
+            model = self.model
+            plan = _layers.probe(model, _layers.plan_layers(model, fast=fast), first)
+            self.store[key] = plan
+        return plan
 
     def output_blocks(self, x, *, batch_size=None) -> np.ndarray:
         """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P) float64 (Σ_k C_k = G)."""

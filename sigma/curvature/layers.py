@@ -44,9 +44,10 @@ weights (``stateless_call``; ``tf.vectorized_map`` over the samples of K backwar
 K backward passes per sample and B·K·P_layer memory per batch.
 
 Used by the layer-wise structures (``diag`` and ``kfac``, :mod:`sigma.structures.layerwise`)
-and by the ``lowrank`` predictive (:func:`capture`, :func:`contract`, :func:`plan_for`). A
-model's probed plan is kept by its :class:`~sigma.curvature.engine.Engine`, with the traced
-functions built on it.
+by the GGN products of the engine (:func:`product`) and by the ``lowrank`` predictive
+(:func:`capture`, :func:`contract`). A model's probed plan is kept by its
+:class:`~sigma.curvature.engine.Engine` (``engine.layer_plan``), with the traced functions
+built on it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ import numpy as np
 import tensorflow as tf
 
 from sigma.curvature.accumulate import batch_size_for
-from sigma.curvature.engine import engine, flat_outputs
 
 # Cap on the elements of the largest per-batch intermediate of the layer-wise structures.
 LAYER_BUDGET = 2**24
@@ -286,6 +286,13 @@ def _pseudo_outputs(f, root):
     return tf.einsum("bkj,bk->bj", tf.cast(lmat, f.dtype), f)
 
 
+def flat_outputs(out) -> tf.Tensor:
+    """A model's output (a tensor, or a list/dict of tensors) as (B, K): each output flattened
+    per sample, concatenated in ``tf.nest`` order (dict outputs: sorted by name)."""
+    parts = [tf.reshape(o, (tf.shape(o)[0], -1)) for o in tf.nest.flatten(out)]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+
 def _model_outputs(model, x):
     return flat_outputs(model(x, training=False))
 
@@ -478,18 +485,6 @@ def with_pfor_fallback(plan: LayerPlan, run):
         return run()
 
 
-def plan_for(model, x, *, fast: bool = True) -> LayerPlan:
-    """The probed :class:`LayerPlan` of ``model`` for inputs like ``x`` (a few samples are
-    run eagerly once), kept by the model's engine so it is probed once."""
-    eng = engine(model)
-    key = ("plan", bool(fast), tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x)))
-    plan = eng.store.get(key)
-    if plan is None:
-        first = tf.nest.map_structure(lambda a: np.asarray(a[:8]), x)
-        plan = eng.store[key] = probe(model, plan_layers(model, fast=fast), first)
-    return plan
-
-
 def per_sample_elements(plan: LayerPlan, k: int) -> int:
     """Elements held per sample by the largest intermediates of a batch (for a batch size)."""
     n = 0
@@ -552,3 +547,47 @@ def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
         dtype = blocks[0][-1].dtype if blocks else cap.outputs.dtype
         out = tf.zeros(shape, dtype)
     return out
+
+
+def product_elements(plan: LayerPlan, k: int, m: int) -> int:
+    """Elements held per sample by :func:`product` with m vectors (for a batch size)."""
+    n = per_sample_elements(plan, k) + k * m
+    n += sum(2 * b.positions * b.d_out * m for b in plan.fast)  # ã V and s U per block
+    return max(n, 1)
+
+
+def product(plan: LayerPlan, cap: Captured, v):
+    """Σ_n J_nᵀ (J_n V) for the captured batch, V (P, m): the GGN product (the capture's
+    pseudo-outputs u = Lᵀ f make it Σ J_nᵀ Λ_n J_n V), without forming J (traceable).
+
+    For a fast block with inputs ã (B, T, D), sensitivities s (K, B, T, C) and V's rows of the
+    block as V_b (D, C, m): J V = Σ_t sᵀ (ã V_b) and Jᵀ U = Σ_t ã ⊗ (s U) — two products of
+    the layer's size per vector, as a forward pass. Generic blocks use their per-sample
+    Jacobian. Returns (P, m) in V's dtype.
+    """
+    blocks = plan.fast + plan.generic
+    parts = [tf.gather(v, blk.index) for blk in blocks]
+    m = tf.shape(v)[1]
+    jv = 0.0
+    for blk, a, s, vb in zip(plan.fast, cap.acts, cap.sens, parts, strict=False):
+        if a is None:
+            continue
+        av = tf.einsum("btd,dcm->btcm", a, tf.reshape(vb, (blk.d_in, blk.d_out, m)))
+        jv += tf.einsum("kbtc,btcm->bkm", s, av)
+    for j, vb in zip(cap.jacs, parts[len(plan.fast) :], strict=True):
+        jv += tf.einsum("bkp,pm->bkm", j, vb)
+    out = []
+    for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
+        if a is None or isinstance(jv, float):
+            out.append(tf.zeros((blk.size, m), v.dtype))
+            continue
+        r = tf.einsum("kbtc,bkm->btcm", s, jv)
+        out.append(tf.reshape(tf.einsum("btd,btcm->dcm", a, r), (blk.size, m)))
+    for j in cap.jacs:
+        out.append(
+            tf.zeros((tf.shape(j)[2], m), v.dtype)
+            if isinstance(jv, float)
+            else tf.einsum("bkp,bkm->pm", j, jv)
+        )
+    order = np.argsort(np.concatenate([blk.index for blk in blocks]))
+    return tf.gather(tf.concat(out, axis=0), order)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from sigma.curvature.layers import Captured
+from sigma.curvature.layers import Captured, layer_batch_size
 from sigma.memory import activation_elements
 from sigma.params import num_params
-from sigma.structures.layerwise import Layerwise, layer_batch_size
+from sigma.structures.layerwise import Layerwise
 
 
 class Diag(Layerwise):

@@ -30,9 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 from sigma._linalg import eigh
-from sigma.curvature.layers import Captured
+from sigma.curvature.layers import Captured, layer_batch_size
 from sigma.memory import activation_elements, kernel_blocks
-from sigma.structures.layerwise import Layerwise, layer_batch_size
+from sigma.structures.layerwise import Layerwise
 
 
 class KFAC(Layerwise):

@@ -19,26 +19,19 @@ from sigma._checks import check_inputs, model_dtype
 from sigma.curvature.accumulate import (
     ArrayBatches,
     as_batches,
-    batch_size_for,
     first_samples,
     is_dataset,
 )
 from sigma.curvature.engine import engine
 from sigma.curvature.layers import (
-    LAYER_BUDGET,
     Captured,
     capture,
     contract,
+    layer_batch_size,
     per_sample_elements,
-    plan_for,
     with_pfor_fallback,
 )
 from sigma.structures.base import Structure
-
-
-def layer_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
-    """``batch_size`` if given, else the largest batch (≤ n) within :data:`LAYER_BUDGET`."""
-    return batch_size_for(n, per_sample, batch_size, budget=LAYER_BUDGET)
 
 
 class Layerwise(Structure):
@@ -92,7 +85,7 @@ class Layerwise(Structure):
             x = check_inputs(model, x).astype(model_dtype(model))
             first = x[:8]
         k = eng.n_outputs(first)
-        self.plan = plan = plan_for(model, first, fast=self.fast)
+        self.plan = plan = eng.layer_plan(first, fast=self.fast)
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = plan.n_params, k
         if not is_dataset(x):

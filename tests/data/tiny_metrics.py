@@ -26,10 +26,13 @@ print(sigma_k)
 # %%
 from sigma.sweep.records import save_metrics
 
-metrics = save_metrics(metrics_path, dict(
-    sigma_ggn_mean=sigma_k,
-    test_rmse=test_rmse,
-    coverage_95=float(np.clip(0.5 + 0.1 * np.log10(laplace_beta), 0, 1)),
-    log_evidence=log_evidence,
-))
+metrics = save_metrics(
+    metrics_path,
+    dict(
+        sigma_ggn_mean=sigma_k,
+        test_rmse=test_rmse,
+        coverage_95=float(np.clip(0.5 + 0.1 * np.log10(laplace_beta), 0, 1)),
+        log_evidence=log_evidence,
+    ),
+)
 print(sorted(metrics))
