@@ -49,7 +49,9 @@ def _imports(module: str) -> set[str]:
                 found.add(base)
                 found |= {f"{base}.{a.name}" for a in node.names}
     known = set(_modules()) | {"sigma"}
-    return {m for m in found if m in known and m != module}
+    # A package is always imported before its submodules: an edge to an ancestor is no cycle.
+    ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+    return {m for m in found if m in known and m != module and m not in ancestors}
 
 
 def _graph() -> dict[str, set[str]]:
