@@ -123,6 +123,29 @@ def check_precision(value, name: str, *, allow_zero: bool) -> float:
     return value
 
 
+def check_precisions(value, name: str, *, allow_zero: bool = True) -> np.ndarray:
+    """Precisions given as a number or an array of numbers (a grid, or one per group): a
+    float64 array, finite, ≥ 0 (> 0 unless ``allow_zero``); a ValueError naming ``name``."""
+    if np.ndim(value) == 0 and not isinstance(value, np.ndarray):
+        return np.asarray(check_precision(value, name, allow_zero=allow_zero))
+    try:
+        arr = np.asarray(value)
+        if arr.dtype == object or arr.dtype.kind not in "iuf":
+            raise TypeError
+        arr = arr.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a real number or an array of real numbers, got {type(value).__name__}"
+        ) from None
+    op = ">= 0" if allow_zero else "> 0"
+    bad = ~np.isfinite(arr) | (arr < 0) | ((arr == 0) & (not allow_zero))
+    if np.any(bad):
+        raise ValueError(
+            f"{name} must be finite numbers {op}, got {arr.flat[int(np.argmax(bad.ravel()))]}"
+        )
+    return arr
+
+
 def _declared_input_shape(model):
     try:
         inputs = model.inputs

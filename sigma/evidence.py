@@ -1,4 +1,4 @@
-"""The evidence framework: log evidence and MacKay's re-estimation of α and β (MATH.md).
+"""The evidence framework: log evidence and MacKay's re-estimation of α and β (docs/math.md).
 
 Pure functions of the eigenvalues c_i of the curvature C (length r ≤ P; the P − r others are
 zero), the data error E_D, the weight error E_W, the number of weights P, of observed values
@@ -17,6 +17,17 @@ Classification (cross-entropy E on logits, A = α I + G, no β):
 One β_k per output (regression, A = α I + Σ_k β_k C_k, C_k = Σ_n J_nkᵀ J_nk): the derivative
 of the log evidence in β_k vanishes at β_k = (N − γ_k) / (2 E_Dk), γ_k = β_k Tr(A⁻¹ C_k), and
 Σ_k γ_k = γ = P − α Tr A⁻¹; see :func:`optimize_per_output`.
+
+One α_g per group of weights (A = D_α + β C, docs/math.md "Weight groups"):
+
+    ln p(D | α, β) = −Σ_g α_g E_Wg − β E_D − ½ ln|A| + Σ_g (P_g/2) ln α_g + (NK/2) ln β − …
+    γ_g = P_g − α_g Tr_g(A⁻¹)          α_g ← γ_g / (2 E_Wg)          β ← (NK − Σ γ_g) / (2 E_D)
+
+:func:`maximize` finds the maximum for any structure from two numbers it can compute at any
+α, β — ln|A| and the γ_g — by the fixed point, and where that oscillates or overshoots
+(γ ≥ NK), by a direct maximisation in (ln α_g, ln β) with the exact gradient
+∂/∂ln α_g = ½ γ_g − α_g E_Wg, ∂/∂ln β = ½ (NK − γ) − β E_D. A maximum at the edge of the
+space is reported as such (:class:`EvidenceBoundaryError`), never returned as an optimum.
 """
 
 from __future__ import annotations
@@ -37,6 +48,16 @@ class EvidenceError(RuntimeError):
         self.alpha, self.beta, self.n_iter = alpha, beta, n_iter
 
 
+class EvidenceBoundaryError(EvidenceError):
+    """The evidence has no interior maximum: it keeps growing towards the edge of the space
+    (β → ∞ for a network that interpolates its data, α_g → 0, β → 0). ``which`` names the
+    precision that runs away."""
+
+    def __init__(self, message, *, alpha, beta, n_iter, which):
+        super().__init__(message, alpha=alpha, beta=beta, n_iter=n_iter)
+        self.which = which
+
+
 @dataclass
 class EvidenceResult:
     """The fixed point of MacKay's re-estimation and how it was reached.
@@ -45,11 +66,14 @@ class EvidenceResult:
     iteration, starting with the initial values.
     """
 
-    alpha: float
+    alpha: float | np.ndarray
     beta: float | np.ndarray
     gamma: float
     n_iter: int
     history: list = field(default_factory=list, repr=False)
+    gammas: np.ndarray | None = None  # γ_g per prior group (maximize)
+    method: str = "fixed point"  # or "direct" (maximize fell back to it)
+    log_evidence: float | None = None
 
 
 def negative_eigenvalues(eigenvalues) -> tuple[int, float]:
@@ -323,3 +347,215 @@ def optimize_per_output(
     )
     gamma = float(per_output_gammas(blocks, alpha, betas).sum())
     return EvidenceResult(alpha, betas, gamma, n_iter, history)
+
+
+# -- one α per group of weights, any structure ------------------------------------------------
+def log_evidence_groups(
+    *, logdet, data_error, weight_errors, sizes, n_obs, alphas, beta, has_beta=True
+) -> float:
+    """ln p(D | α, β) for one α_g per group (regression), or ln p(D | α) for classification
+    (``has_beta=False``: ``data_error`` is the cross-entropy, no β terms).
+
+    logdet : ln|A| at these precisions.  weight_errors, sizes, alphas : (G,) E_Wg, P_g, α_g.
+    """
+    alphas = np.asarray(alphas, np.float64)
+    value = -float(alphas @ weight_errors) - 0.5 * logdet + 0.5 * float(sizes @ np.log(alphas))
+    if not has_beta:
+        return value - data_error
+    return (
+        value - beta * data_error + 0.5 * n_obs * np.log(beta) - 0.5 * n_obs * np.log(2.0 * np.pi)
+    )
+
+
+def eigen_terms(eigenvalues, n_params: int):
+    """``terms(alphas, beta) -> (ln|A|, γ (1,))`` for one α from the eigenvalues of C."""
+    c = padded_eigenvalues(eigenvalues, n_params)
+
+    def terms(alphas, beta):
+        a = float(np.asarray(alphas).reshape(-1)[0])
+        lam = beta * c
+        gamma = float(np.sum(np.divide(lam, lam + a, out=np.zeros_like(lam), where=lam > 0)))
+        return float(np.sum(np.log(a + lam))), np.array([gamma])
+
+    return terms
+
+
+def maximize(
+    terms,
+    *,
+    data_error: float,
+    weight_errors,
+    sizes,
+    n_obs: int | None,
+    alphas,
+    beta: float = 1.0,
+    fix_alpha: bool = False,
+    fix_beta: bool = False,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+    fixed_point_iter: int = 100,
+) -> EvidenceResult:
+    """The maximum of the log evidence over α_g (and β), for any structure.
+
+    terms : ``terms(alphas (G,), beta) -> (ln|A|, γ (G,))`` at those precisions.
+    data_error : E_D (regression) or the cross-entropy (classification: ``n_obs=None``,
+        β held at 1).  weight_errors, sizes : (G,) E_Wg and P_g.  alphas, beta : start.
+
+    MacKay's fixed point first (at most ``fixed_point_iter`` iterations); if it overshoots
+    (an update ≤ 0, e.g. γ ≥ NK) or has not converged, a direct maximisation in
+    (ln α_g, ln β) with the exact gradient (L-BFGS-B), from the best point seen, within
+    α_g ≤ P_g/(2E_Wg) and β ≤ NK/(2E_D) (the maximum is always below both). ``max_iter``
+    caps the iterations of both together. Raises :class:`EvidenceBoundaryError` when the
+    maximum is at the edge of the space (α_g → 0, β → 0) and :class:`EvidenceError` when the
+    iterations run out.
+    """
+    has_beta = n_obs is not None
+    weight_errors = np.asarray(weight_errors, np.float64)
+    sizes = np.asarray(sizes, np.float64)
+    alphas = np.array(alphas, np.float64).reshape(-1)
+    if not has_beta:
+        fix_beta, beta = True, 1.0
+    if fix_alpha and fix_beta:
+        raise ValueError("fix_alpha and fix_beta are both set: nothing to optimise")
+    if not (tol > 0) or int(max_iter) < 1:
+        raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+    if not fix_alpha and not np.all(weight_errors > 0):
+        g = int(np.argmin(weight_errors))
+        raise ValueError(
+            f"E_W = {weight_errors[g]:g} for prior group {g}: its weights are all zero, so its "
+            "alpha → ∞; use fix_alpha=True or a prior without that group"
+        )
+    if not fix_beta and not data_error > 0:
+        raise ValueError(
+            f"E_D = {data_error}: the network fits the training targets exactly, so beta → ∞; "
+            "use fix_beta=True"
+        )
+    if not (np.all(alphas > 0) and beta > 0):
+        raise ValueError(f"starting values must be > 0, got alpha={alphas}, beta={beta}")
+
+    def evaluate(a, b):
+        logdet, gammas = terms(a, b)
+        value = log_evidence_groups(
+            logdet=logdet, data_error=data_error, weight_errors=weight_errors, sizes=sizes,
+            n_obs=n_obs, alphas=a, beta=b, has_beta=has_beta,
+        )  # fmt: skip
+        return value, np.asarray(gammas, np.float64)
+
+    history, n_iter = [(_out(alphas), beta)], 0
+    value, gammas = evaluate(alphas, beta)
+    best = (value, alphas, beta)
+    converged = False
+    for _ in range(min(int(fixed_point_iter), int(max_iter))):
+        n_iter += 1
+        new_a = alphas if fix_alpha else gammas / (2.0 * weight_errors)
+        new_b = beta if fix_beta else (n_obs - gammas.sum()) / (2.0 * data_error)
+        if not (
+            np.all(np.isfinite(new_a)) and np.all(new_a > 0) and np.isfinite(new_b) and new_b > 0
+        ):
+            break  # the fixed point overshoots (e.g. γ ≥ NK): maximise directly
+        change = max(
+            float(np.max(np.abs(np.log(new_a / alphas)))), abs(float(np.log(new_b / beta)))
+        )
+        alphas, beta = new_a, float(new_b)
+        history.append((_out(alphas), beta))
+        value, gammas = evaluate(alphas, beta)
+        if value > best[0]:
+            best = (value, alphas, beta)
+        if change < tol:
+            converged = True
+            break
+    method = "fixed point"
+    if not converged:
+        budget = int(max_iter) - n_iter
+        if budget <= 0:
+            raise EvidenceError(
+                f"the evidence maximisation did not converge in {max_iter} iterations; last "
+                f"alpha={_out(alphas)!r}, beta={beta!r}: raise max_iter or tol",
+                alpha=_out(alphas),
+                beta=beta,
+                n_iter=int(max_iter),
+            )
+        alphas, beta, used = _direct(
+            evaluate, best, weight_errors=weight_errors, sizes=sizes, data_error=data_error,
+            n_obs=n_obs, fix_alpha=fix_alpha, fix_beta=fix_beta, tol=tol, budget=budget,
+            iterations=n_iter,
+        )  # fmt: skip
+        n_iter += used
+        history.append((_out(alphas), beta))
+        value, gammas = evaluate(alphas, beta)
+        method = "direct"
+    return EvidenceResult(
+        _out(alphas), beta, float(gammas.sum()), n_iter, history, gammas, method, float(value)
+    )
+
+
+def _out(alphas):
+    return float(alphas[0]) if alphas.size == 1 else alphas.copy()
+
+
+def _direct(evaluate, best, *, weight_errors, sizes, data_error, n_obs, fix_alpha, fix_beta,
+            tol, budget, iterations):  # fmt: skip
+    """L-BFGS-B on −ln p(D | α, β) in log coordinates, from ``best``; the box is
+    [1e-12·max, max] with α_g ≤ P_g/(2E_Wg), β ≤ NK/(2E_D) (the maximum lies below both:
+    there the gradient points inwards)."""
+    import scipy.optimize
+
+    _, a0, b0 = best
+    g = a0.size
+    hi = np.r_[
+        np.log(sizes / (2.0 * weight_errors)), np.log(n_obs / (2.0 * data_error)) if n_obs else 0.0
+    ]
+    x0 = np.r_[np.log(a0), np.log(b0)]
+    free = np.r_[np.full(g, not fix_alpha), not fix_beta]
+    hi = np.where(free, np.maximum(hi, x0), x0)
+    lo = np.where(free, hi - np.log(1e12), x0)
+    x0 = np.clip(x0, lo, hi)
+
+    def objective(z):
+        x = x0.copy()
+        x[free] = z
+        a, b = np.exp(x[:g]), float(np.exp(x[g]))
+        value, gammas = evaluate(a, b)
+        grad = np.r_[0.5 * gammas - a * weight_errors,
+                     0.5 * (n_obs - gammas.sum()) - b * data_error if n_obs else 0.0]  # fmt: skip
+        return -value, -grad[free]
+
+    res = scipy.optimize.minimize(
+        objective,
+        x0[free],
+        jac=True,
+        method="L-BFGS-B",
+        bounds=list(zip(lo[free], hi[free], strict=True)),
+        options={"maxiter": budget, "ftol": 0.0, "gtol": tol * max(1.0, float(sizes.sum()))},
+    )
+    x = x0.copy()
+    x[free] = res.x
+    a, b = np.exp(x[:g]), float(np.exp(x[g]))
+    _, grad = objective(res.x)
+    names = [f"alpha[{i}]" if g > 1 else "alpha" for i in range(g)] + ["beta"]
+    at_low = [
+        names[i]
+        for i, (v, lo_i, gr) in enumerate(zip(x[free], lo[free], grad, strict=True))
+        if v <= lo_i + 1e-9 and gr > 0
+    ]  # fmt: skip (gr is −∂ln p: > 0 means the evidence still grows towards the bound)
+    if at_low:
+        raise EvidenceBoundaryError(
+            f"the evidence has no interior maximum: it keeps growing as {', '.join(at_low)} → 0 "
+            f"(reached alpha={_out(a)!r}, beta={b!r}). The data do not determine "
+            f"{'these precisions' if len(at_low) > 1 else 'it'}: fix it (fix_alpha=True / "
+            "fix_beta=True), use a prior with fewer groups, or more data",
+            alpha=_out(a),
+            beta=b,
+            n_iter=iterations + int(res.nit),
+            which=at_low,
+        )
+    if not res.success and res.nit >= budget:
+        raise EvidenceError(
+            f"the evidence maximisation did not converge in {iterations + budget} iterations "
+            f"(direct maximisation: {res.message}); last alpha={_out(a)!r}, beta={b!r}: raise "
+            "max_iter or tol",
+            alpha=_out(a),
+            beta=b,
+            n_iter=iterations + int(res.nit),
+        )
+    return a, b, int(res.nit)

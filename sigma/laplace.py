@@ -1,12 +1,14 @@
 """The Laplace approximation around trained weights: error bars σ for every output.
 
-    A = α I + β C        C = Gauss–Newton G or exact Hessian H of E_D (MATH.md)
+    A = D_α + β C        C = Gauss–Newton G or exact Hessian H of E_D (docs/math.md)
     σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x),   g_k(x) = ∂f_k(x)/∂w at the trained weights
+
+D_α = α I for one prior precision, or α_g on each group of weights (``prior=``).
 
 The facade over the layers below it: a structure (:mod:`sigma.structures`) holds C, the
 model's curvature engine (:mod:`sigma.curvature`) computes it, the evidence for α, β (and their
-re-estimation) is :mod:`sigma.evidence`, class probabilities for
-``likelihood="classification"`` are :mod:`sigma.classification`. Formulas: docs/math.md.
+re-estimation) is :mod:`sigma.evidence`, the prior groups :mod:`sigma.priors`, class
+probabilities for ``likelihood="classification"`` :mod:`sigma.classification`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ import warnings
 
 import numpy as np
 
-from sigma import evidence, likelihoods, structures
-from sigma._checks import as_array, check_inputs, check_precision, model_dtype
+from sigma import evidence, likelihoods, metrics, structures
+from sigma._checks import (
+    as_array,
+    check_inputs,
+    check_positive_int,
+    check_precision,
+    check_precisions,
+    model_dtype,
+)
 from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
@@ -26,11 +35,16 @@ from sigma.curvature.accumulate import (
     is_dataset,
     prepare_dataset,
 )
-from sigma.params import flat_weights, num_params
+from sigma.params import flat_weights
+from sigma.priors import build_prior, owners_of
 from sigma.structures import Structure, fit_structure
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
+PRIOR_METRICS = {"regression": ("nll",), "classification": ("nll", "brier", "ece")}
+# Residuals below this many units of the model dtype's precision (relative to the outputs)
+# are round-off: the network interpolates its training data and β has no finite optimum.
+INTERPOLATION = 100
 _NO_BETA = (
     "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
     "precision); only alpha can be set or optimised"
@@ -38,26 +52,31 @@ _NO_BETA = (
 
 
 class Laplace:
-    """Gaussian posterior N(w*, A⁻¹) over the weights of a trained Keras regression model.
+    """Gaussian posterior N(w*, A⁻¹) over the weights of a trained Keras model.
 
     Parameters
     ----------
     model : keras.Model, built and trained; f(x) ∈ R^K per sample.
     x : array (N, ...) of training inputs, matching the model's input shape; or a
-        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every structure
-        with ``streaming = True`` (all five built in) consumes the dataset batch by batch;
-        others get it concatenated into arrays.
+        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every streaming
+        structure (all five built in) consumes the dataset batch by batch.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
     structure : how C is stored: a registered name (:mod:`sigma.structures`; "full": P×P,
         "diag": the exact GGN diagonal, "kfac": Kronecker factors per Dense/Conv layer,
-        "lowrank": top-k eigenpairs by Lanczos, "last_layer": the final Dense layer only; see
-        README "Structures and layers") or an unfitted :class:`~sigma.structures.Structure`.
+        "lowrank": top-k eigenpairs by block Lanczos (+ the exact diagonal of the rest),
+        "last_layer": the final Dense layer only; see README "Structures and layers") or an
+        unfitted :class:`~sigma.structures.Structure`.
     structure_options : keyword arguments for the structure's constructor, e.g.
         ``{"rank": 50}`` for "lowrank".
-    alpha : prior precision α ≥ 0 (w ~ N(0, α⁻¹ I)).
+    prior : the groups of weights that share a prior precision (:mod:`sigma.priors`):
+        "scalar" (one α), "layer" (one α per layer), "variable" (one per trainable variable:
+        kernel and bias apart), or an integer array (P,) of group ids 0 … G−1 (one group per
+        weight: automatic relevance determination).
+    alpha : prior precision α ≥ 0 (w ~ N(0, α⁻¹ I)); with several groups a number (all groups)
+        or an array (G,) in the order of :attr:`prior_groups`.
     beta : noise precision β > 0 (t ~ N(f, β⁻¹ I)), or a (K,) array with one β_k per output
-        (A = α I + Σ_k β_k C_k, ``curvature="ggn"`` and ``structure="full"`` only). Fixed at 1
+        (A = α I + Σ_k β_k C_k, ``curvature="ggn"``, ``structure="full"``, one α). Fixed at 1
         for ``likelihood="classification"``.
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
         cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,)).
@@ -68,17 +87,17 @@ class Laplace:
     batch_size : samples per batch when accumulating the curvature (default: automatic; a
         dataset is re-batched to it when given).
     strategy : a ``tf.distribute.Strategy`` to accumulate the curvature under (per-replica sums
-        reduced); default: the strategy whose ``scope()`` is active, if any (streaming
-        structures).
+        reduced); default: the strategy whose ``scope()`` is active, if any.
     max_memory : the memory the structure may use, bytes or a string like "2GB" (default: 80%
         of the memory available); a structure estimated to need more is refused before any
         large allocation, with :class:`sigma.memory.InsufficientMemoryError` naming structures
         that fit.
     progress : show progress bars while accumulating.
 
-    Raises ValueError for bad input and when A = α I + β C is not positive definite.
+    Raises ValueError for bad input and when A is not positive definite.
 
-    Evidence: :meth:`log_evidence`, :meth:`optimize_evidence`, :attr:`gamma`. Classification:
+    Evidence: :meth:`log_evidence`, :meth:`optimize_evidence`, :attr:`gamma`,
+    :attr:`gammas`; held-out tuning: :meth:`optimize_prior`. Classification:
     :meth:`predict_proba` (``predict`` returns the same for a classifier).
     """
 
@@ -91,8 +110,9 @@ class Laplace:
         likelihood: str = "regression",
         curvature: str = "ggn",
         structure: str | Structure = "full",
-        alpha: float = 1.0,
-        beta: float = 1.0,
+        prior="scalar",
+        alpha=1.0,
+        beta=1.0,
         batch_size: int | None = None,
         negative: str = "keep",
         structure_options: dict | None = None,
@@ -117,7 +137,7 @@ class Laplace:
             )
         if negative not in NEGATIVE:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
-        self._alpha = check_precision(alpha, "alpha", allow_zero=True)
+        check_precisions(alpha, "alpha", allow_zero=True)
         self.likelihood = likelihoods.get(likelihood)
         if not self.likelihood.has_beta and not (
             isinstance(beta, numbers.Real) and float(beta) == 1.0
@@ -129,7 +149,9 @@ class Laplace:
         if is_dataset(x):
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
-            x, n, k, e_d, e_dk = prepare_dataset(model, x, self.likelihood, batch_size=batch_size)
+            x, n, k, e_d, e_dk, square = prepare_dataset(
+                model, x, self.likelihood, batch_size=batch_size
+            )
             if not self.likelihood.has_beta:
                 check_logits(model, engine(model).outputs(next(iter(x))[0].numpy()))
         else:
@@ -143,15 +165,18 @@ class Laplace:
             if not self.likelihood.has_beta:
                 check_logits(model, engine(model).outputs(x))
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
-            n, e_d, e_dk = engine(model).summary(ArrayBatches((x, y), 4096), self.likelihood)
-            e_dk = e_dk if self.likelihood.has_beta else None
+            n, e_d, e_dk, square = engine(model).summary(
+                ArrayBatches((x, y), 4096), self.likelihood
+            )
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
-        self.n_data, self.n_outputs, self.n_params = n, k, num_params(model)
+        self.n_data, self.n_outputs = n, k
         self.w_map = flat_weights(model).astype(np.float64)
         self._state = _frozen_state(model)
-        self.data_error, self.data_errors = e_d, e_dk
+        self.data_error = e_d
+        self.data_errors = e_dk if self.likelihood.has_beta else None
+        self._output_scale = float(np.sqrt(square / max(n * k, 1)))
         self._x = x
         self.memory_estimate = structures.check_memory(
             structure,
@@ -175,21 +200,36 @@ class Laplace:
         )
         # The posterior's weights: all of them, or the final layer's for "last_layer".
         self.n_params = self.structure.n_params
+        self.prior = build_prior(prior, self.structure.posterior_variables(model), owners_of(model))
+        self.structure.check_prior(self.prior)
         w_post = np.asarray(self.structure.posterior_weights(model), np.float64)
-        self.weight_error = 0.5 * float(w_post @ w_post)  # E_W
+        self.weight_errors = self.prior.weight_errors(w_post)  # E_Wg per group
         self.negative = negative
         self._clip_negative()
-        self._set_precisions(self._alpha, beta)
+        self._alpha = None
+        self._set_precisions(self._check_alpha(alpha), beta)
         self.evidence_result = None  # an evidence.EvidenceResult after optimize_evidence()
+        self.prior_result = None  # a dict after optimize_prior()
 
     # -- precisions -----------------------------------------------------------------------------
     @property
-    def alpha(self) -> float:
-        return self._alpha
+    def prior_groups(self) -> tuple[str, ...]:
+        """The names of the prior groups, in the order of :attr:`alpha` (one: ("all",))."""
+        return self.prior.names
+
+    @property
+    def weight_error(self) -> float:
+        """E_W = ½ ‖w‖² over the posterior's weights (Σ of :attr:`weight_errors`)."""
+        return float(self.weight_errors.sum())
+
+    @property
+    def alpha(self) -> float | np.ndarray:
+        """Prior precision: a float for one group, else an array (G,) over :attr:`prior_groups`."""
+        return float(self._alpha[0]) if self.prior.scalar else self._alpha.copy()
 
     @alpha.setter
     def alpha(self, value):
-        self._set_precisions(check_precision(value, "alpha", allow_zero=True), self._beta)
+        self._set_precisions(self._check_alpha(value), self._beta)
 
     @property
     def beta(self) -> float | np.ndarray:
@@ -201,6 +241,23 @@ class Laplace:
         if not self.likelihood.has_beta:
             raise ValueError(_NO_BETA)
         self._set_precisions(self._alpha, value)
+
+    def _check_alpha(self, value, name: str = "alpha") -> np.ndarray:
+        """α as an array (G,): a number for every group, or one per group."""
+        alpha = check_precisions(value, name, allow_zero=True)
+        if alpha.ndim == 0:
+            return np.full(self.prior.n_groups, float(alpha))
+        if alpha.shape != (self.prior.n_groups,):
+            raise ValueError(
+                f"{name} must be a number or an array with one prior precision per group, "
+                f"shape ({self.prior.n_groups},) for the groups {list(self.prior.names)[:6]}"
+                f"{'…' if self.prior.n_groups > 6 else ''}, got shape {alpha.shape}"
+            )
+        return alpha.astype(np.float64)
+
+    def _alpha_weights(self, alpha=None):
+        """α as the structures take it: a float, or α of each weight (P,)."""
+        return self.prior.per_weight(self._alpha if alpha is None else alpha)
 
     def _set_precisions(self, alpha, beta):
         """Validate β (float or (K,)), check A is positive definite, then set both."""
@@ -214,6 +271,11 @@ class Laplace:
             raise ValueError(
                 f"beta as an array must hold one positive precision per output, shape "
                 f"({self.n_outputs},), got {beta.shape} with minimum {beta.min() if beta.size else None}"
+            )
+        if not self.prior.scalar:
+            raise ValueError(
+                "one beta per output needs prior='scalar' (one alpha); got prior groups "
+                f"{list(self.prior.names)[:6]}"
             )
         blocks = self._output_blocks()
         weighted = self.structure.reweighted(np.einsum("k,kpq->pq", beta, blocks))
@@ -265,33 +327,39 @@ class Laplace:
         )
 
     def _check_positive_definite(self, alpha, beta, structure=None):
-        """Refuse A = αI + βC unless its smallest eigenvalue is clearly positive: above
-        round-off of its largest, so σ is never 1/round-off."""
-        if (structure or self.structure).clearly_positive_definite(alpha, beta):
+        """Refuse A = D_α + βC unless its smallest eigenvalue is clearly positive: above
+        round-off of its largest, so σ is never 1/round-off. With several groups the bounds
+        are Weyl's: between min α + β λ_min(C) and max α + β λ_max(C)."""
+        s = structure or self.structure
+        alpha_w = self._alpha_weights(alpha)
+        if s.clearly_positive_definite(alpha_w, beta):
             return
-        lam = (structure or self.structure).eigenvalues
-        top = alpha + beta * float(np.abs(lam).max()) if lam.size else alpha
-        smallest = alpha + beta * float(lam.min()) if lam.size else alpha
+        a_min, a_max = float(np.min(alpha)), float(np.max(alpha))
+        lam = s.eigenvalues
+        top = a_max + beta * float(np.abs(lam).max()) if lam.size else a_max
+        smallest = a_min + beta * float(lam.min()) if lam.size else a_min
         if lam.size < self.n_params:
-            smallest = min(smallest, alpha)
+            smallest = min(smallest, a_min)
         if smallest > evidence.ROUNDOFF * top:
             return
+        which = "alpha" if self.prior.scalar else "every group's alpha"
         if lam.size and lam.min() < -evidence.ROUNDOFF * float(np.abs(lam).max()):
             hint = (
                 f"the {self.curvature} curvature has negative eigenvalues (down to "
                 f"{float(lam.min()):.4g}): use curvature='ggn' (always positive semi-definite), "
-                f"negative='clip', or alpha > {-beta * float(lam.min()):.4g}"
+                f"negative='clip', or {which} > {-beta * float(lam.min()):.4g}"
             )
         elif lam.size < self.n_params:
             hint = (
-                f"use alpha > 0 (structure {self.structure.name!r} keeps {lam.size} of the "
+                f"use {which} > 0 (structure {s.name!r} keeps {lam.size} of the "
                 f"{self.n_params} eigenvalues of C and takes the others as zero)"
             )
         else:
-            hint = "C is singular (it has zero eigenvalues), so use alpha > 0"
+            hint = f"C is singular (it has zero eigenvalues), so use {which} > 0"
+        shown = f"{a_min:g}" if self.prior.scalar else f"min {a_min:g}"
         raise ValueError(
             f"the posterior precision A = alpha*I + beta*C is not positive definite "
-            f"(smallest eigenvalue {smallest:.4g} with alpha={alpha:g}, beta={beta:g}, "
+            f"(smallest eigenvalue {smallest:.4g} with alpha={shown}, beta={beta:g}, "
             f"curvature={self.curvature!r}): {hint}"
         )
 
@@ -306,12 +374,12 @@ class Laplace:
                 "since this Laplace was fitted: build a new Laplace"
             )
 
-    def _inputs(self, x):
+    def _inputs(self, x, name: str = "x"):
         self._check_weights_unchanged()
-        return check_inputs(self.model, x, "x").astype(model_dtype(self.model))
+        return check_inputs(self.model, x, name).astype(model_dtype(self.model))
 
     def _posterior(self):
-        """(structure, β) such that A = α I + β C_structure (one β per output: Σ β_k C_k, 1)."""
+        """(structure, β) such that A = D_α + β C_structure (one β per output: Σ β_k C_k, 1)."""
         if self._weighted is not None:
             return self._weighted, 1.0
         return self.structure, self._beta
@@ -341,7 +409,9 @@ class Laplace:
         x = self._inputs(x)
         mean = engine(self.model).outputs(x)
         structure, beta = self._posterior()
-        var = structure.predictive_variance(self.model, x, self._alpha, beta, batch_size=batch_size)
+        var = structure.predictive_variance(
+            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
+        )
         if noise:
             var = var + 1.0 / self._beta
         return mean, np.sqrt(var)
@@ -354,7 +424,7 @@ class Laplace:
         x = self._inputs(x)
         structure, beta = self._posterior()
         cov = structure.predictive_covariance(
-            self.model, x, self._alpha, beta, batch_size=batch_size
+            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
         if noise and self.likelihood.has_beta:
             cov = cov + np.diag(np.broadcast_to(1.0 / self._beta, (self.n_outputs,)))
@@ -382,6 +452,7 @@ class Laplace:
             )
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        n_samples = check_positive_int(n_samples, "n_samples")
         x = self._inputs(x)
         mean = engine(self.model).outputs(x)
         cov = self.predictive_covariance(x, batch_size=batch_size)
@@ -390,6 +461,11 @@ class Laplace:
         return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed)
 
     # -- evidence -------------------------------------------------------------------------------
+    def _spectral(self, structure=None) -> bool:
+        """The evidence follows from C's eigenvalues: one α and a structure whose A is
+        diagonal in C's eigenbasis."""
+        return self.prior.scalar and getattr(structure or self.structure, "spectral", True)
+
     def _evidence_eigenvalues(self, structure=None):
         lam = (structure or self.structure).eigenvalues
         count, worst = evidence.negative_eigenvalues(lam)
@@ -402,34 +478,66 @@ class Laplace:
             )
         return lam
 
+    def _terms(self, structure=None):
+        """``terms(alphas (G,), β) -> (ln|A|, γ (G,))`` for :func:`sigma.evidence.maximize`."""
+        s = structure or self.structure
+        if self._spectral(s):
+            return evidence.eigen_terms(self._evidence_eigenvalues(s), self.n_params)
+        self._evidence_eigenvalues(s)  # refuses an indefinite curvature
+        sizes = self.prior.sizes
+
+        def terms(alphas, beta):
+            alpha_w = self.prior.per_weight(alphas)
+            traces = self.prior.group_sums(s.inverse_diagonal(alpha_w, beta))
+            return s.logdet(alpha_w, beta), sizes - np.asarray(alphas) * traces
+
+        return terms
+
+    @property
+    def gammas(self) -> np.ndarray:
+        """γ_g = P_g − α_g Tr_g(A⁻¹) per prior group, (G,): how many of each group's weights
+        the data determine."""
+        structure, beta = self._posterior()
+        return self._terms(structure)(self._alpha, beta)[1]
+
     @property
     def gamma(self) -> float:
-        """γ = Σ_i λ_i/(λ_i + α), λ_i the eigenvalues of β C: the effective number of
-        well-determined parameters at the current α, β (0 ≤ γ ≤ P)."""
+        """γ = Σ_g γ_g (= Σ_i λ_i/(λ_i + α), λ_i the eigenvalues of β C, for one α): the
+        effective number of well-determined parameters at the current α, β (0 ≤ γ ≤ P)."""
         structure, beta = self._posterior()
-        return evidence.effective_parameters(
-            self._evidence_eigenvalues(structure), self.n_params, self._alpha, beta
-        )
+        if self._spectral(structure):
+            return evidence.effective_parameters(
+                self._evidence_eigenvalues(structure), self.n_params, self._alpha[0], beta
+            )
+        return float(self.gammas.sum())
 
     def log_evidence(self, alpha=None, beta=None):
-        """ln p(D | α, β) in nats, constants included (MATH.md); defaults: the current α, β.
+        """ln p(D | α, β) in nats, constants included (docs/math.md); defaults: the current α, β.
 
-        ``alpha`` and ``beta`` may be arrays (broadcast against each other, e.g. a meshgrid):
-        the result then has their broadcast shape, for drawing the evidence surface. A given
-        ``beta`` is one noise precision shared by all outputs; with one β_k per output set,
-        ``log_evidence()`` (beta=None) uses them. Classification: ln p(D | α), no β.
+        With one prior group, ``alpha`` and ``beta`` may be arrays (broadcast against each
+        other, e.g. a meshgrid): the result then has their broadcast shape, for drawing the
+        evidence surface. With several groups ``alpha`` is one α per group (G,) or a number
+        for all. A given ``beta`` is one noise precision shared by all outputs; with one β_k
+        per output set, ``log_evidence()`` (beta=None) uses them. Classification:
+        ln p(D | α), no β.
         """
-        alpha = self._alpha if alpha is None else alpha
-        if not self.likelihood.has_beta:
-            if beta is not None:
-                raise ValueError(_NO_BETA)
-            return evidence.log_evidence_classification(
-                self._evidence_eigenvalues(),
-                cross_entropy=self.data_error,
-                weight_error=self.weight_error,
-                n_params=self.n_params,
-                alpha=alpha,
-            )
+        self._check_weights_unchanged()
+        if not self.likelihood.has_beta and beta is not None:
+            raise ValueError(_NO_BETA)
+        if beta is not None:
+            check_precisions(beta, "beta", allow_zero=False)
+        if self.prior.scalar:
+            alpha = self._alpha[0] if alpha is None else check_precisions(alpha, "alpha")
+            if np.ndim(alpha) and beta is not None and np.ndim(beta):
+                try:
+                    np.broadcast_shapes(np.shape(alpha), np.shape(beta))
+                except ValueError:
+                    raise ValueError(
+                        f"alpha and beta must broadcast against each other (e.g. a meshgrid), "
+                        f"got shapes {np.shape(alpha)} and {np.shape(beta)}"
+                    ) from None
+        else:
+            alpha = self._alpha if alpha is None else self._check_alpha(alpha)
         if beta is None and self._weighted is not None:
             if np.ndim(alpha) != 0:
                 raise ValueError("with one beta per output, alpha must be a single number")
@@ -441,15 +549,48 @@ class Laplace:
                 alpha=float(alpha),
                 betas=self._beta,
             )
-        return evidence.log_evidence(
-            self._evidence_eigenvalues(),
+        beta = self._beta if beta is None else beta
+        if self._spectral():
+            if not self.likelihood.has_beta:
+                return evidence.log_evidence_classification(
+                    self._evidence_eigenvalues(),
+                    cross_entropy=self.data_error,
+                    weight_error=self.weight_error,
+                    n_params=self.n_params,
+                    alpha=alpha,
+                )
+            return evidence.log_evidence(
+                self._evidence_eigenvalues(),
+                data_error=self.data_error,
+                weight_error=self.weight_error,
+                n_params=self.n_params,
+                n_obs=self.n_data * self.n_outputs,
+                alpha=alpha,
+                beta=beta,
+            )
+        alphas = np.broadcast_to(np.asarray(alpha, np.float64), (self.prior.n_groups,))
+        if np.ndim(beta) or not np.all(alphas > 0):
+            raise ValueError(
+                "with several prior groups (or structure 'lowrank' with its diagonal), the "
+                "evidence takes one alpha per group (> 0) and one beta, not a grid"
+            )
+        logdet, _ = self._terms()(alphas, float(beta))
+        return evidence.log_evidence_groups(
+            logdet=logdet,
             data_error=self.data_error,
-            weight_error=self.weight_error,
-            n_params=self.n_params,
+            weight_errors=self.weight_errors,
+            sizes=self.prior.sizes,
             n_obs=self.n_data * self.n_outputs,
-            alpha=alpha,
-            beta=self._beta if beta is None else beta,
+            alphas=alphas,
+            beta=float(beta),
+            has_beta=self.likelihood.has_beta,
         )
+
+    def _interpolates(self) -> bool:
+        """The training residuals are at the float precision of the model's outputs."""
+        eps = float(np.finfo(model_dtype(self.model)).eps)
+        residual = np.sqrt(2.0 * self.data_error / (self.n_data * self.n_outputs))
+        return bool(residual <= INTERPOLATION * eps * max(self._output_scale, 1e-300))
 
     def optimize_evidence(
         self,
@@ -460,68 +601,81 @@ class Laplace:
         tol: float = 1e-8,
         max_iter: int = 1000,
     ) -> Laplace:
-        """Set α and β to MacKay's fixed point of the evidence at the trained weights; returns self.
+        """Set α (every α_g) and β to the maximum of the evidence at the trained weights.
 
-        γ = Σ λ_i/(λ_i + α) (λ_i eigenvalues of β C), α ← γ/(2E_W), β ← (NK − γ)/(2E_D),
-        iterated from the current α, β until the relative change is below ``tol``.
+        MacKay's fixed point, α_g ← γ_g/(2E_Wg), β ← (NK − γ)/(2E_D), from the current α, β
+        until the relative change is below ``tol``; where it overshoots (γ ≥ NK) or oscillates,
+        a direct maximisation in (ln α_g, ln β) (:func:`sigma.evidence.maximize`).
         ``fix_alpha`` / ``fix_beta`` hold one precision at its current value. ``per_output``:
         one β_k per output (β_k ← (N − γ_k)/(2E_Dk)); default: keep the current form of β.
-        Classification re-estimates α only (β is fixed at 1).
+        Classification re-estimates α only (β is fixed at 1). Returns self.
 
         Afterwards ``alpha``, ``beta``, ``gamma`` and ``log_evidence()`` refer to the optimum and
-        ``evidence_result`` records the iterations. Raises :class:`sigma.evidence.EvidenceError`
-        (with the last α, β) when the iteration diverges or does not converge, ValueError for
-        a curvature with negative eigenvalues (see ``negative``).
+        ``evidence_result`` records how it was reached. Raises
+        :class:`sigma.evidence.EvidenceBoundaryError` when the evidence has no interior maximum
+        (the network interpolates its training data, so β → ∞; or an α_g → 0), saying what
+        to do; :class:`sigma.evidence.EvidenceError` (with the last α, β) when the iterations
+        run out; ValueError for a curvature with negative eigenvalues (see ``negative``).
         """
+        self._check_weights_unchanged()
+        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
+            if not isinstance(flag, bool | np.bool_):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        max_iter = check_positive_int(max_iter, "max_iter")
+        tol = check_precision(tol, "tol", allow_zero=False)
         if per_output is None:
             per_output = self._weighted is not None
-        start_alpha = self._alpha
-        if not self.likelihood.has_beta:
-            if per_output:
-                raise ValueError(_NO_BETA)
-            result = evidence.optimize(
-                self._evidence_eigenvalues(),
-                data_error=self.data_error,
-                weight_error=self.weight_error,
-                n_params=self.n_params,
-                n_obs=None,
-                alpha=start_alpha,
-                beta=1.0,
-                fix_alpha=fix_alpha,
-                fix_beta=True,
-                tol=tol,
-                max_iter=max_iter,
-            )
-        elif per_output:
-            if start_alpha == 0:
-                start_alpha = self._alpha_from_zero()
+        if not self.likelihood.has_beta and per_output:
+            raise ValueError(_NO_BETA)
+        start = self._alpha.copy()
+        if np.any(start == 0):
+            start = np.where(start == 0, self._alpha_from_zero(), start)
+        if per_output:
             result = evidence.optimize_per_output(
                 self._output_blocks(),
                 data_errors=self.data_errors,
                 weight_error=self.weight_error,
                 n_data=self.n_data,
-                alpha=start_alpha,
+                alpha=float(start[0]),
                 betas=np.broadcast_to(self._beta, (self.n_outputs,)),
                 fix_alpha=fix_alpha,
                 fix_beta=fix_beta,
                 tol=tol,
                 max_iter=max_iter,
             )
+            result.alpha = np.array([result.alpha])
         else:
-            result = evidence.optimize(
-                self._evidence_eigenvalues(),
+            has_beta = self.likelihood.has_beta
+            if has_beta and not fix_beta and self._interpolates():
+                raise evidence.EvidenceBoundaryError(
+                    "the network interpolates its training data (E_D = "
+                    f"{self.data_error:.3g}, residuals at the float precision of its outputs), "
+                    "so the evidence grows without bound as beta → ∞: there is no noise level "
+                    "to find. Train with the evidence (sigma.EvidenceCallback keeps E_D away "
+                    "from zero), hold beta (optimize_evidence(fix_beta=True)), or use more "
+                    "data or fewer weights",
+                    alpha=self.alpha,
+                    beta=self._beta,
+                    n_iter=0,
+                    which=["beta"],
+                )
+            result = evidence.maximize(
+                self._terms(),
                 data_error=self.data_error,
-                weight_error=self.weight_error,
-                n_params=self.n_params,
-                n_obs=self.n_data * self.n_outputs,
-                alpha=start_alpha,
+                weight_errors=self.weight_errors,
+                sizes=self.prior.sizes,
+                n_obs=self.n_data * self.n_outputs if has_beta else None,
+                alphas=start,
                 beta=float(np.mean(self._beta)),
                 fix_alpha=fix_alpha,
                 fix_beta=fix_beta,
                 tol=tol,
                 max_iter=max_iter,
             )
+            result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
         self._set_precisions(result.alpha, result.beta)
+        if self.prior.scalar:
+            result.alpha = float(result.alpha[0])
         self.evidence_result = result
         return self
 
@@ -530,15 +684,113 @@ class Laplace:
         if not self.weight_error > 0:
             return 1.0
         lam = self.structure.eigenvalues
-        return max(float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())), 1.0) / (
-            2.0 * self.weight_error
-        )
+        rank = float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())) if lam.size else 1.0
+        return max(rank, 1.0) / (2.0 * self.weight_error)
+
+    # -- held-out tuning ------------------------------------------------------------------------
+    def optimize_prior(
+        self,
+        x_val,
+        y_val,
+        *,
+        metric: str = "nll",
+        beta: bool = True,
+        span: float = 1e4,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+    ) -> Laplace:
+        """Set α (and β, for regression) to the best value of a held-out metric; returns self.
+
+        For when the evidence is not trusted: a bounded search over a common factor of the
+        prior precisions (α_g ratios kept) — and of β for regression with ``beta=True`` —
+        within ``span``× of the current values either way, minimising ``metric`` on
+        (x_val, y_val): "nll" (Gaussian NLL per value for regression; NLL per sample for
+        classification), "brier" or "ece" (classification). A bounded 1-D search
+        (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid.
+        ``prior_result`` records the values found and how many predictions it took.
+        """
+        kind = "regression" if self.likelihood.has_beta else "classification"
+        if metric not in PRIOR_METRICS[kind]:
+            raise ValueError(
+                f"metric must be one of {PRIOR_METRICS[kind]} for {kind}, got {metric!r}"
+            )
+        if not isinstance(beta, bool):
+            raise ValueError(f"beta must be True or False (also tune β), got {beta!r}")
+        span = check_precision(span, "span", allow_zero=False)
+        if span <= 1:
+            raise ValueError(f"span must be > 1 (a factor either way), got {span}")
+        max_iter = check_positive_int(max_iter, "max_iter")
+        x_val = self._inputs(x_val, "x_val")
+        y_val = self.likelihood.targets(y_val, len(x_val), self.n_outputs, "y_val")
+        tune_beta = beta and self.likelihood.has_beta and self._weighted is None
+        saved = self._alpha.copy(), self._beta
+        alpha0, beta0 = saved
+        if self.prior.scalar and alpha0[0] == 0:
+            alpha0 = np.full_like(alpha0, self._alpha_from_zero())
+        labels = None if self.likelihood.has_beta else np.argmax(y_val, axis=1)
+        calls = []
+
+        def score(z):
+            a = alpha0 * np.exp(z[0])
+            b = beta0 * np.exp(z[1]) if tune_beta else beta0
+            try:
+                self._set_precisions(a, b)
+            except ValueError:
+                return np.inf  # A not positive definite there
+            calls.append(1)
+            if labels is None:
+                mean, std = self.predict(x_val)
+                return metrics.gaussian_nll(mean, std, y_val)
+            probs = self.predict_proba(x_val)
+            return {"nll": metrics.nll, "brier": metrics.brier,
+                    "ece": metrics.expected_calibration_error}[metric](probs, labels)  # fmt: skip
+
+        import scipy.optimize
+
+        bound = float(np.log(span))
+        try:  # on any failure (or Ctrl-C) the precisions are restored
+            if tune_beta:
+                res = scipy.optimize.minimize(
+                    score, np.zeros(2), method="Nelder-Mead",
+                    bounds=[(-bound, bound)] * 2,
+                    options={"xatol": tol, "fatol": tol * 1e-3, "maxfev": max_iter},
+                )  # fmt: skip
+                best = res.x
+            else:
+                res = scipy.optimize.minimize_scalar(
+                    lambda s: score([s]), bounds=(-bound, bound), method="bounded",
+                    options={"xatol": tol, "maxiter": max_iter},
+                )  # fmt: skip
+                best = np.array([res.x])
+            value = score(best)
+        except BaseException:
+            self._set_precisions(*saved)
+            raise
+        if not np.isfinite(value):
+            self._set_precisions(*saved)
+            raise ValueError(
+                f"no alpha within a factor {span:g} of {self.alpha} gives a positive definite "
+                "posterior precision: widen span or fit with another structure"
+            )
+        self.prior_result = {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "metric": metric,
+            "value": float(value),
+            "evaluations": len(calls),
+        }
+        return self
 
     def __repr__(self):
+        alpha = (
+            f"{self._alpha[0]:.4g}"
+            if self.prior.scalar
+            else np.array2string(self._alpha, precision=4, threshold=6)
+        )
         return (
             f"Laplace(structure={self.structure.name!r}, curvature={self.curvature!r}, "
-            f"P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
-            f"alpha={self._alpha:.4g}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
+            f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
+            f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )
 
 

@@ -238,10 +238,10 @@ def _distributed(body, strategy):
 def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None):
     """Validate a ``tf.data.Dataset`` of ``(x, y)`` batches in one pass.
 
-    Returns ``(data, n, k, data_error, data_errors)``: ``data`` yields ``(x_b, y_b)`` cast
-    to the model dtype with targets as (B, K) (integer labels one-hot encoded for
-    classification); N samples, K outputs, the summed data term E_D and, for regression,
-    E_Dk per output (K,). With ``batch_size`` the data are re-batched to that size.
+    Returns ``(data, n, k, data_error, data_errors, square)``: ``data`` yields ``(x_b, y_b)``
+    cast to the model dtype with targets as (B, K) (integer labels one-hot encoded for
+    classification); N samples, K outputs, the summed data term E_D, for regression E_Dk per
+    output (K,), and Σ f² over the outputs. With ``batch_size`` the data are re-batched.
     """
     lik = likelihoods.get(likelihood)
     check_model(model)
@@ -256,7 +256,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     if batch_size is not None:
         dataset = dataset.unbatch().batch(check_batch_size(batch_size))
     dtype = model_dtype(model)
-    n, k, e_d, e_dk = 0, None, 0.0, None
+    n, k, e_d, e_dk, square = 0, None, 0.0, None, 0.0
     for i, (xb, yb) in enumerate(dataset):
         xb = check_inputs(model, xb.numpy(), f"x (dataset batch {i})").astype(dtype)
         f = np.asarray(model(xb, training=False), np.float64).reshape(len(xb), -1)
@@ -267,6 +267,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         if lik.has_beta:
             part = 0.5 * np.sum((f - t) ** 2, axis=0)
             e_dk = part if e_dk is None else e_dk + part
+        square += float(np.sum(f**2))
         n += len(xb)
     if n == 0:
         raise ValueError("the dataset is empty")
@@ -276,7 +277,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
             yb = tf.one_hot(tf.cast(yb, tf.int32), k) if not lik.has_beta else yb[:, None]
         return tf.cast(xb, dtype), tf.cast(tf.reshape(yb, (-1, k)), dtype)
 
-    return dataset.map(cast), n, k, e_d, e_dk
+    return dataset.map(cast), n, k, e_d, e_dk, square
 
 
 def dataset_arrays(data) -> tuple[np.ndarray, np.ndarray]:

@@ -163,7 +163,8 @@ class Engine:
             t = tf.cast(y, tf.float64)
             count = tf.cast(tf.shape(f)[0], tf.float64)
             per_output = 0.5 * tf.reduce_sum(tf.square(f - t), axis=0)
-            return count, tf.cast(lik.data_error(f, t), tf.float64), per_output
+            square = tf.reduce_sum(tf.square(f))
+            return count, tf.cast(lik.data_error(f, t), tf.float64), per_output, square
 
         return body
 
@@ -290,13 +291,13 @@ class Engine:
             f, j = fn(batch[0])
             yield f.numpy(), j.numpy()
 
-    def summary(self, data, likelihood) -> tuple[int, float, np.ndarray]:
-        """(N, E_D, E_D per output (K,)) over ``(x, y)`` batches; E_D is the likelihood's summed
-        data term (½ Σ (f − t)² for regression, the cross-entropy for classification)."""
+    def summary(self, data, likelihood) -> tuple[int, float, np.ndarray, float]:
+        """(N, E_D, E_D per output (K,), Σ f²) over ``(x, y)`` batches; E_D is the likelihood's
+        summed data term (½ Σ (f − t)² for regression, the cross-entropy for classification)."""
         lik = _likelihoods.get(likelihood)
         acc = self.accumulator(("summary", lik.name), self._summary_body(lik), data)
-        count, e_d, per_output = acc()
-        return int(round(float(count))), float(e_d), per_output
+        count, e_d, per_output, square = acc()
+        return int(round(float(count))), float(e_d), per_output, float(square)
 
     def dense(
         self,

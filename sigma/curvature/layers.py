@@ -556,6 +556,22 @@ def product_elements(plan: LayerPlan, k: int, m: int) -> int:
     return max(n, 1)
 
 
+def jacobian_product(plan: LayerPlan, cap: Captured, v):
+    """J V for the captured batch, (B, K, m) (or 0.0 when no weight reaches the outputs):
+    per fast block Σ_t sᵀ (ã V_b), per generic block J_l V_l; in V's dtype (traceable)."""
+    m = tf.shape(v)[1]
+    jv = 0.0
+    for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
+        if a is None:
+            continue
+        vb = tf.reshape(tf.gather(v, blk.index), (blk.d_in, blk.d_out, m))
+        av = tf.einsum("btd,dcm->btcm", tf.cast(a, v.dtype), vb)
+        jv += tf.einsum("kbtc,btcm->bkm", tf.cast(s, v.dtype), av)
+    for blk, j in zip(plan.generic, cap.jacs, strict=True):
+        jv += tf.einsum("bkp,pm->bkm", tf.cast(j, v.dtype), tf.gather(v, blk.index))
+    return jv
+
+
 def product(plan: LayerPlan, cap: Captured, v):
     """Σ_n J_nᵀ (J_n V) for the captured batch, V (P, m): the GGN product (the capture's
     pseudo-outputs u = Lᵀ f make it Σ J_nᵀ Λ_n J_n V), without forming J (traceable).
@@ -566,16 +582,8 @@ def product(plan: LayerPlan, cap: Captured, v):
     Jacobian. Returns (P, m) in V's dtype.
     """
     blocks = plan.fast + plan.generic
-    parts = [tf.gather(v, blk.index) for blk in blocks]
     m = tf.shape(v)[1]
-    jv = 0.0
-    for blk, a, s, vb in zip(plan.fast, cap.acts, cap.sens, parts, strict=False):
-        if a is None:
-            continue
-        av = tf.einsum("btd,dcm->btcm", a, tf.reshape(vb, (blk.d_in, blk.d_out, m)))
-        jv += tf.einsum("kbtc,btcm->bkm", s, av)
-    for j, vb in zip(cap.jacs, parts[len(plan.fast) :], strict=True):
-        jv += tf.einsum("bkp,pm->bkm", j, vb)
+    jv = jacobian_product(plan, cap, v)
     out = []
     for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
         if a is None or isinstance(jv, float):

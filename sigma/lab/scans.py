@@ -42,7 +42,7 @@ def beta_scan(laplace, betas, x_test, y_test, *, optimize_alpha: bool = True) ->
                 }
             )
     finally:
-        laplace._set_precisions(saved[0], saved[1])
+        laplace._set_precisions(laplace._check_alpha(saved[0]), saved[1])
         laplace.evidence_result = saved[2]
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}
 

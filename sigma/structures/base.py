@@ -40,6 +40,9 @@ class Structure:
         ``strategy=`` and ``progress=``; otherwise it gets arrays and no strategy.
     per_output_beta : supports one β per output (:meth:`output_blocks`, :meth:`reweighted`).
     can_clip : can replace negative eigenvalues of C by zero (:meth:`clip_negative`).
+
+    Precisions: ``alpha`` is a float, or the prior precision of each weight (P,) when the
+    prior has several groups (:mod:`sigma.priors`); every method below takes either.
     """
 
     name: ClassVar[str | None] = None
@@ -47,6 +50,8 @@ class Structure:
     streaming: ClassVar[bool] = False
     per_output_beta: ClassVar[bool] = False
     can_clip: ClassVar[bool] = False
+    spectral: bool = True  # A = αI + βC is diagonal in C's eigenbasis (one α): the evidence
+    # follows from ``eigenvalues`` (False: from ``logdet`` and ``inverse_diagonal``)
     memory_summary: ClassVar[str] = "its curvature"  # what the memory holds, for messages
     registry: ClassVar[dict[str, type]] = {}
 
@@ -86,13 +91,24 @@ class Structure:
         last-layer structure covers its layer only). E_W = ½‖·‖² in the evidence."""
         return flat_weights(model)
 
+    def posterior_variables(self, model) -> list:
+        """The variables whose weights :meth:`posterior_weights` holds, in order."""
+        return list(model.trainable_variables)
+
+    def check_prior(self, prior) -> None:
+        """Raise ValueError when this structure cannot represent ``prior``'s groups exactly."""
+
+    def inverse_diagonal(self, alpha, beta) -> np.ndarray:
+        """diag(A⁻¹), (P,): with :meth:`logdet`, the evidence for any prior groups."""
+        raise NotImplementedError
+
     @property
     def eigenvalues(self) -> np.ndarray:
         """Eigenvalues of C, shape (r,), r ≤ P (the remaining P − r are zero)."""
         raise NotImplementedError
 
-    def logdet(self, alpha: float, beta: float) -> float:
-        """ln|α I + β C| from the eigenvalues of C."""
+    def logdet(self, alpha, beta: float) -> float:
+        """ln|α I + β C| from the eigenvalues of C (one α)."""
         lam = self.eigenvalues
         return float(
             np.sum(np.log(alpha + beta * lam)) + (self.n_params - lam.size) * np.log(alpha)

@@ -66,10 +66,14 @@ class Diag(Layerwise):
         """The diagonal entries d_p, (P,)."""
         return self.diagonal
 
-    def _block_params(self, alpha, beta):
-        inv = 1.0 / (alpha + beta * self.diagonal)
-        out = [[None, None, inv[b.index].reshape(b.d_in, b.d_out)] for b in self.plan.fast]
-        out += [[None, inv[g.index]] for g in self.plan.generic]
+    def _spectral(self, alpha, beta):
+        a = alpha + beta * self.diagonal  # the eigenvalues of A, per weight
+        inv, logs = 1.0 / a, np.log(a)
+        out = [
+            [None, None, inv[b.index].reshape(b.d_in, b.d_out), logs[b.index].sum()]
+            for b in self.plan.fast
+        ]
+        out += [[None, inv[g.index], logs[g.index].sum()] for g in self.plan.generic]
         return out
 
     def matrix(self) -> np.ndarray:

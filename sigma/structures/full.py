@@ -1,13 +1,15 @@
 """The full structure: the P×P curvature itself, the reference for every other structure.
 
-    A = α I + β C,   J A⁻¹ Jᵀ = (L⁻¹ Jᵀ)ᵀ (L⁻¹ Jᵀ)   with A = L Lᵀ (Cholesky), or
-                               = (J V) diag(1/(α + β c)) (J V)ᵀ   with C = V diag(c) Vᵀ.
+    A = D_α + β C,   J A⁻¹ Jᵀ = (L⁻¹ Jᵀ)ᵀ (L⁻¹ Jᵀ)   with A = L Lᵀ (Cholesky), or
+                               = (J V) diag(1/(α + β c)) (J V)ᵀ   with C = V diag(c) Vᵀ, one α.
 
 The fit accumulates C (the GGN through per-sample Jacobians, or the exact Hessian by nested
 tapes) and nothing more: the eigendecomposition, O(P³) and the dominant cost at small P, is
-made only when something needs the eigenvalues (the evidence, γ, a check of an indefinite
-Hessian) and kept; until then the predictive solves with a Cholesky factor of A, cached for
-the current α, β. Memory P² (C, its eigenvectors, the eigensolver's workspace).
+made only when something needs the eigenvalues (the evidence with one α, γ, a check of an
+indefinite Hessian) and kept; until then — and always for one α per group, where the
+eigenbasis of C no longer diagonalises A — the predictive, ln|A| and diag(A⁻¹) come from a
+Cholesky factor of A, cached for the current precisions. Memory P² (C, its eigenvectors, the
+eigensolver's workspace).
 """
 
 from __future__ import annotations
@@ -70,49 +72,74 @@ class Full(Eigenbasis):
         self._decompose()
         return self._vecs
 
-    def clearly_positive_definite(self, alpha, beta) -> bool:
-        # C ⪰ 0 has λ_max ≤ trace(C): A's smallest eigenvalue α is then above round-off of its
-        # largest without any decomposition.
-        if not getattr(self, "psd", False) or self._eig is not None:
-            return False
-        top = alpha + beta * max(float(np.trace(self.matrix)), 0.0)
-        return alpha > evidence.ROUNDOFF * top
+    def _eigenbasis(self, alpha) -> bool:
+        """Use C's eigenbasis: one α and the eigenpairs already computed."""
+        return np.ndim(alpha) == 0 and self._eig is not None
 
-    # -- predictive -----------------------------------------------------------------------------
+    def clearly_positive_definite(self, alpha, beta) -> bool:
+        # C ⪰ 0 has λ_max ≤ trace(C): A's smallest eigenvalue ≥ min α is then above round-off of
+        # its largest without any decomposition.
+        if not getattr(self, "psd", False) or self._eig is not None and np.ndim(alpha) == 0:
+            return False
+        a = np.asarray(alpha, np.float64)
+        top = a.max() + beta * max(float(np.trace(self.matrix)), 0.0)
+        return bool(a.min() > evidence.ROUNDOFF * top)
+
+    # -- A = D_α + βC through its Cholesky factor ------------------------------------------------
     def _factor(self, alpha, beta):
-        """Lower Cholesky factor of A = αI + βC, kept for the last (α, β)."""
-        key, factor = self._chol
-        if key != (alpha, beta):
+        """Lower Cholesky factor of A = D_α + βC, kept for the last (α, β)."""
+        key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
+        cached_key, factor = self._chol
+        if cached_key != key:
             a = beta * self.matrix
             a[np.diag_indices_from(a)] += alpha
             with one_blas_thread():
                 factor = scipy.linalg.cholesky(a, lower=True, check_finite=False)
-            self._chol = ((alpha, beta), factor)
+            self._chol = (key, factor)
         return factor
+
+    def logdet(self, alpha, beta) -> float:
+        """ln|D_α + βC|."""
+        if self._eigenbasis(alpha):
+            return super().logdet(alpha, beta)
+        return float(2.0 * np.sum(np.log(np.diag(self._factor(alpha, beta)))))
+
+    def inverse_diagonal(self, alpha, beta) -> np.ndarray:
+        """diag(A⁻¹), (P,): Σ_i V_pi² / (α + β c_i), or the column norms of L⁻¹."""
+        if self._eigenbasis(alpha):
+            return (self._vecs**2) @ (1.0 / (alpha + beta * self._eig))
+        with one_blas_thread():
+            inverse, info = scipy.linalg.lapack.dtrtri(self._factor(alpha, beta), lower=1)
+        if info:  # pragma: no cover - a Cholesky factor is non-singular
+            raise np.linalg.LinAlgError(f"the Cholesky factor of A is singular (info={info})")
+        return np.einsum("ip,ip->p", inverse, inverse)
+
+    # -- predictive -----------------------------------------------------------------------------
+    def _jacobian_batches(self, model, x, batch_size):
+        """Yield J(x) per batch, (B, K, P) float64."""
+        for _, j in engine(model).jacobians(x, batch_size=batch_size, extra=2):
+            yield j.astype(np.float64)
 
     def _projected(self, model, x, batch_size):
         """Yield J(x) V for batches of x: (B, K, P)."""
-        for _, j in engine(model).jacobians(x, batch_size=batch_size, extra=2):
+        for j in self._jacobian_batches(model, x, batch_size):
             with one_blas_thread():
-                jv = j.astype(np.float64) @ self._vecs
+                jv = j @ self._vecs
             yield jv
 
     def _whitened(self, model, x, alpha, beta, batch_size):
         """Yield L⁻¹ J(x)ᵀ per batch as (B, K, P): rows whose inner products are J A⁻¹ Jᵀ."""
         factor = self._factor(alpha, beta)
-        for _, j in engine(model).jacobians(x, batch_size=batch_size, extra=2):
+        for j in self._jacobian_batches(model, x, batch_size):
             b, k, p = j.shape
             with one_blas_thread():
                 z = scipy.linalg.solve_triangular(
-                    factor,
-                    j.reshape(b * k, p).T.astype(np.float64),
-                    lower=True,
-                    check_finite=False,
+                    factor, j.reshape(b * k, p).T, lower=True, check_finite=False
                 )
             yield z.T.reshape(b, k, p)
 
     def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
-        if self._eig is not None:
+        if self._eigenbasis(alpha):
             return super().predictive_variance(model, x, alpha, beta, batch_size=batch_size)
         return np.concatenate(
             [
@@ -122,7 +149,7 @@ class Full(Eigenbasis):
         )
 
     def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
-        if self._eig is not None:
+        if self._eigenbasis(alpha):
             return super().predictive_covariance(model, x, alpha, beta, batch_size=batch_size)
         return np.concatenate(
             [

@@ -96,12 +96,58 @@ class KFAC(Layerwise):
         blocks' eigenvalues: (P,) in total."""
         return self._eig
 
-    def _block_params(self, alpha, beta):
+    def check_prior(self, prior) -> None:
+        """Each Dense/Conv layer's weights must share α along its output units (a group
+        constant on every row of the (D, C) kernel-and-bias matrix)."""
+        for blk in self.plan.fast:
+            g = prior.groups[blk.index].reshape(blk.d_in, blk.d_out)
+            if not np.all(g == g[:, :1]):
+                raise ValueError(
+                    f"structure 'kfac' needs one prior precision per input row of layer "
+                    f"{blk.layer.name!r} (its Kronecker factor Q ⊗ H has no form for a prior "
+                    "that varies over output units): use prior='scalar', 'layer' or 'variable', "
+                    "or structure='diag' or 'full' for this grouping"
+                )
+
+    def _spectral(self, alpha, beta):
+        """α constant on a block: its Kronecker eigenbasis, 1/(α + β q_i h_j). α varying over a
+        layer's input rows (prior="variable": kernel and bias apart): with S = diag(α_row)^-½,
+        A_block = (S⁻¹ ⊗ I)(I + β S Q S ⊗ H)(S⁻¹ ⊗ I), exact through the eigenpairs of S Q S.
+        α varying over a layer's output columns has no Kronecker form and is refused."""
+        fast_alpha, generic_alpha = self._alpha_blocks(alpha)
         out = []
-        for qe, qv, he, hv in self.factor_eigen:
-            out.append([qv, hv, 1.0 / (alpha + beta * np.outer(qe, he))])
-        for e, v, _ in self.generic_eigen:
-            out.append([v, 1.0 / (alpha + beta * e)])
+        for blk, a, (q, _), (qe, qv, he, hv) in zip(
+            self.plan.fast, fast_alpha, self.factors, self.factor_eigen, strict=True
+        ):
+            rows = a[:, 0]
+            if not np.all(a == rows[:, None]):
+                raise ValueError(
+                    f"structure 'kfac' needs one prior precision per input row of layer "
+                    f"{blk.layer.name!r} (its Kronecker factor Q ⊗ H has no form for a prior "
+                    "that varies over output units): use prior='scalar', 'layer' or 'variable', "
+                    "or structure='diag' or 'full' for this grouping"
+                )
+            if np.all(rows == rows[0]):
+                a0 = rows[0] + beta * np.outer(qe, he)
+                out.append([qv, hv, 1.0 / a0, np.log(a0).sum()])
+            else:
+                scale = rows**-0.5
+                e, u = _eigh(scale[:, None] * q * scale[None, :])
+                a1 = 1.0 + beta * np.outer(e, he)
+                logdet = blk.d_out * np.log(rows).sum() + np.log(a1).sum()
+                out.append([scale[:, None] * u, hv, 1.0 / a1, logdet])
+        for a, (e, v, acc) in zip(generic_alpha, self.generic_eigen, strict=True):
+            if v is None:  # the block's diagonal only
+                a0 = a + beta * acc
+                out.append([None, 1.0 / a0, np.log(a0).sum()])
+            elif np.all(a == a[0]):
+                a0 = a[0] + beta * e
+                out.append([v, 1.0 / a0, np.log(a0).sum()])
+            else:
+                scale = a**-0.5
+                e1, u = _eigh(scale[:, None] * acc * scale[None, :])
+                a1 = 1.0 + beta * e1
+                out.append([scale[:, None] * u, 1.0 / a1, np.log(a).sum() + np.log(a1).sum()])
         return out
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):

@@ -34,7 +34,7 @@ from sigma._linalg import eigh
 from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
 from sigma.curvature.engine import _spec_key, engine, flat_outputs
 from sigma.memory import activation_elements, last_dense_size
-from sigma.structures.base import Eigenbasis
+from sigma.structures.full import Full
 
 
 def final_dense(model) -> keras.layers.Dense:
@@ -112,12 +112,13 @@ def _features_function(model, layer):
     return features
 
 
-class LastLayer(Eigenbasis):
+class LastLayer(Full):
     """The exact curvature over the final Dense layer's kernel and bias; other weights fixed."""
 
     name = "last_layer"
     curvatures = ("ggn", "hessian")
     streaming = True
+    per_output_beta = False
     can_clip = True
     memory_summary = "a P_last×P_last matrix over the final Dense layer"
 
@@ -159,11 +160,12 @@ class LastLayer(Eigenbasis):
         c = 0.5 * (c + c.T)
         if identity:  # eigenpairs of S ⊗ I_K: those of S, each K times, vectors V ⊗ I_K
             s_eig, s_vecs = eigh(c)
-            self.matrix = np.kron(c, np.eye(k))
+            self._set_matrix(np.kron(c, np.eye(k)))
             self._eig, self._vecs = np.repeat(s_eig, k), np.kron(s_vecs, np.eye(k))
         else:
-            self.matrix = c
+            self._set_matrix(c)
             self._eig, self._vecs = eigh(c)
+        self.psd = curvature == "ggn"
         return self
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
@@ -197,14 +199,24 @@ class LastLayer(Eigenbasis):
         """The weights the posterior covers: the final layer's kernel (row-major) and bias."""
         return self._w
 
-    def clip_negative(self):
-        self._eig = np.maximum(self._eig, 0.0)
-        self.matrix = (self._vecs * self._eig) @ self._vecs.T
+    def posterior_variables(self, model) -> list:
+        layer = self._layer
+        return [layer.kernel] + ([] if layer.bias is None else [layer.bias])
+
+    def output_blocks(self, model, x, *, batch_size=None):  # pragma: no cover - declared off
+        raise NotImplementedError
+
+    def reweighted(self, matrix):  # pragma: no cover - declared off
+        raise NotImplementedError
 
     # -- predictive -----------------------------------------------------------------------------
-    def _projected(self, model, x, batch_size):
+    def _jacobian_batches(self, model, x, batch_size):
+        """Yield J(x) per batch, (B, K, P_last) float64: the projection with V = I."""
+        yield from self._projected(model, x, batch_size, np.eye(self.n_params))
+
+    def _projected(self, model, x, batch_size, vectors=None):
         """Yield J(x) V per batch, (B, K, P_last) float64; one traced graph per model and input
-        shape (V is an argument)."""
+        shape (V is an argument; default the eigenvectors of C)."""
         eng = engine(model)
         x = check_inputs(model, x).astype(eng.dtype)
         layer = self._layer
@@ -213,7 +225,7 @@ class LastLayer(Eigenbasis):
             ("last_layer-projection", id(layer), _spec_key(spec)),
             lambda: _projection_function(eng, layer, spec),
         )
-        v = tf.constant(self._vecs)
+        v = tf.constant(self._vecs if vectors is None else vectors)
         bs = batch_size_for(len(x), 2 * self._k * self.n_params, batch_size)
         for start in range(0, len(x), bs):
             yield proj(x[start : start + bs], v).numpy()

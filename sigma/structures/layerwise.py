@@ -173,11 +173,48 @@ class Layerwise(Structure):
         """From the summed statistics (float64 arrays), the fitted curvature."""
         raise NotImplementedError
 
-    def _block_params(self, alpha, beta) -> list:
-        """Per fast block [U_in or None, U_out or None, W (D, C)]; per generic block
-        [V or None, w]: the inverse of that block of A is (U_in ⊗ U_out) diag(W) (U_in ⊗ U_out)ᵀ
-        (resp. V diag(w) Vᵀ), None standing for the identity."""
+    def _spectral(self, alpha, beta) -> list:
+        """Per fast block [R_in or None, R_out or None, W (D, C), ln|A_block|]; per generic block
+        [R or None, w, ln|A_block|]: that block of A = D_α + βC has the inverse
+        (R_in ⊗ R_out) diag(W) (R_in ⊗ R_out)ᵀ (resp. R diag(w) Rᵀ), None standing for the
+        identity. ``alpha``: a float or α of each weight (P,)."""
         raise NotImplementedError
+
+    def _spectral_cached(self, alpha, beta) -> list:
+        key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
+        cached = getattr(self, "_spectral_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._spectral_cache = (key, self._spectral(alpha, beta))
+        return cached[1]
+
+    def _block_params(self, alpha, beta) -> list:
+        """The inverse of A block by block, for :func:`~sigma.curvature.layers.contract`."""
+        return [blk[:-1] for blk in self._spectral_cached(alpha, beta)]
+
+    def logdet(self, alpha, beta) -> float:
+        """ln|D_α + β C|, block by block."""
+        return float(sum(blk[-1] for blk in self._spectral_cached(alpha, beta)))
+
+    def inverse_diagonal(self, alpha, beta) -> np.ndarray:
+        """diag(A⁻¹), (P,): per fast block (R_in²) W (R_out²)ᵀ, per generic block (R²) w."""
+        out = np.zeros(self.n_params)
+        blocks = self.plan.fast + self.plan.generic
+        for blk, spec in zip(blocks, self._spectral_cached(alpha, beta), strict=True):
+            if len(spec) == 4:
+                r_in, r_out, w, _ = spec
+                d = w if r_in is None else (r_in**2) @ w
+                d = d if r_out is None else d @ (r_out**2).T
+            else:
+                r, w, _ = spec
+                d = w if r is None else (r**2) @ w
+            out[blk.index] = np.ravel(d)
+        return out
+
+    def _alpha_blocks(self, alpha):
+        """α of each block's weights: (D, C) per fast block, (P_l,) per generic block."""
+        a = np.broadcast_to(np.asarray(alpha, np.float64), (self.n_params,))
+        fast = [a[b.index].reshape(b.d_in, b.d_out) for b in self.plan.fast]
+        return fast, [a[g.index] for g in self.plan.generic]
 
     def matrix(self) -> np.ndarray:
         """The approximate curvature C as an explicit (P, P) float64 matrix (small models only;

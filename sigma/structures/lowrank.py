@@ -41,10 +41,17 @@ from sigma.curvature.accumulate import (
     first_samples,
     is_dataset,
 )
-from sigma.curvature.engine import ZERO, _spec_key, engine
-from sigma.curvature.layers import capture, contract, per_sample_elements, product_elements
+from sigma.curvature.engine import _spec_key, engine
+from sigma.curvature.layers import (
+    capture,
+    contract,
+    jacobian_product,
+    per_sample_elements,
+    product_elements,
+)
 from sigma.memory import activation_elements, itemsize
 from sigma.structures.base import Structure
+from sigma.structures.diag import Diag
 from sigma.structures.full import Full
 
 MAX_PASSES = 30  # default cap on the passes over the data
@@ -211,6 +218,10 @@ class LowRank(Structure):
     predictive : how ‖g‖² and Uᵀg are computed at test inputs: "layerwise" (J Jᵀ from layer
         inputs and sensitivities, :mod:`sigma.curvature.layers`; Uᵀg by k forward-mode
         products) or "jacobian" (per-sample Jacobians in memory-bounded chunks; the reference).
+    diag : "lowrank+diag" — the P − k directions the low-rank part leaves out get the exact GGN
+        diagonal minus the low-rank part's, r = diag(G) − diag(UΛUᵀ) ≥ 0, instead of the
+        bare prior: C ≈ UΛUᵀ + diag(r). Default: on for the GGN (one more pass over the data,
+        as the ``diag`` structure), off for the Hessian (no exact diagonal is computed for it).
 
     After ``fit``: ``eigenvalues`` (k,), ``vectors`` (P, k), ``method`` ("lanczos" or "dense"),
     ``info`` (passes, products, residuals). Needs α > 0 unless k = P.
@@ -231,6 +242,7 @@ class LowRank(Structure):
         max_passes: int | None = None,
         seed: int = 0,
         predictive: str = "layerwise",
+        diag: bool | None = None,
     ):
         if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or int(rank) < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
@@ -244,6 +256,9 @@ class LowRank(Structure):
             None if max_passes is None else check_positive_int(max_passes, "max_passes")
         )
         self.predictive = predictive
+        if diag is not None and not isinstance(diag, bool):
+            raise ValueError(f"diag must be True, False or None, got {diag!r}")
+        self.diag = diag
 
     def _block_size(self, p):
         k = min(self.rank, p)
@@ -313,8 +328,26 @@ class LowRank(Structure):
             self._eig = np.where(
                 np.abs(self._eig) <= 10 * eps * np.abs(self._eig).max(), 0.0, self._eig
             )
-        # ‖g‖² − ‖Uᵀg‖² cancels: below this fraction of ‖g‖² it is round-off of the model dtype
-        self._resid_floor = 10 * eps
+        self.residual_diagonal = None
+        use_diag = (curvature == "ggn") if self.diag is None else self.diag
+        if use_diag and self._vecs.shape[1] < p:
+            if curvature != "ggn":
+                raise ValueError(
+                    "LowRank(diag=True) needs curvature='ggn' (the exact diagonal is the "
+                    "Gauss–Newton one); use diag=False with the Hessian"
+                )
+            d = Diag().fit(
+                model, x, y, likelihood=likelihood, curvature="ggn", batch_size=batch_size,
+                strategy=strategy, progress=progress,
+            ).diagonal  # fmt: skip
+            residual = d - (self._vecs**2) @ self._eig
+            # below the precision of the model dtype (relative to d) the residual is round-off
+            residual[residual <= 100 * eps * d] = 0.0
+            self.residual_diagonal = residual if residual.any() else None
+        self.spectral = self.residual_diagonal is None  # the evidence from the eigenvalues
+        # ‖g‖² − ‖Uᵀg‖² cancels; both come from the same g, contracted in float64, so what is
+        # left of a g in span(U) is g's own rounding, (eps·‖g‖)²: below that it is zero.
+        self._resid_floor = 1e3 * eps**2 + 100 * float(np.finfo(np.float64).eps)
         return self
 
     @property
@@ -353,8 +386,8 @@ class LowRank(Structure):
 
     # -- predictive -----------------------------------------------------------------------------
     def _projection(self, model, x):
-        """The traced x_b, U -> (J Jᵀ (B, K, K), J U (B, K, k)) float64, its per-sample
-        elements and its path; one graph per model (U is an argument).
+        """The traced x_b, U, w -> (J diag(w) Jᵀ (B, K, K), J U (B, K, k)) float64, its per-sample
+        elements and its path; one graph per model (U and w are arguments).
 
         ``"layerwise"``: J Jᵀ from the layer inputs and output sensitivities of
         :mod:`sigma.curvature.layers` (no per-sample gradient for Dense layers; K backward
@@ -365,41 +398,43 @@ class LowRank(Structure):
         r, k = self._vecs.shape[1], eng.n_outputs(x)
         path = "jacobian" if r == self.n_params else self.predictive
         spec = eng.spec(x)
-        u_spec = tf.TensorSpec([self.n_params, None], eng.dtype)
+        u_spec = tf.TensorSpec([self.n_params, None], tf.float64)
+        w_spec = tf.TensorSpec([self.n_params], tf.float64)
         if path == "layerwise":
             plan = eng.layer_plan(x)
 
             def build():
-                ones = [[None, None, tf.ones((b.d_in, b.d_out), eng.dtype)] for b in plan.fast]
-                ones += [[None, tf.ones((g.size,), eng.dtype)] for g in plan.generic]
-
-                def jvp(w, xb, ui):
-                    with tf.autodiff.ForwardAccumulator(w, ui) as acc:
-                        f = eng.forward(w, xb)
-                    return acc.jvp(f, unconnected_gradients=ZERO)
-
-                @tf.function(input_signature=[spec, u_spec], autograph=False)
-                def proj(xb, u):
-                    gram = contract(plan, capture(model, plan, xb), ones, covariance=True)
-                    w = eng.weights()
-                    ju = tf.vectorized_map(lambda ui: jvp(w, xb, ui), tf.transpose(u))
-                    return tf.cast(gram, tf.float64), tf.cast(
-                        tf.transpose(ju, (1, 2, 0)), tf.float64
-                    )
+                # J diag(w) Jᵀ and J U from one capture, contracted in float64: the two terms
+                # of gᵀA⁻¹g that nearly cancel come from the same numbers.
+                @tf.function(input_signature=[spec, u_spec, w_spec], autograph=False)
+                def proj(xb, u, scale):
+                    scale = tf.cast(scale, tf.float64)
+                    blocks = [
+                        [None, None, tf.reshape(tf.gather(scale, b.index), (b.d_in, b.d_out))]
+                        for b in plan.fast
+                    ]
+                    blocks += [[None, tf.gather(scale, g.index)] for g in plan.generic]
+                    cap = capture(model, plan, xb)
+                    gram = contract(plan, cap, blocks, covariance=True)
+                    ju = jacobian_product(plan, cap, tf.cast(u, tf.float64))
+                    if isinstance(ju, float):  # no weight reaches the outputs
+                        ju = tf.zeros(
+                            tf.concat([tf.shape(gram)[:2], tf.shape(u)[1:]], 0), tf.float64
+                        )
+                    return gram, ju
 
                 return proj
 
-            per_sample = per_sample_elements(plan, k) + 4 * (r + 2) * activation_elements(model)
+            per_sample = per_sample_elements(plan, k) + 2 * k * (r + 2)
             key = ("lowrank-projection", path, id(plan), _spec_key(spec))
         else:
 
             def build():
-                @tf.function(input_signature=[spec, u_spec], autograph=False)
-                def proj(xb, u):
+                @tf.function(input_signature=[spec, u_spec, w_spec], autograph=False)
+                def proj(xb, u, scale):
                     _, j = eng.jacobian(eng.weights(), xb)  # (B_c, K, P), a chunk
-                    gram = tf.einsum("bkp,blp->bkl", j, j)
-                    ju = tf.einsum("bkp,pr->bkr", j, u)
-                    return tf.cast(gram, tf.float64), tf.cast(ju, tf.float64)
+                    j = tf.cast(j, tf.float64)
+                    return tf.einsum("bkp,p,blp->bkl", j, scale, j), tf.einsum("bkp,pr->bkr", j, u)
 
                 return proj
 
@@ -408,29 +443,75 @@ class LowRank(Structure):
         self._path = path
         return eng.function(key, build), per_sample
 
-    def _parts(self, model, x, alpha, batch_size):
-        if self._vecs.shape[1] < self.n_params and not alpha > 0:
+    def _parts(self, model, x, alpha, batch_size, u=None, scale=None):
+        """Yield (J diag(scale) Jᵀ, J u) per batch (defaults: scale 1, u = U)."""
+        if self._vecs.shape[1] < self.n_params and not np.min(alpha) > 0:
             raise ValueError(
                 f"structure 'lowrank' keeps {self._vecs.shape[1]} of the P = {self.n_params} "
                 "eigenvalues of C and takes the others as zero, so A = alpha*I + beta*C needs "
-                f"alpha > 0, got alpha={alpha:g}"
+                f"alpha > 0, got alpha={np.min(alpha):g}"
             )
-        x = check_inputs(model, x).astype(model_dtype(model))
+        dtype = model_dtype(model)
+        x = check_inputs(model, x).astype(dtype)
         proj, per_sample = self._projection(model, x)
-        u = tf.constant(self._vecs.astype(model_dtype(model)))
+        u = tf.constant(np.asarray(self._vecs if u is None else u, np.float64))
+        scale = tf.ones(self.n_params, tf.float64) if scale is None else tf.constant(scale)
         bs = batch_size_for(len(x), per_sample, None)
         if batch_size is not None:
             bs = min(bs, batch_size_for(len(x), 1, batch_size))
         for start in range(0, len(x), bs):
-            yield (t.numpy() for t in proj(x[start : start + bs], u))
+            yield (t.numpy() for t in proj(x[start : start + bs], u, scale))
+
+    # -- A = D + U (βΛ) Uᵀ with D = D_α (+ β diag(r)): Woodbury ----------------------------------
+    def _woodbury(self, alpha, beta):
+        """(D (P,), D⁻¹U (P, k), S (k, k), ln|A|) with A⁻¹ = D⁻¹ − D⁻¹U S UᵀD⁻¹,
+        S = βΛ (I + UᵀD⁻¹U βΛ)⁻¹ (singular Λ allowed)."""
+        key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
+        cached = getattr(self, "_woodbury_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        d = np.broadcast_to(np.asarray(alpha, np.float64), (self.n_params,)).copy()
+        if self.residual_diagonal is not None:
+            d += beta * self.residual_diagonal
+        du = self._vecs / d[:, None]
+        lam = beta * self._eig
+        inner = np.eye(lam.size) + (self._vecs.T @ du) * lam[None, :]  # I + UᵀD⁻¹U βΛ
+        sign, logdet_inner = np.linalg.slogdet(inner)
+        s = lam[:, None] * np.linalg.inv(inner)  # βΛ (I + UᵀD⁻¹U βΛ)⁻¹
+        value = (d, du, 0.5 * (s + s.T), float(np.sum(np.log(d)) + logdet_inner))
+        self._woodbury_cache = (key, value)
+        return value
+
+    def _uses_eigenbasis(self, alpha) -> bool:
+        return self.residual_diagonal is None and np.ndim(alpha) == 0
+
+    def logdet(self, alpha, beta) -> float:
+        if self._uses_eigenbasis(alpha):
+            return super().logdet(alpha, beta)
+        return self._woodbury(alpha, beta)[3]
+
+    def inverse_diagonal(self, alpha, beta) -> np.ndarray:
+        """diag(A⁻¹), (P,)."""
+        if self._uses_eigenbasis(alpha):
+            inv = 1.0 / (alpha + beta * self._eig) - 1.0 / alpha
+            return 1.0 / alpha + (self._vecs**2) @ inv
+        d, du, s, _ = self._woodbury(alpha, beta)
+        return 1.0 / d - np.einsum("pi,ij,pj->p", du, s, du)
+
+    def _woodbury_covariance(self, model, x, alpha, beta, batch_size):
+        d, du, s, _ = self._woodbury(alpha, beta)
+        out = []
+        for gram, pu in self._parts(model, x, alpha, batch_size, u=du, scale=1.0 / d):
+            out.append(gram - np.einsum("bki,ij,blj->bkl", pu, s, pu))
+        return np.concatenate(out)
 
     def _residual(self, gram, ju):
         """(J Jᵀ − J U Uᵀ Jᵀ): the part of J Jᵀ outside span(U) (exactly 0 when k = P).
 
-        It is a difference of two nearly equal terms when g lies almost in span(U); for a
-        float32 model their round-off (~eps·‖g‖²) divided by a small α would swamp σ, so
-        outputs whose residual is below 10·eps(dtype)·‖g‖² get exactly zero (their rows and
-        columns), rather than amplified noise.
+        It is a difference of two nearly equal terms when g lies almost in span(U); their
+        round-off divided by a small α would swamp σ, so outputs whose residual is below the
+        rounding of g itself (``_resid_floor``·‖g‖²) get exactly zero (their rows and columns),
+        rather than amplified noise.
         """
         if self._vecs.shape[1] == self.n_params:
             return np.zeros_like(gram)
@@ -441,6 +522,9 @@ class LowRank(Structure):
         return resid * keep[:, :, None] * keep[:, None, :]
 
     def predictive_variance(self, model, x, alpha, beta, *, batch_size=None):
+        if not self._uses_eigenbasis(alpha):
+            cov = self._woodbury_covariance(model, x, alpha, beta, batch_size)
+            return np.maximum(np.einsum("nkk->nk", cov), 0.0)
         inv = 1.0 / (alpha + beta * self._eig)
         out = []
         for gram, ju in self._parts(model, x, alpha, batch_size):
@@ -449,6 +533,8 @@ class LowRank(Structure):
         return np.concatenate(out)
 
     def predictive_covariance(self, model, x, alpha, beta, *, batch_size=None):
+        if not self._uses_eigenbasis(alpha):
+            return self._woodbury_covariance(model, x, alpha, beta, batch_size)
         inv = 1.0 / (alpha + beta * self._eig)
         out = []
         for gram, ju in self._parts(model, x, alpha, batch_size):
