@@ -25,6 +25,7 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 __version__ = "0.2.0"
 
 _EXPORTS = {
+    "EvidenceCallback": "sigma.callbacks",
     "Laplace": "sigma.laplace",
     "curvature_product": "sigma.curvature",
     "data_error": "sigma.curvature",
@@ -46,8 +47,8 @@ _EXPORTS = {
     "summed_beta": "sigma.lab",
 }
 _SUBMODULES = {
-    "classification", "curvature", "evidence", "lab", "laplace", "likelihoods", "memory",
-    "metrics", "params", "structures", "sweep",
+    "callbacks", "classification", "curvature", "evidence", "lab", "laplace", "likelihoods",
+    "memory", "metrics", "params", "priors", "structures", "sweep",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

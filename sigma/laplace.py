@@ -721,7 +721,7 @@ class Laplace:
             raise ValueError(f"span must be > 1 (a factor either way), got {span}")
         max_iter = check_positive_int(max_iter, "max_iter")
         x_val = self._inputs(x_val, "x_val")
-        y_val = self.likelihood.targets(y_val, len(x_val), self.n_outputs, "y_val")
+        y_val = self.likelihood.targets(y_val, len(x_val), self.n_outputs, "y_val", "x_val")
         tune_beta = beta and self.likelihood.has_beta and self._weighted is None
         saved = self._alpha.copy(), self._beta
         alpha0, beta0 = saved

@@ -30,7 +30,7 @@ class Regression:
         """None stands for L = I (Λ = I)."""
         return None
 
-    def targets(self, y, n: int, k: int, name: str = "y") -> np.ndarray:
+    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x") -> np.ndarray:
         """Targets of shape (n, k); a 1-D y is accepted when k == 1."""
         arr = as_array(y, name, ndim=(1, 2))
         if arr.ndim == 1:
@@ -40,7 +40,7 @@ class Regression:
                     f"outputs, got shape {arr.shape}"
                 )
             arr = arr[:, None]
-        _check_rows_cols(arr, n, k, name)
+        _check_rows_cols(arr, n, k, name, x_name)
         return arr
 
 
@@ -58,7 +58,7 @@ class Classification:
         sp = tf.sqrt(p)
         return tf.linalg.diag(sp) - p[:, :, None] * sp[:, None, :]
 
-    def targets(self, y, n: int, k: int, name: str = "y") -> np.ndarray:
+    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x") -> np.ndarray:
         """One-hot (n, k) targets, or integer labels (n,) in [0, k) converted to one-hot."""
         arr = as_array(y, name, ndim=(1, 2))
         if arr.ndim == 1:
@@ -68,7 +68,7 @@ class Classification:
                     f"values in [{arr.min()}, {arr.max()}]"
                 )
             arr = np.eye(k)[arr.astype(int)]
-        _check_rows_cols(arr, n, k, name)
+        _check_rows_cols(arr, n, k, name, x_name)
         if not (np.all((arr == 0) | (arr == 1)) and np.all(arr.sum(axis=1) == 1)):
             raise ValueError(
                 f"{name} must be one-hot (each row a single 1, zeros elsewhere) or integer "
@@ -77,9 +77,9 @@ class Classification:
         return arr
 
 
-def _check_rows_cols(arr, n, k, name):
+def _check_rows_cols(arr, n, k, name, x_name="x"):
     if arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} rows but x has {n}: they must match")
+        raise ValueError(f"{name} has {arr.shape[0]} rows but {x_name} has {n}: they must match")
     if arr.shape[1] != k:
         raise ValueError(
             f"{name} has {arr.shape[1]} columns but the model has {k} outputs: "

@@ -72,23 +72,48 @@ def train(
     seed: int = 0,
     validation_data=None,
     verbose: int = 0,
+    evidence=None,
 ) -> keras.callbacks.History:
-    """Compile with RMSprop and fit, as the original notebook (MSE, batch 1, 20 epochs)."""
+    """Compile with RMSprop and fit, as the original notebook (MSE, batch 1, 20 epochs).
+
+    evidence : train for the posterior — True, or a dict of :class:`sigma.EvidenceCallback`
+        options (e.g. ``{"structure": "full", "prior": "layer", "every": 5}``), or a callback:
+        the loss becomes the log posterior and α, β are re-estimated by the evidence during
+        training. The callback is returned as ``history.evidence`` (its ``laplace`` is fitted
+        at the final weights).
+    """
     keras.utils.set_random_seed(seed)
     metrics = ["accuracy"] if loss != "mean_squared_error" else ["categorical_accuracy"]
     model.compile(loss=loss, optimizer=keras.optimizers.RMSprop(learning_rate), metrics=metrics)
     dtype = model.trainable_variables[0].dtype
     if validation_data is not None:
         validation_data = tuple(np.asarray(v, dtype=dtype) for v in validation_data)
-    return model.fit(
-        np.asarray(x, dtype=dtype),
-        np.asarray(y, dtype=dtype),
+    x, y = np.asarray(x, dtype=dtype), np.asarray(y, dtype=dtype)
+    callbacks = []
+    if evidence is not None and evidence is not False:
+        from sigma.callbacks import EvidenceCallback
+
+        if isinstance(evidence, EvidenceCallback):
+            callbacks.append(evidence)
+        elif evidence is True or isinstance(evidence, dict):
+            callbacks.append(EvidenceCallback(x, y, **({} if evidence is True else evidence)))
+        else:
+            raise ValueError(
+                "evidence must be True, a dict of EvidenceCallback options or an "
+                f"EvidenceCallback, got {type(evidence).__name__}"
+            )
+    history = model.fit(
+        x,
+        y,
         epochs=epochs,
         batch_size=batch_size,
         validation_data=validation_data,
         verbose=verbose,
         shuffle=True,
+        callbacks=callbacks,
     )
+    history.evidence = callbacks[0] if callbacks else None
+    return history
 
 
 def reinitialised_copy(model: keras.Model, seed: int = 1) -> keras.Model:

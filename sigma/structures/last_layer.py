@@ -200,7 +200,7 @@ class LastLayer(Full):
         return self._w
 
     def posterior_variables(self, model) -> list:
-        layer = self._layer
+        layer = getattr(self, "_layer", None) or final_dense(model)
         return [layer.kernel] + ([] if layer.bias is None else [layer.bias])
 
     def output_blocks(self, model, x, *, batch_size=None):  # pragma: no cover - declared off

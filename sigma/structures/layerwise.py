@@ -133,7 +133,7 @@ class Layerwise(Structure):
         # 1/(α + β c) overflow float32 for tiny α, β.
         params = [
             [None if t is None else tf.constant(t, tf.float64) for t in blk]
-            for blk in self._block_params(float(alpha), float(beta))
+            for blk in self._block_params(alpha, float(beta))
         ]
         flat = [t for blk in params for t in blk if t is not None]
         fn = self._predict_fn(model, x, params, covariance)

@@ -1,0 +1,315 @@
+"""Training for the posterior: the evidence during ``model.fit`` (docs/math.md, "Training for
+the posterior").
+
+The Laplace approximation is taken at the most probable weights w_MP of
+M(w) = β E_D(w) + Σ_g α_g E_Wg(w), with the α_g, β the evidence prefers. Weights trained on
+E_D alone are not w_MP, and the evidence evaluated there is biased (E_D over-fitted, E_W
+inflated, α too small, β too large). :class:`EvidenceCallback` runs MacKay's alternating loop
+inside ``model.fit``, with the user's own optimizer and compiled loss:
+
+* the training objective becomes the log posterior: in Keras' mean-loss scale, an L2 penalty
+  of strength α_g/(β N K) on each group's weights for the mean squared error
+  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N);
+* every ``every`` epochs (after ``warmup``) it fits a :class:`~sigma.Laplace` at the current
+  weights — on the model's curvature engine, so nothing is traced again — and re-estimates the
+  α_g and β by the evidence (:meth:`~sigma.Laplace.optimize_evidence`), which sets the
+  penalty for the next epochs;
+* at the end of training it leaves ``cb.laplace``, fitted at the final weights with the final
+  α_g, β, and ``cb.history``, one record per re-estimation.
+
+The penalty enters through each variable's ``regularizer`` with a strength held in a
+``tf.Variable``: changing α, β changes a value, not the compiled train step.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sigma import likelihoods, structures
+from sigma._checks import check_positive_int
+from sigma.curvature.accumulate import is_dataset
+from sigma.laplace import Laplace
+from sigma.priors import build_prior, owners_of
+
+_REGRESSION_LOSSES = {"mse", "mean_squared_error", "meansquarederror"}
+_CLASSIFICATION_LOSSES = {
+    "categorical_crossentropy",
+    "categoricalcrossentropy",
+    "sparse_categorical_crossentropy",
+    "sparsecategoricalcrossentropy",
+}
+
+
+class EvidencePenalty(keras.regularizers.Regularizer):
+    """Σ c ⊙ w²: the weight-decay term of the log posterior for one variable, with the
+    strengths c (the variable's shape) in a non-trainable ``tf.Variable``, returned in the
+    compiled loss's dtype (Keras sums the loss and the penalties in that dtype)."""
+
+    def __init__(self, strength: tf.Variable, dtype: str):
+        self.strength, self.dtype = strength, dtype
+
+    def __call__(self, x):
+        penalty = tf.reduce_sum(tf.cast(self.strength, x.dtype) * tf.square(x))
+        return tf.cast(penalty, self.dtype)
+
+    def get_config(self):
+        return {}
+
+
+def compiled_loss(model):
+    """The single loss the model was compiled with (a string, a Loss or a function)."""
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, list | tuple) and len(loss) == 1:
+        loss = loss[0]
+    if isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    return loss
+
+
+def loss_likelihood(model) -> str:
+    """The likelihood of the model's compiled loss: "regression" for the mean squared error,
+    "classification" for a categorical cross-entropy on logits. A ValueError names anything
+    else (the penalty's scale follows from the loss)."""
+    loss = compiled_loss(model)
+    if loss is None:
+        raise ValueError(
+            "model is not compiled: call model.compile(optimizer, loss) with loss='mse' "
+            "(regression) or a categorical cross-entropy with from_logits=True before fit"
+        )
+    if isinstance(loss, str):
+        name, from_logits, reduction = loss.lower(), False, "sum_over_batch_size"
+    elif isinstance(loss, keras.losses.Loss):
+        name = getattr(getattr(loss, "fn", None), "__name__", type(loss).__name__).lower()
+        from_logits = bool(
+            getattr(loss, "from_logits", None) or getattr(loss, "_fn_kwargs", {}).get("from_logits")
+        )
+        reduction = getattr(loss, "reduction", "sum_over_batch_size")
+    else:
+        name = getattr(loss, "__name__", type(loss).__name__).lower()
+        from_logits, reduction = False, "sum_over_batch_size"
+    if reduction not in ("sum_over_batch_size", None):
+        raise ValueError(
+            f"the compiled loss has reduction={reduction!r}: the evidence penalty is scaled for "
+            "the default mean over the batch (reduction='sum_over_batch_size')"
+        )
+    if name in _REGRESSION_LOSSES:
+        return "regression"
+    if name in _CLASSIFICATION_LOSSES:
+        if not from_logits:
+            raise ValueError(
+                f"the compiled loss {name!r} takes probabilities: training for the posterior "
+                "needs logits — compile with keras.losses.CategoricalCrossentropy("
+                "from_logits=True) (or the sparse one) and a linear last layer"
+            )
+        return "classification"
+    raise ValueError(
+        f"the compiled loss {name!r} is not one the evidence knows the scale of: compile with "
+        "loss='mse' (regression) or a categorical cross-entropy with from_logits=True "
+        "(classification)"
+    )
+
+
+class EvidenceCallback(keras.callbacks.Callback):
+    """Train for the posterior: α_g and β by the evidence during ``model.fit``.
+
+    Parameters
+    ----------
+    x, y : the training data (arrays, y (N, K) or labels (N,)), or x a ``tf.data.Dataset`` of
+        (x, y) batches and y None — what the curvature and the evidence are computed on.
+    structure, structure_options, curvature, batch_size : of the :class:`~sigma.Laplace` fitted
+        at each re-estimation (default "kfac": cheap at any size).
+    prior : the weight groups with their own α (default "layer": MacKay's one α per layer).
+    every : re-estimate every this many epochs (≥ 1).
+    warmup : epochs of plain training before the first re-estimation (≥ 0).
+    alpha, beta : start values; with ``alpha`` the penalty acts from the first epoch (β
+        default: the maximum-likelihood noise NK/(2E_D) at the start). Without, training is
+        plain until the first re-estimation.
+    fix_alpha, fix_beta : hold one precision at its start value (β: regression only).
+    likelihood : default from the compiled loss (:func:`loss_likelihood`).
+    verbose : 1 prints one line per re-estimation, 0 is silent.
+
+    Attributes after ``fit``: ``history`` (a list of dicts: epoch, alpha, beta, gamma, gammas,
+    log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace at the final
+    weights), ``prior_groups``.
+    """
+
+    def __init__(
+        self,
+        x,
+        y=None,
+        *,
+        structure: str = "kfac",
+        prior="layer",
+        every: int = 5,
+        warmup: int = 0,
+        alpha=None,
+        beta=None,
+        fix_alpha: bool = False,
+        fix_beta: bool = False,
+        likelihood: str | None = None,
+        curvature: str = "ggn",
+        structure_options: dict | None = None,
+        batch_size: int | None = None,
+        max_iter: int = 1000,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        self.every = check_positive_int(every, "every")
+        if isinstance(warmup, bool) or not isinstance(warmup, int | np.integer) or warmup < 0:
+            raise ValueError(f"warmup must be a whole number of epochs >= 0, got {warmup!r}")
+        self.warmup = int(warmup)
+        if not isinstance(structure, str):
+            raise ValueError(
+                f"structure must be a structure name ({structures.names()}), got "
+                f"{type(structure).__name__}: a fitted structure cannot be refitted each epoch"
+            )
+        self._structure_cls = structures.get(structure)
+        self._structure_cls.from_options(structure_options)  # checks the options now
+        if likelihood is not None:
+            likelihoods.get(likelihood)
+        if y is None and not is_dataset(x):
+            raise ValueError(
+                "y is required when x is an array: pass the training targets, or x as a "
+                "tf.data.Dataset of (x, y) batches"
+            )
+        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        self.x, self.y = x, y
+        self.structure, self.prior_spec, self.curvature = structure, prior, curvature
+        self.structure_options, self.batch_size = structure_options, batch_size
+        self.start_alpha, self.start_beta = alpha, beta
+        self.fix_alpha, self.fix_beta, self.max_iter = fix_alpha, fix_beta, max_iter
+        self.likelihood, self.verbose = likelihood, int(verbose)
+        self.history: list[dict] = []
+        self.laplace: Laplace | None = None
+        self.prior_groups: tuple[str, ...] = ()
+
+    # -- keras hooks ----------------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        model = self.model
+        compiled = loss_likelihood(model)
+        if self.likelihood is not None and self.likelihood != compiled:
+            raise ValueError(
+                f"likelihood={self.likelihood!r} but the compiled loss is a {compiled} loss"
+            )
+        self._likelihood = compiled
+        self._alpha, self._beta = None, None
+        self._fitted_at = None
+        probe = self._structure_cls.from_options(self.structure_options)
+        self._variables = probe.posterior_variables(model)
+        self.prior = build_prior(self.prior_spec, self._variables, owners_of(model))
+        self.prior_groups = self.prior.names
+        self._strength = [
+            tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="evidence_strength")
+            for v in self._variables
+        ]
+        self._saved = [v.regularizer for v in self._variables]
+        if any(r is not None for r in self._saved):
+            import warnings
+
+            warnings.warn(
+                "EvidenceCallback replaces the weight regularizers of the model during fit "
+                "(the prior's penalty takes their place); they are restored afterwards",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        # Keras adds the penalties to its compiled loss, computed in floatx whatever the model
+        dtype = (
+            getattr(getattr(model, "_compile_loss", None), "dtype", None) or keras.config.floatx()
+        )
+        for v, strength in zip(self._variables, self._strength, strict=True):
+            v.regularizer = EvidencePenalty(strength, dtype)
+        model.make_train_function(force=True)  # the penalty enters the compiled train step
+        if self.start_alpha is not None:
+            la = self._laplace(alpha=self.start_alpha, beta=self.start_beta)
+            self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done > self.warmup and (done - self.warmup) % self.every == 0:
+            self._reestimate(done)
+
+    def on_train_end(self, logs=None):
+        try:
+            if self._fitted_at is None or not np.array_equal(self._weights(), self.laplace.w_map):
+                self._reestimate("end")
+        finally:
+            for v, saved in zip(self._variables, self._saved, strict=True):
+                v.regularizer = saved
+            self.model.make_train_function(force=True)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _weights(self):
+        return np.concatenate([np.ravel(v.numpy()) for v in self.model.trainable_variables])
+
+    def _laplace(self, *, alpha, beta) -> Laplace:
+        kw = dict(
+            structure=self.structure,
+            structure_options=self.structure_options,
+            prior=self.prior_spec,
+            curvature=self.curvature,
+            likelihood=self._likelihood,
+            batch_size=self.batch_size,
+        )
+        la = Laplace(self.model, self.x, self.y, alpha=1.0 if alpha is None else alpha, **kw)
+        if self._likelihood == "regression":
+            la.beta = la.n_data * la.n_outputs / (2.0 * la.data_error) if beta is None else beta
+        return la
+
+    def _reestimate(self, epoch):
+        la = self._laplace(alpha=self._alpha, beta=self._beta)
+        try:
+            la.optimize_evidence(
+                fix_alpha=self.fix_alpha, fix_beta=self.fix_beta, max_iter=self.max_iter
+            )
+        except Exception as exc:
+            exc.add_note(f"(sigma.EvidenceCallback, re-estimation at epoch {epoch})")
+            raise
+        self._alpha, self._beta = la.alpha, la.beta
+        self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
+        self.laplace, self._fitted_at = la, epoch
+        record = {
+            "epoch": epoch,
+            "alpha": la.alpha,
+            "beta": la.beta,
+            "gamma": la.gamma,
+            "gammas": la.gammas,
+            "log_evidence": la.log_evidence(),
+            "data_error": la.data_error,
+            "weight_error": la.weight_error,
+            "method": la.evidence_result.method,
+        }
+        self.history.append(record)
+        if self.verbose:
+            alpha = (
+                f"{record['alpha']:.4g}"
+                if np.ndim(record["alpha"]) == 0
+                else np.array2string(np.asarray(record["alpha"]), precision=3, threshold=6)
+            )
+            noise = (
+                f", beta {record['beta']:.4g} (noise σ {record['beta'] ** -0.5:.4g})"
+                if self._likelihood == "regression"
+                else ""
+            )
+            print(
+                f"evidence @ epoch {epoch}: alpha {alpha}{noise}, gamma {record['gamma']:.1f} of "
+                f"{la.n_params}, log evidence {record['log_evidence']:.2f}",
+                flush=True,
+            )
+
+    def _set_penalty(self, alpha, beta, n, k):
+        """The L2 strengths of the log posterior in the compiled loss's scale."""
+        alpha_w = np.broadcast_to(
+            np.asarray(self.prior.per_weight(alpha), np.float64), (self.prior.groups.size,)
+        )
+        scale = 1.0 / (beta * n * k) if self._likelihood == "regression" else 1.0 / (2.0 * n)
+        offset = 0
+        for v, strength in zip(self._variables, self._strength, strict=True):
+            size = int(np.prod(v.shape))
+            strength.assign(
+                (alpha_w[offset : offset + size] * scale).reshape(v.shape).astype(v.dtype)
+            )
+            offset += size

@@ -1,0 +1,184 @@
+"""Training for the posterior: EvidenceCallback's objective is the log posterior (its gradient
+checked against β E_D + Σ α_g E_Wg), the loop re-estimates α_g, β during fit for every
+structure and both likelihoods, is deterministic for a seed, and refuses bad input clearly."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+
+import sigma
+from sigma import evidence
+from sigma.callbacks import EvidenceCallback
+from sigma.params import flat_weights, set_flat_weights
+
+RNG = np.random.default_rng(5)
+X = RNG.normal(size=(40, 3))
+Y = np.tanh(X @ RNG.normal(size=(3, 2))) + 0.1 * RNG.normal(size=(40, 2))
+LABELS = (X[:, 0] + X[:, 1] > 0).astype(int)
+
+
+def _compiled(loss, n_out=2, seed=0):
+    model = make_mlp(n_out=n_out, seed=seed)
+    set_flat_weights(model, np.random.default_rng(seed).normal(size=sigma.num_params(model)))
+    model.compile(keras.optimizers.SGD(1e-3), loss)
+    return model
+
+
+def _loss_gradient(model, x, y):
+    x, y = tf.constant(x), tf.constant(y)  # float64 / int64, not converted to floatx
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x, y, model(x, training=False))
+    return np.concatenate(
+        [g.numpy().ravel() for g in tape.gradient(loss, model.trainable_variables)]
+    )
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+def test_the_training_objective_is_the_log_posterior(likelihood):
+    """∇(compiled loss + penalty) = ∇(β E_D + Σ α_g E_Wg) · 2/(β N K) (mean squared error), or
+    ∇(E + Σ α_g E_Wg) / N (mean cross-entropy on logits), on the full batch. (Keras computes
+    its compiled loss in floatx, float32, whatever the model's dtype: hence rtol 1e-5.)"""
+    if likelihood == "regression":
+        model, y, beta = _compiled("mse"), Y, 3.0
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model, y, beta = _compiled(loss), LABELS, None
+    alphas = np.array([0.5, 2.0, 7.0])
+    cb = EvidenceCallback(X, y, structure="full", prior="layer", alpha=alphas, beta=beta)
+    cb.set_model(model)
+    cb.on_train_begin()
+    lik = sigma.likelihoods.get(likelihood)
+    targets = lik.targets(y, 40, 2)
+    w = tf.Variable(flat_weights(model))
+    eng = sigma.curvature.engine(model)
+    with tf.GradientTape() as tape:
+        e_d = lik.data_error(eng.forward(w, X), targets)
+        groups = tf.constant(cb.prior.groups)
+        e_w = 0.5 * tf.math.unsorted_segment_sum(tf.square(w), groups, 3)
+        posterior = (beta if beta else 1.0) * e_d + tf.reduce_sum(alphas * e_w)
+    scale = 2.0 / (beta * 40 * 2) if beta else 1.0 / 40
+    expected = tape.gradient(posterior, w).numpy() * scale
+    np.testing.assert_allclose(_loss_gradient(model, X, y), expected, rtol=1e-5, atol=1e-9)
+    cb.on_train_end()  # re-estimates at the final weights, then takes the penalty away
+    plain = _loss_gradient(model, X, y)
+    with tf.GradientTape() as tape:
+        e_d = lik.data_error(eng.forward(w, X), targets)
+    np.testing.assert_allclose(
+        plain, tape.gradient(e_d, w).numpy() * scale * (beta or 1.0), rtol=1e-5, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    ("structure", "likelihood"),
+    [("full", "regression"), ("diag", "regression"), ("kfac", "classification"),
+     ("lowrank", "regression"), ("last_layer", "classification")],
+)  # fmt: skip
+def test_fit_re_estimates_during_training_for_every_structure(structure, likelihood):
+    if likelihood == "regression":
+        model, y = _compiled("mse", seed=1), Y
+    else:
+        model, y = _compiled(keras.losses.SparseCategoricalCrossentropy(from_logits=True)), LABELS
+    options = {"rank": 6} if structure == "lowrank" else None
+    prior = "variable" if structure == "last_layer" else "layer"
+    cb = EvidenceCallback(
+        X, y, structure=structure, structure_options=options, prior=prior, every=2, warmup=1,
+        verbose=0,
+    )  # fmt: skip
+    model.fit(X, y, epochs=5, batch_size=10, verbose=0, callbacks=[cb])
+    assert [h["epoch"] for h in cb.history] == [3, 5]  # after the warm-up, every 2 epochs
+    assert cb.laplace is not None and np.array_equal(cb.laplace.w_map, flat_weights(model))
+    assert cb.laplace.structure.name == structure
+    for h in cb.history:
+        assert np.all(np.asarray(h["alpha"]) > 0) and np.isfinite(h["log_evidence"])
+        assert len(h["gammas"]) == len(cb.prior_groups)
+    assert all(v.regularizer is None for v in model.trainable_variables)  # taken away again
+
+
+def test_a_dataset_and_sigma_train(rng):
+    model = make_mlp(hidden=(6,))
+    ds = tf.data.Dataset.from_tensor_slices((X, Y)).batch(16)
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    cb = EvidenceCallback(ds, structure="full", prior="scalar", every=3, verbose=0)
+    model.fit(ds, epochs=3, verbose=0, callbacks=[cb])
+    assert cb.laplace.n_data == 40 and len(cb.history) == 1
+    history = sigma.train(
+        make_mlp(hidden=(6,)), X, Y, epochs=2, batch_size=8,
+        evidence={"structure": "diag", "every": 1, "verbose": 0},
+    )  # fmt: skip
+    assert [h["epoch"] for h in history.evidence.history] == [1, 2]
+
+
+def test_evidence_training_is_deterministic_for_a_seed():
+    def run():
+        keras.utils.set_random_seed(7)
+        model = make_mlp(seed=7)
+        model.compile(keras.optimizers.Adam(1e-2), "mse")
+        cb = EvidenceCallback(X, Y, structure="kfac", every=2, verbose=0)
+        model.fit(X, Y, epochs=4, batch_size=8, verbose=0, callbacks=[cb])
+        return flat_weights(model), [(h["alpha"], h["beta"]) for h in cb.history]
+
+    (w1, h1), (w2, h2) = run(), run()
+    np.testing.assert_array_equal(w1, w2)
+    for (a1, b1), (a2, b2) in zip(h1, h2, strict=True):
+        np.testing.assert_array_equal(a1, a2)
+        assert b1 == b2
+
+
+def test_an_iris_network_trained_to_near_zero_error_converges_or_says_why():
+    """The 4-16-16-3 tanh network on Iris with P = 403 > NK = 300, trained towards zero
+    error: the evidence either finds its maximum or raises the boundary error — never a
+    'diverged' β < 0."""
+    x, _, y, _ = sigma.lab.iris_split(test_size=1 / 3, seed=0)
+    model = sigma.mlp(4, (16, 16), 3, activation="tanh", dtype="float32", seed=0)
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(x.astype("float32"), y.astype("float32"), epochs=400, batch_size=100, verbose=0)
+    la = sigma.Laplace(model, x, y)
+    try:
+        la.optimize_evidence()
+    except evidence.EvidenceBoundaryError as err:
+        assert "fix_beta=True" in str(err) and err.which
+    else:
+        assert la.alpha > 0 and la.beta > 0 and 0 < la.gamma < 300
+        h = 1e-5
+        d = la.log_evidence(beta=la.beta * np.exp(h)) - la.log_evidence(beta=la.beta * np.exp(-h))
+        assert abs(d / (2 * h)) < 1e-3 * 300
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every": 0}, r"^every must be a positive integer, got 0"),
+        ({"every": 1.5}, r"^every must be a positive integer, got 1.5"),
+        ({"warmup": -1}, r"^warmup must be a whole number of epochs >= 0"),
+        ({"structure": "banded"}, r"^structure must be one of"),
+        ({"structure_options": {"rnak": 5}, "structure": "lowrank"}, r"\['rnak'\] are not options"),
+        ({"fix_beta": "yes"}, r"^fix_beta must be True or False"),
+    ],
+)
+def test_bad_callback_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EvidenceCallback(X, Y, **kwargs)
+
+
+def test_losses_whose_scale_is_unknown_are_refused():
+    cases = [
+        ("mae", "is not one the evidence knows the scale of"),
+        ("categorical_crossentropy", "takes probabilities"),
+        (keras.losses.MeanSquaredError(reduction="sum"), "reduction='sum'"),
+    ]
+    for loss, match in cases:
+        model = make_mlp()
+        model.compile("sgd", loss)
+        with pytest.raises(ValueError, match=match):
+            model.fit(X, Y, epochs=1, verbose=0, callbacks=[EvidenceCallback(X, Y, verbose=0)])
+    with pytest.raises(ValueError, match="y is required when x is an array"):
+        EvidenceCallback(X)
+    model = make_mlp()
+    model.compile("sgd", "mse")
+    bad = EvidenceCallback(X, Y, prior=np.zeros(7, int), verbose=0)
+    with pytest.raises(
+        ValueError, match=r"one group id per weight of the posterior, shape \(54,\)"
+    ):
+        model.fit(X, Y, epochs=1, verbose=0, callbacks=[bad])
