@@ -19,6 +19,12 @@ What it measures, in one run, printed as one table:
   (sigma "kfac", laplace-torch "kron") fits, cold and warm, and the predictive σ for 1,000 test
   points with each (laplace-torch in batches of --pred-batch).
 
+laplace-torch's backends: on Iris its default, CurvlinopsGGN (the full GGN from a curvlinops
+linear operator); on the MLP BackPackGGN by default (--backend): the exact diagonal GGN
+(DiagGGNExact) and the exact-GGN Kronecker factors (KFLR), where the default CurvlinopsGGN forms
+the exact diagonal from every sample's full Jacobian and is far slower at this size
+(--backend curvlinops runs it: the KFAC of curvlinops, type-2, and that diagonal).
+
 The parent process (this script, in the project's environment) makes the data and trains each
 Keras model once, then writes the data and the weights to an npz file; every measurement runs in
 a subprocess of its own: sigma's with this interpreter (importing the sigma of this checkout),
@@ -32,7 +38,9 @@ Correctness, in the same run: with the same α (prior_precision) and β (sigma_n
 two predictive variances gᵀA⁻¹g (noise excluded: the stringent comparison) and σ (noise included)
 must agree: the largest relative difference is printed for the full GGN on Iris in float32 (as
 timed) and again in float64, for the diagonal GGN on the MLP, and, for information only, for the
-Kronecker factorisations, whose definitions differ between the libraries.
+Kronecker factorisations, whose definitions differ between the libraries. Also printed: the log
+evidence of each at the same α, β on Iris, and the α (and β) at which each library puts the
+evidence optimum.
 """
 
 from __future__ import annotations
@@ -205,7 +213,7 @@ def sigma_worker(args):
         row["ev_alpha"], row["alpha_found"] = measure(alpha_only, args.repeats)
         row["ev_both"], ab = measure(alpha_beta, args.repeats)
         row["alpha_beta_found"] = [float(v) for v in ab]
-        row["log_evidence"] = float(la.log_evidence())
+        row["log_evidence"] = float(la.log_evidence(alpha=a, beta=b))  # at the check's α, β
         # float64 from the stored float64 data (not from the float32 copies above)
         x64, y64, xt64 = (data[k].astype("float64") for k in ("x_train", "y_train", "x_test"))
         la64 = sigma.Laplace(build("float64"), x64, y64, structure="full", alpha=a, beta=b)
@@ -420,6 +428,11 @@ def print_table(results, args):
         )
     if s and t:
         print()
+        print(
+            f"log evidence on Iris at α={args.alpha:g}, β={args.iris_beta:g}: sigma "
+            f"{s['log_evidence']:.6f}, laplace-torch {t['log_evidence']:.6f} "
+            "(log_marginal_likelihood, float32)"
+        )
         print("evidence optimum on Iris (same curvature):")
         print(
             f"  α with β={args.iris_beta:g} fixed: sigma {s['alpha_found']:.6g} (MacKay fixed point), "

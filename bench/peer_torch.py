@@ -130,7 +130,9 @@ def main():
         row["ev_alpha"], row["alpha_found"] = measure(alpha_only, args.repeats)
         row["ev_both"], ab = measure(alpha_beta, args.repeats)
         row["alpha_beta_found"] = list(ab)
-        row["log_evidence"] = float(la.log_marginal_likelihood())
+        row["log_evidence"] = float(
+            la.log_marginal_likelihood(torch.tensor(alpha), torch.tensor(sigma_noise))
+        )  # at the check's α, β
         x64, y64, xt64 = tensors(torch.float64)
         # Its full GGN is `linop @ torch.eye(P)` with the eye in torch's default dtype: float32
         # unless changed, so a float64 model gets a GGN rounded to float32. Both are recorded.
