@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-n 2" (pytest-xdist) or "-x -k laplace"
 
-.PHONY: help env test test-unit test-notebooks run notebooks lab lint format bench figure clean
+.PHONY: help env test test-unit test-notebooks run notebooks lab lint format bench bench-peer figure clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,8 +71,25 @@ format: $(STAMP) ## ruff check --fix then ruff format
 	$(PY) -m ruff check --fix sigma tests bench notebooks docs jupyter_config
 	$(PY) -m ruff format sigma tests bench notebooks docs jupyter_config
 
-bench: $(STAMP) ## print the benchmark tables (bench/*.py)
-	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: $(STAMP) ## print the benchmark tables (bench/*.py, except the laplace-torch comparison)
+	for b in $(filter-out bench/peer%,$(sort $(wildcard bench/*.py))); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The laplace-torch comparison has its own environment: torch is never a dependency of sigma.
+PEER_VENV := .venv-peer
+PEER_PY := $(PEER_VENV)/bin/python
+PEER_STAMP := $(PEER_VENV)/.installed-stamp
+PEER_PIP_ARGS ?=  # extra pip options, e.g. an index serving CPU-only torch wheels
+PEER_ARGS ?=  # options of bench/peer.py, e.g. PEER_ARGS="--n 2000 --test 100 --mlp-repeats 1"
+
+$(PEER_STAMP): bench/peer-requirements.txt
+	test -x $(PEER_PY) || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_PY) -m pip install --quiet --upgrade pip
+	$(PEER_PY) -m pip install --quiet $(PEER_PIP_ARGS) "$$(grep -E '^torch==' bench/peer-requirements.txt)"
+	$(PEER_PY) -m pip install --quiet --no-deps $(PEER_PIP_ARGS) -r bench/peer-requirements.txt
+	touch $@
+
+bench-peer: $(STAMP) $(PEER_STAMP) ## sigma vs laplace-torch on the same data and weights (builds .venv-peer)
+	$(PY) bench/peer.py --peer-python $(PEER_PY) $(PEER_ARGS)
 
 figure: $(STAMP) ## redraw the README figures docs/regression_sigma.png and docs/iris_sigma.png
 	$(PY) docs/make_figure.py

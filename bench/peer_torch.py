@@ -1,0 +1,150 @@
+"""The laplace-torch side of bench/peer.py: one task in this process, one JSON line out.
+
+Runs in the benchmark's own environment (.venv-peer, built by ``make bench-peer`` from
+bench/peer-requirements.txt), never in the project's: torch is no dependency of sigma. It is
+started by bench/peer.py, which writes the data and the trained Keras weights to an npz file
+and reads back the JSON line and the predictive σ:
+
+    .venv-peer/bin/python bench/peer_torch.py --task iris|mlp-diag|mlp-kfac --data D.npz
+        --out S.npz --alpha A --beta B [--repeats R] [--pred-batch 50] [--backend backpack]
+
+The Keras kernels (in, out) are loaded transposed into torch.nn.Linear weights (out, in), so
+both libraries compute the curvature around identical weights. Steps and timings as described
+in bench/peer.py; laplace-torch's regression likelihood is N(f, σ_noise²) with
+σ_noise = 1/√β and its prior N(0, 1/prior_precision), so A = prior_precision·I + GGN/σ_noise²
+is sigma's A = αI + βC (its MSELoss GGN carries the factor ½ that makes GGN = JᵀJ = C).
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib import metadata
+
+import numpy as np
+
+# bench/ is on sys.path as this script's folder: the helpers are shared with bench/peer.py
+from peer import (
+    ACTIVATION,
+    IRIS,
+    MLP,
+    emit,
+    layer_weights,
+    load_data,
+    measure,
+    resident_bytes,
+    worker_args,
+)
+
+
+def main():
+    args = worker_args()
+    warnings.filterwarnings("ignore")
+    import torch
+    from laplace import Laplace
+    from laplace.curvature import BackPackGGN, CurvlinopsGGN
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    data = load_data(args.data)
+    name = "iris" if args.task == "iris" else "mlp"
+    widths = IRIS if name == "iris" else MLP
+    act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[ACTIVATION[name]]
+
+    def build(dtype):
+        layers = []
+        for i, (kernel, bias) in enumerate(layer_weights(data)):
+            linear = torch.nn.Linear(*kernel.shape)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(kernel.T.copy()))
+                linear.bias.copy_(torch.from_numpy(bias))
+            layers += [linear] if i == len(widths) - 2 else [linear, act()]
+        return torch.nn.Sequential(*layers).to(dtype).eval()
+
+    def tensors(dtype):
+        return [torch.as_tensor(data[k], dtype=dtype) for k in ("x_train", "y_train", "x_test")]
+
+    alpha, sigma_noise = args.alpha, 1.0 / np.sqrt(args.beta)
+    backends = {"backpack": BackPackGGN, "curvlinops": CurvlinopsGGN}
+    backend = CurvlinopsGGN if name == "iris" else backends[args.backend]
+    structure = {"iris": "full", "mlp-diag": "diag", "mlp-kfac": "kron"}[args.task]
+    batch = 100 if name == "iris" else 128
+
+    def fit(net, x, y):
+        la = Laplace(
+            net,
+            "regression",
+            subset_of_weights="all",
+            hessian_structure=structure,
+            sigma_noise=sigma_noise,
+            prior_precision=alpha,
+            backend=backend,
+        )
+        la.fit(DataLoader(TensorDataset(x, y), batch_size=batch))
+        return la
+
+    def predict(la, x):
+        """σ² without and with the noise σ_noise², (N, K) each, GLM predictive in batches."""
+        var = torch.cat(
+            [
+                torch.diagonal(la(x[s : s + args.pred_batch], pred_type="glm")[1], dim1=-2, dim2=-1)
+                for s in range(0, len(x), args.pred_batch)
+            ]
+        )
+        return var.numpy().astype(np.float64), (var + la.sigma_noise**2).sqrt().numpy()
+
+    net = build(torch.float32)
+    x, y, xt = tensors(torch.float32)
+    row = {
+        "library": "laplace-torch",
+        "version": f"laplace-torch {metadata.version('laplace-torch')}, torch {torch.__version__}"
+        f", curvlinops {metadata.version('curvlinops-for-pytorch')}, backpack "
+        f"{metadata.version('backpack-for-pytorch')}",
+        "threads": torch.get_num_threads(),
+        "backend": f"{backend.__name__}, hessian_structure={structure!r}, DataLoader batch "
+        f"{batch}, predictive batch {args.pred_batch}",
+        "rss_setup": resident_bytes(),
+    }
+    out = {}
+    row["fit"], la = measure(lambda: fit(net, x, y), args.repeats)
+    row["pred"], (var, std) = measure(lambda: predict(la, xt), args.repeats)
+    out["var32"], out["std32"] = var, std
+    if name == "iris":
+
+        def alpha_only():
+            la.optimize_prior_precision(
+                pred_type="glm", method="marglik", prior_structure="scalar", init_prior_prec=1.0
+            )
+            return float(la.prior_precision)
+
+        def alpha_beta():  # laplace-torch's README: marglik of prior precision and sigma_noise
+            log_prior = torch.zeros(1, requires_grad=True)
+            log_sigma = torch.zeros(1, requires_grad=True)
+            opt = torch.optim.Adam([log_prior, log_sigma], lr=1e-1)
+            for _ in range(100):
+                opt.zero_grad()
+                neg = -la.log_marginal_likelihood(log_prior.exp(), log_sigma.exp())
+                neg.backward()
+                opt.step()
+            return float(log_prior.exp()), float(log_sigma.exp() ** -2)
+
+        row["ev_alpha"], row["alpha_found"] = measure(alpha_only, args.repeats)
+        row["ev_both"], ab = measure(alpha_beta, args.repeats)
+        row["alpha_beta_found"] = list(ab)
+        row["log_evidence"] = float(
+            la.log_marginal_likelihood(torch.tensor(alpha), torch.tensor(sigma_noise))
+        )  # at the check's α, β
+        x64, y64, xt64 = tensors(torch.float64)
+        # Its full GGN is `linop @ torch.eye(P)` with the eye in torch's default dtype: float32
+        # unless changed, so a float64 model gets a GGN rounded to float32. Both are recorded.
+        la64 = fit(build(torch.float64), x64, y64)
+        out["var64_f32eye"], out["std64_f32eye"] = predict(la64, xt64)
+        torch.set_default_dtype(torch.float64)
+        la64 = fit(build(torch.float64), x64, y64)
+        out["var64"], out["std64"] = predict(la64, xt64)
+        torch.set_default_dtype(torch.float32)
+    np.savez(args.out, **out)
+    emit(row)
+
+
+if __name__ == "__main__":
+    main()
