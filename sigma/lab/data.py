@@ -1,6 +1,9 @@
-"""Data helpers: the Iris split of the original notebook, one-hot targets."""
+"""Data helpers: the Iris split of the original notebook, digits, one-hot targets, synthetic
+teacher-network regression, and the standardised diabetes and Friedman #1 regressions."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.datasets import load_iris
@@ -90,3 +93,62 @@ def teacher_regression(
     x = rng.standard_normal((n_train + n_test, n_inputs))
     y = np.tanh(x @ w1 / np.sqrt(n_inputs)) @ w2 + noise * rng.standard_normal((len(x), n_outputs))
     return x[:n_train], x[n_train:], y[:n_train], y[n_train:]
+
+
+class RegressionSplit(NamedTuple):
+    """A train/test split standardised with the training statistics: x (N, D), y (N, 1), both
+    float64; the target in units of ``y_scale`` around ``y_mean`` (original = y·y_scale + y_mean),
+    so a noise precision β in these units is β / y_scale² in the original ones."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+    y_mean: float
+    y_scale: float
+
+
+def _standardised(x_train, x_test, y_train, y_test) -> RegressionSplit:
+    x_mean, x_std = x_train.mean(axis=0), x_train.std(axis=0)
+    y_mean, y_std = float(y_train.mean()), float(y_train.std())
+    return RegressionSplit(
+        (x_train - x_mean) / x_std,
+        (x_test - x_mean) / x_std,
+        ((y_train - y_mean) / y_std).reshape(-1, 1),
+        ((y_test - y_mean) / y_std).reshape(-1, 1),
+        y_mean,
+        y_std,
+    )
+
+
+def diabetes_split(test_size: float = 0.2, seed: int = 0) -> RegressionSplit:
+    """scikit-learn's diabetes data (442 patients, 10 baseline variables → a measure of disease
+    progression one year later; shipped with scikit-learn, no download), split at random
+    (seeded) and standardised with the training statistics (inputs and target)."""
+    from sklearn.datasets import load_diabetes
+
+    if not 0.0 < float(test_size) < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    data = load_diabetes()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data["data"].astype(np.float64),
+        data["target"].astype(np.float64),
+        test_size=test_size,
+        random_state=seed,
+    )
+    return _standardised(x_train, x_test, y_train, y_test)
+
+
+def friedman_regression(
+    n_train: int = 1000, n_test: int = 2000, *, noise: float = 1.0, seed: int = 0
+) -> RegressionSplit:
+    """Friedman #1 (scikit-learn's ``make_friedman1``): x ~ U[0, 1]¹⁰,
+    t = 10 sin(π x₁x₂) + 20 (x₃ − ½)² + 10 x₄ + 5 x₅ + ε, ε ~ N(0, noise²) (x₆ … x₁₀ are
+    irrelevant), standardised with the training statistics. The true noise precision is
+    1/noise² in the original units, y_scale²/noise² in the standardised ones."""
+    from sklearn.datasets import make_friedman1
+
+    if min(n_train, n_test) < 2 or not noise > 0:
+        raise ValueError("n_train and n_test must be at least 2 and noise > 0")
+    x, y = make_friedman1(n_samples=n_train + n_test, noise=noise, random_state=seed)
+    return _standardised(x[:n_train], x[n_train:], y[:n_train], y[n_train:])

@@ -163,3 +163,69 @@ def reliability_diagram(probabilities, labels, *, n_bins: int = 10):
     hist.set_xlim(0, 1)
     fig.tight_layout()
     return fig
+
+
+# -- training for the posterior (notebook 05) ---------------------------------------------------
+def evidence_history(
+    history,
+    *,
+    groups=None,
+    beta_unit: float = 1.0,
+    beta_truth: float | None = None,
+    beta_marks=None,
+    title: str | None = None,
+):
+    """α_g, β and the log evidence at each re-estimation of a :class:`sigma.EvidenceCallback`.
+
+    history : ``cb.history`` (dicts with epoch, alpha, beta, log_evidence; a final record at
+        epoch "end" is drawn one step after the last epoch). groups : the names of the α_g.
+    beta_unit : β is drawn as β / beta_unit (e.g. y_scale² to go back to the original units of
+        a standardised target). beta_truth : the true β, drawn with a ±10% band.
+    beta_marks : {label: β} drawn as horizontal lines (e.g. the post-hoc evidence's β).
+    Classification histories (β fixed at 1) get no β panel. Returns the figure.
+    """
+    epochs = []
+    for h in history:
+        e = h["epoch"]
+        epochs.append(e if e != "end" else (epochs[-1] + 1 if epochs else 1))
+    epochs = np.asarray(epochs, float)
+    alphas = np.array([np.atleast_1d(h["alpha"]) for h in history], float)
+    has_beta = any(float(h["beta"]) != 1.0 for h in history) or beta_truth is not None
+    panels = 3 if has_beta else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.6))
+    ax = axes[0]
+    names = list(groups) if groups is not None else [f"group {g}" for g in range(alphas.shape[1])]
+    colours = plt.cm.viridis(np.linspace(0, 0.9, alphas.shape[1]))
+    for g in range(alphas.shape[1]):
+        ax.semilogy(epochs, alphas[:, g], "-", color=colours[g], lw=1.4, label=names[g])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("prior precision α_g")
+    ax.set_title("α per weight group")
+    ax.legend(fontsize=7, ncol=2 if alphas.shape[1] > 6 else 1, loc="best")
+    if has_beta:
+        ax = axes[1]
+        beta = np.array([float(h["beta"]) for h in history]) / beta_unit
+        ax.plot(epochs, beta, "o-", ms=3, color="C0", label="evidence during training")
+        if beta_truth is not None:
+            ax.axhline(beta_truth, color="k", lw=1, label=f"truth β = {beta_truth:g}")
+            ax.axhspan(0.9 * beta_truth, 1.1 * beta_truth, color="k", alpha=0.08, label="±10%")
+        for i, (label, value) in enumerate((beta_marks or {}).items()):
+            ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1.2, label=f"{label}: {value:.3g}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("noise precision β")
+        ax.set_title(f"β (final {beta[-1]:.3g})")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    log_ev = np.array([float(h["log_evidence"]) for h in history])
+    ax.plot(epochs, log_ev, "o-", ms=3, color="C2")
+    settled = log_ev[len(log_ev) // 5 :]  # the first re-estimations are far below: not the story
+    if settled.size > 1 and np.ptp(settled) > 0:
+        lo, hi = settled.min(), settled.max()
+        ax.set_ylim(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ln p(D | α, β) (nats)")
+    ax.set_title(f"log evidence (final {log_ev[-1]:.1f})")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,117 @@
+"""The baselines of notebook 05 (sigma.lab.baselines): a deep ensemble's σ is exactly the spread
+of its members plus its noise term, MC dropout at rate 0 has no epistemic spread, and a seed
+makes either deterministic."""
+
+import keras
+import numpy as np
+import pytest
+
+from sigma.lab import baselines
+
+RNG = np.random.default_rng(3)
+X = RNG.normal(size=(60, 3))
+Y = np.sin(X[:, :1]) + 0.1 * RNG.normal(size=(60, 1))
+LABELS = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0).astype(int)  # 3 classes
+FIT = {"epochs": 3, "batch_size": 16, "learning_rate": 1e-2}
+
+
+@pytest.mark.parametrize("head", ["gaussian", "mse"])
+def test_ensemble_std_is_member_spread_plus_noise(head):
+    ens = baselines.DeepEnsemble(3, 8, 1, size=3, head=head, seed=1).fit(X, Y, **FIT)
+    means, variances = ens.member_predictions(X[:10])
+    assert means.shape == variances.shape == (3, 10, 1)
+    mean, std = ens.predict(X[:10])
+    np.testing.assert_allclose(mean, means.mean(axis=0), rtol=1e-12)
+    spread = np.mean((means - means.mean(axis=0)) ** 2, axis=0)
+    np.testing.assert_allclose(std**2, spread + variances.mean(axis=0), rtol=1e-10)
+    _, epistemic = ens.predict(X[:10], noise=False)
+    np.testing.assert_allclose(epistemic**2, spread, rtol=1e-10, atol=1e-300)
+    if head == "mse":  # the noise: the members' mean squared training residual, for every input
+        residuals = [
+            np.mean((Y - m(X.astype("float32")).numpy()) ** 2, axis=0) for m in ens.members
+        ]
+        np.testing.assert_allclose(ens.noise_variance, np.mean(residuals, axis=0), rtol=1e-5)
+        np.testing.assert_allclose(variances, np.broadcast_to(ens.noise_variance, (3, 10, 1)))
+    else:  # the Gaussian head's variance is positive and the members differ
+        assert np.all(variances > 0) and np.all(spread > 0)
+
+
+def test_gaussian_head_loss_is_the_gaussian_nll():
+    y = RNG.normal(size=(5, 2))
+    out = RNG.normal(size=(5, 4))
+    mean, var = baselines.split_head(out, 2)
+    expected = np.mean(0.5 * np.log(var) + 0.5 * (y - mean) ** 2 / var, axis=1)
+    np.testing.assert_allclose(baselines.gaussian_nll(y, out).numpy(), expected, rtol=1e-10)
+
+
+def test_ensemble_classification_averages_member_softmax():
+    ens = baselines.DeepEnsemble(3, 8, 3, size=2, likelihood="classification", seed=0)
+    ens.fit(X, LABELS, **FIT)
+    probs = ens.predict_proba(X)
+    members = ens.member_predictions(X)
+    assert probs.shape == (60, 3) and members.shape == (2, 60, 3)
+    np.testing.assert_allclose(probs, members.mean(axis=0))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="predict_proba for classification"):
+        ens.predict(X)
+
+
+def test_mc_dropout_at_rate_zero_has_no_epistemic_spread():
+    mc = baselines.MCDropout(3, (8, 8), 1, rate=0.0, seed=0).fit(X, Y, **FIT, n_samples=5)
+    mean, std = mc.predict(X, n_samples=7)
+    _, epistemic = mc.predict(X, n_samples=7, noise=False)
+    assert np.all(epistemic == 0.0)
+    np.testing.assert_allclose(std, np.broadcast_to(np.sqrt(mc.noise_variance), std.shape))
+    np.testing.assert_allclose(mean, mc.model(X.astype("float32")).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(mc.noise_variance, np.mean((Y - mean) ** 2, axis=0), rtol=1e-10)
+
+
+def test_mc_dropout_samples_vary_and_are_seeded():
+    mc = baselines.MCDropout(3, (16,), 1, rate=0.5, seed=0).fit(X, Y, **FIT)
+    a = mc.samples(X[:4], 20, seed=5)
+    assert a.shape == (20, 4, 1) and np.all(a.std(axis=0) > 0)  # masks differ between passes
+    np.testing.assert_array_equal(a, mc.samples(X[:4], 20, seed=5))
+    assert not np.array_equal(a, mc.samples(X[:4], 20, seed=6))
+    probs = baselines.MCDropout(3, 8, 3, rate=0.2, likelihood="classification", seed=0)
+    probs = probs.fit(X, LABELS, **FIT).predict_proba(X, n_samples=10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("kind", ["ensemble", "dropout"])
+def test_a_seed_makes_training_and_prediction_deterministic(kind):
+    def run(seed):
+        if kind == "ensemble":
+            ens = baselines.DeepEnsemble(3, 8, 1, size=2, seed=seed).fit(X, Y, **FIT)
+            return ens.predict(X)
+        mc = baselines.MCDropout(3, 8, 1, rate=0.3, seed=seed).fit(X, Y, **FIT, n_samples=4)
+        return mc.predict(X, n_samples=4, seed=seed)
+
+    first, again, other = run(0), run(0), run(1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_mlp_with_dropout_has_the_weights_of_the_plain_mlp():
+    import sigma
+
+    plain = sigma.mlp(3, (5, 4), 2, activation="tanh", seed=2)
+    dropped = baselines.mlp(3, (5, 4), 2, dropout=0.2, seed=2)
+    assert sum(isinstance(la, keras.layers.Dropout) for la in dropped.layers) == 2
+    for a, b in zip(plain.get_weights(), dropped.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        baselines.DeepEnsemble(3, 8, 1, size=0)
+    with pytest.raises(ValueError, match="head must be one of"):
+        baselines.DeepEnsemble(3, 8, 1, head="student")
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        baselines.MCDropout(3, 8, 1, likelihood="poisson")
+    with pytest.raises(ValueError, match="dropout must be a rate"):
+        baselines.mlp(3, 8, 1, dropout=1.0)
+    with pytest.raises(ValueError, match="fit first"):
+        baselines.MCDropout(3, 8, 1).predict(X)
+    with pytest.raises(ValueError, match=r"must both be \(N, K\)"):
+        baselines.residual_variance(np.zeros(3), np.zeros(3))
