@@ -17,21 +17,26 @@ import numbers
 import warnings
 
 import numpy as np
+import tensorflow as tf
 
 from sigma import evidence, likelihoods, metrics, structures
 from sigma._checks import (
     as_array,
     check_inputs,
+    check_model,
     check_positive_int,
     check_precision,
     check_precisions,
     model_dtype,
 )
+from sigma._checks import n_samples as sample_count
 from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
+    check_dataset,
     current_strategy,
+    first_samples,
     is_dataset,
     prepare_dataset,
 )
@@ -139,6 +144,17 @@ class Laplace:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
         self.likelihood = likelihoods.get(likelihood)
+        check_model(model)
+        if not is_dataset(x):
+            x = check_inputs(model, x)
+            self.output_layout = engine(model).output_layout(x)
+        else:
+            check_dataset(x)
+            first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
+            self.output_layout = engine(model).output_layout(first)
+        # one softmax head per output for a classifier with several outputs
+        self.likelihood = likelihoods.get(self.likelihood, self.output_layout)
+        heads = self.likelihood.heads
         if not self.likelihood.has_beta and not (
             isinstance(beta, numbers.Real) and float(beta) == 1.0
         ):
@@ -150,10 +166,11 @@ class Laplace:
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
             x, n, k, e_d, e_dk, square = prepare_dataset(
-                model, x, self.likelihood, batch_size=batch_size
+                model, x, self.likelihood, batch_size=batch_size, layout=self.output_layout
             )
             if not self.likelihood.has_beta:
-                check_logits(model, engine(model).outputs(next(iter(x))[0].numpy()))
+                first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
+                check_logits(model, engine(model).outputs(first), heads)
         else:
             if y is None:
                 raise ValueError(
@@ -163,7 +180,7 @@ class Laplace:
                 )
             x, y, k = prepare(model, x, y, self.likelihood)
             if not self.likelihood.has_beta:
-                check_logits(model, engine(model).outputs(x))
+                check_logits(model, engine(model).outputs(x), heads)
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
             n, e_d, e_dk, square = engine(model).summary(
                 ArrayBatches((x, y), 4096), self.likelihood
@@ -376,7 +393,7 @@ class Laplace:
 
     def _inputs(self, x, name: str = "x"):
         self._check_weights_unchanged()
-        return check_inputs(self.model, x, name).astype(model_dtype(self.model))
+        return check_inputs(self.model, x, name)
 
     def _posterior(self):
         """(structure, β) such that A = D_α + β C_structure (one β per output: Σ β_k C_k, 1)."""
@@ -394,10 +411,13 @@ class Laplace:
         n_samples: int = 1000,
         seed: int = 0,
     ):
-        """Regression: predictive mean and standard deviation at inputs x (N, ...).
+        """Regression: predictive mean and standard deviation at inputs x (N, ...; a list or
+        dict of arrays for a model with several inputs).
 
-        Returns ``(mean, std)``, both (N, K) float64. ``std² = 1/β + gᵀA⁻¹g`` (noise included;
-        1/β_k per output when β is an array); with ``noise=False`` only ``gᵀA⁻¹g``.
+        Returns ``(mean, std)``, both (N, K) float64 — for a model with several outputs, a
+        list (or a dict by output name) of (N, K_i) arrays each. ``std² = 1/β + gᵀA⁻¹g``
+        (noise included; 1/β_k per output when β is an array); with ``noise=False`` only
+        ``gᵀA⁻¹g``.
 
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
         ``n_samples``, ``seed`` are passed on; ``noise`` does not apply).
@@ -406,7 +426,11 @@ class Laplace:
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
-        x = self._inputs(x)
+        mean, std = self._predict(self._inputs(x), noise, batch_size)
+        return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
+
+    def _predict(self, x, noise=True, batch_size=None):
+        """(mean, std), each (N, K) flat, for checked inputs x."""
         mean = engine(self.model).outputs(x)
         structure, beta = self._posterior()
         var = structure.predictive_variance(
@@ -417,7 +441,8 @@ class Laplace:
         return mean, np.sqrt(var)
 
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
-        """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64.
+        """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64 (all outputs
+        flattened and concatenated, see :attr:`output_layout`).
 
         Classification: the logit covariance J(x) A⁻¹ J(x)ᵀ (there is no noise term).
         """
@@ -439,7 +464,8 @@ class Laplace:
         seed: int = 0,
         batch_size: int | None = None,
     ) -> np.ndarray:
-        """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1.
+        """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1 (a
+        list or dict of (N, K_i), one softmax head per output, for several outputs).
 
         The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
         softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
@@ -453,12 +479,20 @@ class Laplace:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n_samples = check_positive_int(n_samples, "n_samples")
-        x = self._inputs(x)
+        probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
+        return self.output_layout.unflatten(probs)
+
+    def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None):
+        """Class probabilities (N, K) flat (one softmax per head) for checked inputs x."""
         mean = engine(self.model).outputs(x)
-        cov = self.predictive_covariance(x, batch_size=batch_size)
+        structure, beta = self._posterior()
+        cov = structure.predictive_covariance(
+            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
+        )
+        heads = self.likelihood.heads
         if method == "probit":
-            return probit_probabilities(mean, cov)
-        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed)
+            return probit_probabilities(mean, cov, heads)
+        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed, heads=heads)
 
     # -- evidence -------------------------------------------------------------------------------
     def _spectral(self, structure=None) -> bool:
@@ -721,13 +755,15 @@ class Laplace:
             raise ValueError(f"span must be > 1 (a factor either way), got {span}")
         max_iter = check_positive_int(max_iter, "max_iter")
         x_val = self._inputs(x_val, "x_val")
-        y_val = self.likelihood.targets(y_val, len(x_val), self.n_outputs, "y_val", "x_val")
+        y_val = self.likelihood.targets(
+            y_val, sample_count(x_val), self.n_outputs, "y_val", "x_val", layout=self.output_layout
+        )
         tune_beta = beta and self.likelihood.has_beta and self._weighted is None
         saved = self._alpha.copy(), self._beta
         alpha0, beta0 = saved
         if self.prior.scalar and alpha0[0] == 0:
             alpha0 = np.full_like(alpha0, self._alpha_from_zero())
-        labels = None if self.likelihood.has_beta else np.argmax(y_val, axis=1)
+        heads = self.likelihood.heads or [(0, self.n_outputs)]
         calls = []
 
         def score(z):
@@ -738,12 +774,14 @@ class Laplace:
             except ValueError:
                 return np.inf  # A not positive definite there
             calls.append(1)
-            if labels is None:
-                mean, std = self.predict(x_val)
-                return metrics.gaussian_nll(mean, std, y_val)
-            probs = self.predict_proba(x_val)
-            return {"nll": metrics.nll, "brier": metrics.brier,
-                    "ece": metrics.expected_calibration_error}[metric](probs, labels)  # fmt: skip
+            if self.likelihood.has_beta:
+                return metrics.gaussian_nll(*self._predict(x_val), y_val)
+            probs = self._proba(x_val)
+            score = {"nll": metrics.nll, "brier": metrics.brier,
+                     "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
+            return sum(  # per softmax head, summed
+                score(probs[:, s:e], np.argmax(y_val[:, s:e], axis=1)) for s, e in heads
+            )
 
         import scipy.optimize
 

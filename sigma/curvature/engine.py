@@ -43,6 +43,7 @@ from sigma._checks import model_dtype
 from sigma.curvature import layers as _layers
 from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for
 from sigma.curvature.layers import flat_outputs
+from sigma.outputs import OutputLayout
 from sigma.params import num_params
 
 ZERO = tf.UnconnectedGradients.ZERO
@@ -256,6 +257,14 @@ class Engine:
             self._k[key] = int(self.outputs(tf.nest.map_structure(lambda a: a[:1], x)).shape[1])
         return self._k[key]
 
+    def output_layout(self, x) -> OutputLayout:
+        """The structure of the model's outputs for inputs like x (one eager call, kept)."""
+        key = ("layout", _shape_key(x))
+        if key not in self.store:
+            one = tf.nest.map_structure(lambda a: tf.constant(np.asarray(a[:1])), x)
+            self.store[key] = OutputLayout.of(self.model(one, training=False))
+        return self.store[key]
+
     def outputs(self, x, *, batch_size: int = 4096) -> np.ndarray:
         """f(x) at the current weights in inference mode, (N, K) float64, computed in the
         model's dtype by one traced forward pass per batch."""
@@ -295,7 +304,7 @@ class Engine:
         """(N, E_D, E_D per output (K,), Σ f²) over ``(x, y)`` batches; E_D is the likelihood's
         summed data term (½ Σ (f − t)² for regression, the cross-entropy for classification)."""
         lik = _likelihoods.get(likelihood)
-        acc = self.accumulator(("summary", lik.name), self._summary_body(lik), data)
+        acc = self.accumulator(("summary", lik.key), self._summary_body(lik), data)
         count, e_d, per_output, square = acc()
         return int(round(float(count))), float(e_d), per_output, float(square)
 
@@ -314,7 +323,7 @@ class Engine:
         lik = _likelihoods.get(likelihood)
         if curvature == "ggn":
             acc = self.accumulator(
-                ("ggn", lik.name),
+                ("ggn", lik.key),
                 self._ggn_dense_body(lik),
                 data,
                 strategy=strategy,
@@ -355,7 +364,7 @@ class Engine:
         lik = _likelihoods.get(likelihood)
         p = self.n_params
         if curvature == "hessian" or route == "hessian":
-            body, key = self._hessian_product_body(lik), ("hessian_product", lik.name)
+            body, key = self._hessian_product_body(lik), ("hessian_product", lik.key)
         elif route == "layerwise":
             if plan_inputs is None:
                 raise ValueError("route='layerwise' needs plan_inputs: a few inputs to probe")
@@ -364,12 +373,12 @@ class Engine:
                 product = self._captured_products(lik, plan, data)
                 if product is not None:
                     return product
-            key = ("ggn_product", lik.name, route, id(plan), plan.generic_pfor)
+            key = ("ggn_product", lik.key, route, id(plan), plan.generic_pfor)
             body = self._layerwise_product_body(lik, plan)
         else:
             if route == "auto":
                 route = "jacobian" if self._k_max() * p <= JACOBIAN_ROUTE else "matrix_free"
-            body, key = self._ggn_product_body(lik, route), ("ggn_product", lik.name, route)
+            body, key = self._ggn_product_body(lik, route), ("ggn_product", lik.key, route)
         acc = self.accumulator(
             key,
             body,
@@ -410,7 +419,7 @@ class Engine:
             )
 
         capture_fn = self.function(
-            ("capture", lik.name, id(plan), plan.generic_pfor, _spec_key(spec)),
+            ("capture", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
             lambda: tf.function(capture_flat, input_signature=[spec], autograph=False),
         )
         batches = iter(data)
@@ -438,7 +447,7 @@ class Engine:
             return tf.cast(_layers.product(plan, cap, tf.cast(v, dtype)), tf.float64)
 
         apply_fn = self.function(
-            ("captured_product", lik.name, id(plan), plan.generic_pfor, _spec_key(spec)),
+            ("captured_product", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
             lambda: tf.function(
                 apply,
                 input_signature=[specs, tf.TensorSpec([self.n_params, None], dtype)],
@@ -488,12 +497,18 @@ class Engine:
         return max(self._k.values()) if self._k else 1
 
 
+def _structure(x) -> str:
+    """The nesting of x (a list, a dict by key, ...) with its leaves blanked, as a string."""
+    return repr(tf.nest.map_structure(lambda _: None, x))
+
+
 def _spec_key(spec) -> tuple:
-    return tuple((tuple(s.shape.as_list()), s.dtype.name) for s in tf.nest.flatten(spec))
+    shapes = tuple((tuple(s.shape.as_list()), s.dtype.name) for s in tf.nest.flatten(spec))
+    return (_structure(spec), shapes)
 
 
 def _shape_key(x) -> tuple:
-    return tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x))
+    return (_structure(x), tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x)))
 
 
 def _symmetric(m: np.ndarray) -> np.ndarray:

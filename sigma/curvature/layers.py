@@ -427,6 +427,8 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
     tv = model.trainable_variables
     if rtol is None:
         rtol = 1e-3 if tv[0].dtype in ("float16", "bfloat16", "float32") else 1e-8
+    x = tf.nest.map_structure(tf.constant, x)
+    n = int(tf.nest.flatten(x)[0].shape[0])
     records = [([], []) for _ in plan.fast]
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         for blk in plan.fast:
@@ -434,13 +436,13 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
             if blk.bias is not None:
                 tape.watch(tv[blk.bias].value)
         with _patched(plan, tape, records):
-            total = tf.reduce_sum(_model_outputs(model, tf.constant(x)))
+            total = tf.reduce_sum(_model_outputs(model, x))
     bad = []
     for blk, (al, zl) in zip(plan.fast, records, strict=True):
         if not zl:
             blk.positions = 0
             continue
-        if any(a.shape[0] != len(x) for a in al):  # samples folded into the batch axis
+        if any(a.shape[0] != n for a in al):  # samples folded into the batch axis
             bad.append(blk.layer)
             continue
         a = tf.concat([_patches(blk, ai) for ai in al], axis=1)

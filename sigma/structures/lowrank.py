@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
-from sigma._checks import check_inputs, check_positive_int, model_dtype
+from sigma._checks import check_inputs, check_positive_int, n_samples, take
 from sigma.curvature.accumulate import (
     ELEMENT_BUDGET,
     as_batches,
@@ -283,8 +283,8 @@ class LowRank(Structure):
             if tol is None:
                 tol = 1e-8 if eng.dtype == "float64" else 1e-5
             b = self._block_size(p)
-            n = 1 if is_dataset(x) else len(x)
-            first = check_inputs(model, first_samples(x, 8)).astype(eng.dtype)
+            n = 1 if is_dataset(x) else n_samples(x)
+            first = check_inputs(model, first_samples(x, 8))
             route = eng.product_route(first, curvature)
             kk = eng.n_outputs(first)
             if route == "jacobian":  # per sample: its (K, P) Jacobian and Lᵀ J
@@ -451,16 +451,16 @@ class LowRank(Structure):
                 "eigenvalues of C and takes the others as zero, so A = alpha*I + beta*C needs "
                 f"alpha > 0, got alpha={np.min(alpha):g}"
             )
-        dtype = model_dtype(model)
-        x = check_inputs(model, x).astype(dtype)
+        x = check_inputs(model, x)
         proj, per_sample = self._projection(model, x)
         u = tf.constant(np.asarray(self._vecs if u is None else u, np.float64))
         scale = tf.ones(self.n_params, tf.float64) if scale is None else tf.constant(scale)
-        bs = batch_size_for(len(x), per_sample, None)
+        n = n_samples(x)
+        bs = batch_size_for(n, per_sample, None)
         if batch_size is not None:
-            bs = min(bs, batch_size_for(len(x), 1, batch_size))
-        for start in range(0, len(x), bs):
-            yield (t.numpy() for t in proj(x[start : start + bs], u, scale))
+            bs = min(bs, batch_size_for(n, 1, batch_size))
+        for start in range(0, n, bs):
+            yield (t.numpy() for t in proj(take(x, slice(start, start + bs)), u, scale))
 
     # -- A = D + U (βΛ) Uᵀ with D = D_α (+ β diag(r)): Woodbury ----------------------------------
     def _woodbury(self, alpha, beta):
