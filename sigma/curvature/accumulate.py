@@ -229,7 +229,12 @@ def _distributed(body, strategy):
 
     def step(batch, *args):
         per_replica = strategy.run(guarded, args=(batch, *args))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        # One reduce per output: Strategy.reduce takes a single value, not a nest (with
+        # MultiWorkerMirroredStrategy a tuple is packed into one tensor, which fails for
+        # outputs of different shapes).
+        return tf.nest.map_structure(
+            lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica
+        )
 
     return step
 
