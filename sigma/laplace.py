@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from sigma import evidence, likelihoods, metrics, structures
+from sigma import evidence, likelihoods, metrics, saving, structures
 from sigma._checks import (
     as_array,
     check_inputs,
@@ -40,8 +40,9 @@ from sigma.curvature.accumulate import (
     is_dataset,
     prepare_dataset,
 )
+from sigma.outputs import OutputLayout
 from sigma.params import flat_weights
-from sigma.priors import build_prior, owners_of
+from sigma.priors import Prior, build_prior, owners_of
 from sigma.structures import Structure, fit_structure
 
 CURVATURES = ("ggn", "hessian")
@@ -308,6 +309,11 @@ class Laplace:
             )
         if self._blocks is None:
             self._check_weights_unchanged()
+            if self._x is None:
+                raise ValueError(
+                    "one beta per output needs the training data, which a Laplace loaded from "
+                    "a file does not have: fit a new Laplace for it"
+                )
             if is_dataset(self._x):
                 raise ValueError(
                     "one beta per output needs the training data as arrays, not a dataset"
@@ -818,6 +824,60 @@ class Laplace:
             "evaluations": len(calls),
         }
         return self
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self, path):
+        """Write this Laplace to ``path`` (a ``.npz`` archive in the versioned format of
+        :mod:`sigma.saving`: the structure's state, α, β, the prior groups, the data summary
+        the evidence needs and the model's fingerprint — not the training data), atomically.
+        Returns the path."""
+        self._check_weights_unchanged()
+        return saving.save(self, path)
+
+    @classmethod
+    def load(cls, path, model) -> Laplace:
+        """The Laplace saved in ``path``, for ``model`` — which must be the model it was fitted
+        on: same architecture, same weights, same non-trainable state (ValueError otherwise,
+        naming the difference). Nothing is refitted; predictions, the evidence and its
+        optimisation work as before saving. (One β per output needs the saved blocks; a file
+        from another format version is refused.)"""
+        header, arrays = saving.read(path)
+        check_model(model)
+        saving.check_fingerprint(header["fingerprint"], model, path)
+        spec = header["structure"]
+        structure = structures.get(spec["name"]).from_options(spec["options"])
+        state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
+        structure.restore(model, state, spec["info"])
+        la = cls.__new__(cls)
+        data, layout = header["data"], header["output_layout"]
+        lik = header["likelihood"]
+        la.likelihood = likelihoods.get(lik["name"])
+        if lik["heads"]:
+            la.likelihood = likelihoods.Classification(lik["heads"])
+        la.output_layout = OutputLayout(
+            layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])
+        )
+        la.model, la.curvature, la.negative = model, header["curvature"], header["negative"]
+        la.batch_size = data["batch_size"]
+        la.n_data, la.n_outputs = int(data["n_data"]), int(data["n_outputs"])
+        la.w_map = arrays["w_map"]
+        la._state = _frozen_state(model)
+        la.data_error = float(data["data_error"])
+        la.data_errors = None if data["data_errors"] is None else np.asarray(data["data_errors"])
+        la._output_scale = float(data["output_scale"])
+        la._x, la.memory_estimate = None, None
+        la.structure, la.n_params = structure, structure.n_params
+        prior = header["prior"]
+        la.prior = Prior(
+            arrays["prior_groups"].astype(np.int64), tuple(prior["names"]), prior["kind"]
+        )
+        la.weight_errors = np.asarray(header["weight_errors"], np.float64)
+        la._beta, la._weighted, la._alpha = 1.0, None, None
+        la._blocks = arrays.get("output_blocks")
+        la.evidence_result = la.prior_result = None
+        beta = header["beta"]
+        la._set_precisions(np.asarray(header["alpha"], np.float64), beta)
+        return la
 
     def __repr__(self):
         alpha = (

@@ -19,6 +19,8 @@ by :func:`prepare_dataset`.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
@@ -28,6 +30,19 @@ from sigma._checks import check_batch_size, check_inputs, check_model, model_dty
 
 # Cap on the elements of one batch's largest intermediate (2²⁵ ≈ 256 MB in float64).
 ELEMENT_BUDGET = 2**25
+
+
+def compiled(fn, input_signature, **kwargs):
+    """``tf.function(fn)`` with autograph off, traced once for ``input_signature``.
+
+    ``fn`` is wrapped in a ``functools.partial``: TensorFlow's detector of frequent retracing
+    keys its counts on a function's code, so the same graph-building code traced once for each
+    of several models (an ensemble, a sweep) would be reported as "retracing"; a partial
+    object is its own key. Tracing stays once per model and input signature.
+    """
+    return tf.function(
+        functools.partial(fn), input_signature=input_signature, autograph=False, **kwargs
+    )
 
 
 def is_dataset(x) -> bool:
@@ -165,7 +180,7 @@ class Accumulator:
             self._step = store[full_key]
             return
         fn = body if strategy is None else _distributed(body, strategy)
-        self._step = tf.function(fn, input_signature=signature, autograph=False)
+        self._step = compiled(fn, signature)
         if store is not None and key is not None:
             store[full_key] = self._step
 

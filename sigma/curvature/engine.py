@@ -41,7 +41,7 @@ import tensorflow as tf
 from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
 from sigma.curvature import layers as _layers
-from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for
+from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for, compiled
 from sigma.curvature.layers import flat_outputs
 from sigma.outputs import OutputLayout
 from sigma.params import num_params
@@ -271,11 +271,7 @@ class Engine:
         spec = self.spec(x)
         fn = self.function(
             ("outputs", _spec_key(spec)),
-            lambda: tf.function(
-                lambda xb: self.forward(self.weights(), xb),
-                input_signature=[spec],
-                autograph=False,
-            ),
+            lambda: compiled(lambda xb: self.forward(self.weights(), xb), [spec]),
         )
         return np.concatenate(
             [np.asarray(fn(b[0]), np.float64) for b in ArrayBatches((x,), batch_size)]
@@ -287,11 +283,7 @@ class Engine:
         spec = self.spec(x)
         fn = self.function(
             ("jacobian", _spec_key(spec)),
-            lambda: tf.function(
-                lambda xb: self.jacobian(self.weights(), xb),
-                input_signature=[spec],
-                autograph=False,
-            ),
+            lambda: compiled(lambda xb: self.jacobian(self.weights(), xb), [spec]),
         )
         n = len(tf.nest.flatten(x)[0])
         k = self.n_outputs(x)
@@ -420,7 +412,7 @@ class Engine:
 
         capture_fn = self.function(
             ("capture", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
-            lambda: tf.function(capture_flat, input_signature=[spec], autograph=False),
+            lambda: compiled(capture_flat, [spec]),
         )
         batches = iter(data)
         first = capture_fn(next(batches)[0])
@@ -448,11 +440,7 @@ class Engine:
 
         apply_fn = self.function(
             ("captured_product", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
-            lambda: tf.function(
-                apply,
-                input_signature=[specs, tf.TensorSpec([self.n_params, None], dtype)],
-                autograph=False,
-            ),
+            lambda: compiled(apply, [specs, tf.TensorSpec([self.n_params, None], dtype)]),
         )
 
         def product(v):

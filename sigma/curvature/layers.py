@@ -138,6 +138,40 @@ class LayerPlan:
         return rows
 
 
+def describe_plan(plan: LayerPlan) -> dict:
+    """A JSON-able description of a probed plan, from which :func:`rebuild_plan` makes it again
+    for the same model without probing (for saving a fitted structure)."""
+    return {
+        "fast_layers": [b.layer.name for b in plan.fast],
+        "positions": [int(b.positions) for b in plan.fast],
+        "excluded": [layer.name for layer in plan.excluded],
+        "generic": [g.name for g in plan.generic],
+        "generic_pfor": bool(plan.generic_pfor),
+    }
+
+
+def rebuild_plan(model, description: dict, *, fast: bool = True) -> LayerPlan:
+    """The plan :func:`describe_plan` described, for ``model`` (ValueError if its layers no
+    longer match)."""
+    layers = {layer.name: layer for layer in model._flatten_layers(include_self=True)}
+    missing = [n for n in description["excluded"] if n not in layers]
+    if missing:
+        raise ValueError(f"the model has no layers {missing}, which the saved structure names")
+    plan = plan_layers(model, fast=fast, exclude=tuple(layers[n] for n in description["excluded"]))
+    if [b.layer.name for b in plan.fast] != description["fast_layers"] or [
+        g.name for g in plan.generic
+    ] != description["generic"]:
+        raise ValueError(
+            "the model's layers do not match the saved structure's: saved "
+            f"{description['fast_layers'] + description['generic']}, found "
+            f"{[b.layer.name for b in plan.fast] + [g.name for g in plan.generic]}"
+        )
+    for blk, positions in zip(plan.fast, description["positions"], strict=True):
+        blk.positions = positions
+    plan.generic_pfor = description["generic_pfor"]
+    return plan
+
+
 def _fast_kind(layer) -> str | None:
     """The fast-path kind of a layer, or None when it must take the generic path."""
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):

@@ -130,6 +130,15 @@ class Structure:
         """Bytes needed to fit and predict (dominant terms), or None when unknown."""
         return None
 
+    # Saving (sigma.saving): what a fitted structure is, without the data it was fitted on.
+    def state(self) -> tuple[dict, dict]:
+        """(arrays, info): the fitted state as float arrays and JSON-able facts."""
+        raise NotImplementedError(f"structure {self.name!r} does not define state()")
+
+    def restore(self, model, arrays: dict, info: dict) -> Structure:
+        """This (unfitted) structure set to a saved state for ``model``; returns self."""
+        raise NotImplementedError(f"structure {self.name!r} does not define restore()")
+
     # Capabilities (see the class attributes).
     def clip_negative(self) -> None:
         """Replace negative eigenvalues of C by zero (C → its positive semi-definite part)."""

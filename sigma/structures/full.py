@@ -159,6 +159,20 @@ class Full(Eigenbasis):
             ]
         )
 
+    # -- saving ---------------------------------------------------------------------------------
+    def state(self):
+        arrays = {"matrix": self.matrix}
+        if self._eig is not None:
+            arrays.update(eigenvalues=self._eig, vectors=self._vecs)
+        return arrays, {"n_params": self.n_params, "psd": bool(getattr(self, "psd", False))}
+
+    def restore(self, model, arrays, info):
+        self.n_params, self.psd = int(info["n_params"]), bool(info["psd"])
+        self._set_matrix(arrays["matrix"])
+        if "eigenvalues" in arrays:
+            self._eig, self._vecs = arrays["eigenvalues"], arrays["vectors"]
+        return self
+
     # -- capabilities ---------------------------------------------------------------------------
     def clip_negative(self):
         self._decompose()

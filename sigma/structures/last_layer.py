@@ -31,7 +31,13 @@ import tensorflow as tf
 from sigma import likelihoods
 from sigma._checks import check_inputs, n_samples, take
 from sigma._linalg import eigh
-from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
+from sigma.curvature.accumulate import (
+    as_batches,
+    batch_size_for,
+    compiled,
+    first_samples,
+    is_dataset,
+)
 from sigma.curvature.engine import _spec_key, engine, flat_outputs
 from sigma.memory import activation_elements, last_dense_size
 from sigma.structures.full import Full
@@ -204,6 +210,24 @@ class LastLayer(Full):
         layer = getattr(self, "_layer", None) or final_dense(model)
         return [layer.kernel] + ([] if layer.bias is None else [layer.bias])
 
+    def state(self):
+        arrays, info = super().state()
+        arrays.update(eigenvalues=self._eig, vectors=self._vecs, weights=self._w)
+        info.update(layer=self.layer_name, d1=self._d1, k=self._k)
+        return arrays, info
+
+    def restore(self, model, arrays, info):
+        super().restore(model, arrays, info)
+        layer = final_dense(model)
+        if layer.name != info["layer"]:
+            raise ValueError(
+                f"the saved last-layer structure covers layer {info['layer']!r}, but the "
+                f"model's final Dense layer is {layer.name!r}"
+            )
+        self.layer_name, self._layer = layer.name, layer
+        self._d1, self._k, self._w = int(info["d1"]), int(info["k"]), arrays["weights"]
+        return self
+
     def output_blocks(self, model, x, *, batch_size=None):  # pragma: no cover - declared off
         raise NotImplementedError
 
@@ -314,7 +338,6 @@ def _projection_function(eng, layer, spec):
     k = int(layer.kernel.shape[-1])
     linear = _is_linear(layer.activation)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([None, None], tf.float64)], autograph=False)
     def proj(xb, v):
         phi, z = _augmented_features(eng, layer, xb)
         v4 = tf.reshape(v, (tf.shape(phi)[1], k, -1))  # V[(i, l), m] → (i, l, m)
@@ -326,4 +349,4 @@ def _projection_function(eng, layer, spec):
             f = layer.activation(z)
         return tf.einsum("nkl,nlm->nkm", tape.batch_jacobian(f, z), q)
 
-    return proj
+    return compiled(proj, [spec, tf.TensorSpec([None, None], tf.float64)])

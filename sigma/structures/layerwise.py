@@ -19,6 +19,7 @@ from sigma._checks import check_inputs, n_samples, take
 from sigma.curvature.accumulate import (
     ArrayBatches,
     as_batches,
+    compiled,
     first_samples,
     is_dataset,
 )
@@ -27,8 +28,10 @@ from sigma.curvature.layers import (
     Captured,
     capture,
     contract,
+    describe_plan,
     layer_batch_size,
     per_sample_elements,
+    rebuild_plan,
     with_pfor_fallback,
 )
 from sigma.structures.base import Structure
@@ -153,15 +156,37 @@ class Layerwise(Structure):
         )  # fmt: skip
 
         def build():
-            @tf.function(input_signature=[spec, specs], autograph=False)
             def fn(xb, flat):
                 it = iter(flat)
                 blocks = [[next(it) if present else None for present in blk] for blk in layout]
                 return contract(plan, capture(model, plan, xb), blocks, covariance=covariance)
 
-            return fn
+            return compiled(fn, [spec, specs])
 
         return eng.function(key, build)
+
+    # saving -------------------------------------------------------------------------------------
+    def state(self):
+        arrays, info = self._state()
+        info.update(
+            plan=describe_plan(self.plan), fast=self.fast, n_params=self.n_params,
+            n_outputs=self.n_outputs, n_data=self.n_data, options=self._options(),
+        )  # fmt: skip
+        return arrays, info
+
+    def restore(self, model, arrays, info):
+        self.plan = rebuild_plan(model, info["plan"], fast=info["fast"])
+        self._model = weakref.ref(model)
+        self.n_params, self.n_outputs = int(info["n_params"]), int(info["n_outputs"])
+        self.n_data = int(info["n_data"])
+        self._restore(arrays)
+        return self
+
+    def _state(self) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+    def _restore(self, arrays: dict) -> None:
+        raise NotImplementedError
 
     # hooks --------------------------------------------------------------------------------------
     @staticmethod

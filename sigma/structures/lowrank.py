@@ -38,6 +38,7 @@ from sigma.curvature.accumulate import (
     ELEMENT_BUDGET,
     as_batches,
     batch_size_for,
+    compiled,
     first_samples,
     is_dataset,
 )
@@ -363,6 +364,26 @@ class LowRank(Structure):
     def clip_negative(self):
         self._eig = np.maximum(self._eig, 0.0)
 
+    def state(self):
+        arrays = {"eigenvalues": self._eig, "vectors": self._vecs}
+        if self.residual_diagonal is not None:
+            arrays["residual_diagonal"] = self.residual_diagonal
+        info = {
+            "n_params": self.n_params,
+            "method": self.method,
+            "resid_floor": self._resid_floor,
+            "info": {k: v for k, v in self.info.items() if not isinstance(v, np.ndarray)},
+        }
+        return arrays, info
+
+    def restore(self, model, arrays, info):
+        self.n_params, self.method = int(info["n_params"]), info["method"]
+        self._eig, self._vecs = arrays["eigenvalues"], arrays["vectors"]
+        self.residual_diagonal = arrays.get("residual_diagonal")
+        self.spectral = self.residual_diagonal is None
+        self._resid_floor, self.info = float(info["resid_floor"]), dict(info["info"])
+        return self
+
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         eng = engine(model)
         p = eng.n_params
@@ -406,7 +427,6 @@ class LowRank(Structure):
             def build():
                 # J diag(w) Jᵀ and J U from one capture, contracted in float64: the two terms
                 # of gᵀA⁻¹g that nearly cancel come from the same numbers.
-                @tf.function(input_signature=[spec, u_spec, w_spec], autograph=False)
                 def proj(xb, u, scale):
                     scale = tf.cast(scale, tf.float64)
                     blocks = [
@@ -423,20 +443,19 @@ class LowRank(Structure):
                         )
                     return gram, ju
 
-                return proj
+                return compiled(proj, [spec, u_spec, w_spec])
 
             per_sample = per_sample_elements(plan, k) + 2 * k * (r + 2)
             key = ("lowrank-projection", path, id(plan), _spec_key(spec))
         else:
 
             def build():
-                @tf.function(input_signature=[spec, u_spec, w_spec], autograph=False)
                 def proj(xb, u, scale):
                     _, j = eng.jacobian(eng.weights(), xb)  # (B_c, K, P), a chunk
                     j = tf.cast(j, tf.float64)
                     return tf.einsum("bkp,p,blp->bkl", j, scale, j), tf.einsum("bkp,pr->bkr", j, u)
 
-                return proj
+                return compiled(proj, [spec, u_spec, w_spec])
 
             per_sample = 2 * k * self.n_params
             key = ("lowrank-projection", path, _spec_key(spec))
