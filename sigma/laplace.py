@@ -41,7 +41,6 @@ from sigma.curvature.accumulate import (
     prepare_dataset,
 )
 from sigma.outputs import OutputLayout
-from sigma.params import flat_weights
 from sigma.priors import Prior, build_prior, owners_of
 from sigma.structures import Structure, fit_structure
 
@@ -190,7 +189,7 @@ class Laplace:
         self.curvature = curvature
         self.batch_size = batch_size
         self.n_data, self.n_outputs = n, k
-        self.w_map = flat_weights(model).astype(np.float64)
+        self.w_map = engine(model).flat_weights().astype(np.float64)
         self._state = _frozen_state(model)
         self.data_error = e_d
         self.data_errors = e_dk if self.likelihood.has_beta else None
@@ -388,7 +387,7 @@ class Laplace:
 
     # -- prediction -----------------------------------------------------------------------------
     def _check_weights_unchanged(self):
-        if not np.array_equal(flat_weights(self.model).astype(np.float64), self.w_map) or any(
+        if not np.array_equal(engine(self.model).flat_weights(), self.w_map) or any(
             not np.array_equal(a, b)
             for a, b in zip(_frozen_state(self.model), self._state, strict=True)
         ):

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
+from sigma._linalg import one_blas_thread
 from sigma.curvature import layers as _layers
 from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for, compiled
 from sigma.curvature.layers import flat_outputs
@@ -64,9 +65,10 @@ def engine(model) -> Engine:
 
 
 def _signature(model) -> tuple:
+    # variables are never reshaped: their identities say whether the set changed
     return (
-        tuple((id(v), tuple(v.shape), str(v.dtype)) for v in model.trainable_variables),
-        tuple(id(v) for v in model.non_trainable_variables),
+        tuple(map(id, model.trainable_variables)),
+        tuple(map(id, model.non_trainable_variables)),
     )
 
 
@@ -124,6 +126,12 @@ class Engine:
             ],
             axis=0,
         )
+
+    def flat_weights(self) -> np.ndarray:
+        """The current weights (P,) in the model's dtype, read by one traced call (reading
+        each Keras variable from Python costs a dispatch per variable)."""
+        fn = self.function(("weights",), lambda: compiled(self.weights, []))
+        return fn().numpy()
 
     def unflatten(self, w) -> list[tf.Tensor]:
         parts = tf.split(w, self.sizes)
@@ -313,6 +321,26 @@ class Engine:
         """The (P, P) curvature summed over ``data`` (batches ``(x,)`` for "ggn", ``(x, y)`` for
         "hessian"), float64, symmetric."""
         lik = _likelihoods.get(likelihood)
+        if curvature == "ggn" and strategy is None and isinstance(data, ArrayBatches):
+            # In-memory batches: Lᵀ J from the graph, Σ (Lᵀ J)ᵀ (Lᵀ J) by BLAS on one thread
+            # (1.6 ms against TensorFlow's 4.4 ms for a 300 × 403 block on this machine).
+            spec = data.element_spec[0]
+            p = self.n_params
+
+            def build():
+                def lj(xb):
+                    f, j = self.jacobian(self.weights(), xb)
+                    return tf.reshape(self.pseudo_jacobian(lik, f, j), (-1, p))
+
+                return compiled(lj, [spec])
+
+            fn = self.function(("pseudo_jacobian", lik.key, _spec_key(spec)), build)
+            total = np.zeros((p, p))
+            for batch in data:
+                block = fn(batch[0]).numpy()
+                with one_blas_thread():
+                    total += block.T @ block
+            return _symmetric(total)
         if curvature == "ggn":
             acc = self.accumulator(
                 ("ggn", lik.key),

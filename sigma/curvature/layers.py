@@ -138,14 +138,17 @@ class LayerPlan:
         return rows
 
 
-def describe_plan(plan: LayerPlan) -> dict:
+def describe_plan(plan: LayerPlan, model) -> dict:
     """A JSON-able description of a probed plan, from which :func:`rebuild_plan` makes it again
-    for the same model without probing (for saving a fitted structure)."""
+    for the same architecture without probing (for saving a fitted structure). Layers are named
+    by the position of their kernel among ``model.trainable_variables``: Keras numbers layer
+    names per process, positions stay."""
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
     return {
-        "fast_layers": [b.layer.name for b in plan.fast],
+        "fast": [int(b.kernel) for b in plan.fast],
         "positions": [int(b.positions) for b in plan.fast],
-        "excluded": [layer.name for layer in plan.excluded],
-        "generic": [g.name for g in plan.generic],
+        "excluded": [position[id(layer.kernel)] for layer in plan.excluded],
+        "generic": [list(map(int, g.variables)) for g in plan.generic],
         "generic_pfor": bool(plan.generic_pfor),
     }
 
@@ -153,18 +156,26 @@ def describe_plan(plan: LayerPlan) -> dict:
 def rebuild_plan(model, description: dict, *, fast: bool = True) -> LayerPlan:
     """The plan :func:`describe_plan` described, for ``model`` (ValueError if its layers no
     longer match)."""
-    layers = {layer.name: layer for layer in model._flatten_layers(include_self=True)}
-    missing = [n for n in description["excluded"] if n not in layers]
-    if missing:
-        raise ValueError(f"the model has no layers {missing}, which the saved structure names")
-    plan = plan_layers(model, fast=fast, exclude=tuple(layers[n] for n in description["excluded"]))
-    if [b.layer.name for b in plan.fast] != description["fast_layers"] or [
-        g.name for g in plan.generic
-    ] != description["generic"]:
+    tv = model.trainable_variables
+    owner = {}
+    for layer in model._flatten_layers(include_self=True):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None:
+            owner.setdefault(id(kernel), layer)
+    try:
+        excluded = tuple(owner[id(tv[i])] for i in description["excluded"])
+    except (IndexError, KeyError):
+        raise ValueError("the model's layers do not match the saved structure's") from None
+    plan = plan_layers(model, fast=fast, exclude=excluded)
+    found = (
+        [int(b.kernel) for b in plan.fast],
+        [list(map(int, g.variables)) for g in plan.generic],
+    )
+    if found != (description["fast"], description["generic"]):
         raise ValueError(
-            "the model's layers do not match the saved structure's: saved "
-            f"{description['fast_layers'] + description['generic']}, found "
-            f"{[b.layer.name for b in plan.fast] + [g.name for g in plan.generic]}"
+            "the model's layers do not match the saved structure's (its blocks of weights "
+            f"differ: saved {description['fast']} / {description['generic']}, found "
+            f"{found[0]} / {found[1]})"
         )
     for blk, positions in zip(plan.fast, description["positions"], strict=True):
         blk.positions = positions

@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from sigma.curvature.accumulate import dataset_arrays, is_dataset
-from sigma.params import flat_weights
+from sigma.curvature.engine import engine
 
 
 class Structure:
@@ -89,7 +89,7 @@ class Structure:
     def posterior_weights(self, model) -> np.ndarray:
         """The weights the posterior covers, (n_params,) in package order (default: all; the
         last-layer structure covers its layer only). E_W = ½‖·‖² in the evidence."""
-        return flat_weights(model)
+        return engine(model).flat_weights()
 
     def posterior_variables(self, model) -> list:
         """The variables whose weights :meth:`posterior_weights` holds, in order."""

@@ -133,6 +133,7 @@ class LastLayer(Full):
         eng = engine(model)
         layer = final_dense(model)
         self.layer_name = layer.name
+        self._kernel_index = _kernel_position(model, layer)
         kernel = layer.kernel.numpy().astype(np.float64)
         bias = None if layer.bias is None else layer.bias.numpy().astype(np.float64)
         trainable = {id(v) for v in layer.trainable_variables}
@@ -213,17 +214,20 @@ class LastLayer(Full):
     def state(self):
         arrays, info = super().state()
         arrays.update(eigenvalues=self._eig, vectors=self._vecs, weights=self._w)
-        info.update(layer=self.layer_name, d1=self._d1, k=self._k)
+        info.update(kernel=self._kernel_index, d1=self._d1, k=self._k)
         return arrays, info
 
     def restore(self, model, arrays, info):
         super().restore(model, arrays, info)
         layer = final_dense(model)
-        if layer.name != info["layer"]:
+        position = _kernel_position(model, layer)
+        if position != info["kernel"]:  # positions, not names: Keras numbers names anew
             raise ValueError(
-                f"the saved last-layer structure covers layer {info['layer']!r}, but the "
-                f"model's final Dense layer is {layer.name!r}"
+                "the saved last-layer structure covers another layer than the model's final "
+                f"Dense layer {layer.name!r} (kernel at position {position} of the trainable "
+                f"variables, saved {info['kernel']})"
             )
+        self._kernel_index = position
         self.layer_name, self._layer = layer.name, layer
         self._d1, self._k, self._w = int(info["d1"]), int(info["k"]), arrays["weights"]
         return self
@@ -255,6 +259,11 @@ class LastLayer(Full):
         bs = batch_size_for(n, 2 * self._k * self.n_params, batch_size)
         for start in range(0, n, bs):
             yield proj(take(x, slice(start, start + bs)), v).numpy()
+
+
+def _kernel_position(model, layer) -> int:
+    """The position of a layer's kernel among the model's trainable variables."""
+    return [id(v) for v in model.trainable_variables].index(id(layer.kernel))
 
 
 def _is_linear(act) -> bool:

@@ -169,7 +169,7 @@ class Layerwise(Structure):
     def state(self):
         arrays, info = self._state()
         info.update(
-            plan=describe_plan(self.plan), fast=self.fast, n_params=self.n_params,
+            plan=describe_plan(self.plan, self._model()), fast=self.fast, n_params=self.n_params,
             n_outputs=self.n_outputs, n_data=self.n_data, options=self._options(),
         )  # fmt: skip
         return arrays, info
