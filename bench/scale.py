@@ -5,9 +5,9 @@ in batches of --grad-batch). For each structure it times the fit (a fresh struct
 tracing included) and the predictive variance of --test points (median of the calls after the
 first; the first call, which traces, is shown too), and reports both in seconds and as
 multiples of the gradient pass measured in the same process. Each structure runs in its own
-subprocess, so its peak memory is its own: the process's peak resident size (ru_maxrss) and the
-increase over the resident size after setup during the fit and during the predictive
-(sigma.memory.PeakMemory, sampled every 5 ms).
+subprocess, so its peak memory is its own: the process's peak resident size (VmHWM; ru_maxrss
+would also count the parent's size at the fork) and the increase over the resident size after
+setup during the fit and during the predictive (sigma.memory.PeakMemory, sampled every 5 ms).
 
     .venv/bin/python bench/scale.py [--n 10000] [--test 1000] [--repeats 3] [--batch-size B]
                                     [--structures diag,kfac,lowrank,last_layer]
@@ -15,12 +15,8 @@ increase over the resident size after setup during the fit and during the predic
 The data are synthetic, generated from --seed (no download): x ~ N(0, I_784) and 10 targets
 t = tanh(x W₁) W₂ + 0.1 ε. The model is trained for one epoch (Adam, batch 128) in the parent
 process and its weights handed to the workers. "full" is not run: P = 269,322 weights would
-need P² ≈ 580 GB.
-
-Reference, measured on this machine for the issue (laplace-torch 0.3, torch 2.13 CPU, 2
-threads, same model and N): gradient pass 0.08–0.10 s; diag fit ≈ 0.62 s, kron fit
-≈ 1.0–1.4 s; GLM predictive variance for 1,000 points ≈ 28 s (diag), ≈ 119 s (kron); peak
-memory 2.7–4.9 GB.
+need P² ≈ 580 GB. The comparison with laplace-torch, measured side by side in one run, is
+``make bench-peer`` (bench/peer.py).
 """
 
 from __future__ import annotations
@@ -41,10 +37,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 WIDTHS = (784, 256, 256, 10)
-TORCH = {  # laplace-torch 0.3 on this machine, from the issue: (fit s, predictive s for 1,000)
-    "diag": ("0.62", "28"),
-    "kfac": ("1.0–1.4", "119"),
-}
+
+
+def peak_bytes() -> int:
+    """This process's peak resident size: VmHWM (Linux), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def data(n: int, n_test: int, seed: int):
@@ -107,7 +111,7 @@ def worker(args) -> dict:
     unit = statistics.median(timed(gradient_pass(net, x, y, args.grad_batch), args.repeats)[0])
     row = {"structure": args.worker, "unit": unit, "rss_setup": resident_bytes()}
     if args.worker == "gradient":
-        row["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        row["peak"] = peak_bytes()
         return row
     cls = structures.get(args.worker)
 
@@ -130,7 +134,7 @@ def worker(args) -> dict:
         pred=statistics.median(pred_times[1:]),
         mem_fit=mem_fit.bytes,
         mem_pred=mem_pred.bytes,
-        peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak=peak_bytes(),
     )
     return row
 
@@ -199,7 +203,7 @@ def print_table(rows, args, missing):
     )
     head = (
         f"{'structure':<11} {'unit s':>7} {'fit s':>7} {'fit ×':>6} {'pred s':>7} {'pred ×':>7} "
-        f"{'1st pred s':>10} {'Δfit MB':>8} {'Δpred MB':>8} {'peak MB':>8}  laplace-torch fit / pred s"
+        f"{'1st pred s':>10} {'Δfit MB':>8} {'Δpred MB':>8} {'peak MB':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -207,15 +211,13 @@ def print_table(rows, args, missing):
         if r["structure"] == "gradient":
             print(
                 f"{'gradient':<11} {r['unit']:7.3f} {'':>7} {'1.0':>6} {'':>7} {'':>7} {'':>10} "
-                f"{'':>8} {'':>8} {r['peak'] / mb:8.0f}  0.08–0.10 (gradient pass)"
+                f"{'':>8} {'':>8} {r['peak'] / mb:8.0f}"
             )
             continue
-        torch = TORCH.get(r["structure"], ("", ""))
         print(
             f"{r['structure']:<11} {r['unit']:7.3f} {r['fit']:7.2f} {r['fit'] / r['unit']:6.1f} "
             f"{r['pred']:7.3f} {r['pred'] / r['unit']:7.2f} {r['pred_first']:10.2f} "
-            f"{r['mem_fit'] / mb:8.0f} {r['mem_pred'] / mb:8.0f} {r['peak'] / mb:8.0f}  "
-            f"{' / '.join(torch) if torch[0] else ''}"
+            f"{r['mem_fit'] / mb:8.0f} {r['mem_pred'] / mb:8.0f} {r['peak'] / mb:8.0f}"
         )
     print(
         "fit: a fresh structure per run, tracing included; pred: median after the first call "

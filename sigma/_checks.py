@@ -71,19 +71,110 @@ def as_array(value, name: str, *, ndim: int | tuple[int, ...] | None = None) -> 
     return arr
 
 
-def check_inputs(model, x, name: str = "x") -> np.ndarray:
-    """Check ``x`` against the model's input shape (when the model declares one)."""
-    arr = as_array(x, name)
+def model_inputs(model) -> list[tuple[str, tuple]] | None:
+    """(name, shape) of each declared input of the model, or None (a subclassed model that
+    declares none)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    return [
+        (str(getattr(inp, "name", f"input_{i}")), tuple(inp.shape)) for i, inp in enumerate(inputs)
+    ]
+
+
+def n_samples(x) -> int:
+    """The number of samples of x (an array, or a list/dict of arrays: its first part)."""
+    import tensorflow as tf
+
+    return int(np.shape(tf.nest.flatten(x)[0])[0])
+
+
+def take(x, index):
+    """x[index] for an array or every part of a list/dict of arrays."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda a: a[index], x)
+
+
+def _is_parts(x, declared) -> bool:
+    """A list/tuple holds one array per model input (not the rows of one array)."""
+    if not isinstance(x, list | tuple) or not x:
+        return False
+    if declared is not None:
+        return len(declared) > 1
+    return len(x) > 1 and all(hasattr(a, "shape") and len(a.shape) >= 1 for a in x)
+
+
+def check_inputs(model, x, name: str = "x", *, dtype: str | None = None):
+    """Check ``x`` against the model's inputs and cast it to the model's dtype.
+
+    x : an array (N, ...) for a model with one input; for several inputs a list/tuple in the
+        order of ``model.inputs`` or a dict by input name. Every part must be numeric, finite,
+        hold the same N ≥ 1 samples and match its input's declared shape; the values must fit
+        the model's dtype (1e39 overflows float32). Returns the same structure (a list for a
+        tuple) of arrays in ``dtype`` (default: the model's). Raises ValueError naming the part.
+    """
+    dtype = dtype or model_dtype(model)
+    declared = model_inputs(model)
+    if isinstance(x, dict):
+        if declared is not None:
+            names = [n for n, _ in declared]
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ValueError(
+                    f"{name} is missing the model's input(s) {missing}: pass a dict with the "
+                    f"keys {names}"
+                )
+            unknown = [k for k in x if k not in names]
+            if unknown:
+                raise ValueError(
+                    f"{name} has key(s) {unknown} that are not inputs of the model (its inputs: "
+                    f"{names})"
+                )
+            shapes = dict(declared)
+        else:
+            shapes = {}
+        parts = {k: _check_part(v, f"{name}[{k!r}]", shapes.get(k), dtype) for k, v in x.items()}
+    elif _is_parts(x, declared):
+        if declared is not None and len(x) != len(declared):
+            raise ValueError(
+                f"{name} must hold one array per model input, {len(declared)} "
+                f"({[n for n, _ in declared]}), got {len(x)}"
+            )
+        parts = [
+            _check_part(v, f"{name}[{i}]", None if declared is None else declared[i][1], dtype)
+            for i, v in enumerate(x)
+        ]
+    else:
+        if declared is not None and len(declared) > 1:
+            raise ValueError(
+                f"the model has {len(declared)} inputs {[n for n, _ in declared]}: pass {name} "
+                "as a list in that order or a dict by input name"
+            )
+        return _check_part(x, name, None if declared is None else declared[0][1], dtype)
+    sizes = {k: len(v) for k, v in (parts.items() if isinstance(parts, dict) else enumerate(parts))}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"the parts of {name} hold different numbers of samples: {sizes}; they must match"
+        )
+    return parts
+
+
+def _check_part(value, name, expected, dtype) -> np.ndarray:
+    arr = as_array(value, name)
     if arr.ndim < 1 or arr.shape[0] == 0:
         raise ValueError(
             f"{name} must hold at least one sample along axis 0, got shape {arr.shape}"
         )
-    expected = _declared_input_shape(model)
     if expected is not None:
         if arr.ndim != len(expected):
             raise ValueError(
-                f"{name} must have rank {len(expected)} (samples, {', '.join(map(str, expected[1:]))}) "
-                f"to match the model's input, got shape {arr.shape}"
+                f"{name} must have rank {len(expected)} (samples, "
+                f"{', '.join(map(str, expected[1:]))}) to match the model's input, got shape "
+                f"{arr.shape}"
             )
         for got, want in zip(arr.shape[1:], expected[1:], strict=True):
             if want is not None and got != want:
@@ -91,7 +182,14 @@ def check_inputs(model, x, name: str = "x") -> np.ndarray:
                     f"{name} has shape {arr.shape}, but the model expects (N, "
                     f"{', '.join(str(d) for d in expected[1:])})"
                 )
-    return arr
+    with np.errstate(over="ignore"):
+        cast = arr.astype(dtype)
+    if cast.size and not np.all(np.isfinite(cast)):
+        raise ValueError(
+            f"{name} has values beyond the range of the model's dtype {dtype} (largest "
+            f"|value| {np.abs(arr).max():.3g}): they overflow to inf; rescale the inputs"
+        )
+    return cast
 
 
 def check_positive_int(value, name: str) -> int:
@@ -144,13 +242,3 @@ def check_precisions(value, name: str, *, allow_zero: bool = True) -> np.ndarray
             f"{name} must be finite numbers {op}, got {arr.flat[int(np.argmax(bad.ravel()))]}"
         )
     return arr
-
-
-def _declared_input_shape(model):
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    if not inputs or len(inputs) != 1:
-        return None
-    return tuple(inputs[0].shape)

@@ -22,9 +22,12 @@ from sigma._checks import as_array
 METHODS = ("probit", "mc")
 
 
-def softmax(logits) -> np.ndarray:
-    """softmax along the last axis, float64, stable."""
+def softmax(logits, heads=None) -> np.ndarray:
+    """softmax along the last axis, float64, stable; with ``heads`` ((start, stop) pairs),
+    one softmax per head."""
     z = np.asarray(logits, np.float64)
+    if heads is not None:
+        return np.concatenate([softmax(z[..., s:e]) for s, e in heads], axis=-1)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
 
@@ -38,17 +41,20 @@ def _check_mean_cov(mean, cov):
     return mean, cov
 
 
-def probit_probabilities(mean, cov) -> np.ndarray:
-    """softmax(μ / sqrt(1 + π/8 · diag Σ)) per input.
+def probit_probabilities(mean, cov, heads=None) -> np.ndarray:
+    """softmax(μ / sqrt(1 + π/8 · diag Σ)) per input (per head with ``heads``).
 
-    mean : (N, K) logits μ.  cov : (N, K, K) logit covariance Σ.  Returns (N, K), rows sum to 1.
+    mean : (N, K) logits μ.  cov : (N, K, K) logit covariance Σ.  Returns (N, K), rows (of
+    each head) sum to 1.
     """
     mean, cov = _check_mean_cov(mean, cov)
     var = np.einsum("nkk->nk", cov)
-    return softmax(mean / np.sqrt(1.0 + np.pi / 8.0 * var))
+    return softmax(mean / np.sqrt(1.0 + np.pi / 8.0 * var), heads)
 
 
-def sampled_probabilities(mean, cov, *, n_samples: int = 1000, seed: int = 0) -> np.ndarray:
+def sampled_probabilities(
+    mean, cov, *, n_samples: int = 1000, seed: int = 0, heads=None
+) -> np.ndarray:
     """E[softmax(f)], f ~ N(μ, Σ), by ``n_samples`` seeded draws per input: (N, K).
 
     The same seed gives the same probabilities. Σ is factored by its eigen-decomposition
@@ -61,7 +67,7 @@ def sampled_probabilities(mean, cov, *, n_samples: int = 1000, seed: int = 0) ->
     root = vec * np.sqrt(np.maximum(lam, 0.0))[:, None, :]  # Σ = root rootᵀ
     z = np.random.default_rng(seed).standard_normal((int(n_samples), *mean.shape))
     logits = mean[None] + np.einsum("nkj,snj->snk", root, z)
-    return softmax(logits).mean(axis=0)
+    return softmax(logits, heads).mean(axis=0)
 
 
 def _is_softmax(activation) -> bool:
@@ -69,7 +75,7 @@ def _is_softmax(activation) -> bool:
     return activation is keras.activations.softmax or name == "softmax"
 
 
-def check_logits(model, f=None) -> None:
+def check_logits(model, f=None, heads=None) -> None:
     """Refuse a model whose outputs are probabilities (a final softmax) instead of logits.
 
     Looks at the last layer (a ``softmax`` activation, a ``Softmax`` layer or
@@ -83,11 +89,12 @@ def check_logits(model, f=None) -> None:
     looks_normalised = False
     if f is not None and not final_softmax:
         f = np.asarray(f, np.float64)
-        looks_normalised = (
+        looks_normalised = any(
             len(f) > 1
-            and f.shape[-1] > 1
-            and bool(np.all(f >= 0))
-            and bool(np.allclose(f.sum(axis=-1), 1.0, atol=1e-6))
+            and e - s > 1
+            and bool(np.all(f[:, s:e] >= 0))
+            and bool(np.allclose(f[:, s:e].sum(axis=-1), 1.0, atol=1e-6))
+            for s, e in (heads or [(0, f.shape[-1])])
         )
     if final_softmax or looks_normalised:
         why = (

@@ -17,26 +17,31 @@ import numbers
 import warnings
 
 import numpy as np
+import tensorflow as tf
 
-from sigma import evidence, likelihoods, metrics, structures
+from sigma import evidence, likelihoods, metrics, saving, structures
 from sigma._checks import (
     as_array,
     check_inputs,
+    check_model,
     check_positive_int,
     check_precision,
     check_precisions,
     model_dtype,
 )
+from sigma._checks import n_samples as sample_count
 from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
+    check_dataset,
     current_strategy,
+    first_samples,
     is_dataset,
     prepare_dataset,
 )
-from sigma.params import flat_weights
-from sigma.priors import build_prior, owners_of
+from sigma.outputs import OutputLayout
+from sigma.priors import Prior, build_prior, owners_of
 from sigma.structures import Structure, fit_structure
 
 CURVATURES = ("ggn", "hessian")
@@ -139,6 +144,17 @@ class Laplace:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
         self.likelihood = likelihoods.get(likelihood)
+        check_model(model)
+        if not is_dataset(x):
+            x = check_inputs(model, x)
+            self.output_layout = engine(model).output_layout(x)
+        else:
+            check_dataset(x)
+            first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
+            self.output_layout = engine(model).output_layout(first)
+        # one softmax head per output for a classifier with several outputs
+        self.likelihood = likelihoods.get(self.likelihood, self.output_layout)
+        heads = self.likelihood.heads
         if not self.likelihood.has_beta and not (
             isinstance(beta, numbers.Real) and float(beta) == 1.0
         ):
@@ -150,10 +166,11 @@ class Laplace:
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
             x, n, k, e_d, e_dk, square = prepare_dataset(
-                model, x, self.likelihood, batch_size=batch_size
+                model, x, self.likelihood, batch_size=batch_size, layout=self.output_layout
             )
             if not self.likelihood.has_beta:
-                check_logits(model, engine(model).outputs(next(iter(x))[0].numpy()))
+                first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
+                check_logits(model, engine(model).outputs(first), heads)
         else:
             if y is None:
                 raise ValueError(
@@ -163,7 +180,7 @@ class Laplace:
                 )
             x, y, k = prepare(model, x, y, self.likelihood)
             if not self.likelihood.has_beta:
-                check_logits(model, engine(model).outputs(x))
+                check_logits(model, engine(model).outputs(x), heads)
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
             n, e_d, e_dk, square = engine(model).summary(
                 ArrayBatches((x, y), 4096), self.likelihood
@@ -172,7 +189,7 @@ class Laplace:
         self.curvature = curvature
         self.batch_size = batch_size
         self.n_data, self.n_outputs = n, k
-        self.w_map = flat_weights(model).astype(np.float64)
+        self.w_map = engine(model).flat_weights().astype(np.float64)
         self._state = _frozen_state(model)
         self.data_error = e_d
         self.data_errors = e_dk if self.likelihood.has_beta else None
@@ -291,6 +308,11 @@ class Laplace:
             )
         if self._blocks is None:
             self._check_weights_unchanged()
+            if self._x is None:
+                raise ValueError(
+                    "one beta per output needs the training data, which a Laplace loaded from "
+                    "a file does not have: fit a new Laplace for it"
+                )
             if is_dataset(self._x):
                 raise ValueError(
                     "one beta per output needs the training data as arrays, not a dataset"
@@ -365,7 +387,7 @@ class Laplace:
 
     # -- prediction -----------------------------------------------------------------------------
     def _check_weights_unchanged(self):
-        if not np.array_equal(flat_weights(self.model).astype(np.float64), self.w_map) or any(
+        if not np.array_equal(engine(self.model).flat_weights(), self.w_map) or any(
             not np.array_equal(a, b)
             for a, b in zip(_frozen_state(self.model), self._state, strict=True)
         ):
@@ -376,7 +398,7 @@ class Laplace:
 
     def _inputs(self, x, name: str = "x"):
         self._check_weights_unchanged()
-        return check_inputs(self.model, x, name).astype(model_dtype(self.model))
+        return check_inputs(self.model, x, name)
 
     def _posterior(self):
         """(structure, β) such that A = D_α + β C_structure (one β per output: Σ β_k C_k, 1)."""
@@ -394,10 +416,13 @@ class Laplace:
         n_samples: int = 1000,
         seed: int = 0,
     ):
-        """Regression: predictive mean and standard deviation at inputs x (N, ...).
+        """Regression: predictive mean and standard deviation at inputs x (N, ...; a list or
+        dict of arrays for a model with several inputs).
 
-        Returns ``(mean, std)``, both (N, K) float64. ``std² = 1/β + gᵀA⁻¹g`` (noise included;
-        1/β_k per output when β is an array); with ``noise=False`` only ``gᵀA⁻¹g``.
+        Returns ``(mean, std)``, both (N, K) float64 — for a model with several outputs, a
+        list (or a dict by output name) of (N, K_i) arrays each. ``std² = 1/β + gᵀA⁻¹g``
+        (noise included; 1/β_k per output when β is an array); with ``noise=False`` only
+        ``gᵀA⁻¹g``.
 
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
         ``n_samples``, ``seed`` are passed on; ``noise`` does not apply).
@@ -406,7 +431,11 @@ class Laplace:
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
-        x = self._inputs(x)
+        mean, std = self._predict(self._inputs(x), noise, batch_size)
+        return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
+
+    def _predict(self, x, noise=True, batch_size=None):
+        """(mean, std), each (N, K) flat, for checked inputs x."""
         mean = engine(self.model).outputs(x)
         structure, beta = self._posterior()
         var = structure.predictive_variance(
@@ -417,7 +446,8 @@ class Laplace:
         return mean, np.sqrt(var)
 
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
-        """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64.
+        """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64 (all outputs
+        flattened and concatenated, see :attr:`output_layout`).
 
         Classification: the logit covariance J(x) A⁻¹ J(x)ᵀ (there is no noise term).
         """
@@ -439,7 +469,8 @@ class Laplace:
         seed: int = 0,
         batch_size: int | None = None,
     ) -> np.ndarray:
-        """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1.
+        """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1 (a
+        list or dict of (N, K_i), one softmax head per output, for several outputs).
 
         The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
         softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
@@ -453,12 +484,20 @@ class Laplace:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n_samples = check_positive_int(n_samples, "n_samples")
-        x = self._inputs(x)
+        probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
+        return self.output_layout.unflatten(probs)
+
+    def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None):
+        """Class probabilities (N, K) flat (one softmax per head) for checked inputs x."""
         mean = engine(self.model).outputs(x)
-        cov = self.predictive_covariance(x, batch_size=batch_size)
+        structure, beta = self._posterior()
+        cov = structure.predictive_covariance(
+            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
+        )
+        heads = self.likelihood.heads
         if method == "probit":
-            return probit_probabilities(mean, cov)
-        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed)
+            return probit_probabilities(mean, cov, heads)
+        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed, heads=heads)
 
     # -- evidence -------------------------------------------------------------------------------
     def _spectral(self, structure=None) -> bool:
@@ -721,13 +760,15 @@ class Laplace:
             raise ValueError(f"span must be > 1 (a factor either way), got {span}")
         max_iter = check_positive_int(max_iter, "max_iter")
         x_val = self._inputs(x_val, "x_val")
-        y_val = self.likelihood.targets(y_val, len(x_val), self.n_outputs, "y_val", "x_val")
+        y_val = self.likelihood.targets(
+            y_val, sample_count(x_val), self.n_outputs, "y_val", "x_val", layout=self.output_layout
+        )
         tune_beta = beta and self.likelihood.has_beta and self._weighted is None
         saved = self._alpha.copy(), self._beta
         alpha0, beta0 = saved
         if self.prior.scalar and alpha0[0] == 0:
             alpha0 = np.full_like(alpha0, self._alpha_from_zero())
-        labels = None if self.likelihood.has_beta else np.argmax(y_val, axis=1)
+        heads = self.likelihood.heads or [(0, self.n_outputs)]
         calls = []
 
         def score(z):
@@ -738,12 +779,14 @@ class Laplace:
             except ValueError:
                 return np.inf  # A not positive definite there
             calls.append(1)
-            if labels is None:
-                mean, std = self.predict(x_val)
-                return metrics.gaussian_nll(mean, std, y_val)
-            probs = self.predict_proba(x_val)
-            return {"nll": metrics.nll, "brier": metrics.brier,
-                    "ece": metrics.expected_calibration_error}[metric](probs, labels)  # fmt: skip
+            if self.likelihood.has_beta:
+                return metrics.gaussian_nll(*self._predict(x_val), y_val)
+            probs = self._proba(x_val)
+            score = {"nll": metrics.nll, "brier": metrics.brier,
+                     "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
+            return sum(  # per softmax head, summed
+                score(probs[:, s:e], np.argmax(y_val[:, s:e], axis=1)) for s, e in heads
+            )
 
         import scipy.optimize
 
@@ -780,6 +823,60 @@ class Laplace:
             "evaluations": len(calls),
         }
         return self
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self, path):
+        """Write this Laplace to ``path`` (a ``.npz`` archive in the versioned format of
+        :mod:`sigma.saving`: the structure's state, α, β, the prior groups, the data summary
+        the evidence needs and the model's fingerprint — not the training data), atomically.
+        Returns the path."""
+        self._check_weights_unchanged()
+        return saving.save(self, path)
+
+    @classmethod
+    def load(cls, path, model) -> Laplace:
+        """The Laplace saved in ``path``, for ``model`` — which must be the model it was fitted
+        on: same architecture, same weights, same non-trainable state (ValueError otherwise,
+        naming the difference). Nothing is refitted; predictions, the evidence and its
+        optimisation work as before saving. (One β per output needs the saved blocks; a file
+        from another format version is refused.)"""
+        header, arrays = saving.read(path)
+        check_model(model)
+        saving.check_fingerprint(header["fingerprint"], model, path)
+        spec = header["structure"]
+        structure = structures.get(spec["name"]).from_options(spec["options"])
+        state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
+        structure.restore(model, state, spec["info"])
+        la = cls.__new__(cls)
+        data, layout = header["data"], header["output_layout"]
+        lik = header["likelihood"]
+        la.likelihood = likelihoods.get(lik["name"])
+        if lik["heads"]:
+            la.likelihood = likelihoods.Classification(lik["heads"])
+        la.output_layout = OutputLayout(
+            layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])
+        )
+        la.model, la.curvature, la.negative = model, header["curvature"], header["negative"]
+        la.batch_size = data["batch_size"]
+        la.n_data, la.n_outputs = int(data["n_data"]), int(data["n_outputs"])
+        la.w_map = arrays["w_map"]
+        la._state = _frozen_state(model)
+        la.data_error = float(data["data_error"])
+        la.data_errors = None if data["data_errors"] is None else np.asarray(data["data_errors"])
+        la._output_scale = float(data["output_scale"])
+        la._x, la.memory_estimate = None, None
+        la.structure, la.n_params = structure, structure.n_params
+        prior = header["prior"]
+        la.prior = Prior(
+            arrays["prior_groups"].astype(np.int64), tuple(prior["names"]), prior["kind"]
+        )
+        la.weight_errors = np.asarray(header["weight_errors"], np.float64)
+        la._beta, la._weighted, la._alpha = 1.0, None, None
+        la._blocks = arrays.get("output_blocks")
+        la.evidence_result = la.prior_result = None
+        beta = header["beta"]
+        la._set_precisions(np.asarray(header["alpha"], np.float64), beta)
+        return la
 
     def __repr__(self):
         alpha = (

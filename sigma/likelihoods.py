@@ -1,13 +1,18 @@
 """Likelihoods: the data term of the loss and its Hessian with respect to the outputs.
 
 For a likelihood with data term E(f, t) (summed over samples), the generalised Gauss–Newton
-matrix is G = Σ_n J_nᵀ Λ_n J_n with Λ_n = ∂²E/∂f² at f(x_n) (MATH.md). Each likelihood gives
-a square root L_n with Λ_n = L_n L_nᵀ, so every curvature structure can work with the
+matrix is G = Σ_n J_nᵀ Λ_n J_n with Λ_n = ∂²E/∂f² at f(x_n) (docs/math.md). Each likelihood
+gives a square root L_n with Λ_n = L_n L_nᵀ, so every curvature structure can work with the
 "sensitivities" L_nᵀ J_n and never needs Λ itself.
 
 * regression: E_D = ½ Σ (f − t)², Λ = I (so L = I), precision β scales it.
 * classification: E = −Σ_n Σ_k t_nk log softmax(f_n)_k on logits f, Λ = diag(p) − p pᵀ,
   L = diag(√p) − p √pᵀ (one checks L Lᵀ = diag(p) − 2 p pᵀ + p pᵀ Σ p = Λ). No β (fixed to 1).
+  A model with several outputs has one softmax head per output: E sums the heads'
+  cross-entropies and Λ_n is block-diagonal, one block per head.
+
+Targets may be given per output (a list, or a dict by name, for a model with several outputs;
+see :class:`sigma.outputs.OutputLayout`) or as one (N, K) array.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from sigma._checks import as_array
 class Regression:
     name = "regression"
     has_beta = True
+    heads = None
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the likelihood in the curvature engine's cache of traced graphs."""
+        return (self.name,)
 
     def data_error(self, f, t):
         """E_D = ½ Σ_n Σ_k (f_nk − t_nk)² (tensor, summed)."""
@@ -30,8 +41,21 @@ class Regression:
         """None stands for L = I (Λ = I)."""
         return None
 
-    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x") -> np.ndarray:
-        """Targets of shape (n, k); a 1-D y is accepted when k == 1."""
+    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
+        """Targets of shape (n, k); a 1-D y is accepted when k == 1; per output for a model
+        with several (``layout``)."""
+        parts = [y] if layout is None else layout.split(y, name)
+        if len(parts) > 1:
+            return np.concatenate(
+                [
+                    self._part(p, n, size, f"{name}[{label!r}]", x_name)
+                    for p, size, label in zip(parts, layout.sizes, layout.names, strict=True)
+                ],
+                axis=1,
+            )
+        return self._part(parts[0], n, k, name, x_name)
+
+    def _part(self, y, n, k, name, x_name):
         arr = as_array(y, name, ndim=(1, 2))
         if arr.ndim == 1:
             if k != 1:
@@ -45,21 +69,76 @@ class Regression:
 
 
 class Classification:
+    """Softmax cross-entropy on logits; ``heads``: (start, stop) of each softmax head in the
+    flattened outputs (None: one head over all K)."""
+
     name = "classification"
     has_beta = False
 
+    def __init__(self, heads=None):
+        self.heads = None if heads is None or len(heads) < 2 else tuple(map(tuple, heads))
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.heads)
+
+    def _segments(self, f):
+        if self.heads is None:
+            return [f]
+        return [f[:, s:e] for s, e in self.heads]
+
     def data_error(self, f, t):
-        """Cross-entropy −Σ t log softmax(f) on logits f (tensor, summed)."""
-        return -tf.reduce_sum(t * tf.nn.log_softmax(f, axis=-1))
+        """Cross-entropy −Σ t log softmax(f) on logits f, per head (tensor, summed)."""
+        if self.heads is None:
+            return -tf.reduce_sum(t * tf.nn.log_softmax(f, axis=-1))
+        return tf.add_n(
+            [
+                -tf.reduce_sum(t[:, s:e] * tf.nn.log_softmax(f[:, s:e], axis=-1))
+                for s, e in self.heads
+            ]
+        )
 
     def hessian_sqrt(self, f):
-        """L_n = diag(√p_n) − p_n √p_nᵀ, shape (B, K, K), with L Lᵀ = diag(p) − p pᵀ."""
-        p = tf.nn.softmax(f, axis=-1)
-        sp = tf.sqrt(p)
-        return tf.linalg.diag(sp) - p[:, :, None] * sp[:, None, :]
+        """L_n = diag(√p_n) − p_n √p_nᵀ, shape (B, K, K), with L Lᵀ = diag(p) − p pᵀ; with
+        several heads, block-diagonal, one block per head."""
+        roots = []
+        for seg in self._segments(f):
+            p = tf.nn.softmax(seg, axis=-1)
+            sp = tf.sqrt(p)
+            roots.append(tf.linalg.diag(sp) - p[:, :, None] * sp[:, None, :])
+        if len(roots) == 1:
+            return roots[0]
+        return tf.linalg.LinearOperatorBlockDiag(
+            [tf.linalg.LinearOperatorFullMatrix(r) for r in roots]
+        ).to_dense()
 
-    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x") -> np.ndarray:
-        """One-hot (n, k) targets, or integer labels (n,) in [0, k) converted to one-hot."""
+    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
+        """One-hot (n, k) targets, or integer labels (n,) in [0, k) converted to one-hot; per
+        output (head) for a model with several."""
+        if self.heads is None:
+            parts = [y] if layout is None else layout.split(y, name)
+            return self._part(parts[0], n, k, name, x_name)
+        sizes = [e - s for s, e in self.heads]
+        parts = layout.split(y, name) if layout is not None else [y]
+        if len(parts) == 1:  # one (n, K) array, one-hot per head
+            arr = self._part(parts[0], n, k, name, x_name, one_hot=False)
+            return np.concatenate(
+                [
+                    self._part(arr[:, s:e], n, e - s, f"{name}[:, {s}:{e}]", x_name)
+                    for s, e in self.heads
+                ],
+                axis=1,
+            )
+        labels = layout.names if layout is not None else range(len(parts))
+        return np.concatenate(
+            [
+                self._part(p, n, size, f"{name}[{label!r}]", x_name)
+                for p, size, label in zip(parts, sizes, labels, strict=True)
+            ],
+            axis=1,
+        )
+
+    def _part(self, y, n, k, name, x_name, one_hot=True):
         arr = as_array(y, name, ndim=(1, 2))
         if arr.ndim == 1:
             if not np.all(arr == np.round(arr)) or (arr.size and (arr.min() < 0 or arr.max() >= k)):
@@ -69,7 +148,7 @@ class Classification:
                 )
             arr = np.eye(k)[arr.astype(int)]
         _check_rows_cols(arr, n, k, name, x_name)
-        if not (np.all((arr == 0) | (arr == 1)) and np.all(arr.sum(axis=1) == 1)):
+        if one_hot and not (np.all((arr == 0) | (arr == 1)) and np.all(arr.sum(axis=1) == 1)):
             raise ValueError(
                 f"{name} must be one-hot (each row a single 1, zeros elsewhere) or integer "
                 "labels for likelihood='classification'"
@@ -90,10 +169,15 @@ def _check_rows_cols(arr, n, k, name, x_name="x"):
 LIKELIHOODS = {"regression": Regression, "classification": Classification}
 
 
-def get(likelihood) -> Regression | Classification:
-    """A likelihood object from its name (or the object itself)."""
+def get(likelihood, layout=None) -> Regression | Classification:
+    """A likelihood object from its name (or the object itself); with a model's
+    :class:`~sigma.outputs.OutputLayout`, classification gets one softmax head per output."""
     if isinstance(likelihood, Regression | Classification):
+        if layout is not None and not likelihood.has_beta and likelihood.heads is None:
+            return Classification(layout.heads)
         return likelihood
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {likelihood!r}")
-    return LIKELIHOODS[likelihood]()
+    if likelihood == "classification":
+        return Classification(None if layout is None else layout.heads)
+    return Regression()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigma import likelihoods
-from sigma._checks import check_inputs, check_model, check_positive_int, model_dtype
+from sigma._checks import check_inputs, check_model, check_positive_int, model_dtype, n_samples
 from sigma.curvature.accumulate import ArrayBatches, as_batches, batch_size_for, is_dataset
 from sigma.curvature.engine import ROW_CHUNK, Engine, engine
 
@@ -42,12 +42,14 @@ def prepare(model, x, y=None, likelihood="regression"):
 
     Targets are checked (and integer labels one-hot encoded) by the likelihood.
     """
-    lik = likelihoods.get(likelihood)
     check_model(model)
-    x = check_inputs(model, x).astype(model_dtype(model))
-    k = engine(model).n_outputs(x)
+    x = check_inputs(model, x)
+    eng = engine(model)
+    k = eng.n_outputs(x)
     if y is not None:
-        y = lik.targets(y, x.shape[0], k).astype(model_dtype(model))
+        layout = eng.output_layout(x)
+        lik = likelihoods.get(likelihood, layout)
+        y = lik.targets(y, n_samples(x), k, layout=layout).astype(model_dtype(model))
     return x, y, k
 
 
@@ -66,8 +68,8 @@ def outputs(model, x, *, batch_size: int = 4096) -> np.ndarray:
 def data_error(model, x, y, *, likelihood="regression") -> float:
     """The summed data term at the current weights (float64): E_D = ½ Σ_n Σ_k (f_k(x_n) − t_nk)²
     for regression, the cross-entropy −Σ t log softmax(f) for classification."""
-    lik = likelihoods.get(likelihood)
-    x, y, _ = prepare(model, x, y, lik)
+    x, y, _ = prepare(model, x, y, likelihood)
+    lik = likelihoods.get(likelihood, engine(model).output_layout(x))
     return engine(model).summary(ArrayBatches((x, y), 4096), lik)[1]
 
 
@@ -91,8 +93,8 @@ def gauss_newton(model, x, *, likelihood="regression", batch_size: int | None = 
     """
     x, _, k = prepare(model, x)
     eng = engine(model)
-    data = ArrayBatches((x,), batch_size_for(len(x), 2 * k * eng.n_params, batch_size))
-    return eng.dense(data, likelihood, "ggn")
+    data = ArrayBatches((x,), batch_size_for(n_samples(x), 2 * k * eng.n_params, batch_size))
+    return eng.dense(data, likelihoods.get(likelihood, eng.output_layout(x)), "ggn")
 
 
 def hessian(
@@ -113,11 +115,11 @@ def hessian(
     vectors, no Python loop over single weights. One graph, traced once per model, serves
     every chunk and batch of ``batch_size`` samples.
     """
-    lik = likelihoods.get(likelihood)
-    x, y, _ = prepare(model, x, y, lik)
+    x, y, _ = prepare(model, x, y, likelihood)
     row_chunk = check_positive_int(row_chunk, "row_chunk")
     eng = engine(model)
-    data = ArrayBatches((x, y), batch_size_for(len(x), 64 * row_chunk, batch_size))
+    lik = likelihoods.get(likelihood, eng.output_layout(x))
+    data = ArrayBatches((x, y), batch_size_for(n_samples(x), 64 * row_chunk, batch_size))
     return eng.dense(data, lik, "hessian", row_chunk=row_chunk)
 
 
@@ -140,15 +142,15 @@ def curvature_product(
     model (``product.accumulator`` is the :class:`~sigma.curvature.accumulate.Accumulator`).
     ``route``: see :meth:`Engine.products`.
     """
-    lik = likelihoods.get(likelihood)
     if curvature not in ("ggn", "hessian"):
         raise ValueError(f"curvature must be one of ('ggn', 'hessian'), got {curvature!r}")
     if curvature == "hessian" and y is None and not is_dataset(x):
         raise ValueError("curvature='hessian' needs the targets y")
     if is_dataset(x):
-        data = x
+        data, lik = x, likelihoods.get(likelihood)
     else:
-        x, y, k = prepare(model, x, y, lik)
-        bs = batch_size_for(len(x), 2 * k * engine(model).n_params, batch_size)
+        x, y, k = prepare(model, x, y, likelihood)
+        lik = likelihoods.get(likelihood, engine(model).output_layout(x))
+        bs = batch_size_for(n_samples(x), 2 * k * engine(model).n_params, batch_size)
         data = as_batches(x, y if curvature == "hessian" else None, batch_size=bs)
     return engine(model).products(data, lik, curvature, route=route, strategy=strategy)

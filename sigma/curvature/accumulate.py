@@ -19,15 +19,30 @@ by :func:`prepare_dataset`.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma import likelihoods
-from sigma._checks import check_batch_size, check_inputs, check_model, model_dtype
+from sigma._checks import check_batch_size, check_inputs, check_model, model_dtype, n_samples
 
 # Cap on the elements of one batch's largest intermediate (2²⁵ ≈ 256 MB in float64).
 ELEMENT_BUDGET = 2**25
+
+
+def compiled(fn, input_signature, **kwargs):
+    """``tf.function(fn)`` with autograph off, traced once for ``input_signature``.
+
+    ``fn`` is wrapped in a ``functools.partial``: TensorFlow's detector of frequent retracing
+    keys its counts on a function's code, so the same graph-building code traced once for each
+    of several models (an ensemble, a sweep) would be reported as "retracing"; a partial
+    object is its own key. Tracing stays once per model and input signature.
+    """
+    return tf.function(
+        functools.partial(fn), input_signature=input_signature, autograph=False, **kwargs
+    )
 
 
 def is_dataset(x) -> bool:
@@ -165,7 +180,7 @@ class Accumulator:
             self._step = store[full_key]
             return
         fn = body if strategy is None else _distributed(body, strategy)
-        self._step = tf.function(fn, input_signature=signature, autograph=False)
+        self._step = compiled(fn, signature)
         if store is not None and key is not None:
             store[full_key] = self._step
 
@@ -202,7 +217,7 @@ def _to_numpy(t) -> np.ndarray:
 
 
 def _spec_key(signature) -> tuple:
-    return tuple(
+    return repr(tf.nest.map_structure(lambda _: None, signature)), tuple(
         (tuple(s.shape.as_list()), s.dtype.name) if isinstance(s, tf.TensorSpec) else repr(s)
         for s in tf.nest.flatten(signature, expand_composites=False)
     )
@@ -229,13 +244,30 @@ def _distributed(body, strategy):
 
     def step(batch, *args):
         per_replica = strategy.run(guarded, args=(batch, *args))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        # One reduce per output: Strategy.reduce takes a single value, not a nest (with
+        # MultiWorkerMirroredStrategy a tuple is packed into one tensor, which fails for
+        # outputs of different shapes).
+        return tf.nest.map_structure(
+            lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica
+        )
 
     return step
 
 
 # -- datasets given to Laplace ----------------------------------------------------------------
-def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None):
+def check_dataset(dataset) -> None:
+    """A dataset of (x, y) batches that ends; a ValueError says what is wrong otherwise."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(
+            "x as a tf.data.Dataset must yield (x, y) batches (a tuple of two tensors), got "
+            f"elements {spec}"
+        )
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError("the dataset is infinite (a .repeat() without count?): it must end")
+
+
+def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None, layout=None):
     """Validate a ``tf.data.Dataset`` of ``(x, y)`` batches in one pass.
 
     Returns ``(data, n, k, data_error, data_errors, square)``: ``data`` yields ``(x_b, y_b)``
@@ -245,45 +277,56 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     """
     lik = likelihoods.get(likelihood)
     check_model(model)
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ValueError(
-            "x as a tf.data.Dataset must yield (x, y) batches (a tuple of two tensors), got "
-            f"elements {spec}"
-        )
-    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-        raise ValueError("the dataset is infinite (a .repeat() without count?): it must end")
+    check_dataset(dataset)
     if batch_size is not None:
         dataset = dataset.unbatch().batch(check_batch_size(batch_size))
     dtype = model_dtype(model)
     n, k, e_d, e_dk, square = 0, None, 0.0, None, 0.0
     for i, (xb, yb) in enumerate(dataset):
-        xb = check_inputs(model, xb.numpy(), f"x (dataset batch {i})").astype(dtype)
-        f = np.asarray(model(xb, training=False), np.float64).reshape(len(xb), -1)
+        xb = tf.nest.map_structure(lambda t: t.numpy(), xb)
+        xb = check_inputs(model, xb, f"x (dataset batch {i})")
+        f = np.asarray(_flat(model(xb, training=False)), np.float64)
         if k is None:
             k = f.shape[1]
-        t = lik.targets(yb.numpy(), len(xb), k, f"y (dataset batch {i})").astype(np.float64)
+        yb = tf.nest.map_structure(lambda t: t.numpy(), yb)
+        t = lik.targets(yb, n_samples(xb), k, f"y (dataset batch {i})", layout=layout)
+        t = t.astype(np.float64)
         e_d += float(lik.data_error(tf.constant(f), tf.constant(t)))
         if lik.has_beta:
             part = 0.5 * np.sum((f - t) ** 2, axis=0)
             e_dk = part if e_dk is None else e_dk + part
         square += float(np.sum(f**2))
-        n += len(xb)
+        n += n_samples(xb)
     if n == 0:
         raise ValueError("the dataset is empty")
 
+    sizes = [k] if layout is None or len(layout.sizes) == 1 else list(layout.sizes)
+
+    def target_part(t, size):
+        if t.shape.rank == 1:
+            t = tf.one_hot(tf.cast(t, tf.int32), size) if not lik.has_beta else t[:, None]
+        return tf.cast(tf.reshape(t, (-1, size)), dtype)
+
     def cast(xb, yb):
-        if yb.shape.rank == 1:
-            yb = tf.one_hot(tf.cast(yb, tf.int32), k) if not lik.has_beta else yb[:, None]
-        return tf.cast(xb, dtype), tf.cast(tf.reshape(yb, (-1, k)), dtype)
+        xb = tf.nest.map_structure(lambda t: tf.cast(t, dtype), xb)
+        parts = layout.split(yb) if layout is not None else [yb]
+        if len(parts) != len(sizes):  # one array for all outputs
+            return xb, target_part(parts[0], k)
+        return xb, tf.concat([target_part(t, s) for t, s in zip(parts, sizes, strict=True)], 1)
 
     return dataset.map(cast), n, k, e_d, e_dk, square
+
+
+def _flat(out) -> np.ndarray:
+    """A model's output (a tensor or a list/dict of them) as (B, K), in ``tf.nest`` order."""
+    parts = [np.reshape(np.asarray(o), (np.shape(o)[0], -1)) for o in tf.nest.flatten(out)]
+    return np.concatenate(parts, axis=1)
 
 
 def dataset_arrays(data) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate a dataset of ``(x_b, y_b)`` batches into arrays (x, y)."""
     xs, ys = [], []
     for xb, yb in data:
-        xs.append(xb.numpy())
+        xs.append(tf.nest.map_structure(lambda t: t.numpy(), xb))
         ys.append(yb.numpy())
-    return np.concatenate(xs), np.concatenate(ys)
+    return tf.nest.map_structure(lambda *a: np.concatenate(a), *xs), np.concatenate(ys)

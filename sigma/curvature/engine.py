@@ -40,9 +40,11 @@ import tensorflow as tf
 
 from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
+from sigma._linalg import one_blas_thread
 from sigma.curvature import layers as _layers
-from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for
+from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for, compiled
 from sigma.curvature.layers import flat_outputs
+from sigma.outputs import OutputLayout
 from sigma.params import num_params
 
 ZERO = tf.UnconnectedGradients.ZERO
@@ -63,9 +65,10 @@ def engine(model) -> Engine:
 
 
 def _signature(model) -> tuple:
+    # variables are never reshaped: their identities say whether the set changed
     return (
-        tuple((id(v), tuple(v.shape), str(v.dtype)) for v in model.trainable_variables),
-        tuple(id(v) for v in model.non_trainable_variables),
+        tuple(map(id, model.trainable_variables)),
+        tuple(map(id, model.non_trainable_variables)),
     )
 
 
@@ -123,6 +126,12 @@ class Engine:
             ],
             axis=0,
         )
+
+    def flat_weights(self) -> np.ndarray:
+        """The current weights (P,) in the model's dtype, read by one traced call (reading
+        each Keras variable from Python costs a dispatch per variable)."""
+        fn = self.function(("weights",), lambda: compiled(self.weights, []))
+        return fn().numpy()
 
     def unflatten(self, w) -> list[tf.Tensor]:
         parts = tf.split(w, self.sizes)
@@ -256,17 +265,21 @@ class Engine:
             self._k[key] = int(self.outputs(tf.nest.map_structure(lambda a: a[:1], x)).shape[1])
         return self._k[key]
 
+    def output_layout(self, x) -> OutputLayout:
+        """The structure of the model's outputs for inputs like x (one eager call, kept)."""
+        key = ("layout", _shape_key(x))
+        if key not in self.store:
+            one = tf.nest.map_structure(lambda a: tf.constant(np.asarray(a[:1])), x)
+            self.store[key] = OutputLayout.of(self.model(one, training=False))
+        return self.store[key]
+
     def outputs(self, x, *, batch_size: int = 4096) -> np.ndarray:
         """f(x) at the current weights in inference mode, (N, K) float64, computed in the
         model's dtype by one traced forward pass per batch."""
         spec = self.spec(x)
         fn = self.function(
             ("outputs", _spec_key(spec)),
-            lambda: tf.function(
-                lambda xb: self.forward(self.weights(), xb),
-                input_signature=[spec],
-                autograph=False,
-            ),
+            lambda: compiled(lambda xb: self.forward(self.weights(), xb), [spec]),
         )
         return np.concatenate(
             [np.asarray(fn(b[0]), np.float64) for b in ArrayBatches((x,), batch_size)]
@@ -278,11 +291,7 @@ class Engine:
         spec = self.spec(x)
         fn = self.function(
             ("jacobian", _spec_key(spec)),
-            lambda: tf.function(
-                lambda xb: self.jacobian(self.weights(), xb),
-                input_signature=[spec],
-                autograph=False,
-            ),
+            lambda: compiled(lambda xb: self.jacobian(self.weights(), xb), [spec]),
         )
         n = len(tf.nest.flatten(x)[0])
         k = self.n_outputs(x)
@@ -295,7 +304,7 @@ class Engine:
         """(N, E_D, E_D per output (K,), Σ f²) over ``(x, y)`` batches; E_D is the likelihood's
         summed data term (½ Σ (f − t)² for regression, the cross-entropy for classification)."""
         lik = _likelihoods.get(likelihood)
-        acc = self.accumulator(("summary", lik.name), self._summary_body(lik), data)
+        acc = self.accumulator(("summary", lik.key), self._summary_body(lik), data)
         count, e_d, per_output, square = acc()
         return int(round(float(count))), float(e_d), per_output, float(square)
 
@@ -312,9 +321,29 @@ class Engine:
         """The (P, P) curvature summed over ``data`` (batches ``(x,)`` for "ggn", ``(x, y)`` for
         "hessian"), float64, symmetric."""
         lik = _likelihoods.get(likelihood)
+        if curvature == "ggn" and strategy is None and isinstance(data, ArrayBatches):
+            # In-memory batches: Lᵀ J from the graph, Σ (Lᵀ J)ᵀ (Lᵀ J) by BLAS on one thread
+            # (1.6 ms against TensorFlow's 4.4 ms for a 300 × 403 block on this machine).
+            spec = data.element_spec[0]
+            p = self.n_params
+
+            def build():
+                def lj(xb):
+                    f, j = self.jacobian(self.weights(), xb)
+                    return tf.reshape(self.pseudo_jacobian(lik, f, j), (-1, p))
+
+                return compiled(lj, [spec])
+
+            fn = self.function(("pseudo_jacobian", lik.key, _spec_key(spec)), build)
+            total = np.zeros((p, p))
+            for batch in data:
+                block = fn(batch[0]).numpy()
+                with one_blas_thread():
+                    total += block.T @ block
+            return _symmetric(total)
         if curvature == "ggn":
             acc = self.accumulator(
-                ("ggn", lik.name),
+                ("ggn", lik.key),
                 self._ggn_dense_body(lik),
                 data,
                 strategy=strategy,
@@ -355,7 +384,7 @@ class Engine:
         lik = _likelihoods.get(likelihood)
         p = self.n_params
         if curvature == "hessian" or route == "hessian":
-            body, key = self._hessian_product_body(lik), ("hessian_product", lik.name)
+            body, key = self._hessian_product_body(lik), ("hessian_product", lik.key)
         elif route == "layerwise":
             if plan_inputs is None:
                 raise ValueError("route='layerwise' needs plan_inputs: a few inputs to probe")
@@ -364,12 +393,12 @@ class Engine:
                 product = self._captured_products(lik, plan, data)
                 if product is not None:
                     return product
-            key = ("ggn_product", lik.name, route, id(plan), plan.generic_pfor)
+            key = ("ggn_product", lik.key, route, id(plan), plan.generic_pfor)
             body = self._layerwise_product_body(lik, plan)
         else:
             if route == "auto":
                 route = "jacobian" if self._k_max() * p <= JACOBIAN_ROUTE else "matrix_free"
-            body, key = self._ggn_product_body(lik, route), ("ggn_product", lik.name, route)
+            body, key = self._ggn_product_body(lik, route), ("ggn_product", lik.key, route)
         acc = self.accumulator(
             key,
             body,
@@ -410,8 +439,8 @@ class Engine:
             )
 
         capture_fn = self.function(
-            ("capture", lik.name, id(plan), plan.generic_pfor, _spec_key(spec)),
-            lambda: tf.function(capture_flat, input_signature=[spec], autograph=False),
+            ("capture", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
+            lambda: compiled(capture_flat, [spec]),
         )
         batches = iter(data)
         first = capture_fn(next(batches)[0])
@@ -438,12 +467,8 @@ class Engine:
             return tf.cast(_layers.product(plan, cap, tf.cast(v, dtype)), tf.float64)
 
         apply_fn = self.function(
-            ("captured_product", lik.name, id(plan), plan.generic_pfor, _spec_key(spec)),
-            lambda: tf.function(
-                apply,
-                input_signature=[specs, tf.TensorSpec([self.n_params, None], dtype)],
-                autograph=False,
-            ),
+            ("captured_product", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
+            lambda: compiled(apply, [specs, tf.TensorSpec([self.n_params, None], dtype)]),
         )
 
         def product(v):
@@ -488,12 +513,18 @@ class Engine:
         return max(self._k.values()) if self._k else 1
 
 
+def _structure(x) -> str:
+    """The nesting of x (a list, a dict by key, ...) with its leaves blanked, as a string."""
+    return repr(tf.nest.map_structure(lambda _: None, x))
+
+
 def _spec_key(spec) -> tuple:
-    return tuple((tuple(s.shape.as_list()), s.dtype.name) for s in tf.nest.flatten(spec))
+    shapes = tuple((tuple(s.shape.as_list()), s.dtype.name) for s in tf.nest.flatten(spec))
+    return (_structure(spec), shapes)
 
 
 def _shape_key(x) -> tuple:
-    return tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x))
+    return (_structure(x), tuple(tuple(np.shape(a)[1:]) for a in tf.nest.flatten(x)))
 
 
 def _symmetric(m: np.ndarray) -> np.ndarray:

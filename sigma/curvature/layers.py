@@ -138,6 +138,51 @@ class LayerPlan:
         return rows
 
 
+def describe_plan(plan: LayerPlan, model) -> dict:
+    """A JSON-able description of a probed plan, from which :func:`rebuild_plan` makes it again
+    for the same architecture without probing (for saving a fitted structure). Layers are named
+    by the position of their kernel among ``model.trainable_variables``: Keras numbers layer
+    names per process, positions stay."""
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    return {
+        "fast": [int(b.kernel) for b in plan.fast],
+        "positions": [int(b.positions) for b in plan.fast],
+        "excluded": [position[id(layer.kernel)] for layer in plan.excluded],
+        "generic": [list(map(int, g.variables)) for g in plan.generic],
+        "generic_pfor": bool(plan.generic_pfor),
+    }
+
+
+def rebuild_plan(model, description: dict, *, fast: bool = True) -> LayerPlan:
+    """The plan :func:`describe_plan` described, for ``model`` (ValueError if its layers no
+    longer match)."""
+    tv = model.trainable_variables
+    owner = {}
+    for layer in model._flatten_layers(include_self=True):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None:
+            owner.setdefault(id(kernel), layer)
+    try:
+        excluded = tuple(owner[id(tv[i])] for i in description["excluded"])
+    except (IndexError, KeyError):
+        raise ValueError("the model's layers do not match the saved structure's") from None
+    plan = plan_layers(model, fast=fast, exclude=excluded)
+    found = (
+        [int(b.kernel) for b in plan.fast],
+        [list(map(int, g.variables)) for g in plan.generic],
+    )
+    if found != (description["fast"], description["generic"]):
+        raise ValueError(
+            "the model's layers do not match the saved structure's (its blocks of weights "
+            f"differ: saved {description['fast']} / {description['generic']}, found "
+            f"{found[0]} / {found[1]})"
+        )
+    for blk, positions in zip(plan.fast, description["positions"], strict=True):
+        blk.positions = positions
+    plan.generic_pfor = description["generic_pfor"]
+    return plan
+
+
 def _fast_kind(layer) -> str | None:
     """The fast-path kind of a layer, or None when it must take the generic path."""
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
@@ -427,6 +472,8 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
     tv = model.trainable_variables
     if rtol is None:
         rtol = 1e-3 if tv[0].dtype in ("float16", "bfloat16", "float32") else 1e-8
+    x = tf.nest.map_structure(tf.constant, x)
+    n = int(tf.nest.flatten(x)[0].shape[0])
     records = [([], []) for _ in plan.fast]
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         for blk in plan.fast:
@@ -434,13 +481,13 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
             if blk.bias is not None:
                 tape.watch(tv[blk.bias].value)
         with _patched(plan, tape, records):
-            total = tf.reduce_sum(_model_outputs(model, tf.constant(x)))
+            total = tf.reduce_sum(_model_outputs(model, x))
     bad = []
     for blk, (al, zl) in zip(plan.fast, records, strict=True):
         if not zl:
             blk.positions = 0
             continue
-        if any(a.shape[0] != len(x) for a in al):  # samples folded into the batch axis
+        if any(a.shape[0] != n for a in al):  # samples folded into the batch axis
             bad.append(blk.layer)
             continue
         a = tf.concat([_patches(blk, ai) for ai in al], axis=1)

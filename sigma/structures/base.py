@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from sigma.curvature.accumulate import dataset_arrays, is_dataset
-from sigma.params import flat_weights
+from sigma.curvature.engine import engine
 
 
 class Structure:
@@ -89,7 +89,7 @@ class Structure:
     def posterior_weights(self, model) -> np.ndarray:
         """The weights the posterior covers, (n_params,) in package order (default: all; the
         last-layer structure covers its layer only). E_W = ½‖·‖² in the evidence."""
-        return flat_weights(model)
+        return engine(model).flat_weights()
 
     def posterior_variables(self, model) -> list:
         """The variables whose weights :meth:`posterior_weights` holds, in order."""
@@ -129,6 +129,15 @@ class Structure:
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature) -> int | None:
         """Bytes needed to fit and predict (dominant terms), or None when unknown."""
         return None
+
+    # Saving (sigma.saving): what a fitted structure is, without the data it was fitted on.
+    def state(self) -> tuple[dict, dict]:
+        """(arrays, info): the fitted state as float arrays and JSON-able facts."""
+        raise NotImplementedError(f"structure {self.name!r} does not define state()")
+
+    def restore(self, model, arrays: dict, info: dict) -> Structure:
+        """This (unfitted) structure set to a saved state for ``model``; returns self."""
+        raise NotImplementedError(f"structure {self.name!r} does not define restore()")
 
     # Capabilities (see the class attributes).
     def clip_negative(self) -> None:

@@ -66,6 +66,12 @@ class Diag(Layerwise):
         """The diagonal entries d_p, (P,)."""
         return self.diagonal
 
+    def _state(self):
+        return {"diagonal": self.diagonal}, {}
+
+    def _restore(self, arrays):
+        self.diagonal = arrays["diagonal"]
+
     def _spectral(self, alpha, beta):
         a = alpha + beta * self.diagonal  # the eigenvalues of A, per weight
         inv, logs = 1.0 / a, np.log(a)

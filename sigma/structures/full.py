@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 
 from sigma import evidence
+from sigma._checks import n_samples
 from sigma._linalg import eigh, one_blas_thread
 from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
 from sigma.curvature.engine import ROW_CHUNK, engine
@@ -38,7 +39,7 @@ class Full(Eigenbasis):
     def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
         eng = engine(model)
         self.n_params = eng.n_params
-        n = 1 if is_dataset(x) else len(x)
+        n = 1 if is_dataset(x) else n_samples(x)
         k = eng.n_outputs(first_samples(x, 1))
         per_sample = 2 * k * self.n_params if curvature == "ggn" else 64 * ROW_CHUNK
         data = as_batches(
@@ -157,6 +158,20 @@ class Full(Eigenbasis):
                 for z in self._whitened(model, x, alpha, beta, batch_size)
             ]
         )
+
+    # -- saving ---------------------------------------------------------------------------------
+    def state(self):
+        arrays = {"matrix": self.matrix}
+        if self._eig is not None:
+            arrays.update(eigenvalues=self._eig, vectors=self._vecs)
+        return arrays, {"n_params": self.n_params, "psd": bool(getattr(self, "psd", False))}
+
+    def restore(self, model, arrays, info):
+        self.n_params, self.psd = int(info["n_params"]), bool(info["psd"])
+        self._set_matrix(arrays["matrix"])
+        if "eigenvalues" in arrays:
+            self._eig, self._vecs = arrays["eigenvalues"], arrays["vectors"]
+        return self
 
     # -- capabilities ---------------------------------------------------------------------------
     def clip_negative(self):

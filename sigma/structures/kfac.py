@@ -76,15 +76,38 @@ class KFAC(Layerwise):
 
     def _finish(self, stats):
         n, nf = self.n_data, len(self.plan.fast)
+        factors = [
+            (stats[2 * i] / (n * max(blk.positions, 1)), stats[2 * i + 1])
+            for i, blk in enumerate(self.plan.fast)
+        ]
+        self._set_factors(factors, stats[2 * nf :])
+
+    def _state(self):
+        arrays = {}
+        for i, (q, h) in enumerate(self.factors):
+            arrays[f"q{i}"], arrays[f"h{i}"] = q, h
+        for i, (_, _, acc) in enumerate(self.generic_eigen):
+            arrays[f"generic{i}"] = acc
+        return arrays, {"n_fast": len(self.factors), "n_generic": len(self.generic_eigen)}
+
+    def _restore(self, arrays):
+        n_fast, n_generic = len(self.plan.fast), len(self.plan.generic)
+        self._set_factors(
+            [(arrays[f"q{i}"], arrays[f"h{i}"]) for i in range(n_fast)],
+            [arrays[f"generic{i}"] for i in range(n_generic)],
+        )
+
+    def _set_factors(self, factors, generic):
+        """The Kronecker factors (Q, H) per fast block and the generic blocks' statistics
+        (a matrix, or its diagonal), eigen-decomposed."""
         self.factors, self.factor_eigen, eig = [], [], []
-        for i, blk in enumerate(self.plan.fast):
-            q, h = stats[2 * i] / (n * max(blk.positions, 1)), stats[2 * i + 1]
+        for q, h in factors:
             self.factors.append((q, h))
             (qe, qv), (he, hv) = _eigh(q), _eigh(h)
             self.factor_eigen.append((qe, qv, he, hv))
             eig.append(np.outer(qe, he).ravel())
         self.generic_eigen = []
-        for acc in stats[2 * nf :]:
+        for acc in generic:
             e, v = _eigh(acc) if acc.ndim == 2 else (acc, None)
             self.generic_eigen.append((e, v, acc))
             eig.append(e)

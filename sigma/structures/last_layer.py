@@ -29,9 +29,15 @@ import numpy as np
 import tensorflow as tf
 
 from sigma import likelihoods
-from sigma._checks import check_inputs
+from sigma._checks import check_inputs, n_samples, take
 from sigma._linalg import eigh
-from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
+from sigma.curvature.accumulate import (
+    as_batches,
+    batch_size_for,
+    compiled,
+    first_samples,
+    is_dataset,
+)
 from sigma.curvature.engine import _spec_key, engine, flat_outputs
 from sigma.memory import activation_elements, last_dense_size
 from sigma.structures.full import Full
@@ -127,6 +133,7 @@ class LastLayer(Full):
         eng = engine(model)
         layer = final_dense(model)
         self.layer_name = layer.name
+        self._kernel_index = _kernel_position(model, layer)
         kernel = layer.kernel.numpy().astype(np.float64)
         bias = None if layer.bias is None else layer.bias.numpy().astype(np.float64)
         trainable = {id(v) for v in layer.trainable_variables}
@@ -143,7 +150,7 @@ class LastLayer(Full):
         self._layer = layer
         self._check_output(eng, layer, first_samples(x, 2))
         identity = lik.has_beta and _is_linear(layer.activation)
-        n = 1 if is_dataset(x) else len(x)
+        n = 1 if is_dataset(x) else n_samples(x)
         per_sample = (self._d1 if identity else self._d1 * k * k) + activation_elements(model)
         data = as_batches(
             x,
@@ -152,7 +159,7 @@ class LastLayer(Full):
         )
         if curvature == "hessian" and len(data.element_spec) < 2:
             raise ValueError("curvature='hessian' needs the targets y")
-        key = ("last_layer", id(layer), curvature, lik.name, identity)
+        key = ("last_layer", id(layer), curvature, lik.key, identity)
         body = _curvature_body(eng, layer, lik, curvature, identity)
         c = eng.accumulator(
             key, body, data, strategy=strategy, progress=progress, desc="last layer"
@@ -177,11 +184,12 @@ class LastLayer(Full):
     def _check_output(self, eng, layer, example):
         """The final Dense layer's output must be the model's output (checked once per model,
         layer and input shape, eagerly on two samples)."""
-        example = check_inputs(eng.model, example).astype(eng.dtype)
+        example = check_inputs(eng.model, example)
         key = ("last_layer-output-check", id(layer), _spec_key(eng.spec(example)))
         if eng.store.get(key):
             return
-        _, f, dense_out = _features_function(eng.model, layer)(tf.constant(example))
+        example = tf.nest.map_structure(tf.constant, example)
+        _, f, dense_out = _features_function(eng.model, layer)(example)
         dense_out = tf.reshape(dense_out, tf.shape(f))
         if dense_out.shape != f.shape or not np.array_equal(dense_out.numpy(), f.numpy()):
             raise ValueError(
@@ -203,6 +211,27 @@ class LastLayer(Full):
         layer = getattr(self, "_layer", None) or final_dense(model)
         return [layer.kernel] + ([] if layer.bias is None else [layer.bias])
 
+    def state(self):
+        arrays, info = super().state()
+        arrays.update(eigenvalues=self._eig, vectors=self._vecs, weights=self._w)
+        info.update(kernel=self._kernel_index, d1=self._d1, k=self._k)
+        return arrays, info
+
+    def restore(self, model, arrays, info):
+        super().restore(model, arrays, info)
+        layer = final_dense(model)
+        position = _kernel_position(model, layer)
+        if position != info["kernel"]:  # positions, not names: Keras numbers names anew
+            raise ValueError(
+                "the saved last-layer structure covers another layer than the model's final "
+                f"Dense layer {layer.name!r} (kernel at position {position} of the trainable "
+                f"variables, saved {info['kernel']})"
+            )
+        self._kernel_index = position
+        self.layer_name, self._layer = layer.name, layer
+        self._d1, self._k, self._w = int(info["d1"]), int(info["k"]), arrays["weights"]
+        return self
+
     def output_blocks(self, model, x, *, batch_size=None):  # pragma: no cover - declared off
         raise NotImplementedError
 
@@ -218,7 +247,7 @@ class LastLayer(Full):
         """Yield J(x) V per batch, (B, K, P_last) float64; one traced graph per model and input
         shape (V is an argument; default the eigenvectors of C)."""
         eng = engine(model)
-        x = check_inputs(model, x).astype(eng.dtype)
+        x = check_inputs(model, x)
         layer = self._layer
         spec = eng.spec(x)
         proj = eng.function(
@@ -226,9 +255,15 @@ class LastLayer(Full):
             lambda: _projection_function(eng, layer, spec),
         )
         v = tf.constant(self._vecs if vectors is None else vectors)
-        bs = batch_size_for(len(x), 2 * self._k * self.n_params, batch_size)
-        for start in range(0, len(x), bs):
-            yield proj(x[start : start + bs], v).numpy()
+        n = n_samples(x)
+        bs = batch_size_for(n, 2 * self._k * self.n_params, batch_size)
+        for start in range(0, n, bs):
+            yield proj(take(x, slice(start, start + bs)), v).numpy()
+
+
+def _kernel_position(model, layer) -> int:
+    """The position of a layer's kernel among the model's trainable variables."""
+    return [id(v) for v in model.trainable_variables].index(id(layer.kernel))
 
 
 def _is_linear(act) -> bool:
@@ -261,7 +296,8 @@ def _curvature_body(eng, layer, lik, curvature, identity):
     k = int(layer.kernel.shape[-1])
 
     def body(batch):
-        phi, z = _augmented_features(eng, layer, tf.cast(batch[0], eng.dtype))
+        xb = tf.nest.map_structure(lambda t: tf.cast(t, eng.dtype), batch[0])
+        phi, z = _augmented_features(eng, layer, xb)
         if identity:  # squared error, linear output: M_n = I, C = (Σ φ̃ φ̃ᵀ) ⊗ I_K
             return tf.matmul(phi, phi, transpose_a=True)
         yb = None if curvature == "ggn" else batch[1]
@@ -311,7 +347,6 @@ def _projection_function(eng, layer, spec):
     k = int(layer.kernel.shape[-1])
     linear = _is_linear(layer.activation)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([None, None], tf.float64)], autograph=False)
     def proj(xb, v):
         phi, z = _augmented_features(eng, layer, xb)
         v4 = tf.reshape(v, (tf.shape(phi)[1], k, -1))  # V[(i, l), m] → (i, l, m)
@@ -323,4 +358,4 @@ def _projection_function(eng, layer, spec):
             f = layer.activation(z)
         return tf.einsum("nkl,nlm->nkm", tape.batch_jacobian(f, z), q)
 
-    return proj
+    return compiled(proj, [spec, tf.TensorSpec([None, None], tf.float64)])

@@ -15,10 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from sigma import likelihoods
-from sigma._checks import check_inputs, model_dtype
+from sigma._checks import check_inputs, n_samples, take
 from sigma.curvature.accumulate import (
     ArrayBatches,
     as_batches,
+    compiled,
     first_samples,
     is_dataset,
 )
@@ -27,8 +28,10 @@ from sigma.curvature.layers import (
     Captured,
     capture,
     contract,
+    describe_plan,
     layer_batch_size,
     per_sample_elements,
+    rebuild_plan,
     with_pfor_fallback,
 )
 from sigma.structures.base import Structure
@@ -80,27 +83,27 @@ class Layerwise(Structure):
         lik = likelihoods.get(likelihood)
         eng = engine(model)
         if is_dataset(x):
-            first = check_inputs(model, first_samples(x, 8)).astype(model_dtype(model))
+            first = check_inputs(model, first_samples(x, 8))
         else:
-            x = check_inputs(model, x).astype(model_dtype(model))
-            first = x[:8]
+            x = check_inputs(model, x)
+            first = take(x, slice(0, 8))
         k = eng.n_outputs(first)
         self.plan = plan = eng.layer_plan(first, fast=self.fast)
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = plan.n_params, k
         if not is_dataset(x):
-            bs = layer_batch_size(len(x), per_sample_elements(plan, k), batch_size)
+            bs = layer_batch_size(n_samples(x), per_sample_elements(plan, k), batch_size)
             x = as_batches(x, batch_size=bs)
         options, stats_fn, root = self._options(), type(self)._batch_stats, lik.hessian_sqrt
 
         def body(batch):
             cap = capture(model, plan, batch[0], root=root)
-            count = tf.cast(tf.shape(batch[0])[0], cap.outputs.dtype)
+            count = tf.cast(tf.shape(cap.outputs)[0], cap.outputs.dtype)
             return (*stats_fn(plan, cap, **options), count)
 
         def run():
             key = (
-                "layerwise", type(self).__name__, tuple(sorted(options.items())), lik.name,
+                "layerwise", type(self).__name__, tuple(sorted(options.items())), lik.key,
                 self.fast, plan.generic_pfor,
             )  # fmt: skip
             return eng.accumulator(
@@ -127,7 +130,7 @@ class Layerwise(Structure):
                 f"structure {self.name!r} was fitted on another model (its layers are "
                 "recorded by identity): predict with the model it was fitted on"
             )
-        x = check_inputs(model, x).astype(model_dtype(model))
+        x = check_inputs(model, x)
         k = engine(model).n_outputs(x)
         # The contractions run in float64, whatever the model's dtype: inverse eigenvalues
         # 1/(α + β c) overflow float32 for tiny α, β.
@@ -137,7 +140,7 @@ class Layerwise(Structure):
         ]
         flat = [t for blk in params for t in blk if t is not None]
         fn = self._predict_fn(model, x, params, covariance)
-        bs = layer_batch_size(len(x), per_sample_elements(self.plan, k), batch_size)
+        bs = layer_batch_size(n_samples(x), per_sample_elements(self.plan, k), batch_size)
         out = [np.asarray(fn(b[0], flat), dtype=np.float64) for b in ArrayBatches((x,), bs)]
         return np.concatenate(out)
 
@@ -153,15 +156,37 @@ class Layerwise(Structure):
         )  # fmt: skip
 
         def build():
-            @tf.function(input_signature=[spec, specs], autograph=False)
             def fn(xb, flat):
                 it = iter(flat)
                 blocks = [[next(it) if present else None for present in blk] for blk in layout]
                 return contract(plan, capture(model, plan, xb), blocks, covariance=covariance)
 
-            return fn
+            return compiled(fn, [spec, specs])
 
         return eng.function(key, build)
+
+    # saving -------------------------------------------------------------------------------------
+    def state(self):
+        arrays, info = self._state()
+        info.update(
+            plan=describe_plan(self.plan, self._model()), fast=self.fast, n_params=self.n_params,
+            n_outputs=self.n_outputs, n_data=self.n_data, options=self._options(),
+        )  # fmt: skip
+        return arrays, info
+
+    def restore(self, model, arrays, info):
+        self.plan = rebuild_plan(model, info["plan"], fast=info["fast"])
+        self._model = weakref.ref(model)
+        self.n_params, self.n_outputs = int(info["n_params"]), int(info["n_outputs"])
+        self.n_data = int(info["n_data"])
+        self._restore(arrays)
+        return self
+
+    def _state(self) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+    def _restore(self, arrays: dict) -> None:
+        raise NotImplementedError
 
     # hooks --------------------------------------------------------------------------------------
     @staticmethod

@@ -33,11 +33,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
-from sigma._checks import check_inputs, check_positive_int, model_dtype
+from sigma._checks import check_inputs, check_positive_int, n_samples, take
 from sigma.curvature.accumulate import (
     ELEMENT_BUDGET,
     as_batches,
     batch_size_for,
+    compiled,
     first_samples,
     is_dataset,
 )
@@ -283,8 +284,8 @@ class LowRank(Structure):
             if tol is None:
                 tol = 1e-8 if eng.dtype == "float64" else 1e-5
             b = self._block_size(p)
-            n = 1 if is_dataset(x) else len(x)
-            first = check_inputs(model, first_samples(x, 8)).astype(eng.dtype)
+            n = 1 if is_dataset(x) else n_samples(x)
+            first = check_inputs(model, first_samples(x, 8))
             route = eng.product_route(first, curvature)
             kk = eng.n_outputs(first)
             if route == "jacobian":  # per sample: its (K, P) Jacobian and Lᵀ J
@@ -363,6 +364,26 @@ class LowRank(Structure):
     def clip_negative(self):
         self._eig = np.maximum(self._eig, 0.0)
 
+    def state(self):
+        arrays = {"eigenvalues": self._eig, "vectors": self._vecs}
+        if self.residual_diagonal is not None:
+            arrays["residual_diagonal"] = self.residual_diagonal
+        info = {
+            "n_params": self.n_params,
+            "method": self.method,
+            "resid_floor": self._resid_floor,
+            "info": {k: v for k, v in self.info.items() if not isinstance(v, np.ndarray)},
+        }
+        return arrays, info
+
+    def restore(self, model, arrays, info):
+        self.n_params, self.method = int(info["n_params"]), info["method"]
+        self._eig, self._vecs = arrays["eigenvalues"], arrays["vectors"]
+        self.residual_diagonal = arrays.get("residual_diagonal")
+        self.spectral = self.residual_diagonal is None
+        self._resid_floor, self.info = float(info["resid_floor"]), dict(info["info"])
+        return self
+
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         eng = engine(model)
         p = eng.n_params
@@ -406,7 +427,6 @@ class LowRank(Structure):
             def build():
                 # J diag(w) Jᵀ and J U from one capture, contracted in float64: the two terms
                 # of gᵀA⁻¹g that nearly cancel come from the same numbers.
-                @tf.function(input_signature=[spec, u_spec, w_spec], autograph=False)
                 def proj(xb, u, scale):
                     scale = tf.cast(scale, tf.float64)
                     blocks = [
@@ -423,20 +443,19 @@ class LowRank(Structure):
                         )
                     return gram, ju
 
-                return proj
+                return compiled(proj, [spec, u_spec, w_spec])
 
             per_sample = per_sample_elements(plan, k) + 2 * k * (r + 2)
             key = ("lowrank-projection", path, id(plan), _spec_key(spec))
         else:
 
             def build():
-                @tf.function(input_signature=[spec, u_spec, w_spec], autograph=False)
                 def proj(xb, u, scale):
                     _, j = eng.jacobian(eng.weights(), xb)  # (B_c, K, P), a chunk
                     j = tf.cast(j, tf.float64)
                     return tf.einsum("bkp,p,blp->bkl", j, scale, j), tf.einsum("bkp,pr->bkr", j, u)
 
-                return proj
+                return compiled(proj, [spec, u_spec, w_spec])
 
             per_sample = 2 * k * self.n_params
             key = ("lowrank-projection", path, _spec_key(spec))
@@ -451,16 +470,16 @@ class LowRank(Structure):
                 "eigenvalues of C and takes the others as zero, so A = alpha*I + beta*C needs "
                 f"alpha > 0, got alpha={np.min(alpha):g}"
             )
-        dtype = model_dtype(model)
-        x = check_inputs(model, x).astype(dtype)
+        x = check_inputs(model, x)
         proj, per_sample = self._projection(model, x)
         u = tf.constant(np.asarray(self._vecs if u is None else u, np.float64))
         scale = tf.ones(self.n_params, tf.float64) if scale is None else tf.constant(scale)
-        bs = batch_size_for(len(x), per_sample, None)
+        n = n_samples(x)
+        bs = batch_size_for(n, per_sample, None)
         if batch_size is not None:
-            bs = min(bs, batch_size_for(len(x), 1, batch_size))
-        for start in range(0, len(x), bs):
-            yield (t.numpy() for t in proj(x[start : start + bs], u, scale))
+            bs = min(bs, batch_size_for(n, 1, batch_size))
+        for start in range(0, n, bs):
+            yield (t.numpy() for t in proj(take(x, slice(start, start + bs)), u, scale))
 
     # -- A = D + U (βΛ) Uᵀ with D = D_α (+ β diag(r)): Woodbury ----------------------------------
     def _woodbury(self, alpha, beta):

@@ -1,0 +1,208 @@
+"""Saving a fitted Laplace and loading it onto its model again (``Laplace.save`` /
+``Laplace.load``), in a versioned, documented format (docs/saving.md).
+
+The file is a NumPy ``.npz`` archive (no pickles): an entry ``header`` holding a JSON document,
+and float arrays. The header records
+
+* ``format`` ("sigma.laplace") and ``version`` (an integer, :data:`VERSION`; a file written by a
+  newer format is refused, never misread) and the sigma version that wrote it;
+* the structure (its name, constructor options and JSON facts), the likelihood (and its
+  softmax heads), the curvature, the prior groups' names and kind, α, β, ``negative``;
+* the data summary the evidence needs — N, K, E_D (and per output), the outputs' scale — and
+  the weight errors E_Wg: the training data themselves are not saved;
+* the model's fingerprint: its class, the path, shape and dtype of every variable, and
+  SHA-256 digests of its trainable weights and of its non-trainable state. Loading onto a
+  model whose architecture (the variables' shapes and dtypes, in order) or weights differ is
+  refused, naming the difference.
+
+The arrays are the weights the posterior was fitted at (``w_map``), the prior's group of every
+weight, and the structure's own state under ``structure/<name>`` (e.g. the P×P curvature of
+``full``, the Kronecker factors of ``kfac``). Files are written atomically (a temporary file
+in the same folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "sigma.laplace"
+VERSION = 1
+
+
+def fingerprint(model) -> dict:
+    """The model's architecture (class; variables' paths, shapes, dtypes) and SHA-256 digests
+    of its trainable weights and its non-trainable state."""
+
+    def describe(v):
+        return [str(getattr(v, "path", v.name)), list(map(int, v.shape)), str(v.dtype)]
+
+    weights = hashlib.sha256()
+    for v in model.trainable_variables:
+        weights.update(np.ascontiguousarray(v.numpy()).tobytes())
+    state = hashlib.sha256()
+    for v in model.non_trainable_variables:
+        if "seed_generator" not in str(getattr(v, "path", v.name)):
+            state.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return {
+        "class": type(model).__name__,
+        "trainable": [describe(v) for v in model.trainable_variables],
+        "non_trainable": [
+            describe(v)
+            for v in model.non_trainable_variables
+            if "seed_generator" not in str(getattr(v, "path", v.name))
+        ],
+        "weights_sha256": weights.hexdigest(),
+        "state_sha256": state.hexdigest(),
+    }
+
+
+def _json(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
+def save(laplace, path) -> Path:
+    """Write ``laplace`` to ``path`` (any name; conventionally ``.npz``) atomically."""
+    path = Path(path)
+    s = laplace.structure
+    arrays, info = s.state()
+    options = {}
+    if hasattr(s, "_options"):
+        options.update(s._options())
+    for name in ("rank", "tol", "block", "max_passes", "seed", "predictive", "diag", "fast"):
+        if hasattr(s, name) and name in _init_parameters(type(s)):
+            options[name] = getattr(s, name)
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sigma": _sigma_version(),
+        "structure": {"name": s.name, "options": options, "info": info},
+        "likelihood": {"name": laplace.likelihood.name, "heads": laplace.likelihood.heads},
+        "curvature": laplace.curvature,
+        "negative": laplace.negative,
+        "prior": {"kind": laplace.prior.kind, "names": list(laplace.prior.names)},
+        "alpha": laplace._alpha,
+        "beta": laplace._beta,
+        "output_layout": {
+            "kind": laplace.output_layout.kind,
+            "names": list(laplace.output_layout.names),
+            "sizes": list(laplace.output_layout.sizes),
+        },
+        "data": {
+            "n_data": laplace.n_data,
+            "n_outputs": laplace.n_outputs,
+            "data_error": laplace.data_error,
+            "data_errors": laplace.data_errors,
+            "output_scale": laplace._output_scale,
+            "batch_size": laplace.batch_size,
+        },
+        "weight_errors": laplace.weight_errors,
+        "fingerprint": fingerprint(laplace.model),
+    }
+    entries = {"w_map": laplace.w_map, "prior_groups": laplace.prior.groups}
+    entries.update({f"structure/{k}": np.asarray(v, np.float64) for k, v in arrays.items()})
+    if laplace._blocks is not None:
+        entries["output_blocks"] = laplace._blocks
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.array(json.dumps(_json(header))), **entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buffer.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _init_parameters(cls) -> set:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _sigma_version() -> str:
+    import sigma
+
+    return sigma.__version__
+
+
+def read(path) -> tuple[dict, dict]:
+    """(header, arrays) of a saved file; ValueError naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
+        raise ValueError(
+            f"{str(path)!r} is not a readable sigma Laplace file (a truncated or corrupted "
+            f"archive?): {exc}"
+        ) from None
+    try:
+        header = json.loads(str(arrays.pop("header")))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} has no readable sigma header: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a sigma Laplace file (format {FORMAT!r})")
+    version = header.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise ValueError(
+            f"{str(path)!r} was written in format version {version} by sigma "
+            f"{header.get('sigma')}, newer than this sigma reads ({VERSION}): upgrade sigma"
+        )
+    return header, arrays
+
+
+def check_fingerprint(saved: dict, model, path) -> None:
+    """Refuse a model whose architecture (the shapes and dtypes of its variables, in order) or
+    weights differ from the saved fingerprint. Variable names are not compared: Keras numbers
+    the layers of every model it builds, so the same architecture built again is named anew."""
+    now = fingerprint(model)
+    for key, what in (("trainable", "trainable variables"), ("non_trainable", "other variables")):
+        old = [v[1:] for v in saved[key]]
+        new = [v[1:] for v in now[key]]
+        if old != new:
+            first = next(
+                (
+                    f"{a[0]} {a[1:]} vs {b[0]} {b[1:]}"
+                    for a, b in zip(saved[key], now[key], strict=False)
+                    if a[1:] != b[1:]
+                ),
+                f"{len(old)} vs {len(new)} variables",
+            )
+            raise ValueError(
+                f"model does not match the Laplace saved in {str(path)!r}: its {what} differ "
+                f"(saved vs this model: {first}); load it onto the model it was fitted on"
+            )
+    if saved["weights_sha256"] != now["weights_sha256"]:
+        raise ValueError(
+            f"model's weights differ from those the Laplace saved in {str(path)!r} was fitted "
+            "at (SHA-256 of the weights): load the weights it was saved with, e.g. "
+            "model.load_weights(...), or fit a new Laplace"
+        )
+    if saved["state_sha256"] != now["state_sha256"]:
+        raise ValueError(
+            f"model's non-trainable state (e.g. BatchNorm statistics) differs from the one the "
+            f"Laplace saved in {str(path)!r} was fitted with"
+        )
