@@ -99,7 +99,7 @@ recipe_digits = posterior.Recipe(
     prior=prior_digits, **common,
 )  # fmt: skip
 regression_columns = ["nll", "rmse", "coverage_68", "coverage_95", "mean_sigma", "beta", "gamma"]
-classification_columns = ["accuracy", "nll", "ece", "brier", "gamma"]
+classification_columns = ["accuracy", "confidence", "nll", "ece", "brier", "gamma"]
 beta_true = 1.0 / friedman_noise**2
 print(recipe_friedman, recipe_diabetes, recipe_digits, sep="\n")
 
@@ -188,10 +188,12 @@ fig = plots.evidence_history(digits.history, groups=digits.prior_groups, title="
 
 # %% [markdown]
 # Where the probabilities sit against the accuracy they achieve (held-out digits): a curve
-# below the diagonal is over-confident, above it under-confident.
+# below the diagonal is over-confident, above it under-confident; the histogram shows how
+# confident each predictive is.
 
 # %%
-fig = plots.reliability_diagram(digits.probabilities, labels_test)
+shown = [posterior.PLAIN_SOFTMAX, posterior.TRAINED_SOFTMAX, posterior.TRAINED]
+fig = plots.reliability_diagram({m: digits.probabilities[m] for m in shown}, labels_test)
 
 # %% [markdown]
 # ## The issue's targets, measured

@@ -192,16 +192,22 @@ def evidence_history(
     alphas = np.array([np.atleast_1d(h["alpha"]) for h in history], float)
     has_beta = any(float(h["beta"]) != 1.0 for h in history) or beta_truth is not None
     panels = 3 if has_beta else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.6))
+    n_groups = alphas.shape[1]
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.6 + 0.22 * (n_groups // 4)))
     ax = axes[0]
-    names = list(groups) if groups is not None else [f"group {g}" for g in range(alphas.shape[1])]
-    colours = plt.cm.viridis(np.linspace(0, 0.9, alphas.shape[1]))
-    for g in range(alphas.shape[1]):
-        ax.semilogy(epochs, alphas[:, g], "-", color=colours[g], lw=1.4, label=names[g])
+    names = list(groups) if groups is not None else [f"group {g}" for g in range(n_groups)]
+    styles = ["-", "--", ":", "-."]  # ten colours, then the next ten dashed, …
+    for g in range(n_groups):
+        ax.semilogy(epochs, alphas[:, g], styles[(g // 10) % 4], color=plt.cm.tab10(g % 10),
+                    lw=1.5, label=names[g])  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("prior precision α_g")
     ax.set_title("α per weight group")
-    ax.legend(fontsize=7, ncol=2 if alphas.shape[1] > 6 else 1, loc="best")
+    if n_groups <= 4:
+        ax.legend(fontsize=7, loc="best")
+    else:  # below the panels, where it hides no curve
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=7,
+                   ncol=min(n_groups, 7), frameon=False)  # fmt: skip
     if has_beta:
         ax = axes[1]
         beta = np.array([float(h["beta"]) for h in history]) / beta_unit
@@ -210,7 +216,7 @@ def evidence_history(
             ax.axhline(beta_truth, color="k", lw=1, label=f"truth β = {beta_truth:g}")
             ax.axhspan(0.9 * beta_truth, 1.1 * beta_truth, color="k", alpha=0.08, label="±10%")
         for i, (label, value) in enumerate((beta_marks or {}).items()):
-            ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1.2, label=f"{label}: {value:.3g}")
+            ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1.2, label=f"{label}: {value:.3f}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("noise precision β")
         ax.set_title(f"β (final {beta[-1]:.3g})")
@@ -227,5 +233,6 @@ def evidence_history(
     ax.set_title(f"log evidence (final {log_ev[-1]:.1f})")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    rows = 0 if n_groups <= 4 else -(-n_groups // 7)
+    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     return fig

@@ -88,8 +88,9 @@ class Result:
 
     rows : {method: metrics} — regression: coverage_68, coverage_95, nll, rmse, mean_sigma
         (in the units of ``y_scale``), and for the Laplace methods alpha, beta (β in those
-        units), gamma, log_evidence; classification: accuracy, nll, brier, ece. A method that
-        failed has no metrics and a note.
+        units), gamma, log_evidence; classification: accuracy, nll, brier, ece and confidence
+        (the mean of the largest probability: below the accuracy is under-confident). A method
+        that failed has no metrics and a note.
     history : the :class:`sigma.EvidenceCallback`'s ``history`` (β in the training units).
     prior_groups : the names of the α_g.
     notes : {method: why it failed}; seconds : {method: training + prediction time}.
@@ -108,15 +109,27 @@ class Result:
 PRIORS = ("scalar", "layer", "ard")
 
 
+def layer_names(model) -> dict[str, str]:
+    """Readable names of an MLP's layers with weights, by Keras layer name: "hidden layer 1",
+    …, "output layer" (Keras numbers its layers per process: dense_98 says nothing)."""
+    weighted = [layer for layer in model.layers if layer.trainable_variables]
+    return {
+        layer.name: "output layer" if i == len(weighted) - 1 else f"hidden layer {i + 1}"
+        for i, layer in enumerate(weighted)
+    }
+
+
 def ard_groups(model) -> tuple[np.ndarray, tuple[str, ...]]:
     """MacKay's automatic relevance determination for an MLP: one prior precision per input
-    (the first layer's weights leaving that input), one for the first layer's bias, one per
+    (the first layer's weights leaving that input), one for the first layer's biases, one per
     later layer (its kernel and bias together).
 
     Returns ``(groups, names)``: group ids (P,) in the package's weight order
     (:mod:`sigma.params`), for ``Laplace(prior=groups)`` or ``EvidenceCallback(prior=groups)``,
-    and a name per group ("input 1" … "input D", "bias 1", then the layer names). An input
-    whose α grows large is switched off: the evidence says the data do not need it.
+    and a name per group ("input 1" … "input D", "hidden layer 1 biases", "hidden layer 2" …,
+    "output layer"). An input whose α grows large is switched off: the evidence says the data
+    do not need it. The groups cut through the first layer's Kronecker block, so they need a
+    structure that takes any grouping ("full", "diag", "lowrank"), not "kfac".
     """
     variables = list(model.trainable_variables)
     kernel = variables[0]
@@ -127,10 +140,12 @@ def ard_groups(model) -> tuple[np.ndarray, tuple[str, ...]]:
         )
     d, h = (int(n) for n in kernel.shape)
     owner = {id(v): layer.name for layer in model.layers for v in layer.trainable_variables}
+    readable = layer_names(model)
     layers = [owner.get(id(v), str(getattr(v, "path", v.name))) for v in variables]
     ids, names = [np.repeat(np.arange(d), h)], [f"input {i + 1}" for i in range(d)]
     for v, layer in zip(variables[1:], layers[1:], strict=True):
-        name = "bias 1" if layer == layers[0] else layer
+        name = readable.get(layer, layer)
+        name = f"{name} biases" if layer == layers[0] else name
         if name not in names:
             names.append(name)
         ids.append(np.full(int(np.prod(v.shape)), names.index(name)))
@@ -146,7 +161,10 @@ def prior_spec(model, prior: str):
 
 
 def _group_names(model, prior: str, callback) -> tuple[str, ...]:
-    return ard_groups(model)[1] if prior == "ard" else tuple(callback.prior_groups)
+    if prior == "ard":
+        return ard_groups(model)[1]
+    readable = layer_names(model)
+    return tuple(readable.get(name, name) for name in callback.prior_groups)
 
 
 def _laplace_summary(la: Laplace, beta_unit: float) -> dict:
@@ -234,6 +252,7 @@ def run_classification(
     def score(method, probs, extra=None):
         result.rows[method] = {
             **metrics.classification_metrics(probs, labels_test),
+            "confidence": float(np.mean(np.max(probs, axis=1))),
             **(extra or {}),
         }
         result.probabilities[method] = probs
