@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from sigma import evidence, likelihoods, metrics, saving, structures
+from sigma import evidence, likelihoods, metrics, saving, serving, structures
 from sigma._checks import (
     as_array,
     check_inputs,
@@ -823,6 +823,15 @@ class Laplace:
             "evaluations": len(calls),
         }
         return self
+
+    # -- serving ----------------------------------------------------------------------------------
+    def to_keras(self, *, name: str | None = None):
+        """A ``keras.Model`` from the model's inputs to this posterior's predictive — ``{"mean",
+        "std"}`` (N, K) for regression, class probabilities (N, K) for classification — with
+        the variance computed inside the graph at the current α, β (:mod:`sigma.serving`).
+        ``.save("m.keras")`` reloads with ``keras.saving.load_model`` where sigma is installed;
+        ``.export("dir")`` writes a SavedModel whose ``serve`` signature needs no sigma."""
+        return serving.to_keras(self, name=name)
 
     # -- saving -----------------------------------------------------------------------------------
     def save(self, path):

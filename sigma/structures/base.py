@@ -139,6 +139,17 @@ class Structure:
         """This (unfitted) structure set to a saved state for ``model``; returns self."""
         raise NotImplementedError(f"structure {self.name!r} does not define restore()")
 
+    # Serving (sigma.serving): the predictive variance inside a Keras graph.
+    def export(self, model, alpha, beta) -> tuple[dict, dict]:
+        """(arrays, spec) that :meth:`graph_variance` needs at these precisions: float64
+        arrays (the layer's weights) and JSON-able facts."""
+        raise NotImplementedError(f"structure {self.name!r} cannot be exported")
+
+    @staticmethod
+    def graph_variance(model, spec: dict, arrays: dict, x):
+        """Traceable: diag J(x) A⁻¹ J(x)ᵀ, (B, K) float64, from :meth:`export`'s arrays."""
+        raise NotImplementedError
+
     # Capabilities (see the class attributes).
     def clip_negative(self) -> None:
         """Replace negative eigenvalues of C by zero (C → its positive semi-definite part)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import tensorflow as tf
 
 from sigma import evidence
 from sigma._checks import n_samples
@@ -172,6 +173,26 @@ class Full(Eigenbasis):
         if "eigenvalues" in arrays:
             self._eig, self._vecs = arrays["eigenvalues"], arrays["vectors"]
         return self
+
+    # -- serving --------------------------------------------------------------------------------
+    def _inverse_factor(self, alpha, beta) -> np.ndarray:
+        """S (P, P) with A⁻¹ = S Sᵀ: V diag(1/√(α + βc)) for one α with the eigenpairs known,
+        else L⁻ᵀ from the Cholesky factor."""
+        if self._eigenbasis(alpha):
+            return self._vecs / np.sqrt(alpha + beta * self._eig)
+        with one_blas_thread():
+            inverse, _ = scipy.linalg.lapack.dtrtri(self._factor(alpha, beta), lower=1)
+        return np.ascontiguousarray(inverse.T)
+
+    def export(self, model, alpha, beta):
+        return {"factor": self._inverse_factor(alpha, beta)}, {}
+
+    @staticmethod
+    def graph_variance(model, spec, arrays, x):
+        eng = engine(model)
+        _, j = eng.jacobian(eng.weights(), x)
+        js = tf.einsum("bkp,pq->bkq", tf.cast(j, tf.float64), arrays["factor"])
+        return tf.reduce_sum(tf.square(js), axis=-1)
 
     # -- capabilities ---------------------------------------------------------------------------
     def clip_negative(self):

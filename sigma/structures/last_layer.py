@@ -232,6 +232,15 @@ class LastLayer(Full):
         self._d1, self._k, self._w = int(info["d1"]), int(info["k"]), arrays["weights"]
         return self
 
+    def export(self, model, alpha, beta):
+        return {"factor": self._inverse_factor(alpha, beta)}, {"kernel": self._kernel_index}
+
+    @staticmethod
+    def graph_variance(model, spec, arrays, x):
+        layer = final_dense(model)
+        js = _project(engine(model), layer, x, arrays["factor"])
+        return tf.reduce_sum(tf.square(js), axis=-1)
+
     def output_blocks(self, model, x, *, batch_size=None):  # pragma: no cover - declared off
         raise NotImplementedError
 
@@ -342,20 +351,22 @@ def _curvature_blocks(act, z, yb, lik, k):
     return 0.5 * (m + tf.transpose(m, (0, 2, 1)))
 
 
+def _project(eng, layer, xb, v):
+    """Traceable: J(x_b) V, (B, K, P_last) float64, for V (P_last, m)."""
+    k = int(layer.kernel.shape[-1])
+    phi, z = _augmented_features(eng, layer, xb)
+    v4 = tf.reshape(v, (tf.shape(phi)[1], k, -1))  # V[(i, l), m] → (i, l, m)
+    q = tf.einsum("ni,ilm->nlm", phi, v4)  # (φ̃ᵀ ⊗ I) V, (B, K, P_last)
+    if _is_linear(layer.activation):
+        return q
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        f = layer.activation(z)
+    return tf.einsum("nkl,nlm->nkm", tape.batch_jacobian(f, z), q)
+
+
 def _projection_function(eng, layer, spec):
     """Traced: (x_b, V (P_last, P_last)) -> J(x_b) V, (B, K, P_last) float64."""
-    k = int(layer.kernel.shape[-1])
-    linear = _is_linear(layer.activation)
-
-    def proj(xb, v):
-        phi, z = _augmented_features(eng, layer, xb)
-        v4 = tf.reshape(v, (tf.shape(phi)[1], k, -1))  # V[(i, l), m] → (i, l, m)
-        q = tf.einsum("ni,ilm->nlm", phi, v4)  # (φ̃ᵀ ⊗ I) V, (B, K, P_last)
-        if linear:
-            return q
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            f = layer.activation(z)
-        return tf.einsum("nkl,nlm->nkm", tape.batch_jacobian(f, z), q)
-
-    return compiled(proj, [spec, tf.TensorSpec([None, None], tf.float64)])
+    return compiled(
+        lambda xb, v: _project(eng, layer, xb, v), [spec, tf.TensorSpec([None, None], tf.float64)]
+    )

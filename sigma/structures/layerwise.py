@@ -165,6 +165,30 @@ class Layerwise(Structure):
 
         return eng.function(key, build)
 
+    # serving ------------------------------------------------------------------------------------
+    def export(self, model, alpha, beta):
+        blocks = self._block_params(alpha, float(beta))
+        arrays, layout = {}, []
+        for i, blk in enumerate(blocks):
+            layout.append([t is not None for t in blk])
+            for j, t in enumerate(blk):
+                if t is not None:
+                    arrays[f"b{i}_{j}"] = np.asarray(t, np.float64)
+        return arrays, {
+            "plan": describe_plan(self.plan, model),
+            "fast": self.fast,
+            "layout": layout,
+        }
+
+    @staticmethod
+    def graph_variance(model, spec, arrays, x):
+        plan = _served_plan(model, spec)
+        blocks = [
+            [arrays[f"b{i}_{j}"] if present else None for j, present in enumerate(row)]
+            for i, row in enumerate(spec["layout"])
+        ]
+        return contract(plan, capture(model, plan, x), blocks, covariance=False)
+
     # saving -------------------------------------------------------------------------------------
     def state(self):
         arrays, info = self._state()
@@ -245,3 +269,12 @@ class Layerwise(Structure):
         """The approximate curvature C as an explicit (P, P) float64 matrix (small models only;
         for tests: the structures themselves never form it)."""
         raise NotImplementedError
+
+
+def _served_plan(model, spec):
+    """The layer plan of an exported structure, rebuilt once per model and kept by its engine."""
+    eng = engine(model)
+    key = ("served-plan", repr(spec["plan"]), spec["fast"])
+    if key not in eng.store:
+        eng.store[key] = rebuild_plan(model, spec["plan"], fast=spec["fast"])
+    return eng.store[key]

@@ -28,6 +28,7 @@ memory-bounded chunks.
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -46,9 +47,11 @@ from sigma.curvature.engine import _spec_key, engine
 from sigma.curvature.layers import (
     capture,
     contract,
+    describe_plan,
     jacobian_product,
     per_sample_elements,
     product_elements,
+    rebuild_plan,
 )
 from sigma.memory import activation_elements, itemsize
 from sigma.structures.base import Structure
@@ -269,6 +272,11 @@ class LowRank(Structure):
         eng = engine(model)
         p = self.n_params = eng.n_params
         k = min(self.rank, p)
+        # the layer plan of the layer-wise predictive, probed on training inputs
+        first = check_inputs(model, first_samples(x, 8))
+        layerwise = self.predictive == "layerwise" and k < p
+        self._plan = eng.layer_plan(first) if layerwise else None
+        self._model_ref = weakref.ref(model)
         if 2 * k + 1 > p:
             full = Full().fit(
                 model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size,
@@ -285,7 +293,6 @@ class LowRank(Structure):
                 tol = 1e-8 if eng.dtype == "float64" else 1e-5
             b = self._block_size(p)
             n = 1 if is_dataset(x) else n_samples(x)
-            first = check_inputs(model, first_samples(x, 8))
             route = eng.product_route(first, curvature)
             kk = eng.n_outputs(first)
             if route == "jacobian":  # per sample: its (K, P) Jacobian and Lᵀ J
@@ -364,12 +371,51 @@ class LowRank(Structure):
     def clip_negative(self):
         self._eig = np.maximum(self._eig, 0.0)
 
+    def export(self, model, alpha, beta):
+        """var = diag(J diag(s) Jᵀ) − diag(J u M uᵀ Jᵀ): s = 1/α, u = U,
+        M = diag(1/α − 1/(α + βλ)) in the eigenbasis; s = 1/D, u = D⁻¹U, M = S by Woodbury."""
+        if self._uses_eigenbasis(alpha):
+            s = np.full(self.n_params, 1.0 / alpha)
+            u, m = self._vecs, np.diag(1.0 / alpha - 1.0 / (alpha + beta * self._eig))
+        else:
+            d, u, m, _ = self._woodbury(alpha, beta)
+            s = 1.0 / d
+        spec = {"path": "layerwise" if self._plan is not None else "jacobian"}
+        if self._plan is not None:
+            spec["plan"] = describe_plan(self._plan, model)
+        return {"scale": s, "u": np.asarray(u, np.float64), "m": np.asarray(m, np.float64)}, spec
+
+    @staticmethod
+    def graph_variance(model, spec, arrays, x):
+        eng = engine(model)
+        s, u, m = arrays["scale"], arrays["u"], arrays["m"]
+        if spec["path"] == "layerwise":
+            key = ("served-plan", repr(spec["plan"]), True)
+            if key not in eng.store:
+                eng.store[key] = rebuild_plan(model, spec["plan"], fast=True)
+            plan = eng.store[key]
+            blocks = [
+                [None, None, tf.reshape(tf.gather(s, b.index), (b.d_in, b.d_out))]
+                for b in plan.fast
+            ]
+            blocks += [[None, tf.gather(s, g.index)] for g in plan.generic]
+            cap = capture(model, plan, x)
+            gram = contract(plan, cap, blocks, covariance=False)
+            ju = jacobian_product(plan, cap, u)
+        else:
+            _, j = eng.jacobian(eng.weights(), x)
+            j = tf.cast(j, tf.float64)
+            gram = tf.einsum("bkp,p->bk", tf.square(j), s)
+            ju = tf.einsum("bkp,pr->bkr", j, u)
+        return tf.maximum(gram - tf.einsum("bkr,rq,bkq->bk", ju, m, ju), 0.0)
+
     def state(self):
         arrays = {"eigenvalues": self._eig, "vectors": self._vecs}
         if self.residual_diagonal is not None:
             arrays["residual_diagonal"] = self.residual_diagonal
         info = {
             "n_params": self.n_params,
+            "plan": None if self._plan is None else describe_plan(self._plan, self._model_ref()),
             "method": self.method,
             "resid_floor": self._resid_floor,
             "info": {k: v for k, v in self.info.items() if not isinstance(v, np.ndarray)},
@@ -382,6 +428,8 @@ class LowRank(Structure):
         self.residual_diagonal = arrays.get("residual_diagonal")
         self.spectral = self.residual_diagonal is None
         self._resid_floor, self.info = float(info["resid_floor"]), dict(info["info"])
+        self._plan = None if info["plan"] is None else rebuild_plan(model, info["plan"])
+        self._model_ref = weakref.ref(model)
         return self
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):

@@ -1,0 +1,132 @@
+"""Shipping σ with the model: a Keras model that computes the Laplace predictive in its graph.
+
+``Laplace.to_keras()`` wraps the trained model and the fitted posterior in one
+:class:`keras.Model` whose output is ``{"mean": (N, K), "std": (N, K)}`` for regression (std
+with the 1/β noise) or the class probabilities (N, K) for classification (probit, one softmax
+per head). The posterior enters as the non-trainable weights of a :class:`PredictiveLayer`
+(per structure: the factor S of A⁻¹ = S Sᵀ for ``full``/``last_layer``, the per-block inverse
+eigenvalues and rotations for ``diag``/``kfac``, the low-rank and diagonal parts for
+``lowrank``), and the variance diag J(x) A⁻¹ J(x)ᵀ is computed by TensorFlow ops — per-sample
+Jacobians, or the layer inputs and output sensitivities — at the precisions of the Laplace
+when it was exported.
+
+So the result can be saved and served like any Keras model:
+
+* ``model.save("m.keras")`` and ``keras.saving.load_model("m.keras")`` where sigma is
+  installed (the layer is registered as ``sigma>PredictiveLayer``);
+* ``model.export("dir")`` writes a TensorFlow SavedModel whose ``serve`` signature carries the
+  error bars to TensorFlow Serving or any TensorFlow runtime, without sigma.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sigma import structures
+from sigma._checks import model_dtype
+from sigma.curvature.layers import flat_outputs
+
+
+@keras.saving.register_keras_serializable(package="sigma")
+class PredictiveLayer(keras.layers.Layer):
+    """The Laplace predictive of ``model`` as a layer (see the module docstring).
+
+    spec : {"structure": name, "structure_spec": {...}, "likelihood": "regression" |
+    "classification", "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
+    "arrays": {name: shape}, "n_outputs": K}.
+    """
+
+    def __init__(self, model, spec: dict, **kwargs):
+        kwargs.setdefault("dtype", model_dtype(model))
+        super().__init__(**kwargs)
+        self.model, self.spec = model, spec
+        self.posterior = {
+            name: self.add_weight(
+                shape=tuple(shape),
+                dtype="float64",
+                initializer="zeros",
+                trainable=False,
+                name=name,
+            )  # fmt: skip
+            for name, shape in spec["arrays"].items()
+        }
+
+    def call(self, inputs):
+        inputs = tf.nest.map_structure(lambda t: tf.cast(t, self.model_dtype), inputs)
+        mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)
+        arrays = {k: tf.convert_to_tensor(v) for k, v in self.posterior.items()}
+        cls = structures.get(self.spec["structure"])
+        var = cls.graph_variance(self.model, self.spec["structure_spec"], arrays, inputs)
+        var = tf.maximum(tf.cast(var, tf.float64), 0.0)
+        if self.spec["likelihood"] == "regression":
+            noise = tf.constant(self.spec["noise"], tf.float64)
+            return {"mean": mean, "std": tf.sqrt(var + noise)}
+        z = mean / tf.sqrt(1.0 + np.pi / 8.0 * var)
+        heads = self.spec["heads"] or [[0, self.spec["n_outputs"]]]
+        return tf.concat([tf.nn.softmax(z[:, s:e], axis=-1) for s, e in heads], axis=-1)
+
+    @property
+    def model_dtype(self) -> str:
+        return model_dtype(self.model)
+
+    def compute_output_spec(self, inputs):
+        n = tf.nest.flatten(inputs)[0].shape[0]
+        k = self.spec["n_outputs"]
+        out = keras.KerasTensor((n, k), dtype="float64")
+        if self.spec["likelihood"] == "regression":
+            return {"mean": out, "std": keras.KerasTensor((n, k), dtype="float64")}
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(model=keras.saving.serialize_keras_object(self.model), spec=self.spec)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        return cls(model, **config)
+
+
+def to_keras(laplace, *, name: str | None = None) -> keras.Model:
+    """A :class:`keras.Model` from the model's inputs to the Laplace predictive of ``laplace``
+    (see the module docstring). The precisions are those of the Laplace now."""
+    model = laplace.model
+    try:
+        declared = model.inputs
+    except (AttributeError, ValueError):
+        declared = None
+    if not declared:
+        raise ValueError(
+            "to_keras needs a model with declared inputs (a functional or Sequential model "
+            "built on keras.Input): a subclassed model does not say what it takes"
+        )
+    if laplace._weighted is not None:
+        raise ValueError("to_keras needs one beta for all outputs (not one per output)")
+    laplace._check_weights_unchanged()
+    structure = laplace.structure
+    arrays, structure_spec = structure.export(model, laplace._alpha_weights(), laplace._beta)
+    spec = {
+        "structure": structure.name,
+        "structure_spec": structure_spec,
+        "likelihood": "regression" if laplace.likelihood.has_beta else "classification",
+        "heads": None
+        if laplace.likelihood.heads is None
+        else [list(h) for h in laplace.likelihood.heads],
+        "noise": np.broadcast_to(
+            1.0 / np.asarray(laplace._beta, np.float64), (laplace.n_outputs,)
+        ).tolist(),
+        "arrays": {k: list(np.shape(v)) for k, v in arrays.items()},
+        "n_outputs": laplace.n_outputs,
+    }
+    layer = PredictiveLayer(model, spec, name="sigma_predictive")
+    for key, value in arrays.items():
+        layer.posterior[key].assign(np.asarray(value, np.float64))
+    inputs = [
+        keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=getattr(t, "name", None))
+        for t in declared
+    ]
+    inputs = inputs[0] if len(inputs) == 1 else inputs
+    return keras.Model(inputs, layer(inputs), name=name or f"{model.name}_sigma")
