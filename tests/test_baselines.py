@@ -115,3 +115,41 @@ def test_bad_arguments():
         baselines.MCDropout(3, 8, 1).predict(X)
     with pytest.raises(ValueError, match=r"must both be \(N, K\)"):
         baselines.residual_variance(np.zeros(3), np.zeros(3))
+
+
+def test_metrics_of_the_comparison_by_hand():
+    """The scores every method of notebook 05 gets (sigma.metrics), on cases worked by hand."""
+    from sigma import metrics
+
+    t = np.array([[0.5], [1.5], [2.5], [-0.1]])
+    mean, std = np.zeros_like(t), np.ones_like(t)
+    scores = metrics.regression_metrics(mean, std, t)
+    assert scores["coverage_68"] == 0.5  # |t| ≤ 0.994: 0.5 and −0.1
+    assert scores["coverage_95"] == 0.75  # |t| ≤ 1.960: also 1.5
+    np.testing.assert_allclose(scores["nll"], np.mean(0.5 * np.log(2 * np.pi) + t**2 / 2))
+    np.testing.assert_allclose(scores["rmse"], np.sqrt(np.mean(t**2)))
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1])
+    scores = metrics.classification_metrics(probs, labels)
+    np.testing.assert_allclose(scores["accuracy"], 2 / 3)
+    np.testing.assert_allclose(scores["nll"], -np.mean(np.log([0.9, 0.4, 0.7])))
+    # one sample per bin: |1 − 0.9| + |0 − 0.6| + |1 − 0.7| over 3
+    np.testing.assert_allclose(scores["ece"], (0.1 + 0.6 + 0.3) / 3)
+
+
+def test_aggregate_and_wins_over_splits():
+    from sigma.lab import posterior
+
+    def result(trained, ensemble):
+        r = posterior.Result()
+        r.rows = {posterior.TRAINED: {"nll": trained}, posterior.ENSEMBLE: {"nll": ensemble}}
+        return r
+
+    runs = [result(1.0, 2.0), result(3.0, 2.0), result(0.5, 0.5)]
+    rows = {row["method"]: row for row in posterior.aggregate(runs, ["nll"])}
+    assert rows[posterior.TRAINED]["n"] == 3
+    np.testing.assert_allclose(rows[posterior.TRAINED]["nll"], 1.5)
+    np.testing.assert_allclose(rows[posterior.TRAINED]["nll_sd"], np.std([1.0, 3.0, 0.5], ddof=1))
+    assert posterior.wins(runs, posterior.TRAINED, [posterior.ENSEMBLE]) == {
+        posterior.ENSEMBLE: (2, 3)  # at or below: 1 ≤ 2 and 0.5 ≤ 0.5
+    }

@@ -57,8 +57,11 @@ def compare_structures(
 ) -> Comparison:
     """Fit, optimise the evidence of and score each structure; compare σ with ``reference``.
 
-    structures : names (default: every registered structure name).
-    options : {name: structure_options}, e.g. ``{"lowrank": {"rank": 20}}``.
+    structures : names (default: every registered structure name), or {label: name} to compare
+        one structure under several options, e.g. ``{"lowrank": "lowrank", "lowrank pure":
+        "lowrank"}`` with ``options={"lowrank pure": {"rank": 20, "diag": False}}``; rows,
+        σ and notes are then keyed by label.
+    options : {name or label: structure_options}, e.g. ``{"lowrank": {"rank": 20}}``.
     reference : the structure whose evidence optimum sets the common α, β and whose σ the
         others are compared with (when it fits; otherwise the first that was fitted sets α, β
         and there is no relative error).
@@ -66,6 +69,7 @@ def compare_structures(
         :meth:`Laplace.optimize_evidence`, e.g. ``{"fix_beta": True}`` to keep a known β.
     """
     names = list(Structure.registry) if structures is None else list(structures)
+    kinds = dict(structures) if isinstance(structures, dict) else {name: name for name in names}
     options = options or {}
     regression = likelihood == "regression"
     rows, notes, fitted = [], {}, {}
@@ -80,7 +84,7 @@ def compare_structures(
                     y_train,
                     likelihood=likelihood,
                     curvature=curvature,
-                    structure=name,
+                    structure=kinds[name],
                     structure_options=options.get(name),
                     batch_size=batch_size,
                     alpha=alpha,
