@@ -23,6 +23,8 @@ def test_parameters_are_declared(tmp_path):
         "epochs_digits",
         "every",
         "warmup",
+        "structures_digits",
+        "validation_digits",
         "ensemble_size",
         "mc_samples",
         "metrics_path",
@@ -48,8 +50,9 @@ def test_runs_with_small_parameters_and_writes_metrics(tmp_path):
             "hidden_digits": 8,
             "epochs_friedman": 4,
             "epochs_diabetes": 4,
-            "epochs_digits": 2,
+            "epochs_digits": 4,  # at least 3 calls per model: TF warns at 5 traces in 10 calls
             "every": 2,
+            "structures_digits": ["kfac", "last_layer"],
             "ensemble_size": 2,
             "mc_samples": 5,
             "metrics_path": str(metrics_path),
@@ -71,6 +74,14 @@ def test_runs_with_small_parameters_and_writes_metrics(tmp_path):
     assert len(metrics["diabetes_nll_per_split"]["evidence-trained"]) == 2
     assert [h["epoch"] for h in metrics["friedman_history"]] == [2, 4]
     assert metrics["friedman_beta_true"] == 1.0
+    assert metrics["digits_structure"] in ("kfac", "last_layer")
+    assert set(metrics["digits_validation"]) == {
+        "plain softmax",
+        "evidence-trained (kfac)",
+        "evidence-trained (last_layer)",
+    }
+    for row in metrics["digits_validation"].values():
+        assert 0.0 <= row["ece"] <= 1.0 and row["nll"] > 0
     assert len(metrics["targets"]) == 5 and all(
         isinstance(ok, bool) for ok in metrics["targets"].values()
     )

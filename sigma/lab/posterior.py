@@ -178,6 +178,19 @@ def _laplace_summary(la: Laplace, beta_unit: float) -> dict:
     return out
 
 
+def train_with_evidence(x, y, recipe: Recipe, loss, prior, *, n_out: int, seed: int = 0):
+    """A fresh network of ``recipe`` trained with a :class:`sigma.EvidenceCallback` (structure,
+    ``prior`` (a :func:`prior_spec`), every, warmup of the recipe). Returns (model, callback);
+    ``callback.laplace`` is the Laplace at the final weights."""
+    model = recipe.network(x.shape[1], n_out, seed)
+    cb = EvidenceCallback(
+        x, y, structure=recipe.structure, prior=prior, every=recipe.every,
+        warmup=recipe.warmup, verbose=0,
+    )  # fmt: skip
+    baselines.fit(model, x, y, loss=loss, seed=seed, callbacks=[cb], **recipe.training())
+    return model, cb
+
+
 def run_regression(split, recipe: Recipe, *, seed: int = 0, y_scale: float = 1.0) -> Result:
     """The four methods on one regression split (x (N, D), y (N, K) standardised, e.g. a
     :class:`sigma.lab.data.RegressionSplit`). Metrics are reported in units of ``y_scale``
@@ -209,13 +222,7 @@ def run_regression(split, recipe: Recipe, *, seed: int = 0, y_scale: float = 1.0
 
     # 2. training for the posterior
     start = time.perf_counter()
-    model = recipe.network(n_in, k, seed)
-    cb = EvidenceCallback(
-        x_train, y_train, structure=recipe.structure, prior=prior, every=recipe.every,
-        warmup=recipe.warmup, verbose=0,
-    )  # fmt: skip
-    baselines.fit(model, x_train, y_train, loss="mse", seed=seed, callbacks=[cb],
-                  **recipe.training())  # fmt: skip
+    model, cb = train_with_evidence(x_train, y_train, recipe, "mse", prior, n_out=k, seed=seed)
     score(TRAINED, *cb.laplace.predict(x_test), _laplace_summary(cb.laplace, unit))
     result.history, result.prior_groups = cb.history, _group_names(model, recipe.prior, cb)
     result.seconds[TRAINED] = time.perf_counter() - start
@@ -273,13 +280,7 @@ def run_classification(
     result.seconds[POST_HOC] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = recipe.network(n_in, k, seed)
-    cb = EvidenceCallback(
-        x_train, labels_train, structure=recipe.structure, prior=prior,
-        every=recipe.every, warmup=recipe.warmup, verbose=0,
-    )  # fmt: skip
-    baselines.fit(model, x_train, labels_train, loss=loss, seed=seed, callbacks=[cb],
-                  **recipe.training())  # fmt: skip
+    model, cb = train_with_evidence(x_train, labels_train, recipe, loss, prior, n_out=k, seed=seed)
     score(TRAINED_SOFTMAX, baselines._softmax(baselines._outputs(model, x_test)))
     score(TRAINED, cb.laplace.predict_proba(x_test), _laplace_summary(cb.laplace, 1.0))
     result.history, result.prior_groups = cb.history, _group_names(model, recipe.prior, cb)
@@ -334,3 +335,56 @@ def wins(results: list[Result], method: str, others, column: str = "nll") -> dic
         both = [r for r in results if method in r.rows and other in r.rows]
         out[other] = (sum(r.rows[method][column] <= r.rows[other][column] for r in both), len(both))
     return out
+
+
+def mean_sd(rows: list[dict], columns, decimals: int = 3) -> list[dict]:
+    """The rows of :func:`aggregate` for reading: one "mean ± sd" string per column."""
+
+    def show(row, c):
+        mean, sd = row.get(c), row.get(f"{c}_sd")
+        if mean is None:
+            return ""
+        return f"{mean:.{decimals}f}" + ("" if sd is None else f" ± {sd:.{decimals}f}")
+
+    return [{"method": r["method"], **{c: show(r, c) for c in columns}} for r in rows]
+
+
+def choose_structure(
+    x_train, labels_train, recipe: Recipe, candidates, *, validation: float = 0.25, seed: int = 0
+) -> tuple[str, list[dict]]:
+    """The Laplace structure for the evidence-trained classifier, chosen on held-out part of
+    the *training* data (the test set is never seen): a stratified ``validation`` fraction is
+    set aside, the plain network and an evidence-trained one per candidate structure are
+    trained on the rest, and the candidate with the lowest validation NLL of its Laplace
+    predictive wins.
+
+    Returns ``(structure, rows)``: rows {method, accuracy, nll, ece, confidence} on the
+    validation part, the plain softmax first, then "evidence-trained (<structure>)" per
+    candidate.
+    """
+    from dataclasses import replace
+
+    from sklearn.model_selection import train_test_split
+
+    x_fit, x_val, l_fit, l_val = train_test_split(
+        x_train, labels_train, test_size=validation, random_state=seed, stratify=labels_train
+    )
+    k = int(labels_train.max()) + 1
+    loss = baselines.classification_loss()
+
+    def row(method, probs):
+        scores = metrics.classification_metrics(probs, l_val)
+        return {"method": method, "accuracy": scores["accuracy"], "nll": scores["nll"],
+                "ece": scores["ece"], "confidence": float(np.mean(np.max(probs, axis=1)))}  # fmt: skip
+
+    plain = recipe.network(x_fit.shape[1], k, seed)
+    baselines.fit(plain, x_fit, l_fit, loss=loss, seed=seed, **recipe.training())
+    rows = [row(PLAIN_SOFTMAX, baselines._softmax(baselines._outputs(plain, x_val)))]
+    nll = {}
+    for structure in candidates:
+        trial = replace(recipe, structure=structure)
+        _, cb = train_with_evidence(x_fit, l_fit, trial, loss, prior_spec(plain, recipe.prior),
+                                    n_out=k, seed=seed)  # fmt: skip
+        rows.append(row(f"{TRAINED} ({structure})", cb.laplace.predict_proba(x_val)))
+        nll[structure] = rows[-1]["nll"]
+    return min(nll, key=nll.get), rows
