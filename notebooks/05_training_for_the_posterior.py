@@ -305,10 +305,10 @@ print("\n\n".join(textwrap.fill(line, 100) for line in lines))
 # the nearly separable digits the Gauss–Newton curvature p(1 − p) is small at most training
 # images: many weight directions keep close to their prior variance 1/α_g, and the linearised
 # predictive spreads probability over the classes wherever test images move along them. When the
-# table shows the Laplace rows less confident than they are accurate, this is the likely reason;
-# it is an effect other re-estimation schedules (more often, after a warm-up, for longer) and a single α
-# did not remove when we tried them on the validation part; the choice of structure only changes
-# how much of it there is.
+# table shows the Laplace rows less confident than they are accurate, this is the likely
+# reason; other re-estimation schedules (more often, after a warm-up, for longer) and a single α
+# did not remove it when we tried them on the validation part, and the choice of structure only
+# changes how much of it there is.
 
 # %%
 record = save_metrics(
