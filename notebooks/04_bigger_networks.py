@@ -25,7 +25,7 @@
 # | `full` | the P×P curvature, eigen-decomposed | P² |
 # | `diag` | its exact diagonal | P |
 # | `kfac` | one Kronecker product Q ⊗ H per Dense/Conv layer | Σ (D² + C²) |
-# | `lowrank` | its top-k eigenpairs, by Lanczos on curvature-vector products; the rest as 0 | P·k |
+# | `lowrank` | its top-k eigenpairs, by Lanczos on curvature-vector products; for the GGN by default plus the exact diagonal the low-rank part leaves over ("lowrank+diag"), with `diag=False` the rest as 0 | P·k |
 # | `last_layer` | the full curvature of the final Dense layer only, other weights fixed | P_last² |
 #
 # We compare every registered structure on three networks: an MLP and a small CNN on
@@ -49,6 +49,7 @@ seed: int = 0  # seed for the splits, the synthetic data, the initial weights an
 metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
+import textwrap
 import time
 
 import keras
@@ -141,8 +142,10 @@ fig = compare.sigma_scatter(c_mlp, title="digits MLP: σ of each logit against f
 
 # %% [markdown]
 # ### lowrank converges to full as k grows
-# The same MLP at full's α: lowrank with k eigenpairs treats the other P − k eigenvalues of C as
-# zero, so σ approaches full's from above as k grows (Lanczos steps = passes over the data).
+# The same MLP at full's α: lowrank (+diag, the default) with k eigenpairs keeps the top k
+# directions of C exactly and the rest through the remainder of C's diagonal; as k grows the
+# remainder shrinks and σ converges to full's (Lanczos steps = products with C, in blocks of
+# several vectors per pass over the data).
 
 # %%
 sweep = compare.rank_sweep(
@@ -202,8 +205,9 @@ print(
     f"{lr['sigma_rel_err_max'].map('{:.1%}'.format).to_dict()})\n"
     "evidence α relative to full's: "
     f"{lr['alpha_vs_full'].map('{:.3g}×'.format).to_dict()}\n"
-    "lowrank+diag's median σ error within diag's: "
+    "lowrank+diag's σ error within diag's — median: "
     f"{lr.loc['lowrank+diag', 'sigma_rel_err_median'] <= lr.loc['diag', 'sigma_rel_err_median']}"
+    f", largest: {lr.loc['lowrank+diag', 'sigma_rel_err_max'] <= lr.loc['diag', 'sigma_rel_err_max']}"
 )
 fig = compare.sigma_scatter(c_lr, title=f"digits MLP, k = {rank}: σ of each logit against full")
 
@@ -308,31 +312,85 @@ print("\n".join(f"{name}: {note}" for name, note in c_big.notes.items()))
 
 # %% [markdown]
 # ## What the tables say
-# (Numbers quoted at the default parameters, seed 0; times on a 2-core machine.)
-#
-# * **Memory is estimated before it is spent.** On the 784-256-256-10 MLP `full` would need
-#   about 2.3 TB and is refused at once, with the structures that fit named; the others stay
-#   within a few hundred MB, and each fit's measured peak stays below its estimate
-#   (e.g. lowrank 348 / 365 MB, diag 166 / 193 MB).
-# * **Against full** (digits MLP, every structure at full's α): diag is closest for most logits
-#   (median relative σ error 10%, but up to 86%), then kfac (24%, at most 47%). last_layer
-#   holds the other weights fixed, so its σ is *below* full's (47%); lowrank treats the P − k
-#   eigenvalues it drops as zero, so its σ is *above* full's (66% at k = 20) and converges to
-#   it as k grows: 72%, 54%, 12%, 0.2% for k = 10, 40, 160, 640 (the rank sweep), and with
-#   k = P it is full exactly (the unit tests check 1e-6). On the CNN diag and kfac are both
-#   at about 21%, last_layer 27% below and lowrank 75% above.
-# * **Held out, each with its own evidence α**, every structure predicts the digits equally well
-#   (accuracy 0.97–0.98) but calibration differs: last_layer has the lowest NLL and ECE here
-#   (its smaller σ suits a classifier whose plain softmax is already well calibrated), full,
-#   diag and kfac are close to each other, and lowrank is badly under-confident. The reason is
-#   its evidence α: with γ ≤ k well-determined directions, MacKay's α = γ/(2E_W) comes out ten
-#   times smaller than full's, and every direction lowrank leaves out gets that prior variance
-#   1/α. Use lowrank with a larger k or an α chosen with another structure.
-# * **The big MLP** (β held at the training residuals' NK/(2E_D), α from the evidence): diag and
-#   kfac cover 97% of the held-out targets with their 95% intervals (NLL 0.44) after fitting in
-#   about 2 s; last_layer under-covers (81%: it ignores the uncertainty of the 267k weights
-#   before the last layer) and lowrank over-covers (100%, NLL 5.3) for the α reason above,
-#   after a 30 s Lanczos run (about two passes over the data per eigenpair).
+# Every figure below is read from the tables above (times on whatever machine ran it).
+
+
+# %%
+def pct(x):
+    return f"{x:.0%}"
+
+
+def side(c, name):  # is a structure's σ mostly below or above full's (same α)?
+    return "below" if np.median(c.sigmas[name] - c.sigmas["full"]) < 0 else "above"
+
+
+def errors(table, c):
+    rows = table.set_index("structure")
+    return ", ".join(
+        f"{n} {pct(rows.loc[n, 'sigma_rel_err_median'])} (at most "
+        f"{pct(rows.loc[n, 'sigma_rel_err_max'])}, {side(c, n)})"
+        for n in rows.index
+        if n != "full" and n in c.sigmas
+    )
+
+
+big_rows = table_big.set_index("structure")
+fitted = big_rows[big_rows["status"] == "ok"]
+over = [n for n in fitted.index if fitted.loc[n, "fit_peak_MB"] > fitted.loc[n, "estimate_MB"]]
+mlp_rows = table_mlp.set_index("structure")
+lines = [
+    f"Memory: on the 784-{hidden_big}-{hidden_big}-10 MLP full would need about "
+    f"{memory.format_bytes(estimates['full'])}"
+    + (
+        " and was refused before allocating, the structures that fit named"
+        if "full" in c_big.notes
+        else " and was fitted"
+    )  # fmt: skip
+    + "; measured peak / estimate: "
+    + ", ".join(
+        f"{n} {fitted.loc[n, 'fit_peak_MB']:.0f} / {fitted.loc[n, 'estimate_MB']:.0f} MB"
+        for n in fitted.index
+    )  # fmt: skip
+    + (
+        f" — above its estimate: {', '.join(over)}."
+        if over
+        else " — every peak below its estimate."
+    ),
+    "Against full (digits MLP, every structure at full's α), median relative σ error: "
+    + errors(table_mlp, c_mlp)
+    + "; lowrank+diag at k = "
+    + ", ".join(f"{r['rank']}: {pct(r['sigma_rel_err_median'])}" for r in sweep)
+    + f" (rank sweep). CNN: {errors(table_cnn, c_cnn)}.",
+    f"Pure lowrank against lowrank+diag (k = {rank}): median σ error "
+    f"{pct(table_lr.loc['lowrank pure', 'sigma_rel_err_median'])} against "
+    f"{pct(table_lr.loc['lowrank+diag', 'sigma_rel_err_median'])} (diag "
+    f"{pct(table_lr.loc['diag', 'sigma_rel_err_median'])}); their evidence α is "
+    f"{table_lr.loc['lowrank pure', 'alpha_vs_full']:.3g}× and "
+    f"{table_lr.loc['lowrank+diag', 'alpha_vs_full']:.3g}× full's (diag "
+    f"{table_lr.loc['diag', 'alpha_vs_full']:.3g}×).",
+    "Held out, each with its own evidence α (digits MLP): accuracy "
+    f"{mlp_rows['accuracy'].min():.3f}–{mlp_rows['accuracy'].max():.3f}; NLL / ECE "
+    + ", ".join(
+        f"{n} {mlp_rows.loc[n, 'nll']:.3f} / {mlp_rows.loc[n, 'ece']:.3f}"
+        for n in mlp_rows.index
+        if mlp_rows.loc[n, "status"] == "ok"
+    )  # fmt: skip
+    + f"; lowest NLL: {mlp_rows['nll'].idxmin()}.",
+    f"The big MLP (β held at {beta_ml:.3g}, α from the evidence), 95% coverage / NLL / fit time: "
+    + ", ".join(
+        f"{n} {pct(fitted.loc[n, 'coverage_95'])} / {fitted.loc[n, 'nll']:.2f} / "
+        f"{fitted.loc[n, 'fit_s']:.0f} s"
+        for n in fitted.index
+    )  # fmt: skip
+    + ".",
+]
+print("\n\n".join(textwrap.fill(line, 100) for line in lines))
+
+# %% [markdown]
+# last_layer holds the other weights fixed, so its σ leaves out their uncertainty; pure lowrank
+# gives every direction outside its top k the prior variance 1/α with an α its evidence sets
+# from at most k well-determined directions (γ ≤ k), which is why its α sits far from full's;
+# lowrank+diag brings the left-over curvature back through the diagonal.
 
 # %%
 record = save_metrics(

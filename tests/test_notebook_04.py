@@ -66,3 +66,10 @@ def test_runs_with_small_parameters_and_writes_metrics(tmp_path):
     for name in ("diag", "kfac", "lowrank", "last_layer"):
         assert 0.0 <= metrics["big_mlp"][name]["coverage_95"] <= 1.0, name
     assert [row["rank"] for row in metrics["lowrank_rank_sweep"]] == [4, 8]
+    variants = metrics["lowrank_variants"]
+    assert set(variants) == {"full", "diag", "lowrank pure", "lowrank+diag"}
+    assert (
+        variants["full"]["sigma_rel_err_median"] == 0.0 and variants["full"]["alpha_vs_full"] == 1
+    )
+    for name in ("diag", "lowrank pure", "lowrank+diag"):
+        assert variants[name]["status"] == "ok" and variants[name]["alpha"] > 0, name
