@@ -317,7 +317,7 @@ print("\n".join(f"{name}: {note}" for name, note in c_big.notes.items()))
 
 # %%
 def pct(x):
-    return f"{x:.0%}"
+    return f"{x:.0%}" if x >= 0.01 else f"{x:.2%}"
 
 
 def side(c, name):  # is a structure's σ mostly below or above full's (same α)?
