@@ -84,7 +84,8 @@ class Laplace:
         (A = α I + Σ_k β_k C_k, ``curvature="ggn"``, ``structure="full"``, one α). Fixed at 1
         for ``likelihood="classification"``.
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
-        cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,)).
+        cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,); a model with
+        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -470,7 +471,9 @@ class Laplace:
         batch_size: int | None = None,
     ) -> np.ndarray:
         """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1 (a
-        list or dict of (N, K_i), one softmax head per output, for several outputs).
+        list or dict of (N, K_i), one softmax head per output, for several outputs). A model
+        with one logit per output is a binary classifier: its column is P(y = 1) = σ(f),
+        probit σ(μ / sqrt(1 + π/8 · Σ)), the way Keras' own sigmoid output reads.
 
         The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
         softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
@@ -785,7 +788,7 @@ class Laplace:
             score = {"nll": metrics.nll, "brier": metrics.brier,
                      "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
             return sum(  # per softmax head, summed
-                score(probs[:, s:e], np.argmax(y_val[:, s:e], axis=1)) for s, e in heads
+                score(probs[:, s:e], y_val[:, s:e]) for s, e in heads
             )
 
         import scipy.optimize

@@ -334,7 +334,10 @@ def _pseudo_outputs(f, root):
 def flat_outputs(out) -> tf.Tensor:
     """A model's output (a tensor, or a list/dict of tensors) as (B, K): each output flattened
     per sample, concatenated in ``tf.nest`` order (dict outputs: sorted by name)."""
-    parts = [tf.reshape(o, (tf.shape(o)[0], -1)) for o in tf.nest.flatten(out)]
+    parts = []
+    for o in tf.nest.flatten(out):
+        size = int(np.prod(o.shape[1:])) if None not in o.shape[1:] else -1  # static K if known
+        parts.append(tf.reshape(o, (tf.shape(o)[0], size)))
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
 
