@@ -22,6 +22,7 @@ import tensorflow as tf
 from sigma import evidence, likelihoods, metrics, saving, serving, structures
 from sigma._checks import (
     as_array,
+    check_finite_outputs,
     check_inputs,
     check_model,
     check_positive_int,
@@ -150,7 +151,7 @@ class Laplace:
             x = check_inputs(model, x)
             self.output_layout = engine(model).output_layout(x)
         else:
-            check_dataset(x)
+            check_dataset(x, model)
             first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
             self.output_layout = engine(model).output_layout(first)
         # one softmax head per output for a classifier with several outputs
@@ -186,6 +187,8 @@ class Laplace:
             n, e_d, e_dk, square = engine(model).summary(
                 ArrayBatches((x, y), 4096), self.likelihood
             )
+            if not (np.isfinite(e_d) and np.isfinite(square)):
+                check_finite_outputs(model, x, engine(model).outputs(x))
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
@@ -438,10 +441,12 @@ class Laplace:
     def _predict(self, x, noise=True, batch_size=None):
         """(mean, std), each (N, K) flat, for checked inputs x."""
         mean = engine(self.model).outputs(x)
+        check_finite_outputs(self.model, x, mean)
         structure, beta = self._posterior()
         var = structure.predictive_variance(
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
+        _check_finite_variance(var)
         if noise:
             var = var + 1.0 / self._beta
         return mean, np.sqrt(var)
@@ -493,10 +498,12 @@ class Laplace:
     def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None):
         """Class probabilities (N, K) flat (one softmax per head) for checked inputs x."""
         mean = engine(self.model).outputs(x)
+        check_finite_outputs(self.model, x, mean)
         structure, beta = self._posterior()
         cov = structure.predictive_covariance(
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
+        _check_finite_variance(cov)
         heads = self.likelihood.heads
         if method == "probit":
             return probit_probabilities(mean, cov, heads)
@@ -900,6 +907,17 @@ class Laplace:
             f"Laplace(structure={self.structure.name!r}, curvature={self.curvature!r}, "
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
+        )
+
+
+def _check_finite_variance(var) -> None:
+    """The outputs were finite; a NaN or inf variance comes from the output gradients."""
+    if not np.all(np.isfinite(var)):
+        bad = int(np.sum(~np.all(np.isfinite(np.reshape(var, (len(var), -1))), axis=1)))
+        raise ValueError(
+            f"the predictive variance is NaN or infinite for {bad} of the {len(var)} samples of "
+            "x although the model's outputs are finite: the gradients of the outputs overflow "
+            "inside the network. Rescale x (or the weights), or compute in float64"
         )
 
 
