@@ -155,3 +155,25 @@ def test_an_unbatched_dataset_gets_the_hint_to_batch_it():
         sigma.Laplace(model, ds)
     with pytest.raises(ValueError, match=r"Dataset of single samples"):
         sigma.Laplace(model, ds, structure="diag")
+
+
+@pytest.mark.parametrize(
+    "structure, options, match",
+    [
+        (
+            "lowrank",
+            {"rnak": 5},
+            r"\['rnak'\] are not options of structure 'lowrank': it takes 'rank'",
+        ),
+        ("full", {"rank": 5}, r"\['rank'\] are not options of structure 'full': it takes none$"),
+        (
+            "diag",
+            [("fast", True)],
+            r"^structure_options must be a dict of keyword arguments, got list",
+        ),
+    ],
+)
+def test_structure_options_are_checked(structure, options, match):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=match):
+        sigma.Laplace(model, X, Y, structure=structure, structure_options=options)

@@ -73,7 +73,11 @@ class Structure:
                 f"{type(options).__name__}"
             )
         params = inspect.signature(cls.__init__).parameters
-        allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+        allowed = [
+            n
+            for n, p in params.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
         unknown = [k for k in options if k not in allowed]
         if unknown:
             takes = f"it takes {', '.join(map(repr, allowed))}" if allowed else "it takes none"
