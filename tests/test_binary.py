@@ -146,3 +146,12 @@ def test_evidence_callback_with_binary_cross_entropy(logistic):
     model.fit(x, y, epochs=4, batch_size=40, verbose=0, callbacks=[cb])
     assert [h["epoch"] for h in cb.history] == [2, 4]
     assert np.all(np.isfinite(cb.laplace.alpha)) and cb.laplace.likelihood.name == "classification"
+
+
+def test_binary_save_and_load(logistic, tmp_path):
+    model, x, y, _ = logistic
+    la = sigma.Laplace(model, x, y, likelihood="classification", alpha=ALPHA, structure="kfac")
+    la.save(tmp_path / "binary.npz")
+    back = sigma.Laplace.load(tmp_path / "binary.npz", model)
+    np.testing.assert_allclose(back.predict_proba(x[:5]), la.predict_proba(x[:5]), rtol=1e-12)
+    assert back.log_evidence() == pytest.approx(la.log_evidence(), rel=1e-12)
