@@ -33,6 +33,7 @@ _EXPORTS = {
     "hessian": "sigma.curvature",
     "output_jacobian": "sigma.curvature",
     "flat_weights": "sigma.params",
+    "full_precision": "sigma.params",
     "num_params": "sigma.params",
     "set_flat_weights": "sigma.params",
     # notebook helpers (sigma.lab)

@@ -16,18 +16,33 @@ def check_model(model, name: str = "model") -> None:
     """Raise if ``model`` is not a built Keras model with trainable weights."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"{name} must be a keras.Model, got {type(model).__name__}")
-    if not model.built or not model.weights:
+    if not model.built:
         raise ValueError(
             f"{name} is not built: call it once on data or call "
             f"{name}.build(input_shape) before asking for its curvature"
         )
     if not model.trainable_variables:
-        raise ValueError(f"{name} has no trainable weights")
-    dtypes = {v.dtype for v in model.trainable_variables}
+        frozen = (
+            f" ({len(model.weights)} weights, all frozen: trainable=False)" if model.weights else ""
+        )
+        raise ValueError(
+            f"{name} has no trainable weights{frozen}: the error bar σ comes from the "
+            "uncertainty of the trainable weights, so there is none to compute; give it "
+            "trainable layers (or set layer.trainable = True on the ones σ should cover)"
+        )
+    dtypes = {str(v.dtype) for v in model.trainable_variables}
     if len(dtypes) != 1:
         raise ValueError(
             f"{name} mixes trainable weight dtypes {sorted(dtypes)}: use one dtype for all "
             "trainable weights (e.g. build it under keras.config.set_dtype_policy('float64'))"
+        )
+    half = dtypes & {"float16", "bfloat16"}
+    if half:
+        raise ValueError(
+            f"{name} has {half.pop()} weights: the curvature, its eigenvalues and σ are not "
+            "reliable in half precision (3 significant digits for float16, 2 for bfloat16; "
+            "float16 overflows at 65,504). Compute σ on a float32 copy with the same weights: "
+            f"sigma.Laplace(sigma.full_precision({name}), ...)"
         )
     mixed = sorted(
         {
@@ -40,8 +55,8 @@ def check_model(model, name: str = "model") -> None:
     if mixed:
         raise ValueError(
             f"{name} uses a mixed-precision dtype policy (layers {mixed[:5]} compute in a "
-            "different dtype than their weights): curvature in float16 is not reliable; build "
-            "the model for sigma with a float32 or float64 policy and copy the weights over"
+            "different dtype than their weights): curvature in half precision is not reliable; "
+            f"compute σ on a float32 copy with the same weights: sigma.full_precision({name})"
         )
 
 
@@ -119,6 +134,7 @@ def check_inputs(model, x, name: str = "x", *, dtype: str | None = None):
     """
     dtype = dtype or model_dtype(model)
     declared = model_inputs(model)
+    vocab = embedding_inputs(model)
     if isinstance(x, dict):
         if declared is not None:
             names = [n for n, _ in declared]
@@ -137,7 +153,11 @@ def check_inputs(model, x, name: str = "x", *, dtype: str | None = None):
             shapes = dict(declared)
         else:
             shapes = {}
-        parts = {k: _check_part(v, f"{name}[{k!r}]", shapes.get(k), dtype) for k, v in x.items()}
+        index = {n: i for i, (n, _) in enumerate(declared or [])}
+        parts = {
+            k: _check_part(v, f"{name}[{k!r}]", shapes.get(k), dtype, vocab.get(index.get(k)))
+            for k, v in x.items()
+        }
     elif _is_parts(x, declared):
         if declared is not None and len(x) != len(declared):
             raise ValueError(
@@ -145,7 +165,9 @@ def check_inputs(model, x, name: str = "x", *, dtype: str | None = None):
                 f"({[n for n, _ in declared]}), got {len(x)}"
             )
         parts = [
-            _check_part(v, f"{name}[{i}]", None if declared is None else declared[i][1], dtype)
+            _check_part(
+                v, f"{name}[{i}]", None if declared is None else declared[i][1], dtype, vocab.get(i)
+            )
             for i, v in enumerate(x)
         ]
     else:
@@ -154,7 +176,9 @@ def check_inputs(model, x, name: str = "x", *, dtype: str | None = None):
                 f"the model has {len(declared)} inputs {[n for n, _ in declared]}: pass {name} "
                 "as a list in that order or a dict by input name"
             )
-        return _check_part(x, name, None if declared is None else declared[0][1], dtype)
+        return _check_part(
+            x, name, None if declared is None else declared[0][1], dtype, vocab.get(0)
+        )
     sizes = {k: len(v) for k, v in (parts.items() if isinstance(parts, dict) else enumerate(parts))}
     if len(set(sizes.values())) > 1:
         raise ValueError(
@@ -163,8 +187,45 @@ def check_inputs(model, x, name: str = "x", *, dtype: str | None = None):
     return parts
 
 
-def _check_part(value, name, expected, dtype) -> np.ndarray:
+def embedding_inputs(model) -> dict[int, list[tuple[str, int]]]:
+    """{position in ``model.inputs``: [(Embedding layer name, input_dim), ...]} for the inputs
+    that feed an Embedding layer directly (their values are indices into its table)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return {}
+    if not inputs:
+        return {}
+    position = {id(t): i for i, t in enumerate(inputs)}
+    found: dict[int, list[tuple[str, int]]] = {}
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Embedding):
+            for node in getattr(layer, "_inbound_nodes", []):
+                for t in node.input_tensors:
+                    if id(t) in position:
+                        found.setdefault(position[id(t)], []).append((layer.name, layer.input_dim))
+    return found
+
+
+def _check_indices(arr, name, tables) -> None:
+    """Embedding indices: integers in [0, input_dim) of every table the input feeds."""
+    if arr.size and not np.all(arr == np.round(arr)):
+        raise ValueError(
+            f"{name} feeds the Embedding layer {tables[0][0]!r} and must hold integer indices, "
+            "got non-integer values (they would be truncated silently)"
+        )
+    for layer, size in tables:
+        if arr.size and (arr.min() < 0 or arr.max() >= size):
+            raise ValueError(
+                f"{name} feeds the Embedding layer {layer!r} of {size} rows: its indices must "
+                f"be in [0, {size}), got values in [{arr.min():g}, {arr.max():g}]"
+            )
+
+
+def _check_part(value, name, expected, dtype, tables=None) -> np.ndarray:
     arr = as_array(value, name)
+    if tables:
+        _check_indices(arr, name, tables)
     if arr.ndim < 1 or arr.shape[0] == 0:
         raise ValueError(
             f"{name} must hold at least one sample along axis 0, got shape {arr.shape}"
@@ -242,3 +303,50 @@ def check_precisions(value, name: str, *, allow_zero: bool = True) -> np.ndarray
             f"{name} must be finite numbers {op}, got {arr.flat[int(np.argmax(bad.ravel()))]}"
         )
     return arr
+
+
+def check_finite_outputs(model, x, f, name: str = "x") -> None:
+    """Raise when the model's outputs f on (finite) inputs x hold NaN or inf: the values
+    overflow inside the network. Names the first layer whose output is not finite when the
+    model's layers can be probed (Sequential and functional models)."""
+    f = np.asarray(f)
+    finite = np.all(np.isfinite(f.reshape(len(f), -1)), axis=1)
+    if finite.all():
+        return
+    rows = np.flatnonzero(~finite)
+    raise ValueError(
+        f"the model's outputs are NaN or infinite for {rows.size} of the {len(f)} samples of "
+        f"{name} (the first: sample {rows[0]}){_first_non_finite_layer(model, take(x, rows[:8]))}"
+        f", although {name} itself is finite: values overflow inside the network. Rescale "
+        f"{name} (or the weights), or compute in float64"
+    )
+
+
+def _first_non_finite_layer(model, x) -> str:
+    import tensorflow as tf
+
+    try:
+        layers = list(model.layers)
+        try:
+            inputs = model.input  # the structure the model was built with (a dict, ...)
+        except AttributeError:  # a Sequential model
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        probe = keras.Model(inputs, [layer.output for layer in layers])
+        outputs = probe(x, training=False)
+    except Exception:  # a subclassed model, a layer called several times: no location
+        return ""
+    for layer, out in zip(layers, outputs, strict=True):
+        if not all(np.all(np.isfinite(np.asarray(o))) for o in tf.nest.flatten(out)):
+            return f"; the first layer with non-finite output is {layer.name!r} ({type(layer).__name__})"
+    return ""
+
+
+def has_non_finite(value) -> bool:
+    """True if a float array (or a list/tuple/dict of them, nested) holds NaN or inf."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "fc" and not np.all(np.isfinite(value))
+    if isinstance(value, dict):
+        return any(has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_non_finite(v) for v in value)
+    return False

@@ -24,6 +24,14 @@ def one_blas_thread():
 
 
 def eigh(matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the symmetric part of ``matrix``, float64, on one BLAS thread."""
+    """Eigen-decomposition of the symmetric part of ``matrix``, float64, on one BLAS thread.
+    A curvature with NaN or inf (the model's outputs were checked finite, so its gradients
+    overflowed) is a ValueError saying so, not LAPACK's "did not converge"."""
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(
+            "the curvature holds NaN or infinite values although the model's outputs on x are "
+            "finite: the gradients overflow inside the network. Rescale x (or the weights), or "
+            "compute in float64"
+        )
     with one_blas_thread():
         return np.linalg.eigh(0.5 * (matrix + matrix.T))

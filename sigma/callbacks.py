@@ -35,6 +35,8 @@ from sigma.priors import build_prior, owners_of
 
 _REGRESSION_LOSSES = {"mse", "mean_squared_error", "meansquarederror"}
 _CLASSIFICATION_LOSSES = {
+    "binary_crossentropy",
+    "binarycrossentropy",
     "categorical_crossentropy",
     "categoricalcrossentropy",
     "sparse_categorical_crossentropy",

@@ -24,10 +24,13 @@ METHODS = ("probit", "mc")
 
 def softmax(logits, heads=None) -> np.ndarray:
     """softmax along the last axis, float64, stable; with ``heads`` ((start, stop) pairs),
-    one softmax per head."""
+    one softmax per head. A head of one logit f is binary: σ(f) = P(y = 1) (the softmax over
+    the logits (0, f))."""
     z = np.asarray(logits, np.float64)
     if heads is not None:
         return np.concatenate([softmax(z[..., s:e]) for s, e in heads], axis=-1)
+    if z.shape[-1] == 1:
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # σ(z) without overflow
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
 
@@ -70,22 +73,36 @@ def sampled_probabilities(
     return softmax(logits, heads).mean(axis=0)
 
 
+def _activation_name(activation) -> str | None:
+    return getattr(activation, "__name__", None) or getattr(activation, "name", None)
+
+
 def _is_softmax(activation) -> bool:
-    name = getattr(activation, "__name__", None) or getattr(activation, "name", None)
-    return activation is keras.activations.softmax or name == "softmax"
+    return activation is keras.activations.softmax or _activation_name(activation) == "softmax"
+
+
+def _squashes(last) -> str | None:
+    """'softmax' or 'sigmoid' when the layer ends in that function (its activation, or a
+    Softmax/Activation layer), else None."""
+    if isinstance(last, keras.layers.Softmax) or _is_softmax(getattr(last, "activation", None)):
+        return "softmax"
+    name = _activation_name(getattr(last, "activation", None))
+    if name in ("sigmoid", "hard_sigmoid"):
+        return name
+    return None
 
 
 def check_logits(model, f=None, heads=None) -> None:
-    """Refuse a model whose outputs are probabilities (a final softmax) instead of logits.
+    """Refuse a model whose outputs are probabilities (a final softmax or sigmoid) instead of
+    logits.
 
-    Looks at the last layer (a ``softmax`` activation, a ``Softmax`` layer or
+    Looks at the last layer (a ``softmax`` or ``sigmoid`` activation, a ``Softmax`` layer,
     ``Activation("softmax")``) and, when the outputs f (N, K) are given, at whether every row
-    is non-negative and sums to 1.
+    (of a head of several classes) is non-negative and sums to 1.
     """
     last = model.layers[-1] if getattr(model, "layers", None) else None
-    final_softmax = isinstance(last, keras.layers.Softmax) or _is_softmax(
-        getattr(last, "activation", None)
-    )
+    squash = _squashes(last)
+    final_softmax = squash is not None
     looks_normalised = False
     if f is not None and not final_softmax:
         f = np.asarray(f, np.float64)
@@ -98,7 +115,7 @@ def check_logits(model, f=None, heads=None) -> None:
         )
     if final_softmax or looks_normalised:
         why = (
-            f"its last layer {last.name!r} applies a softmax"
+            f"its last layer {last.name!r} applies a {squash}"
             if final_softmax
             else "every output row is non-negative and sums to 1"
         )
@@ -106,6 +123,7 @@ def check_logits(model, f=None, heads=None) -> None:
             f"likelihood='classification' needs a model with linear logits, but {why}: the "
             "model outputs probabilities. Pass a model with linear logits (e.g. rebuild it "
             "with output_activation='linear' and train with "
-            "keras.losses.CategoricalCrossentropy(from_logits=True)); the softmax is applied "
+            "keras.losses.CategoricalCrossentropy(from_logits=True), or BinaryCrossentropy("
+            "from_logits=True) for one logit); the softmax (sigmoid for one logit) is applied "
             "by Laplace.predict_proba"
         )

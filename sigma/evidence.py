@@ -542,8 +542,9 @@ def _direct(evaluate, best, *, weight_errors, sizes, data_error, n_obs, fix_alph
         raise EvidenceBoundaryError(
             f"the evidence has no interior maximum: it keeps growing as {', '.join(at_low)} → 0 "
             f"(reached alpha={_out(a)!r}, beta={b!r}). The data do not determine "
-            f"{'these precisions' if len(at_low) > 1 else 'it'}: fix it (fix_alpha=True / "
-            "fix_beta=True), use a prior with fewer groups, or more data",
+            f"{'these precisions' if len(at_low) > 1 else 'it'}: hold it ("
+            f"{' / '.join(sorted({'fix_beta=True' if n == 'beta' else 'fix_alpha=True' for n in at_low}))}"
+            "), use a prior with fewer groups, or more data",
             alpha=_out(a),
             beta=b,
             n_iter=iterations + int(res.nit),

@@ -22,6 +22,7 @@ import tensorflow as tf
 from sigma import evidence, likelihoods, metrics, saving, serving, structures
 from sigma._checks import (
     as_array,
+    check_finite_outputs,
     check_inputs,
     check_model,
     check_positive_int,
@@ -84,7 +85,8 @@ class Laplace:
         (A = α I + Σ_k β_k C_k, ``curvature="ggn"``, ``structure="full"``, one α). Fixed at 1
         for ``likelihood="classification"``.
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
-        cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,)).
+        cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,); a model with
+        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -149,7 +151,7 @@ class Laplace:
             x = check_inputs(model, x)
             self.output_layout = engine(model).output_layout(x)
         else:
-            check_dataset(x)
+            check_dataset(x, model)
             first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
             self.output_layout = engine(model).output_layout(first)
         # one softmax head per output for a classifier with several outputs
@@ -185,6 +187,8 @@ class Laplace:
             n, e_d, e_dk, square = engine(model).summary(
                 ArrayBatches((x, y), 4096), self.likelihood
             )
+            if not (np.isfinite(e_d) and np.isfinite(square)):
+                check_finite_outputs(model, x, engine(model).outputs(x))
         self.model = model
         self.curvature = curvature
         self.batch_size = batch_size
@@ -437,10 +441,12 @@ class Laplace:
     def _predict(self, x, noise=True, batch_size=None):
         """(mean, std), each (N, K) flat, for checked inputs x."""
         mean = engine(self.model).outputs(x)
+        check_finite_outputs(self.model, x, mean)
         structure, beta = self._posterior()
         var = structure.predictive_variance(
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
+        _check_finite_variance(var)
         if noise:
             var = var + 1.0 / self._beta
         return mean, np.sqrt(var)
@@ -470,7 +476,9 @@ class Laplace:
         batch_size: int | None = None,
     ) -> np.ndarray:
         """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1 (a
-        list or dict of (N, K_i), one softmax head per output, for several outputs).
+        list or dict of (N, K_i), one softmax head per output, for several outputs). A model
+        with one logit per output is a binary classifier: its column is P(y = 1) = σ(f),
+        probit σ(μ / sqrt(1 + π/8 · Σ)), the way Keras' own sigmoid output reads.
 
         The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
         softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
@@ -490,10 +498,12 @@ class Laplace:
     def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None):
         """Class probabilities (N, K) flat (one softmax per head) for checked inputs x."""
         mean = engine(self.model).outputs(x)
+        check_finite_outputs(self.model, x, mean)
         structure, beta = self._posterior()
         cov = structure.predictive_covariance(
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
+        _check_finite_variance(cov)
         heads = self.likelihood.heads
         if method == "probit":
             return probit_probabilities(mean, cov, heads)
@@ -785,7 +795,7 @@ class Laplace:
             score = {"nll": metrics.nll, "brier": metrics.brier,
                      "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
             return sum(  # per softmax head, summed
-                score(probs[:, s:e], np.argmax(y_val[:, s:e], axis=1)) for s, e in heads
+                score(probs[:, s:e], y_val[:, s:e]) for s, e in heads
             )
 
         import scipy.optimize
@@ -897,6 +907,17 @@ class Laplace:
             f"Laplace(structure={self.structure.name!r}, curvature={self.curvature!r}, "
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
+        )
+
+
+def _check_finite_variance(var) -> None:
+    """The outputs were finite; a NaN or inf variance comes from the output gradients."""
+    if not np.all(np.isfinite(var)):
+        bad = int(np.sum(~np.all(np.isfinite(np.reshape(var, (len(var), -1))), axis=1)))
+        raise ValueError(
+            f"the predictive variance is NaN or infinite for {bad} of the {len(var)} samples of "
+            "x although the model's outputs are finite: the gradients of the outputs overflow "
+            "inside the network. Rescale x (or the weights), or compute in float64"
         )
 
 

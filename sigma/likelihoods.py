@@ -10,6 +10,8 @@ gives a square root L_n with Λ_n = L_n L_nᵀ, so every curvature structure can
   L = diag(√p) − p √pᵀ (one checks L Lᵀ = diag(p) − 2 p pᵀ + p pᵀ Σ p = Λ). No β (fixed to 1).
   A model with several outputs has one softmax head per output: E sums the heads'
   cross-entropies and Λ_n is block-diagonal, one block per head.
+* a head of one logit is binary (Bernoulli with a sigmoid link, the softmax over the logits
+  (0, f)): E = Σ_n softplus(f_n) − t_n f_n with labels t ∈ {0, 1}, Λ = p(1 − p), p = σ(f).
 
 Targets may be given per output (a list, or a dict by name, for a model with several outputs;
 see :class:`sigma.outputs.OutputLayout`) or as one (N, K) array.
@@ -76,7 +78,9 @@ class Classification:
     has_beta = False
 
     def __init__(self, heads=None):
-        self.heads = None if heads is None or len(heads) < 2 else tuple(map(tuple, heads))
+        # one head of several classes is "no heads"; a binary head (one logit) stays explicit
+        keep = heads is not None and (len(heads) > 1 or any(e - s == 1 for s, e in heads))
+        self.heads = tuple(map(tuple, heads)) if keep else None
 
     @property
     def key(self) -> tuple:
@@ -88,21 +92,22 @@ class Classification:
         return [f[:, s:e] for s, e in self.heads]
 
     def data_error(self, f, t):
-        """Cross-entropy −Σ t log softmax(f) on logits f, per head (tensor, summed)."""
+        """Cross-entropy −Σ t log softmax(f) on logits f, per head; a one-logit head is binary,
+        Σ softplus(f) − t f (tensor, summed)."""
         if self.heads is None:
-            return -tf.reduce_sum(t * tf.nn.log_softmax(f, axis=-1))
-        return tf.add_n(
-            [
-                -tf.reduce_sum(t[:, s:e] * tf.nn.log_softmax(f[:, s:e], axis=-1))
-                for s, e in self.heads
-            ]
-        )
+            return _cross_entropy(f, t)
+        return tf.add_n([_cross_entropy(f[:, s:e], t[:, s:e]) for s, e in self.heads])
 
     def hessian_sqrt(self, f):
-        """L_n = diag(√p_n) − p_n √p_nᵀ, shape (B, K, K), with L Lᵀ = diag(p) − p pᵀ; with
-        several heads, block-diagonal, one block per head."""
+        """L_n = diag(√p_n) − p_n √p_nᵀ, shape (B, K, K), with L Lᵀ = diag(p) − p pᵀ (for a
+        one-logit head √(p(1 − p)), p = σ(f)); with several heads, block-diagonal, one block
+        per head."""
         roots = []
         for seg in self._segments(f):
+            if seg.shape[-1] == 1:
+                p = tf.sigmoid(seg)
+                roots.append(tf.sqrt(p * (1.0 - p))[:, :, None])
+                continue
             p = tf.nn.softmax(seg, axis=-1)
             sp = tf.sqrt(p)
             roots.append(tf.linalg.diag(sp) - p[:, :, None] * sp[:, None, :])
@@ -115,7 +120,7 @@ class Classification:
     def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
         """One-hot (n, k) targets, or integer labels (n,) in [0, k) converted to one-hot; per
         output (head) for a model with several."""
-        if self.heads is None:
+        if self.heads is None or len(self.heads) == 1:
             parts = [y] if layout is None else layout.split(y, name)
             return self._part(parts[0], n, k, name, x_name)
         sizes = [e - s for s, e in self.heads]
@@ -140,6 +145,15 @@ class Classification:
 
     def _part(self, y, n, k, name, x_name, one_hot=True):
         arr = as_array(y, name, ndim=(1, 2))
+        if k == 1 and one_hot:  # a binary head: labels 0/1, (N,) or (N, 1)
+            arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr
+            _check_rows_cols(arr, n, 1, name, x_name)
+            if not np.all((arr == 0) | (arr == 1)):
+                raise ValueError(
+                    f"{name} must hold labels 0 or 1 for a binary classifier (one logit), got "
+                    f"values in [{arr.min()}, {arr.max()}]"
+                )
+            return arr.astype(np.float64)
         if arr.ndim == 1:
             if not np.all(arr == np.round(arr)) or (arr.size and (arr.min() < 0 or arr.max() >= k)):
                 raise ValueError(
@@ -154,6 +168,13 @@ class Classification:
                 "labels for likelihood='classification'"
             )
         return arr
+
+
+def _cross_entropy(z, t):
+    """−Σ t log softmax(z); for one logit the binary Σ softplus(z) − t z."""
+    if z.shape[-1] == 1:
+        return tf.reduce_sum(tf.nn.softplus(z) - t * z)
+    return -tf.reduce_sum(t * tf.nn.log_softmax(z, axis=-1))
 
 
 def _check_rows_cols(arr, n, k, name, x_name="x"):

@@ -88,7 +88,16 @@ def regression_metrics(mean, std, targets) -> dict:
 
 # -- classification -----------------------------------------------------------------------------
 def _classification_arrays(probs, labels):
+    """(N, K) probabilities and integer labels (N,); a binary classifier's (N, 1) P(y = 1)
+    becomes the two columns (1 − p, p) and its labels 0/1 (N,) or (N, 1) the class index."""
     probs = as_array(probs, "probs", ndim=2).astype(np.float64)
+    if probs.shape[1] == 1:
+        if np.any(probs < 0) or np.any(probs > 1):
+            raise ValueError("probs of one column must be probabilities P(y = 1) in [0, 1]")
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
     n, k = probs.shape
     if np.any(probs < 0) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-6):
         raise ValueError("probs must be non-negative with rows that sum to 1 (class probabilities)")

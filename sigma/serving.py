@@ -65,7 +65,13 @@ class PredictiveLayer(keras.layers.Layer):
             return {"mean": mean, "std": tf.sqrt(var + noise)}
         z = mean / tf.sqrt(1.0 + np.pi / 8.0 * var)
         heads = self.spec["heads"] or [[0, self.spec["n_outputs"]]]
-        return tf.concat([tf.nn.softmax(z[:, s:e], axis=-1) for s, e in heads], axis=-1)
+        return tf.concat(
+            [
+                tf.sigmoid(z[:, s:e]) if e - s == 1 else tf.nn.softmax(z[:, s:e], axis=-1)
+                for s, e in heads
+            ],
+            axis=-1,
+        )
 
     @property
     def model_dtype(self) -> str:

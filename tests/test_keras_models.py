@@ -168,3 +168,23 @@ def test_one_softmax_head_per_output_for_a_classifier():
         for (s, e), lab in zip(la.likelihood.heads, labels, strict=True)
     )
     assert la.data_error == pytest.approx(ce, rel=1e-12)
+
+
+def test_generic_layers_with_several_inputs_and_outputs():
+    """A LayerNormalization (per-sample autodiff path of diag/kfac) between two inputs and two
+    named outputs: diag's curvature is the diagonal of the full GGN."""
+    keras.utils.set_random_seed(3)
+    a, b = keras.Input((2,), name="a", dtype=F), keras.Input((3,), name="b", dtype=F)
+    h = keras.layers.Concatenate(dtype=F)([a, b])
+    h = keras.layers.LayerNormalization(dtype=F)(keras.layers.Dense(4, dtype=F)(h))
+    outputs = {
+        "u": keras.layers.Dense(1, dtype=F, name="u")(h),
+        "v": keras.layers.Dense(2, dtype=F, name="v")(h),
+    }
+    model = keras.Model({"a": a, "b": b}, outputs)
+    x, t = {"a": XA, "b": XB}, {"u": Y[:, :1], "v": Y}
+    full = sigma.Laplace(model, x, t, structure="full")
+    diag = sigma.Laplace(model, x, t, structure="diag")
+    np.testing.assert_allclose(diag.structure.diagonal, np.diag(full.structure.matrix), rtol=1e-10)
+    mean, std = diag.predict(x)
+    assert set(std) == {"u", "v"} and std["v"].shape == (25, 2)

@@ -35,13 +35,19 @@ def _loss_gradient(model, x, y):
     )
 
 
-@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
 def test_the_training_objective_is_the_log_posterior(likelihood):
     """∇(compiled loss + penalty) = ∇(β E_D + Σ α_g E_Wg) · 2/(β N K) (mean squared error), or
     ∇(E + Σ α_g E_Wg) / N (mean cross-entropy on logits), on the full batch. (Keras computes
-    its compiled loss in floatx, float32, whatever the model's dtype: hence rtol 1e-5.)"""
+    its compiled loss in floatx, float32, whatever the model's dtype: hence rtol 1e-5.) A
+    binary classifier (one logit, the mean binary cross-entropy) has the same scale 1/N."""
+    k = 1 if likelihood == "binary" else 2
     if likelihood == "regression":
         model, y, beta = _compiled("mse"), Y, 3.0
+    elif likelihood == "binary":
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        model, y, beta = _compiled(loss, n_out=1), LABELS[:, None].astype(float), None
+        likelihood = "classification"
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model, y, beta = _compiled(loss), LABELS, None
@@ -50,7 +56,7 @@ def test_the_training_objective_is_the_log_posterior(likelihood):
     cb.set_model(model)
     cb.on_train_begin()
     lik = sigma.likelihoods.get(likelihood)
-    targets = lik.targets(y, 40, 2)
+    targets = lik.targets(y, 40, k)
     w = tf.Variable(flat_weights(model))
     eng = sigma.curvature.engine(model)
     with tf.GradientTape() as tape:
@@ -58,7 +64,7 @@ def test_the_training_objective_is_the_log_posterior(likelihood):
         groups = tf.constant(cb.prior.groups)
         e_w = 0.5 * tf.math.unsorted_segment_sum(tf.square(w), groups, 3)
         posterior = (beta if beta else 1.0) * e_d + tf.reduce_sum(alphas * e_w)
-    scale = 2.0 / (beta * 40 * 2) if beta else 1.0 / 40
+    scale = 2.0 / (beta * 40 * k) if beta else 1.0 / 40
     expected = tape.gradient(posterior, w).numpy() * scale
     np.testing.assert_allclose(_loss_gradient(model, X, y), expected, rtol=1e-5, atol=1e-9)
     cb.on_train_end()  # re-estimates at the final weights, then takes the penalty away

@@ -49,7 +49,15 @@ def prepare(model, x, y=None, likelihood="regression"):
     if y is not None:
         layout = eng.output_layout(x)
         lik = likelihoods.get(likelihood, layout)
-        y = lik.targets(y, n_samples(x), k, layout=layout).astype(model_dtype(model))
+        y = lik.targets(y, n_samples(x), k, layout=layout)
+        with np.errstate(over="ignore"):
+            cast = y.astype(model_dtype(model))
+        if not np.all(np.isfinite(cast)):
+            raise ValueError(
+                f"y has values beyond the range of the model's dtype {model_dtype(model)} "
+                f"(largest |value| {np.abs(y).max():.3g}): they overflow to inf; rescale the targets"
+            )
+        y = cast
     return x, y, k
 
 

@@ -26,7 +26,15 @@ import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma import likelihoods
-from sigma._checks import check_batch_size, check_inputs, check_model, model_dtype, n_samples
+from sigma._checks import (
+    check_batch_size,
+    check_finite_outputs,
+    check_inputs,
+    check_model,
+    model_dtype,
+    model_inputs,
+    n_samples,
+)
 
 # Cap on the elements of one batch's largest intermediate (2²⁵ ≈ 256 MB in float64).
 ELEMENT_BUDGET = 2**25
@@ -255,14 +263,27 @@ def _distributed(body, strategy):
 
 
 # -- datasets given to Laplace ----------------------------------------------------------------
-def check_dataset(dataset) -> None:
-    """A dataset of (x, y) batches that ends; a ValueError says what is wrong otherwise."""
+def check_dataset(dataset, model=None) -> None:
+    """A dataset of (x, y) batches that ends; a ValueError says what is wrong otherwise (with
+    ``model``: elements that are single samples, a dataset not yet batched)."""
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(
             "x as a tf.data.Dataset must yield (x, y) batches (a tuple of two tensors), got "
             f"elements {spec}"
         )
+    declared = None if model is None else model_inputs(model)
+    parts = tf.nest.flatten(spec[0])
+    if declared and len(parts) == len(declared):
+        if all(
+            p.shape.rank is not None and p.shape.rank == len(shape) - 1
+            for p, (_, shape) in zip(parts, declared, strict=True)
+        ):
+            raise ValueError(
+                f"x is a tf.data.Dataset of single samples (elements of shape "
+                f"{tuple(parts[0].shape)}), but the model takes batches of shape "
+                f"{tuple(declared[0][1])}: batch it first, e.g. dataset.batch(32)"
+            )
     if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
         raise ValueError("the dataset is infinite (a .repeat() without count?): it must end")
 
@@ -277,7 +298,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     """
     lik = likelihoods.get(likelihood)
     check_model(model)
-    check_dataset(dataset)
+    check_dataset(dataset, model)
     if batch_size is not None:
         dataset = dataset.unbatch().batch(check_batch_size(batch_size))
     dtype = model_dtype(model)
@@ -286,6 +307,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         xb = tf.nest.map_structure(lambda t: t.numpy(), xb)
         xb = check_inputs(model, xb, f"x (dataset batch {i})")
         f = np.asarray(_flat(model(xb, training=False)), np.float64)
+        check_finite_outputs(model, xb, f, f"x (dataset batch {i})")
         if k is None:
             k = f.shape[1]
         yb = tf.nest.map_structure(lambda t: t.numpy(), yb)

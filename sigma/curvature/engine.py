@@ -338,8 +338,8 @@ class Engine:
             total = np.zeros((p, p))
             for batch in data:
                 block = fn(batch[0]).numpy()
-                with one_blas_thread():
-                    total += block.T @ block
+                with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
+                    total += block.T @ block  # an overflow is reported by the structure
             return _symmetric(total)
         if curvature == "ggn":
             acc = self.accumulator(

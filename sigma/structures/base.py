@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from sigma._checks import has_non_finite
 from sigma.curvature.accumulate import dataset_arrays, is_dataset
 from sigma.curvature.engine import engine
 
@@ -72,7 +73,11 @@ class Structure:
                 f"{type(options).__name__}"
             )
         params = inspect.signature(cls.__init__).parameters
-        allowed = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+        allowed = [
+            n
+            for n, p in params.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
         unknown = [k for k in options if k not in allowed]
         if unknown:
             takes = f"it takes {', '.join(map(repr, allowed))}" if allowed else "it takes none"
@@ -198,7 +203,7 @@ def fit_structure(
     naming the structure).
     """
     if structure.streaming:
-        return structure.fit(
+        fitted = structure.fit(
             model,
             x,
             y,
@@ -208,6 +213,8 @@ def fit_structure(
             strategy=strategy,
             progress=progress,
         )
+        check_finite_curvature(fitted)
+        return fitted
     if strategy is not None:
         streaming = sorted(n for n, c in Structure.registry.items() if c.streaming)
         raise ValueError(
@@ -216,6 +223,20 @@ def fit_structure(
         )
     if is_dataset(x):
         x, y = dataset_arrays(x)
-    return structure.fit(
+    fitted = structure.fit(
         model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size
     )
+    check_finite_curvature(fitted)
+    return fitted
+
+
+def check_finite_curvature(structure) -> None:
+    """Raise when the fitted structure holds NaN or inf (the model's outputs were finite, so
+    their gradients overflowed inside the network)."""
+    bad = sorted(name for name, value in vars(structure).items() if has_non_finite(value))
+    if bad:
+        raise ValueError(
+            f"the curvature of structure={structure.name!r} holds NaN or infinite values (in "
+            f"{', '.join(bad)}) although the model's outputs on x are finite: the gradients "
+            "overflow inside the network. Rescale x (or the weights), or compute in float64"
+        )

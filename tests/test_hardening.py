@@ -1,0 +1,179 @@
+"""Awkward models and inputs get a ValueError that says what is wrong and what to do: a model
+without trainable weights, half precision, values that overflow inside the network, Embedding
+indices, an unbatched dataset."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sigma
+
+RNG = np.random.default_rng(11)
+X = RNG.normal(size=(20, 3))
+Y = RNG.normal(size=(20, 1))
+
+
+def test_a_built_model_without_trainable_weights_is_not_called_unbuilt():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Activation("tanh")])
+    with pytest.raises(ValueError, match=r"^model has no trainable weights: the error bar"):
+        sigma.Laplace(model, X, np.tile(Y, 3))
+    frozen = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    frozen.trainable = False
+    with pytest.raises(ValueError, match=r"no trainable weights \(2 weights, all frozen"):
+        sigma.Laplace(frozen, X, Y)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_is_refused_and_full_precision_is_the_way_out(dtype):
+    keras.utils.set_random_seed(0)
+    half = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, activation="tanh", dtype=dtype),
+            keras.layers.Dense(1, dtype=dtype),
+        ]
+    )
+    with pytest.raises(ValueError, match=rf"^model has {dtype} weights.*sigma.full_precision"):
+        sigma.Laplace(half, X, Y)
+    copy = sigma.full_precision(half, "float64")
+    assert {str(v.dtype) for v in copy.weights} == {"float64"}
+    for a, b in zip(half.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(np.asarray(a, np.float64), b)
+    mean, std = sigma.Laplace(copy, X, Y).predict(X[:4])
+    assert np.all(np.isfinite(std)) and std.shape == (4, 1)
+    # a float64 model with the (half-precision) weights: the same σ as the copy
+    ref = keras.Sequential(
+        [
+            keras.Input((3,), dtype="float64"),
+            keras.layers.Dense(4, activation="tanh", dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ]
+    )
+    ref.set_weights(copy.get_weights())
+    np.testing.assert_allclose(sigma.Laplace(ref, X, Y).predict(X[:4])[1], std, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"^dtype must be 'float32' or 'float64'"):
+        sigma.full_precision(half, "float16")
+
+
+def test_mixed_precision_points_to_full_precision():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, dtype="mixed_float16")])
+    with pytest.raises(ValueError, match=r"mixed-precision.*sigma.full_precision\(model\)"):
+        sigma.Laplace(model, X, Y)
+    copy = sigma.full_precision(model)
+    assert sigma.Laplace(copy, X, Y).predict(X[:2])[1].shape == (2, 1)
+
+
+def _overflowing(scale):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, activation="relu"),
+            keras.layers.Lambda(lambda t: t * scale, name="blow_up"),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def test_outputs_that_overflow_inside_the_network_are_located():
+    model = _overflowing(1e30)
+    big = np.abs(X) * 1e10  # finite in float32; × 1e30 inside overflows
+    with pytest.raises(
+        ValueError,
+        match=r"^the model's outputs are NaN or infinite for \d+ of the 20 samples of x .*"
+        r"first layer with non-finite output is 'blow_up' \(Lambda\).*x itself is finite",
+    ):
+        sigma.Laplace(model, big, Y)
+    la = sigma.Laplace(_overflowing(1e3), X, Y, structure="diag", alpha=1e3)
+    with pytest.raises(ValueError, match=r"^the model's outputs are NaN or infinite.*'blow_up'"):
+        la.predict(np.abs(X[:3]) * 1e37)
+    ds = tf.data.Dataset.from_tensor_slices((big.astype("float32"), Y)).batch(8)
+    with pytest.raises(ValueError, match=r"samples of x \(dataset batch 0\).*'blow_up'"):
+        sigma.Laplace(model, ds, structure="diag")
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "lowrank", "last_layer"])
+def test_gradients_that_overflow_behind_finite_outputs_are_refused(structure):
+    """tanh(1e200 z) at z = 0 is finite, its derivative 1e200: the curvature overflows."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="float64"),
+            keras.layers.Dense(4, dtype="float64", kernel_initializer="zeros"),
+            keras.layers.Lambda(lambda t: tf.tanh(1e200 * t), dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ]
+    )
+    if structure == "last_layer":  # the last layer's curvature is finite: σ is, too
+        _, std = sigma.Laplace(model, X, Y, structure=structure).predict(X[:2])
+        assert np.all(np.isfinite(std))
+        return
+    with pytest.raises(ValueError, match=r"NaN or infinite.*gradients overflow inside"):
+        sigma.Laplace(model, X, Y, structure=structure)
+
+
+def test_targets_beyond_the_model_dtype_are_refused():
+    model = _overflowing(1.0)
+    with pytest.raises(ValueError, match=r"^y has values beyond the range of .* float32"):
+        sigma.Laplace(model, X, Y * 1e40)
+
+
+def _embedding_model():
+    keras.utils.set_random_seed(0)
+    tokens, numbers = keras.Input((2,), dtype="int32", name="tok"), keras.Input((3,), name="num")
+    emb = keras.layers.Flatten()(keras.layers.Embedding(5, 2, name="table")(tokens))
+    out = keras.layers.Dense(1)(keras.layers.Concatenate()([emb, numbers]))
+    return keras.Model({"tok": tokens, "num": numbers}, out)
+
+
+@pytest.mark.parametrize(
+    "tokens, match",
+    [
+        (lambda t: t + 3, r"x\['tok'\] feeds the Embedding layer 'table' of 5 rows: .*\[0, 5\)"),
+        (lambda t: t - 3, r"indices must be in \[0, 5\), got values in \[-3"),
+        (lambda t: t + 0.5, r"x\['tok'\] .* must hold integer indices, got non-integer"),
+    ],
+)
+def test_embedding_indices_are_checked(tokens, match):
+    model = _embedding_model()
+    tok = RNG.integers(0, 5, size=(20, 2))
+    la = sigma.Laplace(model, {"tok": tok, "num": X}, Y, structure="diag")
+    with pytest.raises(ValueError, match=match):
+        sigma.Laplace(model, {"tok": tokens(tok), "num": X}, Y, structure="diag")
+    with pytest.raises(ValueError, match=match):
+        la.predict({"tok": tokens(tok), "num": X})
+    seq = keras.Sequential([keras.Input((2,), dtype="int32"), keras.layers.Embedding(5, 2)])
+    seq = keras.Sequential([seq, keras.layers.Flatten(), keras.layers.Dense(1)])
+    assert sigma.Laplace(seq, tok, Y, structure="diag").predict(tok[:2])[1].shape == (2, 1)
+
+
+def test_an_unbatched_dataset_gets_the_hint_to_batch_it():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    ds = tf.data.Dataset.from_tensor_slices((X.astype("float32"), Y))
+    with pytest.raises(ValueError, match=r"Dataset of single samples .*dataset.batch\(32\)"):
+        sigma.Laplace(model, ds)
+    with pytest.raises(ValueError, match=r"Dataset of single samples"):
+        sigma.Laplace(model, ds, structure="diag")
+
+
+@pytest.mark.parametrize(
+    "structure, options, match",
+    [
+        (
+            "lowrank",
+            {"rnak": 5},
+            r"\['rnak'\] are not options of structure 'lowrank': it takes 'rank'",
+        ),
+        ("full", {"rank": 5}, r"\['rank'\] are not options of structure 'full': it takes none$"),
+        (
+            "diag",
+            [("fast", True)],
+            r"^structure_options must be a dict of keyword arguments, got list",
+        ),
+    ],
+)
+def test_structure_options_are_checked(structure, options, match):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=match):
+        sigma.Laplace(model, X, Y, structure=structure, structure_options=options)
