@@ -223,7 +223,7 @@ shown = [posterior.PLAIN_SOFTMAX, posterior.TRAINED_SOFTMAX, posterior.TRAINED]
 fig = plots.reliability_diagram({m: digits.probabilities[m] for m in shown}, labels_test)
 
 # %% [markdown]
-# ## The targets, measured
+# ## The targets, measured
 
 # %%
 trained_f = friedman.rows[posterior.TRAINED]
@@ -252,7 +252,7 @@ print("\n".join(f"{'met    ' if ok else 'NOT met'}  {name}" for name, ok in targ
 # %% [markdown]
 # ## What to conclude
 # Every figure below is read from the tables above (so it is the run's, at whatever parameters
-# it had; the defaults are the setting).
+# it had; the defaults are the setting the targets are stated for).
 
 # %%
 post_f, ens_f, mc_f = (friedman.rows.get(m, {}) for m in (posterior.POST_HOC, posterior.ENSEMBLE,
