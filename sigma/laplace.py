@@ -481,7 +481,7 @@ class Laplace:
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
-        if method not in METHODS:
+        if not isinstance(method, str) or method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n_samples = check_positive_int(n_samples, "n_samples")
         probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
@@ -607,8 +607,11 @@ class Laplace:
                 alpha=alpha,
                 beta=beta,
             )
-        alphas = np.broadcast_to(np.asarray(alpha, np.float64), (self.prior.n_groups,))
-        if np.ndim(beta) or not np.all(alphas > 0):
+        try:
+            alphas = np.broadcast_to(np.asarray(alpha, np.float64), (self.prior.n_groups,))
+        except ValueError:  # not one alpha per group (e.g. a grid)
+            alphas = np.zeros(0)
+        if np.ndim(beta) or alphas.size == 0 or not np.all(alphas > 0):
             raise ValueError(
                 "with several prior groups (or structure 'lowrank' with its diagonal), the "
                 "evidence takes one alpha per group (> 0) and one beta, not a grid"
