@@ -125,7 +125,7 @@ class Laplace:
         max_memory: int | str | None = None,
         progress: bool = False,
     ):
-        if curvature not in CURVATURES:
+        if not isinstance(curvature, str) or curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
         if isinstance(structure, Structure):
             if structure_options:
@@ -140,9 +140,10 @@ class Laplace:
                 f"curvature={curvature!r}: use {supported}, or structure={others} for the "
                 f"{curvature} of a small model"
             )
-        if negative not in NEGATIVE:
+        if not isinstance(negative, str) or negative not in NEGATIVE:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
+        _check_flag(progress, "progress")
         self.likelihood = likelihoods.get(likelihood)
         check_model(model)
         if not is_dataset(x):
@@ -431,6 +432,7 @@ class Laplace:
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
+        _check_flag(noise, "noise")
         mean, std = self._predict(self._inputs(x), noise, batch_size)
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
@@ -661,8 +663,9 @@ class Laplace:
         """
         self._check_weights_unchanged()
         for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
-            if not isinstance(flag, bool | np.bool_):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
+            _check_flag(flag, name)
+        if per_output is not None:
+            _check_flag(per_output, "per_output", "True, False or None")
         max_iter = check_positive_int(max_iter, "max_iter")
         tol = check_precision(tol, "tol", allow_zero=False)
         if per_output is None:
@@ -901,6 +904,11 @@ class Laplace:
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )
+
+
+def _check_flag(value, name: str, allowed: str = "True or False") -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _frozen_state(model) -> list[np.ndarray]:

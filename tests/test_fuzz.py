@@ -350,7 +350,9 @@ batch_sizes = st.one_of(
 max_memories = st.one_of(
     st.none(),
     st.integers(-10, 10**12),
-    st.sampled_from(["2GB", "1 KiB", "10", "1e3", "abc", "-1MB", "", "1.5.3", "inf", "nan", "1e400"]),
+    st.sampled_from(
+        ["2GB", "1 KiB", "10", "1e3", "abc", "-1MB", "", "1.5.3", "inf", "nan", "1e400"]
+    ),
     st.floats(),
     junk,
 )
@@ -390,7 +392,7 @@ def laplace_keywords(draw, p):
 def _big(a, dtype) -> bool:
     """Values large enough to overflow inside the network (squares, products of weights)."""
     try:
-        arr = np.abs(np.asarray(a)).astype(np.float64)
+        arr = np.abs(np.asarray(a)).astype(np.float64).ravel()
     except (TypeError, ValueError):
         return False
     if arr.size == 0 or not np.all(np.isfinite(arr)):
@@ -398,16 +400,33 @@ def _big(a, dtype) -> bool:
     return float(np.abs(arr).max()) > 1e-3 * np.sqrt(np.finfo(dtype).max)
 
 
-def known_overflow(dtype, *values) -> bool:
-    """KNOWN: non-finite curvature (or predictive) from overflow inside the network."""
-    return any(_big(v, dtype) for v in values)
+def _cause_in(err, kind, text, filename) -> bool:
+    cause = err.__cause__
+    if not isinstance(cause, kind) or text not in str(cause):
+        return False
+    frames = traceback.extract_tb(cause.__traceback__)
+    return bool(frames) and frames[-1].filename.endswith(filename)
 
 
-def discard_if_known(condition: bool, item: str, error: AssertionError):
-    if condition:
-        event(f"known open item: {item}")
-        reject()
-    raise error
+def triage(err: AssertionError, dtype, *values) -> str | None:
+    """The open item a failure belongs to (None: a new failure). Known items are being fixed
+    in the core in parallel; open findings of this suite are listed in the fuzz report."""
+    if any(_big(v, dtype) for v in values):
+        return "known: non-finite curvature/predictive from overflow inside the network"
+    if _cause_in(err, RuntimeWarning, "divide by zero encountered in log", "evidence.py"):
+        # optimize_evidence from alpha=1e300: alpha's fixed-point update underflows to 0 and
+        # evidence.maximize takes log(0) in its convergence test (the result is finite).
+        return "open: evidence.maximize log(0) from an extreme starting alpha"
+    return None
+
+
+def settle(err: AssertionError, dtype, *values):
+    """Discard the example if its failure is an open item (counted as an event), else fail."""
+    item = triage(err, dtype, *values)
+    if item is None:
+        raise err
+    event(item)
+    reject()
 
 
 # -- the constructor ----------------------------------------------------------------------------
@@ -427,7 +446,7 @@ def test_laplace_constructor(data, dtype):
     except Refused:
         return
     except AssertionError as err:
-        discard_if_known(known_overflow(dtype, x, y), "overflow inside the network", err)
+        settle(err, dtype, x, y)
     event(f"fitted: {la.structure.name} {la.likelihood.name} {la.curvature}")
     # whatever it accepted, it answers with finite values
     _check_answers(la, dtype, x, y)
@@ -451,7 +470,7 @@ def _check_answers(la, dtype, x, y):
     except Refused:
         return
     except AssertionError as err:
-        discard_if_known(known_overflow(dtype, x, y), "overflow inside the network", err)
+        settle(err, dtype, x, y)
 
 
 # -- predict / predict_proba ------------------------------------------------------------------------
@@ -485,6 +504,7 @@ def test_predict(data, dtype, likelihood, structure):
         del kw["noise"]
     try:
         result = outcome(la.predict, x, **kw)
+        n = len(x)  # accepted: an array-like of samples
         if likelihood == "regression":
             mean, std = result
             assert_finite(mean, (n, N_OUT), "mean")
@@ -496,7 +516,7 @@ def test_predict(data, dtype, likelihood, structure):
     except Refused:
         return
     except AssertionError as err:
-        discard_if_known(known_overflow(dtype, x), "overflow inside the network", err)
+        settle(err, dtype, x)
 
 
 @scaled(10)
@@ -601,6 +621,8 @@ def test_optimize_evidence(data, dtype, likelihood, structure, prior):
             result = outcome(la.optimize_evidence, **kw)
         except Refused:
             return
+        except AssertionError as err:
+            settle(err, dtype)
         assert result is la
         assert_finite(la.alpha, (la.prior.n_groups,) if not la.prior.scalar else (), "alpha")
         assert_finite(la.beta, None, "beta")
