@@ -429,6 +429,19 @@ def settle(err: AssertionError, dtype, *values):
     reject()
 
 
+def _dataset(x, y, batch):
+    """(x, y) as a dataset of batches when TensorFlow takes them, else x unchanged. (Unbatched
+    datasets are a known open item: not drawn.)"""
+    import tensorflow as tf
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    except Exception:  # noqa: BLE001 - whatever TensorFlow cannot slice stays an array
+        return x
+
+
 # -- the constructor ----------------------------------------------------------------------------
 @scaled(40)
 @given(data=st.data(), dtype=st.sampled_from(["float64", "float32"]))
@@ -441,6 +454,8 @@ def test_laplace_constructor(data, dtype):
     n = draw(st.sampled_from([N_TRAIN, 5, 1]))
     x = draw(st.just(X[:n]) | inputs(n))
     y = draw(targets(n, lik or "regression"))
+    if draw(st.integers(0, 5)) == 0:  # a batched tf.data.Dataset of (x, y) (y=None, or not)
+        x, y = _dataset(x, y, draw(st.integers(1, 13))), draw(st.none() | st.just(y))
     try:
         la = outcome(sigma.Laplace, model(dtype), x, y, **kw)
     except Refused:
@@ -465,7 +480,8 @@ def _check_answers(la, dtype, x, y):
             assert_finite(probs, (4, N_OUT), "probabilities")
             np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
         assert_finite(outcome(lambda: la.gamma), (), "gamma")
-        assert 0 <= la.gamma <= la.n_params * (1 + 1e-9)
+        # round-off: γ_g = P_g − α_g Tr_g(A⁻¹) cancels for a huge α (open finding: γ ≈ −4e-15)
+        assert -1e-9 * la.n_params <= la.gamma <= la.n_params * (1 + 1e-9)
         assert_finite(outcome(la.log_evidence), (), "log_evidence")
     except Refused:
         return
