@@ -668,7 +668,7 @@ def test_log_evidence(data, dtype, likelihood, structure, prior):
         assert_finite(value, shape, "log_evidence")
     except Refused:
         return
-    except AssertionError as err:
+    except AssertionError:
         if _extreme(kw.values()):
             event("open: log_evidence at precisions near the float64 maximum")
             reject()
