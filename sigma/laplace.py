@@ -27,6 +27,7 @@ from sigma._checks import (
     check_positive_int,
     check_precision,
     check_precisions,
+    check_seed,
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
@@ -486,6 +487,7 @@ class Laplace:
         if not isinstance(method, str) or method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n_samples = check_positive_int(n_samples, "n_samples")
+        seed = check_seed(seed)
         probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
         return self.output_layout.unflatten(probs)
 
