@@ -620,6 +620,7 @@ class Laplace:
                 "with several prior groups (or structure 'lowrank' with its diagonal), the "
                 "evidence takes one alpha per group (> 0) and one beta, not a grid"
             )
+        self._check_positive_definite(alphas, float(beta))  # ln|A| by Cholesky needs it
         logdet, _ = self._terms()(alphas, float(beta))
         return evidence.log_evidence_groups(
             logdet=logdet,

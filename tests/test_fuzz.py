@@ -70,8 +70,13 @@ ARGUMENTS = (
 _NAMED = re.compile(r"(?<![A-Za-z_])(" + "|".join(ARGUMENTS) + r")(?![A-Za-z_])")
 SIGMA_ERRORS = (EvidenceError, InsufficientMemoryError)
 SIGMA_DIR = os.path.dirname(sigma.__file__)
-# sigma warns (RuntimeWarning) when negative='clip' clips eigenvalues: that one is expected.
-_CLIP_WARNING = r"the (ggn|hessian) curvature has \d+ negative eigenvalue"
+# sigma's own RuntimeWarnings (negative='clip' clipped eigenvalues; block Lanczos stopped at
+# max_passes before tol) are expected; every other RuntimeWarning (NumPy's overflow, invalid
+# value, divide by zero) is an error inside the checked call.
+SIGMA_WARNINGS = (
+    r"the (ggn|hessian) curvature has \d+ negative eigenvalue",
+    r"block Lanczos stopped after",
+)
 
 
 class Refused(Exception):
@@ -90,7 +95,8 @@ def outcome(fn, *args, **kwargs):
     unacceptable exception chained."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        warnings.filterwarnings("default", message=_CLIP_WARNING, category=RuntimeWarning)
+        for message in SIGMA_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
         try:
             return fn(*args, **kwargs)
         except (ValueError, *SIGMA_ERRORS) as exc:
