@@ -129,6 +129,11 @@ class Laplace:
         if not isinstance(curvature, str) or curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
         if isinstance(structure, Structure):
+            if structure_options is not None and not isinstance(structure_options, dict):
+                raise ValueError(
+                    "structure_options must be a dict of keyword arguments, got "
+                    f"{type(structure_options).__name__}"
+                )
             if structure_options:
                 raise ValueError("structure_options apply to a structure name, not an instance")
         else:
