@@ -780,3 +780,90 @@ def test_model_argument(model_value):
     except Refused:
         return
     raise AssertionError(f"Laplace accepted model={model_value!r}")
+
+
+# -- what the fuzzing found (fixed), as fixed regression cases ---------------------------------------
+_EMPTY = np.array([])
+FOUND = {
+    "predict_proba(method=array)": (
+        lambda: fitted("float64", "classification", "full").predict_proba(X, method=_EMPTY),
+        "method",
+    ),
+    "lowrank log_evidence(alpha=[])": (
+        lambda: fitted("float64", "regression", "lowrank").log_evidence(alpha=_EMPTY),
+        "alpha",
+    ),
+    "Laplace(curvature=array)": (
+        lambda: sigma.Laplace(model("float64"), X, Y, curvature=_EMPTY),
+        "curvature",
+    ),
+    "Laplace(negative=array)": (
+        lambda: sigma.Laplace(model("float64"), X, Y, negative=_EMPTY),
+        "negative",
+    ),
+    "Laplace(likelihood=[])": (
+        lambda: sigma.Laplace(model("float64"), X, Y, likelihood=[]),
+        "likelihood",
+    ),
+    "Laplace(progress=array)": (
+        lambda: sigma.Laplace(model("float64"), X, Y, progress=_EMPTY),
+        "progress",
+    ),
+    "predict(noise=array)": (
+        lambda: fitted("float64", "regression", "full").predict(X, noise=_EMPTY),
+        "noise",
+    ),
+    "optimize_evidence(per_output=array)": (
+        lambda: fitted("float64", "regression", "full").optimize_evidence(per_output=_EMPTY),
+        "per_output",
+    ),
+    "predict_proba(method='mc', seed=-1)": (
+        lambda: fitted("float64", "classification", "full").predict_proba(X, method="mc", seed=-1),
+        "seed",
+    ),
+    "predict_proba(method='mc', seed=1.5)": (
+        lambda: fitted("float64", "classification", "full").predict_proba(X, method="mc", seed=1.5),
+        "seed",
+    ),
+    "lowrank seed=None": (
+        lambda: sigma.Laplace(
+            model("float64"), X, Y, structure="lowrank", structure_options={"seed": None}
+        ),
+        "seed",
+    ),
+    "kfac max_block='a'": (
+        lambda: sigma.Laplace(
+            model("float64"), X, Y, structure="kfac", structure_options={"max_block": "a"}
+        ),
+        "max_block",
+    ),
+    "prior=strings": (
+        lambda: sigma.Laplace(model("float64"), X, Y, prior=np.array(["a"] * n_params("float64"))),
+        "prior",
+    ),
+    "prior=1e20": (
+        lambda: sigma.Laplace(model("float64"), X, Y, prior=np.full(n_params("float64"), 1e20)),
+        "prior",
+    ),
+    "full prior='layer' log_evidence(alpha=2.1e-143)": (
+        lambda: fitted("float64", "regression", "full", prior="layer").log_evidence(alpha=2.1e-143),
+        "alpha",
+    ),
+    "full prior='layer' log_evidence(beta=1.5e307)": (
+        lambda: fitted("float64", "regression", "full", prior="layer").log_evidence(beta=1.5e307),
+        "beta",
+    ),
+    "structure instance with structure_options=array": (
+        lambda: sigma.Laplace(
+            model("float64"), X, Y, structure=structures.get("diag")(), structure_options=_EMPTY
+        ),
+        "structure_options",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FOUND)
+def test_found_by_fuzzing(case):
+    fn, name = FOUND[case]
+    with pytest.raises(Refused, match=rf"\b{name}\b"):
+        outcome(fn)
