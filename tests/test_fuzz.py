@@ -20,9 +20,17 @@ under a minute; ``fuzz`` draws many more examples with a fresh random seed each 
 Models are tiny (3-4-2 Dense, tanh) and built once per module, so the traced graphs of each
 (model, structure, likelihood, curvature) are reused across examples.
 
-Inputs that hit an item known to be open (being fixed in the core in parallel) are discarded
-with ``hypothesis.reject()`` *only when they fail*, and counted with ``hypothesis.event`` (see
-``--hypothesis-show-statistics``): :data:`KNOWN`.
+Items known to be open in the core (being fixed in parallel) are kept out:
+
+* not drawn at all: half-precision models (float16/bfloat16), a sigmoid last layer or K=1 with
+  classification, Embedding index checks, unbatched tf.data datasets, a model without
+  trainable weights (the models here are float32/float64 3-4-2 Dense with linear logits);
+* discarded with ``hypothesis.reject()`` *only when they fail* (:func:`triage`, counted as
+  events in ``--hypothesis-show-statistics``): non-finite curvature from overflow inside the
+  network (|x| or |y| near the square root of the dtype's maximum), and the open findings of
+  this suite — optimize_evidence from α = 1e300 (log(0) in evidence.maximize), log_evidence at
+  α or β near the float64 maximum (−inf, overflow), method="mc" with n_samples = 1e300
+  (allocates every draw at once).
 """
 
 from __future__ import annotations
