@@ -287,6 +287,7 @@ class Laplace:
         """Validate β (float or (K,)), check A is positive definite, then set both."""
         if np.ndim(beta) == 0:
             beta = check_precision(beta, "beta", allow_zero=False)
+            _check_noise_variance(beta)
             self._check_positive_definite(alpha, beta)
             self._alpha, self._beta, self._weighted = alpha, beta, None
             return
@@ -296,6 +297,7 @@ class Laplace:
                 f"beta as an array must hold one positive precision per output, shape "
                 f"({self.n_outputs},), got {beta.shape} with minimum {beta.min() if beta.size else None}"
             )
+        _check_noise_variance(beta)
         if not self.prior.scalar:
             raise ValueError(
                 "one beta per output needs prior='scalar' (one alpha); got prior groups "
@@ -911,6 +913,16 @@ class Laplace:
             f"Laplace(structure={self.structure.name!r}, curvature={self.curvature!r}, "
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
+        )
+
+
+def _check_noise_variance(beta) -> None:
+    """1/β, the noise variance in σ², must be a float64 (β of 2e-311 makes it inf)."""
+    smallest = 1.0 / np.finfo(np.float64).max
+    if np.any(np.asarray(beta) < smallest):
+        raise ValueError(
+            f"beta must be at least {smallest:.3g} (its reciprocal, the noise variance, "
+            f"overflows float64 below that), got {np.min(beta):.3g}"
         )
 
 

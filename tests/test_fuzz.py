@@ -561,6 +561,7 @@ def test_laplace_constructor(data, dtype):
     n = draw(st.sampled_from([N_TRAIN, 5, 1]))
     x = draw(inputs(n) if "x" in bad else valid_inputs(n))
     y = draw(targets(n, lik) if "y" in bad else st.just(good_y(lik)[:n]))
+    arrays_xy = x, y  # (for the triage of a failure)
     if draw(st.integers(0, 5)) == 0:  # a batched tf.data.Dataset of (x, y) (y=None, or not)
         x, y = _dataset(x, y, draw(st.integers(1, 13))), draw(st.none() | st.just(y))
     try:
@@ -569,11 +570,11 @@ def test_laplace_constructor(data, dtype):
         event(f"refused: {_gist(exc)}")
         return
     except AssertionError as err:
-        settle(err, dtype, x, y)
+        settle(err, dtype, *arrays_xy)
     event(f"fitted: {la.structure.name} {la.likelihood.name} {la.curvature}")
     event(f"bad keywords: {len(bad)}")
     # whatever it accepted, it answers with finite values
-    _check_answers(la, dtype, x, y)
+    _check_answers(la, dtype, *arrays_xy)
 
 
 def _check_answers(la, dtype, x, y):
@@ -859,6 +860,10 @@ FOUND = {
     ),
     "full prior='layer' log_evidence(beta=1.5e307)": (
         lambda: fitted("float64", "regression", "full", prior="layer").log_evidence(beta=1.5e307),
+        "beta",
+    ),
+    "beta=2.2e-311 (1/beta overflows)": (
+        lambda: setattr(fitted("float64", "regression", "diag"), "beta", 2.2e-311),
         "beta",
     ),
     "structure instance with structure_options=array": (
