@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-n 2" (pytest-xdist) or "-x -k laplace"
 
-.PHONY: help env test test-unit test-notebooks run notebooks lab lint format bench bench-peer figure clean
+.PHONY: help env test test-unit test-notebooks fuzz run notebooks lab lint format bench bench-peer figure clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,11 @@ test-unit: $(STAMP) ## unit tier only (fast)
 
 test-notebooks: $(STAMP) ## notebook tier only: papermill with small parameters
 	$(PY) -m pytest -q -m notebook $(PYTEST_ARGS)
+
+FUZZ_SCALE ?= 50  # examples per fuzz test: this many times the default profile's
+fuzz: $(STAMP) ## deep property-based fuzzing of the public boundary (tests/test_fuzz.py, hypothesis "fuzz" profile, fresh seed)
+	SIGMA_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q tests/test_fuzz.py \
+	  --hypothesis-profile=fuzz --hypothesis-show-statistics $(PYTEST_ARGS)
 
 run: $(STAMP) ## execute every notebook at its defaults into reports/ and render HTML (a progress bar per notebook)
 	$(PY) -m sigma.sweep run $(NOTEBOOKS) --out $(REPORTS)

@@ -266,6 +266,13 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_seed(value, name: str = "seed") -> int:
+    """A random seed: a non-negative integer (an int or NumPy integer; never a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def check_batch_size(value, name: str = "batch_size") -> int:
     """A batch size: a positive integer."""
     return check_positive_int(value, name)

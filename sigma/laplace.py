@@ -28,6 +28,7 @@ from sigma._checks import (
     check_positive_int,
     check_precision,
     check_precisions,
+    check_seed,
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
@@ -127,9 +128,14 @@ class Laplace:
         max_memory: int | str | None = None,
         progress: bool = False,
     ):
-        if curvature not in CURVATURES:
+        if not isinstance(curvature, str) or curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
         if isinstance(structure, Structure):
+            if structure_options is not None and not isinstance(structure_options, dict):
+                raise ValueError(
+                    "structure_options must be a dict of keyword arguments, got "
+                    f"{type(structure_options).__name__}"
+                )
             if structure_options:
                 raise ValueError("structure_options apply to a structure name, not an instance")
         else:
@@ -142,9 +148,10 @@ class Laplace:
                 f"curvature={curvature!r}: use {supported}, or structure={others} for the "
                 f"{curvature} of a small model"
             )
-        if negative not in NEGATIVE:
+        if not isinstance(negative, str) or negative not in NEGATIVE:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
+        _check_flag(progress, "progress")
         self.likelihood = likelihoods.get(likelihood)
         check_model(model)
         if not is_dataset(x):
@@ -284,6 +291,7 @@ class Laplace:
         """Validate β (float or (K,)), check A is positive definite, then set both."""
         if np.ndim(beta) == 0:
             beta = check_precision(beta, "beta", allow_zero=False)
+            _check_noise_variance(beta)
             self._check_positive_definite(alpha, beta)
             self._alpha, self._beta, self._weighted = alpha, beta, None
             return
@@ -293,6 +301,7 @@ class Laplace:
                 f"beta as an array must hold one positive precision per output, shape "
                 f"({self.n_outputs},), got {beta.shape} with minimum {beta.min() if beta.size else None}"
             )
+        _check_noise_variance(beta)
         if not self.prior.scalar:
             raise ValueError(
                 "one beta per output needs prior='scalar' (one alpha); got prior groups "
@@ -435,6 +444,7 @@ class Laplace:
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
+        _check_flag(noise, "noise")
         mean, std = self._predict(self._inputs(x), noise, batch_size)
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
@@ -489,9 +499,10 @@ class Laplace:
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
-        if method not in METHODS:
+        if not isinstance(method, str) or method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n_samples = check_positive_int(n_samples, "n_samples")
+        seed = check_seed(seed)
         probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
         return self.output_layout.unflatten(probs)
 
@@ -617,12 +628,16 @@ class Laplace:
                 alpha=alpha,
                 beta=beta,
             )
-        alphas = np.broadcast_to(np.asarray(alpha, np.float64), (self.prior.n_groups,))
-        if np.ndim(beta) or not np.all(alphas > 0):
+        try:
+            alphas = np.broadcast_to(np.asarray(alpha, np.float64), (self.prior.n_groups,))
+        except ValueError:  # not one alpha per group (e.g. a grid)
+            alphas = np.zeros(0)
+        if np.ndim(beta) or alphas.size == 0 or not np.all(alphas > 0):
             raise ValueError(
                 "with several prior groups (or structure 'lowrank' with its diagonal), the "
                 "evidence takes one alpha per group (> 0) and one beta, not a grid"
             )
+        self._check_positive_definite(alphas, float(beta))  # ln|A| by Cholesky needs it
         logdet, _ = self._terms()(alphas, float(beta))
         return evidence.log_evidence_groups(
             logdet=logdet,
@@ -668,8 +683,9 @@ class Laplace:
         """
         self._check_weights_unchanged()
         for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
-            if not isinstance(flag, bool | np.bool_):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
+            _check_flag(flag, name)
+        if per_output is not None:
+            _check_flag(per_output, "per_output", "True, False or None")
         max_iter = check_positive_int(max_iter, "max_iter")
         tol = check_precision(tol, "tol", allow_zero=False)
         if per_output is None:
@@ -919,6 +935,21 @@ def _check_finite_variance(var) -> None:
             "x although the model's outputs are finite: the gradients of the outputs overflow "
             "inside the network. Rescale x (or the weights), or compute in float64"
         )
+
+
+def _check_noise_variance(beta) -> None:
+    """1/β, the noise variance in σ², must be a float64 (β of 2e-311 makes it inf)."""
+    smallest = 1.0 / np.finfo(np.float64).max
+    if np.any(np.asarray(beta) < smallest):
+        raise ValueError(
+            f"beta must be at least {smallest:.3g} (its reciprocal, the noise variance, "
+            f"overflows float64 below that), got {np.min(beta):.3g}"
+        )
+
+
+def _check_flag(value, name: str, allowed: str = "True or False") -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _frozen_state(model) -> list[np.ndarray]:

@@ -197,7 +197,7 @@ def get(likelihood, layout=None) -> Regression | Classification:
         if layout is not None and not likelihood.has_beta and likelihood.heads is None:
             return Classification(layout.heads)
         return likelihood
-    if likelihood not in LIKELIHOODS:
+    if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {likelihood!r}")
     if likelihood == "classification":
         return Classification(None if layout is None else layout.heads)

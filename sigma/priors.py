@@ -92,6 +92,11 @@ def build_prior(spec, variables, owners: dict) -> Prior:
             + (f" of shape {np.shape(spec)}" if hasattr(spec, "shape") else "")
         )
     groups = np.asarray(spec)
+    if groups.dtype.kind not in "iuf" or not np.all(np.isfinite(groups)):
+        raise ValueError(
+            f"prior as an array must hold finite integer group ids 0 … G−1, got dtype "
+            f"{groups.dtype}" + ("" if groups.dtype.kind not in "iuf" else " with NaN or inf")
+        )
     if groups.shape != (p,):
         raise ValueError(
             f"prior as an array must hold one group id per weight of the posterior, shape "
@@ -99,6 +104,10 @@ def build_prior(spec, variables, owners: dict) -> Prior:
         )
     if not (np.issubdtype(groups.dtype, np.integer) or np.all(groups == np.round(groups))):
         raise ValueError("prior as an array must hold integer group ids 0 … G−1")
+    if groups.size and groups.max() >= p:
+        raise ValueError(
+            f"prior group ids must be < {p} (G ≤ P groups numbered 0 … G−1), got {groups.max()}"
+        )
     groups = groups.astype(np.int64)
     if groups.min() < 0:
         raise ValueError(f"prior group ids must be ≥ 0, got {groups.min()}")

@@ -9,6 +9,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Hypothesis profiles (registered here so that --hypothesis-profile=NAME can select them):
+# "ci", the default, is derandomized so `make test` is deterministic; "fuzz" (SIGMA_FUZZ=1 or
+# --hypothesis-profile=fuzz, `make fuzz`) draws SIGMA_FUZZ_SCALE (default 50) times as many
+# examples in tests/test_fuzz.py, from a fresh seed each run.
+_HYPOTHESIS = dict(
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
+settings.register_profile("ci", derandomize=True, **_HYPOTHESIS)
+settings.register_profile("fuzz", derandomize=False, print_blob=True, **_HYPOTHESIS)
+settings.load_profile("fuzz" if os.environ.get("SIGMA_FUZZ") else "ci")
 
 
 def make_mlp(n_in=3, hidden=(5, 4), n_out=2, dtype="float64", seed=0, activation="tanh"):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sigma._checks import check_positive_int
 from sigma._linalg import eigh
 from sigma.curvature.layers import Captured, layer_batch_size
 from sigma.memory import activation_elements, kernel_blocks
@@ -50,7 +51,7 @@ class KFAC(Layerwise):
 
     def __init__(self, *, max_block: int = 2048, fast: bool = True):
         super().__init__(fast=fast)
-        self.max_block = int(max_block)
+        self.max_block = check_positive_int(max_block, "max_block")
 
     def _options(self) -> dict:
         return {"max_block": self.max_block}

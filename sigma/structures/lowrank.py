@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
-from sigma._checks import check_inputs, check_positive_int, n_samples, take
+from sigma._checks import check_inputs, check_positive_int, check_seed, n_samples, take
 from sigma.curvature.accumulate import (
     ELEMENT_BUDGET,
     as_batches,
@@ -254,7 +254,7 @@ class LowRank(Structure):
             raise ValueError(f"predictive must be 'layerwise' or 'jacobian', got {predictive!r}")
         if tol is not None and not (isinstance(tol, float | int) and 0 < tol < 1):
             raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
-        self.rank, self.tol, self.seed = int(rank), tol, int(seed)
+        self.rank, self.tol, self.seed = int(rank), tol, check_seed(seed)
         self.block = None if block is None else check_positive_int(block, "block")
         self.max_passes = (
             None if max_passes is None else check_positive_int(max_passes, "max_passes")
