@@ -20,11 +20,12 @@ under a minute; ``fuzz`` draws many more examples with a fresh random seed each 
 Models are tiny (3-4-2 Dense, tanh) and built once per module, so the traced graphs of each
 (model, structure, likelihood, curvature) are reused across examples.
 
-Items known to be open in the core (being fixed in parallel) are kept out:
+What is kept out:
 
-* not drawn at all: half-precision models (float16/bfloat16), a sigmoid last layer or K=1 with
-  classification, Embedding index checks, unbatched tf.data datasets, a model without
-  trainable weights (the models here are float32/float64 3-4-2 Dense with linear logits);
+* drawn by :func:`test_awkward_models` only (the other tests use float32/float64 3-4-2 Dense
+  models with linear logits): half-precision models (float16/bfloat16), models without
+  trainable weights, a sigmoid last layer, a one-logit binary classifier, Embedding indices,
+  unbatched tf.data datasets;
 * discarded with ``hypothesis.reject()`` *only when they fail* (:func:`triage`, counted as
   events in ``--hypothesis-show-statistics``): non-finite curvature from overflow inside the
   network (|x| or |y| near the square root of the dtype's maximum), and the open findings of
@@ -789,6 +790,81 @@ def test_model_argument(model_value):
     except Refused:
         return
     raise AssertionError(f"Laplace accepted model={model_value!r}")
+
+
+# -- awkward models: half precision, no weights, sigmoid and binary heads, Embedding, unbatched ---
+def _awkward(kind: str):
+    """A tiny model of an awkward kind, built once."""
+    if kind in _MODELS:
+        return _MODELS[kind]
+    keras.utils.set_random_seed(2)
+    layers = keras.layers
+    if kind in ("float16", "bfloat16"):
+        net = keras.Sequential(
+            [keras.Input((N_IN,)), layers.Dense(4, dtype=kind), layers.Dense(N_OUT, dtype=kind)]
+        )
+    elif kind == "no weights":
+        net = keras.Sequential([keras.Input((N_IN,)), layers.Activation("tanh")])
+    elif kind == "frozen":
+        net = keras.Sequential([keras.Input((N_IN,)), layers.Dense(N_OUT)])
+        net.trainable = False
+    elif kind in ("sigmoid", "binary"):
+        head = layers.Dense(1, activation="sigmoid" if kind == "sigmoid" else None)
+        net = keras.Sequential([keras.Input((N_IN,)), layers.Dense(4, activation="tanh"), head])
+    else:  # "embedding": indices into a table of 5 rows
+        net = keras.Sequential(
+            [keras.Input((N_IN,), dtype="int32"), layers.Embedding(5, 2), layers.Flatten(),
+             layers.Dense(N_OUT)]
+        )  # fmt: skip
+    _MODELS[kind] = net
+    return net
+
+
+AWKWARD = ["float16", "bfloat16", "no weights", "frozen", "sigmoid", "binary", "embedding"]
+
+
+@scaled(30)
+@given(
+    data=st.data(),
+    kind=st.sampled_from(AWKWARD),
+    structure=st.sampled_from(STRUCTURES),
+    likelihood=st.sampled_from(["regression", "classification"]),
+    unbatched=st.booleans(),
+)
+def test_awkward_models(data, kind, structure, likelihood, unbatched):
+    """Awkward models and data: a finite answer or a refusal naming the argument."""
+    import tensorflow as tf
+
+    draw = data.draw
+    net = _awkward(kind)
+    n = draw(st.integers(1, N_TRAIN))
+    if kind == "embedding":
+        x = draw(
+            hnp.arrays(np.float64, (n, N_IN), elements=st.sampled_from([-1, 0, 1.5, 2, 4, 5, 7]))
+        )
+    else:
+        x = draw(hnp.arrays(np.float64, (n, N_IN), elements=st.floats(-3, 3)))
+    k = net.output_shape[-1] if kind not in ("no weights",) else N_IN
+    if likelihood == "classification":
+        y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(-1, max(k, 2))))
+    else:
+        y = draw(hnp.arrays(np.float64, (n, k), elements=st.floats(-3, 3)))
+    x_given = tf.data.Dataset.from_tensor_slices((x, y)) if unbatched else x
+    y_given = None if unbatched else y
+    options = {"rank": 3} if structure == "lowrank" else None
+    la = call(
+        sigma.Laplace, net, x_given, y_given, likelihood=likelihood, structure=structure,
+        structure_options=options,
+    )  # fmt: skip
+    if la is None:
+        return
+    regression_ok = kind == "sigmoid" and likelihood == "regression"  # a bounded regression
+    assert kind in ("binary", "embedding") or regression_ok, f"a {kind} model was accepted"
+    assert not unbatched, "an unbatched dataset was accepted"
+    result = call(la.predict, x)
+    if result is not None:
+        for part in result if isinstance(result, tuple) else (result,):
+            assert_finite(part, (n, k))
 
 
 # -- what the fuzzing found (fixed), as fixed regression cases ---------------------------------------
