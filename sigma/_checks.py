@@ -286,7 +286,19 @@ def check_precision(value, name: str, *, allow_zero: bool) -> float:
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         op = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {op}, got {value}")
+    if value > MAX_PRECISION:
+        raise ValueError(_too_large(name, value))
     return value
+
+
+MAX_PRECISION = 1e150  # larger precisions overflow float64 in α·E_W, β·c, ln|A|
+
+
+def _too_large(name, value) -> str:
+    return (
+        f"{name} must be at most {MAX_PRECISION:g} (a larger precision overflows the float64 "
+        f"arithmetic of the evidence and the posterior), got {value:g}"
+    )
 
 
 def check_precisions(value, name: str, *, allow_zero: bool = True) -> np.ndarray:
@@ -309,6 +321,8 @@ def check_precisions(value, name: str, *, allow_zero: bool = True) -> np.ndarray
         raise ValueError(
             f"{name} must be finite numbers {op}, got {arr.flat[int(np.argmax(bad.ravel()))]}"
         )
+    if arr.size and arr.max() > MAX_PRECISION:
+        raise ValueError(_too_large(name, float(arr.max())))
     return arr
 
 

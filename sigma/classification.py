@@ -20,6 +20,8 @@ import numpy as np
 from sigma._checks import as_array
 
 METHODS = ("probit", "mc")
+MAX_SAMPLES = 10**8  # draws of the logits for method="mc"
+CHUNK_ELEMENTS = 2**22  # logits drawn at a time (32 MiB of float64)
 
 
 def softmax(logits, heads=None) -> np.ndarray:
@@ -64,13 +66,21 @@ def sampled_probabilities(
     (negative round-off eigenvalues set to zero), so a singular Σ is fine.
     """
     mean, cov = _check_mean_cov(mean, cov)
-    if int(n_samples) < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples}")
+    if not 1 <= int(n_samples) <= MAX_SAMPLES:
+        raise ValueError(
+            f"n_samples must be a positive integer of at most {MAX_SAMPLES:.0e}, got {n_samples}"
+        )
     lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, 1, 2)))
     root = vec * np.sqrt(np.maximum(lam, 0.0))[:, None, :]  # Σ = root rootᵀ
-    z = np.random.default_rng(seed).standard_normal((int(n_samples), *mean.shape))
-    logits = mean[None] + np.einsum("nkj,snj->snk", root, z)
-    return softmax(logits, heads).mean(axis=0)
+    rng = np.random.default_rng(seed)
+    total, left = np.zeros(mean.shape), int(n_samples)
+    chunk = max(1, CHUNK_ELEMENTS // max(mean.size, 1))  # draws at a time: bounded memory
+    while left:  # the same stream of draws as one (n_samples, N, K) array
+        z = rng.standard_normal((min(chunk, left), *mean.shape))
+        logits = mean[None] + np.einsum("nkj,snj->snk", root, z)
+        total += softmax(logits, heads).sum(axis=0)
+        left -= len(z)
+    return total / int(n_samples)
 
 
 def _activation_name(activation) -> str | None:

@@ -454,7 +454,8 @@ def maximize(
         ):
             break  # the fixed point overshoots (e.g. γ ≥ NK): maximise directly
         change = max(
-            float(np.max(np.abs(np.log(new_a / alphas)))), abs(float(np.log(new_b / beta)))
+            float(np.max(np.abs(np.log(new_a) - np.log(alphas)))),
+            abs(float(np.log(new_b) - np.log(beta))),
         )
         alphas, beta = new_a, float(new_b)
         history.append((_out(alphas), beta))

@@ -32,7 +32,13 @@ from sigma._checks import (
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
-from sigma.classification import METHODS, check_logits, probit_probabilities, sampled_probabilities
+from sigma.classification import (
+    MAX_SAMPLES,
+    METHODS,
+    check_logits,
+    probit_probabilities,
+    sampled_probabilities,
+)
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -502,6 +508,8 @@ class Laplace:
         if not isinstance(method, str) or method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n_samples = check_positive_int(n_samples, "n_samples")
+        if n_samples > MAX_SAMPLES:
+            raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
         seed = check_seed(seed)
         probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
         return self.output_layout.unflatten(probs)
