@@ -266,10 +266,13 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
-def check_seed(value, name: str = "seed") -> int:
-    """A random seed: a non-negative integer (an int or NumPy integer; never a bool)."""
+def check_seed(value, name: str = "seed") -> int | None:
+    """A random seed: a non-negative integer (an int or NumPy integer; never a bool), or None
+    for NumPy's fresh, non-reproducible entropy."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
     return int(value)
 
 

@@ -70,6 +70,14 @@ def compiled_loss(model):
     return loss
 
 
+def _output_widths(model) -> list[int] | None:
+    """The width of each of the model's outputs (its last axis), or None when unknown."""
+    try:
+        return [int(t.shape[-1]) for t in model.outputs]
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
 def loss_likelihood(model) -> str:
     """The likelihood of the model's compiled loss: "regression" for the mean squared error,
     "classification" for a categorical cross-entropy on logits. A ValueError names anything
@@ -99,6 +107,14 @@ def loss_likelihood(model) -> str:
     if name in _REGRESSION_LOSSES:
         return "regression"
     if name in _CLASSIFICATION_LOSSES:
+        widths = _output_widths(model)
+        if "binary" in name and widths and any(w != 1 for w in widths):
+            raise ValueError(
+                f"the compiled loss {name!r} on outputs of widths {widths}: a binary "
+                "cross-entropy over several logits is a multi-label model (independent "
+                "sigmoids), which the evidence does not cover; one logit per output is a "
+                "binary classifier"
+            )
         if not from_logits:
             raise ValueError(
                 f"the compiled loss {name!r} takes probabilities: training for the posterior "

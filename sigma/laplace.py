@@ -454,15 +454,15 @@ class Laplace:
         mean, std = self._predict(self._inputs(x), noise, batch_size)
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
-    def _predict(self, x, noise=True, batch_size=None):
+    def _predict(self, x, noise=True, batch_size=None, name="x"):
         """(mean, std), each (N, K) flat, for checked inputs x."""
         mean = engine(self.model).outputs(x)
-        check_finite_outputs(self.model, x, mean)
+        check_finite_outputs(self.model, x, mean, name)
         structure, beta = self._posterior()
         var = structure.predictive_variance(
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
-        _check_finite_variance(var)
+        _check_finite_variance(var, name)
         if noise:
             var = var + 1.0 / self._beta
         return mean, np.sqrt(var)
@@ -514,15 +514,15 @@ class Laplace:
         probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
         return self.output_layout.unflatten(probs)
 
-    def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None):
+    def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None, name="x"):
         """Class probabilities (N, K) flat (one softmax per head) for checked inputs x."""
         mean = engine(self.model).outputs(x)
-        check_finite_outputs(self.model, x, mean)
+        check_finite_outputs(self.model, x, mean, name)
         structure, beta = self._posterior()
         cov = structure.predictive_covariance(
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
-        _check_finite_variance(cov)
+        _check_finite_variance(cov, name)
         heads = self.likelihood.heads
         if method == "probit":
             return probit_probabilities(mean, cov, heads)
@@ -814,8 +814,8 @@ class Laplace:
                 return np.inf  # A not positive definite there
             calls.append(1)
             if self.likelihood.has_beta:
-                return metrics.gaussian_nll(*self._predict(x_val), y_val)
-            probs = self._proba(x_val)
+                return metrics.gaussian_nll(*self._predict(x_val, name="x_val"), y_val)
+            probs = self._proba(x_val, name="x_val")
             score = {"nll": metrics.nll, "brier": metrics.brier,
                      "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
             return sum(  # per softmax head, summed
@@ -934,14 +934,14 @@ class Laplace:
         )
 
 
-def _check_finite_variance(var) -> None:
+def _check_finite_variance(var, name: str = "x") -> None:
     """The outputs were finite; a NaN or inf variance comes from the output gradients."""
     if not np.all(np.isfinite(var)):
         bad = int(np.sum(~np.all(np.isfinite(np.reshape(var, (len(var), -1))), axis=1)))
         raise ValueError(
             f"the predictive variance is NaN or infinite for {bad} of the {len(var)} samples of "
-            "x although the model's outputs are finite: the gradients of the outputs overflow "
-            "inside the network. Rescale x (or the weights), or compute in float64"
+            f"{name} although the model's outputs are finite: the gradients of the outputs "
+            f"overflow inside the network. Rescale {name} (or the weights), or compute in float64"
         )
 
 

@@ -105,8 +105,7 @@ class Classification:
         roots = []
         for seg in self._segments(f):
             if seg.shape[-1] == 1:
-                p = tf.sigmoid(seg)
-                roots.append(tf.sqrt(p * (1.0 - p))[:, :, None])
+                roots.append(tf.sqrt(tf.sigmoid(seg) * tf.sigmoid(-seg))[:, :, None])
                 continue
             p = tf.nn.softmax(seg, axis=-1)
             sp = tf.sqrt(p)
@@ -126,6 +125,13 @@ class Classification:
         sizes = [e - s for s, e in self.heads]
         parts = layout.split(y, name) if layout is not None else [y]
         if len(parts) == 1:  # one (n, K) array, one-hot per head
+            if np.ndim(parts[0]) != 2:
+                raise ValueError(
+                    f"{name} for a model with {len(self.heads)} classification outputs must be "
+                    f"one (N, {k}) array of targets per head side by side, or one array of "
+                    f"labels per output (a list, or a dict by output name); got shape "
+                    f"{np.shape(parts[0])}"
+                )
             arr = self._part(parts[0], n, k, name, x_name, one_hot=False)
             return np.concatenate(
                 [

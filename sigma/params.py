@@ -47,6 +47,8 @@ def full_precision(model, dtype: str = "float32"):
         raise ValueError("model must be a built keras.Model")
 
     def clone(layer):
+        if isinstance(layer, keras.Model):  # a nested model: its own layers, recursively
+            return full_precision(layer, dtype)
         return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
 
     def retyped(t):  # float inputs in ``dtype``; integer inputs (indices) as they are

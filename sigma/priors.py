@@ -92,6 +92,8 @@ def build_prior(spec, variables, owners: dict) -> Prior:
             + (f" of shape {np.shape(spec)}" if hasattr(spec, "shape") else "")
         )
     groups = np.asarray(spec)
+    if groups.dtype.kind == "b":  # two groups: False → 0, True → 1
+        groups = groups.astype(np.int64)
     if groups.dtype.kind not in "iuf" or not np.all(np.isfinite(groups)):
         raise ValueError(
             f"prior as an array must hold finite integer group ids 0 … G−1, got dtype "

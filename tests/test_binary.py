@@ -155,3 +155,30 @@ def test_binary_save_and_load(logistic, tmp_path):
     back = sigma.Laplace.load(tmp_path / "binary.npz", model)
     np.testing.assert_allclose(back.predict_proba(x[:5]), la.predict_proba(x[:5]), rtol=1e-12)
     assert back.log_evidence() == pytest.approx(la.log_evidence(), rel=1e-12)
+
+
+def test_one_label_array_for_several_heads_is_refused(rng):
+    x = keras.Input((3,), dtype="float64")
+    model = keras.Model(
+        x, [keras.layers.Dense(1, dtype="float64")(x), keras.layers.Dense(3, dtype="float64")(x)]
+    )
+    data = rng.normal(size=(6, 3))
+    with pytest.raises(ValueError, match=r"one \(N, 4\) array of targets per head side by side"):
+        sigma.Laplace(model, data, np.array([0, 1, 1, 0, 1, 0]), likelihood="classification")
+    la = sigma.Laplace(
+        model, data, [np.array([0, 1, 1, 0, 1, 0]), np.array([0, 2, 1, 0, 1, 2])],
+        likelihood="classification",
+    )  # fmt: skip
+    p_binary, p_three = la.predict_proba(data)
+    assert p_binary.shape == (6, 1) and np.allclose(p_three.sum(axis=1), 1.0)
+
+
+def test_binary_cross_entropy_over_several_logits_is_refused_by_the_callback(rng):
+    model = keras.Sequential(
+        [keras.Input((3,), dtype="float64"), keras.layers.Dense(3, dtype="float64")]
+    )
+    model.compile("sgd", keras.losses.BinaryCrossentropy(from_logits=True))
+    x = rng.normal(size=(8, 3))
+    cb = sigma.EvidenceCallback(x, np.eye(3)[rng.integers(0, 3, 8)], structure="full")
+    with pytest.raises(ValueError, match=r"multi-label model"):
+        model.fit(x, np.eye(3)[rng.integers(0, 3, 8)], epochs=1, verbose=0, callbacks=[cb])

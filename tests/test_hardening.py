@@ -177,3 +177,33 @@ def test_structure_options_are_checked(structure, options, match):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match=match):
         sigma.Laplace(model, X, Y, structure=structure, structure_options=options)
+
+
+def test_a_nested_half_precision_model_gets_a_full_precision_copy():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, dtype="float16")])
+    x_in = keras.Input((3,))
+    outer = keras.Model(x_in, keras.layers.Dense(1, dtype="float16")(inner(x_in)))
+    copy = sigma.full_precision(outer)
+    assert {str(v.dtype) for v in copy.weights} == {"float32"}
+    assert sigma.Laplace(copy, X, Y, structure="diag").predict(X[:2])[1].shape == (2, 1)
+
+
+def test_a_structure_instance_used_twice_is_not_shared():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
+    instance = sigma.structures.get("kfac")()
+    first = sigma.Laplace(model, X, Y, structure=instance)
+    before = first.predict(X[:3])[1]
+    second = sigma.Laplace(model, X[:5] * 3.0, Y[:5], structure=instance)
+    assert not np.allclose(second.predict(X[:3])[1], before)
+    np.testing.assert_array_equal(first.predict(X[:3])[1], before)
+    fresh = sigma.Laplace(model, X[:5] * 3.0, Y[:5], structure="kfac")
+    np.testing.assert_allclose(second.predict(X[:3])[1], fresh.predict(X[:3])[1], rtol=1e-6)
+
+
+def test_a_boolean_prior_is_two_groups():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    la = sigma.Laplace(model, X, Y, prior=np.array([True, False, True, False]), alpha=[1.0, 2.0])
+    assert la.alpha.shape == (2,)

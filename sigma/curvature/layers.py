@@ -510,8 +510,11 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
                 for g, r in zip(tape.gradient(total, refs), refs, strict=True)
             ]
         )
-        if not (np.all(np.isfinite(fast)) and np.all(np.isfinite(ref))):
+        if not np.all(np.isfinite(ref)):
             continue  # an overflow inside the network: reported when the curvature is checked
+        if not np.all(np.isfinite(fast)):
+            bad.append(blk.layer)
+            continue
         scale = max(float(np.abs(ref).max(initial=0.0)), 1e-300)  # norms of scaled vectors
         if np.linalg.norm((fast - ref) / scale) > rtol * max(np.linalg.norm(ref / scale), 1e-30):
             bad.append(blk.layer)
@@ -571,10 +574,10 @@ def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
     for blk, a, s, (u_in, u_out, w) in zip(plan.fast, cap.acts, cap.sens, blocks[:nf], strict=True):
         if a is None:
             continue
-        a, s = tf.cast(a, w.dtype), tf.cast(s, w.dtype)
-        if u_in is not None:
-            a = tf.einsum("btd,de->bte", a, u_in)
-            s = tf.einsum("kbtc,ce->kbte", s, u_out)
+        if u_in is not None:  # rotations in the model's dtype (orthogonal: nothing overflows)
+            a = tf.einsum("btd,de->bte", a, tf.cast(u_in, a.dtype))
+            s = tf.einsum("kbtc,ce->kbte", s, tf.cast(u_out, s.dtype))
+        a, s = tf.cast(a, w.dtype), tf.cast(s, w.dtype)  # squares and W: float64
         if blk.positions == 1:
             a2w = tf.matmul(tf.square(a[:, 0]), w)  # (B, C)
             s0 = s[:, :, 0]  # (K, B, C)

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sigma.classification import softmax
+
 LIKELIHOODS = ("regression", "classification")
 HEADS = ("gaussian", "mse")
 SCHEDULES = ("constant", "cosine")
@@ -171,9 +173,8 @@ def _outputs(model, x, *, training=False, batch_size=4096):
 
 
 def _softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    """Class probabilities from logits (a sigmoid for one logit, as the Laplace's)."""
+    return softmax(logits)
 
 
 # -- deep ensembles -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ A new structure is one file: a subclass with a ``name`` registers itself under t
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import ClassVar
 
@@ -202,6 +203,11 @@ def fit_structure(
     others get the dataset concatenated into arrays and are refused a strategy (ValueError
     naming the structure).
     """
+    # A copy: a structure instance given twice (or already fitted) is never shared between
+    # two posteriors, and no cache of another fit survives.
+    structure = copy.copy(structure)
+    for name in [n for n in vars(structure) if n.endswith("_cache")]:
+        delattr(structure, name)
     if structure.streaming:
         fitted = structure.fit(
             model,

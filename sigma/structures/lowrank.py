@@ -428,7 +428,8 @@ class LowRank(Structure):
         self.residual_diagonal = arrays.get("residual_diagonal")
         self.spectral = self.residual_diagonal is None
         self._resid_floor, self.info = float(info["resid_floor"]), dict(info["info"])
-        self._plan = None if info["plan"] is None else rebuild_plan(model, info["plan"])
+        plan = info.get("plan")  # absent from files written before serving existed
+        self._plan = None if plan is None else rebuild_plan(model, plan)
         self._model_ref = weakref.ref(model)
         return self
 
