@@ -207,3 +207,12 @@ def test_a_boolean_prior_is_two_groups():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     la = sigma.Laplace(model, X, Y, prior=np.array([True, False, True, False]), alpha=[1.0, 2.0])
     assert la.alpha.shape == (2,)
+
+
+def test_last_layer_on_a_model_with_several_outputs_is_refused_clearly():
+    x_in = keras.Input((3,))
+    h = keras.layers.Dense(4, activation="tanh")(x_in)
+    outputs = {"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(2, name="b")(h)}
+    model = keras.Model(x_in, outputs)
+    with pytest.raises(ValueError, match=r"structure='last_layer' needs a model whose whole"):
+        sigma.Laplace(model, X, {"a": Y, "b": np.tile(Y, 2)}, structure="last_layer")

@@ -190,6 +190,17 @@ class LastLayer(Full):
             return
         example = tf.nest.map_structure(tf.constant, example)
         _, f, dense_out = _features_function(eng.model, layer)(example)
+        try:
+            n_outputs = len(eng.model.outputs or [None])
+        except (AttributeError, ValueError):  # a subclassed model declares none
+            n_outputs = 1
+        if int(tf.size(dense_out)) != int(tf.size(f)) or n_outputs > 1:
+            raise ValueError(
+                f"structure='last_layer' needs a model whose whole output is its final Dense "
+                f"layer's; this model's output ({n_outputs} output(s), {int(f.shape[-1])} values "
+                f"per sample) is not that of {self.layer_name!r}: use another structure "
+                "(diag, kfac, lowrank or full)"
+            )
         dense_out = tf.reshape(dense_out, tf.shape(f))
         if dense_out.shape != f.shape or not np.array_equal(dense_out.numpy(), f.numpy()):
             raise ValueError(

@@ -254,6 +254,8 @@ class LowRank(Structure):
             raise ValueError(f"predictive must be 'layerwise' or 'jacobian', got {predictive!r}")
         if tol is not None and not (isinstance(tol, float | int) and 0 < tol < 1):
             raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+        if seed is None:  # the start block, and so the fitted subspace, must be reproducible
+            raise ValueError("seed must be a non-negative integer for lowrank, got None")
         self.rank, self.tol, self.seed = int(rank), tol, check_seed(seed)
         self.block = None if block is None else check_positive_int(block, "block")
         self.max_passes = (
