@@ -566,7 +566,8 @@ class Laplace:
         """γ_g = P_g − α_g Tr_g(A⁻¹) per prior group, (G,): how many of each group's weights
         the data determine."""
         structure, beta = self._posterior()
-        return self._terms(structure)(self._alpha, beta)[1]
+        gammas = self._terms(structure)(self._alpha, beta)[1]
+        return np.clip(gammas, 0.0, self.prior.sizes)  # 0 ≤ γ_g ≤ P_g also at round-off
 
     @property
     def gamma(self) -> float:
