@@ -43,7 +43,7 @@ from sigma.curvature.accumulate import (
     first_samples,
     is_dataset,
 )
-from sigma.curvature.engine import _spec_key, engine
+from sigma.curvature.engine import CAPTURE_CACHE, _spec_key, engine
 from sigma.curvature.layers import (
     capture,
     contract,
@@ -53,7 +53,7 @@ from sigma.curvature.layers import (
     product_elements,
     rebuild_plan,
 )
-from sigma.memory import activation_elements, itemsize
+from sigma.memory import activation_elements, itemsize, kernel_blocks
 from sigma.structures.base import Structure
 from sigma.structures.diag import Diag
 from sigma.structures.full import Full
@@ -339,7 +339,7 @@ class LowRank(Structure):
                 np.abs(self._eig) <= 10 * eps * np.abs(self._eig).max(), 0.0, self._eig
             )
         self.residual_diagonal = None
-        use_diag = (curvature == "ggn") if self.diag is None else self.diag
+        use_diag = self._with_diag(curvature)
         if use_diag and self._vecs.shape[1] < p:
             if curvature != "ggn":
                 raise ValueError(
@@ -435,6 +435,10 @@ class LowRank(Structure):
         self._model_ref = weakref.ref(model)
         return self
 
+    def _with_diag(self, curvature) -> bool:
+        """lowrank+diag: the default for the GGN, off for the Hessian, or as asked."""
+        return (curvature == "ggn") if self.diag is None else bool(self.diag)
+
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         eng = engine(model)
         p = eng.n_params
@@ -454,7 +458,21 @@ class LowRank(Structure):
         per = 4 * (b + 1) * act
         products = batch_size_for(n_data, per, batch_size) * per * item
         predictive = max(min(ELEMENT_BUDGET, 4 * n_outputs * p), n_outputs * p) * item * 2
-        return (steps + 2 * r + 4) * p * 8 + 3 * p * b * 8 + products + predictive
+        # in-memory data: every batch's layer inputs and sensitivities kept across the passes
+        # (curvature.engine.CAPTURE_CACHE), and the exact-diagonal pass of lowrank+diag
+        blocks, _ = kernel_blocks(model)
+        captured = n_data * sum(d + n_outputs * c for d, c in blocks) * item
+        captured = captured if captured <= CAPTURE_CACHE else 0
+        diagonal = 0
+        if self._with_diag(curvature):
+            diagonal = Diag().memory_bytes(
+                model, n_data=n_data, n_outputs=n_outputs, batch_size=batch_size,
+                curvature=curvature,
+            )  # fmt: skip
+        return (
+            (steps + 2 * r + 4) * p * 8 + 3 * p * b * 8 + products + predictive + captured
+            + diagonal
+        )  # fmt: skip
 
     # -- predictive -----------------------------------------------------------------------------
     def _projection(self, model, x):
