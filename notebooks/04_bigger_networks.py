@@ -316,24 +316,6 @@ print("\n".join(f"{name}: {note}" for name, note in c_big.notes.items()))
 
 
 # %%
-def pct(x):
-    return f"{x:.0%}" if x >= 0.01 else f"{x:.2%}"
-
-
-def side(c, name):  # is a structure's σ mostly below or above full's (same α)?
-    return "below" if np.median(c.sigmas[name] - c.sigmas["full"]) < 0 else "above"
-
-
-def errors(table, c):
-    rows = table.set_index("structure")
-    return ", ".join(
-        f"{n} {pct(rows.loc[n, 'sigma_rel_err_median'])} (at most "
-        f"{pct(rows.loc[n, 'sigma_rel_err_max'])}, {side(c, n)})"
-        for n in rows.index
-        if n != "full" and n in c.sigmas
-    )
-
-
 big_rows = table_big.set_index("structure")
 fitted = big_rows[big_rows["status"] == "ok"]
 over = [n for n in fitted.index if fitted.loc[n, "fit_peak_MB"] > fitted.loc[n, "estimate_MB"]]
@@ -357,14 +339,14 @@ lines = [
         else " — every peak below its estimate."
     ),
     "Against full (digits MLP, every structure at full's α), median relative σ error: "
-    + errors(table_mlp, c_mlp)
+    + compare.sigma_errors(c_mlp)
     + "; lowrank+diag at k = "
-    + ", ".join(f"{r['rank']}: {pct(r['sigma_rel_err_median'])}" for r in sweep)
-    + f" (rank sweep). CNN: {errors(table_cnn, c_cnn)}.",
+    + ", ".join(f"{r['rank']}: {compare.percent(r['sigma_rel_err_median'])}" for r in sweep)
+    + f" (rank sweep). CNN: {compare.sigma_errors(c_cnn)}.",
     f"Pure lowrank against lowrank+diag (k = {rank}): median σ error "
-    f"{pct(table_lr.loc['lowrank pure', 'sigma_rel_err_median'])} against "
-    f"{pct(table_lr.loc['lowrank+diag', 'sigma_rel_err_median'])} (diag "
-    f"{pct(table_lr.loc['diag', 'sigma_rel_err_median'])}); their evidence α is "
+    f"{compare.percent(table_lr.loc['lowrank pure', 'sigma_rel_err_median'])} against "
+    f"{compare.percent(table_lr.loc['lowrank+diag', 'sigma_rel_err_median'])} (diag "
+    f"{compare.percent(table_lr.loc['diag', 'sigma_rel_err_median'])}); their evidence α is "
     f"{table_lr.loc['lowrank pure', 'alpha_vs_full']:.3g}× and "
     f"{table_lr.loc['lowrank+diag', 'alpha_vs_full']:.3g}× full's (diag "
     f"{table_lr.loc['diag', 'alpha_vs_full']:.3g}×).",
@@ -378,7 +360,7 @@ lines = [
     + f"; lowest NLL: {mlp_rows['nll'].idxmin()}.",
     f"The big MLP (β held at {beta_ml:.3g}, α from the evidence), 95% coverage / NLL / fit time: "
     + ", ".join(
-        f"{n} {pct(fitted.loc[n, 'coverage_95'])} / {fitted.loc[n, 'nll']:.2f} / "
+        f"{n} {compare.percent(fitted.loc[n, 'coverage_95'])} / {fitted.loc[n, 'nll']:.2f} / "
         f"{fitted.loc[n, 'fit_s']:.0f} s"
         for n in fitted.index
     )  # fmt: skip

@@ -153,3 +153,22 @@ def test_aggregate_and_wins_over_splits():
     assert posterior.wins(runs, posterior.TRAINED, [posterior.ENSEMBLE]) == {
         posterior.ENSEMBLE: (2, 3)  # at or below: 1 ≤ 2 and 0.5 ≤ 0.5
     }
+
+
+def test_sigma_errors_line_of_a_comparison():
+    from sigma.lab import compare
+
+    full = np.array([[1.0], [2.0], [4.0]])
+    rows = [
+        {"structure": "full", "sigma_rel_err_median": 0.0, "sigma_rel_err_max": 0.0},
+        {"structure": "diag", "sigma_rel_err_median": 0.5, "sigma_rel_err_max": 0.5},
+        {"structure": "kfac", "sigma_rel_err_median": 0.0025, "sigma_rel_err_max": 0.004},
+        {"structure": "lowrank", "status": "refused"},
+    ]
+    sigmas = {"full": full, "diag": 1.5 * full, "kfac": 0.9975 * full}
+    c = compare.Comparison(rows, sigmas, alpha=1.0, beta=1.0, notes={})
+    assert (
+        compare.sigma_errors(c)
+        == "diag 50% (at most 50%, above), kfac 0.25% (at most 0.40%, below)"
+    )
+    assert compare.percent(0.123) == "12%" and compare.percent(0.001234) == "0.12%"

@@ -168,6 +168,25 @@ def summary(comparison: Comparison, columns=None) -> list[dict]:
     return [{c: row.get(c) for c in present} for row in comparison.rows]
 
 
+def percent(x: float) -> str:
+    """x as a percentage: whole percents from 1% up, two decimals below (0.37%)."""
+    return f"{x:.0%}" if x >= 0.01 else f"{x:.2%}"
+
+
+def sigma_errors(comparison: Comparison, *, reference: str = "full") -> str:
+    """One line for a reader: each structure's median relative σ error against the
+    reference's (at the common α, β), its largest, and whether its σ is mostly below or above
+    the reference's — "diag 12% (at most 80%, above), ..."."""
+    ref = comparison.sigmas[reference]
+    return ", ".join(
+        f"{row['structure']} {percent(row['sigma_rel_err_median'])} (at most "
+        f"{percent(row['sigma_rel_err_max'])}, "
+        f"{'below' if np.median(comparison.sigmas[row['structure']] - ref) < 0 else 'above'})"
+        for row in comparison.rows
+        if row["structure"] != reference and row["structure"] in comparison.sigmas
+    )
+
+
 def sigma_scatter(comparison: Comparison, *, reference: str = "full", title: str | None = None):
     """Log–log scatter of each structure's σ against the reference's (one point per test
     input and output); the diagonal is exact agreement. Returns the figure."""
