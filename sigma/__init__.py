@@ -49,7 +49,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {
     "callbacks", "classification", "curvature", "evidence", "lab", "laplace", "likelihoods",
-    "memory", "metrics", "params", "priors", "structures", "sweep",
+    "memory", "metrics", "params", "priors", "structures", "sweep", "weights",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)
