@@ -92,6 +92,7 @@ def test_render_missing_renders_only_what_is_missing_or_stale(tmp_path):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_run_executes_at_given_parameters_and_renders(tmp_path, capsys):
     out = tmp_path / "reports"
     argv = ["run", str(PLAIN), "--out", str(out), "-p", "beta=2", "-p", "label=zz"]
@@ -271,6 +272,7 @@ def _stderr(nb) -> str:
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_executed_notebooks_carry_no_tensorflow_log_noise(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # as in a plain shell
     # ipykernel copies what the kernel process writes to its stderr file descriptor (TensorFlow's
