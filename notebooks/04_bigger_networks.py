@@ -26,9 +26,12 @@
 # | `diag` | its exact diagonal | P |
 # | `kfac` | one Kronecker product Q ⊗ H per Dense/Conv layer | Σ (D² + C²) |
 # | `lowrank` | its top-k eigenpairs, by Lanczos on curvature-vector products; for the GGN by default plus the exact diagonal the low-rank part leaves over ("lowrank+diag"), with `diag=False` the rest as 0 | P·k |
-# | `last_layer` | the full curvature of the final Dense layer only, other weights fixed | P_last² |
 #
-# We compare every registered structure on three networks: an MLP and a small CNN on
+# Which weights the posterior covers is a separate choice (`weights=`); `last_layer` below is
+# `weights="last_layer"` with `full`: the full curvature of the final Dense layer only, the
+# other weights fixed (P_last² memory).
+#
+# We compare every registered structure, and `last_layer`, on three networks: an MLP and a small CNN on
 # scikit-learn's 8×8 digits (classification; `full` is feasible, so it is the reference), and
 # a 784-256-256-10 MLP on synthetic regression data (`full` is refused before it allocates).
 
@@ -65,7 +68,8 @@ from sigma.sweep.records import save_metrics
 started = time.time()
 tf.get_logger().setLevel("ERROR")  # one traced graph per fit: TF's retracing notices are noise here
 pd.set_option("display.width", 200)
-names = list(structures.names())  # every registered structure, whoever added it
+# every registered structure, whoever added it, and full on the last layer's weights
+names = [*structures.names(), "last_layer"]
 options = {"lowrank": {"rank": rank}}
 limit = max_memory if max_memory > 0 else None  # None: sigma.memory's default
 columns = [
@@ -263,8 +267,9 @@ fig = compare.sigma_scatter(c_cnn, title="digits CNN: σ of each logit against f
 big = sigma.mlp(784, (hidden_big, hidden_big), 10, activation="relu", dtype="float32", seed=seed)
 estimates = {
     name: structures.estimate(
-        structures.get(name).from_options(options.get(name)),
+        name,
         big,
+        structure_options=options.get(name),
         n_data=n_synthetic,
         n_outputs=10,
         batch_size=batch_size,

@@ -82,12 +82,7 @@ def save(laplace, path) -> Path:
     path = Path(path)
     s = laplace.structure
     arrays, info = s.state()
-    options = {}
-    if hasattr(s, "_options"):
-        options.update(s._options())
-    for name in ("rank", "tol", "block", "max_passes", "seed", "predictive", "diag", "fast"):
-        if hasattr(s, name) and name in _init_parameters(type(s)):
-            options[name] = getattr(s, name)
+    options = s.options()
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -138,12 +133,6 @@ def save(laplace, path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _init_parameters(cls) -> set:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters)
 
 
 def _sigma_version() -> str:

@@ -22,6 +22,7 @@ EXACT = {
     "full": ({}, 20, "full"),
     "diag": ({}, 20, "diagonal"),
     "kfac": ({}, 1, "layer blocks"),
+    "ekfac": ({}, 1, "layer blocks"),  # for one sample c_ij = q_i h_j: KFAC's exact block
     "lowrank": ({"rank": 2}, 1, "full"),
 }
 
@@ -95,7 +96,7 @@ def test_every_structure_on_every_selection_equals_full_restricted(model, struct
     assert la.gamma == pytest.approx(np.sum(lam / (lam + ALPHA)), rel=1e-7, abs=1e-9)
 
 
-@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "lowrank"])
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "lowrank"])  # ekfac: one α/layer
 def test_a_layer_prior_on_a_selection_groups_the_selected_weights(model, rng, structure):
     x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
     weights = _selections(model)["mask"]
@@ -156,10 +157,10 @@ def test_lora_adapters_alone_equal_full_restricted_to_them(lora_model, rng, stru
     assert la.weight_error == pytest.approx(0.5 * w @ w, rel=1e-6)
 
 
-@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "lowrank"])
+@pytest.mark.parametrize("structure", structures.names())
 def test_save_load_and_serve_a_selection(model, rng, tmp_path, structure):
     x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 2))
-    weights = _selections(model)["mask" if structure != "kfac" else "variables"]
+    weights = _selections(model)["variables" if "kfac" in structure else "mask"]
     options = {"rank": 3} if structure == "lowrank" else None
     la = sigma.Laplace(
         model, x, y, structure=structure, structure_options=options, weights=weights,

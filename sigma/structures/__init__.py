@@ -9,6 +9,7 @@ structure      C stored as                                                memory
 ``full``       the P×P GGN or Hessian (:mod:`.full`); the reference        P²
 ``diag``       the exact diagonal of the GGN (:mod:`.diag`)                P
 ``kfac``       Q ⊗ H per Dense/Conv layer (:mod:`.kfac`)                    Σ (D² + C²)
+``ekfac``      KFAC's eigenbasis, exact eigenvalues in it (:mod:`.ekfac`)   Σ (D² + C² + DC)
 ``lowrank``    top-k eigenpairs by block Lanczos (:mod:`.lowrank`)          P·k
 =============  =========================================================  ==================
 
@@ -33,12 +34,14 @@ from sigma.memory import (
 )
 from sigma.structures.base import Eigenbasis, Structure, fit_structure
 from sigma.structures.diag import Diag
+from sigma.structures.ekfac import EKFAC
 from sigma.structures.full import Full
 from sigma.structures.kfac import KFAC
 from sigma.structures.lowrank import LowRank
 from sigma.weights import select
 
 __all__ = [
+    "EKFAC",
     "KFAC",
     "Diag",
     "Eigenbasis",
@@ -105,10 +108,14 @@ def estimate(
     batch_size=None,
     curvature: str = "ggn",
     weights="all",
+    structure_options: dict | None = None,
 ) -> int | None:
-    """Bytes ``structure`` (a name or an unfitted instance) needs to fit and predict for this
-    model and ``weights`` (:mod:`sigma.weights`), N = ``n_data`` samples and K = ``n_outputs``;
-    None when it cannot say."""
+    """Bytes ``structure`` (a name, with its ``structure_options``, or an unfitted instance)
+    needs to fit and predict for this model and ``weights`` (:mod:`sigma.weights`),
+    N = ``n_data`` samples and K = ``n_outputs``; None when it cannot say."""
+    if isinstance(structure, str) and structure_options:
+        structure, weights = resolve(structure, weights)
+        structure = get(structure).from_options(structure_options)
     value = _instance(structure, model, weights).memory_bytes(
         model,
         n_data=int(n_data),

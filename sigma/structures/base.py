@@ -66,6 +66,22 @@ class Structure:
             Structure.registry[cls.name] = cls
 
     @classmethod
+    def option_names(cls) -> list[str]:
+        """The structure's options: the keywords of its constructor. Each is stored on the
+        instance under its own name, so :meth:`options` (and saving) read them back."""
+        params = inspect.signature(cls.__init__).parameters
+        return [
+            n
+            for n, p in params.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+
+    def options(self) -> dict:
+        """The options this instance was made with, ``{name: value}``: ``from_options`` of
+        them makes the same structure (what :mod:`sigma.saving` records)."""
+        return {name: getattr(self, name) for name in self.option_names()}
+
+    @classmethod
     def from_options(cls, options=None) -> Structure:
         """An instance from ``structure_options``, checked against the constructor's keywords
         (a ValueError naming the unknown option and the ones the structure takes)."""
@@ -76,12 +92,7 @@ class Structure:
                 f"structure_options must be a dict of keyword arguments, got "
                 f"{type(options).__name__}"
             )
-        params = inspect.signature(cls.__init__).parameters
-        allowed = [
-            n
-            for n, p in params.items()
-            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        ]
+        allowed = cls.option_names()
         unknown = [k for k in options if k not in allowed]
         if unknown:
             takes = f"it takes {', '.join(map(repr, allowed))}" if allowed else "it takes none"

@@ -53,8 +53,7 @@ class KFAC(Layerwise):
         super().__init__(fast=fast)
         self.max_block = check_positive_int(max_block, "max_block")
 
-    def _options(self) -> dict:
-        return {"max_block": self.max_block}
+    statistics_options = ("max_block",)
 
     @staticmethod
     def _batch_stats(plan, cap: Captured, *, max_block: int) -> list:

@@ -42,7 +42,7 @@ class Layerwise(Structure):
     Subclasses define ``_batch_stats(plan, cap, **options)`` (traced: per-batch sums; a pure
     function of the plan and the options, so its graph can be shared), ``_finish`` and
     ``_block_params(alpha, beta)`` (the per-block rotations and inverse eigenvalues), and
-    ``_options()`` (what else the statistics depend on).
+    ``statistics_options`` (the options the statistics depend on).
 
     Parameters
     ----------
@@ -54,8 +54,10 @@ class Layerwise(Structure):
     def __init__(self, *, fast: bool = True):
         self.fast = bool(fast)
 
-    def _options(self) -> dict:
-        return {}
+    statistics_options: tuple[str, ...] = ()  # options passed to ``_batch_stats``
+
+    def _statistics_options(self) -> dict:
+        return {name: getattr(self, name) for name in self.statistics_options}
 
     # fitting ------------------------------------------------------------------------------------
     def fit(
@@ -93,7 +95,11 @@ class Layerwise(Structure):
         if not is_dataset(x):
             bs = layer_batch_size(n_samples(x), per_sample_elements(plan, k), batch_size)
             x = as_batches(x, batch_size=bs)
-        options, stats_fn, root = self._options(), type(self)._batch_stats, lik.hessian_sqrt
+        options, stats_fn, root = (
+            self._statistics_options(),
+            type(self)._batch_stats,
+            lik.hessian_sqrt,
+        )
 
         def body(batch):
             cap = capture(model, plan, batch[0], root=root)
@@ -194,7 +200,7 @@ class Layerwise(Structure):
         arrays, info = self._state()
         info.update(
             plan=describe_plan(self.plan, self._model()), fast=self.fast, n_params=self.n_params,
-            n_outputs=self.n_outputs, n_data=self.n_data, options=self._options(),
+            n_outputs=self.n_outputs, n_data=self.n_data,
         )  # fmt: skip
         return arrays, info
 
