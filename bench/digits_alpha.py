@@ -31,6 +31,7 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     from sigma import metrics
+    from sigma.classification import softmax
     from sigma.lab import baselines, data, posterior
 
     x_train, x_test, l_train, l_test = data.digits_split(seed=args.seed)
@@ -49,9 +50,7 @@ def main(argv=None) -> None:
     print(f"{'epoch':>6} {'alpha':>8} {'gamma':>7} {'ln evidence':>12}")
     for h in cb.history:
         print(f"{h['epoch']:6d} {h['alpha']:8.4g} {h['gamma']:7.1f} {h['log_evidence']:12.1f}")
-    own = metrics.classification_metrics(
-        baselines._softmax(baselines._outputs(model, x_test)), l_test
-    )
+    own = metrics.classification_metrics(softmax(baselines.model_outputs(model, x_test)), l_test)
     la = cb.laplace
     best = la.alpha
     print(f"\nthe final Laplace (P = {la.n_params}, N = {la.n_data}), test digits:")

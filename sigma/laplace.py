@@ -5,10 +5,14 @@
 
 D_α = α I for one prior precision, or α_g on each group of weights (``prior=``).
 
-The facade over the layers below it: a structure (:mod:`sigma.structures`) holds C, the
-model's curvature engine (:mod:`sigma.curvature`) computes it, the evidence for α, β (and their
-re-estimation) is :mod:`sigma.evidence`, the prior groups :mod:`sigma.priors`, class
-probabilities for ``likelihood="classification"`` :mod:`sigma.classification`.
+The facade of the README's API over the modules that do the work: which weights
+(:mod:`sigma.weights`), a structure holding C (:mod:`sigma.structures`) computed by the model's
+curvature engine (:mod:`sigma.curvature`), the posterior as a value (:mod:`sigma.posterior`:
+structure, prior, α, β, data summary), its evidence and the evidence's maximum
+(:mod:`sigma.evidence.posterior`), its predictive (:mod:`sigma.predictive`), held-out tuning
+(:mod:`sigma.tuning`), saving (:mod:`sigma.saving`) and serving (:mod:`sigma.serving`). A
+:class:`Laplace` validates the input, fits the structure once and holds the current
+:class:`~sigma.posterior.Posterior`; setting α or β, or optimising them, replaces it.
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from sigma import evidence, likelihoods, metrics, saving, serving, structures
+from sigma import evidence, likelihoods, predictive, saving, serving, structures, tuning
 from sigma._checks import (
-    as_array,
     check_finite_outputs,
     check_inputs,
     check_model,
@@ -31,14 +34,7 @@ from sigma._checks import (
     check_seed,
     model_dtype,
 )
-from sigma._checks import n_samples as sample_count
-from sigma.classification import (
-    MAX_SAMPLES,
-    METHODS,
-    check_logits,
-    probit_probabilities,
-    sampled_probabilities,
-)
+from sigma.classification import MAX_SAMPLES, METHODS, check_logits
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -48,22 +44,15 @@ from sigma.curvature.accumulate import (
     is_dataset,
     prepare_dataset,
 )
+from sigma.evidence import posterior as posterior_evidence
 from sigma.outputs import OutputLayout
-from sigma.priors import Prior, build_prior, owners_of
+from sigma.posterior import NO_BETA, DataSummary, Posterior
+from sigma.priors import build_prior, owners_of
 from sigma.structures import Structure, fit_structure
-from sigma.weights import from_index as weights_from_index
 from sigma.weights import select
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
-PRIOR_METRICS = {"regression": ("nll",), "classification": ("nll", "brier", "ece")}
-# Residuals below this many units of the model dtype's precision (relative to the outputs)
-# are round-off: the network interpolates its training data and β has no finite optimum.
-INTERPOLATION = 100
-_NO_BETA = (
-    "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
-    "precision); only alpha can be set or optimised"
-)
 
 
 class Laplace:
@@ -166,36 +155,32 @@ class Laplace:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
         _check_flag(progress, "progress")
-        self.likelihood = likelihoods.get(likelihood)
+        lik = likelihoods.get(likelihood)
         check_model(model)
-        self.selection = select(model, weights)
-        structure = structure.on(self.selection)
+        selection = select(model, weights)
+        structure = structure.on(selection)
         if not is_dataset(x):
             x = check_inputs(model, x)
-            self.output_layout = engine(model).output_layout(x)
+            layout = engine(model).output_layout(x)
         else:
             check_dataset(x, model)
             first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
-            self.output_layout = engine(model).output_layout(first)
+            layout = engine(model).output_layout(first)
         # one softmax head per output for a classifier with several outputs
-        self.likelihood = likelihoods.get(self.likelihood, self.output_layout)
-        heads = self.likelihood.heads
-        if not self.likelihood.has_beta and not (
-            isinstance(beta, numbers.Real) and float(beta) == 1.0
-        ):
-            raise ValueError(_NO_BETA)
+        lik = likelihoods.get(lik, layout)
+        if not lik.has_beta and not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
+            raise ValueError(NO_BETA)
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
-        self._beta, self._weighted, self._blocks = 1.0, None, None
         if is_dataset(x):
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
             x, n, k, e_d, e_dk, square = prepare_dataset(
-                model, x, self.likelihood, batch_size=batch_size, layout=self.output_layout
+                model, x, lik, batch_size=batch_size, layout=layout
             )
-            if not self.likelihood.has_beta:
+            if not lik.has_beta:
                 first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
-                check_logits(model, engine(model).outputs(first), heads)
+                check_logits(model, engine(model).outputs(first), lik.heads)
         else:
             if y is None:
                 raise ValueError(
@@ -203,25 +188,25 @@ class Laplace:
                     "(or integer labels (N,) for classification), or pass x as a "
                     "tf.data.Dataset of (x, y) batches"
                 )
-            x, y, k = prepare(model, x, y, self.likelihood)
-            if not self.likelihood.has_beta:
-                check_logits(model, engine(model).outputs(x), heads)
+            x, y, k = prepare(model, x, y, lik)
+            if not lik.has_beta:
+                check_logits(model, engine(model).outputs(x), lik.heads)
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
-            n, e_d, e_dk, square = engine(model).summary(
-                ArrayBatches((x, y), 4096), self.likelihood
-            )
+            n, e_d, e_dk, square = engine(model).summary(ArrayBatches((x, y), 4096), lik)
             if not (np.isfinite(e_d) and np.isfinite(square)):
                 check_finite_outputs(model, x, engine(model).outputs(x))
+        summary = DataSummary(
+            n_data=n,
+            n_outputs=k,
+            data_error=e_d,
+            data_errors=e_dk if lik.has_beta else None,
+            output_scale=float(np.sqrt(square / max(n * k, 1))),
+            batch_size=batch_size,
+        )
         self.model = model
-        self.curvature = curvature
-        self.batch_size = batch_size
-        self.n_data, self.n_outputs = n, k
         self.w_map = engine(model).flat_weights().astype(np.float64)
         self._state = _frozen_state(model)
-        self.data_error = e_d
-        self.data_errors = e_dk if self.likelihood.has_beta else None
-        self._output_scale = float(np.sqrt(square / max(n * k, 1)))
-        self._x = x
+        self._x = x  # the training data, for the per-output blocks of one β per output
         self.memory_estimate = structures.check_memory(
             structure,
             model,
@@ -231,196 +216,178 @@ class Laplace:
             curvature=curvature,
             max_memory=max_memory,
         )  # bytes; refuses (InsufficientMemoryError) before any large allocation
-        self.structure = fit_structure(
+        fitted = fit_structure(
             structure,
             model,
             x,
             y,
-            likelihood=self.likelihood,
+            likelihood=lik,
             curvature=curvature,
             batch_size=batch_size,
             strategy=current_strategy(strategy),
             progress=progress,
         )
-        # The posterior's weights: those of the selection (all of them by default).
-        self.n_params = self.structure.n_params
-        self.prior = build_prior(
-            prior,
-            self.selection.variables(model),
-            owners_of(model),
-            sizes=self.selection.sizes,
+        prior = build_prior(
+            prior, selection.variables(model), owners_of(model), sizes=selection.sizes
         )
-        self.structure.check_prior(self.prior)
-        w_post = np.asarray(self.structure.posterior_weights(model), np.float64)
-        self.weight_errors = self.prior.weight_errors(w_post)  # E_Wg per group
-        self.negative = negative
-        self._clip_negative()
-        self._alpha = None
-        self._set_precisions(self._check_alpha(alpha), beta)
+        fitted.check_prior(prior)
+        w_post = np.asarray(fitted.posterior_weights(model), np.float64)
+        if negative == "clip":
+            _clip_negative(fitted, curvature)
+        post = Posterior(
+            structure=fitted,
+            prior=prior,
+            selection=selection,
+            likelihood=lik,
+            curvature=curvature,
+            negative=negative,
+            output_layout=layout,
+            summary=summary,
+            weight_errors=prior.weight_errors(w_post),  # E_Wg per group
+            alpha=np.zeros(prior.n_groups),
+        )
+        post, beta = self._with_blocks(post, beta)
+        self.posterior = post.replace(alpha=alpha, beta=beta)
         self.evidence_result = None  # an evidence.EvidenceResult after optimize_evidence()
         self.prior_result = None  # a dict after optimize_prior()
 
-    # -- precisions -----------------------------------------------------------------------------
+    # -- the posterior's parts ------------------------------------------------------------------
     @property
-    def prior_groups(self) -> tuple[str, ...]:
-        """The names of the prior groups, in the order of :attr:`alpha` (one: ("all",))."""
-        return self.prior.names
+    def structure(self) -> Structure:
+        """The fitted structure holding C over the selected weights."""
+        return self.posterior.structure
+
+    @property
+    def prior(self):
+        """The prior groups (:class:`sigma.priors.Prior`)."""
+        return self.posterior.prior
+
+    @property
+    def selection(self):
+        """The weights the posterior covers (:class:`sigma.weights.Selection`)."""
+        return self.posterior.selection
+
+    @property
+    def likelihood(self):
+        return self.posterior.likelihood
+
+    @property
+    def curvature(self) -> str:
+        return self.posterior.curvature
+
+    @property
+    def negative(self) -> str:
+        return self.posterior.negative
+
+    @property
+    def output_layout(self) -> OutputLayout:
+        """The structure of the model's outputs (flat arrays are (N, K), all concatenated)."""
+        return self.posterior.output_layout
+
+    @property
+    def n_params(self) -> int:
+        """P, the number of weights the posterior covers."""
+        return self.posterior.n_params
+
+    @property
+    def n_data(self) -> int:
+        return self.posterior.summary.n_data
+
+    @property
+    def n_outputs(self) -> int:
+        return self.posterior.summary.n_outputs
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.posterior.summary.batch_size
+
+    @property
+    def data_error(self) -> float:
+        """E_D at the trained weights (the cross-entropy for classification)."""
+        return self.posterior.summary.data_error
+
+    @property
+    def data_errors(self) -> np.ndarray | None:
+        """E_D per output (K,), regression; None for classification."""
+        return self.posterior.summary.data_errors
+
+    @property
+    def weight_errors(self) -> np.ndarray:
+        """E_Wg = ½ ‖w_g‖² per prior group (G,)."""
+        return self.posterior.weight_errors
 
     @property
     def weight_error(self) -> float:
         """E_W = ½ ‖w‖² over the posterior's weights (Σ of :attr:`weight_errors`)."""
-        return float(self.weight_errors.sum())
+        return self.posterior.weight_error
 
+    @property
+    def prior_groups(self) -> tuple[str, ...]:
+        """The names of the prior groups, in the order of :attr:`alpha` (one: ("all",))."""
+        return self.posterior.prior.names
+
+    # -- precisions -----------------------------------------------------------------------------
     @property
     def alpha(self) -> float | np.ndarray:
         """Prior precision: a float for one group, else an array (G,) over :attr:`prior_groups`."""
-        return float(self._alpha[0]) if self.prior.scalar else self._alpha.copy()
+        post = self.posterior
+        return float(post.alpha[0]) if post.prior.scalar else post.alpha.copy()
 
     @alpha.setter
     def alpha(self, value):
-        self._set_precisions(self._check_alpha(value), self._beta)
+        self.posterior = self.posterior.replace(alpha=value)
 
     @property
     def beta(self) -> float | np.ndarray:
         """Noise precision β: a float, or a (K,) array with one β_k per output."""
-        return self._beta.copy() if isinstance(self._beta, np.ndarray) else self._beta
+        beta = self.posterior.beta
+        return beta.copy() if isinstance(beta, np.ndarray) else beta
 
     @beta.setter
     def beta(self, value):
         if not self.likelihood.has_beta:
-            raise ValueError(_NO_BETA)
-        self._set_precisions(self._alpha, value)
+            raise ValueError(NO_BETA)
+        post, value = self._with_blocks(self.posterior, value)
+        self.posterior = post.replace(beta=value)
 
-    def _check_alpha(self, value, name: str = "alpha") -> np.ndarray:
-        """α as an array (G,): a number for every group, or one per group."""
-        alpha = check_precisions(value, name, allow_zero=True)
-        if alpha.ndim == 0:
-            return np.full(self.prior.n_groups, float(alpha))
-        if alpha.shape != (self.prior.n_groups,):
-            raise ValueError(
-                f"{name} must be a number or an array with one prior precision per group, "
-                f"shape ({self.prior.n_groups},) for the groups {list(self.prior.names)[:6]}"
-                f"{'…' if self.prior.n_groups > 6 else ''}, got shape {alpha.shape}"
-            )
-        return alpha.astype(np.float64)
+    def _with_blocks(self, post, beta):
+        """(post, β) with the per-output blocks C_k attached to ``post`` when β is one per
+        output."""
+        if np.ndim(beta) != 0 and post.blocks is None:
+            post = post.with_blocks(self.output_blocks(post))
+        return post, beta
 
-    def _alpha_weights(self, alpha=None):
-        """α as the structures take it: a float, or α of each weight (P,)."""
-        return self.prior.per_weight(self._alpha if alpha is None else alpha)
-
-    def _set_precisions(self, alpha, beta):
-        """Validate β (float or (K,)), check A is positive definite, then set both."""
-        if np.ndim(beta) == 0:
-            beta = check_precision(beta, "beta", allow_zero=False)
-            _check_noise_variance(beta)
-            self._check_positive_definite(alpha, beta)
-            self._alpha, self._beta, self._weighted = alpha, beta, None
-            return
-        beta = as_array(beta, "beta", ndim=1).astype(np.float64)
-        if beta.shape != (self.n_outputs,) or not np.all(beta > 0):
-            raise ValueError(
-                f"beta as an array must hold one positive precision per output, shape "
-                f"({self.n_outputs},), got {beta.shape} with minimum {beta.min() if beta.size else None}"
-            )
-        _check_noise_variance(beta)
-        if not self.prior.scalar:
-            raise ValueError(
-                "one beta per output needs prior='scalar' (one alpha); got prior groups "
-                f"{list(self.prior.names)[:6]}"
-            )
-        blocks = self._output_blocks()
-        weighted = self.structure.reweighted(np.einsum("k,kpq->pq", beta, blocks))
-        self._check_positive_definite(alpha, 1.0, weighted)
-        self._alpha, self._beta, self._weighted = alpha, beta, weighted
-
-    def _output_blocks(self):
-        """C_k = Σ_n J_nkᵀ J_nk, (K, P, P), computed once (one β per output)."""
-        if self.curvature != "ggn":
+    def output_blocks(self, post=None) -> np.ndarray:
+        """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P): the curvature of one β per output,
+        computed once from the training data (``post``: default the current posterior)."""
+        post = self.posterior if post is None else post
+        if post.blocks is not None:
+            return post.blocks
+        structure = post.structure
+        if post.curvature != "ggn":
             raise ValueError(
                 "one beta per output needs curvature='ggn' (the exact Hessian does not split "
-                f"into per-output Gauss–Newton blocks), got curvature={self.curvature!r}"
+                f"into per-output Gauss–Newton blocks), got curvature={post.curvature!r}"
             )
-        if self._blocks is None:
-            self._check_weights_unchanged()
-            if self._x is None:
-                raise ValueError(
-                    "one beta per output needs the training data, which a Laplace loaded from "
-                    "a file does not have: fit a new Laplace for it"
-                )
-            if is_dataset(self._x):
-                raise ValueError(
-                    "one beta per output needs the training data as arrays, not a dataset"
-                )
-            if not self.structure.per_output_beta:
-                raise ValueError(
-                    f"structure {self.structure.name!r} does not support one beta per output; "
-                    "use structure='full' or a single beta"
-                )
-            self._blocks = self.structure.output_blocks(
-                self.model, self._x, batch_size=self.batch_size
-            )
-        return self._blocks
-
-    def _clip_negative(self):
-        if self.negative != "clip":
-            return
-        count, worst = evidence.negative_eigenvalues(self.structure.eigenvalues)
-        if not count:
-            return
-        if not self.structure.can_clip:
+        self.check_weights_unchanged()
+        if self._x is None:
             raise ValueError(
-                f"structure {self.structure.name!r} cannot clip negative eigenvalues; use "
-                "negative='keep' or curvature='ggn'"
+                "one beta per output needs the training data, which a Laplace loaded from "
+                "a file does not have: fit a new Laplace for it"
             )
-        self.structure.clip_negative()
-        warnings.warn(
-            f"the {self.curvature} curvature has {count} negative eigenvalue(s) out of "
-            f"{self.n_params} (most negative {worst:.4g}; largest {self.structure.eigenvalues.max():.4g}): "
-            "clipped to zero (negative='clip'), so A = alpha*I + beta*C+ with C+ the positive "
-            "part, for predictions and the evidence alike",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-    def _check_positive_definite(self, alpha, beta, structure=None):
-        """Refuse A = D_α + βC unless its smallest eigenvalue is clearly positive: above
-        round-off of its largest, so σ is never 1/round-off. With several groups the bounds
-        are Weyl's: between min α + β λ_min(C) and max α + β λ_max(C)."""
-        s = structure or self.structure
-        alpha_w = self._alpha_weights(alpha)
-        if s.clearly_positive_definite(alpha_w, beta):
-            return
-        a_min, a_max = float(np.min(alpha)), float(np.max(alpha))
-        lam = s.eigenvalues
-        top = a_max + beta * float(np.abs(lam).max()) if lam.size else a_max
-        smallest = a_min + beta * float(lam.min()) if lam.size else a_min
-        if lam.size < self.n_params:
-            smallest = min(smallest, a_min)
-        if smallest > evidence.ROUNDOFF * top:
-            return
-        which = "alpha" if self.prior.scalar else "every group's alpha"
-        if lam.size and lam.min() < -evidence.ROUNDOFF * float(np.abs(lam).max()):
-            hint = (
-                f"the {self.curvature} curvature has negative eigenvalues (down to "
-                f"{float(lam.min()):.4g}): use curvature='ggn' (always positive semi-definite), "
-                f"negative='clip', or {which} > {-beta * float(lam.min()):.4g}"
+        if is_dataset(self._x):
+            raise ValueError("one beta per output needs the training data as arrays, not a dataset")
+        if not structure.per_output_beta:
+            raise ValueError(
+                f"structure {structure.name!r} does not support one beta per output; "
+                "use structure='full' or a single beta"
             )
-        elif lam.size < self.n_params:
-            hint = (
-                f"use {which} > 0 (structure {s.name!r} keeps {lam.size} of the "
-                f"{self.n_params} eigenvalues of C and takes the others as zero)"
-            )
-        else:
-            hint = f"C is singular (it has zero eigenvalues), so use {which} > 0"
-        shown = f"{a_min:g}" if self.prior.scalar else f"min {a_min:g}"
-        raise ValueError(
-            f"the posterior precision A = alpha*I + beta*C is not positive definite "
-            f"(smallest eigenvalue {smallest:.4g} with alpha={shown}, beta={beta:g}, "
-            f"curvature={self.curvature!r}): {hint}"
-        )
+        return structure.output_blocks(self.model, self._x, batch_size=post.summary.batch_size)
 
     # -- prediction -----------------------------------------------------------------------------
-    def _check_weights_unchanged(self):
+    def check_weights_unchanged(self) -> None:
+        """ValueError when the model's weights (or its non-trainable state) changed since the
+        fit: the posterior belongs to the weights it was fitted at."""
         if not np.array_equal(engine(self.model).flat_weights(), self.w_map) or any(
             not np.array_equal(a, b)
             for a, b in zip(_frozen_state(self.model), self._state, strict=True)
@@ -431,14 +398,8 @@ class Laplace:
             )
 
     def _inputs(self, x, name: str = "x"):
-        self._check_weights_unchanged()
+        self.check_weights_unchanged()
         return check_inputs(self.model, x, name)
-
-    def _posterior(self):
-        """(structure, β) such that A = D_α + β C_structure (one β per output: Σ β_k C_k, 1)."""
-        if self._weighted is not None:
-            return self._weighted, 1.0
-        return self.structure, self._beta
 
     def predict(
         self,
@@ -466,21 +427,10 @@ class Laplace:
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
         _check_flag(noise, "noise")
-        mean, std = self._predict(self._inputs(x), noise, batch_size)
-        return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
-
-    def _predict(self, x, noise=True, batch_size=None, name="x"):
-        """(mean, std), each (N, K) flat, for checked inputs x."""
-        mean = engine(self.model).outputs(x)
-        check_finite_outputs(self.model, x, mean, name)
-        structure, beta = self._posterior()
-        var = structure.predictive_variance(
-            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
+        mean, std = predictive.mean_and_std(
+            self.posterior, self.model, self._inputs(x), noise=noise, batch_size=batch_size
         )
-        _check_finite_variance(var, name)
-        if noise:
-            var = var + 1.0 / self._beta
-        return mean, np.sqrt(var)
+        return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
         """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64 (all outputs
@@ -488,14 +438,9 @@ class Laplace:
 
         Classification: the logit covariance J(x) A⁻¹ J(x)ᵀ (there is no noise term).
         """
-        x = self._inputs(x)
-        structure, beta = self._posterior()
-        cov = structure.predictive_covariance(
-            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
+        return predictive.covariance(
+            self.posterior, self.model, self._inputs(x), noise=noise, batch_size=batch_size
         )
-        if noise and self.likelihood.has_beta:
-            cov = cov + np.diag(np.broadcast_to(1.0 / self._beta, (self.n_outputs,)))
-        return cov
 
     def predict_proba(
         self,
@@ -526,74 +471,24 @@ class Laplace:
         if n_samples > MAX_SAMPLES:
             raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
         seed = check_seed(seed)
-        probs = self._proba(self._inputs(x), method, n_samples, seed, batch_size)
+        probs = predictive.probabilities(
+            self.posterior, self.model, self._inputs(x), method=method, n_samples=n_samples,
+            seed=seed, batch_size=batch_size,
+        )  # fmt: skip
         return self.output_layout.unflatten(probs)
 
-    def _proba(self, x, method="probit", n_samples=1000, seed=0, batch_size=None, name="x"):
-        """Class probabilities (N, K) flat (one softmax per head) for checked inputs x."""
-        mean = engine(self.model).outputs(x)
-        check_finite_outputs(self.model, x, mean, name)
-        structure, beta = self._posterior()
-        cov = structure.predictive_covariance(
-            self.model, x, self._alpha_weights(), beta, batch_size=batch_size
-        )
-        _check_finite_variance(cov, name)
-        heads = self.likelihood.heads
-        if method == "probit":
-            return probit_probabilities(mean, cov, heads)
-        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed, heads=heads)
-
     # -- evidence -------------------------------------------------------------------------------
-    def _spectral(self, structure=None) -> bool:
-        """The evidence follows from C's eigenvalues: one α and a structure whose A is
-        diagonal in C's eigenbasis."""
-        return self.prior.scalar and getattr(structure or self.structure, "spectral", True)
-
-    def _evidence_eigenvalues(self, structure=None):
-        lam = (structure or self.structure).eigenvalues
-        count, worst = evidence.negative_eigenvalues(lam)
-        if count:
-            raise ValueError(
-                f"the {self.curvature} curvature has {count} negative eigenvalue(s) out of "
-                f"{self.n_params} (most negative {worst:.4g}; largest {lam.max():.4g}): the "
-                "evidence needs a positive semi-definite curvature. Build the Laplace with "
-                "negative='clip' (sets them to zero, with a warning) or curvature='ggn'"
-            )
-        return lam
-
-    def _terms(self, structure=None):
-        """``terms(alphas (G,), β) -> (ln|A|, γ (G,))`` for :func:`sigma.evidence.maximize`."""
-        s = structure or self.structure
-        if self._spectral(s):
-            return evidence.eigen_terms(self._evidence_eigenvalues(s), self.n_params)
-        self._evidence_eigenvalues(s)  # refuses an indefinite curvature
-        sizes = self.prior.sizes
-
-        def terms(alphas, beta):
-            alpha_w = self.prior.per_weight(alphas)
-            traces = self.prior.group_sums(s.inverse_diagonal(alpha_w, beta))
-            return s.logdet(alpha_w, beta), sizes - np.asarray(alphas) * traces
-
-        return terms
-
     @property
     def gammas(self) -> np.ndarray:
         """γ_g = P_g − α_g Tr_g(A⁻¹) per prior group, (G,): how many of each group's weights
         the data determine."""
-        structure, beta = self._posterior()
-        gammas = self._terms(structure)(self._alpha, beta)[1]
-        return np.clip(gammas, 0.0, self.prior.sizes)  # 0 ≤ γ_g ≤ P_g also at round-off
+        return posterior_evidence.gammas(self.posterior)
 
     @property
     def gamma(self) -> float:
         """γ = Σ_g γ_g (= Σ_i λ_i/(λ_i + α), λ_i the eigenvalues of β C, for one α): the
         effective number of well-determined parameters at the current α, β (0 ≤ γ ≤ P)."""
-        structure, beta = self._posterior()
-        if self._spectral(structure):
-            return evidence.effective_parameters(
-                self._evidence_eigenvalues(structure), self.n_params, self._alpha[0], beta
-            )
-        return float(self.gammas.sum())
+        return posterior_evidence.gamma(self.posterior)
 
     def log_evidence(self, alpha=None, beta=None):
         """ln p(D | α, β) in nats, constants included (docs/math.md); defaults: the current α, β.
@@ -605,80 +500,8 @@ class Laplace:
         per output set, ``log_evidence()`` (beta=None) uses them. Classification:
         ln p(D | α), no β.
         """
-        self._check_weights_unchanged()
-        if not self.likelihood.has_beta and beta is not None:
-            raise ValueError(_NO_BETA)
-        if beta is not None:
-            check_precisions(beta, "beta", allow_zero=False)
-        if self.prior.scalar:
-            alpha = self._alpha[0] if alpha is None else check_precisions(alpha, "alpha")
-            if np.ndim(alpha) and beta is not None and np.ndim(beta):
-                try:
-                    np.broadcast_shapes(np.shape(alpha), np.shape(beta))
-                except ValueError:
-                    raise ValueError(
-                        f"alpha and beta must broadcast against each other (e.g. a meshgrid), "
-                        f"got shapes {np.shape(alpha)} and {np.shape(beta)}"
-                    ) from None
-        else:
-            alpha = self._alpha if alpha is None else self._check_alpha(alpha)
-        if beta is None and self._weighted is not None:
-            if np.ndim(alpha) != 0:
-                raise ValueError("with one beta per output, alpha must be a single number")
-            return evidence.log_evidence_per_output(
-                self._output_blocks(),
-                data_errors=self.data_errors,
-                weight_error=self.weight_error,
-                n_data=self.n_data,
-                alpha=float(alpha),
-                betas=self._beta,
-            )
-        beta = self._beta if beta is None else beta
-        if self._spectral():
-            if not self.likelihood.has_beta:
-                return evidence.log_evidence_classification(
-                    self._evidence_eigenvalues(),
-                    cross_entropy=self.data_error,
-                    weight_error=self.weight_error,
-                    n_params=self.n_params,
-                    alpha=alpha,
-                )
-            return evidence.log_evidence(
-                self._evidence_eigenvalues(),
-                data_error=self.data_error,
-                weight_error=self.weight_error,
-                n_params=self.n_params,
-                n_obs=self.n_data * self.n_outputs,
-                alpha=alpha,
-                beta=beta,
-            )
-        try:
-            alphas = np.broadcast_to(np.asarray(alpha, np.float64), (self.prior.n_groups,))
-        except ValueError:  # not one alpha per group (e.g. a grid)
-            alphas = np.zeros(0)
-        if np.ndim(beta) or alphas.size == 0 or not np.all(alphas > 0):
-            raise ValueError(
-                "with several prior groups (or structure 'lowrank' with its diagonal), the "
-                "evidence takes one alpha per group (> 0) and one beta, not a grid"
-            )
-        self._check_positive_definite(alphas, float(beta))  # ln|A| by Cholesky needs it
-        logdet, _ = self._terms()(alphas, float(beta))
-        return evidence.log_evidence_groups(
-            logdet=logdet,
-            data_error=self.data_error,
-            weight_errors=self.weight_errors,
-            sizes=self.prior.sizes,
-            n_obs=self.n_data * self.n_outputs,
-            alphas=alphas,
-            beta=float(beta),
-            has_beta=self.likelihood.has_beta,
-        )
-
-    def _interpolates(self) -> bool:
-        """The training residuals are at the float precision of the model's outputs."""
-        eps = float(np.finfo(model_dtype(self.model)).eps)
-        residual = np.sqrt(2.0 * self.data_error / (self.n_data * self.n_outputs))
-        return bool(residual <= INTERPOLATION * eps * max(self._output_scale, 1e-300))
+        self.check_weights_unchanged()
+        return posterior_evidence.log_evidence(self.posterior, alpha, beta)
 
     def optimize_evidence(
         self,
@@ -705,76 +528,30 @@ class Laplace:
         to do; :class:`sigma.evidence.EvidenceError` (with the last α, β) when the iterations
         run out; ValueError for a curvature with negative eigenvalues (see ``negative``).
         """
-        self._check_weights_unchanged()
+        self.check_weights_unchanged()
         for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
             _check_flag(flag, name)
         if per_output is not None:
             _check_flag(per_output, "per_output", "True, False or None")
         max_iter = check_positive_int(max_iter, "max_iter")
         tol = check_precision(tol, "tol", allow_zero=False)
+        post = self.posterior
         if per_output is None:
-            per_output = self._weighted is not None
+            per_output = post.weighted is not None
         if not self.likelihood.has_beta and per_output:
-            raise ValueError(_NO_BETA)
-        start = self._alpha.copy()
-        if np.any(start == 0):
-            start = np.where(start == 0, self._alpha_from_zero(), start)
-        if per_output:
-            result = evidence.optimize_per_output(
-                self._output_blocks(),
-                data_errors=self.data_errors,
-                weight_error=self.weight_error,
-                n_data=self.n_data,
-                alpha=float(start[0]),
-                betas=np.broadcast_to(self._beta, (self.n_outputs,)),
-                fix_alpha=fix_alpha,
-                fix_beta=fix_beta,
-                tol=tol,
-                max_iter=max_iter,
-            )
-            result.alpha = np.array([result.alpha])
-        else:
-            has_beta = self.likelihood.has_beta
-            if has_beta and not fix_beta and self._interpolates():
-                raise evidence.EvidenceBoundaryError(
-                    "the network interpolates its training data (E_D = "
-                    f"{self.data_error:.3g}, residuals at the float precision of its outputs), "
-                    "so the evidence grows without bound as beta → ∞: there is no noise level "
-                    "to find. Train with the evidence (sigma.EvidenceCallback keeps E_D away "
-                    "from zero), hold beta (optimize_evidence(fix_beta=True)), or use more "
-                    "data or fewer weights",
-                    alpha=self.alpha,
-                    beta=self._beta,
-                    n_iter=0,
-                    which=["beta"],
-                )
-            result = evidence.maximize(
-                self._terms(),
-                data_error=self.data_error,
-                weight_errors=self.weight_errors,
-                sizes=self.prior.sizes,
-                n_obs=self.n_data * self.n_outputs if has_beta else None,
-                alphas=start,
-                beta=float(np.mean(self._beta)),
-                fix_alpha=fix_alpha,
-                fix_beta=fix_beta,
-                tol=tol,
-                max_iter=max_iter,
-            )
-            result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
-        self._set_precisions(result.alpha, result.beta)
-        if self.prior.scalar:
-            result.alpha = float(result.alpha[0])
-        self.evidence_result = result
+            raise ValueError(NO_BETA)
+        if per_output and post.blocks is None:
+            post = post.with_blocks(self.output_blocks(post))
+        self.posterior, self.evidence_result = posterior_evidence.optimize(
+            post,
+            fix_alpha=fix_alpha,
+            fix_beta=fix_beta,
+            per_output=per_output,
+            tol=tol,
+            max_iter=max_iter,
+            eps=float(np.finfo(model_dtype(self.model)).eps),
+        )
         return self
-
-    def _alpha_from_zero(self):
-        """A proper starting α from α = 0: γ/(2E_W) with γ the rank of the curvature."""
-        if not self.weight_error > 0:
-            return 1.0
-        lam = self.structure.eigenvalues
-        rank = float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())) if lam.size else 1.0
-        return max(rank, 1.0) / (2.0 * self.weight_error)
 
     # -- held-out tuning ------------------------------------------------------------------------
     def optimize_prior(
@@ -795,83 +572,15 @@ class Laplace:
         within ``span``× of the current values either way, minimising ``metric`` on
         (x_val, y_val): "nll" (Gaussian NLL per value for regression; NLL per sample for
         classification), "brier" or "ece" (classification). A bounded 1-D search
-        (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid.
-        ``prior_result`` records the values found and how many predictions it took.
+        (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid
+        (:mod:`sigma.tuning`). ``prior_result`` records the values found and how many
+        predictions it took.
         """
-        kind = "regression" if self.likelihood.has_beta else "classification"
-        if metric not in PRIOR_METRICS[kind]:
-            raise ValueError(
-                f"metric must be one of {PRIOR_METRICS[kind]} for {kind}, got {metric!r}"
-            )
-        if not isinstance(beta, bool):
-            raise ValueError(f"beta must be True or False (also tune β), got {beta!r}")
-        span = check_precision(span, "span", allow_zero=False)
-        if span <= 1:
-            raise ValueError(f"span must be > 1 (a factor either way), got {span}")
-        max_iter = check_positive_int(max_iter, "max_iter")
-        x_val = self._inputs(x_val, "x_val")
-        y_val = self.likelihood.targets(
-            y_val, sample_count(x_val), self.n_outputs, "y_val", "x_val", layout=self.output_layout
-        )
-        tune_beta = beta and self.likelihood.has_beta and self._weighted is None
-        saved = self._alpha.copy(), self._beta
-        alpha0, beta0 = saved
-        if self.prior.scalar and alpha0[0] == 0:
-            alpha0 = np.full_like(alpha0, self._alpha_from_zero())
-        heads = self.likelihood.heads or [(0, self.n_outputs)]
-        calls = []
-
-        def score(z):
-            a = alpha0 * np.exp(z[0])
-            b = beta0 * np.exp(z[1]) if tune_beta else beta0
-            try:
-                self._set_precisions(a, b)
-            except ValueError:
-                return np.inf  # A not positive definite there
-            calls.append(1)
-            if self.likelihood.has_beta:
-                return metrics.gaussian_nll(*self._predict(x_val, name="x_val"), y_val)
-            probs = self._proba(x_val, name="x_val")
-            score = {"nll": metrics.nll, "brier": metrics.brier,
-                     "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
-            return sum(  # per softmax head, summed
-                score(probs[:, s:e], y_val[:, s:e]) for s, e in heads
-            )
-
-        import scipy.optimize
-
-        bound = float(np.log(span))
-        try:  # on any failure (or Ctrl-C) the precisions are restored
-            if tune_beta:
-                res = scipy.optimize.minimize(
-                    score, np.zeros(2), method="Nelder-Mead",
-                    bounds=[(-bound, bound)] * 2,
-                    options={"xatol": tol, "fatol": tol * 1e-3, "maxfev": max_iter},
-                )  # fmt: skip
-                best = res.x
-            else:
-                res = scipy.optimize.minimize_scalar(
-                    lambda s: score([s]), bounds=(-bound, bound), method="bounded",
-                    options={"xatol": tol, "maxiter": max_iter},
-                )  # fmt: skip
-                best = np.array([res.x])
-            value = score(best)
-        except BaseException:
-            self._set_precisions(*saved)
-            raise
-        if not np.isfinite(value):
-            self._set_precisions(*saved)
-            raise ValueError(
-                f"no alpha within a factor {span:g} of {self.alpha} gives a positive definite "
-                "posterior precision: widen span or fit with another structure"
-            )
-        self.prior_result = {
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "metric": metric,
-            "value": float(value),
-            "evaluations": len(calls),
-        }
+        self.check_weights_unchanged()
+        self.posterior, self.prior_result = tuning.optimize_prior(
+            self.posterior, self.model, x_val, y_val, metric=metric, beta=beta, span=span,
+            tol=tol, max_iter=max_iter,
+        )  # fmt: skip
         return self
 
     # -- serving ----------------------------------------------------------------------------------
@@ -881,7 +590,8 @@ class Laplace:
         the variance computed inside the graph at the current α, β (:mod:`sigma.serving`).
         ``.save("m.keras")`` reloads with ``keras.saving.load_model`` where sigma is installed;
         ``.export("dir")`` writes a SavedModel whose ``serve`` signature needs no sigma."""
-        return serving.to_keras(self, name=name)
+        self.check_weights_unchanged()
+        return serving.to_keras(self.model, self.posterior, name=name)
 
     # -- saving -----------------------------------------------------------------------------------
     def save(self, path):
@@ -889,8 +599,8 @@ class Laplace:
         :mod:`sigma.saving`: the structure's state, α, β, the prior groups, the data summary
         the evidence needs and the model's fingerprint — not the training data), atomically.
         Returns the path."""
-        self._check_weights_unchanged()
-        return saving.save(self, path)
+        self.check_weights_unchanged()
+        return saving.save(self.posterior, self.model, self.w_map, path)
 
     @classmethod
     def load(cls, path, model) -> Laplace:
@@ -899,83 +609,50 @@ class Laplace:
         naming the difference). Nothing is refitted; predictions, the evidence and its
         optimisation work as before saving. (One β per output needs the saved blocks; a file
         from another format version is refused.)"""
-        header, arrays = saving.read(path)
         check_model(model)
-        saving.check_fingerprint(header["fingerprint"], model, path)
-        spec = header["structure"]
-        if "weights_index" in arrays:
-            selection = weights_from_index(
-                model, arrays["weights_index"], header["weights"]["kind"]
-            )
-        else:  # format 1: every weight, or the last layer for structure "last_layer"
-            selection = select(model, structures.resolve(spec["name"], "all")[1])
-        structure = structures.get(spec["name"]).from_options(spec["options"]).on(selection)
-        state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
-        structure.restore(model, state, spec["info"])
+        post, w_map = saving.load(path, model)
         la = cls.__new__(cls)
-        la.selection = selection
-        data, layout = header["data"], header["output_layout"]
-        lik = header["likelihood"]
-        la.likelihood = likelihoods.get(lik["name"])
-        if lik["heads"]:
-            la.likelihood = likelihoods.Classification(lik["heads"])
-        la.output_layout = OutputLayout(
-            layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])
-        )
-        la.model, la.curvature, la.negative = model, header["curvature"], header["negative"]
-        la.batch_size = data["batch_size"]
-        la.n_data, la.n_outputs = int(data["n_data"]), int(data["n_outputs"])
-        la.w_map = arrays["w_map"]
-        la._state = _frozen_state(model)
-        la.data_error = float(data["data_error"])
-        la.data_errors = None if data["data_errors"] is None else np.asarray(data["data_errors"])
-        la._output_scale = float(data["output_scale"])
+        la.model, la.w_map, la._state = model, w_map, _frozen_state(model)
         la._x, la.memory_estimate = None, None
-        la.structure, la.n_params = structure, structure.n_params
-        prior = header["prior"]
-        la.prior = Prior(
-            arrays["prior_groups"].astype(np.int64), tuple(prior["names"]), prior["kind"]
-        )
-        la.weight_errors = np.asarray(header["weight_errors"], np.float64)
-        la._beta, la._weighted, la._alpha = 1.0, None, None
-        la._blocks = arrays.get("output_blocks")
+        la.posterior = post
         la.evidence_result = la.prior_result = None
-        beta = header["beta"]
-        la._set_precisions(np.asarray(header["alpha"], np.float64), beta)
         return la
 
     def __repr__(self):
+        post = self.posterior
         alpha = (
-            f"{self._alpha[0]:.4g}"
-            if self.prior.scalar
-            else np.array2string(self._alpha, precision=4, threshold=6)
+            f"{post.alpha[0]:.4g}"
+            if post.prior.scalar
+            else np.array2string(post.alpha, precision=4, threshold=6)
         )
         return (
-            f"Laplace(structure={self.structure.name!r}, curvature={self.curvature!r}, "
-            f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
-            f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
+            f"Laplace(structure={self.structure.name!r}, weights={self.selection.kind!r}, "
+            f"curvature={self.curvature!r}, prior={post.prior.kind!r}, P={self.n_params}, "
+            f"N={self.n_data}, K={self.n_outputs}, alpha={alpha}, "
+            f"beta={np.array2string(np.asarray(post.beta), precision=4)})"
         )
 
 
-def _check_finite_variance(var, name: str = "x") -> None:
-    """The outputs were finite; a NaN or inf variance comes from the output gradients."""
-    if not np.all(np.isfinite(var)):
-        bad = int(np.sum(~np.all(np.isfinite(np.reshape(var, (len(var), -1))), axis=1)))
+def _clip_negative(structure, curvature) -> None:
+    """negative="clip": C → its positive semi-definite part, with a warning saying how much."""
+    count, worst = evidence.negative_eigenvalues(structure.eigenvalues)
+    if not count:
+        return
+    if not structure.can_clip:
         raise ValueError(
-            f"the predictive variance is NaN or infinite for {bad} of the {len(var)} samples of "
-            f"{name} although the model's outputs are finite: the gradients of the outputs "
-            f"overflow inside the network. Rescale {name} (or the weights), or compute in float64"
+            f"structure {structure.name!r} cannot clip negative eigenvalues; use "
+            "negative='keep' or curvature='ggn'"
         )
-
-
-def _check_noise_variance(beta) -> None:
-    """1/β, the noise variance in σ², must be a float64 (β of 2e-311 makes it inf)."""
-    smallest = 1.0 / np.finfo(np.float64).max
-    if np.any(np.asarray(beta) < smallest):
-        raise ValueError(
-            f"beta must be at least {smallest:.3g} (its reciprocal, the noise variance, "
-            f"overflows float64 below that), got {np.min(beta):.3g}"
-        )
+    structure.clip_negative()
+    warnings.warn(
+        f"the {curvature} curvature has {count} negative eigenvalue(s) out of "
+        f"{structure.n_params} (most negative {worst:.4g}; largest "
+        f"{structure.eigenvalues.max():.4g}): clipped to zero (negative='clip'), so "
+        "A = alpha*I + beta*C+ with C+ the positive part, for predictions and the evidence "
+        "alike",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _check_flag(value, name: str, allowed: str = "True or False") -> None:

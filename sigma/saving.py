@@ -34,6 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sigma import likelihoods, structures
+from sigma.outputs import OutputLayout
+from sigma.posterior import DataSummary, Posterior
+from sigma.priors import Prior
+from sigma.weights import from_index, select
+
 FORMAT = "sigma.laplace"
 VERSION = 2  # 2: the selection of weights (``weights``; version 1 covered every weight)
 
@@ -77,48 +83,49 @@ def _json(value):
     return value
 
 
-def save(laplace, path) -> Path:
-    """Write ``laplace`` to ``path`` (any name; conventionally ``.npz``) atomically."""
+def save(post, model, w_map, path) -> Path:
+    """Write the :class:`~sigma.posterior.Posterior` ``post`` of ``model`` (fitted at the
+    weights ``w_map``) to ``path`` (any name; conventionally ``.npz``) atomically."""
     path = Path(path)
-    s = laplace.structure
+    s = post.structure
     arrays, info = s.state()
-    options = s.options()
+    layout, summary = post.output_layout, post.summary
     header = {
         "format": FORMAT,
         "version": VERSION,
         "sigma": _sigma_version(),
-        "structure": {"name": s.name, "options": options, "info": info},
-        "weights": {"kind": laplace.selection.kind, "n_params": laplace.selection.n_params},
-        "likelihood": {"name": laplace.likelihood.name, "heads": laplace.likelihood.heads},
-        "curvature": laplace.curvature,
-        "negative": laplace.negative,
-        "prior": {"kind": laplace.prior.kind, "names": list(laplace.prior.names)},
-        "alpha": laplace._alpha,
-        "beta": laplace._beta,
+        "structure": {"name": s.name, "options": s.options(), "info": info},
+        "weights": {"kind": post.selection.kind, "n_params": post.selection.n_params},
+        "likelihood": {"name": post.likelihood.name, "heads": post.likelihood.heads},
+        "curvature": post.curvature,
+        "negative": post.negative,
+        "prior": {"kind": post.prior.kind, "names": list(post.prior.names)},
+        "alpha": post.alpha,
+        "beta": post.beta,
         "output_layout": {
-            "kind": laplace.output_layout.kind,
-            "names": list(laplace.output_layout.names),
-            "sizes": list(laplace.output_layout.sizes),
+            "kind": layout.kind,
+            "names": list(layout.names),
+            "sizes": list(layout.sizes),
         },
         "data": {
-            "n_data": laplace.n_data,
-            "n_outputs": laplace.n_outputs,
-            "data_error": laplace.data_error,
-            "data_errors": laplace.data_errors,
-            "output_scale": laplace._output_scale,
-            "batch_size": laplace.batch_size,
+            "n_data": summary.n_data,
+            "n_outputs": summary.n_outputs,
+            "data_error": summary.data_error,
+            "data_errors": summary.data_errors,
+            "output_scale": summary.output_scale,
+            "batch_size": summary.batch_size,
         },
-        "weight_errors": laplace.weight_errors,
-        "fingerprint": fingerprint(laplace.model),
+        "weight_errors": post.weight_errors,
+        "fingerprint": fingerprint(model),
     }
     entries = {
-        "w_map": laplace.w_map,
-        "prior_groups": laplace.prior.groups,
-        "weights_index": laplace.selection.index,
+        "w_map": w_map,
+        "prior_groups": post.prior.groups,
+        "weights_index": post.selection.index,
     }
     entries.update({f"structure/{k}": np.asarray(v, np.float64) for k, v in arrays.items()})
-    if laplace._blocks is not None:
-        entries["output_blocks"] = laplace._blocks
+    if post.blocks is not None:
+        entries["output_blocks"] = post.blocks
     buffer = io.BytesIO()
     np.savez(buffer, header=np.array(json.dumps(_json(header))), **entries)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +146,49 @@ def _sigma_version() -> str:
     import sigma
 
     return sigma.__version__
+
+
+def load(path, model):
+    """(the :class:`~sigma.posterior.Posterior`, w_map) saved in ``path``, for ``model`` —
+    refused (ValueError naming the difference) unless it is the model it was fitted on."""
+    header, arrays = read(path)
+    check_fingerprint(header["fingerprint"], model, path)
+    spec = header["structure"]
+    if "weights_index" in arrays:
+        selection = from_index(model, arrays["weights_index"], header["weights"]["kind"])
+    else:  # format 1: every weight, or the last layer for structure "last_layer"
+        selection = select(model, structures.resolve(spec["name"], "all")[1])
+    structure = structures.get(spec["name"]).from_options(spec["options"]).on(selection)
+    state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
+    structure.restore(model, state, spec["info"])
+    data, layout, lik = header["data"], header["output_layout"], header["likelihood"]
+    likelihood = likelihoods.get(lik["name"])
+    if lik["heads"]:
+        likelihood = likelihoods.Classification(lik["heads"])
+    prior = header["prior"]
+    post = Posterior(
+        structure=structure,
+        prior=Prior(arrays["prior_groups"].astype(np.int64), tuple(prior["names"]), prior["kind"]),
+        selection=selection,
+        likelihood=likelihood,
+        curvature=header["curvature"],
+        negative=header["negative"],
+        output_layout=OutputLayout(layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])),
+        summary=DataSummary(
+            n_data=int(data["n_data"]),
+            n_outputs=int(data["n_outputs"]),
+            data_error=float(data["data_error"]),
+            data_errors=None if data["data_errors"] is None else np.asarray(data["data_errors"]),
+            output_scale=float(data["output_scale"]),
+            batch_size=data["batch_size"],
+        ),
+        weight_errors=np.asarray(header["weight_errors"], np.float64),
+        alpha=np.zeros(len(prior["names"])),
+        blocks=arrays.get("output_blocks"),
+    )
+    beta = header["beta"]
+    beta = np.asarray(beta, np.float64) if isinstance(beta, list) else beta
+    return post.replace(alpha=np.asarray(header["alpha"], np.float64), beta=beta), arrays["w_map"]
 
 
 def read(path) -> tuple[dict, dict]:

@@ -101,10 +101,10 @@ class PredictiveLayer(keras.layers.Layer):
         return cls(model, **config)
 
 
-def to_keras(laplace, *, name: str | None = None) -> keras.Model:
-    """A :class:`keras.Model` from the model's inputs to the Laplace predictive of ``laplace``
-    (see the module docstring). The precisions are those of the Laplace now."""
-    model = laplace.model
+def to_keras(model, post, *, name: str | None = None) -> keras.Model:
+    """A :class:`keras.Model` from ``model``'s inputs to the predictive of the
+    :class:`~sigma.posterior.Posterior` ``post`` (see the module docstring), at its
+    precisions."""
     try:
         declared = model.inputs
     except (AttributeError, ValueError):
@@ -114,24 +114,22 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
             "to_keras needs a model with declared inputs (a functional or Sequential model "
             "built on keras.Input): a subclassed model does not say what it takes"
         )
-    if laplace._weighted is not None:
+    if post.weighted is not None:
         raise ValueError("to_keras needs one beta for all outputs (not one per output)")
-    laplace._check_weights_unchanged()
-    structure = laplace.structure
-    arrays, structure_spec = structure.export(model, laplace._alpha_weights(), laplace._beta)
+    structure = post.structure
+    k = post.summary.n_outputs
+    arrays, structure_spec = structure.export(model, post.alpha_weights(), post.beta)
     spec = {
         "structure": structure.name,
         "structure_spec": structure_spec,
-        "weights": laplace.selection.describe(),
-        "likelihood": "regression" if laplace.likelihood.has_beta else "classification",
+        "weights": post.selection.describe(),
+        "likelihood": "regression" if post.likelihood.has_beta else "classification",
         "heads": None
-        if laplace.likelihood.heads is None
-        else [list(h) for h in laplace.likelihood.heads],
-        "noise": np.broadcast_to(
-            1.0 / np.asarray(laplace._beta, np.float64), (laplace.n_outputs,)
-        ).tolist(),
-        "arrays": {k: list(np.shape(v)) for k, v in arrays.items()},
-        "n_outputs": laplace.n_outputs,
+        if post.likelihood.heads is None
+        else [list(h) for h in post.likelihood.heads],
+        "noise": np.broadcast_to(1.0 / np.asarray(post.beta, np.float64), (k,)).tolist(),
+        "arrays": {key: list(np.shape(v)) for key, v in arrays.items()},
+        "n_outputs": k,
     }
     layer = PredictiveLayer(model, spec, name="sigma_predictive")
     for key, value in arrays.items():

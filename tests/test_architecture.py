@@ -122,6 +122,90 @@ def test_import_sigma_does_not_import_the_sweep_machinery():
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_reads(extra: dict | None = None) -> list[str]:
+    """Every place a sigma module reads another sigma module's private name: ``from sigma.x
+    import _name``, ``module._name`` on an imported sigma module, and ``obj._name`` where
+    ``_name`` is a private attribute or method that only other modules' classes define (e.g.
+    ``laplace._beta`` outside sigma.laplace). Private *modules* (``sigma._checks``) are fine
+    to import from; their private names are not. ``extra``: {module name: source} to scan
+    as if it were part of the package."""
+    modules = _modules()
+    known = set(modules) | {"sigma"}
+
+    def path(module):
+        p = PACKAGE.joinpath(*module.split(".")[1:])
+        return p / "__init__.py" if p.is_dir() else p.with_suffix(".py")
+
+    trees = {m: ast.parse(path(m).read_text()) for m in modules}
+    trees.update({m: ast.parse(src) for m, src in (extra or {}).items()})
+    defined = {}
+    for m, tree in trees.items():
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        names |= {item.name} if _private(item.name) else set()
+                    elif isinstance(item, ast.Assign | ast.AnnAssign):
+                        targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+                        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("self", "cls")
+            ):
+                names.add(node.attr)
+        defined[m] = {n for n in names if _private(n)}
+    bad = []
+    for m, tree in trees.items():
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name: a.name for a in node.names if a.name in known})
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sigma"):
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in known:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                    elif _private(a.name):
+                        bad.append(f"{m}:{node.lineno}: from {node.module} import {a.name}")
+        others = set().union(*(d for o, d in defined.items() if o != m))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                continue
+            value = node.value
+            if isinstance(value, ast.Name) and aliases.get(value.id, m) != m:
+                bad.append(f"{m}:{node.lineno}: {value.id}.{node.attr}")
+            elif (
+                not (isinstance(value, ast.Name) and value.id in ("self", "cls"))
+                and node.attr in others
+                and node.attr not in defined[m]
+            ):
+                bad.append(f"{m}:{node.lineno}: {ast.unparse(value)}.{node.attr}")
+    return bad
+
+
+def test_no_module_reads_another_modules_private_names():
+    assert not _private_reads(), _private_reads()
+
+
+def test_the_private_name_check_can_fail():
+    """The scan finds each kind of read it forbids in a module written for the purpose."""
+    source = (
+        "from sigma.curvature.engine import _shape_key\n"
+        "from sigma import laplace\n"
+        "def f(la):\n"
+        "    return laplace._frozen_state, la._with_blocks\n"
+    )
+    found = _private_reads({"sigma._scan_probe": source})
+    probe = [f for f in found if f.startswith("sigma._scan_probe")]
+    assert len(probe) == 3, probe
+
+
 def _tracing_counts(model) -> dict:
     """How many times each traced function in the model's engine has been traced."""
     counts = {}

@@ -187,7 +187,7 @@ def test_per_output_fixed_point_is_stationary(rng):
         assert abs((vals[0] - vals[1]) / (2 * h)) < 1e-5
     la.beta = betas
     # β_k = (N − γ_k)/(2 E_Dk)
-    gammas = evidence.per_output_gammas(la._output_blocks(), la.alpha, betas)
+    gammas = evidence.per_output_gammas(la.output_blocks(), la.alpha, betas)
     np.testing.assert_allclose(betas, (30 - gammas) / (2 * la.data_errors), rtol=1e-9)
     np.testing.assert_allclose(gammas.sum(), la.gamma, rtol=1e-9)
     # the per-output evidence beats the best single β

@@ -87,7 +87,7 @@ def _explicit(la):
     """A = D_α + βC with C the structure's own curvature as an explicit matrix."""
     s = la.structure
     c = s.matrix() if callable(s.matrix) else s.matrix
-    return np.diag(np.broadcast_to(la._alpha_weights(), (la.n_params,))) + la.beta * c
+    return np.diag(np.broadcast_to(la.posterior.alpha_weights(), (la.n_params,))) + la.beta * c
 
 
 def _lowrank_matrix(s):
@@ -118,10 +118,10 @@ def test_every_structure_honours_the_groups_exactly(rng, structure, options, pri
     )  # fmt: skip
     s = la.structure
     if structure == "lowrank":
-        a = np.diag(la._alpha_weights()) + la.beta * _lowrank_matrix(s)
+        a = np.diag(la.posterior.alpha_weights()) + la.beta * _lowrank_matrix(s)
     else:
         a = _explicit(la)
-    alpha_w, beta = la._alpha_weights(), la.beta
+    alpha_w, beta = la.posterior.alpha_weights(), la.beta
     np.testing.assert_allclose(s.logdet(alpha_w, beta), np.linalg.slogdet(a)[1], rtol=1e-10)
     inverse = np.linalg.inv(a)
     np.testing.assert_allclose(s.inverse_diagonal(alpha_w, beta), np.diag(inverse), rtol=1e-8)
@@ -129,7 +129,7 @@ def test_every_structure_honours_the_groups_exactly(rng, structure, options, pri
     j = sigma.output_jacobian(model, x[:4])[:, :, idx]
     ref = np.einsum("nkp,pq,nlq->nkl", j, inverse, j)
     np.testing.assert_allclose(la.predictive_covariance(x[:4], noise=False), ref, rtol=1e-7)
-    gammas = la.prior.sizes - la._alpha * la.prior.group_sums(np.diag(inverse))
+    gammas = la.prior.sizes - la.posterior.alpha * la.prior.group_sums(np.diag(inverse))
     np.testing.assert_allclose(la.gammas, gammas, rtol=1e-8, atol=1e-10)
 
 

@@ -294,7 +294,7 @@ class Engine:
         model's dtype by one traced forward pass per batch."""
         spec = self.spec(x)
         fn = self.function(
-            ("outputs", _spec_key(spec)),
+            ("outputs", spec_key(spec)),
             lambda: compiled(lambda xb: self.forward(self.weights(), xb), [spec]),
         )
         return np.concatenate(
@@ -306,7 +306,7 @@ class Engine:
         holds at most ``ELEMENT_BUDGET / extra`` Jacobian elements unless ``batch_size`` is set."""
         spec = self.spec(x)
         fn = self.function(
-            ("jacobian", _spec_key(spec)),
+            ("jacobian", spec_key(spec)),
             lambda: compiled(lambda xb: self.jacobian(self.weights(), xb), [spec]),
         )
         n = len(tf.nest.flatten(x)[0])
@@ -350,7 +350,7 @@ class Engine:
 
                 return compiled(lj, [spec])
 
-            fn = self.function(("pseudo_jacobian", lik.key, _spec_key(spec)), build)
+            fn = self.function(("pseudo_jacobian", lik.key, spec_key(spec)), build)
             total = np.zeros((p, p))
             for batch in data:
                 block = fn(batch[0]).numpy()
@@ -455,7 +455,7 @@ class Engine:
             )
 
         capture_fn = self.function(
-            ("capture", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
+            ("capture", lik.key, id(plan), plan.generic_pfor, spec_key(spec)),
             lambda: compiled(capture_flat, [spec]),
         )
         batches = iter(data)
@@ -483,7 +483,7 @@ class Engine:
             return tf.cast(_layers.product(plan, cap, tf.cast(v, dtype)), tf.float64)
 
         apply_fn = self.function(
-            ("captured_product", lik.key, id(plan), plan.generic_pfor, _spec_key(spec)),
+            ("captured_product", lik.key, id(plan), plan.generic_pfor, spec_key(spec)),
             lambda: compiled(apply, [specs, tf.TensorSpec([self.n_params, None], dtype)]),
         )
 
@@ -569,7 +569,7 @@ def _structure(x) -> str:
     return repr(tf.nest.map_structure(lambda _: None, x))
 
 
-def _spec_key(spec) -> tuple:
+def spec_key(spec) -> tuple:
     shapes = tuple((tuple(s.shape.as_list()), s.dtype.name) for s in tf.nest.flatten(spec))
     return (_structure(spec), shapes)
 

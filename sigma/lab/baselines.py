@@ -161,7 +161,7 @@ def _check_likelihood(likelihood):
     return likelihood
 
 
-def _outputs(model, x, *, training=False, batch_size=4096):
+def model_outputs(model, x, *, training=False, batch_size=4096):
     """The model's outputs at x as float64, in batches (no Keras predict loop)."""
     dtype = model.trainable_variables[0].dtype
     x = np.asarray(x, dtype)
@@ -170,11 +170,6 @@ def _outputs(model, x, *, training=False, batch_size=4096):
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(parts).astype(np.float64)
-
-
-def _softmax(logits):
-    """Class probabilities from logits (a sigmoid for one logit, as the Laplace's)."""
-    return softmax(logits)
 
 
 # -- deep ensembles -----------------------------------------------------------------------------
@@ -247,16 +242,16 @@ class DeepEnsemble:
                 learning_rate=learning_rate, schedule=schedule, seed=s)  # fmt: skip
         if self.head == "mse":
             self.noise_variance = np.mean(
-                [residual_variance(_outputs(m, x), y) for m in self.members], axis=0
+                [residual_variance(model_outputs(m, x), y) for m in self.members], axis=0
             )
         return self
 
     def member_predictions(self, x):
         """Regression: (means, variances), each (M, N, K) — a member's σ² is its head's, or the
         residual noise variance for ``head="mse"``. Classification: probabilities (M, N, K)."""
-        outputs = np.stack([_outputs(m, x) for m in self.members])
+        outputs = np.stack([model_outputs(m, x) for m in self.members])
         if self.likelihood == "classification":
-            return _softmax(outputs)
+            return softmax(outputs)
         if self.head == "gaussian":
             return split_head(outputs, self.n_outputs)
         if self.noise_variance is None:
@@ -348,7 +343,7 @@ class MCDropout:
             layer.seed_generator.state.assign(np.array([seed, 1000 * i], np.int64))
         x = np.asarray(x)
         tiled = np.tile(x, (n_samples,) + (1,) * (x.ndim - 1))  # pass t: rows t·N … (t+1)·N − 1
-        out = _outputs(self.model, tiled, training=self.rate > 0)
+        out = model_outputs(self.model, tiled, training=self.rate > 0)
         return out.reshape(n_samples, len(x), -1)
 
     def predict(self, x, *, n_samples: int = 100, seed: int = 0, noise: bool = True):
@@ -368,4 +363,4 @@ class MCDropout:
         """Classification: the average softmax over the passes, (N, K)."""
         if self.likelihood != "classification":
             raise ValueError("predict_proba needs likelihood='classification'")
-        return _softmax(self.samples(x, n_samples, seed=seed)).mean(axis=0)
+        return softmax(self.samples(x, n_samples, seed=seed)).mean(axis=0)

@@ -23,6 +23,7 @@ import numpy as np
 
 from sigma import metrics
 from sigma.callbacks import EvidenceCallback
+from sigma.classification import softmax
 from sigma.evidence import EvidenceError
 from sigma.lab import baselines
 from sigma.laplace import Laplace
@@ -267,7 +268,7 @@ def run_classification(
     start = time.perf_counter()
     plain = recipe.network(n_in, k, seed)
     baselines.fit(plain, x_train, labels_train, loss=loss, seed=seed, **recipe.training())
-    score(PLAIN_SOFTMAX, baselines._softmax(baselines._outputs(plain, x_test)))
+    score(PLAIN_SOFTMAX, softmax(baselines.model_outputs(plain, x_test)))
     prior = prior_spec(plain, recipe.prior)
     try:
         la = Laplace(
@@ -281,7 +282,7 @@ def run_classification(
 
     start = time.perf_counter()
     model, cb = train_with_evidence(x_train, labels_train, recipe, loss, prior, n_out=k, seed=seed)
-    score(TRAINED_SOFTMAX, baselines._softmax(baselines._outputs(model, x_test)))
+    score(TRAINED_SOFTMAX, softmax(baselines.model_outputs(model, x_test)))
     score(TRAINED, cb.laplace.predict_proba(x_test), _laplace_summary(cb.laplace, 1.0))
     result.history, result.prior_groups = cb.history, _group_names(model, recipe.prior, cb)
     result.seconds[TRAINED] = time.perf_counter() - start
@@ -379,7 +380,7 @@ def choose_structure(
 
     plain = recipe.network(x_fit.shape[1], k, seed)
     baselines.fit(plain, x_fit, l_fit, loss=loss, seed=seed, **recipe.training())
-    rows = [row(PLAIN_SOFTMAX, baselines._softmax(baselines._outputs(plain, x_val)))]
+    rows = [row(PLAIN_SOFTMAX, softmax(baselines.model_outputs(plain, x_val)))]
     nll = {}
     for structure in candidates:
         trial = replace(recipe, structure=structure)

@@ -24,7 +24,7 @@ def beta_scan(laplace, betas, x_test, y_test, *, optimize_alpha: bool = True) ->
     coverage_95, nll, rmse, mean_sigma.
     """
     betas = as_array(betas, "betas", ndim=1).astype(np.float64)
-    saved = laplace.alpha, laplace.beta, laplace.evidence_result
+    saved = laplace.posterior, laplace.evidence_result  # an immutable value: restored as is
     rows = []
     try:
         for b in betas:
@@ -42,8 +42,7 @@ def beta_scan(laplace, betas, x_test, y_test, *, optimize_alpha: bool = True) ->
                 }
             )
     finally:
-        laplace._set_precisions(laplace._check_alpha(saved[0]), saved[1])
-        laplace.evidence_result = saved[2]
+        laplace.posterior, laplace.evidence_result = saved
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}
 
 
@@ -58,7 +57,7 @@ def alpha_scan(
     log_evidence, gamma, accuracy, nll, brier, ece.
     """
     alphas = as_array(alphas, "alphas", ndim=1).astype(np.float64)
-    saved = laplace.alpha
+    saved = laplace.posterior
     rows = []
     try:
         for a in alphas:
@@ -73,5 +72,5 @@ def alpha_scan(
                 }
             )
     finally:
-        laplace.alpha = saved
+        laplace.posterior = saved
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}

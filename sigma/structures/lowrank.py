@@ -43,7 +43,7 @@ from sigma.curvature.accumulate import (
     first_samples,
     is_dataset,
 )
-from sigma.curvature.engine import CAPTURE_CACHE, _spec_key
+from sigma.curvature.engine import CAPTURE_CACHE, spec_key
 from sigma.curvature.layers import (
     capture,
     contract,
@@ -513,7 +513,7 @@ class LowRank(Structure):
                 return compiled(proj, [spec, u_spec, w_spec])
 
             per_sample = per_sample_elements(plan, k) + 2 * k * (r + 2)
-            key = ("lowrank-projection", path, id(plan), _spec_key(spec))
+            key = ("lowrank-projection", path, id(plan), spec_key(spec))
         else:
 
             def build():
@@ -525,7 +525,7 @@ class LowRank(Structure):
                 return compiled(proj, [spec, u_spec, w_spec])
 
             per_sample = 2 * k * self.n_params
-            key = ("lowrank-projection", path, _spec_key(spec))
+            key = ("lowrank-projection", path, spec_key(spec))
         self._path = path
         return eng.function(key, build), per_sample
 
