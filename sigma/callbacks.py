@@ -23,6 +23,9 @@ The penalty enters through each variable's ``regularizer`` with a strength held 
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -148,7 +151,15 @@ class EvidenceCallback(keras.callbacks.Callback):
         plain until the first re-estimation.
     fix_alpha, fix_beta : hold one precision at its start value (β: regression only).
     likelihood : default from the compiled loss (:func:`loss_likelihood`).
-    verbose : 1 prints one line per re-estimation, 0 is silent.
+    verbose : 1 (default) reports one line per re-estimation unless ``model.fit`` is silent
+        (Keras' ``verbose=0``), 0 never. The line goes where Keras' own progress goes: stdout,
+        or the ``sigma.callbacks`` logger when Keras' interactive logging is off.
+
+    At every epoch end the callback writes the current estimates into Keras' ``logs`` —
+    ``evidence_alpha`` (one group) or ``evidence_alpha_<group>`` (several), ``evidence_beta``
+    (regression), ``evidence_gamma`` and ``evidence_log_evidence``; NaN before the first
+    re-estimation — so ``History``, ``CSVLogger`` and ``TensorBoard`` record them (list this
+    callback before those in ``callbacks=[...]``: Keras runs them in that order).
 
     Attributes after ``fit``: ``history`` (a list of dicts: epoch, alpha, beta, gamma, gammas,
     log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace at the final
@@ -205,7 +216,9 @@ class EvidenceCallback(keras.callbacks.Callback):
         self.structure_options, self.batch_size = structure_options, batch_size
         self.start_alpha, self.start_beta = alpha, beta
         self.fix_alpha, self.fix_beta, self.max_iter = fix_alpha, fix_beta, max_iter
-        self.likelihood, self.verbose = likelihood, int(verbose)
+        if verbose not in (0, 1) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+        self.likelihood, self.verbose = likelihood, verbose
         self.history: list[dict] = []
         self.laplace: Laplace | None = None
         self.prior_groups: tuple[str, ...] = ()
@@ -241,10 +254,9 @@ class EvidenceCallback(keras.callbacks.Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        # Keras adds the penalties to its compiled loss, computed in floatx whatever the model
-        dtype = (
-            getattr(getattr(model, "_compile_loss", None), "dtype", None) or keras.config.floatx()
-        )
+        # Keras adds the penalties to its compiled loss, which it computes in floatx whatever
+        # the model's own dtype (a keras.losses.Loss made without a dtype)
+        dtype = keras.config.floatx()
         for v, strength in zip(self._variables, self._strength, strict=True):
             v.regularizer = EvidencePenalty(strength, dtype)
         model.make_train_function(force=True)  # the penalty enters the compiled train step
@@ -256,6 +268,25 @@ class EvidenceCallback(keras.callbacks.Callback):
         done = epoch + 1
         if done > self.warmup and (done - self.warmup) % self.every == 0:
             self._reestimate(done)
+        if logs is not None:
+            logs.update(self.log_values())
+
+    def log_values(self) -> dict:
+        """The latest estimates as Keras log entries (NaN before the first re-estimation):
+        evidence_alpha (or evidence_alpha_<group> per group), evidence_beta (regression),
+        evidence_gamma, evidence_log_evidence."""
+        last = self.history[-1] if self.history else None
+        names = self.prior_groups
+        alpha = np.full(len(names), np.nan) if last is None else np.atleast_1d(last["alpha"])
+        if len(names) == 1:
+            out = {"evidence_alpha": float(alpha[0])}
+        else:
+            out = {f"evidence_alpha_{n}": float(a) for n, a in zip(names, alpha, strict=True)}
+        if self._likelihood == "regression":
+            out["evidence_beta"] = np.nan if last is None else float(np.mean(last["beta"]))
+        out["evidence_gamma"] = np.nan if last is None else float(last["gamma"])
+        out["evidence_log_evidence"] = np.nan if last is None else float(last["log_evidence"])
+        return out
 
     def on_train_end(self, logs=None):
         try:
@@ -309,7 +340,7 @@ class EvidenceCallback(keras.callbacks.Callback):
             "method": la.evidence_result.method,
         }
         self.history.append(record)
-        if self.verbose:
+        if self._reporting():
             alpha = (
                 f"{record['alpha']:.4g}"
                 if np.ndim(record["alpha"]) == 0
@@ -320,11 +351,14 @@ class EvidenceCallback(keras.callbacks.Callback):
                 if self._likelihood == "regression"
                 else ""
             )
-            print(
+            _report(
                 f"evidence @ epoch {epoch}: alpha {alpha}{noise}, gamma {record['gamma']:.1f} of "
-                f"{la.n_params}, log evidence {record['log_evidence']:.2f}",
-                flush=True,
+                f"{la.n_params}, log evidence {record['log_evidence']:.2f}"
             )
+
+    def _reporting(self) -> bool:
+        """Report a re-estimation: when this callback and ``model.fit`` are both verbose."""
+        return bool(self.verbose) and bool((self.params or {}).get("verbose", 1))
 
     def _set_penalty(self, alpha, beta, n, k):
         """The L2 strengths of the log posterior in the compiled loss's scale."""
@@ -340,3 +374,13 @@ class EvidenceCallback(keras.callbacks.Callback):
             values[slice(None) if cols is None else cols] = alpha_w[offset : offset + size] * scale
             strength.assign(values.reshape(v.shape).astype(v.dtype))
             offset += size
+
+
+def _report(message: str) -> None:
+    """One line where Keras' own progress goes: stdout when its interactive logging is on (the
+    default), else the ``sigma.callbacks`` logger."""
+    if keras.config.is_interactive_logging_enabled():
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+    else:
+        logging.getLogger(__name__).info(message)

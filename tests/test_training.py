@@ -203,3 +203,37 @@ def test_losses_whose_scale_is_unknown_are_refused():
         ValueError, match=r"one group id per weight of the posterior, shape \(54,\)"
     ):
         model.fit(X, Y, epochs=1, verbose=0, callbacks=[bad])
+
+
+def test_the_estimates_go_into_keras_logs_history_and_csv(tmp_path, capsys):
+    """Every epoch's logs carry the latest α_g, β, γ and log evidence (NaN before the first
+    re-estimation), so History and CSVLogger record them; the report line follows fit's
+    verbosity."""
+    model = _compiled("mse", seed=3)
+    cb = EvidenceCallback(X, Y, structure="diag", prior="layer", every=2, verbose=1)
+    csv = tmp_path / "log.csv"
+    hist = model.fit(
+        X, Y, epochs=4, batch_size=10, verbose=0,
+        callbacks=[cb, keras.callbacks.CSVLogger(str(csv))],
+    )  # fmt: skip
+    assert "evidence @ epoch" not in capsys.readouterr().out  # fit is silent: so is the callback
+    keys = [f"evidence_alpha_{g}" for g in cb.prior_groups]
+    keys += ["evidence_beta", "evidence_gamma", "evidence_log_evidence"]
+    for key in keys:
+        assert key in hist.history, key
+    assert np.isnan(hist.history["evidence_gamma"][0])  # epoch 1: not yet estimated
+    for i, epoch in enumerate((2, 4)):
+        record = cb.history[i]
+        assert record["epoch"] == epoch
+        row = epoch - 1
+        assert hist.history["evidence_beta"][row] == pytest.approx(record["beta"])
+        assert hist.history["evidence_gamma"][row] == pytest.approx(record["gamma"])
+        assert hist.history["evidence_log_evidence"][row] == pytest.approx(record["log_evidence"])
+        for g, alpha in zip(cb.prior_groups, record["alpha"], strict=True):
+            assert hist.history[f"evidence_alpha_{g}"][row] == pytest.approx(alpha)
+    header = csv.read_text().splitlines()[0].split(",")
+    assert set(keys) <= set(header)
+    model.fit(X, Y, epochs=2, batch_size=10, verbose=2, callbacks=[cb])
+    assert "evidence @ epoch 2" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"verbose must be 0 or 1"):
+        EvidenceCallback(X, Y, verbose="loud")
