@@ -61,7 +61,8 @@ def scaled(n: int):
     return settings(max_examples=n * FUZZ_SCALE if deep else n)
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# property-based fuzzing draws many examples per test: slow (make test runs it, test-fast not)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 # -- the invariant ------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from sigma import evidence
 from sigma.callbacks import EvidenceCallback
 from sigma.params import flat_weights, set_flat_weights
 
+pytestmark = pytest.mark.slow  # trains networks with the callback
+
 RNG = np.random.default_rng(5)
 X = RNG.normal(size=(40, 3))
 Y = np.tanh(X @ RNG.normal(size=(3, 2))) + 0.1 * RNG.normal(size=(40, 2))
