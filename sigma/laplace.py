@@ -799,6 +799,9 @@ class Laplace:
             y_val, sample_count(x_val), self.n_outputs, "y_val", "x_val", layout=self.output_layout
         )
         tune_beta = beta and self.likelihood.has_beta and self._weighted is None
+        n_val = sample_count(x_val)
+        n_values = n_val * self.n_outputs if self.likelihood.has_beta else n_val
+        metrics.check_validation_size(metric, n_val, n_values, 1 + tune_beta)
         saved = self._alpha.copy(), self._beta
         alpha0, beta0 = saved
         if self.prior.scalar and alpha0[0] == 0:
