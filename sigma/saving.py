@@ -162,7 +162,7 @@ def read(path) -> tuple[dict, dict]:
         start = fh.read(4)
     if start not in _ZIP:
         raise ValueError(
-            f"{str(path)!r} is not a readable sigma Laplace file: a sigma file is a .npz (zip) "
+            f"path {str(path)!r} is not a readable sigma Laplace file: a sigma file is a .npz (zip) "
             f"archive written by Laplace.save, and this file does not start like one "
             f"(first bytes {start!r})"
         )
@@ -172,23 +172,23 @@ def read(path) -> tuple[dict, dict]:
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
         if "pickle" in str(exc) or "Object arrays" in str(exc):
             raise ValueError(  # np.load's advice (allow_pickle) does not apply to sigma files
-                f"{str(path)!r} is not a sigma Laplace file: it holds Python objects, and a "
+                f"path {str(path)!r} is not a sigma Laplace file: it holds Python objects, and a "
                 "sigma file holds only numbers and a JSON header"
             ) from None
         raise ValueError(
-            f"{str(path)!r} is not a readable sigma Laplace file (a truncated or corrupted "
+            f"path {str(path)!r} is not a readable sigma Laplace file (a truncated or corrupted "
             f"archive?): {exc}"
         ) from None
     try:
         header = json.loads(str(arrays.pop("header")))
     except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{str(path)!r} has no readable sigma header: {exc}") from None
+        raise ValueError(f"path {str(path)!r} has no readable sigma header: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a sigma Laplace file (format {FORMAT!r})")
+        raise ValueError(f"path {str(path)!r} is not a sigma Laplace file (format {FORMAT!r})")
     version = header.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise ValueError(
-            f"{str(path)!r} was written in format version {version} by sigma "
+            f"path {str(path)!r} was written in format version {version} by sigma "
             f"{header.get('sigma')}, newer than this sigma reads ({VERSION}): upgrade sigma"
         )
     return header, arrays
