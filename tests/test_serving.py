@@ -162,11 +162,17 @@ def test_non_finite_input_is_refused_by_the_served_model_as_by_predict(tmp_path,
             with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: x contains NaN"):
                 call(x)
     big = np.full((1, 3), 1e200)  # finite, but infinite in a float32 model: refused by both
-    la32 = sigma.Laplace(make_mlp(dtype="float32"), X, Y, structure="diag")
+    la32 = sigma.Laplace(make_mlp(dtype="float32", activation="relu"), X, Y, structure="diag")
+    served32 = la32.to_keras()
     with pytest.raises(ValueError, match=r"^x "):
         la32.predict(big)
     with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: x contains NaN"):
-        la32.to_keras()(big)
+        served32(big)
+    huge = np.full((1, 3), 3e38)  # finite in float32, but the relu network's outputs overflow
+    with pytest.raises(ValueError, match=r"outputs are NaN or infinite"):
+        la32.predict(huge)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: the model's outputs are"):
+        served32(huge)
 
 
 def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
