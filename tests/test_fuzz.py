@@ -653,7 +653,7 @@ def served(dtype, likelihood, structure):
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-@scaled(10)
+@scaled(6)
 @given(
     data=st.data(),
     dtype=st.sampled_from(["float64", "float32"]),
