@@ -385,7 +385,7 @@ def ill_conditioned_hint(top: float, alpha: float, x=None, scalar: bool = True) 
 
     which = "alpha" if scalar else "the smallest alpha"
     cause = ""
-    parts = [] if x is None else [np.asarray(p) for p in _leaves(x)]
+    parts = [] if x is None else [np.asarray(p) for p in _leaves(x) if hasattr(p, "dtype")]
     floats = [p for p in parts if p.dtype.kind == "f" and p.size]
     big = max((float(np.max(np.abs(p))) for p in floats), default=0.0)
     if big > 1e3:
