@@ -32,6 +32,7 @@ from sigma._checks import (
     check_precision,
     check_precisions,
     check_seed,
+    input_scale,
     model_dtype,
 )
 from sigma.classification import MAX_SAMPLES, METHODS, check_logits
@@ -202,6 +203,7 @@ class Laplace:
             data_errors=e_dk if lik.has_beta else None,
             output_scale=float(np.sqrt(square / max(n * k, 1))),
             batch_size=batch_size,
+            input_scale=None if is_dataset(x) else input_scale(x),
         )
         self.model = model
         self.w_map = engine(model).flat_weights().astype(np.float64)

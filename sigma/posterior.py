@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sigma import evidence
-from sigma._checks import as_array, check_precision, check_precisions
+from sigma._checks import as_array, check_precision, check_precisions, ill_conditioned_hint
 from sigma.outputs import OutputLayout
 from sigma.priors import Prior
 
@@ -34,7 +34,9 @@ class DataSummary:
     n_data : N samples; n_outputs : K outputs per sample (all outputs flattened);
     data_error : E_D (½ Σ (f − t)² for regression, the cross-entropy for classification);
     data_errors : E_D per output (K,) (regression) or None; output_scale : the RMS of the
-    outputs (for telling interpolation from noise); batch_size : as fitted (None: automatic).
+    outputs (for telling interpolation from noise); batch_size : as fitted (None: automatic);
+    input_scale : the largest |x| of the float training inputs (arrays; None for a dataset or
+    a loaded posterior), named when an ill-conditioned A is refused.
     """
 
     n_data: int
@@ -43,6 +45,7 @@ class DataSummary:
     data_errors: np.ndarray | None
     output_scale: float
     batch_size: int | None = None
+    input_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,11 @@ class Posterior:
                 f"the {self.curvature} curvature has negative eigenvalues (down to "
                 f"{float(lam.min()):.4g}): use curvature='ggn' (always positive semi-definite), "
                 f"negative='clip', or {which} > {-beta * float(lam.min()):.4g}"
+            )
+        elif 0 < a_min <= evidence.ROUNDOFF * top:  # α is lost in the round-off of βC
+            scale = self.summary.input_scale
+            hint = ill_conditioned_hint(
+                top, a_min, None if scale is None else np.array([scale]), self.prior.scalar
             )
         elif lam.size < self.n_params:
             hint = (

@@ -29,6 +29,32 @@ from sigma._checks import model_dtype
 from sigma.curvature.engine import engine
 from sigma.curvature.layers import flat_outputs
 
+# What the served model says when it refuses (tf.errors.InvalidArgumentError, in the graph: in
+# eager calls, model.predict, the reloaded .keras file and the exported SavedModel alike).
+NON_FINITE_INPUT = "sigma: {} contains NaN or infinite values (in the model's dtype), refused"
+NON_FINITE_OUTPUTS = (
+    "sigma: the model's outputs are not finite at these inputs (overflow inside the network), "
+    "refused"
+)
+NON_FINITE_VARIANCE = (
+    "sigma: the predictive variance is not finite at these inputs (the output gradients "
+    "overflow), refused"
+)
+
+
+def _refuse_non_finite(inputs, names=None):
+    """``inputs`` with a check_numerics on each part: an InvalidArgumentError naming the input
+    when one holds NaN or ±inf (Laplace.predict refuses them with a ValueError)."""
+    parts = tf.nest.flatten(inputs)
+    names = names if names and len(names) == len(parts) else None
+    checked = [
+        tf.debugging.check_numerics(
+            t, NON_FINITE_INPUT.format(f"input {names[i]!r}" if names else "x")
+        )
+        for i, t in enumerate(parts)
+    ]
+    return tf.nest.pack_sequence_as(inputs, checked)
+
 
 @keras.saving.register_keras_serializable(package="sigma")
 class PredictiveLayer(keras.layers.Layer):
@@ -37,7 +63,13 @@ class PredictiveLayer(keras.layers.Layer):
     spec : {"structure": name, "structure_spec": {...}, "weights": the selection of weights
     (:meth:`sigma.weights.Selection.describe`), "likelihood": "regression" |
     "classification", "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
-    "arrays": {name: shape}, "n_outputs": K}.
+    "arrays": {name: shape}, "n_outputs": K, "input_names": [name, ...] | None (several
+    inputs)}.
+
+    Non-finite input, outputs or variance are refused inside the graph: a
+    ``tf.errors.InvalidArgumentError`` whose message starts with "sigma:" and names what was
+    not finite (the module's ``NON_FINITE_*`` messages), where ``Laplace.predict`` raises a
+    ValueError.
     """
 
     def __init__(self, model, spec: dict, **kwargs):
@@ -59,12 +91,15 @@ class PredictiveLayer(keras.layers.Layer):
 
     def call(self, inputs):
         inputs = tf.nest.map_structure(lambda t: tf.cast(t, self.model_dtype), inputs)
+        inputs = _refuse_non_finite(inputs, self.spec.get("input_names"))
         mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)
+        mean = tf.debugging.check_numerics(mean, NON_FINITE_OUTPUTS)
         arrays = {k: tf.convert_to_tensor(v) for k, v in self.posterior.items()}
         cls = structures.get(self.spec["structure"])
         eng = engine(self.model, self.selection)
         var = cls.graph_variance(eng, self.spec["structure_spec"], arrays, inputs)
-        var = tf.maximum(tf.cast(var, tf.float64), 0.0)
+        var = tf.debugging.check_numerics(tf.cast(var, tf.float64), NON_FINITE_VARIANCE)
+        var = tf.maximum(var, 0.0)
         if self.spec["likelihood"] == "regression":
             noise = tf.constant(self.spec["noise"], tf.float64)
             return {"mean": mean, "std": tf.sqrt(var + noise)}
@@ -130,6 +165,9 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
         "noise": np.broadcast_to(1.0 / np.asarray(post.beta, np.float64), (k,)).tolist(),
         "arrays": {key: list(np.shape(v)) for key, v in arrays.items()},
         "n_outputs": k,
+        "input_names": [str(getattr(t, "name", i)) for i, t in enumerate(declared)]
+        if len(declared) > 1
+        else None,
     }
     layer = PredictiveLayer(model, spec, name="sigma_predictive")
     for key, value in arrays.items():

@@ -49,6 +49,9 @@ def optimize_prior(
         y_val, sample_count(x_val), k, "y_val", "x_val", layout=post.output_layout
     )
     tune_beta = beta and post.likelihood.has_beta and post.weighted is None
+    n_val = sample_count(x_val)
+    n_values = n_val * k if post.likelihood.has_beta else n_val
+    metrics.check_validation_size(metric, n_val, n_values, 1 + tune_beta)
     alpha0, beta0 = post.alpha, post.beta
     if post.prior.scalar and alpha0[0] == 0:
         alpha0 = np.full_like(alpha0, post.alpha_from_zero())
