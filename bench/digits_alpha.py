@@ -32,18 +32,19 @@ def main(argv=None) -> None:
 
     from sigma import metrics
     from sigma.classification import softmax
-    from sigma.lab import baselines, data, posterior
+    from sigma.lab import baselines, data
+    from sigma.lab import training_comparison as comparison
 
     x_train, x_test, l_train, l_test = data.digits_split(seed=args.seed)
     x_fit, _, l_fit, _ = train_test_split(
         x_train, l_train, test_size=0.25, random_state=args.seed, stratify=l_train
     )
-    recipe = posterior.Recipe(
+    recipe = comparison.Recipe(
         hidden=(32,), epochs=args.epochs, structure="last_layer", prior="layer", batch_size=32,
         learning_rate=0.003, schedule="cosine", every=10,
     )  # fmt: skip
     loss = baselines.classification_loss()
-    model, cb = posterior.train_with_evidence(
+    model, cb = comparison.train_with_evidence(
         x_fit, l_fit, recipe, loss, "layer", n_out=10, seed=args.seed
     )
     print("re-estimations during training (last_layer, one α):")

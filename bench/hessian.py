@@ -93,7 +93,7 @@ def main():
         f"{'sigma.hessian (s)':>18} {'vs eager':>9} {'vs traced':>10} {'max rel diff':>13}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
-        model = sigma.mlp(4, HIDDEN[size], 3, activation="sigmoid", seed=0)
+        model = sigma.lab.mlp(4, HIDDEN[size], 3, activation="sigmoid", seed=0)
         t_vec, h_vec = median_time(lambda m=model: sigma.hessian(m, x, y), args.repeats)
         t_row, h_row = median_time(lambda m=model: rowwise_hessian(m, x, y), args.repeats)
         t_eag = float("nan")

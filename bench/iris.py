@@ -82,10 +82,10 @@ def main():
     import sigma
 
     counter = TraceCounter().install()
-    x, xt, y, _ = sigma.iris_split(test_size=0.33, seed=args.seed)
+    x, xt, y, _ = sigma.lab.iris_split(test_size=0.33, seed=args.seed)
     x, xt, y = x.astype("float32"), xt.astype("float32"), y.astype("float32")
-    net = sigma.mlp(4, (16, 16), 3, activation="tanh", seed=args.seed)
-    sigma.train(net, x, y, epochs=150, batch_size=10, learning_rate=3e-3, seed=args.seed)
+    net = sigma.lab.mlp(4, (16, 16), 3, activation="tanh", seed=args.seed)
+    sigma.lab.train(net, x, y, epochs=150, batch_size=10, learning_rate=3e-3, seed=args.seed)
     a, b = args.alpha, args.beta
     betas = np.geomspace(1.0, 1000.0, args.scan)
     rows = []

@@ -178,7 +178,7 @@ def sigma_worker(args):
 
     def build(dtype):
         widths = IRIS if name == "iris" else MLP
-        net = sigma.mlp(
+        net = sigma.lab.mlp(
             widths[0], widths[1:-1], widths[-1], activation=ACTIVATION[name], dtype=dtype
         )
         net.set_weights([a.astype(dtype) for pair in layer_weights(data) for a in pair])
@@ -242,16 +242,16 @@ def prepare(args, tmp: Path) -> dict[str, Path]:
         from sigma.lab.data import teacher_regression
 
     paths = {}
-    x, xt, y, _ = sigma.iris_split(test_size=0.33, seed=0)
-    net = sigma.mlp(*IRIS[:1], IRIS[1:-1], IRIS[-1], activation="tanh", seed=args.seed)
-    sigma.train(net, x, y, epochs=150, batch_size=10, learning_rate=3e-3, seed=args.seed)
+    x, xt, y, _ = sigma.lab.iris_split(test_size=0.33, seed=0)
+    net = sigma.lab.mlp(*IRIS[:1], IRIS[1:-1], IRIS[-1], activation="tanh", seed=args.seed)
+    sigma.lab.train(net, x, y, epochs=150, batch_size=10, learning_rate=3e-3, seed=args.seed)
     paths["iris"] = tmp / "iris.npz"
     np.savez(paths["iris"], x_train=x, y_train=y, x_test=xt, **kernels(net))
 
     x, xt, y, _ = teacher_regression(args.n, args.test, seed=args.seed)
     x, xt, y = x.astype("float32"), xt.astype("float32"), y.astype("float32")
-    net = sigma.mlp(MLP[0], MLP[1:-1], MLP[-1], activation="relu", seed=args.seed)
-    sigma.train(net, x, y, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=args.seed)
+    net = sigma.lab.mlp(MLP[0], MLP[1:-1], MLP[-1], activation="relu", seed=args.seed)
+    sigma.lab.train(net, x, y, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=args.seed)
     paths["mlp"] = tmp / "mlp.npz"
     np.savez(paths["mlp"], x_train=x, y_train=y, x_test=xt, **kernels(net))
     return paths

@@ -53,7 +53,7 @@ def main(argv=None) -> None:
 
     x, x_test, y, _ = teacher_regression(args.n, args.test, seed=args.seed)
     x, x_test, y = (a.astype(np.float32) for a in (x, x_test, y))
-    model = sigma.mlp(784, (256, 256), 10, activation="relu", dtype="float32", seed=args.seed)
+    model = sigma.lab.mlp(784, (256, 256), 10, activation="relu", dtype="float32", seed=args.seed)
     model.compile(keras.optimizers.Adam(1e-3), "mse")
     model.fit(x, y, epochs=1, batch_size=128, verbose=0)
     rows = []

@@ -139,9 +139,9 @@ def regression_figure(seed: int = 0) -> Path:
 
 # -- Iris: the original notebook's network ------------------------------------------------------
 def iris_figure() -> Path:
-    x_train, x_test, y_train, y_test = sigma.iris_split(seed=0)
-    model = sigma.mlp(4, 4, 3, activation="sigmoid", seed=0)
-    sigma.train(model, x_train, y_train, epochs=20, batch_size=1, seed=0)
+    x_train, x_test, y_train, y_test = sigma.lab.iris_split(seed=0)
+    model = sigma.lab.mlp(4, 4, 3, activation="sigmoid", seed=0)
+    sigma.lab.train(model, x_train, y_train, epochs=20, batch_size=1, seed=0)
     la = sigma.Laplace(model, x_train, y_train).optimize_evidence()
     print(f"  {la}")
     mean, std = la.predict(x_test)

@@ -26,14 +26,14 @@
 #    noise. The Laplace error bar is σ_k²(x) = 1/β + g_k(x)ᵀ A⁻¹ g_k(x), A = αI + βC.
 
 # %% tags=["parameters"]
-beta: float = 10.0  # the original's β (of Keras' mean squared error)
-epochs: int = 20  # training epochs (the original: 20)
-seed: int = 0  # seed for the split, the initial weights and training
-hidden_units: int = 4  # sigmoid units in the hidden layer (the original: 4)
-test_size: float = 0.33  # fraction of Iris held out (the original: 0.33)
-batch_size: int = 1  # training batch size (the original: 1)
-alpha: float = 1.0  # prior precision α of the Laplace error bar
-laplace_beta: float = 0.0  # noise precision β of the Laplace error bar (0: from the residuals)
+beta: float = 10.0  # the original's β (of Keras' mean squared error), > 0
+epochs: int = 20  # training epochs (the original: 20), ≥ 1
+seed: int = 0  # seed for the split, the initial weights and training, ≥ 0
+hidden_units: int = 4  # sigmoid units in the hidden layer (the original: 4), ≥ 1
+test_size: float = 0.33  # fraction of Iris held out (the original: 0.33), in (0, 1)
+batch_size: int = 1  # training batch size (the original: 1), ≥ 1
+alpha: float = 1.0  # prior precision α of the Laplace error bar, ≥ 0
+laplace_beta: float = 0.0  # noise precision β of the Laplace error bar, ≥ 0 (0: from the residuals)
 metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
@@ -55,7 +55,7 @@ print("tensorflow", tf.__version__, "| keras", keras.__version__)
 # stratified and seeded so the run is reproducible.
 
 # %%
-x_train, x_test, y_train, y_test = sigma.iris_split(test_size=test_size, seed=seed)
+x_train, x_test, y_train, y_test = sigma.lab.iris_split(test_size=test_size, seed=seed)
 n_train, n_outputs = y_train.shape
 print(f"{n_train} train samples, {len(x_test)} test samples, {n_outputs} outputs")
 
@@ -65,8 +65,8 @@ print(f"{n_train} train samples, {len(x_test)} test samples, {n_outputs} outputs
 # batch size 1.
 
 # %%
-model = sigma.mlp(4, hidden_units, n_outputs, activation="sigmoid", seed=seed)
-history = sigma.train(
+model = sigma.lab.mlp(4, hidden_units, n_outputs, activation="sigmoid", seed=seed)
+history = sigma.lab.train(
     model, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
     validation_data=(x_test, y_test),
 )
@@ -123,7 +123,7 @@ print("output gradients", grads_trained.shape)
 # %%
 h_diag = np.diag(hessian_mean_loss).astype(np.float64)
 print(f"{np.sum(h_diag <= 0)} of {h_diag.size} diagonal entries are zero or negative")
-seed_trained = sigma.seed_sigma(h_diag, grads_trained, beta=beta, strict=False)
+seed_trained = sigma.lab.seed_sigma(h_diag, grads_trained, beta=beta, strict=False)
 print("original formula, trained weights:", np.round(seed_trained, 4))
 
 # %% [markdown]
@@ -133,8 +133,8 @@ print("original formula, trained weights:", np.round(seed_trained, 4))
 # random weights, not the trained ones. Side by side:
 
 # %%
-grads_reinit = sigma.output_jacobian(sigma.reinitialised_copy(model, seed=seed + 1), x_train[:1])[0]
-seed_reinit = sigma.seed_sigma(h_diag, grads_reinit, beta=beta, strict=False)
+grads_reinit = sigma.output_jacobian(sigma.lab.reinitialised_copy(model, seed=seed + 1), x_train[:1])[0]
+seed_reinit = sigma.lab.seed_sigma(h_diag, grads_reinit, beta=beta, strict=False)
 for k, name in enumerate(sigma.lab.IRIS_CLASSES):
     print(f"{name:>10}: trained {seed_trained[k]:10.4f}   re-initialised {seed_reinit[k]:10.4f}")
 
@@ -145,7 +145,7 @@ for k, name in enumerate(sigma.lab.IRIS_CLASSES):
 # why its σ came out near 2 "and needed a bigger β".
 
 # %%
-beta_summed = sigma.summed_beta(beta, n_train, n_outputs)
+beta_summed = sigma.lab.summed_beta(beta, n_train, n_outputs)
 print(f"original β = {beta:g}  →  β = {beta_summed:.4f} in the summed convention "
       f"(noise σ = {beta_summed ** -0.5:.2f})")
 

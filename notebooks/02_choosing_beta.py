@@ -29,9 +29,9 @@
 
 # %% tags=["parameters"]
 beta_grid: list = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]  # noise precisions β to scan (summed-error convention)
-epochs: int = 20  # training epochs of both networks (the original: 20)
-seed: int = 0  # seed for the split, the initial weights, training and logit sampling
-hidden_units: int = 4  # sigmoid units in the hidden layer (the original: 4)
+epochs: int = 20  # training epochs of both networks (the original: 20), ≥ 1
+seed: int = 0  # seed for the split, the initial weights, training and logit sampling, ≥ 0
+hidden_units: int = 4  # sigmoid units in the hidden layer (the original: 4), ≥ 1
 learning_rate: float = 0.001  # RMSprop step of the squared-error network (the original: 0.001)
 classifier_learning_rate: float = 0.01  # RMSprop step of the softmax classifier
 n_samples: int = 2000  # logit samples per input for the sampled classification predictive
@@ -51,9 +51,9 @@ from sigma.lab import plots
 from sigma.sweep.records import save_metrics
 
 started = time.time()
-x_train, x_test, y_train, y_test = sigma.iris_split(seed=seed)
+x_train, x_test, y_train, y_test = sigma.lab.iris_split(seed=seed)
 n_train, n_outputs = y_train.shape
-beta_original = sigma.summed_beta(10.0, n_train, n_outputs)  # the original's β = 10, summed convention
+beta_original = sigma.lab.summed_beta(10.0, n_train, n_outputs)  # the original's β = 10, summed convention
 alpha_grid = np.geomspace(1e-3, 1e3, 61)  # for the evidence surface
 beta_dense = np.geomspace(min(beta_grid), max(beta_grid), 81)
 class_names = list(sigma.lab.IRIS_CLASSES)
@@ -66,8 +66,8 @@ print(f"{n_train} training and {len(x_test)} held-out samples, {n_outputs} outpu
 # batch size 1, in float64 so the curvature is accurate.
 
 # %%
-model = sigma.mlp(4, hidden_units, n_outputs, dtype="float64", seed=seed)
-history = sigma.train(model, x_train, y_train, epochs=epochs, learning_rate=learning_rate, seed=seed)
+model = sigma.lab.mlp(4, hidden_units, n_outputs, dtype="float64", seed=seed)
+history = sigma.lab.train(model, x_train, y_train, epochs=epochs, learning_rate=learning_rate, seed=seed)
 print(f"final training loss (mean squared error) {history.history['loss'][-1]:.4f}")
 
 # %% [markdown]
@@ -117,7 +117,7 @@ print(f"a Gaussian's held-out NLL is smallest near σ² = held-out mean squared 
 # %% [markdown]
 # ## What the original β = 10 corresponds to
 # The original divided by β times the Hessian of Keras' **mean** squared error, (2/NK)∇²E_D,
-# so its β = 10 is β = 20/NK ≈ 0.067 in the summed convention (`sigma.summed_beta`). As a noise
+# so its β = 10 is β = 20/NK ≈ 0.067 in the summed convention (`sigma.lab.summed_beta`). As a noise
 # precision that is a noise σ = 1/√β of almost 4 on targets that are 0 or 1.
 
 # %%
@@ -201,8 +201,8 @@ print(f"ln evidence {la_k.log_evidence():.2f} (one shared β: {la.log_evidence()
 # 0.001 twenty epochs leave it far from converged.
 
 # %%
-classifier = sigma.mlp(4, hidden_units, n_outputs, dtype="float64", seed=seed)
-history_c = sigma.train(classifier, x_train, y_train, epochs=epochs, seed=seed,
+classifier = sigma.lab.mlp(4, hidden_units, n_outputs, dtype="float64", seed=seed)
+history_c = sigma.lab.train(classifier, x_train, y_train, epochs=epochs, seed=seed,
                         learning_rate=classifier_learning_rate,
                         loss=keras.losses.CategoricalCrossentropy(from_logits=True))
 la_c = sigma.Laplace(classifier, x_train, y_train, likelihood="classification").optimize_evidence()

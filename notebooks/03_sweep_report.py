@@ -19,9 +19,9 @@
 # * how the held-out error moves with the number of training epochs.
 #
 # Lines are drawn per value of the other parameters of the grid; seeds are averaged, the band
-# showing their spread. The column parameters below name what notebook 01 records (the same
-# defaults as `sigma.sweep.plots.COLUMNS`); point them elsewhere to report on another
-# notebook's sweep.
+# showing their spread. The column parameters below name what notebook 01 records (nowhere
+# else: `sigma.sweep.plots` takes the names as arguments); point them elsewhere to report on
+# another notebook's sweep.
 
 # %%
 import matplotlib.pyplot as plt
@@ -116,6 +116,6 @@ plt.show()
 # %%
 fig, ax = plt.subplots(figsize=(7, 4))
 sweep_plots.plot_test_error_against_epochs(
-    table, ax=ax, y=error_column, average_over=("seed", beta_column)
+    table, ax=ax, x="epochs", y=error_column, average_over=("seed", beta_column)
 )
 plt.show()

@@ -46,9 +46,9 @@ hidden_big: int = 256  # units of both hidden layers of the big MLP (256: 269,32
 epochs_big: int = 5  # training epochs of the big MLP
 rank: int = 20  # eigenpairs kept by the lowrank structure
 ranks: list = [10, 40, 160, 640]  # lowrank ranks compared with full on the digits MLP
-batch_size: int = 500  # samples per batch when accumulating curvature and predicting
+batch_size: int = 500  # samples per batch when accumulating curvature and predicting, ≥ 1
 max_memory: float = 0.0  # bytes a structure may plan to use (0: 80% of the memory available)
-seed: int = 0  # seed for the splits, the synthetic data, the initial weights and training
+seed: int = 0  # seed for the splits, the synthetic data, the initial weights and training, ≥ 0
 metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
@@ -111,11 +111,11 @@ print(
 # full's α.
 
 # %%
-mlp = sigma.mlp(64, hidden_digits, 10, activation="tanh", dtype="float32", seed=seed)
-sigma.train(
+mlp = sigma.lab.mlp(64, hidden_digits, 10, activation="tanh", dtype="float32", seed=seed)
+sigma.lab.train(
     mlp,
     x_train,
-    sigma.one_hot(labels_train, 10),
+    sigma.lab.one_hot(labels_train, 10),
     epochs=epochs_digits,
     batch_size=32,
     learning_rate=3e-3,
@@ -224,10 +224,10 @@ fig = compare.sigma_scatter(c_lr, title=f"digits MLP, k = {rank}: σ of each log
 cnn = sigma.lab.small_cnn(
     (8, 8, 1), 10, filters=cnn_filters, hidden=cnn_hidden, dtype="float32", seed=seed
 )
-sigma.train(
+sigma.lab.train(
     cnn,
     images_train,
-    sigma.one_hot(labels_train, 10),
+    sigma.lab.one_hot(labels_train, 10),
     epochs=epochs_digits,
     batch_size=32,
     learning_rate=3e-3,
@@ -264,7 +264,7 @@ fig = compare.sigma_scatter(c_cnn, title="digits CNN: σ of each logit against f
 # fit.
 
 # %%
-big = sigma.mlp(784, (hidden_big, hidden_big), 10, activation="relu", dtype="float32", seed=seed)
+big = sigma.lab.mlp(784, (hidden_big, hidden_big), 10, activation="relu", dtype="float32", seed=seed)
 estimates = {
     name: structures.estimate(
         name,
@@ -282,7 +282,7 @@ print(
 )
 
 # %%
-history = sigma.train(
+history = sigma.lab.train(
     big, xs_train, ys_train, epochs=epochs_big, batch_size=128, learning_rate=1e-3, seed=seed
 )
 beta_ml = ys_train.size / (2 * sigma.data_error(big, xs_train, ys_train))

@@ -36,10 +36,10 @@
 #
 # on three problems: **Friedman #1** with a known noise level (σ = 1, so the true β = 1),
 # scikit-learn's **diabetes** data over random train/test splits, and the **digits**
-# classifier. The network code is in `sigma/lab/baselines.py` and `sigma/lab/posterior.py`.
+# classifier. The network code is in `sigma/lab/baselines.py` and `sigma/lab/training_comparison.py`.
 
 # %% tags=["parameters"]
-seed: int = 0  # seed of the data, the splits, every initialisation, shuffling and dropout mask
+seed: int = 0  # seed of the data, the splits, every initialisation, shuffling and dropout mask, ≥ 0
 n_friedman: int = 1000  # training samples of Friedman #1
 n_friedman_test: int = 2000  # held-out samples of Friedman #1
 friedman_noise: float = 1.0  # noise standard deviation of Friedman #1 (the true β is 1/noise²)
@@ -50,7 +50,7 @@ hidden_digits: int = 32  # tanh units of the digits MLP's hidden layer (64-32-10
 epochs_friedman: int = 300  # training epochs of every Friedman network
 epochs_diabetes: int = 150  # training epochs of every diabetes network
 epochs_digits: int = 100  # training epochs of every digits network
-batch_size: int = 32  # minibatch size of every network
+batch_size: int = 32  # minibatch size of every network, ≥ 1
 learning_rate: float = 0.003  # Adam's initial step, cosine-decayed to 1% over training
 structure_regression: str = "full"  # Laplace structure of both evidence methods (regression)
 prior_regression: str = "ard"  # weight groups with their own α: "ard", "layer" or "scalar"
@@ -73,7 +73,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from sigma.lab import data, plots, posterior
+from sigma.lab import data, plots
+from sigma.lab import training_comparison as comparison
 from sigma.sweep.records import save_metrics
 
 started = time.time()
@@ -89,15 +90,15 @@ common = dict(
     dropout=dropout,
     mc_samples=mc_samples,
 )
-recipe_friedman = posterior.Recipe(
+recipe_friedman = comparison.Recipe(
     hidden=(hidden_friedman,), epochs=epochs_friedman, structure=structure_regression,
     prior=prior_regression, **common,
 )  # fmt: skip
-recipe_diabetes = posterior.Recipe(
+recipe_diabetes = comparison.Recipe(
     hidden=(hidden_diabetes,), epochs=epochs_diabetes, structure=structure_regression,
     prior=prior_regression, **common,
 )  # fmt: skip
-recipe_digits = posterior.Recipe(
+recipe_digits = comparison.Recipe(
     hidden=(hidden_digits,), epochs=epochs_digits, structure=structures_digits[0],
     prior=prior_digits, **common,
 )  # fmt: skip
@@ -122,10 +123,10 @@ for name, recipe in [("Friedman", recipe_friedman), ("diabetes", recipe_diabetes
 friedman_split = data.friedman_regression(
     n_friedman, n_friedman_test, noise=friedman_noise, seed=seed
 )
-friedman = posterior.run_regression(
+friedman = comparison.run_regression(
     friedman_split, recipe_friedman, seed=seed, y_scale=friedman_split.y_scale
 )
-table_friedman = pd.DataFrame(posterior.table(friedman, regression_columns))
+table_friedman = pd.DataFrame(comparison.table(friedman, regression_columns))
 print(table_friedman.round(3).to_string(index=False))
 print({name: f"{s:.0f} s" for name, s in friedman.seconds.items()}, friedman.notes or "")
 
@@ -139,7 +140,7 @@ fig = plots.evidence_history(
     groups=friedman.prior_groups,
     beta_unit=friedman_split.y_scale**2,
     beta_truth=beta_true,
-    beta_marks={"post-hoc evidence": friedman.rows.get(posterior.POST_HOC, {}).get("beta", np.nan)},
+    beta_marks={"post-hoc evidence": friedman.rows.get(comparison.POST_HOC, {}).get("beta", np.nan)},
     title="Friedman #1, training with the evidence",
 )
 
@@ -151,22 +152,22 @@ fig = plots.evidence_history(
 
 # %%
 diabetes = [
-    posterior.run_regression(
+    comparison.run_regression(
         data.diabetes_split(0.2, seed=seed + i), recipe_diabetes, seed=seed + i
     )
     for i in range(n_splits)
 ]
-summary_diabetes = posterior.aggregate(diabetes, regression_columns)
+summary_diabetes = comparison.aggregate(diabetes, regression_columns)
 table_diabetes = pd.DataFrame(summary_diabetes)
 shown_columns = ["nll", "rmse", "coverage_68", "coverage_95", "mean_sigma", "beta"]
-print(pd.DataFrame(posterior.mean_sd(summary_diabetes, shown_columns)).to_string(index=False))
+print(pd.DataFrame(comparison.mean_sd(summary_diabetes, shown_columns)).to_string(index=False))
 
 # %%
 nll_per_split = pd.DataFrame(
     [{m: r.rows.get(m, {}).get("nll") for m in r.rows} for r in diabetes]
 ).rename_axis("split")
-wins = posterior.wins(
-    diabetes, posterior.TRAINED, [posterior.ENSEMBLE, posterior.DROPOUT, posterior.POST_HOC]
+wins = comparison.wins(
+    diabetes, comparison.TRAINED, [comparison.ENSEMBLE, comparison.DROPOUT, comparison.POST_HOC]
 )
 print(nll_per_split.round(3).to_string())
 print("evidence-trained NLL at or below:", {m: f"{k} of {n} splits" for m, (k, n) in wins.items()})
@@ -193,7 +194,7 @@ fig = plots.evidence_history(
 
 # %%
 x_train, x_test, labels_train, labels_test = data.digits_split(seed=seed)
-structure_chosen, validation_rows = posterior.choose_structure(
+structure_chosen, validation_rows = comparison.choose_structure(
     x_train, labels_train, recipe_digits, structures_digits, validation=validation_digits,
     seed=seed,
 )  # fmt: skip
@@ -203,10 +204,10 @@ print(f"chosen on validation NLL: {structure_chosen!r}")
 recipe_digits = dataclasses.replace(recipe_digits, structure=structure_chosen)
 
 # %%
-digits = posterior.run_classification(
+digits = comparison.run_classification(
     x_train, labels_train, x_test, labels_test, recipe_digits, seed=seed
 )
-table_digits = pd.DataFrame(posterior.table(digits, classification_columns))
+table_digits = pd.DataFrame(comparison.table(digits, classification_columns))
 print(table_digits.round(4).to_string(index=False))
 print({name: f"{s:.0f} s" for name, s in digits.seconds.items()}, digits.notes or "")
 
@@ -219,28 +220,28 @@ fig = plots.evidence_history(digits.history, groups=digits.prior_groups, title="
 # confident each predictive is.
 
 # %%
-shown = [posterior.PLAIN_SOFTMAX, posterior.TRAINED_SOFTMAX, posterior.TRAINED]
+shown = [comparison.PLAIN_SOFTMAX, comparison.TRAINED_SOFTMAX, comparison.TRAINED]
 fig = plots.reliability_diagram({m: digits.probabilities[m] for m in shown}, labels_test)
 
 # %% [markdown]
 # ## The targets, measured
 
 # %%
-trained_f = friedman.rows[posterior.TRAINED]
+trained_f = friedman.rows[comparison.TRAINED]
 mean_nll = table_diabetes.set_index("method")["nll"]
 digits_rows = table_digits.set_index("method")
 targets = {
     "Friedman: β within 10% of the truth": abs(trained_f["beta"] / beta_true - 1) <= 0.10,
     "Friedman: 95% coverage within ±2 points": abs(trained_f["coverage_95"] - 0.95) <= 0.02,
     "diabetes: mean NLL ≤ deep ensemble's and MC dropout's": bool(
-        mean_nll[posterior.TRAINED]
-        <= min(mean_nll[posterior.ENSEMBLE], mean_nll[posterior.DROPOUT])
+        mean_nll[comparison.TRAINED]
+        <= min(mean_nll[comparison.ENSEMBLE], mean_nll[comparison.DROPOUT])
     ),
     "digits: NLL ≤ plain softmax's": bool(
-        digits_rows.loc[posterior.TRAINED, "nll"] <= digits_rows.loc[posterior.PLAIN_SOFTMAX, "nll"]
+        digits_rows.loc[comparison.TRAINED, "nll"] <= digits_rows.loc[comparison.PLAIN_SOFTMAX, "nll"]
     ),
     "digits: ECE ≤ plain softmax's": bool(
-        digits_rows.loc[posterior.TRAINED, "ece"] <= digits_rows.loc[posterior.PLAIN_SOFTMAX, "ece"]
+        digits_rows.loc[comparison.TRAINED, "ece"] <= digits_rows.loc[comparison.PLAIN_SOFTMAX, "ece"]
     ),
 }
 print(
@@ -255,14 +256,14 @@ print("\n".join(f"{'met    ' if ok else 'NOT met'}  {name}" for name, ok in targ
 # it had; the defaults are the setting the targets are stated for).
 
 # %%
-post_f, ens_f, mc_f = (friedman.rows.get(m, {}) for m in (posterior.POST_HOC, posterior.ENSEMBLE,
-                                                             posterior.DROPOUT))  # fmt: skip
+post_f, ens_f, mc_f = (friedman.rows.get(m, {}) for m in (comparison.POST_HOC, comparison.ENSEMBLE,
+                                                             comparison.DROPOUT))  # fmt: skip
 sd_nll = table_diabetes.set_index("method")["nll_sd"]
 gaps = {
-    m: mean_nll[m] - mean_nll[posterior.TRAINED] for m in (posterior.ENSEMBLE, posterior.DROPOUT)
+    m: mean_nll[m] - mean_nll[comparison.TRAINED] for m in (comparison.ENSEMBLE, comparison.DROPOUT)
 }
 spread = float(np.nanmean(sd_nll.to_numpy(float)))
-d_rows = digits_rows.loc[[posterior.PLAIN_SOFTMAX, posterior.TRAINED]]
+d_rows = digits_rows.loc[[comparison.PLAIN_SOFTMAX, comparison.TRAINED]]
 lines = [
     f"Friedman #1 (N = {n_friedman}, noise σ = {friedman_noise:g}): the evidence-trained β is "
     f"{trained_f['beta']:.3f} against the true {beta_true:g} "
@@ -274,27 +275,27 @@ lines = [
     f"{trained_f['nll']:.3f}, post-hoc {post_f.get('nll', np.nan):.3f}, ensemble "
     f"{ens_f.get('nll', np.nan):.3f}, MC dropout {mc_f.get('nll', np.nan):.3f}.",
     f"Diabetes ({n_splits} splits): mean test NLL evidence-trained "
-    f"{mean_nll[posterior.TRAINED]:.3f} ± {sd_nll[posterior.TRAINED]:.3f}, deep ensemble "
-    f"{mean_nll[posterior.ENSEMBLE]:.3f} ± {sd_nll[posterior.ENSEMBLE]:.3f}, MC dropout "
-    f"{mean_nll[posterior.DROPOUT]:.3f} ± {sd_nll[posterior.DROPOUT]:.3f}, post-hoc "
-    f"{mean_nll[posterior.POST_HOC]:.3f} ± {sd_nll[posterior.POST_HOC]:.3f}; split by split "
-    f"the evidence-trained NLL is at or below the ensemble's on {wins[posterior.ENSEMBLE][0]} and "
-    f"MC dropout's on {wins[posterior.DROPOUT][0]} of {n_splits}. Its mean NLL is "
+    f"{mean_nll[comparison.TRAINED]:.3f} ± {sd_nll[comparison.TRAINED]:.3f}, deep ensemble "
+    f"{mean_nll[comparison.ENSEMBLE]:.3f} ± {sd_nll[comparison.ENSEMBLE]:.3f}, MC dropout "
+    f"{mean_nll[comparison.DROPOUT]:.3f} ± {sd_nll[comparison.DROPOUT]:.3f}, post-hoc "
+    f"{mean_nll[comparison.POST_HOC]:.3f} ± {sd_nll[comparison.POST_HOC]:.3f}; split by split "
+    f"the evidence-trained NLL is at or below the ensemble's on {wins[comparison.ENSEMBLE][0]} and "
+    f"MC dropout's on {wins[comparison.DROPOUT][0]} of {n_splits}. Its mean NLL is "
     + " and ".join(f"{abs(g):.3f} {'below' if g >= 0 else 'above'} {m}'s" for m, g in gaps.items())
     + f", against a typical spread over splits of {spread:.3f} (the mean of the methods' "
     "standard deviations).",
     f"Digits (structure {structure_chosen!r}, chosen on validation): the evidence-trained Laplace "
-    f"has NLL {d_rows.loc[posterior.TRAINED, 'nll']:.3f} and ECE "
-    f"{d_rows.loc[posterior.TRAINED, 'ece']:.3f} against the plain softmax's "
-    f"{d_rows.loc[posterior.PLAIN_SOFTMAX, 'nll']:.3f} and "
-    f"{d_rows.loc[posterior.PLAIN_SOFTMAX, 'ece']:.3f}; its mean confidence "
-    f"{d_rows.loc[posterior.TRAINED, 'confidence']:.3f} against an accuracy of "
-    f"{d_rows.loc[posterior.TRAINED, 'accuracy']:.3f} ("
-    + ("under" if d_rows.loc[posterior.TRAINED, "confidence"]
-       < d_rows.loc[posterior.TRAINED, "accuracy"] else "over")  # fmt: skip
+    f"has NLL {d_rows.loc[comparison.TRAINED, 'nll']:.3f} and ECE "
+    f"{d_rows.loc[comparison.TRAINED, 'ece']:.3f} against the plain softmax's "
+    f"{d_rows.loc[comparison.PLAIN_SOFTMAX, 'nll']:.3f} and "
+    f"{d_rows.loc[comparison.PLAIN_SOFTMAX, 'ece']:.3f}; its mean confidence "
+    f"{d_rows.loc[comparison.TRAINED, 'confidence']:.3f} against an accuracy of "
+    f"{d_rows.loc[comparison.TRAINED, 'accuracy']:.3f} ("
+    + ("under" if d_rows.loc[comparison.TRAINED, "confidence"]
+       < d_rows.loc[comparison.TRAINED, "accuracy"] else "over")  # fmt: skip
     + "-confident). The deep ensemble and MC dropout: NLL "
-    f"{digits_rows.loc[posterior.ENSEMBLE, 'nll']:.3f} and "
-    f"{digits_rows.loc[posterior.DROPOUT, 'nll']:.3f}.",
+    f"{digits_rows.loc[comparison.ENSEMBLE, 'nll']:.3f} and "
+    f"{digits_rows.loc[comparison.DROPOUT, 'nll']:.3f}.",
     "Targets met: " + ", ".join(n for n, ok in targets.items() if ok) + ". Not met: "
     + (", ".join(n for n, ok in targets.items() if not ok) or "none") + ".",
 ]  # fmt: skip

@@ -37,20 +37,11 @@ _EXPORTS = {
     "full_precision": "sigma.params",
     "num_params": "sigma.params",
     "set_flat_weights": "sigma.params",
-    # notebook helpers (sigma.lab)
-    "digits_split": "sigma.lab",
-    "iris_split": "sigma.lab",
-    "one_hot": "sigma.lab",
-    "mlp": "sigma.lab",
-    "reinitialised_copy": "sigma.lab",
-    "train": "sigma.lab",
-    "mean_loss_hessian_diag": "sigma.lab",
-    "seed_sigma": "sigma.lab",
-    "summed_beta": "sigma.lab",
 }
 _SUBMODULES = {
     "callbacks", "classification", "curvature", "evidence", "lab", "laplace", "likelihoods",
-    "memory", "metrics", "params", "priors", "structures", "sweep", "weights",
+    "memory", "metrics", "params", "posterior", "predictive", "priors", "structures", "sweep",
+    "tuning", "weights",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

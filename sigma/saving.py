@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from sigma import likelihoods, structures
+from sigma.jsonable import to_jsonable
 from sigma.outputs import OutputLayout
 from sigma.posterior import DataSummary, Posterior
 from sigma.priors import Prior
@@ -70,18 +71,6 @@ def fingerprint(model) -> dict:
         "weights_sha256": weights.hexdigest(),
         "state_sha256": state.hexdigest(),
     }
-
-
-def _json(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
-    return value
 
 
 def save(post, model, w_map, path) -> Path:
@@ -133,7 +122,11 @@ def save(post, model, w_map, path) -> Path:
     if post.blocks is not None:
         entries["output_blocks"] = post.blocks
     buffer = io.BytesIO()
-    np.savez(buffer, header=np.array(json.dumps(_json(header))), **entries)
+    np.savez(
+        buffer,
+        header=np.array(json.dumps(to_jsonable(header, "header", what="a sigma file"))),
+        **entries,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

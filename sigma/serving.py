@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from sigma import structures, weights
 from sigma._checks import model_dtype
+from sigma.curvature.capture import flat_outputs
 from sigma.curvature.engine import engine
-from sigma.curvature.layers import flat_outputs
 
 # What the served model says when it refuses (tf.errors.InvalidArgumentError, in the graph: in
 # eager calls, model.predict, the reloaded .keras file and the exported SavedModel alike).

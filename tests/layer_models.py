@@ -1,4 +1,4 @@
-"""Tiny float64 models covering the layer paths of sigma.curvature.layers (fast: Dense, Conv1D, Conv2D;
+"""Tiny float64 models covering the layer paths of sigma.curvature.capture (fast: Dense, Conv1D, Conv2D;
 generic: Embedding, BatchNormalization; no weights: Dropout, pooling, Flatten), in the three
 ways of building a Keras model, plus a reference that rebuilds J from a capture."""
 
@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 import sigma
-from sigma.curvature.layers import capture, plan_layers, probe, with_pfor_fallback
+from sigma.curvature.capture import capture, plan_layers, probe, with_pfor_fallback
 
 F = "float64"
 
@@ -123,7 +123,7 @@ def tied(seed=0):
 
 def jacobian_from_capture(model, x, *, fast=True, likelihood=None):
     """J (N, K, P) (or Lᵀ J) rebuilt from the fast path's outer products and the generic
-    Jacobians: the reference check of sigma.curvature.layers against sigma.output_jacobian."""
+    Jacobians: the reference check of sigma.curvature.capture against sigma.output_jacobian."""
     plan = probe(model, plan_layers(model, fast=fast), x[:8])
     root = None if likelihood is None else sigma.likelihoods.get(likelihood).hessian_sqrt
     cap = with_pfor_fallback(plan, lambda: capture(model, plan, tf.constant(x), root=root))

@@ -97,7 +97,7 @@ def test_a_seed_makes_training_and_prediction_deterministic(kind):
 def test_mlp_with_dropout_has_the_weights_of_the_plain_mlp():
     import sigma
 
-    plain = sigma.mlp(3, (5, 4), 2, activation="tanh", seed=2)
+    plain = sigma.lab.mlp(3, (5, 4), 2, activation="tanh", seed=2)
     dropped = baselines.mlp(3, (5, 4), 2, dropout=0.2, seed=2)
     assert sum(isinstance(la, keras.layers.Dropout) for la in dropped.layers) == 2
     for a, b in zip(plain.get_weights(), dropped.get_weights(), strict=True):
@@ -140,20 +140,20 @@ def test_metrics_of_the_comparison_by_hand():
 
 
 def test_aggregate_and_wins_over_splits():
-    from sigma.lab import posterior
+    from sigma.lab import training_comparison as comparison
 
     def result(trained, ensemble):
-        r = posterior.Result()
-        r.rows = {posterior.TRAINED: {"nll": trained}, posterior.ENSEMBLE: {"nll": ensemble}}
+        r = comparison.Result()
+        r.rows = {comparison.TRAINED: {"nll": trained}, comparison.ENSEMBLE: {"nll": ensemble}}
         return r
 
     runs = [result(1.0, 2.0), result(3.0, 2.0), result(0.5, 0.5)]
-    rows = {row["method"]: row for row in posterior.aggregate(runs, ["nll"])}
-    assert rows[posterior.TRAINED]["n"] == 3
-    np.testing.assert_allclose(rows[posterior.TRAINED]["nll"], 1.5)
-    np.testing.assert_allclose(rows[posterior.TRAINED]["nll_sd"], np.std([1.0, 3.0, 0.5], ddof=1))
-    assert posterior.wins(runs, posterior.TRAINED, [posterior.ENSEMBLE]) == {
-        posterior.ENSEMBLE: (2, 3)  # at or below: 1 ≤ 2 and 0.5 ≤ 0.5
+    rows = {row["method"]: row for row in comparison.aggregate(runs, ["nll"])}
+    assert rows[comparison.TRAINED]["n"] == 3
+    np.testing.assert_allclose(rows[comparison.TRAINED]["nll"], 1.5)
+    np.testing.assert_allclose(rows[comparison.TRAINED]["nll_sd"], np.std([1.0, 3.0, 0.5], ddof=1))
+    assert comparison.wins(runs, comparison.TRAINED, [comparison.ENSEMBLE]) == {
+        comparison.ENSEMBLE: (2, 3)  # at or below: 1 ≤ 2 and 0.5 ≤ 0.5
     }
 
 

@@ -111,9 +111,9 @@ def test_bad_batch_size(mlp64, xy):
 
 def test_seed_sigma_refuses_nonpositive_diagonal():
     with pytest.raises(ValueError, match="^hessian_diag has 1 zero or negative"):
-        sigma.seed_sigma(np.array([1.0, 0.0]), np.ones((3, 2)))
+        sigma.lab.seed_sigma(np.array([1.0, 0.0]), np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"^output_gradients must have shape \(K, 2\)"):
-        sigma.seed_sigma(np.array([1.0, 2.0]), np.ones((3, 4)))
+        sigma.lab.seed_sigma(np.array([1.0, 2.0]), np.ones((3, 4)))
 
 
 def test_missing_targets_for_arrays(mlp64, xy):

@@ -1,4 +1,4 @@
-"""The capture of layer inputs and output sensitivities (sigma.curvature.layers) against the (N, K, P)
+"""The capture of layer inputs and output sensitivities (sigma.curvature.capture) against the (N, K, P)
 Jacobian of sigma.output_jacobian: per-sample gradients are outer products, for every way of
 building a model and every layer path."""
 
@@ -21,7 +21,7 @@ from layer_models import (
 )
 
 import sigma
-from sigma.curvature.layers import _fast_kind, capture, plan_layers
+from sigma.curvature.capture import _fast_kind, capture, plan_layers
 
 RNG = np.random.default_rng(0)
 MODELS = {

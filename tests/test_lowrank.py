@@ -9,8 +9,8 @@ from conftest import make_mlp
 import sigma
 from sigma import evidence
 from sigma.curvature import curvature_product
+from sigma.lanczos import block_lanczos
 from sigma.structures import LowRank
-from sigma.structures.lowrank import block_lanczos
 
 
 def _spd(rng, n, spectrum):
@@ -198,8 +198,8 @@ def test_float32_complement_does_not_amplify_round_off():
     """‖g‖² − ‖Uᵀg‖² in float32, divided by a small α, once gave σ 22% off; now within 1e-3."""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 6)), rng.standard_normal((4, 2))
-    m64 = sigma.mlp(6, (20,), 2, activation="tanh", dtype="float64", seed=1)
-    m32 = sigma.mlp(6, (20,), 2, activation="tanh", dtype="float32", seed=1)
+    m64 = sigma.lab.mlp(6, (20,), 2, activation="tanh", dtype="float64", seed=1)
+    m32 = sigma.lab.mlp(6, (20,), 2, activation="tanh", dtype="float32", seed=1)
     sigma.set_flat_weights(m32, sigma.flat_weights(m64))
     xt = np.r_[x, rng.standard_normal((3, 6))]
     kw = {"alpha": 1e-4, "beta": 100.0}

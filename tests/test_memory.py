@@ -36,7 +36,7 @@ def test_estimates_follow_the_design_table(mlp64):
 
 def test_full_on_270k_weights_is_refused_before_allocating(rng):
     """784-256-256-10: P = 269,322, so the full P×P matrix alone would be 580 GB."""
-    model = sigma.mlp(784, (256, 256), 10, activation="relu", dtype="float32")
+    model = sigma.lab.mlp(784, (256, 256), 10, activation="relu", dtype="float32")
     assert sigma.num_params(model) == 269_322
     x, y = rng.normal(size=(16, 784)), rng.normal(size=(16, 10))
     with memory.PeakMemory() as peak, pytest.raises(InsufficientMemoryError) as err:

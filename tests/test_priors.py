@@ -253,7 +253,7 @@ def test_lowrank_diag_against_the_explicit_matrix_and_full(rng):
     s = la.structure
     g = sigma.gauss_newton(model, x)
     np.testing.assert_allclose(np.diag(_lowrank_matrix(s)), np.diag(g), rtol=1e-9)
-    assert not s.spectral and isinstance(s, LowRank)
+    assert not s.evidence_from_eigenvalues and isinstance(s, LowRank)
     a = la.alpha * np.eye(la.n_params) + la.beta * _lowrank_matrix(s)
     j = sigma.output_jacobian(model, x[:5])
     ref = np.einsum("nkp,pq,nlq->nkl", j, np.linalg.inv(a), j)

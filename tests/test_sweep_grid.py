@@ -67,13 +67,14 @@ def test_declared_parameters_read_types_defaults_and_ranges():
     assert declared["fail_at_beta"].range is None
 
 
-def test_known_ranges_apply_when_the_comment_states_none(tmp_path):
+def test_a_range_comes_from_the_notebook_alone(tmp_path):
+    """The generic code knows no parameter names: no comment, no range."""
     nb = tmp_path / "nb.py"
-    nb.write_text('# %% tags=["parameters"]\nseed = 0  # random seed\nalpha: float = 1.0\n')
+    nb.write_text('# %% tags=["parameters"]\nseed = 0  # random seed, ≥ 0\nalpha: float = 1.0\n')
     declared = grids.declared_parameters(read_notebook(nb))
     assert declared["seed"].type == "int"  # from the literal default
-    assert str(declared["seed"].range) == "≥ 0" and str(declared["alpha"].range) == "≥ 0"
-    assert declared["seed"].range_source == "sigma.sweep.grid.KNOWN_RANGES"
+    assert str(declared["seed"].range) == "≥ 0" and declared["alpha"].range is None
+    assert declared["seed"].range_source == "its comment in the parameters cell"
 
 
 def test_a_parameter_line_papermill_cannot_read_is_refused(tmp_path):

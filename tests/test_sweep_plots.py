@@ -22,6 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 NOTEBOOK_01 = ROOT / "notebooks" / "01_original.py"
 SWEEP_REPORT = ROOT / "notebooks" / "03_sweep_report.py"
+# The columns of notebook 01's records the plots are told to draw (as the report's parameters)
+BETA, EPOCHS, PREFIX = "laplace_beta", "epochs", "sigma_ggn_mean."
+COVERAGE, EVIDENCE, ERROR = "coverage_95", "log_evidence", "test_rmse"
 
 
 def sweep_table(with_evidence=True) -> pd.DataFrame:
@@ -55,20 +58,20 @@ def test_curves_average_over_seeds_per_line():
 
 
 def test_evidence_optimal_beta_per_line():
-    best = sweep_plots.evidence_optimal(sweep_table())
+    best = sweep_plots.evidence_optimal(sweep_table(), BETA, EVIDENCE)
     assert best.to_dict("list") == {
         "epochs": [5, 20],
         "laplace_beta": [3.0, 10.0],
         "log_evidence": [0.5, 0.5],
     }
-    assert sweep_plots.evidence_optimal(sweep_table(with_evidence=False)).empty
+    assert sweep_plots.evidence_optimal(sweep_table(with_evidence=False), BETA, EVIDENCE).empty
 
 
 def test_sweep_plots_draw_what_there_is():
     t = sweep_table()
-    best = sweep_plots.evidence_optimal(t)
+    best = sweep_plots.evidence_optimal(t, BETA, EVIDENCE)
     fig, axes = plt.subplots(2, 2)
-    ax = sweep_plots.plot_sigma_against_beta(t, ax=axes[0, 0], best=best)
+    ax = sweep_plots.plot_sigma_against_beta(t, ax=axes[0, 0], x=BETA, prefix=PREFIX, best=best)
     assert (
         len([ln for ln in ax.get_lines() if ln.get_label().startswith(("setosa", "virginica"))])
         == 4
@@ -77,13 +80,13 @@ def test_sweep_plots_draw_what_there_is():
         ax.get_xscale() == "log"
         and len([ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]) >= 2
     )
-    ax = sweep_plots.plot_evidence_against_beta(t, ax=axes[0, 1])
+    ax = sweep_plots.plot_evidence_against_beta(t, ax=axes[0, 1], x=BETA, y=EVIDENCE)
     star = [ln for ln in ax.get_lines() if ln.get_label() == "evidence-optimal β"][0]
     np.testing.assert_allclose(star.get_xdata(), [3.0, 10.0])
-    ax = sweep_plots.plot_coverage_against_beta(t, ax=axes[1, 0], nominal=0.95)
+    ax = sweep_plots.plot_coverage_against_beta(t, ax=axes[1, 0], x=BETA, y=COVERAGE, nominal=0.95)
     assert any(ln.get_label() == "nominal 0.95" for ln in ax.get_lines())
     ax = sweep_plots.plot_test_error_against_epochs(
-        t, ax=axes[1, 1], average_over=("seed", "laplace_beta")
+        t, ax=axes[1, 1], x=EPOCHS, y=ERROR, average_over=("seed", BETA)
     )
     (line,) = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
     np.testing.assert_allclose(line.get_ydata(), [0.205, 0.055])
@@ -92,9 +95,15 @@ def test_sweep_plots_draw_what_there_is():
 
 def test_sweep_plots_say_what_is_missing():
     fig, axes = plt.subplots(1, 3)
-    sweep_plots.plot_evidence_against_beta(sweep_table(with_evidence=False), ax=axes[0])
-    sweep_plots.plot_sigma_against_beta(table.load_sweep("nowhere"), ax=axes[1])
-    sweep_plots.plot_test_error_against_epochs(table.load_sweep("nowhere"), ax=axes[2])
+    sweep_plots.plot_evidence_against_beta(
+        sweep_table(with_evidence=False), ax=axes[0], x=BETA, y=EVIDENCE
+    )
+    sweep_plots.plot_sigma_against_beta(
+        table.load_sweep("nowhere"), ax=axes[1], x=BETA, prefix=PREFIX
+    )
+    sweep_plots.plot_test_error_against_epochs(
+        table.load_sweep("nowhere"), ax=axes[2], x=EPOCHS, y=ERROR
+    )
     texts = [t.get_text() for ax in axes for t in ax.texts]
     assert texts == [
         "log_evidence not recorded",
@@ -127,8 +136,12 @@ def test_notebook_01_records_what_the_report_draws_by_default():
     metrics = recorded_metric_names(NOTEBOOK_01)
     assert {"sigma_ggn_mean", "coverage_95", "log_evidence", "test_rmse"} <= metrics
     defaults = {n: p.default for n, p in declared_parameters(read_notebook(SWEEP_REPORT)).items()}
-    columns = {k: defaults[k] for k in sweep_plots.COLUMNS}
-    assert columns == sweep_plots.COLUMNS  # the notebook and the plots module agree
+    keys = ("beta_column", "sigma_prefix", "coverage_column", "evidence_column", "error_column")
+    columns = {k: defaults[k] for k in keys}  # the report's parameters, nowhere else
+    assert columns == {
+        "beta_column": BETA, "sigma_prefix": PREFIX, "coverage_column": COVERAGE,
+        "evidence_column": EVIDENCE, "error_column": ERROR,
+    }  # fmt: skip
     assert columns["beta_column"] in declared_parameters(read_notebook(NOTEBOOK_01))
     assert columns["sigma_prefix"].endswith(".")
     assert columns["sigma_prefix"][:-1] in metrics
@@ -156,11 +169,11 @@ def test_notebook_01_metrics_fill_every_default_plot(tmp_path):
             records.complete_record(path, parameters={"laplace_beta": beta, "epochs": epochs})
     t = table.load_sweep(tmp_path)
     fig, axes = plt.subplots(1, 4)
-    best = sweep_plots.evidence_optimal(t)
-    sweep_plots.plot_evidence_against_beta(t, ax=axes[0])
-    sweep_plots.plot_sigma_against_beta(t, ax=axes[1], best=best)
-    sweep_plots.plot_coverage_against_beta(t, ax=axes[2], best=best)
-    sweep_plots.plot_test_error_against_epochs(t, ax=axes[3])
+    best = sweep_plots.evidence_optimal(t, BETA, EVIDENCE)
+    sweep_plots.plot_evidence_against_beta(t, ax=axes[0], x=BETA, y=EVIDENCE)
+    sweep_plots.plot_sigma_against_beta(t, ax=axes[1], x=BETA, prefix=PREFIX, best=best)
+    sweep_plots.plot_coverage_against_beta(t, ax=axes[2], x=BETA, y=COVERAGE, best=best)
+    sweep_plots.plot_test_error_against_epochs(t, ax=axes[3], x=EPOCHS, y=ERROR)
     assert [t.get_text() for ax in axes for t in ax.texts] == []  # nothing "not recorded"
     assert all(any(ln.get_marker() == "o" for ln in ax.get_lines()) for ax in axes)
     plt.close(fig)

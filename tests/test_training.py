@@ -125,7 +125,7 @@ def test_a_dataset_and_sigma_train(rng):
     cb = EvidenceCallback(ds, structure="full", prior="scalar", every=3, verbose=0)
     model.fit(ds, epochs=3, verbose=0, callbacks=[cb])
     assert cb.laplace.n_data == 40 and len(cb.history) == 1
-    history = sigma.train(
+    history = sigma.lab.train(
         make_mlp(hidden=(6,)), X, Y, epochs=2, batch_size=8,
         evidence={"structure": "diag", "every": 1, "verbose": 0},
     )  # fmt: skip
@@ -154,7 +154,7 @@ def test_an_iris_network_trained_to_near_zero_error_converges_or_says_why():
     error: the evidence either finds its maximum or raises the boundary error — never a
     'diverged' β < 0."""
     x, _, y, _ = sigma.lab.iris_split(test_size=1 / 3, seed=0)
-    model = sigma.mlp(4, (16, 16), 3, activation="tanh", dtype="float32", seed=0)
+    model = sigma.lab.mlp(4, (16, 16), 3, activation="tanh", dtype="float32", seed=0)
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     model.fit(x.astype("float32"), y.astype("float32"), epochs=400, batch_size=100, verbose=0)
     la = sigma.Laplace(model, x, y)

@@ -20,7 +20,7 @@ is computed from a handful of per-batch graphs, written once here:
 
 Every structure, the dataset/strategy accumulation and :func:`sigma.hessian`,
 :func:`sigma.gauss_newton`, :func:`sigma.output_jacobian` use these. The layer-wise capture of
-inputs and output sensitivities (:mod:`sigma.curvature.layers`) keeps its traced functions in
+inputs and output sensitivities (:mod:`sigma.curvature.capture`) keeps its traced functions in
 the same cache.
 
 **Compiled once per model.** :func:`engine` returns the model's :class:`Engine`, cached on the
@@ -41,9 +41,9 @@ import tensorflow as tf
 from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
 from sigma._linalg import one_blas_thread
-from sigma.curvature import layers as _layers
+from sigma.curvature import capture as layer_capture
 from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for, compiled
-from sigma.curvature.layers import flat_outputs
+from sigma.curvature.capture import flat_outputs
 from sigma.outputs import OutputLayout
 from sigma.params import num_params
 
@@ -249,8 +249,10 @@ class Engine:
         model = self.model
 
         def body(batch, v):
-            cap = _layers.capture(model, plan, batch[0], root=root)
-            return tf.cast(_layers.product(plan, cap, tf.cast(v, cap.outputs.dtype)), tf.float64)
+            cap = layer_capture.capture(model, plan, batch[0], root=root)
+            return tf.cast(
+                layer_capture.product(plan, cap, tf.cast(v, cap.outputs.dtype)), tf.float64
+            )
 
         return body
 
@@ -447,7 +449,7 @@ class Engine:
         present = [blk.positions > 0 for blk in plan.fast]
 
         def capture_flat(xb):
-            cap = _layers.capture(model, plan, xb, root=root)
+            cap = layer_capture.capture(model, plan, xb, root=root)
             return (
                 [a for a in cap.acts if a is not None]
                 + [s for s in cap.sens if s is not None]
@@ -479,8 +481,8 @@ class Engine:
             it = iter(flat)
             acts = [next(it) if p else None for p in present]
             sens = [next(it) if p else None for p in present]
-            cap = _layers.Captured(acts, sens, list(it), None)
-            return tf.cast(_layers.product(plan, cap, tf.cast(v, dtype)), tf.float64)
+            cap = layer_capture.Captured(acts, sens, list(it), None)
+            return tf.cast(layer_capture.product(plan, cap, tf.cast(v, dtype)), tf.float64)
 
         apply_fn = self.function(
             ("captured_product", lik.key, id(plan), plan.generic_pfor, spec_key(spec)),
@@ -506,16 +508,16 @@ class Engine:
             return "hessian"
         return "jacobian" if self.n_outputs(x) * self.n_params <= JACOBIAN_ROUTE else "layerwise"
 
-    def layer_plan(self, x, *, fast: bool = True) -> _layers.LayerPlan:
-        """The probed :class:`~sigma.curvature.layers.LayerPlan` for inputs like ``x`` (a few
+    def layer_plan(self, x, *, fast: bool = True) -> layer_capture.LayerPlan:
+        """The probed :class:`~sigma.curvature.capture.LayerPlan` for inputs like ``x`` (a few
         samples run eagerly once), kept here so it is probed once per model."""
         key = ("plan", bool(fast), _shape_key(x))
         plan = self.store.get(key)
         if plan is None:
             first = tf.nest.map_structure(lambda a: np.asarray(a[:8]), x)
             model = self.model
-            plan = _layers.plan_layers(model, fast=fast, selection=self.selection)
-            plan = _layers.probe(model, plan, first)
+            plan = layer_capture.plan_layers(model, fast=fast, selection=self.selection)
+            plan = layer_capture.probe(model, plan, first)
             self.store[key] = plan
         return plan
 

@@ -25,7 +25,7 @@ INTERPOLATION = 100
 def from_eigenvalues(post: Posterior, structure=None) -> bool:
     """The evidence follows from C's eigenvalues: one α and a structure whose A is diagonal
     in C's eigenbasis."""
-    return post.prior.scalar and getattr(structure or post.structure, "spectral", True)
+    return post.prior.scalar and (structure or post.structure).evidence_from_eigenvalues
 
 
 def checked_eigenvalues(post: Posterior, structure=None) -> np.ndarray:

@@ -6,17 +6,17 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 * :mod:`.data` — the Iris split of the original notebook, digits, synthetic regression;
 * :mod:`.models` — the MLPs and the small CNN, and :func:`~.models.train` (the original's
   RMSprop/MSE loop, optionally training for the posterior with the evidence);
-* :mod:`.seed` — the original notebook's formula, kept as a documented reference;
+* :mod:`.original_formula` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
 * :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
 """
 
-from sigma.lab import compare, data, models, plots, scans, seed
+from sigma.lab import compare, data, models, original_formula, plots, scans, training_comparison
 from sigma.lab.data import IRIS_CLASSES, digits_split, iris_split, one_hot, teacher_regression
 from sigma.lab.models import mlp, reinitialised_copy, small_cnn, train
+from sigma.lab.original_formula import mean_loss_hessian_diag, seed_sigma, summed_beta
 from sigma.lab.scans import alpha_scan, beta_scan
-from sigma.lab.seed import mean_loss_hessian_diag, seed_sigma, summed_beta
 
 __all__ = [
     "IRIS_CLASSES",
@@ -26,7 +26,8 @@ __all__ = [
     "models",
     "plots",
     "scans",
-    "seed",
+    "original_formula",
+    "training_comparison",
     "beta_scan",
     "digits_split",
     "iris_split",

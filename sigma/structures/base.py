@@ -52,7 +52,9 @@ class Structure:
     streaming: ClassVar[bool] = False
     per_output_beta: ClassVar[bool] = False
     can_clip: ClassVar[bool] = False
-    spectral: bool = True  # A = αI + βC is diagonal in C's eigenbasis (one α): the evidence
+    evidence_from_eigenvalues: bool = (
+        True  # A = αI + βC is diagonal in C's eigenbasis (one α): the evidence
+    )
     # follows from ``eigenvalues`` (False: from ``logdet`` and ``inverse_diagonal``)
     memory_summary: ClassVar[str] = "its curvature"  # what the memory holds, for messages
     registry: ClassVar[dict[str, type]] = {}

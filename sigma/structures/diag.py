@@ -7,7 +7,7 @@ so its eigenvalues are α + β d_p and
 
     σ_k²(x) − 1/β = Σ_p g_kp(x)² / (α + β d_p).
 
-Fast path (Dense, Conv1D, Conv2D; :mod:`sigma.curvature.layers`): with layer inputs ã (bias-augmented)
+Fast path (Dense, Conv1D, Conv2D; :mod:`sigma.curvature.capture`): with layer inputs ã (bias-augmented)
 and output sensitivities s, a Dense layer gives d = (ã²)ᵀ (Σ_k s²) summed over samples — one
 matrix product per batch, no per-sample gradient. A layer whose weights act at T > 1 positions
 (a convolution, a Dense on sequences, a shared layer) needs the per-sample gradients
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from sigma.curvature.layers import Captured, layer_batch_size
+from sigma.curvature.capture import Captured, layer_batch_size
 from sigma.memory import activation_elements
 from sigma.structures.layerwise import Layerwise
 
@@ -71,7 +71,7 @@ class Diag(Layerwise):
     def _restore(self, arrays):
         self.diagonal = arrays["diagonal"]
 
-    def _spectral(self, alpha, beta):
+    def _block_inverses(self, alpha, beta):
         a = alpha + beta * self.diagonal  # the eigenvalues of A, per weight
         inv, logs = 1.0 / a, np.log(a)
         out = [

@@ -25,7 +25,7 @@ import tensorflow as tf
 from sigma import likelihoods
 from sigma._checks import check_inputs, n_samples
 from sigma.curvature.accumulate import as_batches, is_dataset
-from sigma.curvature.layers import LayerPlan, capture, layer_batch_size, per_sample_elements
+from sigma.curvature.capture import LayerPlan, capture, layer_batch_size, per_sample_elements
 from sigma.structures.kfac import KFAC
 
 

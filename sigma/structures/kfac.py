@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from sigma._checks import check_positive_int
 from sigma._linalg import eigh
-from sigma.curvature.layers import Captured, layer_batch_size
+from sigma.curvature.capture import Captured, layer_batch_size
 from sigma.memory import activation_elements, kernel_blocks
 from sigma.structures.layerwise import Layerwise
 
@@ -132,7 +132,7 @@ class KFAC(Layerwise):
                     "or structure='diag' or 'full' for this grouping"
                 )
 
-    def _spectral(self, alpha, beta):
+    def _block_inverses(self, alpha, beta):
         """α constant on a block: its Kronecker eigenbasis, 1/(α + β q_i h_j). α varying over a
         layer's input rows (prior="variable": kernel and bias apart): with S = diag(α_row)^-½,
         A_block = (S⁻¹ ⊗ I)(I + β S Q S ⊗ H)(S⁻¹ ⊗ I), exact through the eigenpairs of S Q S.
@@ -158,7 +158,7 @@ class KFAC(Layerwise):
 
     def _fast_spectrum(self, i, blk, a, beta) -> list:
         """[R_in, R_out, W (D, C), ln|A_block|] of fast block i with α of its weights ``a``
-        (D, C) (see :meth:`_spectral`)."""
+        (D, C) (see :meth:`_block_inverses`)."""
         (q, _), (qe, qv, he, hv) = self.factors[i], self.factor_eigen[i]
         rows = self._row_alpha(blk, a)
         if np.all(rows == rows[0]):

@@ -1,8 +1,8 @@
 """The shared machinery of the layer-wise structures (``diag`` and ``kfac``).
 
 Both accumulate per-layer statistics over batches from the capture of layer inputs and output
-sensitivities (:func:`sigma.curvature.layers.capture`) and predict by contracting the inputs
-and sensitivities of a test batch with each block's inverse (:func:`~sigma.curvature.layers.
+sensitivities (:func:`sigma.curvature.capture.capture`) and predict by contracting the inputs
+and sensitivities of a test batch with each block's inverse (:func:`~sigma.curvature.capture.
 contract`), never forming the Jacobian J. Their graphs are kept by the model's engine, keyed by
 the structure's kind and options, so a second fit or predict on the same model traces nothing.
 """
@@ -23,7 +23,7 @@ from sigma.curvature.accumulate import (
     first_samples,
     is_dataset,
 )
-from sigma.curvature.layers import (
+from sigma.curvature.capture import (
     Captured,
     capture,
     contract,
@@ -228,33 +228,33 @@ class Layerwise(Structure):
         """From the summed statistics (float64 arrays), the fitted curvature."""
         raise NotImplementedError
 
-    def _spectral(self, alpha, beta) -> list:
+    def _block_inverses(self, alpha, beta) -> list:
         """Per fast block [R_in or None, R_out or None, W (D, C), ln|A_block|]; per generic block
         [R or None, w, ln|A_block|]: that block of A = D_α + βC has the inverse
         (R_in ⊗ R_out) diag(W) (R_in ⊗ R_out)ᵀ (resp. R diag(w) Rᵀ), None standing for the
         identity. ``alpha``: a float or α of each weight (P,)."""
         raise NotImplementedError
 
-    def _spectral_cached(self, alpha, beta) -> list:
+    def _block_inverses_cached(self, alpha, beta) -> list:
         key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
-        cached = getattr(self, "_spectral_cache", None)
+        cached = getattr(self, "_block_inverses_cache", None)
         if cached is None or cached[0] != key:
-            cached = self._spectral_cache = (key, self._spectral(alpha, beta))
+            cached = self._block_inverses_cache = (key, self._block_inverses(alpha, beta))
         return cached[1]
 
     def _block_params(self, alpha, beta) -> list:
-        """The inverse of A block by block, for :func:`~sigma.curvature.layers.contract`."""
-        return [blk[:-1] for blk in self._spectral_cached(alpha, beta)]
+        """The inverse of A block by block, for :func:`~sigma.curvature.capture.contract`."""
+        return [blk[:-1] for blk in self._block_inverses_cached(alpha, beta)]
 
     def logdet(self, alpha, beta) -> float:
         """ln|D_α + β C|, block by block."""
-        return float(sum(blk[-1] for blk in self._spectral_cached(alpha, beta)))
+        return float(sum(blk[-1] for blk in self._block_inverses_cached(alpha, beta)))
 
     def inverse_diagonal(self, alpha, beta) -> np.ndarray:
         """diag(A⁻¹), (P,): per fast block (R_in²) W (R_out²)ᵀ, per generic block (R²) w."""
         out = np.zeros(self.n_params)
         blocks = self.plan.fast + self.plan.generic
-        for blk, spec in zip(blocks, self._spectral_cached(alpha, beta), strict=True):
+        for blk, spec in zip(blocks, self._block_inverses_cached(alpha, beta), strict=True):
             if len(spec) == 4:
                 r_in, r_out, w, _ = spec
                 d = w if r_in is None else (r_in**2) @ w

@@ -60,19 +60,6 @@ class Range:
         )
 
 
-# Ranges of the package's usual parameter names, used when the notebook's comment gives none.
-KNOWN_RANGES = {
-    "alpha": Range(lo=0.0, lo_closed=True),  # prior precision
-    "beta": Range(lo=0.0),  # noise precision
-    "laplace_beta": Range(lo=0.0, lo_closed=True),  # notebook 01: 0 = from the residuals
-    "epochs": Range(lo=1, lo_closed=True),
-    "seed": Range(lo=0, lo_closed=True),
-    "hidden_units": Range(lo=1, lo_closed=True),
-    "batch_size": Range(lo=1, lo_closed=True),
-    "test_size": Range(lo=0.0, hi=1.0),
-}
-
-
 def parse_range(text: str) -> Range | None:
     """The range stated in a parameter's comment, or None.
 
@@ -109,7 +96,8 @@ def declared_parameters(nb, where: str = "the notebook") -> dict[str, Parameter]
     """The parameters a notebook declares, read with ``papermill.inspect_notebook``.
 
     The type is the annotation, else the type of the literal default. The range comes from the
-    comment (:func:`parse_range`), else :data:`KNOWN_RANGES`. Raises ValueError if papermill
+    comment (:func:`parse_range`; none when it states none: the notebook, not this generic
+    code, knows its parameters). Raises ValueError if papermill
     cannot read an assignment of the cell (it skips lines with two ``=``).
     """
     import papermill
@@ -141,8 +129,6 @@ def declared_parameters(nb, where: str = "the notebook") -> dict[str, Parameter]
         if type_name is None and type(default).__name__ in TYPES:
             type_name = type(default).__name__
         rng, source = parse_range(info["help"]), "its comment in the parameters cell"
-        if rng is None and name in KNOWN_RANGES:
-            rng, source = KNOWN_RANGES[name], "sigma.sweep.grid.KNOWN_RANGES"
         params[name] = Parameter(
             name, type_name, default, info["help"], rng, source, info["default"]
         )

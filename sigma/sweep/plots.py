@@ -5,8 +5,9 @@ other parameters that vary in the sweep; replicate parameters (``seed``) are ave
 band showing their min–max. Missing metrics give an empty panel that says so, never an error:
 a notebook may not record every metric.
 
-The default column names (:data:`COLUMNS`) are those notebook 01 (``notebooks/01_original.py``)
-records, and the defaults of the sweep report (``notebooks/03_sweep_report.py``).
+Which columns hold the β axis and the metrics is the caller's: every function takes their names
+(the sweep report, ``notebooks/03_sweep_report.py``, has them as parameters whose defaults are
+what notebook 01 records). Nothing here knows a notebook's parameter names.
 """
 
 from __future__ import annotations
@@ -22,20 +23,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REPLICATES = ("seed",)  # parameters averaged over rather than drawn as separate lines
-# What notebook 01 records: the β axis (a parameter) and the metrics drawn against it.
-BETA = "laplace_beta"  # noise precision of the Laplace error bars
-EPOCHS = "epochs"
-SIGMA_PREFIX = "sigma_ggn_mean."  # σ per output, the mean over the held-out inputs
-COVERAGE = "coverage_95"  # fraction of held-out targets inside ±1.96σ
-EVIDENCE = "log_evidence"  # ln p(D | α, β)
-ERROR = "test_rmse"  # held-out error
-COLUMNS = {
-    "beta_column": BETA,
-    "sigma_prefix": SIGMA_PREFIX,
-    "coverage_column": COVERAGE,
-    "evidence_column": EVIDENCE,
-    "error_column": ERROR,
-}  # named as the parameters of notebooks/03_sweep_report.py
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -60,7 +47,7 @@ def curves(table: pd.DataFrame, x: str, y: str, average_over=REPLICATES) -> pd.D
 
 
 def evidence_optimal(
-    table: pd.DataFrame, x: str = BETA, evidence: str = EVIDENCE, average_over=REPLICATES
+    table: pd.DataFrame, x: str, evidence: str, average_over=REPLICATES
 ) -> pd.DataFrame:
     """The ``x`` of largest (mean) log evidence, per line group.
 
@@ -111,8 +98,8 @@ def plot_sigma_against_beta(
     table: pd.DataFrame,
     *,
     ax=None,
-    x: str = BETA,
-    prefix: str = SIGMA_PREFIX,
+    x: str,
+    prefix: str,
     names=None,
     best=None,
 ):
@@ -141,8 +128,8 @@ def plot_coverage_against_beta(
     table: pd.DataFrame,
     *,
     ax=None,
-    x: str = BETA,
-    y: str = COVERAGE,
+    x: str,
+    y: str,
     nominal: float | None = None,
     best=None,
 ):
@@ -155,7 +142,7 @@ def plot_coverage_against_beta(
     return _finish(ax, best, x)
 
 
-def plot_evidence_against_beta(table: pd.DataFrame, *, ax=None, x: str = BETA, y: str = EVIDENCE):
+def plot_evidence_against_beta(table: pd.DataFrame, *, ax=None, x: str, y: str):
     """Log evidence against β, the best β of each line starred."""
     ax = ax if ax is not None else plt.gca()
     plot_against(table, x, y, ax=ax)
@@ -170,13 +157,13 @@ def plot_test_error_against_epochs(
     table: pd.DataFrame,
     *,
     ax=None,
-    x: str = EPOCHS,
-    y: str = ERROR,
+    x: str,
+    y: str,
     average_over=REPLICATES,
 ):
     """Held-out error against the number of epochs, one line per β (and other parameters).
 
-    average_over : parameters averaged rather than drawn apart, e.g. ("seed", "laplace_beta")
+    average_over : parameters averaged rather than drawn apart, e.g. ("seed", <the β column>)
     when β does not enter training.
     """
     ax = ax if ax is not None else plt.gca()
@@ -186,7 +173,7 @@ def plot_test_error_against_epochs(
     return _finish(ax, None, x)
 
 
-def mark_optimum(ax, best: pd.DataFrame | None, x: str = BETA):
+def mark_optimum(ax, best: pd.DataFrame | None, x: str):
     """Dotted vertical lines at the evidence-optimal β (:func:`evidence_optimal`)."""
     if best is None or len(best) == 0:
         return ax

@@ -24,14 +24,13 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import subprocess
 import uuid
 from pathlib import Path
 
-import numpy as np
+from sigma import jsonable
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
@@ -143,30 +142,10 @@ def read_record(path, *, kind: str = "metrics") -> dict:
 
 
 def to_jsonable(value, name: str = "value"):
-    """``value`` with NumPy arrays/scalars, tuples and paths turned into JSON types.
-
-    Dict keys become strings; non-finite floats become ``None``. ``name`` is the key path used
-    in the TypeError raised for anything else (e.g. a Keras model).
-    """
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v, f"{name}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
-        arr = np.asarray(value)
-        if arr.dtype.kind in "biuf":
-            return to_jsonable(arr.tolist(), name)
-    raise TypeError(f"{name} is a {type(value).__name__}, which cannot be stored in metrics.json")
+    """``value`` in JSON types for metrics.json (:func:`sigma.jsonable.to_jsonable`): NumPy
+    arrays/scalars, tuples and paths converted, non-finite floats as ``None``, a TypeError
+    naming the key path for anything else."""
+    return jsonable.to_jsonable(value, name, what="metrics.json")
 
 
 def write_json_atomic(path, obj) -> Path:

@@ -10,7 +10,7 @@ def test_seed_sigma_formula_by_hand():
     g = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]])
     # s_k = Σ_j g_kj² / (β h_jj) with β = 10
     expected = [1 / 20 + 4 / 40 + 9 / 5, 1 / 40]
-    np.testing.assert_allclose(sigma.seed_sigma(h, g, beta=10.0), expected, rtol=1e-15)
+    np.testing.assert_allclose(sigma.lab.seed_sigma(h, g, beta=10.0), expected, rtol=1e-15)
 
 
 def test_seed_formula_is_laplace_diagonal_with_zero_alpha_and_no_noise():
@@ -19,8 +19,8 @@ def test_seed_formula_is_laplace_diagonal_with_zero_alpha_and_no_noise():
     h_ed = np.diag(rng.uniform(1, 3, size=5))
     g = rng.normal(size=(2, 5))
     n, k, beta = 100, 3, 10.0
-    s = sigma.seed_sigma(sigma.mean_loss_hessian_diag(h_ed, n, k), g, beta=beta)
-    beta_eff = sigma.summed_beta(beta, n, k)
+    s = sigma.lab.seed_sigma(sigma.lab.mean_loss_hessian_diag(h_ed, n, k), g, beta=beta)
+    beta_eff = sigma.lab.summed_beta(beta, n, k)
     assert np.isclose(beta_eff, 20 / 300)
     a_inv = np.linalg.inv(beta_eff * h_ed)  # A = αI + βC with α = 0, diagonal C
     np.testing.assert_allclose(s, np.einsum("kp,pq,kq->k", g, a_inv, g), rtol=1e-12)
