@@ -9,7 +9,8 @@ inside ``model.fit``, with the user's own optimizer and compiled loss:
 
 * the training objective becomes the log posterior: in Keras' mean-loss scale, an L2 penalty
   of strength α_g/(β N K) on each group's weights for the mean squared error
-  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N);
+  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N) and for
+  the heteroscedastic Gaussian NLL of :class:`sigma.losses.GaussianNLL` (loss = E/N, no β);
 * every ``every`` epochs (after ``warmup``) it fits a :class:`~sigma.Laplace` at the current
   weights — on the model's curvature engine, so nothing is traced again — and re-estimates the
   α_g and β by the evidence (:meth:`~sigma.Laplace.optimize_evidence`), which sets the
@@ -31,6 +32,7 @@ from sigma import likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
 from sigma.laplace import Laplace
+from sigma.losses import GaussianNLL
 from sigma.priors import build_prior, owners_of
 
 _REGRESSION_LOSSES = {"mse", "mean_squared_error", "meansquarederror"}
@@ -88,6 +90,13 @@ def loss_likelihood(model) -> str:
             "model is not compiled: call model.compile(optimizer, loss) with loss='mse' "
             "(regression) or a categorical cross-entropy with from_logits=True before fit"
         )
+    if isinstance(loss, GaussianNLL):
+        if getattr(loss, "reduction", None) not in ("sum_over_batch_size", None):
+            raise ValueError(
+                f"the compiled loss has reduction={loss.reduction!r}: the evidence penalty is "
+                "scaled for the default mean over the batch (reduction='sum_over_batch_size')"
+            )
+        return "heteroscedastic"
     if isinstance(loss, str):
         name, from_logits, reduction = loss.lower(), False, "sum_over_batch_size"
     elif isinstance(loss, keras.losses.Loss):
@@ -124,8 +133,8 @@ def loss_likelihood(model) -> str:
         return "classification"
     raise ValueError(
         f"the compiled loss {name!r} is not one the evidence knows the scale of: compile with "
-        "loss='mse' (regression) or a categorical cross-entropy with from_logits=True "
-        "(classification)"
+        "loss='mse' (regression), a categorical cross-entropy with from_logits=True "
+        "(classification) or sigma.losses.GaussianNLL() (heteroscedastic regression)"
     )
 
 
@@ -214,6 +223,10 @@ class EvidenceCallback(keras.callbacks.Callback):
                 f"likelihood={self.likelihood!r} but the compiled loss is a {compiled} loss"
             )
         self._likelihood = compiled
+        loss = compiled_loss(model)
+        self._likelihood_object = (
+            loss.likelihood if compiled == "heteroscedastic" else compiled
+        )  # the parameterisation of the heads is the loss's
         self._alpha, self._beta = None, None
         self._fitted_at = None
         probe = self._structure_cls.from_options(self.structure_options)
@@ -269,7 +282,7 @@ class EvidenceCallback(keras.callbacks.Callback):
             structure_options=self.structure_options,
             prior=self.prior_spec,
             curvature=self.curvature,
-            likelihood=self._likelihood,
+            likelihood=self._likelihood_object,
             batch_size=self.batch_size,
         )
         la = Laplace(self.model, self.x, self.y, alpha=1.0 if alpha is None else alpha, **kw)

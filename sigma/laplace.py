@@ -19,7 +19,15 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from sigma import evidence, likelihoods, metrics, saving, serving, structures
+from sigma import (
+    evidence,
+    heteroscedastic,
+    likelihoods,
+    metrics,
+    saving,
+    serving,
+    structures,
+)
 from sigma._checks import (
     as_array,
     check_finite_outputs,
@@ -93,7 +101,10 @@ class Laplace:
         for ``likelihood="classification"``.
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
         cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,); a model with
-        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1).
+        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1) or
+        "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
+        y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
+        no β; :mod:`sigma.heteroscedastic`).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -173,7 +184,7 @@ class Laplace:
         if not self.likelihood.has_beta and not (
             isinstance(beta, numbers.Real) and float(beta) == 1.0
         ):
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
         self._beta, self._weighted, self._blocks = 1.0, None, None
@@ -183,6 +194,10 @@ class Laplace:
             x, n, k, e_d, e_dk, square = prepare_dataset(
                 model, x, self.likelihood, batch_size=batch_size, layout=self.output_layout
             )
+            if self.likelihood.name == "heteroscedastic":
+                raise ValueError(
+                    "likelihood='heteroscedastic' needs x and y as arrays, not a dataset"
+                )
             if not self.likelihood.has_beta:
                 first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
                 check_logits(model, engine(model).outputs(first), heads)
@@ -194,8 +209,12 @@ class Laplace:
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, self.likelihood)
-            if not self.likelihood.has_beta:
+            if self.likelihood.name == "classification":
                 check_logits(model, engine(model).outputs(x), heads)
+            elif self.likelihood.name == "heteroscedastic":
+                heteroscedastic.check_heads(
+                    model, engine(model).outputs(x), self.likelihood, self.output_layout
+                )
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
             n, e_d, e_dk, square = engine(model).summary(
                 ArrayBatches((x, y), 4096), self.likelihood
@@ -273,7 +292,7 @@ class Laplace:
     @beta.setter
     def beta(self, value):
         if not self.likelihood.has_beta:
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         self._set_precisions(self._alpha, value)
 
     def _check_alpha(self, value, name: str = "alpha") -> np.ndarray:
@@ -434,6 +453,7 @@ class Laplace:
         method: str = "probit",
         n_samples: int = 1000,
         seed: int = 0,
+        split: bool = False,
     ):
         """Regression: predictive mean and standard deviation at inputs x (N, ...; a list or
         dict of arrays for a model with several inputs).
@@ -443,15 +463,33 @@ class Laplace:
         (noise included; 1/β_k per output when β is an array); with ``noise=False`` only
         ``gᵀA⁻¹g``.
 
+        ``split=True`` returns ``(mean, aleatoric std, epistemic std)``: the noise (1/√β)
+        and the weight uncertainty √(gᵀA⁻¹g) apart.
+
+        Heteroscedastic (``likelihood="heteroscedastic"``): mean (N, K) and std (N, K) with
+        std² = σ²_noise(x) + the weight uncertainty of the mean (:mod:`sigma.heteroscedastic`);
+        ``split=True`` gives the two apart.
+
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
-        ``n_samples``, ``seed`` are passed on; ``noise`` does not apply).
+        ``n_samples``, ``seed`` are passed on; ``noise`` and ``split`` do not apply).
         """
-        if not self.likelihood.has_beta:
+        if self.likelihood.name == "classification":
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
         _check_flag(noise, "noise")
-        mean, std = self._predict(self._inputs(x), noise, batch_size)
+        _check_flag(split, "split")
+        if self.likelihood.name == "heteroscedastic":
+            return heteroscedastic.predict(
+                self, self._inputs(x), noise=noise, split=split, batch_size=batch_size
+            )
+        x = self._inputs(x)
+        if split:
+            mean, epistemic = self._predict(x, False, batch_size)
+            noise_std = np.broadcast_to(self._beta**-0.5, mean.shape).copy()
+            parts = (mean, noise_std, epistemic)
+            return tuple(self.output_layout.unflatten(p) for p in parts)
+        mean, std = self._predict(x, noise, batch_size)
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
     def _predict(self, x, noise=True, batch_size=None, name="x"):
@@ -501,7 +539,7 @@ class Laplace:
         ``n_samples`` draws of the logits from a generator seeded by ``seed``.
         Classification only (ValueError for regression).
         """
-        if self.likelihood.has_beta:
+        if self.likelihood.name != "classification":
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
@@ -592,7 +630,7 @@ class Laplace:
         """
         self._check_weights_unchanged()
         if not self.likelihood.has_beta and beta is not None:
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         if beta is not None:
             check_precisions(beta, "beta", allow_zero=False)
         if self.prior.scalar:
@@ -700,7 +738,7 @@ class Laplace:
         if per_output is None:
             per_output = self._weighted is not None
         if not self.likelihood.has_beta and per_output:
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         start = self._alpha.copy()
         if np.any(start == 0):
             start = np.where(start == 0, self._alpha_from_zero(), start)
@@ -783,6 +821,12 @@ class Laplace:
         (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid.
         ``prior_result`` records the values found and how many predictions it took.
         """
+        if self.likelihood.name == "heteroscedastic":
+            raise ValueError(
+                "optimize_prior is not available for likelihood='heteroscedastic': use "
+                "optimize_evidence() (alpha), or conformalize(x_cal, y_cal) for calibrated "
+                "intervals"
+            )
         kind = "regression" if self.likelihood.has_beta else "classification"
         if metric not in PRIOR_METRICS[kind]:
             raise ValueError(
@@ -897,6 +941,8 @@ class Laplace:
         la.likelihood = likelihoods.get(lik["name"])
         if lik["heads"]:
             la.likelihood = likelihoods.Classification(lik["heads"])
+        if lik.get("parameterisation"):
+            la.likelihood = likelihoods.Heteroscedastic(lik["parameterisation"])
         la.output_layout = OutputLayout(
             layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])
         )
@@ -933,6 +979,10 @@ class Laplace:
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )
+
+
+def _no_beta(likelihood) -> str:
+    return getattr(likelihood, "beta_message", _NO_BETA)
 
 
 def _check_finite_variance(var, name: str = "x") -> None:

@@ -92,7 +92,11 @@ def save(laplace, path) -> Path:
         "version": VERSION,
         "sigma": _sigma_version(),
         "structure": {"name": s.name, "options": options, "info": info},
-        "likelihood": {"name": laplace.likelihood.name, "heads": laplace.likelihood.heads},
+        "likelihood": {
+            "name": laplace.likelihood.name,
+            "heads": laplace.likelihood.heads,
+            "parameterisation": getattr(laplace.likelihood, "parameterisation", None),
+        },
         "curvature": laplace.curvature,
         "negative": laplace.negative,
         "prior": {"kind": laplace.prior.kind, "names": list(laplace.prior.names)},

@@ -111,6 +111,11 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
         )
     if laplace._weighted is not None:
         raise ValueError("to_keras needs one beta for all outputs (not one per output)")
+    if laplace.likelihood.name == "heteroscedastic":
+        raise ValueError(
+            "to_keras does not support likelihood='heteroscedastic' yet: serve the model and "
+            "call Laplace.predict(x, split=True)"
+        )
     laplace._check_weights_unchanged()
     structure = laplace.structure
     arrays, structure_spec = structure.export(model, laplace._alpha_weights(), laplace._beta)
