@@ -276,3 +276,20 @@ def test_save_and_load_keep_the_parameterisation(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     with pytest.raises(ValueError, match="to_keras does not support"):
         la.to_keras()
+
+
+@pytest.mark.parametrize(
+    ("structure", "options"), [("lowrank", {"rank": 6, "seed": 0}), ("last_layer", None)]
+)
+def test_lowrank_at_full_rank_and_last_layer_of_a_linear_model_equal_full(structure, options):
+    rng = np.random.default_rng(11)
+    x, xs = rng.normal(size=(20, 2)), rng.normal(size=(4, 2))
+    model = _linear_heads()  # P = 6, one Dense layer
+    y = rng.normal(size=(20, 1))
+    full = sigma.Laplace(model, x, y, likelihood="heteroscedastic", alpha=0.5)
+    other = sigma.Laplace(
+        model, x, y, likelihood="heteroscedastic", alpha=0.5, structure=structure,
+        structure_options=options,
+    )  # fmt: skip
+    for a, b in zip(full.predict(xs, split=True), other.predict(xs, split=True), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
