@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from sigma import (
+    conformal,
     evidence,
     heteroscedastic,
     likelihoods,
@@ -798,6 +799,19 @@ class Laplace:
         lam = self.structure.eigenvalues
         rank = float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())) if lam.size else 1.0
         return max(rank, 1.0) / (2.0 * self.weight_error)
+
+    # -- conformal calibration ----------------------------------------------------------------
+    def conformalize(self, x_cal, y_cal, *, level=None, randomised: bool = True, seed: int = 0):
+        """A calibrated predictor from held-out calibration data (x_cal (n, ...), y_cal (n, K);
+        labels for a classifier) by split conformal prediction (:mod:`sigma.conformal`):
+        regression → :class:`~sigma.conformal.ConformalRegressor` (``interval(x, level)``,
+        coverage ≥ level in finite samples); classification →
+        :class:`~sigma.conformal.ConformalClassifier` (adaptive prediction sets,
+        ``predict_set(x, level)``). Needs n ≥ ⌈1/ε⌉ − 1 for level 1 − ε (checked now when
+        ``level`` is given, else when an interval is asked for)."""
+        return conformal.calibrate(
+            self, x_cal, y_cal, level=level, randomised=randomised, seed=seed
+        )
 
     # -- held-out tuning ------------------------------------------------------------------------
     def optimize_prior(
