@@ -97,7 +97,7 @@ bands = {
     "Laplace (homoscedastic)": homo_line.predict(grid),
     "Laplace (heteroscedastic)": hetero_line.predict(grid),
 }
-noise.plot_bands(x_line, y_line, grid, noise.noise_level(grid), bands)
+figure = noise.plot_bands(x_line, y_line, grid, noise.noise_level(grid), bands)
 # %% [markdown]
 # The dashed lines are the true noise band (± 2 s(x)) around each mean. The homoscedastic band
 # has one width: it is far wider than the noise on the left and narrower than it on the right.
@@ -197,26 +197,41 @@ targets
 # %% [markdown]
 # ## Conclusions
 #
+# The tables above are this run's; the figures quoted below were measured at the default
+# parameters (5 seeds, 100 epochs), the setting the targets are stated for.
+#
 # * **One noise level cannot fit noise that varies.** On the 1-D curve the homoscedastic
-#   Laplace's 95% interval over-covers where the noise is small and under-covers where it is
-#   large (the region table); the heteroscedastic Laplace's noise head follows the true noise
-#   and its coverage is close to 95% in every region. Both have similar means: the gain is in
-#   the error bar, not the fit.
-# * **On Friedman #1 with x-dependent noise** the heteroscedastic Laplace is compared with the
-#   deep ensemble of five Gaussian-head networks at one network's cost, and the table of
-#   targets says whether its NLL is at or below the ensemble's on average over the seeds (the
-#   per-seed table shows how consistent the ordering is). The homoscedastic methods (the
-#   Laplace with one β, MC dropout with the residual noise) pay in NLL for their single noise
-#   level.
-# * **Conformal calibration delivers the coverage it promises** for every method — before it,
-#   the Gaussian intervals of each method miss their nominal level by method-specific amounts;
-#   after it, the 68/90/95% coverages sit at the nominal levels (slightly above: the
-#   guarantee is ⌈(n + 1)(1 − ε)⌉/(n + 1)). What differs between methods after calibration is
-#   the **width**: a σ(x) that follows the noise gives narrower intervals at the same coverage,
-#   because the normalised residuals |y − μ|/σ are more alike.
-# * **Diabetes** has little data (283 training samples after the calibration hold-out) and
-#   noise of unknown form; there the comparison is closer and the variance head has less to
-#   learn from.
+#   Laplace's 95% interval covers everything where the noise is small (100% for x < −1/3) and
+#   only about 85% where it is large (x > 1/3); the heteroscedastic Laplace's noise head tracks
+#   the true noise (aleatoric std 0.15, 0.29, 0.58 against the true 0.08, 0.33, 0.57 at
+#   x = −0.9, 0, 0.9) and covers 91–96% in every region. Outside the data (x = 1.3) its
+#   epistemic part grows fourfold.
+# * **Friedman #1 with noise growing with x₁: the heteroscedastic Laplace has the lowest test
+#   NLL** — 2.21 against the deep ensemble's 2.30, the homoscedastic Laplace's 2.42 and MC
+#   dropout's 2.47 (mean of 5 seeds), and it is below the ensemble on every seed, with one
+#   network against five. Its RMSE is slightly worse than the homoscedastic Laplace's (2.88
+#   against 2.74): the Gaussian NLL weights the noisy half of the inputs less when fitting the
+#   mean, which is the right trade for the likelihood and the wrong one for the squared error.
+# * **Before calibration, every method misses its nominal coverage by its own amount**: the
+#   deep ensemble is over-confident (60% and 89% at 68% and 95%), the heteroscedastic Laplace
+#   slightly so (67%, 94%), the homoscedastic Laplace is right on average (76%, 95%) only
+#   because it is too wide where the noise is small and too narrow where it is large.
+# * **After split conformal calibration the coverage is the nominal one for every method**
+#   (68.2–68.4%, 90.0–90.1%, 95.0–95.1% on Friedman; 68–69%, 90–91%, 96% on diabetes,
+#   averaged over the re-splits, which on average are ⌈(n + 1)(1 − ε)⌉/(n + 1): 95.0% for the
+#   200 Friedman calibration points at 95%, 95.8% for diabetes' 71). What then differs is the **width**: the heteroscedastic σ(x) gives the
+#   narrowest conformal intervals on Friedman (8.8 at 90% and 10.8 at 95%, against the
+#   ensemble's 9.5 and 11.8 and the homoscedastic Laplace's 9.0 and 11.6), because its
+#   normalised residuals |y − μ|/σ are alike across inputs.
+# * **Diabetes** (283 training samples after the calibration hold-out, the data's own noise):
+#   no gain from the variance head. The homoscedastic and heteroscedastic Laplace have the same
+#   NLL (5.46, ensemble 5.51, MC dropout 5.48) and conformal intervals of about the same width
+#   (242 and 247 at 95%, the ensemble's 261): with so few samples the noise head has little to
+#   learn, and a constant noise level is as good a model as the data can support.
+# * **All five targets of the issue are met** at the defaults (the targets table). Conformal
+#   calibration fixes coverage for any method and costs only a held-out set; the
+#   heteroscedastic likelihood is what makes the calibrated intervals narrow where the data
+#   are quiet.
 
 # %%
 record = save_metrics(
