@@ -95,6 +95,7 @@ def test_layers_point_one_way():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_every_module_imports_in_a_fresh_interpreter_in_random_order(seed):
     modules = _modules()
     np.random.default_rng(seed).shuffle(modules)

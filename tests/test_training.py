@@ -132,6 +132,7 @@ def test_evidence_training_is_deterministic_for_a_seed():
         assert b1 == b2
 
 
+@pytest.mark.slow
 def test_an_iris_network_trained_to_near_zero_error_converges_or_says_why():
     """The 4-16-16-3 tanh network on Iris with P = 403 > NK = 300, trained towards zero
     error: the evidence either finds its maximum or raises the boundary error — never a
