@@ -301,3 +301,16 @@ def test_lowrank_at_full_rank_and_last_layer_of_a_linear_model_equal_full(struct
     )  # fmt: skip
     for a, b in zip(full.predict(xs, split=True), other.predict(xs, split=True), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
+
+
+def test_conformalize_a_heteroscedastic_laplace():
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 1))
+    la = sigma.Laplace(_linear_heads(), x, y, likelihood="heteroscedastic", alpha=0.5)
+    x_cal, y_cal = rng.normal(size=(50, 2)), rng.normal(size=(50, 1))
+    mean, std = la.predict(x_cal)
+    q = np.sort(np.abs(y_cal - mean) / std, axis=0)[int(np.ceil(51 * 0.9)) - 1]
+    lo, hi = la.conformalize(x_cal, y_cal).interval(x, 0.9)
+    mean_x, std_x = la.predict(x)
+    np.testing.assert_allclose(hi - lo, 2 * q * std_x, rtol=1e-12)
+    np.testing.assert_allclose((hi + lo) / 2, mean_x, rtol=1e-12)
