@@ -195,13 +195,14 @@ class Laplace:
             x, n, k, e_d, e_dk, square = prepare_dataset(
                 model, x, self.likelihood, batch_size=batch_size, layout=self.output_layout
             )
-            if self.likelihood.name == "heteroscedastic":
-                raise ValueError(
-                    "likelihood='heteroscedastic' needs x and y as arrays, not a dataset"
-                )
             if not self.likelihood.has_beta:
                 first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
-                check_logits(model, engine(model).outputs(first), heads)
+                if self.likelihood.name == "heteroscedastic":
+                    heteroscedastic.check_heads(
+                        model, engine(model).outputs(first), self.likelihood, self.output_layout
+                    )
+                else:
+                    check_logits(model, engine(model).outputs(first), heads)
         else:
             if y is None:
                 raise ValueError(

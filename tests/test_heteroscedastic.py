@@ -314,3 +314,20 @@ def test_conformalize_a_heteroscedastic_laplace():
     mean_x, std_x = la.predict(x)
     np.testing.assert_allclose(hi - lo, 2 * q * std_x, rtol=1e-12)
     np.testing.assert_allclose((hi + lo) / 2, mean_x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("structure", ["full", "kfac"])
+def test_a_dataset_gives_what_the_arrays_give(structure):
+    rng = np.random.default_rng(13)
+    x, y = rng.normal(size=(30, 2)), rng.normal(size=(30,))
+    model = _mlp_heads()
+    arrays = sigma.Laplace(model, x, y, likelihood="heteroscedastic", structure=structure)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    streamed = sigma.Laplace(model, data, likelihood="heteroscedastic", structure=structure)
+    assert streamed.data_error == pytest.approx(arrays.data_error, rel=1e-12)
+    for a, b in zip(arrays.predict(x[:4], split=True), streamed.predict(x[:4], split=True),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+    assert streamed.optimize_evidence().alpha == pytest.approx(
+        arrays.optimize_evidence().alpha, rel=1e-6
+    )
