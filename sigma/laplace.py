@@ -63,7 +63,11 @@ from sigma.structures import Structure, fit_structure
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
-PRIOR_METRICS = {"regression": ("nll",), "classification": ("nll", "brier", "ece")}
+PRIOR_METRICS = {
+    "regression": ("nll",),
+    "classification": ("nll", "brier", "ece"),
+    "heteroscedastic": ("nll",),
+}
 # Residuals below this many units of the model dtype's precision (relative to the outputs)
 # are round-off: the network interpolates its training data and β has no finite optimum.
 INTERPOLATION = 100
@@ -832,17 +836,13 @@ class Laplace:
         prior precisions (α_g ratios kept) — and of β for regression with ``beta=True`` —
         within ``span``× of the current values either way, minimising ``metric`` on
         (x_val, y_val): "nll" (Gaussian NLL per value for regression; NLL per sample for
-        classification), "brier" or "ece" (classification). A bounded 1-D search
+        classification), "brier" or "ece" (classification). Heteroscedastic: α only, on the
+        Gaussian NLL of the predictive (noise head + weight uncertainty). A bounded 1-D search
         (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid.
         ``prior_result`` records the values found and how many predictions it took.
         """
-        if self.likelihood.name == "heteroscedastic":
-            raise ValueError(
-                "optimize_prior is not available for likelihood='heteroscedastic': use "
-                "optimize_evidence() (alpha), or conformalize(x_cal, y_cal) for calibrated "
-                "intervals"
-            )
-        kind = "regression" if self.likelihood.has_beta else "classification"
+        kind = self.likelihood.name  # heteroscedastic: α only, the Gaussian NLL
+        kind = "regression" if self.likelihood.has_beta else kind
         if metric not in PRIOR_METRICS[kind]:
             raise ValueError(
                 f"metric must be one of {PRIOR_METRICS[kind]} for {kind}, got {metric!r}"
@@ -875,6 +875,9 @@ class Laplace:
             calls.append(1)
             if self.likelihood.has_beta:
                 return metrics.gaussian_nll(*self._predict(x_val, name="x_val"), y_val)
+            if kind == "heteroscedastic":
+                mean, std = heteroscedastic.predict(self, x_val, name="x_val")
+                return metrics.gaussian_nll(mean, std, y_val[:, : mean.shape[1]])
             probs = self._proba(x_val, name="x_val")
             score = {"nll": metrics.nll, "brier": metrics.brier,
                      "ece": metrics.expected_calibration_error}[metric]  # fmt: skip

@@ -331,3 +331,24 @@ def test_a_dataset_gives_what_the_arrays_give(structure):
     assert streamed.optimize_evidence().alpha == pytest.approx(
         arrays.optimize_evidence().alpha, rel=1e-6
     )
+
+
+def test_optimize_prior_finds_the_alpha_of_the_smallest_held_out_nll():
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+    x_val, y_val = rng.normal(size=(40, 2)), 2.0 * rng.normal(size=(40, 1))
+    la = sigma.Laplace(_mlp_heads(), x, y, likelihood="heteroscedastic", alpha=1.0)
+
+    def held_out(alpha):  # the Gaussian NLL per value, written out
+        la.alpha = alpha
+        mean, std = la.predict(x_val)
+        return np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * (y_val - mean) ** 2 / std**2)
+
+    grid = np.geomspace(1e-3, 1e3, 61)
+    best = min(held_out(a) for a in grid)
+    la.alpha = 1.0
+    la.optimize_prior(x_val, y_val, span=1e3, tol=1e-6)
+    assert la.prior_result["value"] <= best + 1e-7
+    assert la.prior_result["value"] == pytest.approx(held_out(la.alpha), rel=1e-12)
+    with pytest.raises(ValueError, match=r"metric must be one of \('nll',\) for heteroscedastic"):
+        la.optimize_prior(x_val, y_val, metric="brier")
