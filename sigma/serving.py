@@ -2,7 +2,8 @@
 
 ``Laplace.to_keras()`` wraps the trained model and the fitted posterior in one
 :class:`keras.Model` whose output is ``{"mean": (N, K), "std": (N, K)}`` for regression (std
-with the 1/β noise) or the class probabilities (N, K) for classification (probit, one softmax
+with the 1/β noise; for ``likelihood="heteroscedastic"`` the noise head's σ²(x) instead) or
+the class probabilities (N, K) for classification (probit, one softmax
 per head). The posterior enters as the non-trainable weights of a :class:`PredictiveLayer`
 (per structure: the factor S of A⁻¹ = S Sᵀ for ``full``/``last_layer``, the per-block inverse
 eigenvalues and rotations for ``diag``/``kfac``, the low-rank and diagonal parts for
@@ -34,7 +35,7 @@ class PredictiveLayer(keras.layers.Layer):
     """The Laplace predictive of ``model`` as a layer (see the module docstring).
 
     spec : {"structure": name, "structure_spec": {...}, "likelihood": "regression" |
-    "classification", "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
+    "classification" | "heteroscedastic" ([μ | ln σ²]: mean and std of K = n_outputs/2), "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
     "arrays": {name: shape}, "n_outputs": K}.
     """
 
@@ -60,6 +61,9 @@ class PredictiveLayer(keras.layers.Layer):
         cls = structures.get(self.spec["structure"])
         var = cls.graph_variance(self.model, self.spec["structure_spec"], arrays, inputs)
         var = tf.maximum(tf.cast(var, tf.float64), 0.0)
+        if self.spec["likelihood"] == "heteroscedastic":  # [μ | ln σ²]: noise head + weights
+            k = self.spec["n_outputs"] // 2
+            return {"mean": mean[:, :k], "std": tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))}
         if self.spec["likelihood"] == "regression":
             noise = tf.constant(self.spec["noise"], tf.float64)
             return {"mean": mean, "std": tf.sqrt(var + noise)}
@@ -80,8 +84,10 @@ class PredictiveLayer(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         n = tf.nest.flatten(inputs)[0].shape[0]
         k = self.spec["n_outputs"]
+        if self.spec["likelihood"] == "heteroscedastic":
+            k = k // 2
         out = keras.KerasTensor((n, k), dtype="float64")
-        if self.spec["likelihood"] == "regression":
+        if self.spec["likelihood"] in ("regression", "heteroscedastic"):
             return {"mean": out, "std": keras.KerasTensor((n, k), dtype="float64")}
         return out
 
@@ -111,10 +117,11 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
         )
     if laplace._weighted is not None:
         raise ValueError("to_keras needs one beta for all outputs (not one per output)")
-    if laplace.likelihood.name == "heteroscedastic":
+    lik = laplace.likelihood
+    if lik.name == "heteroscedastic" and lik.parameterisation != "mean_logvar":
         raise ValueError(
-            "to_keras does not support likelihood='heteroscedastic' yet: serve the model and "
-            "call Laplace.predict(x, split=True)"
+            "to_keras supports likelihood='heteroscedastic' with parameterisation='mean_logvar' "
+            f"only (its mean is an output), got {lik.parameterisation!r}: use Laplace.predict"
         )
     laplace._check_weights_unchanged()
     structure = laplace.structure
@@ -122,7 +129,7 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
     spec = {
         "structure": structure.name,
         "structure_spec": structure_spec,
-        "likelihood": "regression" if laplace.likelihood.has_beta else "classification",
+        "likelihood": "regression" if lik.has_beta else lik.name,
         "heads": None
         if laplace.likelihood.heads is None
         else [list(h) for h in laplace.likelihood.heads],

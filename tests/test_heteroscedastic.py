@@ -282,7 +282,7 @@ def test_save_and_load_keep_the_parameterisation(tmp_path):
     assert back.likelihood.parameterisation == "natural"
     for a, b in zip(la.predict(x, split=True), back.predict(x, split=True), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
-    with pytest.raises(ValueError, match="to_keras does not support"):
+    with pytest.raises(ValueError, match="to_keras supports .*='mean_logvar' only"):
         la.to_keras()
 
 
@@ -352,3 +352,19 @@ def test_optimize_prior_finds_the_alpha_of_the_smallest_held_out_nll():
     assert la.prior_result["value"] == pytest.approx(held_out(la.alpha), rel=1e-12)
     with pytest.raises(ValueError, match=r"metric must be one of \('nll',\) for heteroscedastic"):
         la.optimize_prior(x_val, y_val, metric="brier")
+
+
+@pytest.mark.parametrize("structure", ["full", "kfac"])
+def test_to_keras_serves_mean_and_std_with_the_noise_head(structure, tmp_path):
+    rng = np.random.default_rng(15)
+    x, y = rng.normal(size=(25, 2)), rng.normal(size=(25, 1))
+    la = sigma.Laplace(_mlp_heads(), x, y, likelihood="heteroscedastic", structure=structure)
+    served = la.to_keras()
+    out = served(x[:6])
+    mean, std = la.predict(x[:6])
+    np.testing.assert_allclose(np.asarray(out["mean"]), mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["std"]), std, rtol=1e-6)
+    if structure == "full":
+        served.save(tmp_path / "m.keras")
+        back = keras.saving.load_model(tmp_path / "m.keras")
+        np.testing.assert_allclose(np.asarray(back(x[:6])["std"]), std, rtol=1e-6)
