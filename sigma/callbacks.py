@@ -24,6 +24,8 @@ The penalty enters through each variable's ``regularizer`` with a strength held 
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -31,6 +33,7 @@ import tensorflow as tf
 from sigma import likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
+from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
 from sigma.losses import GaussianNLL
 from sigma.priors import build_prior, owners_of
@@ -157,9 +160,15 @@ class EvidenceCallback(keras.callbacks.Callback):
     likelihood : default from the compiled loss (:func:`loss_likelihood`).
     verbose : 1 prints one line per re-estimation, 0 is silent.
 
-    Attributes after ``fit``: ``history`` (a list of dicts: epoch, alpha, beta, gamma, gammas,
-    log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace at the final
-    weights), ``prior_groups``.
+    Attributes after ``fit``: ``history`` (a list of dicts: fit, epoch, n_data, alpha, beta,
+    gamma, gammas, log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace
+    at the final weights), ``prior_groups``.
+
+    What ``fit`` is called with matters: sample weights or class weights are refused (the
+    evidence is that of the unweighted likelihood); with ``validation_split``, when (x, y)
+    are ``fit``'s data the held-out part is left out of the curvature and N. One callback
+    serves one model: further ``fit`` calls on it continue from the α_g, β reached (``fit``
+    in each history row counts the calls, from 1); another model is refused.
     """
 
     def __init__(
@@ -213,21 +222,41 @@ class EvidenceCallback(keras.callbacks.Callback):
         self.history: list[dict] = []
         self.laplace: Laplace | None = None
         self.prior_groups: tuple[str, ...] = ()
+        self._owner, self._fits = None, 0
+        self._alpha = self._beta = None
 
     # -- keras hooks ----------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         model = self.model
+        owner = self._owner() if self._owner is not None else None
+        if self._owner is not None and owner is not model:
+            raise ValueError(
+                "this EvidenceCallback was already used to train another model "
+                f"({getattr(owner, 'name', 'since deleted')!r}; its history, laplace and "
+                f"alpha belong to that model): give model {model.name!r} an EvidenceCallback "
+                "of its own"
+            )
         compiled = loss_likelihood(model)
         if self.likelihood is not None and self.likelihood != compiled:
             raise ValueError(
                 f"likelihood={self.likelihood!r} but the compiled loss is a {compiled} loss"
             )
+        args = fit_arguments(model)
+        refuse_sample_weights(args)
+        self._x, self._y, held_out = training_part(self.x, self.y, args)
+        if held_out and self.verbose:
+            print(
+                f"EvidenceCallback: validation_split={args['validation_split']:g} holds out the "
+                f"last {held_out} samples of x, y; the evidence uses the "
+                f"{len(tf.nest.flatten(self._x)[0])} that fit trains on",
+                flush=True,
+            )
+        self._owner, self._fits = weakref.ref(model), self._fits + 1
         self._likelihood = compiled
         loss = compiled_loss(model)
         self._likelihood_object = (
             loss.likelihood if compiled == "heteroscedastic" else compiled
         )  # the parameterisation of the heads is the loss's
-        self._alpha, self._beta = None, None
         self._fitted_at = None
         probe = self._structure_cls.from_options(self.structure_options)
         self._variables = probe.posterior_variables(model)
@@ -254,7 +283,10 @@ class EvidenceCallback(keras.callbacks.Callback):
         for v, strength in zip(self._variables, self._strength, strict=True):
             v.regularizer = EvidencePenalty(strength, dtype)
         model.make_train_function(force=True)  # the penalty enters the compiled train step
-        if self.start_alpha is not None:
+        if self._alpha is not None:  # a further fit: go on from the α_g, β reached
+            la = self._laplace(alpha=self._alpha, beta=self._beta)
+            self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
+        elif self.start_alpha is not None:
             la = self._laplace(alpha=self.start_alpha, beta=self.start_beta)
             self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
 
@@ -285,7 +317,7 @@ class EvidenceCallback(keras.callbacks.Callback):
             likelihood=self._likelihood_object,
             batch_size=self.batch_size,
         )
-        la = Laplace(self.model, self.x, self.y, alpha=1.0 if alpha is None else alpha, **kw)
+        la = Laplace(self.model, self._x, self._y, alpha=1.0 if alpha is None else alpha, **kw)
         if self._likelihood == "regression":
             la.beta = la.n_data * la.n_outputs / (2.0 * la.data_error) if beta is None else beta
         return la
@@ -303,7 +335,9 @@ class EvidenceCallback(keras.callbacks.Callback):
         self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
         self.laplace, self._fitted_at = la, epoch
         record = {
+            "fit": self._fits,
             "epoch": epoch,
+            "n_data": la.n_data,
             "alpha": la.alpha,
             "beta": la.beta,
             "gamma": la.gamma,

@@ -38,6 +38,7 @@ from sigma._checks import (
     check_precision,
     check_precisions,
     check_seed,
+    ill_conditioned_hint,
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
@@ -415,6 +416,8 @@ class Laplace:
                 f"{float(lam.min()):.4g}): use curvature='ggn' (always positive semi-definite), "
                 f"negative='clip', or {which} > {-beta * float(lam.min()):.4g}"
             )
+        elif 0 < a_min <= evidence.ROUNDOFF * top:  # α is lost in the round-off of βC
+            hint = ill_conditioned_hint(top, a_min, getattr(self, "_x", None), self.prior.scalar)
         elif lam.size < self.n_params:
             hint = (
                 f"use {which} > 0 (structure {s.name!r} keeps {lam.size} of the "
@@ -858,6 +861,9 @@ class Laplace:
             y_val, sample_count(x_val), self.n_outputs, "y_val", "x_val", layout=self.output_layout
         )
         tune_beta = beta and self.likelihood.has_beta and self._weighted is None
+        n_val = sample_count(x_val)
+        n_values = n_val * self.n_outputs if self.likelihood.has_beta else n_val
+        metrics.check_validation_size(metric, n_val, n_values, 1 + tune_beta)
         saved = self._alpha.copy(), self._beta
         alpha0, beta0 = saved
         if self.prior.scalar and alpha0[0] == 0:
