@@ -254,6 +254,7 @@ def test_bad_input_is_refused_naming_what_is_expected():
         Heteroscedastic("variance")
 
 
+@pytest.mark.slow  # trains a network with the callback
 def test_evidence_callback_trains_a_heteroscedastic_model():
     rng = np.random.default_rng(9)
     x = rng.uniform(-1, 1, size=(64, 1))
