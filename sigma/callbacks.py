@@ -9,7 +9,8 @@ inside ``model.fit``, with the user's own optimizer and compiled loss:
 
 * the training objective becomes the log posterior: in Keras' mean-loss scale, an L2 penalty
   of strength α_g/(β N K) on each group's weights for the mean squared error
-  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N);
+  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N) and for
+  the heteroscedastic Gaussian NLL of :class:`sigma.losses.GaussianNLL` (loss = E/N, no β);
 * every ``every`` epochs (after ``warmup``) it fits a :class:`~sigma.Laplace` at the current
   weights — on the model's curvature engine, so nothing is traced again — and re-estimates the
   α_g and β by the evidence (:meth:`~sigma.Laplace.optimize_evidence`), which sets the
@@ -36,6 +37,7 @@ from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
 from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
+from sigma.losses import GaussianNLL
 from sigma.priors import build_prior, owners_of
 from sigma.weights import select
 
@@ -94,6 +96,13 @@ def loss_likelihood(model) -> str:
             "model is not compiled: call model.compile(optimizer, loss) with loss='mse' "
             "(regression) or a categorical cross-entropy with from_logits=True before fit"
         )
+    if isinstance(loss, GaussianNLL):
+        if getattr(loss, "reduction", None) not in ("sum_over_batch_size", None):
+            raise ValueError(
+                f"the compiled loss has reduction={loss.reduction!r}: the evidence penalty is "
+                "scaled for the default mean over the batch (reduction='sum_over_batch_size')"
+            )
+        return "heteroscedastic"
     if isinstance(loss, str):
         name, from_logits, reduction = loss.lower(), False, "sum_over_batch_size"
     elif isinstance(loss, keras.losses.Loss):
@@ -130,8 +139,8 @@ def loss_likelihood(model) -> str:
         return "classification"
     raise ValueError(
         f"the compiled loss {name!r} is not one the evidence knows the scale of: compile with "
-        "loss='mse' (regression) or a categorical cross-entropy with from_logits=True "
-        "(classification)"
+        "loss='mse' (regression), a categorical cross-entropy with from_logits=True "
+        "(classification) or sigma.losses.GaussianNLL() (heteroscedastic regression)"
     )
 
 
@@ -260,6 +269,10 @@ class EvidenceCallback(keras.callbacks.Callback):
             )
         self._owner, self._fits = weakref.ref(model), self._fits + 1
         self._likelihood = compiled
+        loss = compiled_loss(model)
+        self._likelihood_object = (
+            loss.likelihood if compiled == "heteroscedastic" else compiled
+        )  # the parameterisation of the heads is the loss's
         self._fitted_at = None
         self.selection = select(model, structures.resolve(self.structure, self.weights_spec)[1])
         self._variables = self.selection.variables(model)
@@ -338,7 +351,7 @@ class EvidenceCallback(keras.callbacks.Callback):
             weights=self.weights_spec,
             prior=self.prior_spec,
             curvature=self.curvature,
-            likelihood=self._likelihood,
+            likelihood=self._likelihood_object,
             batch_size=self.batch_size,
         )
         la = Laplace(self.model, self._x, self._y, alpha=1.0 if alpha is None else alpha, **kw)

@@ -23,7 +23,17 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from sigma import evidence, likelihoods, predictive, saving, serving, structures, tuning
+from sigma import (
+    conformal,
+    evidence,
+    heteroscedastic,
+    likelihoods,
+    predictive,
+    saving,
+    serving,
+    structures,
+    tuning,
+)
 from sigma._checks import (
     check_finite_outputs,
     check_inputs,
@@ -47,7 +57,7 @@ from sigma.curvature.accumulate import (
 )
 from sigma.evidence import posterior as posterior_evidence
 from sigma.outputs import OutputLayout
-from sigma.posterior import NO_BETA, DataSummary, Posterior
+from sigma.posterior import DataSummary, Posterior, no_beta
 from sigma.priors import build_prior, owners_of
 from sigma.structures import Structure, fit_structure
 from sigma.weights import select
@@ -89,7 +99,10 @@ class Laplace:
         for ``likelihood="classification"``.
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
         cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,); a model with
-        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1).
+        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1) or
+        "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
+        y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
+        no β; :mod:`sigma.heteroscedastic`).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -170,7 +183,7 @@ class Laplace:
         # one softmax head per output for a classifier with several outputs
         lik = likelihoods.get(lik, layout)
         if not lik.has_beta and not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
-            raise ValueError(NO_BETA)
+            raise ValueError(no_beta(lik))
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
         if is_dataset(x):
@@ -181,7 +194,10 @@ class Laplace:
             )
             if not lik.has_beta:
                 first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
-                check_logits(model, engine(model).outputs(first), lik.heads)
+                if lik.name == "heteroscedastic":
+                    heteroscedastic.check_heads(model, engine(model).outputs(first), lik, layout)
+                else:
+                    check_logits(model, engine(model).outputs(first), lik.heads)
         else:
             if y is None:
                 raise ValueError(
@@ -190,8 +206,10 @@ class Laplace:
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, lik)
-            if not lik.has_beta:
+            if lik.name == "classification":
                 check_logits(model, engine(model).outputs(x), lik.heads)
+            elif lik.name == "heteroscedastic":
+                heteroscedastic.check_heads(model, engine(model).outputs(x), lik, layout)
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
             n, e_d, e_dk, square = engine(model).summary(ArrayBatches((x, y), 4096), lik)
             if not (np.isfinite(e_d) and np.isfinite(square)):
@@ -348,7 +366,7 @@ class Laplace:
     @beta.setter
     def beta(self, value):
         if not self.likelihood.has_beta:
-            raise ValueError(NO_BETA)
+            raise ValueError(no_beta(self.likelihood))
         post, value = self._with_blocks(self.posterior, value)
         self.posterior = post.replace(beta=value)
 
@@ -412,6 +430,7 @@ class Laplace:
         method: str = "probit",
         n_samples: int = 1000,
         seed: int = 0,
+        split: bool = False,
     ):
         """Regression: predictive mean and standard deviation at inputs x (N, ...; a list or
         dict of arrays for a model with several inputs).
@@ -421,16 +440,35 @@ class Laplace:
         (noise included; 1/β_k per output when β is an array); with ``noise=False`` only
         ``gᵀA⁻¹g``.
 
+        ``split=True`` returns ``(mean, aleatoric std, epistemic std)``: the noise (1/√β)
+        and the weight uncertainty √(gᵀA⁻¹g) apart.
+
+        Heteroscedastic (``likelihood="heteroscedastic"``): mean (N, K) and std (N, K) with
+        std² = σ²_noise(x) + the weight uncertainty of the mean (:mod:`sigma.heteroscedastic`);
+        ``split=True`` gives the two apart.
+
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
-        ``n_samples``, ``seed`` are passed on; ``noise`` does not apply).
+        ``n_samples``, ``seed`` are passed on; ``noise`` and ``split`` do not apply).
         """
-        if not self.likelihood.has_beta:
+        if self.likelihood.name == "classification":
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
         _check_flag(noise, "noise")
+        _check_flag(split, "split")
+        x = self._inputs(x)
+        if self.likelihood.name == "heteroscedastic":
+            return heteroscedastic.predict(
+                self.posterior, self.model, x, noise=noise, split=split, batch_size=batch_size
+            )
+        if split:
+            mean, epistemic = predictive.mean_and_std(
+                self.posterior, self.model, x, noise=False, batch_size=batch_size
+            )
+            noise_std = np.broadcast_to(self.posterior.beta**-0.5, mean.shape).copy()
+            return tuple(self.output_layout.unflatten(p) for p in (mean, noise_std, epistemic))
         mean, std = predictive.mean_and_std(
-            self.posterior, self.model, self._inputs(x), noise=noise, batch_size=batch_size
+            self.posterior, self.model, x, noise=noise, batch_size=batch_size
         )
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
@@ -463,7 +501,7 @@ class Laplace:
         ``n_samples`` draws of the logits from a generator seeded by ``seed``.
         Classification only (ValueError for regression).
         """
-        if self.likelihood.has_beta:
+        if self.likelihood.name != "classification":
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
@@ -541,7 +579,7 @@ class Laplace:
         if per_output is None:
             per_output = post.weighted is not None
         if not self.likelihood.has_beta and per_output:
-            raise ValueError(NO_BETA)
+            raise ValueError(no_beta(self.likelihood))
         if per_output and post.blocks is None:
             post = post.with_blocks(self.output_blocks(post))
         self.posterior, self.evidence_result = posterior_evidence.optimize(
@@ -554,6 +592,19 @@ class Laplace:
             eps=float(np.finfo(model_dtype(self.model)).eps),
         )
         return self
+
+    # -- conformal calibration ----------------------------------------------------------------
+    def conformalize(self, x_cal, y_cal, *, level=None, randomised: bool = True, seed: int = 0):
+        """A calibrated predictor from held-out calibration data (x_cal (n, ...), y_cal (n, K);
+        labels for a classifier) by split conformal prediction (:mod:`sigma.conformal`):
+        regression → :class:`~sigma.conformal.ConformalRegressor` (``interval(x, level)``,
+        coverage ≥ level in finite samples); classification →
+        :class:`~sigma.conformal.ConformalClassifier` (adaptive prediction sets,
+        ``predict_set(x, level)``). Needs n ≥ ⌈1/ε⌉ − 1 for level 1 − ε (checked now when
+        ``level`` is given, else when an interval is asked for)."""
+        return conformal.calibrate(
+            self, x_cal, y_cal, level=level, randomised=randomised, seed=seed
+        )
 
     # -- held-out tuning ------------------------------------------------------------------------
     def optimize_prior(
@@ -573,7 +624,8 @@ class Laplace:
         prior precisions (α_g ratios kept) — and of β for regression with ``beta=True`` —
         within ``span``× of the current values either way, minimising ``metric`` on
         (x_val, y_val): "nll" (Gaussian NLL per value for regression; NLL per sample for
-        classification), "brier" or "ece" (classification). A bounded 1-D search
+        classification), "brier" or "ece" (classification). Heteroscedastic: α only, on the
+        Gaussian NLL of the predictive (noise head + weight uncertainty). A bounded 1-D search
         (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid
         (:mod:`sigma.tuning`). ``prior_result`` records the values found and how many
         predictions it took.

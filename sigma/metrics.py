@@ -38,7 +38,8 @@ def _regression_arrays(mean, std, targets):
     return mean, std, targets
 
 
-def _z(level: float) -> float:
+def normal_quantile(level: float) -> float:
+    """z with P(|Z| ≤ z) = ``level`` for a standard normal Z (1.96 for 0.95)."""
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     return float(norm.ppf(0.5 + 0.5 * float(level)))
@@ -47,7 +48,7 @@ def _z(level: float) -> float:
 def coverage(mean, std, targets, level: float = 0.95) -> float:
     """Fraction of targets inside the central ``level`` interval μ ± z σ of a Gaussian."""
     mean, std, targets = _regression_arrays(mean, std, targets)
-    return float(np.mean(np.abs(targets - mean) <= _z(level) * std))
+    return float(np.mean(np.abs(targets - mean) <= normal_quantile(level) * std))
 
 
 def coverage_curve(mean, std, targets, levels=None) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +56,7 @@ def coverage_curve(mean, std, targets, levels=None) -> tuple[np.ndarray, np.ndar
     mean, std, targets = _regression_arrays(mean, std, targets)
     levels = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, np.float64)
     scaled = np.abs(targets - mean) / std
-    return levels, np.array([np.mean(scaled <= _z(q)) for q in levels])
+    return levels, np.array([np.mean(scaled <= normal_quantile(q)) for q in levels])
 
 
 def gaussian_nll(mean, std, targets) -> float:

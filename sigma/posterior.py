@@ -27,6 +27,11 @@ NO_BETA = (
 )
 
 
+def no_beta(likelihood) -> str:
+    """Why this likelihood has no β (its own message, e.g. the heteroscedastic one's)."""
+    return getattr(likelihood, "beta_message", NO_BETA)
+
+
 @dataclass(frozen=True)
 class DataSummary:
     """What the evidence needs of the training data (not the data themselves).
@@ -122,7 +127,7 @@ class Posterior:
         if beta is None:
             beta = self.beta
         elif not self.likelihood.has_beta and not (np.ndim(beta) == 0 and float(beta) == 1.0):
-            raise ValueError(NO_BETA)
+            raise ValueError(no_beta(self.likelihood))
         if np.ndim(beta) == 0:
             beta = check_precision(beta, "beta", allow_zero=False)
             check_noise_variance(beta)

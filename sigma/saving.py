@@ -91,7 +91,11 @@ def save(post, model, w_map, path) -> Path:
         "sigma": _sigma_version(),
         "structure": {"name": s.name, "options": s.options(), "info": info},
         "weights": {"kind": post.selection.kind, "n_params": post.selection.n_params},
-        "likelihood": {"name": post.likelihood.name, "heads": post.likelihood.heads},
+        "likelihood": {
+            "name": post.likelihood.name,
+            "heads": post.likelihood.heads,
+            "parameterisation": getattr(post.likelihood, "parameterisation", None),
+        },
         "curvature": post.curvature,
         "negative": post.negative,
         "prior": {"kind": post.prior.kind, "names": list(post.prior.names)},
@@ -164,6 +168,8 @@ def load(path, model):
     likelihood = likelihoods.get(lik["name"])
     if lik["heads"]:
         likelihood = likelihoods.Classification(lik["heads"])
+    if lik.get("parameterisation"):
+        likelihood = likelihoods.Heteroscedastic(lik["parameterisation"])
     prior = header["prior"]
     post = Posterior(
         structure=structure,

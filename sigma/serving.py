@@ -2,7 +2,8 @@
 
 ``Laplace.to_keras()`` wraps the trained model and the fitted posterior in one
 :class:`keras.Model` whose output is ``{"mean": (N, K), "std": (N, K)}`` for regression (std
-with the 1/β noise) or the class probabilities (N, K) for classification (probit, one softmax
+with the 1/β noise; for ``likelihood="heteroscedastic"`` the noise head's σ²(x) instead) or
+the class probabilities (N, K) for classification (probit, one softmax
 per head). The posterior enters as the non-trainable weights of a :class:`PredictiveLayer`
 (per structure: the factor S of A⁻¹ = S Sᵀ for ``full``, the per-block inverse
 eigenvalues and rotations for ``diag``/``kfac``, the low-rank and diagonal parts for
@@ -62,7 +63,8 @@ class PredictiveLayer(keras.layers.Layer):
 
     spec : {"structure": name, "structure_spec": {...}, "weights": the selection of weights
     (:meth:`sigma.weights.Selection.describe`), "likelihood": "regression" |
-    "classification", "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
+    "classification" | "heteroscedastic" ([μ | ln σ²]: mean and std of K = n_outputs/2),
+    "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
     "arrays": {name: shape}, "n_outputs": K, "input_names": [name, ...] | None (several
     inputs)}.
 
@@ -100,6 +102,9 @@ class PredictiveLayer(keras.layers.Layer):
         var = cls.graph_variance(eng, self.spec["structure_spec"], arrays, inputs)
         var = tf.debugging.check_numerics(tf.cast(var, tf.float64), NON_FINITE_VARIANCE)
         var = tf.maximum(var, 0.0)
+        if self.spec["likelihood"] == "heteroscedastic":  # [μ | ln σ²]: noise head + weights
+            k = self.spec["n_outputs"] // 2
+            return {"mean": mean[:, :k], "std": tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))}
         if self.spec["likelihood"] == "regression":
             noise = tf.constant(self.spec["noise"], tf.float64)
             return {"mean": mean, "std": tf.sqrt(var + noise)}
@@ -120,8 +125,10 @@ class PredictiveLayer(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         n = tf.nest.flatten(inputs)[0].shape[0]
         k = self.spec["n_outputs"]
+        if self.spec["likelihood"] == "heteroscedastic":
+            k = k // 2
         out = keras.KerasTensor((n, k), dtype="float64")
-        if self.spec["likelihood"] == "regression":
+        if self.spec["likelihood"] in ("regression", "heteroscedastic"):
             return {"mean": out, "std": keras.KerasTensor((n, k), dtype="float64")}
         return out
 
@@ -151,6 +158,12 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
         )
     if post.weighted is not None:
         raise ValueError("to_keras needs one beta for all outputs (not one per output)")
+    lik = post.likelihood
+    if lik.name == "heteroscedastic" and lik.parameterisation != "mean_logvar":
+        raise ValueError(
+            "to_keras supports likelihood='heteroscedastic' with parameterisation='mean_logvar' "
+            f"only (its mean is an output), got {lik.parameterisation!r}: use Laplace.predict"
+        )
     structure = post.structure
     k = post.summary.n_outputs
     arrays, structure_spec = structure.export(model, post.alpha_weights(), post.beta)
@@ -158,7 +171,7 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
         "structure": structure.name,
         "structure_spec": structure_spec,
         "weights": post.selection.describe(),
-        "likelihood": "regression" if post.likelihood.has_beta else "classification",
+        "likelihood": "regression" if lik.has_beta else lik.name,
         "heads": None
         if post.likelihood.heads is None
         else [list(h) for h in post.likelihood.heads],

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from sigma import metrics, predictive
+from sigma import heteroscedastic, metrics, predictive
 from sigma._checks import check_inputs, check_positive_int, check_precision
 from sigma._checks import n_samples as sample_count
 from sigma.posterior import Posterior
 
-METRICS = {"regression": ("nll",), "classification": ("nll", "brier", "ece")}
+METRICS = {
+    "regression": ("nll",),
+    "classification": ("nll", "brier", "ece"),
+    "heteroscedastic": ("nll",),
+}
 _SCORES = {"nll": metrics.nll, "brier": metrics.brier, "ece": metrics.expected_calibration_error}
 
 
@@ -34,7 +38,7 @@ def optimize_prior(
 ) -> tuple[Posterior, dict]:
     """(the posterior at the best value of ``metric`` on (x_val, y_val), a record of the
     search): see :meth:`sigma.Laplace.optimize_prior`."""
-    kind = "regression" if post.likelihood.has_beta else "classification"
+    kind = "regression" if post.likelihood.has_beta else post.likelihood.name
     if metric not in METRICS[kind]:
         raise ValueError(f"metric must be one of {METRICS[kind]} for {kind}, got {metric!r}")
     if not isinstance(beta, bool):
@@ -75,6 +79,9 @@ def optimize_prior(
             return metrics.gaussian_nll(
                 *predictive.mean_and_std(trial, model, x_val, name="x_val"), y_val
             )
+        if kind == "heteroscedastic":  # α only, the NLL of noise head + weight uncertainty
+            mean, std = heteroscedastic.predict(trial, model, x_val, name="x_val")
+            return metrics.gaussian_nll(mean, std, y_val[:, : mean.shape[1]])
         probs = predictive.probabilities(trial, model, x_val, name="x_val")
         return sum(_SCORES[metric](probs[:, s:e], y_val[:, s:e]) for s, e in heads)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from sigma import evidence
 from sigma._checks import check_precisions
-from sigma.posterior import NO_BETA, Posterior
+from sigma.posterior import Posterior, no_beta
 
 # Residuals below this many units of the model dtype's precision (relative to the outputs)
 # are round-off: the network interpolates its training data and β has no finite optimum.
@@ -81,7 +81,7 @@ def log_evidence(post: Posterior, alpha=None, beta=None):
     precisions by default; with one group, ``alpha``/``beta`` may be broadcasting grids."""
     has_beta = post.likelihood.has_beta
     if not has_beta and beta is not None:
-        raise ValueError(NO_BETA)
+        raise ValueError(no_beta(post.likelihood))
     if beta is not None:
         check_precisions(beta, "beta", allow_zero=False)
     if post.prior.scalar:
@@ -173,7 +173,7 @@ def optimize(
     ``eps``: the precision of the model's dtype (to tell interpolation from noise)."""
     has_beta = post.likelihood.has_beta
     if not has_beta and per_output:
-        raise ValueError(NO_BETA)
+        raise ValueError(no_beta(post.likelihood))
     start = post.alpha.copy()
     if np.any(start == 0):
         start = np.where(start == 0, post.alpha_from_zero(), start)

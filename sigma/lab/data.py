@@ -108,7 +108,8 @@ class RegressionSplit(NamedTuple):
     y_scale: float
 
 
-def _standardised(x_train, x_test, y_train, y_test) -> RegressionSplit:
+def standardised(x_train, x_test, y_train, y_test) -> RegressionSplit:
+    """The split with inputs and targets standardised by the training part's mean and std."""
     x_mean, x_std = x_train.mean(axis=0), x_train.std(axis=0)
     y_mean, y_std = float(y_train.mean()), float(y_train.std())
     return RegressionSplit(
@@ -136,7 +137,7 @@ def diabetes_split(test_size: float = 0.2, seed: int = 0) -> RegressionSplit:
         test_size=test_size,
         random_state=seed,
     )
-    return _standardised(x_train, x_test, y_train, y_test)
+    return standardised(x_train, x_test, y_train, y_test)
 
 
 def friedman_regression(
@@ -151,4 +152,4 @@ def friedman_regression(
     if min(n_train, n_test) < 2 or not noise > 0:
         raise ValueError("n_train and n_test must be at least 2 and noise > 0")
     x, y = make_friedman1(n_samples=n_train + n_test, noise=noise, random_state=seed)
-    return _standardised(x[:n_train], x[n_train:], y[:n_train], y[n_train:])
+    return standardised(x[:n_train], x[n_train:], y[:n_train], y[n_train:])
