@@ -251,7 +251,9 @@ def prepare(args, tmp: Path) -> dict[str, Path]:
     x, xt, y, _ = teacher_regression(args.n, args.test, seed=args.seed)
     x, xt, y = x.astype("float32"), xt.astype("float32"), y.astype("float32")
     net = sigma.lab.mlp(MLP[0], MLP[1:-1], MLP[-1], activation="relu", seed=args.seed)
-    sigma.lab.train(net, x, y, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=args.seed)
+    sigma.lab.train(
+        net, x, y, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=args.seed
+    )
     paths["mlp"] = tmp / "mlp.npz"
     np.savez(paths["mlp"], x_train=x, y_train=y, x_test=xt, **kernels(net))
     return paths

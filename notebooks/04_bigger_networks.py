@@ -52,7 +52,6 @@ seed: int = 0  # seed for the splits, the synthetic data, the initial weights an
 metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
-import textwrap
 import time
 
 import keras
@@ -264,7 +263,9 @@ fig = compare.sigma_scatter(c_cnn, title="digits CNN: σ of each logit against f
 # fit.
 
 # %%
-big = sigma.lab.mlp(784, (hidden_big, hidden_big), 10, activation="relu", dtype="float32", seed=seed)
+big = sigma.lab.mlp(
+    784, (hidden_big, hidden_big), 10, activation="relu", dtype="float32", seed=seed
+)
 estimates = {
     name: structures.estimate(
         name,
@@ -317,61 +318,44 @@ print("\n".join(f"{name}: {note}" for name, note in c_big.notes.items()))
 
 # %% [markdown]
 # ## What the tables say
-# Every figure below is read from the tables above (times on whatever machine ran it).
-
+# **Memory.** On the 784-256-256-10 MLP `full` would need P² numbers and is refused before it
+# allocates, with an error naming the structures that fit (printed above). For the others, the
+# memory each estimated before fitting against the peak measured while it fitted, with its fit
+# time, and its held-out 95% coverage and NLL (β held at the residuals' NK/(2E_D), α from the
+# evidence):
 
 # %%
 big_rows = table_big.set_index("structure")
 fitted = big_rows[big_rows["status"] == "ok"]
-over = [n for n in fitted.index if fitted.loc[n, "fit_peak_MB"] > fitted.loc[n, "estimate_MB"]]
+fitted[["estimate_MB", "fit_peak_MB", "fit_s", "coverage_95", "nll"]].round(3)
+
+# %% [markdown]
+# **Against `full`.** On the digits networks, where `full` fits, every structure's σ at full's
+# α against full's σ (median relative error; 0 for `full` itself; lowrank+diag at each rank:
+# the rank sweep above):
+
+# %%
+pd.concat(
+    {
+        "digits MLP": table_mlp.set_index("structure")["sigma_rel_err_median"],
+        "digits CNN": table_cnn.set_index("structure")["sigma_rel_err_median"],
+    },
+    axis=1,
+).round(4)
+
+# %% [markdown]
+# **Pure low rank against lowrank+diag** (k as set above): σ's error against `full` and the
+# evidence's α as a multiple of full's:
+
+# %%
+table_lr[["sigma_rel_err_median", "alpha_vs_full"]].round(4)
+
+# %% [markdown]
+# **Held out**, each structure at its own evidence α (digits MLP):
+
+# %%
 mlp_rows = table_mlp.set_index("structure")
-lines = [
-    f"Memory: on the 784-{hidden_big}-{hidden_big}-10 MLP full would need about "
-    f"{memory.format_bytes(estimates['full'])}"
-    + (
-        " and was refused before allocating, the structures that fit named"
-        if "full" in c_big.notes
-        else " and was fitted"
-    )  # fmt: skip
-    + "; measured peak / estimate: "
-    + ", ".join(
-        f"{n} {fitted.loc[n, 'fit_peak_MB']:.0f} / {fitted.loc[n, 'estimate_MB']:.0f} MB"
-        for n in fitted.index
-    )  # fmt: skip
-    + (
-        f" — above its estimate: {', '.join(over)}."
-        if over
-        else " — every peak below its estimate."
-    ),
-    "Against full (digits MLP, every structure at full's α), median relative σ error: "
-    + compare.sigma_errors(c_mlp)
-    + "; lowrank+diag at k = "
-    + ", ".join(f"{r['rank']}: {compare.percent(r['sigma_rel_err_median'])}" for r in sweep)
-    + f" (rank sweep). CNN: {compare.sigma_errors(c_cnn)}.",
-    f"Pure lowrank against lowrank+diag (k = {rank}): median σ error "
-    f"{compare.percent(table_lr.loc['lowrank pure', 'sigma_rel_err_median'])} against "
-    f"{compare.percent(table_lr.loc['lowrank+diag', 'sigma_rel_err_median'])} (diag "
-    f"{compare.percent(table_lr.loc['diag', 'sigma_rel_err_median'])}); their evidence α is "
-    f"{table_lr.loc['lowrank pure', 'alpha_vs_full']:.3g}× and "
-    f"{table_lr.loc['lowrank+diag', 'alpha_vs_full']:.3g}× full's (diag "
-    f"{table_lr.loc['diag', 'alpha_vs_full']:.3g}×).",
-    "Held out, each with its own evidence α (digits MLP): accuracy "
-    f"{mlp_rows['accuracy'].min():.3f}–{mlp_rows['accuracy'].max():.3f}; NLL / ECE "
-    + ", ".join(
-        f"{n} {mlp_rows.loc[n, 'nll']:.3f} / {mlp_rows.loc[n, 'ece']:.3f}"
-        for n in mlp_rows.index
-        if mlp_rows.loc[n, "status"] == "ok"
-    )  # fmt: skip
-    + f"; lowest NLL: {mlp_rows['nll'].idxmin()}.",
-    f"The big MLP (β held at {beta_ml:.3g}, α from the evidence), 95% coverage / NLL / fit time: "
-    + ", ".join(
-        f"{n} {compare.percent(fitted.loc[n, 'coverage_95'])} / {fitted.loc[n, 'nll']:.2f} / "
-        f"{fitted.loc[n, 'fit_s']:.0f} s"
-        for n in fitted.index
-    )  # fmt: skip
-    + ".",
-]
-print("\n\n".join(textwrap.fill(line, 100) for line in lines))
+mlp_rows.loc[mlp_rows["status"] == "ok", ["accuracy", "nll", "ece"]].round(4)
 
 # %% [markdown]
 # last_layer holds the other weights fixed, so its σ leaves out their uncertainty; pure lowrank
