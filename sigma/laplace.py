@@ -32,13 +32,7 @@ from sigma._checks import (
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
-from sigma.classification import (
-    MAX_SAMPLES,
-    METHODS,
-    check_logits,
-    probit_probabilities,
-    sampled_probabilities,
-)
+from sigma.classification import MAX_SAMPLES, check_logits, check_method, probabilities
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -496,17 +490,19 @@ class Laplace:
         with one logit per output is a binary classifier: its column is P(y = 1) = σ(f),
         probit σ(μ / sqrt(1 + π/8 · Σ)), the way Keras' own sigmoid output reads.
 
-        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
-        softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
-        ``n_samples`` draws of the logits from a generator seeded by ``seed``.
-        Classification only (ValueError for regression).
+        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ) (K×K covariance per input). ``method``
+        (:mod:`sigma.classification`): "probit" (default), softmax(μ / sqrt(1 + π/8 · diag Σ));
+        "mc", the mean of softmax over ``n_samples`` draws of the logits with the full
+        covariance, from a generator seeded by ``seed``; "mean_field" (Lu et al. 2020, the
+        variances of the logit differences, Σ_kk + Σ_jj − 2Σ_kj) and "mean_field_diag"
+        (Σ_kk + Σ_jj); "bridge", the mean of the Laplace bridge's Dirichlet (Hobbhahn et al.
+        2022). Classification only (ValueError for regression).
         """
         if self.likelihood.has_beta:
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
-        if not isinstance(method, str) or method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        check_method(method)
         n_samples = check_positive_int(n_samples, "n_samples")
         if n_samples > MAX_SAMPLES:
             raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
@@ -523,10 +519,9 @@ class Laplace:
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
         _check_finite_variance(cov, name)
-        heads = self.likelihood.heads
-        if method == "probit":
-            return probit_probabilities(mean, cov, heads)
-        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed, heads=heads)
+        return probabilities(
+            mean, cov, method=method, n_samples=n_samples, seed=seed, heads=self.likelihood.heads
+        )
 
     # -- evidence -------------------------------------------------------------------------------
     def _spectral(self, structure=None) -> bool:
