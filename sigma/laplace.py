@@ -13,6 +13,7 @@ probabilities for ``likelihood="classification"`` :mod:`sigma.classification`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -54,7 +55,8 @@ PRIOR_METRICS = {"regression": ("nll",), "classification": ("nll", "brier", "ece
 INTERPOLATION = 100
 _NO_BETA = (
     "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
-    "precision); only alpha can be set or optimised"
+    "precision; beta reads 1/temperature for a tempered likelihood, set by temperature=); "
+    "only alpha can be set or optimised"
 )
 
 
@@ -88,6 +90,10 @@ class Laplace:
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
         cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,); a model with
         one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1).
+    temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
+        in the curvature (C/T, i.e. A = D_α + C/T) and in the evidence (cross-entropy/T);
+        :attr:`beta` then reads 1/T. T < 1 sharpens the likelihood (less weight
+        uncertainty), T > 1 flattens it. Default 1 (the plain likelihood).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -116,6 +122,7 @@ class Laplace:
         y=None,
         *,
         likelihood: str = "regression",
+        temperature: float = 1.0,
         curvature: str = "ggn",
         structure: str | Structure = "full",
         prior="scalar",
@@ -170,6 +177,9 @@ class Laplace:
             raise ValueError(_NO_BETA)
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
+        temperature = _check_temperature(temperature, self.likelihood.has_beta)
+        if not self.likelihood.has_beta:
+            beta = 1.0 / temperature  # the tempered likelihood's curvature is C/T
         self._beta, self._weighted, self._blocks = 1.0, None, None
         if is_dataset(x):
             if y is not None:
@@ -258,6 +268,16 @@ class Laplace:
     @alpha.setter
     def alpha(self, value):
         self._set_precisions(self._check_alpha(value), self._beta)
+
+    @property
+    def temperature(self) -> float:
+        """The likelihood's temperature T (classification: p(y | f)^(1/T); 1 for regression)."""
+        return 1.0 if self.likelihood.has_beta else 1.0 / float(self._beta)
+
+    def _tempered_error(self) -> float:
+        """The data term of the evidence: E_D for regression, cross-entropy/T for
+        classification (β holds 1/T there)."""
+        return self.data_error if self.likelihood.has_beta else self._beta * self.data_error
 
     @property
     def beta(self) -> float | np.ndarray:
@@ -617,8 +637,8 @@ class Laplace:
         if self._spectral():
             if not self.likelihood.has_beta:
                 return evidence.log_evidence_classification(
-                    self._evidence_eigenvalues(),
-                    cross_entropy=self.data_error,
+                    self._beta * self._evidence_eigenvalues(),  # tempered: C/T, E/T
+                    cross_entropy=self._tempered_error(),
                     weight_error=self.weight_error,
                     n_params=self.n_params,
                     alpha=alpha,
@@ -645,7 +665,7 @@ class Laplace:
         logdet, _ = self._terms()(alphas, float(beta))
         return evidence.log_evidence_groups(
             logdet=logdet,
-            data_error=self.data_error,
+            data_error=self._tempered_error(),
             weight_errors=self.weight_errors,
             sizes=self.prior.sizes,
             n_obs=self.n_data * self.n_outputs,
@@ -728,9 +748,12 @@ class Laplace:
                     n_iter=0,
                     which=["beta"],
                 )
+            terms = self._terms()
+            if not has_beta:  # β is held at 1/T (the temperature): maximize holds it at 1
+                terms = functools.partial(_fixed_beta, terms, self._beta)
             result = evidence.maximize(
-                self._terms(),
-                data_error=self.data_error,
+                terms,
+                data_error=self._tempered_error(),
                 weight_errors=self.weight_errors,
                 sizes=self.prior.sizes,
                 n_obs=self.n_data * self.n_outputs if has_beta else None,
@@ -742,6 +765,8 @@ class Laplace:
                 max_iter=max_iter,
             )
             result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
+            if not has_beta:
+                result.beta = self._beta
         self._set_precisions(result.alpha, result.beta)
         if self.prior.scalar:
             result.alpha = float(result.alpha[0])
@@ -928,6 +953,27 @@ class Laplace:
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )
+
+
+def _fixed_beta(terms, beta, alphas, _):
+    """``terms`` at the given β whatever β it is asked at."""
+    return terms(alphas, beta)
+
+
+def _check_temperature(value, has_beta: bool) -> float:
+    """A finite T > 0; only 1 for regression (where β itself is the likelihood's scale)."""
+    try:
+        t = float(value) if isinstance(value, numbers.Real) else np.nan
+    except OverflowError:  # an integer beyond float64
+        t = np.inf
+    if isinstance(value, bool) or not (np.isfinite(t) and t > 0 and np.isfinite(1.0 / t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    if has_beta and t != 1.0:
+        raise ValueError(
+            "temperature applies to likelihood='classification'; for regression the noise "
+            f"precision beta scales the likelihood (beta/T tempers it), got temperature={value!r}"
+        )
+    return t
 
 
 def _check_finite_variance(var, name: str = "x") -> None:
