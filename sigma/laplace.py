@@ -271,8 +271,15 @@ class Laplace:
 
     @property
     def temperature(self) -> float:
-        """The likelihood's temperature T (classification: p(y | f)^(1/T); 1 for regression)."""
+        """The likelihood's temperature T (classification: p(y | f)^(1/T); 1 for regression).
+        Settable (classification): the curvature is not refitted, A = D_α + C/T."""
         return 1.0 if self.likelihood.has_beta else 1.0 / float(self._beta)
+
+    @temperature.setter
+    def temperature(self, value):
+        value = _check_temperature(value, self.likelihood.has_beta)
+        if not self.likelihood.has_beta:
+            self._set_precisions(self._alpha, 1.0 / value)
 
     def _tempered_error(self) -> float:
         """The data term of the evidence: E_D for regression, cross-entropy/T for

@@ -133,3 +133,16 @@ def test_temperature_is_for_classification(rng):
     with pytest.raises(ValueError, match="temperature applies to likelihood='classification'"):
         sigma.Laplace(model, x, y, temperature=2.0)
     assert sigma.Laplace(model, x, y, temperature=1.0).temperature == 1.0
+
+
+def test_setting_the_temperature_is_a_refit_at_that_temperature(problem):
+    model, x, labels = problem
+    la = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5)
+    la.temperature = 0.2
+    fresh = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5, temperature=0.2)
+    assert la.temperature == pytest.approx(0.2)
+    np.testing.assert_allclose(la.predict_proba(x), fresh.predict_proba(x), rtol=1e-10)
+    np.testing.assert_allclose(la.log_evidence(), fresh.log_evidence(), rtol=1e-12)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        la.temperature = -1.0
+    assert la.temperature == pytest.approx(0.2)
