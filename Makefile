@@ -11,29 +11,40 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 REPORTS := reports
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
-PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-n 2" (pytest-xdist) or "-x -k laplace"
+PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-x -k laplace"
 
-.PHONY: help env test test-unit test-notebooks fuzz run notebooks lab lint format bench bench-peer figure clean
+.PHONY: help env test test-fast test-unit test-notebooks fuzz run notebooks lab lint format bench bench-peer figure clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "sigma needs Python 3.11 (TensorFlow 2.21 and Keras 3.15 are pinned for it); '$(PYTHON)' is" \
+	    "$$($(PYTHON) --version 2>&1 || echo 'not found'). Run: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	-$(PY) -m pip uninstall --quiet --yes sigma 2>/dev/null  # the distribution's name before 0.3
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 env: $(STAMP) ## create .venv (plain venv + pip, from pyproject.toml) if missing
 
-test: $(STAMP) ## run the whole test suite (unit tier, then notebooks with small parameters)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# Tests run on every core (pytest-xdist; JOBS=1 for one process) and print the ten slowest.
+JOBS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(JOBS) --durations=10
 
-test-unit: $(STAMP) ## unit tier only (fast)
-	$(PY) -m pytest -q -m "not notebook" $(PYTEST_ARGS)
+test: $(STAMP) ## the whole suite, as CI runs it: unit tier, wheel, subprocesses, notebooks (≤ 5 min on 2 cores)
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## core math, API and errors only: no notebooks, subprocesses or wheel (≤ 60 s on 2 cores)
+	$(PYTEST) -m "not notebook and not slow" $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## everything but the notebook tier
+	$(PYTEST) -m "not notebook" $(PYTEST_ARGS)
 
 test-notebooks: $(STAMP) ## notebook tier only: papermill with small parameters
-	$(PY) -m pytest -q -m notebook $(PYTEST_ARGS)
+	$(PYTEST) -m notebook $(PYTEST_ARGS)
 
 FUZZ_SCALE ?= 50  # examples per fuzz test: this many times the default profile's
 fuzz: $(STAMP) ## deep property-based fuzzing of the public boundary (tests/test_fuzz.py, hypothesis "fuzz" profile, fresh seed)

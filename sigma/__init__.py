@@ -19,10 +19,11 @@ loading TensorFlow; ``sigma.Laplace`` imports the core when first touched.
 
 import importlib as _importlib
 import os as _os
+import sys as _sys
+
+from sigma._version import __version__ as __version__
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-__version__ = "0.2.0"
 
 _EXPORTS = {
     "EvidenceCallback": "sigma.callbacks",
@@ -49,17 +50,33 @@ _EXPORTS = {
 }
 _SUBMODULES = {
     "callbacks", "classification", "curvature", "evidence", "lab", "laplace", "likelihoods",
-    "memory", "metrics", "params", "priors", "structures", "sweep",
+    "memory", "metrics", "params", "priors", "structures", "sweep", "weights",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)
 
 
+# What the core needs and the distribution installs; a missing one is named with the fix.
+_REQUIRED = {"tensorflow": "tensorflow-cpu==2.21.0", "keras": "keras==3.15.1"}
+
+
+def _import(module: str):
+    try:
+        return _importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name not in _REQUIRED:
+            raise
+        raise ImportError(
+            f"sigma needs {exc.name} ({_REQUIRED[exc.name]}), which is not installed in this "
+            f"Python ({_sys.executable}): pip install keras-sigma installs it"
+        ) from exc
+
+
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_import(_EXPORTS[name]), name)
     elif name in _SUBMODULES:
-        value = _importlib.import_module(f"sigma.{name}")
+        value = _import(f"sigma.{name}")
     else:
         raise AttributeError(f"module 'sigma' has no attribute {name!r}")
     globals()[name] = value

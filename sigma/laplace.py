@@ -46,6 +46,8 @@ from sigma.curvature.accumulate import (
 from sigma.outputs import OutputLayout
 from sigma.priors import Prior, build_prior, owners_of
 from sigma.structures import Structure, fit_structure
+from sigma.weights import from_index as weights_from_index
+from sigma.weights import select
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
@@ -68,14 +70,18 @@ class Laplace:
     model : keras.Model, built and trained; f(x) ∈ R^K per sample.
     x : array (N, ...) of training inputs, matching the model's input shape; or a
         ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every streaming
-        structure (all five built in) consumes the dataset batch by batch.
+        structure (all four built in) consumes the dataset batch by batch.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
+    weights : which weights the posterior covers (:mod:`sigma.weights`): "all" (default),
+        "last_layer" (the last Dense layer's), a list of the model's trainable variables (e.g.
+        Keras' LoRA adapters), or a boolean mask per trainable variable; the others are held
+        at their trained values and P is the number selected.
     structure : how C is stored: a registered name (:mod:`sigma.structures`; "full": P×P,
         "diag": the exact GGN diagonal, "kfac": Kronecker factors per Dense/Conv layer,
-        "lowrank": top-k eigenpairs by block Lanczos (+ the exact diagonal of the rest),
-        "last_layer": the final Dense layer only; see README "Structures and layers") or an
-        unfitted :class:`~sigma.structures.Structure`.
+        "lowrank": top-k eigenpairs by block Lanczos (+ the exact diagonal of the rest); see
+        README "Structures and layers") or an unfitted :class:`~sigma.structures.Structure`.
+        "last_layer" stands for ``weights="last_layer", structure="full"``.
     structure_options : keyword arguments for the structure's constructor, e.g.
         ``{"rank": 50}`` for "lowrank".
     prior : the groups of weights that share a prior precision (:mod:`sigma.priors`):
@@ -125,6 +131,7 @@ class Laplace:
         temperature: float = 1.0,
         curvature: str = "ggn",
         structure: str | Structure = "full",
+        weights="all",
         prior="scalar",
         alpha=1.0,
         beta=1.0,
@@ -137,6 +144,7 @@ class Laplace:
     ):
         if not isinstance(curvature, str) or curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        structure, weights = structures.resolve(structure, weights)
         if isinstance(structure, Structure):
             if structure_options is not None and not isinstance(structure_options, dict):
                 raise ValueError(
@@ -161,6 +169,8 @@ class Laplace:
         _check_flag(progress, "progress")
         self.likelihood = likelihoods.get(likelihood)
         check_model(model)
+        self.selection = select(model, weights)
+        structure = structure.on(self.selection)
         if not is_dataset(x):
             x = check_inputs(model, x)
             self.output_layout = engine(model).output_layout(x)
@@ -236,9 +246,14 @@ class Laplace:
             strategy=current_strategy(strategy),
             progress=progress,
         )
-        # The posterior's weights: all of them, or the final layer's for "last_layer".
+        # The posterior's weights: those of the selection (all of them by default).
         self.n_params = self.structure.n_params
-        self.prior = build_prior(prior, self.structure.posterior_variables(model), owners_of(model))
+        self.prior = build_prior(
+            prior,
+            self.selection.variables(model),
+            owners_of(model),
+            sizes=self.selection.sizes,
+        )
         self.structure.check_prior(self.prior)
         w_post = np.asarray(self.structure.posterior_weights(model), np.float64)
         self.weight_errors = self.prior.weight_errors(w_post)  # E_Wg per group
@@ -915,10 +930,17 @@ class Laplace:
         check_model(model)
         saving.check_fingerprint(header["fingerprint"], model, path)
         spec = header["structure"]
-        structure = structures.get(spec["name"]).from_options(spec["options"])
+        if "weights_index" in arrays:
+            selection = weights_from_index(
+                model, arrays["weights_index"], header["weights"]["kind"]
+            )
+        else:  # format 1: every weight, or the last layer for structure "last_layer"
+            selection = select(model, structures.resolve(spec["name"], "all")[1])
+        structure = structures.get(spec["name"]).from_options(spec["options"]).on(selection)
         state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
         structure.restore(model, state, spec["info"])
         la = cls.__new__(cls)
+        la.selection = selection
         data, layout = header["data"], header["output_layout"]
         lik = header["likelihood"]
         la.likelihood = likelihoods.get(lik["name"])

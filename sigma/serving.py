@@ -4,7 +4,7 @@
 :class:`keras.Model` whose output is ``{"mean": (N, K), "std": (N, K)}`` for regression (std
 with the 1/β noise) or the class probabilities (N, K) for classification (probit, one softmax
 per head). The posterior enters as the non-trainable weights of a :class:`PredictiveLayer`
-(per structure: the factor S of A⁻¹ = S Sᵀ for ``full``/``last_layer``, the per-block inverse
+(per structure: the factor S of A⁻¹ = S Sᵀ for ``full``, the per-block inverse
 eigenvalues and rotations for ``diag``/``kfac``, the low-rank and diagonal parts for
 ``lowrank``), and the variance diag J(x) A⁻¹ J(x)ᵀ is computed by TensorFlow ops — per-sample
 Jacobians, or the layer inputs and output sensitivities — at the precisions of the Laplace
@@ -24,8 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import structures
+from sigma import structures, weights
 from sigma._checks import model_dtype
+from sigma.curvature.engine import engine
 from sigma.curvature.layers import flat_outputs
 
 
@@ -33,7 +34,8 @@ from sigma.curvature.layers import flat_outputs
 class PredictiveLayer(keras.layers.Layer):
     """The Laplace predictive of ``model`` as a layer (see the module docstring).
 
-    spec : {"structure": name, "structure_spec": {...}, "likelihood": "regression" |
+    spec : {"structure": name, "structure_spec": {...}, "weights": the selection of weights
+    (:meth:`sigma.weights.Selection.describe`), "likelihood": "regression" |
     "classification", "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
     "arrays": {name: shape}, "n_outputs": K}.
     """
@@ -42,6 +44,8 @@ class PredictiveLayer(keras.layers.Layer):
         kwargs.setdefault("dtype", model_dtype(model))
         super().__init__(**kwargs)
         self.model, self.spec = model, spec
+        described = spec.get("weights")
+        self.selection = None if described is None else weights.from_description(model, described)
         self.posterior = {
             name: self.add_weight(
                 shape=tuple(shape),
@@ -58,7 +62,8 @@ class PredictiveLayer(keras.layers.Layer):
         mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)
         arrays = {k: tf.convert_to_tensor(v) for k, v in self.posterior.items()}
         cls = structures.get(self.spec["structure"])
-        var = cls.graph_variance(self.model, self.spec["structure_spec"], arrays, inputs)
+        eng = engine(self.model, self.selection)
+        var = cls.graph_variance(eng, self.spec["structure_spec"], arrays, inputs)
         var = tf.maximum(tf.cast(var, tf.float64), 0.0)
         if self.spec["likelihood"] == "regression":
             noise = tf.constant(self.spec["noise"], tf.float64)
@@ -117,6 +122,7 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
     spec = {
         "structure": structure.name,
         "structure_spec": structure_spec,
+        "weights": laplace.selection.describe(),
         "likelihood": "regression" if laplace.likelihood.has_beta else "classification",
         "heads": None
         if laplace.likelihood.heads is None

@@ -61,3 +61,20 @@ def data(rng):
     x = rng.normal(size=(12, 3))
     y = rng.normal(size=(12, 2))
     return x, y
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the long tiers first (notebooks, then slow tests), the quick unit tests last: spread
+    over processes (pytest-xdist), the short tests then fill the gaps instead of one process
+    finishing a notebook alone at the end."""
+
+    def tier(item):
+        return (
+            0
+            if item.get_closest_marker("notebook")
+            else 1
+            if item.get_closest_marker("slow")
+            else 2
+        )
+
+    items.sort(key=tier)  # stable: file order within a tier

@@ -19,6 +19,8 @@ import sigma
 from sigma.curvature.accumulate import Accumulator, as_dataset
 from sigma.structures import Structure, fit_structure
 
+pytestmark = pytest.mark.slow  # worker processes / notebook kernels
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

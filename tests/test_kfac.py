@@ -156,6 +156,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_diag_and_kfac_under_a_mirrored_strategy_equal_one_device():
     """Two replicas trace the patched forward pass in threads (sigma.curvature.layers serialises it).
     A subprocess: logical devices must be configured before TensorFlow initialises them."""

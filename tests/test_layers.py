@@ -76,6 +76,7 @@ def test_plan_says_which_layer_takes_which_path():
     assert [b.d_in for b in plan.fast] == [3 * 2 * 2 + 1, 2 * 2 * 3 + 1, 2 * 2 + 1, 2 * 2, 3 + 1]
 
 
+@pytest.mark.slow
 def test_unsupported_variants_take_the_generic_path():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

@@ -208,6 +208,7 @@ def test_float32_complement_does_not_amplify_round_off():
     np.testing.assert_allclose(low.predict(xt, noise=False)[1], ref, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_rank_20_costs_at_most_30_passes_over_the_data(rng):
     """Block products: k = 20 eigenpairs of a 2,162-weight GGN in ≤ 30 passes over the data
     (single-vector Lanczos needs a pass per Krylov vector, over a hundred here), with the top-20

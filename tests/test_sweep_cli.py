@@ -92,6 +92,7 @@ def _without_root_override() -> list[str]:
     return [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}"]
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_cannot_run(tmp_path):
     grid = write_grid(tmp_path, {"beta": [1.0]})
     out = tmp_path / "out"

@@ -201,6 +201,7 @@ def _images(nb) -> list:
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_sweep_report_runs_on_a_sweep_folder(tmp_path):
     sweep = tmp_path / "sweeps" / "01_original"
     for beta in (1.0, 10.0, 100.0):
@@ -231,6 +232,7 @@ def test_sweep_report_runs_on_a_sweep_folder(tmp_path):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_the_report_draws_a_real_sweep_of_the_stand_in_at_its_defaults(tmp_path):
     """A5 end to end: the stand-in for notebook 01 run by the sweep, notebook 03 left at its
     default columns: every plot has data."""

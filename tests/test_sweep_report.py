@@ -92,6 +92,7 @@ def test_render_missing_renders_only_what_is_missing_or_stale(tmp_path):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_run_executes_at_given_parameters_and_renders(tmp_path, capsys):
     out = tmp_path / "reports"
     argv = ["run", str(PLAIN), "--out", str(out), "-p", "beta=2", "-p", "label=zz"]
@@ -255,7 +256,8 @@ def test_kernel_environment_sets_only_what_is_unset(monkeypatch):
 
 
 TF_NOISE = re.compile(
-    r"absl::InitializeLog|oneDNN|cpu_feature_guard|cuda|^[IWE]\d{4} ", re.I | re.M
+    r"absl::InitializeLog|oneDNN|cpu_feature_guard|cuda|native log line 42|^[IWE]\d{4} ",
+    re.I | re.M,
 )
 
 
@@ -270,6 +272,7 @@ def _stderr(nb) -> str:
 
 
 @pytest.mark.notebook
+@pytest.mark.slow
 def test_executed_notebooks_carry_no_tensorflow_log_noise(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # as in a plain shell
     # ipykernel copies what the kernel process writes to its stderr file descriptor (TensorFlow's
@@ -285,7 +288,9 @@ def test_executed_notebooks_carry_no_tensorflow_log_noise(tmp_path, monkeypatch)
         stderr_output = 'data-mime-type="application/vnd.jupyter.stderr"'
         assert stderr_output not in html and not TF_NOISE.search(html), page
 
-    # the same kernel started without that environment is noisy: the check above can fail
+    # the same kernel copying native stderr into the notebook (ipykernel's default) is noisy on
+    # every machine (the notebook writes one native log line itself): the check above can fail
     monkeypatch.setattr(notebook, "KERNEL_ENV", {})
+    monkeypatch.setattr(notebook, "KERNEL_ARGUMENTS", ("--IPKernelApp.log_level=ERROR",))
     loud = notebook.execute_notebook(notebook.read_notebook(TINY_TF), tmp_path / "loud.ipynb")
-    assert TF_NOISE.search(_stderr(loud))
+    assert "native log line 42" in _stderr(loud)

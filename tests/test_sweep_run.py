@@ -20,6 +20,8 @@ from sigma.sweep import cli, engine, run
 from sigma.sweep.notebook import notebook_sha256, read_notebook
 from sigma.sweep.records import RecordError, save_metrics
 
+pytestmark = pytest.mark.slow  # worker processes / notebook kernels
+
 HOLD = DATA / "tiny_hold.py"  # waits while $TINY_HOLD_FILE exists
 
 

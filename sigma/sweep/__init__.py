@@ -22,13 +22,43 @@ core never imports this package. Submodules load on first use (``sigma.sweep.rec
 """
 
 import importlib as _importlib
+import importlib.util as _util
 
 _SUBMODULES = ("records", "notebook", "grid", "table", "plots", "run", "engine", "report", "cli")
-__all__ = list(_SUBMODULES)
+__all__ = [*_SUBMODULES, "MissingExtra", "require_notebooks_extra"]
+# What the machinery imports beyond sigma's own dependencies: the "notebooks" extra
+# (import name -> distribution). records.py needs none of them (notebooks save metrics with it).
+NOTEBOOKS_EXTRA = {
+    "papermill": "papermill",
+    "nbformat": "nbformat",
+    "nbconvert": "nbconvert",
+    "jupytext": "jupytext",
+    "ipykernel": "ipykernel",
+    "pandas": "pandas",
+    "filelock": "filelock",
+}
+
+
+class MissingExtra(ImportError):
+    """A package of the ``notebooks`` extra is not installed; the message says what to install."""
+
+
+def require_notebooks_extra() -> None:
+    """Raise :class:`MissingExtra` naming every missing package of the ``notebooks`` extra and
+    the command that installs them (instead of a ModuleNotFoundError deep inside a sweep)."""
+    missing = [dist for mod, dist in NOTEBOOKS_EXTRA.items() if _util.find_spec(mod) is None]
+    if missing:
+        raise MissingExtra(
+            "sigma.sweep (papermill sweeps and HTML reports) needs the 'notebooks' extra; "
+            f"missing: {', '.join(missing)}. Install it with: pip install 'keras-sigma[notebooks]' "
+            "(or `make env` in a clone of the repository)"
+        )
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
+        if name not in ("records", "cli"):
+            require_notebooks_extra()
         return _importlib.import_module(f"sigma.sweep.{name}")
     raise AttributeError(f"module 'sigma.sweep' has no attribute {name!r}")
 

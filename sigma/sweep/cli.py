@@ -43,8 +43,13 @@ exit codes:
 def main(argv=None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    from sigma.sweep.engine import CannotRun, SweepInterrupted
+    from sigma.sweep import MissingExtra
 
+    try:
+        from sigma.sweep.engine import CannotRun, SweepInterrupted
+    except MissingExtra as exc:
+        _error(str(exc))
+        return CANNOT_RUN
     try:
         return args.handler(args)
     except SweepInterrupted as exc:

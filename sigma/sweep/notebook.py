@@ -3,9 +3,9 @@
 * :func:`read_notebook` — a jupytext percent script or an ``.ipynb`` as a NotebookNode.
 * :func:`notebook_sha256` — the hash of what runs: cell types, sources and tags (not outputs,
   not the file format), the identity of a notebook version in a sweep.
-* :func:`execute_notebook` — papermill in a fresh kernel whose environment silences
-  TensorFlow's C++ start-up logging (:data:`KERNEL_ENV`), so executed notebooks and their HTML
-  carry no oneDNN / absl / CUDA lines.
+* :func:`execute_notebook` — papermill in a fresh kernel that does not copy what native code
+  writes to the process's stderr into the notebook (:data:`KERNEL_ARGUMENTS`), so executed
+  notebooks and their HTML carry no oneDNN / absl / CUDA lines, on any CPU.
 * :func:`render_html` — a self-contained HTML page, readable offline: images are embedded and
   the template loads no script from a CDN (MathJax, require.js and mermaid are left out, so
   LaTeX shows as its source).
@@ -20,13 +20,23 @@ import os
 import re
 from pathlib import Path
 
+from sigma.sweep import require_notebooks_extra
 from sigma.sweep.records import write_text_atomic
 
+require_notebooks_extra()  # a clear message, not a ModuleNotFoundError deep inside
+
 DEFAULT_KERNEL = "python3"
-# Set in the kernel's environment unless already set: TensorFlow's C++ logging (oneDNN notices,
-# "All log messages before absl::InitializeLog()", CPU feature and CUDA lines) is off below
-# warnings and errors.
+# Set in the kernel's environment unless already set: TensorFlow's C++ logging is off below
+# warnings and errors once it is initialised.
 KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+# The kernel's options. TensorFlow writes some lines to file descriptor 2 while its libraries
+# load, before its logging reads TF_CPP_MIN_LOG_LEVEL ("All log messages before
+# absl::InitializeLog() is called ...", "oneDNN custom operations are on", CPU-feature lines;
+# which ones depends on the CPU). ipykernel copies everything native code writes there into the
+# cell's output unless capture_fd_output is off: off, such lines go to the kernel process's own
+# stderr (the terminal running the sweep) and Python's sys.stderr (warnings, progress bars)
+# still reaches the notebook.
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR", "--IPKernelApp.capture_fd_output=False")
 # The lab template without the <script src=https://cdn...> tags (require.js, MathJax, mermaid).
 _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
@@ -131,8 +141,7 @@ def execute_notebook(
             progress_bar=progress,
             execution_timeout=timeout,
             cwd=None if cwd is None else os.fspath(cwd),
-            # Quiet the kernel's "running over TCP without encryption" warning on our stderr.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            extra_arguments=list(KERNEL_ARGUMENTS),
         )
 
 

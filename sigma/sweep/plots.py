@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import itertools
 
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
+from sigma.sweep import require_notebooks_extra
+
+require_notebooks_extra()  # pandas, before it is imported below
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 REPLICATES = ("seed",)  # parameters averaged over rather than drawn as separate lines
 # What notebook 01 records: the β axis (a parameter) and the metrics drawn against it.

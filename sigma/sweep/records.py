@@ -44,7 +44,7 @@ VERSIONED_PACKAGES = {
     "keras": ("keras",),
     "numpy": ("numpy",),
     "scipy": ("scipy",),
-    "sigma": ("sigma",),
+    "sigma": ("keras-sigma", "sigma"),
 }
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sigma.sweep import require_notebooks_extra
 from sigma.sweep.records import ERROR_FILE, FAILED_DIR, METRICS_FILE, RecordError, read_record
+
+require_notebooks_extra()  # a clear message, not a ModuleNotFoundError deep inside
 
 # Columns after the parameters and metrics, in this order.
 RUN_COLUMNS = ("wall_time_s", "git_commit", "notebook_sha256")
