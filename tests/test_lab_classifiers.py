@@ -119,3 +119,19 @@ def test_means_over_seeds_and_targets():
     missed = {r["target"].split(" (")[0]: r["met"] for r in cl.targets(worse)}
     assert not missed["in distribution: NLL ≤ MAP's"]
     assert not missed["rotation: ECE < MAP's at every angle ≥ 30°"]
+
+
+def test_calibrated_ece_is_the_sampling_floor(rng):
+    """Labels drawn from the probabilities: the ECE of a calibrated predictor on N samples is
+    the same as simulating directly; it shrinks with N (≈ 1/sqrt(N))."""
+    logits = 3.0 * rng.normal(size=(4000, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    small = cl.calibrated_ece(probs[:200], n_draws=100, seed=1)
+    large = cl.calibrated_ece(probs, n_draws=20, seed=1)
+    assert 0 < large["mean"] < small["mean"] <= small["q95"]
+    assert small["mean"] / large["mean"] > 2.0  # sqrt(4000/200) ≈ 4.5, bins add a little
+    # by hand, one draw
+    u = np.random.default_rng(7).uniform(size=(200, 1))
+    labels = np.minimum((u > np.cumsum(probs[:200], axis=1)).sum(axis=1), 4)
+    one = cl.calibrated_ece(probs[:200], n_draws=1, seed=7)
+    assert one["mean"] == pytest.approx(metrics.expected_calibration_error(probs[:200], labels))

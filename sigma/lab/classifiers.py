@@ -58,7 +58,8 @@ class Setup:
     validation : the fraction of the training data held out (stratified) for temperature
         scaling and sigma's temperature; every method trains on the rest.
     ensemble_size, dropout, mc_samples : the deep ensemble and MC dropout.
-    structure, prior, link, temperatures : sigma's Laplace (structure and prior groups), the
+    structure, weights, prior, link, temperatures : sigma's Laplace (structure, the weights it
+        covers and the prior groups), the
         link from the logits' Gaussian to probabilities, and the bounds of the search for T.
     """
 
@@ -74,6 +75,7 @@ class Setup:
     dropout: float = 0.1
     mc_samples: int = 100
     structure: str = "kfac"
+    weights: str = "all"
     prior: str = "layer"
     link: str = "mean_field"
     temperatures: tuple[float, float] = (1e-4, 1.0)
@@ -95,6 +97,7 @@ def tempered_laplace(
     labels_val,
     *,
     structure: str = "kfac",
+    weights: str = "all",
     prior: str = "layer",
     link: str = "mean_field",
     temperatures=(1e-4, 1.0),
@@ -109,7 +112,10 @@ def tempered_laplace(
     """
     import scipy.optimize
 
-    la = Laplace(model, x, labels, likelihood="classification", structure=structure, prior=prior)
+    la = Laplace(
+        model, x, labels, likelihood="classification", structure=structure, weights=weights,
+        prior=prior,
+    )  # fmt: skip
     lo, hi = (float(np.log(t)) for t in temperatures)
     seen = {}
 
@@ -188,8 +194,8 @@ def train(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict, 
 
     start = time.perf_counter()
     la, info["sigma"] = tempered_laplace(
-        model, x_fit, l_fit, x_val, l_val, structure=setup.structure, prior=setup.prior,
-        link=setup.link, temperatures=setup.temperatures,
+        model, x_fit, l_fit, x_val, l_val, structure=setup.structure, weights=setup.weights,
+        prior=setup.prior, link=setup.link, temperatures=setup.temperatures,
     )  # fmt: skip
     predictors[SIGMA] = lambda x: la.predict_proba(x, method=setup.link)
     seconds[SIGMA] = seconds[MAP] + time.perf_counter() - start
@@ -347,4 +353,107 @@ def targets(results: list[dict], *, method: str = SIGMA, min_angle: float = 30.0
         if ENSEMBLE in {r["method"] for r in ood}:
             e = _value(ood, "auroc", method=ENSEMBLE, data=data, score=ENTROPY)
             add(f"OOD {data}: AUROC within 0.01 of the ensemble's", v, e, v - (e - 0.01))
+    return rows
+
+
+def recipes(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict, dict]:
+    """The ingredients of sigma's recipe, one at a time, on one seed: a Laplace at the MAP
+    weights of :func:`train`'s network with the α_g of the post-hoc evidence, of training with
+    the evidence (:class:`sigma.EvidenceCallback`, its own network), of held-out tuning
+    (``optimize_prior`` on the validation NLL or ECE) and of the evidence at the validation
+    temperature (:func:`tempered_laplace`) — over every layer (KFAC), the last layer (full and
+    KFAC), with the probit, mean-field or Monte Carlo link. Returns ``(predictors, info)`` as
+    :func:`train` does, for :func:`evaluate`; ``info`` holds each recipe's α, T and seconds."""
+    from sigma.callbacks import EvidenceCallback
+
+    x_fit, x_val, l_fit, l_val = split(x_train, labels_train, setup.validation, seed)
+    n_in, k = x_fit.shape[1], int(labels_train.max()) + 1
+    loss = baselines.classification_loss()
+    model = baselines.mlp(
+        n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
+    )
+    baselines.fit(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
+    predictors = {MAP: lambda x: baselines._softmax(baselines._outputs(model, x))}
+    info = {}
+
+    def laplace(**kw):
+        return Laplace(model, x_fit, l_fit, likelihood="classification", prior=setup.prior, **kw)
+
+    def add(name, la, link, start, extra=None):
+        predictors[name] = lambda x: la.predict_proba(x, method=link)
+        info[name] = {"alpha": np.atleast_1d(la.alpha).tolist(), "temperature": la.temperature,
+                      "seconds": time.perf_counter() - start, **(extra or {})}  # fmt: skip
+
+    start = time.perf_counter()
+    post_hoc = laplace(structure="kfac").optimize_evidence()
+    add("post-hoc evidence, probit", post_hoc, "probit", start)
+    add("post-hoc evidence, mean field", post_hoc, "mean_field", start)
+
+    start = time.perf_counter()
+    trained = baselines.mlp(
+        n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
+    )
+    cb = EvidenceCallback(x_fit, l_fit, structure="kfac", prior=setup.prior, every=10, verbose=0)
+    baselines.fit(trained, x_fit, l_fit, loss=loss, seed=seed, callbacks=[cb], **setup.training())
+    add("evidence-trained (EvidenceCallback), mean field", cb.laplace, "mean_field", start)
+
+    for metric in ("nll", "ece"):
+        start = time.perf_counter()
+        tuned = laplace(structure="kfac").optimize_evidence()
+        tuned.optimize_prior(x_val, l_val, metric=metric)
+        add(f"held-out α ({metric.upper()}), mean field", tuned, "mean_field", start)
+
+    for name, kw in (
+        ("tempered, KFAC all layers", {"structure": "kfac"}),
+        ("tempered, last layer full", {"structure": "full", "weights": "last_layer"}),
+        ("tempered, last layer KFAC", {"structure": "kfac", "weights": "last_layer"}),
+    ):
+        start = time.perf_counter()
+        la, extra = tempered_laplace(
+            model, x_fit, l_fit, x_val, l_val, prior=setup.prior, link=setup.link,
+            temperatures=setup.temperatures, **kw,
+        )  # fmt: skip
+        add(f"{name}, mean field", la, "mean_field", start, extra)
+        if kw["structure"] == "kfac" and "weights" not in kw:
+            add(f"{name}, probit", la, "probit", start, extra)
+            predictors[f"{name}, Monte Carlo"] = lambda x, la=la: la.predict_proba(
+                x, method="mc", n_samples=1000, seed=seed
+            )
+            add(f"{name}, Laplace bridge", la, "bridge", start, extra)
+    return predictors, info
+
+
+def calibrated_ece(probs, *, n_draws: int = 200, n_bins: int = 10, seed: int = 0) -> dict:
+    """The ECE a perfectly calibrated predictor shows on a test set of this size: labels drawn
+    from the probabilities (N, K) themselves, ``n_draws`` times. Returns {"mean", "q95"}: the
+    ECE below which a measured difference is sampling noise of the test set (ECE is biased
+    upwards at finite N)."""
+    probs = np.asarray(probs, np.float64)
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probs, axis=1)
+    values = []
+    for _ in range(int(n_draws)):
+        labels = (rng.uniform(size=(len(probs), 1)) > cumulative).sum(axis=1)
+        labels = np.minimum(labels, probs.shape[1] - 1)  # round-off of the last cumulative
+        values.append(metrics.expected_calibration_error(probs, labels, n_bins))
+    return {"mean": float(np.mean(values)), "q95": float(np.quantile(values, 0.95))}
+
+
+def ece_floor(results: list[dict], *, n_draws: int = 200) -> list[dict]:
+    """Per method, the mean over seeds of :func:`calibrated_ece` of its test probabilities
+    next to its measured ECE: rows {method, ece, calibrated_ece, calibrated_ece_q95}."""
+    rows = []
+    for method in dict.fromkeys(r["method"] for res in results for r in res["in_distribution"]):
+        floors = [
+            calibrated_ece(res["probabilities"][method], n_draws=n_draws, seed=res["seed"])
+            for res in results
+        ]
+        measured = [
+            r["ece"] for res in results for r in res["in_distribution"] if r["method"] == method
+        ]
+        rows.append({
+            "method": method, "ece": float(np.mean(measured)),
+            "calibrated_ece": float(np.mean([f["mean"] for f in floors])),
+            "calibrated_ece_q95": float(np.mean([f["q95"] for f in floors])),
+        })  # fmt: skip
     return rows
