@@ -30,13 +30,13 @@ def test_runs_with_tiny_parameters_and_writes_metrics(tmp_path):
         tmp_path,
         {
             "seeds": [0],
-            "epochs": 3,  # at least 3 calls per model: TF warns at 5 traces in 10 calls
+            "epochs": 5,  # 5 compiled calls per model: fewer and TF warns about retracing
             "hidden": 8,
             "ensemble_size": 2,
             "mc_samples": 5,
             "angles": [0, 45],
             "noise_levels": [0.2],
-            "iris_epochs": 3,
+            "iris_epochs": 5,
             "metrics_path": str(metrics_path),
         },
         timeout=120,
