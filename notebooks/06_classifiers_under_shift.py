@@ -264,10 +264,13 @@ iris[["accuracy", "nll", "nll_sd", "ece", "brier", "confidence"]]
 #   where the data's weight directions have almost no variance left and what remains is the
 #   prior's, along directions the digits do not constrain.
 # - **Iris** (50 test flowers: one error is 2 points of accuracy) separates the methods in one
-#   way only: the MAP softmax is *under*-confident there, and temperature scaling, the only
-#   method that can sharpen the softmax, fixes it; a Laplace spreads the logits' distribution,
-#   which lowers confidence rather than raising it, and sigma's validation temperature makes
-#   it coincide with the MAP softmax.
+#   way only: after 150 epochs the MAP softmax is *under*-confident there (mean confidence
+#   0.86 at accuracy 0.996; NLL 0.163, ECE 0.137), and temperature scaling, the only method
+#   that can sharpen the softmax, fixes it (NLL 0.028, ECE 0.023, T < 1). The ensemble and MC
+#   dropout inherit the under-confidence; a Laplace spreads the logits' distribution, which
+#   lowers confidence rather than raising it, and sigma's validation temperature makes it
+#   coincide with the MAP softmax (NLL 0.163). Sharpening the mean logits before the Laplace
+#   spreads them is what it would take; it is not part of the recipe measured here.
 #
 # The recipe is cheap: one KFAC fit at the MAP weights and a 1-D search over T of about ten
 # evidence maximisations and validation predictions (1–2.5 s here beyond the MAP training,
