@@ -146,3 +146,12 @@ def test_setting_the_temperature_is_a_refit_at_that_temperature(problem):
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         la.temperature = -1.0
     assert la.temperature == pytest.approx(0.2)
+
+
+def test_served_model_carries_the_temperature(problem):
+    model, x, labels = problem
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=0.3, alpha=0.5)
+    served = la.to_keras()
+    np.testing.assert_allclose(
+        np.asarray(served(x[:5])), la.predict_proba(x[:5]), rtol=1e-6, atol=1e-8
+    )
