@@ -101,6 +101,8 @@ def test_means_over_seeds_and_targets():
     assert sigma60["ece"] == pytest.approx(0.3) and sigma60["ece_sd"] == pytest.approx(
         0.2828, abs=1e-4
     )
+    by_method = cl.mean_over_seeds(results, "shift", ("method",))  # text "shift" left out
+    assert "shift" not in by_method[0] and by_method[0]["level"] == pytest.approx(30.0)
     single = cl.mean_over_seeds(results[:1], "in_distribution", ("method",))
     assert single[0]["nll_sd"] is None
     t = {r["target"].split(" (")[0]: r for r in cl.targets(results)}

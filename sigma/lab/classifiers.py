@@ -280,7 +280,8 @@ def run(
 def mean_over_seeds(results: list[dict], table: str, keys) -> list[dict]:
     """The rows of ``table`` averaged over the seeds' results, grouped by ``keys`` (e.g.
     ("method",) or ("method", "shift", "level")); every other numeric column becomes its mean
-    and ``<column>_sd`` its standard deviation over seeds (None for one seed)."""
+    and ``<column>_sd`` its standard deviation over seeds (None for one seed); other text
+    columns are left out."""
     groups: dict[tuple, list[dict]] = {}
     for result in results:
         for row in result[table]:
@@ -289,8 +290,8 @@ def mean_over_seeds(results: list[dict], table: str, keys) -> list[dict]:
     for key, rows in groups.items():
         row = dict(zip(keys, key, strict=True))
         for column in rows[0]:
-            if column in keys:
-                continue
+            if column in keys or isinstance(rows[0][column], str):
+                continue  # a grouping key, or a label not asked to group by
             values = np.array([r[column] for r in rows], np.float64)
             row[column] = float(values.mean())
             row[f"{column}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None
