@@ -8,7 +8,8 @@ The package is layered; each layer imports only those below it:
 * the core — :mod:`sigma.laplace` (the :class:`Laplace` facade), :mod:`sigma.structures`
   (one file per structure of the posterior precision), :mod:`sigma.curvature` (one engine
   computing every curvature, traced once per model), :mod:`sigma.evidence`,
-  :mod:`sigma.likelihoods`, :mod:`sigma.classification`, :mod:`sigma.metrics`,
+  :mod:`sigma.likelihoods`, :mod:`sigma.classification`, :mod:`sigma.heteroscedastic`,
+  :mod:`sigma.conformal`, :mod:`sigma.losses`, :mod:`sigma.metrics`,
   :mod:`sigma.memory`, :mod:`sigma.params`;
 * :mod:`sigma.lab` — the notebook helpers (data, models, the original formula, scans, plots);
 * :mod:`sigma.sweep` — papermill sweeps and HTML reports, which never import the layers above.
@@ -49,8 +50,9 @@ _EXPORTS = {
     "summed_beta": "sigma.lab",
 }
 _SUBMODULES = {
-    "callbacks", "classification", "curvature", "evidence", "lab", "laplace", "likelihoods",
-    "memory", "metrics", "params", "priors", "structures", "sweep", "weights",
+    "callbacks", "classification", "conformal", "curvature", "evidence", "heteroscedastic",
+    "lab", "laplace", "likelihoods", "losses", "memory", "metrics", "params", "priors",
+    "structures", "sweep", "weights",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

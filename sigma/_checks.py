@@ -374,3 +374,39 @@ def has_non_finite(value) -> bool:
     if isinstance(value, list | tuple):
         return any(has_non_finite(v) for v in value)
     return False
+
+
+def ill_conditioned_hint(top: float, alpha: float, x=None, scalar: bool = True) -> str:
+    """Why A = D_α + βC is refused when α is below the round-off of βC's largest eigenvalue
+    ``top`` (A's condition number beyond 1/ROUNDOFF: its smallest eigenvalues are round-off,
+    positive or negative by chance), and what helps. ``alpha``: the smallest α; ``x``: the training inputs (arrays, or a
+    list/dict of them), whose magnitude is named when it is the likely cause."""
+    from sigma.evidence import ROUNDOFF
+
+    which = "alpha" if scalar else "the smallest alpha"
+    cause = ""
+    parts = [] if x is None else [np.asarray(p) for p in _leaves(x) if hasattr(p, "dtype")]
+    floats = [p for p in parts if p.dtype.kind == "f" and p.size]
+    big = max((float(np.max(np.abs(p))) for p in floats), default=0.0)
+    if big > 1e3:
+        cause = (
+            f" The inputs reach |x| = {big:.3g}: a layer's curvature grows as the square of the "
+            "scale of its inputs."
+        )
+    return (
+        f"beta*C's largest eigenvalue is {top:.3g}, {top / alpha:.2g} times {which} = "
+        f"{alpha:g}: A's condition number exceeds {1 / ROUNDOFF:.0e}, and its smallest "
+        f"eigenvalues are below the round-off of its largest (~{top * np.finfo(float).eps:.2g} "
+        f"in float64), so neither A nor the error bars can be trusted.{cause} What helps: "
+        f"standardise the inputs (e.g. (x - mean)/std per feature) and retrain, or alpha >= "
+        f"{top * ROUNDOFF * 10:.3g}{'' if scalar else ' for every group'} (or a smaller beta), "
+        "a prior that is not lost in round-off"
+    )
+
+
+def _leaves(x) -> list:
+    if isinstance(x, dict):
+        return [v for value in x.values() for v in _leaves(value)]
+    if isinstance(x, list | tuple):
+        return [v for value in x for v in _leaves(value)]
+    return [x]

@@ -9,7 +9,8 @@ inside ``model.fit``, with the user's own optimizer and compiled loss:
 
 * the training objective becomes the log posterior: in Keras' mean-loss scale, an L2 penalty
   of strength α_g/(β N K) on each group's weights for the mean squared error
-  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N);
+  (loss = 2 E_D/(N K)), α_g/(2N) for the mean cross-entropy on logits (loss = E_D/N) and for
+  the heteroscedastic Gaussian NLL of :class:`sigma.losses.GaussianNLL` (loss = E/N, no β);
 * every ``every`` epochs (after ``warmup``) it fits a :class:`~sigma.Laplace` at the current
   weights — on the model's curvature engine, so nothing is traced again — and re-estimates the
   α_g and β by the evidence (:meth:`~sigma.Laplace.optimize_evidence`), which sets the
@@ -23,6 +24,8 @@ The penalty enters through each variable's ``regularizer`` with a strength held 
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -30,7 +33,9 @@ import tensorflow as tf
 from sigma import likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
+from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
+from sigma.losses import GaussianNLL
 from sigma.priors import build_prior, owners_of
 from sigma.weights import select
 
@@ -89,6 +94,13 @@ def loss_likelihood(model) -> str:
             "model is not compiled: call model.compile(optimizer, loss) with loss='mse' "
             "(regression) or a categorical cross-entropy with from_logits=True before fit"
         )
+    if isinstance(loss, GaussianNLL):
+        if getattr(loss, "reduction", None) not in ("sum_over_batch_size", None):
+            raise ValueError(
+                f"the compiled loss has reduction={loss.reduction!r}: the evidence penalty is "
+                "scaled for the default mean over the batch (reduction='sum_over_batch_size')"
+            )
+        return "heteroscedastic"
     if isinstance(loss, str):
         name, from_logits, reduction = loss.lower(), False, "sum_over_batch_size"
     elif isinstance(loss, keras.losses.Loss):
@@ -125,8 +137,8 @@ def loss_likelihood(model) -> str:
         return "classification"
     raise ValueError(
         f"the compiled loss {name!r} is not one the evidence knows the scale of: compile with "
-        "loss='mse' (regression) or a categorical cross-entropy with from_logits=True "
-        "(classification)"
+        "loss='mse' (regression), a categorical cross-entropy with from_logits=True "
+        "(classification) or sigma.losses.GaussianNLL() (heteroscedastic regression)"
     )
 
 
@@ -150,9 +162,15 @@ class EvidenceCallback(keras.callbacks.Callback):
     likelihood : default from the compiled loss (:func:`loss_likelihood`).
     verbose : 1 prints one line per re-estimation, 0 is silent.
 
-    Attributes after ``fit``: ``history`` (a list of dicts: epoch, alpha, beta, gamma, gammas,
-    log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace at the final
-    weights), ``prior_groups``.
+    Attributes after ``fit``: ``history`` (a list of dicts: fit, epoch, n_data, alpha, beta,
+    gamma, gammas, log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace
+    at the final weights), ``prior_groups``.
+
+    What ``fit`` is called with matters: sample weights or class weights are refused (the
+    evidence is that of the unweighted likelihood); with ``validation_split``, when (x, y)
+    are ``fit``'s data the held-out part is left out of the curvature and N. One callback
+    serves one model: further ``fit`` calls on it continue from the α_g, β reached (``fit``
+    in each history row counts the calls, from 1); another model is refused.
     """
 
     def __init__(
@@ -209,17 +227,41 @@ class EvidenceCallback(keras.callbacks.Callback):
         self.history: list[dict] = []
         self.laplace: Laplace | None = None
         self.prior_groups: tuple[str, ...] = ()
+        self._owner, self._fits = None, 0
+        self._alpha = self._beta = None
 
     # -- keras hooks ----------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         model = self.model
+        owner = self._owner() if self._owner is not None else None
+        if self._owner is not None and owner is not model:
+            raise ValueError(
+                "this EvidenceCallback was already used to train another model "
+                f"({getattr(owner, 'name', 'since deleted')!r}; its history, laplace and "
+                f"alpha belong to that model): give model {model.name!r} an EvidenceCallback "
+                "of its own"
+            )
         compiled = loss_likelihood(model)
         if self.likelihood is not None and self.likelihood != compiled:
             raise ValueError(
                 f"likelihood={self.likelihood!r} but the compiled loss is a {compiled} loss"
             )
+        args = fit_arguments(model)
+        refuse_sample_weights(args)
+        self._x, self._y, held_out = training_part(self.x, self.y, args)
+        if held_out and self.verbose:
+            print(
+                f"EvidenceCallback: validation_split={args['validation_split']:g} holds out the "
+                f"last {held_out} samples of x, y; the evidence uses the "
+                f"{len(tf.nest.flatten(self._x)[0])} that fit trains on",
+                flush=True,
+            )
+        self._owner, self._fits = weakref.ref(model), self._fits + 1
         self._likelihood = compiled
-        self._alpha, self._beta = None, None
+        loss = compiled_loss(model)
+        self._likelihood_object = (
+            loss.likelihood if compiled == "heteroscedastic" else compiled
+        )  # the parameterisation of the heads is the loss's
         self._fitted_at = None
         self.selection = select(model, structures.resolve(self.structure, self.weights_spec)[1])
         self._variables = self.selection.variables(model)
@@ -248,7 +290,10 @@ class EvidenceCallback(keras.callbacks.Callback):
         for v, strength in zip(self._variables, self._strength, strict=True):
             v.regularizer = EvidencePenalty(strength, dtype)
         model.make_train_function(force=True)  # the penalty enters the compiled train step
-        if self.start_alpha is not None:
+        if self._alpha is not None:  # a further fit: go on from the α_g, β reached
+            la = self._laplace(alpha=self._alpha, beta=self._beta)
+            self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
+        elif self.start_alpha is not None:
             la = self._laplace(alpha=self.start_alpha, beta=self.start_beta)
             self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
 
@@ -277,10 +322,10 @@ class EvidenceCallback(keras.callbacks.Callback):
             weights=self.weights_spec,
             prior=self.prior_spec,
             curvature=self.curvature,
-            likelihood=self._likelihood,
+            likelihood=self._likelihood_object,
             batch_size=self.batch_size,
         )
-        la = Laplace(self.model, self.x, self.y, alpha=1.0 if alpha is None else alpha, **kw)
+        la = Laplace(self.model, self._x, self._y, alpha=1.0 if alpha is None else alpha, **kw)
         if self._likelihood == "regression":
             la.beta = la.n_data * la.n_outputs / (2.0 * la.data_error) if beta is None else beta
         return la
@@ -298,7 +343,9 @@ class EvidenceCallback(keras.callbacks.Callback):
         self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
         self.laplace, self._fitted_at = la, epoch
         record = {
+            "fit": self._fits,
             "epoch": epoch,
+            "n_data": la.n_data,
             "alpha": la.alpha,
             "beta": la.beta,
             "gamma": la.gamma,

@@ -20,7 +20,16 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from sigma import evidence, likelihoods, metrics, saving, serving, structures
+from sigma import (
+    conformal,
+    evidence,
+    heteroscedastic,
+    likelihoods,
+    metrics,
+    saving,
+    serving,
+    structures,
+)
 from sigma._checks import (
     as_array,
     check_finite_outputs,
@@ -30,6 +39,7 @@ from sigma._checks import (
     check_precision,
     check_precisions,
     check_seed,
+    ill_conditioned_hint,
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
@@ -51,7 +61,11 @@ from sigma.weights import select
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
-PRIOR_METRICS = {"regression": ("nll",), "classification": ("nll", "brier", "ece")}
+PRIOR_METRICS = {
+    "regression": ("nll",),
+    "classification": ("nll", "brier", "ece"),
+    "heteroscedastic": ("nll",),
+}
 # Residuals below this many units of the model dtype's precision (relative to the outputs)
 # are round-off: the network interpolates its training data and β has no finite optimum.
 INTERPOLATION = 100
@@ -95,7 +109,10 @@ class Laplace:
         for ``likelihood="classification"``.
     likelihood : "regression" (squared error, y (N, K)) or "classification" (softmax
         cross-entropy on linear logits; y one-hot (N, K) or integer labels (N,); a model with
-        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1).
+        one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1) or
+        "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
+        y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
+        no β; :mod:`sigma.heteroscedastic`).
     temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
         in the curvature (C/T, i.e. A = D_α + C/T) and in the evidence (cross-entropy/T);
         :attr:`beta` then reads 1/T. T < 1 sharpens the likelihood (less weight
@@ -184,10 +201,10 @@ class Laplace:
         if not self.likelihood.has_beta and not (
             isinstance(beta, numbers.Real) and float(beta) == 1.0
         ):
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
-        temperature = _check_temperature(temperature, self.likelihood.has_beta)
+        temperature = _check_temperature(temperature, self.likelihood)
         if not self.likelihood.has_beta:
             beta = 1.0 / temperature  # the tempered likelihood's curvature is C/T
         self._beta, self._weighted, self._blocks = 1.0, None, None
@@ -199,7 +216,12 @@ class Laplace:
             )
             if not self.likelihood.has_beta:
                 first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
-                check_logits(model, engine(model).outputs(first), heads)
+                if self.likelihood.name == "heteroscedastic":
+                    heteroscedastic.check_heads(
+                        model, engine(model).outputs(first), self.likelihood, self.output_layout
+                    )
+                else:
+                    check_logits(model, engine(model).outputs(first), heads)
         else:
             if y is None:
                 raise ValueError(
@@ -208,8 +230,12 @@ class Laplace:
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, self.likelihood)
-            if not self.likelihood.has_beta:
+            if self.likelihood.name == "classification":
                 check_logits(model, engine(model).outputs(x), heads)
+            elif self.likelihood.name == "heteroscedastic":
+                heteroscedastic.check_heads(
+                    model, engine(model).outputs(x), self.likelihood, self.output_layout
+                )
             # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
             n, e_d, e_dk, square = engine(model).summary(
                 ArrayBatches((x, y), 4096), self.likelihood
@@ -292,7 +318,7 @@ class Laplace:
 
     @temperature.setter
     def temperature(self, value):
-        value = _check_temperature(value, self.likelihood.has_beta)
+        value = _check_temperature(value, self.likelihood)
         if not self.likelihood.has_beta:
             self._set_precisions(self._alpha, 1.0 / value)
 
@@ -309,7 +335,7 @@ class Laplace:
     @beta.setter
     def beta(self, value):
         if not self.likelihood.has_beta:
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         self._set_precisions(self._alpha, value)
 
     def _check_alpha(self, value, name: str = "alpha") -> np.ndarray:
@@ -426,6 +452,8 @@ class Laplace:
                 f"{float(lam.min()):.4g}): use curvature='ggn' (always positive semi-definite), "
                 f"negative='clip', or {which} > {-beta * float(lam.min()):.4g}"
             )
+        elif 0 < a_min <= evidence.ROUNDOFF * top:  # α is lost in the round-off of βC
+            hint = ill_conditioned_hint(top, a_min, getattr(self, "_x", None), self.prior.scalar)
         elif lam.size < self.n_params:
             hint = (
                 f"use {which} > 0 (structure {s.name!r} keeps {lam.size} of the "
@@ -470,6 +498,7 @@ class Laplace:
         method: str = "probit",
         n_samples: int = 1000,
         seed: int = 0,
+        split: bool = False,
     ):
         """Regression: predictive mean and standard deviation at inputs x (N, ...; a list or
         dict of arrays for a model with several inputs).
@@ -479,15 +508,33 @@ class Laplace:
         (noise included; 1/β_k per output when β is an array); with ``noise=False`` only
         ``gᵀA⁻¹g``.
 
+        ``split=True`` returns ``(mean, aleatoric std, epistemic std)``: the noise (1/√β)
+        and the weight uncertainty √(gᵀA⁻¹g) apart.
+
+        Heteroscedastic (``likelihood="heteroscedastic"``): mean (N, K) and std (N, K) with
+        std² = σ²_noise(x) + the weight uncertainty of the mean (:mod:`sigma.heteroscedastic`);
+        ``split=True`` gives the two apart.
+
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
-        ``n_samples``, ``seed`` are passed on; ``noise`` does not apply).
+        ``n_samples``, ``seed`` are passed on; ``noise`` and ``split`` do not apply).
         """
-        if not self.likelihood.has_beta:
+        if self.likelihood.name == "classification":
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
         _check_flag(noise, "noise")
-        mean, std = self._predict(self._inputs(x), noise, batch_size)
+        _check_flag(split, "split")
+        if self.likelihood.name == "heteroscedastic":
+            return heteroscedastic.predict(
+                self, self._inputs(x), noise=noise, split=split, batch_size=batch_size
+            )
+        x = self._inputs(x)
+        if split:
+            mean, epistemic = self._predict(x, False, batch_size)
+            noise_std = np.broadcast_to(self._beta**-0.5, mean.shape).copy()
+            parts = (mean, noise_std, epistemic)
+            return tuple(self.output_layout.unflatten(p) for p in parts)
+        mean, std = self._predict(x, noise, batch_size)
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
     def _predict(self, x, noise=True, batch_size=None, name="x"):
@@ -540,7 +587,7 @@ class Laplace:
         (Σ_kk + Σ_jj); "bridge", the mean of the Laplace bridge's Dirichlet (Hobbhahn et al.
         2022). Classification only (ValueError for regression).
         """
-        if self.likelihood.has_beta:
+        if self.likelihood.name != "classification":
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
@@ -629,7 +676,7 @@ class Laplace:
         """
         self._check_weights_unchanged()
         if not self.likelihood.has_beta and beta is not None:
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         if beta is not None:
             check_precisions(beta, "beta", allow_zero=False)
         if self.prior.scalar:
@@ -737,7 +784,7 @@ class Laplace:
         if per_output is None:
             per_output = self._weighted is not None
         if not self.likelihood.has_beta and per_output:
-            raise ValueError(_NO_BETA)
+            raise ValueError(_no_beta(self.likelihood))
         start = self._alpha.copy()
         if np.any(start == 0):
             start = np.where(start == 0, self._alpha_from_zero(), start)
@@ -803,6 +850,19 @@ class Laplace:
         rank = float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())) if lam.size else 1.0
         return max(rank, 1.0) / (2.0 * self.weight_error)
 
+    # -- conformal calibration ----------------------------------------------------------------
+    def conformalize(self, x_cal, y_cal, *, level=None, randomised: bool = True, seed: int = 0):
+        """A calibrated predictor from held-out calibration data (x_cal (n, ...), y_cal (n, K);
+        labels for a classifier) by split conformal prediction (:mod:`sigma.conformal`):
+        regression → :class:`~sigma.conformal.ConformalRegressor` (``interval(x, level)``,
+        coverage ≥ level in finite samples); classification →
+        :class:`~sigma.conformal.ConformalClassifier` (adaptive prediction sets,
+        ``predict_set(x, level)``). Needs n ≥ ⌈1/ε⌉ − 1 for level 1 − ε (checked now when
+        ``level`` is given, else when an interval is asked for)."""
+        return conformal.calibrate(
+            self, x_cal, y_cal, level=level, randomised=randomised, seed=seed
+        )
+
     # -- held-out tuning ------------------------------------------------------------------------
     def optimize_prior(
         self,
@@ -821,11 +881,13 @@ class Laplace:
         prior precisions (α_g ratios kept) — and of β for regression with ``beta=True`` —
         within ``span``× of the current values either way, minimising ``metric`` on
         (x_val, y_val): "nll" (Gaussian NLL per value for regression; NLL per sample for
-        classification), "brier" or "ece" (classification). A bounded 1-D search
+        classification), "brier" or "ece" (classification). Heteroscedastic: α only, on the
+        Gaussian NLL of the predictive (noise head + weight uncertainty). A bounded 1-D search
         (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid.
         ``prior_result`` records the values found and how many predictions it took.
         """
-        kind = "regression" if self.likelihood.has_beta else "classification"
+        kind = self.likelihood.name  # heteroscedastic: α only, the Gaussian NLL
+        kind = "regression" if self.likelihood.has_beta else kind
         if metric not in PRIOR_METRICS[kind]:
             raise ValueError(
                 f"metric must be one of {PRIOR_METRICS[kind]} for {kind}, got {metric!r}"
@@ -841,6 +903,9 @@ class Laplace:
             y_val, sample_count(x_val), self.n_outputs, "y_val", "x_val", layout=self.output_layout
         )
         tune_beta = beta and self.likelihood.has_beta and self._weighted is None
+        n_val = sample_count(x_val)
+        n_values = n_val * self.n_outputs if self.likelihood.has_beta else n_val
+        metrics.check_validation_size(metric, n_val, n_values, 1 + tune_beta)
         saved = self._alpha.copy(), self._beta
         alpha0, beta0 = saved
         if self.prior.scalar and alpha0[0] == 0:
@@ -858,6 +923,9 @@ class Laplace:
             calls.append(1)
             if self.likelihood.has_beta:
                 return metrics.gaussian_nll(*self._predict(x_val, name="x_val"), y_val)
+            if kind == "heteroscedastic":
+                mean, std = heteroscedastic.predict(self, x_val, name="x_val")
+                return metrics.gaussian_nll(mean, std, y_val[:, : mean.shape[1]])
             probs = self._proba(x_val, name="x_val")
             score = {"nll": metrics.nll, "brier": metrics.brier,
                      "ece": metrics.expected_calibration_error}[metric]  # fmt: skip
@@ -946,6 +1014,8 @@ class Laplace:
         la.likelihood = likelihoods.get(lik["name"])
         if lik["heads"]:
             la.likelihood = likelihoods.Classification(lik["heads"])
+        if lik.get("parameterisation"):
+            la.likelihood = likelihoods.Heteroscedastic(lik["parameterisation"])
         la.output_layout = OutputLayout(
             layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])
         )
@@ -989,20 +1059,27 @@ def _fixed_beta(terms, beta, alphas, _):
     return terms(alphas, beta)
 
 
-def _check_temperature(value, has_beta: bool) -> float:
-    """A finite T > 0; only 1 for regression (where β itself is the likelihood's scale)."""
+def _check_temperature(value, likelihood) -> float:
+    """A finite T > 0; only 1 unless the likelihood is a classifier's (for regression β itself
+    is the likelihood's scale; a heteroscedastic model's noise is its own output)."""
     try:
         t = float(value) if isinstance(value, numbers.Real) else np.nan
     except OverflowError:  # an integer beyond float64
         t = np.inf
     if isinstance(value, bool) or not (np.isfinite(t) and t > 0 and np.isfinite(1.0 / t)):
         raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
-    if has_beta and t != 1.0:
+    if likelihood.name != "classification" and t != 1.0:
         raise ValueError(
-            "temperature applies to likelihood='classification'; for regression the noise "
-            f"precision beta scales the likelihood (beta/T tempers it), got temperature={value!r}"
+            "temperature applies to likelihood='classification' (for regression the noise "
+            "precision beta scales the likelihood, beta/T tempers it; a heteroscedastic "
+            f"model's noise is its own output), got temperature={value!r} with "
+            f"likelihood={likelihood.name!r}"
         )
     return t
+
+
+def _no_beta(likelihood) -> str:
+    return getattr(likelihood, "beta_message", _NO_BETA)
 
 
 def _check_finite_variance(var, name: str = "x") -> None:

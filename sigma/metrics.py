@@ -21,6 +21,7 @@ from scipy.stats import norm
 from sigma._checks import as_array
 
 TINY = 1e-300  # probabilities are clipped here before the log
+ECE_BINS = 10  # the confidence bins of the expected calibration error in optimize_prior
 
 
 def _regression_arrays(mean, std, targets):
@@ -175,6 +176,32 @@ def classification_metrics(probs, labels, n_bins: int = 10) -> dict:
         "brier": brier(probs, labels),
         "ece": expected_calibration_error(probs, labels, n_bins),
     }
+
+
+def check_validation_size(metric: str, n_samples: int, n_values: int, n_tuned: int) -> None:
+    """Refuse a held-out set too small to tune ``n_tuned`` precisions on ``metric`` with.
+
+    The metric must be computed from more held-out values than it tunes precisions (with as
+    many or fewer the precisions can fit them exactly: the scale of one residual fixes α or β
+    to whatever matches it), and the ECE from at least as many samples as it has bins.
+    ``n_values`` counts the values the metric averages (N·K for the Gaussian NLL, N samples for
+    a classifier's metrics).
+    """
+    need_values = n_tuned + 1
+    if metric == "ece" and n_samples < ECE_BINS:
+        raise ValueError(
+            f"x_val has {n_samples} sample(s): the expected calibration error over {ECE_BINS} "
+            f"confidence bins needs at least {ECE_BINS} held-out samples (metric='ece'); use "
+            "more held-out data or metric='nll'"
+        )
+    if n_values < need_values:
+        what = "precision" if n_tuned == 1 else "precisions (alpha and beta)"
+        raise ValueError(
+            f"x_val has {n_samples} sample(s), {n_values} held-out value(s) for metric="
+            f"{metric!r}: tuning {n_tuned} {what} needs at least {need_values} (with as few "
+            "values as precisions, the precisions can be chosen to match them); use more "
+            "held-out data" + (" or beta=False" if n_tuned > 1 else "")
+        )
 
 
 # -- out-of-distribution detection --------------------------------------------------------------

@@ -36,6 +36,7 @@ import numpy as np
 
 FORMAT = "sigma.laplace"
 VERSION = 2  # 2: the selection of weights (``weights``; version 1 covered every weight)
+_ZIP = (b"PK\x03\x04", b"PK\x05\x06")  # how a .npz (zip) archive starts, as np.load tests
 
 
 def fingerprint(model) -> dict:
@@ -80,6 +81,11 @@ def _json(value):
 def save(laplace, path) -> Path:
     """Write ``laplace`` to ``path`` (any name; conventionally ``.npz``) atomically."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"path {str(path)!r} is a directory: give the name of the file to write, e.g. "
+            f"{str(path / 'laplace.npz')!r}"
+        )
     s = laplace.structure
     arrays, info = s.state()
     options = {}
@@ -94,7 +100,11 @@ def save(laplace, path) -> Path:
         "sigma": _sigma_version(),
         "structure": {"name": s.name, "options": options, "info": info},
         "weights": {"kind": laplace.selection.kind, "n_params": laplace.selection.n_params},
-        "likelihood": {"name": laplace.likelihood.name, "heads": laplace.likelihood.heads},
+        "likelihood": {
+            "name": laplace.likelihood.name,
+            "heads": laplace.likelihood.heads,
+            "parameterisation": getattr(laplace.likelihood, "parameterisation", None),
+        },
         "curvature": laplace.curvature,
         "negative": laplace.negative,
         "prior": {"kind": laplace.prior.kind, "names": list(laplace.prior.names)},
@@ -156,25 +166,39 @@ def read(path) -> tuple[dict, dict]:
     """(header, arrays) of a saved file; ValueError naming the file when it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"path {str(path)!r} is not a file")
+        what = "a directory" if path.is_dir() else "not a file"
+        raise ValueError(f"path {str(path)!r} is {what}: give a file written by Laplace.save")
+    with open(path, "rb") as fh:
+        start = fh.read(4)
+    if start not in _ZIP:
+        raise ValueError(
+            f"path {str(path)!r} is not a readable sigma Laplace file: a sigma file is a .npz (zip) "
+            f"archive written by Laplace.save, and this file does not start like one "
+            f"(first bytes {start!r})"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
+        if "pickle" in str(exc) or "Object arrays" in str(exc):
+            raise ValueError(  # np.load's advice (allow_pickle) does not apply to sigma files
+                f"path {str(path)!r} is not a sigma Laplace file: it holds Python objects, and a "
+                "sigma file holds only numbers and a JSON header"
+            ) from None
         raise ValueError(
-            f"{str(path)!r} is not a readable sigma Laplace file (a truncated or corrupted "
+            f"path {str(path)!r} is not a readable sigma Laplace file (a truncated or corrupted "
             f"archive?): {exc}"
         ) from None
     try:
         header = json.loads(str(arrays.pop("header")))
     except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{str(path)!r} has no readable sigma header: {exc}") from None
+        raise ValueError(f"path {str(path)!r} has no readable sigma header: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a sigma Laplace file (format {FORMAT!r})")
+        raise ValueError(f"path {str(path)!r} is not a sigma Laplace file (format {FORMAT!r})")
     version = header.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise ValueError(
-            f"{str(path)!r} was written in format version {version} by sigma "
+            f"path {str(path)!r} was written in format version {version} by sigma "
             f"{header.get('sigma')}, newer than this sigma reads ({VERSION}): upgrade sigma"
         )
     return header, arrays

@@ -2,7 +2,8 @@
 
 ``Laplace.to_keras()`` wraps the trained model and the fitted posterior in one
 :class:`keras.Model` whose output is ``{"mean": (N, K), "std": (N, K)}`` for regression (std
-with the 1/β noise) or the class probabilities (N, K) for classification (probit, one softmax
+with the 1/β noise; for ``likelihood="heteroscedastic"`` the noise head's σ²(x) instead) or
+the class probabilities (N, K) for classification (probit, one softmax
 per head). The posterior enters as the non-trainable weights of a :class:`PredictiveLayer`
 (per structure: the factor S of A⁻¹ = S Sᵀ for ``full``, the per-block inverse
 eigenvalues and rotations for ``diag``/``kfac``, the low-rank and diagonal parts for
@@ -29,15 +30,47 @@ from sigma._checks import model_dtype
 from sigma.curvature.engine import engine
 from sigma.curvature.layers import flat_outputs
 
+# What the served model says when it refuses (tf.errors.InvalidArgumentError, in the graph: in
+# eager calls, model.predict, the reloaded .keras file and the exported SavedModel alike).
+NON_FINITE_INPUT = "sigma: {} contains NaN or infinite values (in the model's dtype), refused"
+NON_FINITE_OUTPUTS = (
+    "sigma: the model's outputs are not finite at these inputs (overflow inside the network), "
+    "refused"
+)
+NON_FINITE_VARIANCE = (
+    "sigma: the predictive variance is not finite at these inputs (the output gradients "
+    "overflow), refused"
+)
+
+
+def _refuse_non_finite(inputs, names=None):
+    """``inputs`` with a check_numerics on each part: an InvalidArgumentError naming the input
+    when one holds NaN or ±inf (Laplace.predict refuses them with a ValueError)."""
+    parts = tf.nest.flatten(inputs)
+    names = names if names and len(names) == len(parts) else None
+    checked = [
+        tf.debugging.check_numerics(
+            t, NON_FINITE_INPUT.format(f"input {names[i]!r}" if names else "x")
+        )
+        for i, t in enumerate(parts)
+    ]
+    return tf.nest.pack_sequence_as(inputs, checked)
+
 
 @keras.saving.register_keras_serializable(package="sigma")
 class PredictiveLayer(keras.layers.Layer):
     """The Laplace predictive of ``model`` as a layer (see the module docstring).
 
     spec : {"structure": name, "structure_spec": {...}, "weights": the selection of weights
-    (:meth:`sigma.weights.Selection.describe`), "likelihood": "regression" |
-    "classification", "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
-    "arrays": {name: shape}, "n_outputs": K}.
+    (:meth:`sigma.weights.Selection.describe`), "likelihood": "regression" | "classification"
+    | "heteroscedastic" ([μ | ln σ²]: mean and std of K = n_outputs/2), "heads": [[start,
+    stop], ...] | None, "noise": [1/β_k] (regression), "arrays": {name: shape}, "n_outputs":
+    K, "input_names": [name, ...] | None (several inputs)}.
+
+    Non-finite input, outputs or variance are refused inside the graph: a
+    ``tf.errors.InvalidArgumentError`` whose message starts with "sigma:" and names what was
+    not finite (the module's ``NON_FINITE_*`` messages), where ``Laplace.predict`` raises a
+    ValueError.
     """
 
     def __init__(self, model, spec: dict, **kwargs):
@@ -59,12 +92,18 @@ class PredictiveLayer(keras.layers.Layer):
 
     def call(self, inputs):
         inputs = tf.nest.map_structure(lambda t: tf.cast(t, self.model_dtype), inputs)
+        inputs = _refuse_non_finite(inputs, self.spec.get("input_names"))
         mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)
+        mean = tf.debugging.check_numerics(mean, NON_FINITE_OUTPUTS)
         arrays = {k: tf.convert_to_tensor(v) for k, v in self.posterior.items()}
         cls = structures.get(self.spec["structure"])
         eng = engine(self.model, self.selection)
         var = cls.graph_variance(eng, self.spec["structure_spec"], arrays, inputs)
-        var = tf.maximum(tf.cast(var, tf.float64), 0.0)
+        var = tf.debugging.check_numerics(tf.cast(var, tf.float64), NON_FINITE_VARIANCE)
+        var = tf.maximum(var, 0.0)
+        if self.spec["likelihood"] == "heteroscedastic":  # [μ | ln σ²]: noise head + weights
+            k = self.spec["n_outputs"] // 2
+            return {"mean": mean[:, :k], "std": tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))}
         if self.spec["likelihood"] == "regression":
             noise = tf.constant(self.spec["noise"], tf.float64)
             return {"mean": mean, "std": tf.sqrt(var + noise)}
@@ -85,8 +124,10 @@ class PredictiveLayer(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         n = tf.nest.flatten(inputs)[0].shape[0]
         k = self.spec["n_outputs"]
+        if self.spec["likelihood"] == "heteroscedastic":
+            k = k // 2
         out = keras.KerasTensor((n, k), dtype="float64")
-        if self.spec["likelihood"] == "regression":
+        if self.spec["likelihood"] in ("regression", "heteroscedastic"):
             return {"mean": out, "std": keras.KerasTensor((n, k), dtype="float64")}
         return out
 
@@ -116,6 +157,12 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
         )
     if laplace._weighted is not None:
         raise ValueError("to_keras needs one beta for all outputs (not one per output)")
+    lik = laplace.likelihood
+    if lik.name == "heteroscedastic" and lik.parameterisation != "mean_logvar":
+        raise ValueError(
+            "to_keras supports likelihood='heteroscedastic' with parameterisation='mean_logvar' "
+            f"only (its mean is an output), got {lik.parameterisation!r}: use Laplace.predict"
+        )
     laplace._check_weights_unchanged()
     structure = laplace.structure
     arrays, structure_spec = structure.export(model, laplace._alpha_weights(), laplace._beta)
@@ -123,7 +170,7 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
         "structure": structure.name,
         "structure_spec": structure_spec,
         "weights": laplace.selection.describe(),
-        "likelihood": "regression" if laplace.likelihood.has_beta else "classification",
+        "likelihood": "regression" if lik.has_beta else lik.name,
         "heads": None
         if laplace.likelihood.heads is None
         else [list(h) for h in laplace.likelihood.heads],
@@ -132,6 +179,9 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
         ).tolist(),
         "arrays": {k: list(np.shape(v)) for k, v in arrays.items()},
         "n_outputs": laplace.n_outputs,
+        "input_names": [str(getattr(t, "name", i)) for i, t in enumerate(declared)]
+        if len(declared) > 1
+        else None,
     }
     layer = PredictiveLayer(model, spec, name="sigma_predictive")
     for key, value in arrays.items():

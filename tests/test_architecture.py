@@ -110,6 +110,7 @@ def test_every_module_imports_in_a_fresh_interpreter_in_random_order(seed):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_import_sigma_does_not_import_the_sweep_machinery():
     code = (
         "import json, sys, sigma\nsigma.Laplace\nimport sigma.lab\n"

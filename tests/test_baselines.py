@@ -8,6 +8,8 @@ import pytest
 
 from sigma.lab import baselines
 
+pytestmark = pytest.mark.slow  # trains ensembles and dropout networks
+
 RNG = np.random.default_rng(3)
 X = RNG.normal(size=(60, 3))
 Y = np.sin(X[:, :1]) + 0.1 * RNG.normal(size=(60, 1))

@@ -1,5 +1,7 @@
 """Every bad input gets a ValueError that names the argument and what was expected."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -161,3 +163,22 @@ def test_changed_normalisation_statistics_are_refused(xy):
         ValueError, match=r"non-trainable state, e.g. BatchNorm statistics\) changed"
     ):
         la.predict(xy[0])
+
+
+@pytest.mark.parametrize("structure", ["full", "diag"])
+def test_a_curvature_beyond_round_off_of_alpha_names_the_inputs_scale(rng, structure):
+    """issue 19: inputs of 1e18 make βC ~ 1e37, so α = 1 is lost in its round-off. The message
+    says so (not "use alpha > 0"), names the inputs' magnitude, and its alpha works."""
+    model = make_mlp(n_out=1, hidden=(8,), dtype="float32", activation="relu")
+    x, y = np.full((8, 3), 1e18, "float32"), rng.normal(size=(8, 1))
+    with pytest.raises(ValueError, match=r"largest eigenvalue is .*e\+3\d") as e:
+        sigma.Laplace(model, x, y, structure=structure)
+    message = str(e.value)
+    assert "|x| = 1e+18" in message and "standardise the inputs" in message
+    assert "use alpha > 0" not in message
+    alpha = float(re.search(r"alpha >= ([0-9.e+]+)", message).group(1))
+    la = sigma.Laplace(model, x, y, structure=structure, alpha=alpha)  # the advice holds
+    assert np.all(np.isfinite(la.predict(x[:2])[1]))
+    with pytest.raises(ValueError, match=r"largest eigenvalue") as e:  # no input scale to blame
+        sigma.Laplace(make_mlp(n_out=1), rng.normal(size=(8, 3)), y, alpha=1e-12)
+    assert "|x|" not in str(e.value)

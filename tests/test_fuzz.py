@@ -13,6 +13,10 @@ likelihoods and curvatures, float32 and float64 models. The invariant (:func:`ou
   IndexError, AttributeError, ZeroDivisionError …, nor a NumPy RuntimeWarning (overflow,
   invalid value: turned into errors inside the checked call).
 
+The served model (``to_keras``) has its own invariant
+(:func:`test_the_served_model_refuses_what_predict_refuses`): ``predict``'s answer, or its
+in-graph refusal exactly where ``predict`` refuses.
+
 Profiles (``SIGMA_FUZZ=1`` or ``--hypothesis-profile=fuzz`` for the deep one, ``make fuzz``):
 ``ci`` (default) is small and derandomized so ``make test`` is deterministic and adds well
 under a minute; ``fuzz`` draws many more examples with a fresh random seed each run.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import traceback
 import warnings
 
@@ -42,6 +47,7 @@ import hypothesis.extra.numpy as hnp
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import make_mlp
 from hypothesis import event, given, reject, settings
 from hypothesis import strategies as st
@@ -61,7 +67,8 @@ def scaled(n: int):
     return settings(max_examples=n * FUZZ_SCALE if deep else n)
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# property-based fuzzing draws many examples per test: slow (make test runs it, test-fast not)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 # -- the invariant ------------------------------------------------------------------------------
@@ -70,7 +77,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ARGUMENTS = (
     "model x y x_val y_val likelihood curvature structure structure_options prior alpha beta "
     "batch_size negative strategy max_memory progress noise method temperature n_samples seed fix_alpha "
-    "fix_beta per_output tol max_iter rank block max_passes predictive diag max_block fast"
+    "fix_beta per_output tol max_iter rank block max_passes predictive diag max_block fast path"
 ).split()
 _NAMED = re.compile(r"(?<![A-Za-z_])(" + "|".join(ARGUMENTS) + r")(?![A-Za-z_])")
 SIGMA_ERRORS = (EvidenceError, InsufficientMemoryError)
@@ -644,6 +651,54 @@ def test_predict(data, dtype, likelihood, structure):
         settle(err, dtype, x, n_samples=kw.get("n_samples"))
 
 
+_SERVED: dict = {}
+
+
+def served(dtype, likelihood, structure):
+    """``fitted(...).to_keras()`` (cached)."""
+    key = (dtype, likelihood, structure)
+    if key not in _SERVED:
+        _SERVED[key] = fitted(dtype, likelihood, structure).to_keras()
+    return _SERVED[key]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@scaled(6)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(["float64", "float32"]),
+    likelihood=st.sampled_from(["regression", "classification"]),
+    structure=st.sampled_from(STRUCTURES),
+)
+def test_the_served_model_refuses_what_predict_refuses(data, dtype, likelihood, structure):
+    """issue 19: on (n, 3) inputs of any float value (NaN, ±inf, subnormals, 1e308) the served
+    model (``to_keras``) gives ``predict``'s answer, or raises its in-graph refusal (an
+    InvalidArgumentError starting "sigma:") exactly when ``predict`` refuses."""
+    la, model = fitted(dtype, likelihood, structure), served(dtype, likelihood, structure)
+    n = data.draw(st.sampled_from([1, 4]))
+    x = data.draw(
+        hnp.arrays("float64", (n, N_IN), elements=st.floats(width=64))
+        | st.builds(lambda m: X[:n] * m, st.sampled_from(MAGNITUDES))
+    )
+    try:
+        expected = outcome(la.predict, x)
+    except Refused:
+        expected = None
+    try:
+        got = model(x)
+    except tf.errors.InvalidArgumentError as exc:
+        assert expected is None, f"the served model refused what predict answers: {exc}"
+        assert "sigma: " in str(exc)
+        return
+    assert expected is not None, "the served model answered what predict refuses"
+    rtol = 1e-10 if dtype == "float64" else 1e-4
+    if likelihood == "regression":
+        np.testing.assert_allclose(got["mean"], expected[0], rtol=rtol)
+        np.testing.assert_allclose(got["std"], expected[1], rtol=rtol)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-12)
+
+
 @scaled(10)
 @given(data=st.data(), structure=st.sampled_from(STRUCTURES))
 def test_predict_proba_of_regression_and_bad_keywords(data, structure):
@@ -928,6 +983,33 @@ FOUND = {
             model("float64"), X, Y, structure=structures.get("diag")(), structure_options=_EMPTY
         ),
         "structure_options",
+    ),
+    # issue 19 (a second adversarial pass)
+    "optimize_prior on one held-out point": (
+        lambda: fitted("float64", "regression", "diag").optimize_prior(X[:1], Y[:1]),
+        "x_val",
+    ),
+    "optimize_prior(metric='ece') on 9 samples": (
+        lambda: fitted("float64", "classification", "diag").optimize_prior(
+            X[:9], LABELS[:9], metric="ece"
+        ),
+        "x_val",
+    ),
+    "relu network on inputs of 1e18 (βC beyond the round-off of α)": (
+        lambda: sigma.Laplace(
+            make_mlp(N_IN, (4,), 1, dtype="float32", activation="relu"),
+            np.full((8, N_IN), 1e18, "float32"),
+            Y[:8, :1],
+        ),
+        "alpha",
+    ),
+    "save to an existing directory": (
+        lambda: fitted("float64", "regression", "diag").save(tempfile.gettempdir()),
+        "path",
+    ),
+    "load a file that is not a sigma file": (
+        lambda: sigma.Laplace.load(os.path.join(SIGMA_DIR, "__init__.py"), model("float64")),
+        "path",
     ),
 }
 

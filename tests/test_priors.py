@@ -260,3 +260,25 @@ def test_lowrank_diag_against_the_explicit_matrix_and_full(rng):
     np.testing.assert_allclose(la.predictive_covariance(x[:5], noise=False), ref, rtol=1e-8)
     la.optimize_evidence()
     assert la.gamma > 0 and np.isfinite(la.log_evidence())
+
+
+def test_optimize_prior_refuses_a_validation_set_too_small_for_the_metric(rng):
+    """issue 19: one held-out point would set α and β to match its one residual."""
+    model = make_mlp(n_out=1)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 1))
+    la = sigma.Laplace(model, x[:20], y[:20], alpha=2.0, beta=3.0)
+    with pytest.raises(ValueError, match=r"x_val has 1 sample.*needs at least 3 .*beta=False"):
+        la.optimize_prior(x[:1], y[:1])
+    with pytest.raises(ValueError, match=r"x_val has 1 sample.*1 precision needs at least 2"):
+        la.optimize_prior(x[:1], y[:1], beta=False)
+    assert (la.alpha, la.beta, la.prior_result) == (2.0, 3.0, None)  # nothing overwritten
+    la.optimize_prior(x[20:22], y[20:22], beta=False, max_iter=3)  # the minimum is enough
+    la.optimize_prior(x[20:23], y[20:23], max_iter=3)
+    labels = rng.integers(0, 2, 30)  # the same model as a one-logit binary classifier
+    lc = sigma.Laplace(model, x[:20], labels[:20], likelihood="classification")
+    with pytest.raises(ValueError, match=r"x_val has 9 sample.*at least 10 held-out samples"):
+        lc.optimize_prior(x[20:29], labels[20:29], metric="ece")
+    with pytest.raises(ValueError, match=r"x_val has 1 sample.*at least 2"):
+        lc.optimize_prior(x[:1], labels[:1], metric="brier")
+    assert lc.prior_result is None
+    lc.optimize_prior(x[20:30], labels[20:30], metric="ece", max_iter=3)

@@ -164,3 +164,25 @@ def test_saving_is_atomic_and_needs_unchanged_weights(tmp_path):
     set_flat_weights(model, flat_weights(model) * 1.1)
     with pytest.raises(ValueError, match="weights .* changed since"):
         la.save(tmp_path / "again.npz")
+
+
+def test_a_directory_or_a_file_of_another_kind_is_named_as_such(tmp_path):
+    """issue 19: save to an existing directory; load a text file, a .npy array, a pickle or an
+    .npz holding Python objects — no temporary-file name, nothing about pickles."""
+    model = make_mlp()
+    la = sigma.Laplace(model, X, Y)
+    with pytest.raises(ValueError, match=r"is a directory: give the name of the file"):
+        la.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+    with pytest.raises(ValueError, match=r"is a directory"):
+        sigma.Laplace.load(tmp_path, model)
+    (tmp_path / "text.npz").write_text("not an archive\n" * 20)
+    np.save(tmp_path / "array.npy", np.ones(3))
+    (tmp_path / "py.npz").write_bytes(__import__("pickle").dumps({"a": 1}))
+    np.savez(tmp_path / "objects.npz", header=np.array([{"a": 1}], dtype=object))
+    for name in ("text.npz", "array.npy", "py.npz", "objects.npz"):
+        with pytest.raises(
+            ValueError, match=rf"{name}' is not a (readable )?sigma Laplace file"
+        ) as e:
+            sigma.Laplace.load(tmp_path / name, model)
+        assert "pickle" not in str(e.value).replace(str(tmp_path), "")

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import make_mlp
 
 import sigma
@@ -62,11 +63,18 @@ _SERVE = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     x = np.load(sys.argv[1])
+    bad = x[:2].copy()
+    bad[1, 0] = np.inf
     for path in sys.argv[2:]:
         served = tf.saved_model.load(path)  # kept: its variables live as long as it does
         out = served.serve(x)
+        try:
+            served.serve(bad)
+            refused = None
+        except tf.errors.InvalidArgumentError as exc:
+            refused = str(exc)
         print("RESULT" + json.dumps({
-            "path": path, "std": np.asarray(out["std"]).tolist(),
+            "path": path, "std": np.asarray(out["std"]).tolist(), "refused": refused,
             "sigma_imported": any(m == "sigma" or m.startswith("sigma.") for m in sys.modules),
         }))
     """
@@ -95,6 +103,7 @@ def test_an_exported_savedmodel_serves_sigma_without_sigma(tmp_path):
     for out in results:
         assert out["sigma_imported"] is False
         np.testing.assert_allclose(out["std"], expected[out["path"]], rtol=1e-6)
+        assert "sigma: x contains NaN or infinite values" in out["refused"]  # as predict refuses
 
 
 def test_a_two_input_model_is_served_on_both_inputs():
@@ -108,8 +117,13 @@ def test_a_two_input_model_is_served_on_both_inputs():
     )
     model = keras.Model([a, b], keras.layers.Dense(2, dtype="float64")(h))
     la = sigma.Laplace(model, [X[:, :2], X[:, 2:]], Y, structure="diag")
-    out = la.to_keras()([X[:4, :2], X[:4, 2:]])
+    served = la.to_keras()
+    out = served([X[:4, :2], X[:4, 2:]])
     np.testing.assert_allclose(out["std"], la.predict([X[:4, :2], X[:4, 2:]])[1], rtol=1e-10)
+    b = X[:4, 2:].copy()
+    b[2] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: input 'b' contains NaN"):
+        served([X[:4, :2], b])
 
 
 def test_a_subclassed_model_without_declared_inputs_is_refused():
@@ -126,3 +140,48 @@ def test_a_subclassed_model_without_declared_inputs_is_refused():
     la = sigma.Laplace(model, X, Y)
     with pytest.raises(ValueError, match="to_keras needs a model with declared inputs"):
         la.to_keras()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+def test_non_finite_input_is_refused_by_the_served_model_as_by_predict(tmp_path, likelihood):
+    """issue 19: Laplace.predict raises a ValueError for NaN or inf in x; the served model (a
+    call, model.predict, the reloaded .keras file; the SavedModel: above) raises an
+    InvalidArgumentError in its graph instead of serving NaN probabilities or σ."""
+    y = Y if likelihood == "regression" else LABELS
+    la = sigma.Laplace(_model(), X, y, likelihood=likelihood, structure="diag")
+    served = la.to_keras()
+    served.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    for bad in (np.nan, np.inf, -np.inf):
+        x = X[:3].copy()
+        x[1, 2] = bad
+        with pytest.raises(ValueError, match=r"^x contains 1 NaN or infinite"):
+            la.predict(x)
+        for call in (served, reloaded, lambda z: served.predict(z, verbose=0)):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: x contains NaN"):
+                call(x)
+    big = np.full((1, 3), 1e200)  # finite, but infinite in a float32 model: refused by both
+    la32 = sigma.Laplace(make_mlp(dtype="float32", activation="relu"), X, Y, structure="diag")
+    served32 = la32.to_keras()
+    with pytest.raises(ValueError, match=r"^x "):
+        la32.predict(big)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: x contains NaN"):
+        served32(big)
+    huge = np.full((1, 3), 3e38)  # finite in float32, but the relu network's outputs overflow
+    with pytest.raises(ValueError, match=r"outputs are NaN or infinite"):
+        la32.predict(huge)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: the model's outputs are"):
+        served32(huge)
+
+
+def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
+    """issue 19: a wrong feature count or a missing batch axis is refused naming the expected
+    shape (None, 3) and the one given, in memory and after a .keras reload."""
+    served = sigma.Laplace(_model(), X, Y, structure="diag").to_keras()
+    served.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    for model in (served, reloaded):
+        for x, given in ((X[:4, :2], r"\(4, 2\)"), (X[0], r"\(3,\)")):
+            with pytest.raises(ValueError, match=rf"(?s)\(None, 3\).*{given}"):
+                model.predict(x, verbose=0)

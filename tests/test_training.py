@@ -13,6 +13,8 @@ from sigma import evidence
 from sigma.callbacks import EvidenceCallback
 from sigma.params import flat_weights, set_flat_weights
 
+pytestmark = pytest.mark.slow  # trains networks with the callback
+
 RNG = np.random.default_rng(5)
 X = RNG.normal(size=(40, 3))
 Y = np.tanh(X @ RNG.normal(size=(3, 2))) + 0.1 * RNG.normal(size=(40, 2))
@@ -203,3 +205,65 @@ def test_losses_whose_scale_is_unknown_are_refused():
         ValueError, match=r"one group id per weight of the posterior, shape \(54,\)"
     ):
         model.fit(X, Y, epochs=1, verbose=0, callbacks=[bad])
+
+
+def test_sample_weights_and_class_weights_are_refused_naming_them():
+    """issue 19: the evidence is that of the unweighted likelihood; weighted training would
+    give α, β of another objective. Nothing of the model is changed by the refusal."""
+    model = _compiled("mse")
+    w = np.linspace(0.5, 2.0, 40)
+    weighted = tf.data.Dataset.from_tensor_slices((X, Y, w)).batch(20)
+    for kwargs, name in (
+        ({"x": X, "y": Y, "sample_weight": w}, "sample_weight"),
+        ({"x": weighted}, r"a dataset of \(x, y, sample_weight\)"),
+    ):
+        cb = EvidenceCallback(X, Y, verbose=0)
+        with pytest.raises(ValueError, match=rf"model.fit was given {name}.*np.repeat"):
+            model.fit(**kwargs, epochs=1, verbose=0, callbacks=[cb])
+        assert cb.history == [] and all(v.regularizer is None for v in model.trainable_variables)
+    classifier = _compiled(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match=r"model.fit was given class_weight"):
+        classifier.fit(
+            X, LABELS, class_weight={0: 1.0, 1: 3.0}, epochs=1, verbose=0,
+            callbacks=[EvidenceCallback(X, LABELS, verbose=0)],
+        )  # fmt: skip
+
+
+def test_the_held_out_part_of_a_validation_split_is_left_out():
+    """issue 19: Keras trains on the first ⌊40 · 0.7⌋ = 28 samples; the curvature, E_D and N
+    are those of these 28, exactly as a Laplace fitted on them alone."""
+    model = _compiled("mse")
+    cb = EvidenceCallback(X, Y, structure="full", prior="scalar", every=1, verbose=0)
+    model.fit(X, Y, validation_split=0.3, epochs=2, batch_size=10, verbose=0, callbacks=[cb])
+    assert [h["n_data"] for h in cb.history] == [28, 28] and cb.laplace.n_data == 28
+    alone = sigma.Laplace(model, X[:28], Y[:28], alpha=cb.laplace.alpha, beta=cb.laplace.beta)
+    assert cb.laplace.data_error == pytest.approx(alone.data_error, rel=1e-12)
+    assert cb.laplace.log_evidence() == pytest.approx(alone.log_evidence(), rel=1e-10)
+    other = EvidenceCallback(X[5:], Y[5:], structure="diag", every=2, verbose=0)  # not fit's data
+    model.fit(X, Y, validation_split=0.3, epochs=2, verbose=0, callbacks=[other])
+    assert other.laplace.n_data == 35
+
+
+def test_a_callback_serves_one_model_and_numbers_its_fits():
+    """issue 19: two fit calls continue from the α, β reached (the penalty acts from the first
+    step of the second fit) and each history row says which fit it comes from; a second
+    model is refused."""
+    model = _compiled("mse")
+    cb = EvidenceCallback(X, Y, structure="diag", prior="scalar", every=1, verbose=0)
+    model.fit(X, Y, epochs=2, batch_size=20, verbose=0, callbacks=[cb])
+    alpha, beta = cb.laplace.alpha, cb.laplace.beta
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # runs after cb's: the penalty already in place
+            kernel = self.model.trainable_variables[0]
+            seen["strength"] = kernel.regularizer.strength.numpy()
+
+    model.fit(X, Y, epochs=2, batch_size=20, verbose=0, callbacks=[cb, Spy()])
+    np.testing.assert_allclose(seen["strength"], alpha / (beta * 40 * 2), rtol=1e-12)
+    assert [(h["fit"], h["epoch"]) for h in cb.history] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    other = _compiled("mse", seed=1)
+    with pytest.raises(ValueError, match=r"already used to train another model .*of its own"):
+        other.fit(X, Y, epochs=1, verbose=0, callbacks=[cb])
+    assert all(v.regularizer is None for v in other.trainable_variables)
+    assert len(cb.history) == 4

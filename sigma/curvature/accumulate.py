@@ -325,6 +325,9 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     sizes = [k] if layout is None or len(layout.sizes) == 1 else list(layout.sizes)
 
     def target_part(t, size):
+        if lik.name == "heteroscedastic":  # (B, K) targets, one per head: (B, 2K)
+            t = tf.cast(tf.reshape(t, (-1, size // 2)), dtype)
+            return tf.concat([t, t], axis=1)
         if t.shape.rank == 1:
             t = tf.one_hot(tf.cast(t, tf.int32), size) if not lik.has_beta else t[:, None]
         return tf.cast(tf.reshape(t, (-1, size)), dtype)
