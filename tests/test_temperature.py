@@ -133,6 +133,10 @@ def test_temperature_is_for_classification(rng):
     with pytest.raises(ValueError, match="temperature applies to likelihood='classification'"):
         sigma.Laplace(model, x, y, temperature=2.0)
     assert sigma.Laplace(model, x, y, temperature=1.0).temperature == 1.0
+    # a heteroscedastic model ([μ | ln σ²], its own noise): not tempered either
+    with pytest.raises(ValueError, match="likelihood='heteroscedastic'"):
+        sigma.Laplace(model, x, y[:, :1], likelihood="heteroscedastic", temperature=0.5)
+    assert sigma.Laplace(model, x, y[:, :1], likelihood="heteroscedastic").temperature == 1.0
 
 
 def test_setting_the_temperature_is_a_refit_at_that_temperature(problem):
