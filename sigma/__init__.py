@@ -52,7 +52,7 @@ _EXPORTS = {
 _SUBMODULES = {
     "callbacks", "classification", "conformal", "curvature", "evidence", "heteroscedastic",
     "lab", "laplace", "likelihoods", "losses", "memory", "metrics", "params", "priors",
-    "structures", "sweep",
+    "structures", "sweep", "weights",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -37,6 +37,7 @@ from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
 from sigma.losses import GaussianNLL
 from sigma.priors import build_prior, owners_of
+from sigma.weights import select
 
 _REGRESSION_LOSSES = {"mse", "mean_squared_error", "meansquarederror"}
 _CLASSIFICATION_LOSSES = {
@@ -148,8 +149,9 @@ class EvidenceCallback(keras.callbacks.Callback):
     ----------
     x, y : the training data (arrays, y (N, K) or labels (N,)), or x a ``tf.data.Dataset`` of
         (x, y) batches and y None — what the curvature and the evidence are computed on.
-    structure, structure_options, curvature, batch_size : of the :class:`~sigma.Laplace` fitted
-        at each re-estimation (default "kfac": cheap at any size).
+    structure, structure_options, weights, curvature, batch_size : of the
+        :class:`~sigma.Laplace` fitted at each re-estimation (default "kfac": cheap at any
+        size; ``weights``: which weights the prior and the posterior cover, default all).
     prior : the weight groups with their own α (default "layer": MacKay's one α per layer).
     every : re-estimate every this many epochs (≥ 1).
     warmup : epochs of plain training before the first re-estimation (≥ 0).
@@ -178,6 +180,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         *,
         structure: str = "kfac",
         prior="layer",
+        weights="all",
         every: int = 5,
         warmup: int = 0,
         alpha=None,
@@ -203,6 +206,8 @@ class EvidenceCallback(keras.callbacks.Callback):
             )
         self._structure_cls = structures.get(structure)
         self._structure_cls.from_options(structure_options)  # checks the options now
+        structures.resolve(structure, weights)  # an alias with weights of its own is refused
+        self.weights_spec = weights
         if likelihood is not None:
             likelihoods.get(likelihood)
         if y is None and not is_dataset(x):
@@ -258,9 +263,11 @@ class EvidenceCallback(keras.callbacks.Callback):
             loss.likelihood if compiled == "heteroscedastic" else compiled
         )  # the parameterisation of the heads is the loss's
         self._fitted_at = None
-        probe = self._structure_cls.from_options(self.structure_options)
-        self._variables = probe.posterior_variables(model)
-        self.prior = build_prior(self.prior_spec, self._variables, owners_of(model))
+        self.selection = select(model, structures.resolve(self.structure, self.weights_spec)[1])
+        self._variables = self.selection.variables(model)
+        self.prior = build_prior(
+            self.prior_spec, self._variables, owners_of(model), sizes=self.selection.sizes
+        )
         self.prior_groups = self.prior.names
         self._strength = [
             tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="evidence_strength")
@@ -312,6 +319,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         kw = dict(
             structure=self.structure,
             structure_options=self.structure_options,
+            weights=self.weights_spec,
             prior=self.prior_spec,
             curvature=self.curvature,
             likelihood=self._likelihood_object,
@@ -372,9 +380,10 @@ class EvidenceCallback(keras.callbacks.Callback):
         )
         scale = 1.0 / (beta * n * k) if self._likelihood == "regression" else 1.0 / (2.0 * n)
         offset = 0
-        for v, strength in zip(self._variables, self._strength, strict=True):
-            size = int(np.prod(v.shape))
-            strength.assign(
-                (alpha_w[offset : offset + size] * scale).reshape(v.shape).astype(v.dtype)
-            )
+        parts = zip(self._variables, self._strength, self.selection.parts, strict=True)
+        for v, strength, (_, cols) in parts:
+            size = int(np.prod(v.shape)) if cols is None else int(cols.size)
+            values = np.zeros(int(np.prod(v.shape)))  # no penalty on the weights left out
+            values[slice(None) if cols is None else cols] = alpha_w[offset : offset + size] * scale
+            strength.assign(values.reshape(v.shape).astype(v.dtype))
             offset += size

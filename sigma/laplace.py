@@ -13,6 +13,7 @@ probabilities for ``likelihood="classification"`` :mod:`sigma.classification`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -42,13 +43,7 @@ from sigma._checks import (
     model_dtype,
 )
 from sigma._checks import n_samples as sample_count
-from sigma.classification import (
-    MAX_SAMPLES,
-    METHODS,
-    check_logits,
-    probit_probabilities,
-    sampled_probabilities,
-)
+from sigma.classification import MAX_SAMPLES, check_logits, check_method, probabilities
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -61,6 +56,8 @@ from sigma.curvature.accumulate import (
 from sigma.outputs import OutputLayout
 from sigma.priors import Prior, build_prior, owners_of
 from sigma.structures import Structure, fit_structure
+from sigma.weights import from_index as weights_from_index
+from sigma.weights import select
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
@@ -74,7 +71,8 @@ PRIOR_METRICS = {
 INTERPOLATION = 100
 _NO_BETA = (
     "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
-    "precision); only alpha can be set or optimised"
+    "precision; beta reads 1/temperature for a tempered likelihood, set by temperature=); "
+    "only alpha can be set or optimised"
 )
 
 
@@ -86,14 +84,18 @@ class Laplace:
     model : keras.Model, built and trained; f(x) ∈ R^K per sample.
     x : array (N, ...) of training inputs, matching the model's input shape; or a
         ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every streaming
-        structure (all five built in) consumes the dataset batch by batch.
+        structure (all four built in) consumes the dataset batch by batch.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
+    weights : which weights the posterior covers (:mod:`sigma.weights`): "all" (default),
+        "last_layer" (the last Dense layer's), a list of the model's trainable variables (e.g.
+        Keras' LoRA adapters), or a boolean mask per trainable variable; the others are held
+        at their trained values and P is the number selected.
     structure : how C is stored: a registered name (:mod:`sigma.structures`; "full": P×P,
         "diag": the exact GGN diagonal, "kfac": Kronecker factors per Dense/Conv layer,
-        "lowrank": top-k eigenpairs by block Lanczos (+ the exact diagonal of the rest),
-        "last_layer": the final Dense layer only; see README "Structures and layers") or an
-        unfitted :class:`~sigma.structures.Structure`.
+        "lowrank": top-k eigenpairs by block Lanczos (+ the exact diagonal of the rest); see
+        README "Structures and layers") or an unfitted :class:`~sigma.structures.Structure`.
+        "last_layer" stands for ``weights="last_layer", structure="full"``.
     structure_options : keyword arguments for the structure's constructor, e.g.
         ``{"rank": 50}`` for "lowrank".
     prior : the groups of weights that share a prior precision (:mod:`sigma.priors`):
@@ -111,6 +113,10 @@ class Laplace:
         "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
         y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
         no β; :mod:`sigma.heteroscedastic`).
+    temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
+        in the curvature (C/T, i.e. A = D_α + C/T) and in the evidence (cross-entropy/T);
+        :attr:`beta` then reads 1/T. T < 1 sharpens the likelihood (less weight
+        uncertainty), T > 1 flattens it. Default 1 (the plain likelihood).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -139,8 +145,10 @@ class Laplace:
         y=None,
         *,
         likelihood: str = "regression",
+        temperature: float = 1.0,
         curvature: str = "ggn",
         structure: str | Structure = "full",
+        weights="all",
         prior="scalar",
         alpha=1.0,
         beta=1.0,
@@ -153,6 +161,7 @@ class Laplace:
     ):
         if not isinstance(curvature, str) or curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        structure, weights = structures.resolve(structure, weights)
         if isinstance(structure, Structure):
             if structure_options is not None and not isinstance(structure_options, dict):
                 raise ValueError(
@@ -177,6 +186,8 @@ class Laplace:
         _check_flag(progress, "progress")
         self.likelihood = likelihoods.get(likelihood)
         check_model(model)
+        self.selection = select(model, weights)
+        structure = structure.on(self.selection)
         if not is_dataset(x):
             x = check_inputs(model, x)
             self.output_layout = engine(model).output_layout(x)
@@ -193,6 +204,9 @@ class Laplace:
             raise ValueError(_no_beta(self.likelihood))
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
+        temperature = _check_temperature(temperature, self.likelihood)
+        if not self.likelihood.has_beta:
+            beta = 1.0 / temperature  # the tempered likelihood's curvature is C/T
         self._beta, self._weighted, self._blocks = 1.0, None, None
         if is_dataset(x):
             if y is not None:
@@ -258,9 +272,14 @@ class Laplace:
             strategy=current_strategy(strategy),
             progress=progress,
         )
-        # The posterior's weights: all of them, or the final layer's for "last_layer".
+        # The posterior's weights: those of the selection (all of them by default).
         self.n_params = self.structure.n_params
-        self.prior = build_prior(prior, self.structure.posterior_variables(model), owners_of(model))
+        self.prior = build_prior(
+            prior,
+            self.selection.variables(model),
+            owners_of(model),
+            sizes=self.selection.sizes,
+        )
         self.structure.check_prior(self.prior)
         w_post = np.asarray(self.structure.posterior_weights(model), np.float64)
         self.weight_errors = self.prior.weight_errors(w_post)  # E_Wg per group
@@ -290,6 +309,23 @@ class Laplace:
     @alpha.setter
     def alpha(self, value):
         self._set_precisions(self._check_alpha(value), self._beta)
+
+    @property
+    def temperature(self) -> float:
+        """The likelihood's temperature T (classification: p(y | f)^(1/T); 1 for regression).
+        Settable (classification): the curvature is not refitted, A = D_α + C/T."""
+        return 1.0 if self.likelihood.has_beta else 1.0 / float(self._beta)
+
+    @temperature.setter
+    def temperature(self, value):
+        value = _check_temperature(value, self.likelihood)
+        if not self.likelihood.has_beta:
+            self._set_precisions(self._alpha, 1.0 / value)
+
+    def _tempered_error(self) -> float:
+        """The data term of the evidence: E_D for regression, cross-entropy/T for
+        classification (β holds 1/T there)."""
+        return self.data_error if self.likelihood.has_beta else self._beta * self.data_error
 
     @property
     def beta(self) -> float | np.ndarray:
@@ -543,17 +579,19 @@ class Laplace:
         with one logit per output is a binary classifier: its column is P(y = 1) = σ(f),
         probit σ(μ / sqrt(1 + π/8 · Σ)), the way Keras' own sigmoid output reads.
 
-        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
-        softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
-        ``n_samples`` draws of the logits from a generator seeded by ``seed``.
-        Classification only (ValueError for regression).
+        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ) (K×K covariance per input). ``method``
+        (:mod:`sigma.classification`): "probit" (default), softmax(μ / sqrt(1 + π/8 · diag Σ));
+        "mc", the mean of softmax over ``n_samples`` draws of the logits with the full
+        covariance, from a generator seeded by ``seed``; "mean_field" (Lu et al. 2020, the
+        variances of the logit differences, Σ_kk + Σ_jj − 2Σ_kj) and "mean_field_diag"
+        (Σ_kk + Σ_jj); "bridge", the mean of the Laplace bridge's Dirichlet (Hobbhahn et al.
+        2022). Classification only (ValueError for regression).
         """
         if self.likelihood.name != "classification":
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
-        if not isinstance(method, str) or method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        check_method(method)
         n_samples = check_positive_int(n_samples, "n_samples")
         if n_samples > MAX_SAMPLES:
             raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
@@ -570,10 +608,9 @@ class Laplace:
             self.model, x, self._alpha_weights(), beta, batch_size=batch_size
         )
         _check_finite_variance(cov, name)
-        heads = self.likelihood.heads
-        if method == "probit":
-            return probit_probabilities(mean, cov, heads)
-        return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed, heads=heads)
+        return probabilities(
+            mean, cov, method=method, n_samples=n_samples, seed=seed, heads=self.likelihood.heads
+        )
 
     # -- evidence -------------------------------------------------------------------------------
     def _spectral(self, structure=None) -> bool:
@@ -669,8 +706,8 @@ class Laplace:
         if self._spectral():
             if not self.likelihood.has_beta:
                 return evidence.log_evidence_classification(
-                    self._evidence_eigenvalues(),
-                    cross_entropy=self.data_error,
+                    self._beta * self._evidence_eigenvalues(),  # tempered: C/T, E/T
+                    cross_entropy=self._tempered_error(),
                     weight_error=self.weight_error,
                     n_params=self.n_params,
                     alpha=alpha,
@@ -697,7 +734,7 @@ class Laplace:
         logdet, _ = self._terms()(alphas, float(beta))
         return evidence.log_evidence_groups(
             logdet=logdet,
-            data_error=self.data_error,
+            data_error=self._tempered_error(),
             weight_errors=self.weight_errors,
             sizes=self.prior.sizes,
             n_obs=self.n_data * self.n_outputs,
@@ -780,9 +817,12 @@ class Laplace:
                     n_iter=0,
                     which=["beta"],
                 )
+            terms = self._terms()
+            if not has_beta:  # β is held at 1/T (the temperature): maximize holds it at 1
+                terms = functools.partial(_fixed_beta, terms, self._beta)
             result = evidence.maximize(
-                self._terms(),
-                data_error=self.data_error,
+                terms,
+                data_error=self._tempered_error(),
                 weight_errors=self.weight_errors,
                 sizes=self.prior.sizes,
                 n_obs=self.n_data * self.n_outputs if has_beta else None,
@@ -794,6 +834,8 @@ class Laplace:
                 max_iter=max_iter,
             )
             result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
+            if not has_beta:
+                result.beta = self._beta
         self._set_precisions(result.alpha, result.beta)
         if self.prior.scalar:
             result.alpha = float(result.alpha[0])
@@ -956,10 +998,17 @@ class Laplace:
         check_model(model)
         saving.check_fingerprint(header["fingerprint"], model, path)
         spec = header["structure"]
-        structure = structures.get(spec["name"]).from_options(spec["options"])
+        if "weights_index" in arrays:
+            selection = weights_from_index(
+                model, arrays["weights_index"], header["weights"]["kind"]
+            )
+        else:  # format 1: every weight, or the last layer for structure "last_layer"
+            selection = select(model, structures.resolve(spec["name"], "all")[1])
+        structure = structures.get(spec["name"]).from_options(spec["options"]).on(selection)
         state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
         structure.restore(model, state, spec["info"])
         la = cls.__new__(cls)
+        la.selection = selection
         data, layout = header["data"], header["output_layout"]
         lik = header["likelihood"]
         la.likelihood = likelihoods.get(lik["name"])
@@ -1003,6 +1052,30 @@ class Laplace:
             f"prior={self.prior.kind!r}, P={self.n_params}, N={self.n_data}, K={self.n_outputs}, "
             f"alpha={alpha}, beta={np.array2string(np.asarray(self._beta), precision=4)})"
         )
+
+
+def _fixed_beta(terms, beta, alphas, _):
+    """``terms`` at the given β whatever β it is asked at."""
+    return terms(alphas, beta)
+
+
+def _check_temperature(value, likelihood) -> float:
+    """A finite T > 0; only 1 unless the likelihood is a classifier's (for regression β itself
+    is the likelihood's scale; a heteroscedastic model's noise is its own output)."""
+    try:
+        t = float(value) if isinstance(value, numbers.Real) else np.nan
+    except OverflowError:  # an integer beyond float64
+        t = np.inf
+    if isinstance(value, bool) or not (np.isfinite(t) and t > 0 and np.isfinite(1.0 / t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    if likelihood.name != "classification" and t != 1.0:
+        raise ValueError(
+            "temperature applies to likelihood='classification' (for regression the noise "
+            "precision beta scales the likelihood, beta/T tempers it; a heteroscedastic "
+            f"model's noise is its own output), got temperature={value!r} with "
+            f"likelihood={likelihood.name!r}"
+        )
+    return t
 
 
 def _no_beta(likelihood) -> str:

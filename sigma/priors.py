@@ -63,16 +63,20 @@ class Prior:
         return np.bincount(self.groups, weights=values, minlength=self.n_groups)
 
 
-def build_prior(spec, variables, owners: dict) -> Prior:
+def build_prior(spec, variables, owners: dict, sizes=None) -> Prior:
     """The :class:`Prior` for ``spec`` over ``variables`` (the posterior's weights, in order).
 
     spec : "scalar", "layer", "variable", or an integer array (P,) of group ids 0 … G−1.
     variables : the variables the posterior covers, in package order.
     owners : {id(variable): name of the layer that owns it}.
+    sizes : the number of weights the posterior covers in each variable (default: all of
+        them; fewer for a variable selected in part, :mod:`sigma.weights`).
     Raises ValueError naming ``prior`` for anything else, a wrong length, a non-integer id or
     an empty group.
     """
-    sizes = [int(np.prod(v.shape)) for v in variables]
+    if sizes is None:
+        sizes = [int(np.prod(v.shape)) for v in variables]
+    sizes = [int(n) for n in sizes]
     p = int(sum(sizes))
     if isinstance(spec, str):
         if spec not in KINDS:

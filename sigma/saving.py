@@ -6,7 +6,8 @@ and float arrays. The header records
 
 * ``format`` ("sigma.laplace") and ``version`` (an integer, :data:`VERSION`; a file written by a
   newer format is refused, never misread) and the sigma version that wrote it;
-* the structure (its name, constructor options and JSON facts), the likelihood (and its
+* the weights the posterior covers (how they were selected; their positions in the array
+  ``weights_index``), the structure (its name, constructor options and JSON facts), the likelihood (and its
   softmax heads), the curvature, the prior groups' names and kind, α, β, ``negative``;
 * the data summary the evidence needs — N, K, E_D (and per output), the outputs' scale — and
   the weight errors E_Wg: the training data themselves are not saved;
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "sigma.laplace"
-VERSION = 1
+VERSION = 2  # 2: the selection of weights (``weights``; version 1 covered every weight)
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")  # how a .npz (zip) archive starts, as np.load tests
 
 
@@ -98,6 +99,7 @@ def save(laplace, path) -> Path:
         "version": VERSION,
         "sigma": _sigma_version(),
         "structure": {"name": s.name, "options": options, "info": info},
+        "weights": {"kind": laplace.selection.kind, "n_params": laplace.selection.n_params},
         "likelihood": {
             "name": laplace.likelihood.name,
             "heads": laplace.likelihood.heads,
@@ -124,7 +126,11 @@ def save(laplace, path) -> Path:
         "weight_errors": laplace.weight_errors,
         "fingerprint": fingerprint(laplace.model),
     }
-    entries = {"w_map": laplace.w_map, "prior_groups": laplace.prior.groups}
+    entries = {
+        "w_map": laplace.w_map,
+        "prior_groups": laplace.prior.groups,
+        "weights_index": laplace.selection.index,
+    }
     entries.update({f"structure/{k}": np.asarray(v, np.float64) for k, v in arrays.items()})
     if laplace._blocks is not None:
         entries["output_blocks"] = laplace._blocks

@@ -5,7 +5,7 @@
 with the 1/β noise; for ``likelihood="heteroscedastic"`` the noise head's σ²(x) instead) or
 the class probabilities (N, K) for classification (probit, one softmax
 per head). The posterior enters as the non-trainable weights of a :class:`PredictiveLayer`
-(per structure: the factor S of A⁻¹ = S Sᵀ for ``full``/``last_layer``, the per-block inverse
+(per structure: the factor S of A⁻¹ = S Sᵀ for ``full``, the per-block inverse
 eigenvalues and rotations for ``diag``/``kfac``, the low-rank and diagonal parts for
 ``lowrank``), and the variance diag J(x) A⁻¹ J(x)ᵀ is computed by TensorFlow ops — per-sample
 Jacobians, or the layer inputs and output sensitivities — at the precisions of the Laplace
@@ -25,8 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import structures
+from sigma import structures, weights
 from sigma._checks import model_dtype
+from sigma.curvature.engine import engine
 from sigma.curvature.layers import flat_outputs
 
 # What the served model says when it refuses (tf.errors.InvalidArgumentError, in the graph: in
@@ -60,11 +61,11 @@ def _refuse_non_finite(inputs, names=None):
 class PredictiveLayer(keras.layers.Layer):
     """The Laplace predictive of ``model`` as a layer (see the module docstring).
 
-    spec : {"structure": name, "structure_spec": {...}, "likelihood": "regression" |
-    "classification" | "heteroscedastic" ([μ | ln σ²]: mean and std of K = n_outputs/2),
-    "heads": [[start, stop], ...] | None, "noise": [1/β_k] (regression),
-    "arrays": {name: shape}, "n_outputs": K, "input_names": [name, ...] | None (several
-    inputs)}.
+    spec : {"structure": name, "structure_spec": {...}, "weights": the selection of weights
+    (:meth:`sigma.weights.Selection.describe`), "likelihood": "regression" | "classification"
+    | "heteroscedastic" ([μ | ln σ²]: mean and std of K = n_outputs/2), "heads": [[start,
+    stop], ...] | None, "noise": [1/β_k] (regression), "arrays": {name: shape}, "n_outputs":
+    K, "input_names": [name, ...] | None (several inputs)}.
 
     Non-finite input, outputs or variance are refused inside the graph: a
     ``tf.errors.InvalidArgumentError`` whose message starts with "sigma:" and names what was
@@ -76,6 +77,8 @@ class PredictiveLayer(keras.layers.Layer):
         kwargs.setdefault("dtype", model_dtype(model))
         super().__init__(**kwargs)
         self.model, self.spec = model, spec
+        described = spec.get("weights")
+        self.selection = None if described is None else weights.from_description(model, described)
         self.posterior = {
             name: self.add_weight(
                 shape=tuple(shape),
@@ -94,7 +97,8 @@ class PredictiveLayer(keras.layers.Layer):
         mean = tf.debugging.check_numerics(mean, NON_FINITE_OUTPUTS)
         arrays = {k: tf.convert_to_tensor(v) for k, v in self.posterior.items()}
         cls = structures.get(self.spec["structure"])
-        var = cls.graph_variance(self.model, self.spec["structure_spec"], arrays, inputs)
+        eng = engine(self.model, self.selection)
+        var = cls.graph_variance(eng, self.spec["structure_spec"], arrays, inputs)
         var = tf.debugging.check_numerics(tf.cast(var, tf.float64), NON_FINITE_VARIANCE)
         var = tf.maximum(var, 0.0)
         if self.spec["likelihood"] == "heteroscedastic":  # [μ | ln σ²]: noise head + weights
@@ -165,6 +169,7 @@ def to_keras(laplace, *, name: str | None = None) -> keras.Model:
     spec = {
         "structure": structure.name,
         "structure_spec": structure_spec,
+        "weights": laplace.selection.describe(),
         "likelihood": "regression" if lik.has_beta else lik.name,
         "heads": None
         if laplace.likelihood.heads is None

@@ -15,7 +15,7 @@ import tensorflow as tf
 from conftest import make_mlp
 
 import sigma
-from sigma.curvature import engine
+from sigma.curvature import Engine, engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sigma"
@@ -126,14 +126,20 @@ def test_import_sigma_does_not_import_the_sweep_machinery():
 def _tracing_counts(model) -> dict:
     """How many times each traced function in the model's engine has been traced."""
     counts = {}
-    for key, fn in engine(model).store.items():
-        get = getattr(fn, "experimental_get_tracing_count", None)
-        if get is not None:
-            counts[key] = get()
+    engines = [((), engine(model))]
+    while engines:
+        prefix, eng = engines.pop()
+        for key, fn in eng.store.items():
+            if isinstance(fn, Engine):  # the engine of a selection of the weights
+                engines.append(((*prefix, key), fn))
+                continue
+            get = getattr(fn, "experimental_get_tracing_count", None)
+            if get is not None:
+                counts[(*prefix, key)] = get()
     return counts
 
 
-@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "lowrank", "last_layer"])
+@pytest.mark.parametrize("structure", [*sigma.structures.names(), "last_layer"])
 def test_a_beta_scan_of_ten_laplace_objects_traces_once(rng, structure):
     model = make_mlp(hidden=(8, 6))  # P = 100
     x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 2))

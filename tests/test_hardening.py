@@ -214,5 +214,5 @@ def test_last_layer_on_a_model_with_several_outputs_is_refused_clearly():
     h = keras.layers.Dense(4, activation="tanh")(x_in)
     outputs = {"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(2, name="b")(h)}
     model = keras.Model(x_in, outputs)
-    with pytest.raises(ValueError, match=r"structure='last_layer' needs a model whose whole"):
+    with pytest.raises(ValueError, match=r"weights='last_layer' is ambiguous for a model with 2"):
         sigma.Laplace(model, X, {"a": Y, "b": np.tile(Y, 2)}, structure="last_layer")

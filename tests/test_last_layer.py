@@ -1,5 +1,6 @@
-"""Last-layer structure: equal to full when only the last layer is trainable, equal to the
-last-layer block of the full curvature otherwise, and its refusals."""
+"""weights="last_layer" (also spelled structure="last_layer"): equal to full when only the last
+layer is trainable, equal to the last-layer block of the full curvature otherwise, and its
+refusals."""
 
 import keras
 import numpy as np
@@ -8,7 +9,7 @@ import tensorflow as tf
 from conftest import make_mlp
 
 import sigma
-from sigma.structures.last_layer import final_dense
+from sigma.weights import final_dense
 
 
 def _frozen_body(activation=None, seed=0, use_bias=True):
@@ -99,12 +100,18 @@ def test_functional_subclassed_no_bias_and_dataset(rng):
         np.testing.assert_allclose(la.predict(x[:3])[1], ref.predict(x[:3])[1], rtol=1e-10)
 
 
-def test_refusals(rng, mlp64):
+def test_a_layer_after_the_last_dense_layer_is_differentiated_through(rng):
+    """The Jacobian of the last layer's weights is taken through whatever follows it."""
     x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
     after = keras.Sequential([*make_mlp().layers, keras.layers.Activation("tanh")])
     after.build((None, 3))
-    with pytest.raises(ValueError, match="not the output of its final Dense layer"):
-        sigma.Laplace(after, x, y, structure="last_layer")
+    la = sigma.Laplace(after, x, y, structure="last_layer", alpha=0.5, beta=2.0)
+    idx = np.arange(54 - 10, 54)
+    g = sigma.gauss_newton(after, x)[np.ix_(idx, idx)]
+    np.testing.assert_allclose(la.structure.matrix, g, rtol=1e-10, atol=1e-12)
+
+
+def test_refusals(rng, mlp64):
     frozen = make_mlp()
     frozen.layers[-1].trainable = False
     with pytest.raises(ValueError, match="has no trainable weights"):
@@ -113,5 +120,5 @@ def test_refusals(rng, mlp64):
     no_dense = keras.Model(
         inp, keras.layers.Conv1D(2, 1, dtype="float64")(keras.layers.Reshape((3, 1))(inp))
     )
-    with pytest.raises(ValueError, match="final layer is a keras Dense layer"):
+    with pytest.raises(ValueError, match="needs a model with a keras Dense layer"):
         final_dense(no_dense)

@@ -45,7 +45,7 @@ _LOAD = textwrap.dedent(
         print("RESULT" + json.dumps({
             "path": path, "std": std.tolist(), "log_evidence": la.log_evidence(),
             "alpha": np.ravel(la.alpha).tolist(), "structure": la.structure.name,
-            "gamma": la.gamma,
+            "weights": la.selection.kind, "gamma": la.gamma,
         }))
     """
 )
@@ -78,7 +78,8 @@ def test_round_trip_in_a_new_process(tmp_path):
     assert [r["path"] for r in results] == list(expected)
     for out in results:
         name, std, log_ev, gamma = expected[out["path"]]
-        assert out["structure"] == name
+        assert out["structure"] == {"last_layer": "full"}.get(name, name)
+        assert out["weights"] == ("last_layer" if name == "last_layer" else "all")
         np.testing.assert_allclose(out["std"], std, rtol=1e-12)
         assert out["log_evidence"] == pytest.approx(log_ev, rel=1e-12)
         assert out["gamma"] == pytest.approx(gamma, rel=1e-12)
@@ -122,13 +123,37 @@ def test_loading_refuses_what_it_cannot_trust(tmp_path):
         for name, value in {"header": np.array(json.dumps(header)), **arrays}.items():
             with zf.open(f"{name}.npy", "w") as fh:
                 np.lib.format.write_array(fh, value)
-    with pytest.raises(ValueError, match=r"format version 2 .* newer than this sigma reads \(1\)"):
+    newer = (
+        rf"format version {saving.VERSION + 1} .* newer than this sigma reads \({saving.VERSION}\)"
+    )
+    with pytest.raises(ValueError, match=newer):
         sigma.Laplace.load(tmp_path / "future.npz", model)
     np.savez(tmp_path / "other.npz", a=np.ones(3))
     with pytest.raises(ValueError, match="has no readable sigma header"):
         sigma.Laplace.load(tmp_path / "other.npz", model)
     with pytest.raises(ValueError, match=r"is not a file"):
         sigma.Laplace.load(tmp_path / "missing.npz", model)
+
+
+def _rewrite(path, header, arrays):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, value in {"header": np.array(json.dumps(header)), **arrays}.items():
+            with zf.open(f"{name}.npy", "w") as fh:
+                np.lib.format.write_array(fh, value)
+
+
+def test_a_format_1_last_layer_file_loads_as_the_last_layer_selection(tmp_path):
+    """Format 1 had no selection of weights: its "last_layer" structure was the full curvature
+    of the last Dense layer, stored as the full structure stores it."""
+    model = make_mlp()
+    la = sigma.Laplace(model, X, Y, structure="last_layer", alpha=0.5, beta=2.0)
+    header, arrays = saving.read(la.save(tmp_path / "v2.npz"))
+    header["version"], header["structure"]["name"] = 1, "last_layer"
+    del header["weights"], arrays["weights_index"]
+    _rewrite(tmp_path / "v1.npz", header, arrays)
+    old = sigma.Laplace.load(tmp_path / "v1.npz", model)
+    assert old.selection.kind == "last_layer" and old.n_params == 10
+    np.testing.assert_allclose(old.predict(X[:4])[1], la.predict(X[:4])[1], rtol=1e-12)
 
 
 def test_saving_is_atomic_and_needs_unchanged_weights(tmp_path):

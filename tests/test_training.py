@@ -97,11 +97,25 @@ def test_fit_re_estimates_during_training_for_every_structure(structure, likelih
     model.fit(X, y, epochs=5, batch_size=10, verbose=0, callbacks=[cb])
     assert [h["epoch"] for h in cb.history] == [3, 5]  # after the warm-up, every 2 epochs
     assert cb.laplace is not None and np.array_equal(cb.laplace.w_map, flat_weights(model))
-    assert cb.laplace.structure.name == structure
+    # structure="last_layer" is weights="last_layer" with the full structure
+    assert cb.laplace.structure.name == {"last_layer": "full"}.get(structure, structure)
+    assert cb.laplace.selection.kind == ("last_layer" if structure == "last_layer" else "all")
     for h in cb.history:
         assert np.all(np.asarray(h["alpha"]) > 0) and np.isfinite(h["log_evidence"])
         assert len(h["gammas"]) == len(cb.prior_groups)
     assert all(v.regularizer is None for v in model.trainable_variables)  # taken away again
+
+
+def test_a_selection_of_weights_is_the_only_one_penalised(rng):
+    """weights=: the prior's penalty acts on the selected weights alone (here the first
+    layer's kernel), the others train without it."""
+    model = _compiled("mse", seed=2)
+    kernel = model.layers[0].kernel
+    cb = EvidenceCallback(X, Y, structure="diag", weights=[kernel], every=1, verbose=0)
+    model.fit(X, Y, epochs=2, batch_size=10, verbose=0, callbacks=[cb])
+    assert cb.laplace.n_params == int(np.prod(kernel.shape))
+    assert cb.prior_groups == (model.layers[0].name,)
+    assert all(v.regularizer is None for v in model.trainable_variables)
 
 
 def test_a_dataset_and_sigma_train(rng):

@@ -53,15 +53,20 @@ JACOBIAN_ROUTE = 2**18  # GGN products through per-sample Jacobians up to this K
 CAPTURE_CACHE = 2**30  # bytes of layer inputs/sensitivities kept across product passes
 
 
-def engine(model) -> Engine:
+def engine(model, selection=None) -> Engine:
     """The :class:`Engine` of ``model``: built on first use, cached on the model, and rebuilt
-    when the model's variables change (e.g. ``layer.trainable`` toggled)."""
+    when the model's variables change (e.g. ``layer.trainable`` toggled).
+
+    ``selection`` (a :class:`sigma.weights.Selection`): the engine of those weights only — w is
+    then the (P_s,) vector of the selected weights, every other weight read from its variable
+    as a constant; kept by the model's engine, so it is built once per model and selection."""
     current = model.__dict__.get("_sigma_engine")
-    if current is not None and current.signature == _signature(model):
+    if current is None or current.signature != _signature(model):
+        current = Engine(model)
+        object.__setattr__(model, "_sigma_engine", current)  # not a tracked Keras attribute
+    if selection is None or selection.full:
         return current
-    current = Engine(model)
-    object.__setattr__(model, "_sigma_engine", current)  # not a tracked Keras attribute
-    return current
+    return current.restricted(selection)
 
 
 def _signature(model) -> tuple:
@@ -79,6 +84,8 @@ class Engine:
     functions by key; :class:`~sigma.curvature.accumulate.Accumulator` keeps its steps there).
     The engine holds the model weakly: it lives on the model and dies with it.
     """
+
+    selection = None  # every trainable weight
 
     def __init__(self, model):
         self._model = weakref.ref(model)
@@ -134,8 +141,17 @@ class Engine:
         return fn().numpy()
 
     def unflatten(self, w) -> list[tf.Tensor]:
+        """The values of ``model.trainable_variables`` with the weights w (P,) in place."""
         parts = tf.split(w, self.sizes)
         return [tf.reshape(p, s) for p, s in zip(parts, self.shapes, strict=True)]
+
+    def restricted(self, selection) -> SubsetEngine:
+        """The engine of the weights ``selection`` picks, built once and kept here."""
+        key = ("subset", selection.key)
+        sub = self.store.get(key)
+        if sub is None:
+            sub = self.store[key] = SubsetEngine(self, selection)
+        return sub
 
     def forward(self, w, x) -> tf.Tensor:
         """f(w, x) (B, K) in inference mode, a pure function of the flat weights w
@@ -498,7 +514,8 @@ class Engine:
         if plan is None:
             first = tf.nest.map_structure(lambda a: np.asarray(a[:8]), x)
             model = self.model
-            plan = _layers.probe(model, _layers.plan_layers(model, fast=fast), first)
+            plan = _layers.plan_layers(model, fast=fast, selection=self.selection)
+            plan = _layers.probe(model, plan, first)
             self.store[key] = plan
         return plan
 
@@ -511,6 +528,40 @@ class Engine:
 
     def _k_max(self) -> int:
         return max(self._k.values()) if self._k else 1
+
+
+class SubsetEngine(Engine):
+    """The engine of a selection of the weights (:mod:`sigma.weights`): w is the (P_s,) vector
+    of the selected weights in package order; the others enter the model as constants read from
+    their variables when the graph runs. Every graph of :class:`Engine` then differentiates
+    with respect to the selected weights only (their Jacobian, GGN, Hessian and products)."""
+
+    def __init__(self, parent: Engine, selection):
+        super().__init__(parent.model)
+        self.selection = selection
+        self.n_params = selection.n_params
+        self._parent = parent
+
+    def weights(self) -> tf.Tensor:
+        """The selected weights as one (P_s,) tensor, read when the graph runs."""
+        tv = self.model.trainable_variables
+        parts = []
+        for i, cols in self.selection.parts:
+            flat = tf.reshape(tf.convert_to_tensor(tv[i].value), [-1])
+            parts.append(flat if cols is None else tf.gather(flat, cols))
+        return tf.concat(parts, axis=0)
+
+    def unflatten(self, w) -> list[tf.Tensor]:
+        values = [tf.convert_to_tensor(v.value) for v in self.model.trainable_variables]
+        pieces = tf.split(w, list(self.selection.sizes))
+        for (i, cols), piece in zip(self.selection.parts, pieces, strict=True):
+            if cols is None:
+                values[i] = tf.reshape(piece, self.shapes[i])
+            else:
+                flat = tf.reshape(values[i], [-1])
+                flat = tf.tensor_scatter_nd_update(flat, cols[:, None], piece)
+                values[i] = tf.reshape(flat, self.shapes[i])
+        return values
 
 
 def _structure(x) -> str:

@@ -97,6 +97,7 @@ class GenericBlock:
     variables: list[int]  # indices into model.trainable_variables
     index: np.ndarray  # (P_l,) positions in the flat weight vector
     layer_class: str = ""
+    columns: list | None = None  # per variable: the selected flat indices, or None (all)
 
     @property
     def size(self) -> int:
@@ -112,6 +113,7 @@ class LayerPlan:
     n_params: int = 0
     excluded: tuple = ()  # layers forced onto the generic path
     generic_pfor: bool = True  # vectorised generic Jacobians (False: while loops)
+    selection: object = None  # the sigma.weights.Selection covered (None: every weight)
 
     def table(self) -> list[dict]:
         """One row per block: layer name, class, path and number of weights."""
@@ -153,9 +155,9 @@ def describe_plan(plan: LayerPlan, model) -> dict:
     }
 
 
-def rebuild_plan(model, description: dict, *, fast: bool = True) -> LayerPlan:
-    """The plan :func:`describe_plan` described, for ``model`` (ValueError if its layers no
-    longer match)."""
+def rebuild_plan(model, description: dict, *, fast: bool = True, selection=None) -> LayerPlan:
+    """The plan :func:`describe_plan` described, for ``model`` and the same ``selection`` of
+    its weights (ValueError if its layers no longer match)."""
     tv = model.trainable_variables
     owner = {}
     for layer in model._flatten_layers(include_self=True):
@@ -166,7 +168,7 @@ def rebuild_plan(model, description: dict, *, fast: bool = True) -> LayerPlan:
         excluded = tuple(owner[id(tv[i])] for i in description["excluded"])
     except (IndexError, KeyError):
         raise ValueError("the model's layers do not match the saved structure's") from None
-    plan = plan_layers(model, fast=fast, exclude=excluded)
+    plan = plan_layers(model, fast=fast, exclude=excluded, selection=selection)
     found = (
         [int(b.kernel) for b in plan.fast],
         [list(map(int, g.variables)) for g in plan.generic],
@@ -207,30 +209,49 @@ def _own_variables(layer):
     )
 
 
-def plan_layers(model, *, fast: bool = True, exclude: tuple = ()) -> LayerPlan:
-    """Assign every trainable weight of ``model`` to a fast or a generic block.
+def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None) -> LayerPlan:
+    """Assign every selected trainable weight of ``model`` to a fast or a generic block.
 
     ``fast=False`` sends every layer down the generic path (the reference in the tests);
-    ``exclude`` lists layers (objects) forced onto the generic path.
+    ``exclude`` lists layers (objects) forced onto the generic path. ``selection`` (a
+    :class:`sigma.weights.Selection`; default every trainable weight): the blocks cover those
+    weights, indexed in the selected vector. A fast layer needs its whole kernel selected; a
+    bias that is not selected (or not trainable) is left out of the block (no augmenting 1);
+    a layer with part of a variable selected (a mask) takes the generic path.
     """
     tv = model.trainable_variables
     pos = {id(v): i for i, v in enumerate(tv)}
     sizes = [int(np.prod(v.shape)) for v in tv]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if selection is None:
+        columns = {i: None for i in range(len(tv))}
+    else:
+        columns = selection.columns()
+    order = sorted(columns)
+    counts = [sizes[i] if columns[i] is None else int(columns[i].size) for i in order]
+    starts = dict(
+        zip(order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), strict=False)
+    )
 
     def flat(i):
-        return np.arange(offsets[i], offsets[i + 1])
+        n = sizes[i] if columns[i] is None else int(columns[i].size)
+        return np.arange(starts[i], starts[i] + n)
 
-    plan, taken = LayerPlan(n_params=int(offsets[-1]), excluded=tuple(exclude)), set()
+    plan = LayerPlan(n_params=int(sum(counts)), excluded=tuple(exclude), selection=selection)
+    taken = set()
     layers = model._flatten_layers(include_self=True, recursive=True)
     for layer in layers:
         kind = _fast_kind(layer) if fast and not any(layer is e for e in exclude) else None
         if kind is None or id(layer.kernel) not in pos:
             continue
-        bias = getattr(layer, "bias", None)
-        if bias is not None and id(bias) not in pos:
+        k = pos[id(layer.kernel)]
+        if k not in columns or columns[k] is not None:
             continue
-        k, b = pos[id(layer.kernel)], None if bias is None else pos[id(bias)]
+        bias = getattr(layer, "bias", None)
+        b = pos.get(id(bias)) if bias is not None else None
+        if b is not None and b not in columns:
+            b = None  # a bias held fixed: the block is the kernel alone
+        if b is not None and columns[b] is not None:
+            continue
         c = int(layer.kernel.shape[-1])
         index = flat(k) if b is None else np.concatenate([flat(k), flat(b)])
         d = index.size // c
@@ -238,18 +259,24 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = ()) -> LayerPlan:
         taken.update({k} if b is None else {k, b})
     for layer in layers:
         own = [
-            pos[id(v)] for v in _own_variables(layer) if id(v) in pos and pos[id(v)] not in taken
+            pos[id(v)]
+            for v in _own_variables(layer)
+            if id(v) in pos and pos[id(v)] in columns and pos[id(v)] not in taken
         ]
         if own:
             plan.generic.append(
                 GenericBlock(
-                    layer.name, own, np.concatenate([flat(i) for i in own]), type(layer).__name__
+                    layer.name,
+                    own,
+                    np.concatenate([flat(i) for i in own]),
+                    type(layer).__name__,
+                    [columns[i] for i in own],
                 )
             )
             taken.update(own)
-    rest = [i for i in range(len(tv)) if i not in taken]
+    rest = [i for i in order if i not in taken]
     for i in rest:  # weights no layer claims as its own (should be rare)
-        plan.generic.append(GenericBlock(tv[i].path, [i], flat(i), "Variable"))
+        plan.generic.append(GenericBlock(tv[i].path, [i], flat(i), "Variable", [columns[i]]))
     return plan
 
 
@@ -420,6 +447,7 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
     """
     tv = model.trainable_variables
     generic = [i for blk in plan.generic for i in blk.variables]
+    columns = [c for blk in plan.generic for c in (blk.columns or [None] * len(blk.variables))]
     values = [tf.convert_to_tensor(v.value) for v in tv]
     non_trainable = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
     kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
@@ -461,6 +489,10 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
     else:
         sig = [tf.TensorSpec([None, int(np.prod(tv[i].shape))], values[i].dtype) for i in generic]
         per_var = tf.map_fn(one, x, fn_output_signature=sig)
+    # a variable selected in part (a mask): its selected columns, (B, K, n)
+    per_var = [
+        j if c is None else tf.gather(j, c, axis=2) for j, c in zip(per_var, columns, strict=True)
+    ]
     out, i = [], 0
     for blk in plan.generic:
         n = len(blk.variables)
@@ -527,7 +559,10 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
             "autodiff path instead",
             stacklevel=3,
         )
-        return probe(model, plan_layers(model, exclude=plan.excluded + tuple(bad)), x, rtol=rtol)
+        replanned = plan_layers(
+            model, exclude=plan.excluded + tuple(bad), selection=getattr(plan, "selection", None)
+        )
+        return probe(model, replanned, x, rtol=rtol)
     return plan
 
 

@@ -9,10 +9,14 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 * :mod:`.seed` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
+* :mod:`.baselines`, :mod:`.posterior` — deep ensembles, MC dropout, temperature scaling and
+  training for the posterior (notebook 05);
+* :mod:`.shift`, :mod:`.classifiers` — shifted and out-of-distribution digits, and every
+  classifier's probabilities scored on them (notebook 06);
 * :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
 """
 
-from sigma.lab import compare, data, models, plots, scans, seed
+from sigma.lab import classifiers, compare, data, models, plots, scans, seed, shift
 from sigma.lab.data import IRIS_CLASSES, digits_split, iris_split, one_hot, teacher_regression
 from sigma.lab.models import mlp, reinitialised_copy, small_cnn, train
 from sigma.lab.scans import alpha_scan, beta_scan
@@ -21,6 +25,7 @@ from sigma.lab.seed import mean_loss_hessian_diag, seed_sigma, summed_beta
 __all__ = [
     "IRIS_CLASSES",
     "alpha_scan",
+    "classifiers",
     "compare",
     "data",
     "models",
@@ -35,6 +40,7 @@ __all__ = [
     "one_hot",
     "reinitialised_copy",
     "seed_sigma",
+    "shift",
     "small_cnn",
     "summed_beta",
     "teacher_regression",

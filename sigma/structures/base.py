@@ -56,6 +56,9 @@ class Structure:
     # follows from ``eigenvalues`` (False: from ``logdet`` and ``inverse_diagonal``)
     memory_summary: ClassVar[str] = "its curvature"  # what the memory holds, for messages
     registry: ClassVar[dict[str, type]] = {}
+    # The weights C covers (a sigma.weights.Selection; None: every trainable weight). Set
+    # before ``fit``/``restore``/``memory_bytes``; every method then works on those P_s weights.
+    selection = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -92,14 +95,24 @@ class Structure:
         a :mod:`sigma.likelihoods` object (its ``hessian_sqrt`` gives the GGN's Λ_n = L_n L_nᵀ)."""
         raise NotImplementedError
 
-    def posterior_weights(self, model) -> np.ndarray:
-        """The weights the posterior covers, (n_params,) in package order (default: all; the
-        last-layer structure covers its layer only). E_W = ½‖·‖² in the evidence."""
-        return engine(model).flat_weights()
+    def on(self, selection) -> Structure:
+        """A copy of this (unfitted) structure over the weights ``selection`` picks."""
+        new = copy.copy(self)
+        new.selection = selection
+        return new
 
-    def posterior_variables(self, model) -> list:
-        """The variables whose weights :meth:`posterior_weights` holds, in order."""
-        return list(model.trainable_variables)
+    def engine_for(self, model):
+        """The curvature engine of ``model`` restricted to :attr:`selection`."""
+        return engine(model, self.selection)
+
+    def sibling(self, cls, *args, **kwargs) -> Structure:
+        """A new structure of class ``cls`` over the same weights (e.g. lowrank's diagonal)."""
+        return cls(*args, **kwargs).on(self.selection)
+
+    def posterior_weights(self, model) -> np.ndarray:
+        """The weights the posterior covers, (n_params,) in package order. E_W = ½‖·‖² in the
+        evidence."""
+        return self.engine_for(model).flat_weights()
 
     def check_prior(self, prior) -> None:
         """Raise ValueError when this structure cannot represent ``prior``'s groups exactly."""
@@ -152,8 +165,10 @@ class Structure:
         raise NotImplementedError(f"structure {self.name!r} cannot be exported")
 
     @staticmethod
-    def graph_variance(model, spec: dict, arrays: dict, x):
-        """Traceable: diag J(x) A⁻¹ J(x)ᵀ, (B, K) float64, from :meth:`export`'s arrays."""
+    def graph_variance(eng, spec: dict, arrays: dict, x):
+        """Traceable: diag J(x) A⁻¹ J(x)ᵀ, (B, K) float64, from :meth:`export`'s arrays;
+        ``eng`` is the model's curvature engine over the selected weights (``eng.model``,
+        ``eng.selection``)."""
         raise NotImplementedError
 
     # Capabilities (see the class attributes).

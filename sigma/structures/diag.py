@@ -25,7 +25,6 @@ import tensorflow as tf
 
 from sigma.curvature.layers import Captured, layer_batch_size
 from sigma.memory import activation_elements
-from sigma.params import num_params
 from sigma.structures.layerwise import Layerwise
 
 
@@ -88,4 +87,5 @@ class Diag(Layerwise):
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         act = activation_elements(model)
         per = 2 * (n_outputs + 1) * act
-        return 4 * num_params(model) * 8 + layer_batch_size(n_data, per, batch_size) * per * 8
+        p = self.engine_for(model).n_params
+        return 4 * p * 8 + layer_batch_size(n_data, per, batch_size) * per * 8

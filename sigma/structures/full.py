@@ -22,7 +22,7 @@ from sigma import evidence
 from sigma._checks import n_samples
 from sigma._linalg import eigh, one_blas_thread
 from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
-from sigma.curvature.engine import ROW_CHUNK, engine
+from sigma.curvature.engine import ROW_CHUNK
 from sigma.structures.base import Eigenbasis
 
 
@@ -38,7 +38,7 @@ class Full(Eigenbasis):
     memory_summary = "a P×P matrix and its eigendecomposition"
 
     def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
-        eng = engine(model)
+        eng = self.engine_for(model)
         self.n_params = eng.n_params
         n = 1 if is_dataset(x) else n_samples(x)
         k = eng.n_outputs(first_samples(x, 1))
@@ -119,7 +119,7 @@ class Full(Eigenbasis):
     # -- predictive -----------------------------------------------------------------------------
     def _jacobian_batches(self, model, x, batch_size):
         """Yield J(x) per batch, (B, K, P) float64."""
-        for _, j in engine(model).jacobians(x, batch_size=batch_size, extra=2):
+        for _, j in self.engine_for(model).jacobians(x, batch_size=batch_size, extra=2):
             yield j.astype(np.float64)
 
     def _projected(self, model, x, batch_size):
@@ -188,8 +188,7 @@ class Full(Eigenbasis):
         return {"factor": self._inverse_factor(alpha, beta)}, {}
 
     @staticmethod
-    def graph_variance(model, spec, arrays, x):
-        eng = engine(model)
+    def graph_variance(eng, spec, arrays, x):
         _, j = eng.jacobian(eng.weights(), x)
         js = tf.einsum("bkp,pq->bkq", tf.cast(j, tf.float64), arrays["factor"])
         return tf.reduce_sum(tf.square(js), axis=-1)
@@ -202,16 +201,16 @@ class Full(Eigenbasis):
         self._chol = (None, None)
 
     def output_blocks(self, model, x, *, batch_size=None):
-        return engine(model).output_blocks(x, batch_size=batch_size)
+        return self.engine_for(model).output_blocks(x, batch_size=batch_size)
 
     def reweighted(self, matrix):
-        new = Full()
+        new = self.sibling(Full)
         new.n_params, new.psd = self.n_params, getattr(self, "psd", False)
         new._set_matrix(0.5 * (matrix + matrix.T))
         return new
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
-        p = engine(model).n_params
+        p = self.engine_for(model).n_params
         per = n_outputs * p if curvature == "ggn" else 64 * p
         jac = batch_size_for(n_data, per, batch_size) * per * 8 * 2
         return 4 * p * p * 8 + jac

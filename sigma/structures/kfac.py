@@ -127,7 +127,7 @@ class KFAC(Layerwise):
             g = prior.groups[blk.index].reshape(blk.d_in, blk.d_out)
             if not np.all(g == g[:, :1]):
                 raise ValueError(
-                    f"structure 'kfac' needs one prior precision per input row of layer "
+                    f"structure {self.name!r} needs one prior precision per input row of layer "
                     f"{blk.layer.name!r} (its Kronecker factor Q ⊗ H has no form for a prior "
                     "that varies over output units): use prior='scalar', 'layer' or 'variable', "
                     "or structure='diag' or 'full' for this grouping"
@@ -139,27 +139,10 @@ class KFAC(Layerwise):
         A_block = (S⁻¹ ⊗ I)(I + β S Q S ⊗ H)(S⁻¹ ⊗ I), exact through the eigenpairs of S Q S.
         α varying over a layer's output columns has no Kronecker form and is refused."""
         fast_alpha, generic_alpha = self._alpha_blocks(alpha)
-        out = []
-        for blk, a, (q, _), (qe, qv, he, hv) in zip(
-            self.plan.fast, fast_alpha, self.factors, self.factor_eigen, strict=True
-        ):
-            rows = a[:, 0]
-            if not np.all(a == rows[:, None]):
-                raise ValueError(
-                    f"structure 'kfac' needs one prior precision per input row of layer "
-                    f"{blk.layer.name!r} (its Kronecker factor Q ⊗ H has no form for a prior "
-                    "that varies over output units): use prior='scalar', 'layer' or 'variable', "
-                    "or structure='diag' or 'full' for this grouping"
-                )
-            if np.all(rows == rows[0]):
-                a0 = rows[0] + beta * np.outer(qe, he)
-                out.append([qv, hv, 1.0 / a0, np.log(a0).sum()])
-            else:
-                scale = rows**-0.5
-                e, u = _eigh(scale[:, None] * q * scale[None, :])
-                a1 = 1.0 + beta * np.outer(e, he)
-                logdet = blk.d_out * np.log(rows).sum() + np.log(a1).sum()
-                out.append([scale[:, None] * u, hv, 1.0 / a1, logdet])
+        out = [
+            self._fast_spectrum(i, blk, a, beta)
+            for i, (blk, a) in enumerate(zip(self.plan.fast, fast_alpha, strict=True))
+        ]
         for a, (e, v, acc) in zip(generic_alpha, self.generic_eigen, strict=True):
             if v is None:  # the block's diagonal only
                 a0 = a + beta * acc
@@ -173,6 +156,32 @@ class KFAC(Layerwise):
                 a1 = 1.0 + beta * e1
                 out.append([scale[:, None] * u, 1.0 / a1, np.log(a).sum() + np.log(a1).sum()])
         return out
+
+    def _fast_spectrum(self, i, blk, a, beta) -> list:
+        """[R_in, R_out, W (D, C), ln|A_block|] of fast block i with α of its weights ``a``
+        (D, C) (see :meth:`_spectral`)."""
+        (q, _), (qe, qv, he, hv) = self.factors[i], self.factor_eigen[i]
+        rows = self._row_alpha(blk, a)
+        if np.all(rows == rows[0]):
+            a0 = rows[0] + beta * np.outer(qe, he)
+            return [qv, hv, 1.0 / a0, np.log(a0).sum()]
+        scale = rows**-0.5
+        e, u = _eigh(scale[:, None] * q * scale[None, :])
+        a1 = 1.0 + beta * np.outer(e, he)
+        logdet = blk.d_out * np.log(rows).sum() + np.log(a1).sum()
+        return [scale[:, None] * u, hv, 1.0 / a1, logdet]
+
+    def _row_alpha(self, blk, a) -> np.ndarray:
+        """α of each input row of a fast block (D,); ValueError when it varies along a row."""
+        rows = a[:, 0]
+        if not np.all(a == rows[:, None]):
+            raise ValueError(
+                f"structure {self.name!r} needs one prior precision per input row of layer "
+                f"{blk.layer.name!r} (its Kronecker factor Q ⊗ H has no form for a prior "
+                "that varies over output units): use prior='scalar', 'layer' or 'variable', "
+                "or structure='diag' or 'full' for this grouping"
+            )
+        return rows
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         blocks, other = kernel_blocks(model)

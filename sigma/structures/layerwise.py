@@ -23,7 +23,6 @@ from sigma.curvature.accumulate import (
     first_samples,
     is_dataset,
 )
-from sigma.curvature.engine import engine
 from sigma.curvature.layers import (
     Captured,
     capture,
@@ -81,7 +80,7 @@ class Layerwise(Structure):
                 "structure='full' for the Hessian of a small model"
             )
         lik = likelihoods.get(likelihood)
-        eng = engine(model)
+        eng = self.engine_for(model)
         if is_dataset(x):
             first = check_inputs(model, first_samples(x, 8))
         else:
@@ -131,7 +130,7 @@ class Layerwise(Structure):
                 "recorded by identity): predict with the model it was fitted on"
             )
         x = check_inputs(model, x)
-        k = engine(model).n_outputs(x)
+        k = self.engine_for(model).n_outputs(x)
         # The contractions run in float64, whatever the model's dtype: inverse eigenvalues
         # 1/(α + β c) overflow float32 for tiny α, β.
         params = [
@@ -145,7 +144,7 @@ class Layerwise(Structure):
         return np.concatenate(out)
 
     def _predict_fn(self, model, x, params, covariance):
-        eng, plan = engine(model), self.plan
+        eng, plan = self.engine_for(model), self.plan
         layout = tuple(tuple(t is not None for t in blk) for blk in params)
         specs = [tf.TensorSpec(t.shape, t.dtype) for blk in params for t in blk if t is not None]
         spec = eng.spec(x)
@@ -181,8 +180,9 @@ class Layerwise(Structure):
         }
 
     @staticmethod
-    def graph_variance(model, spec, arrays, x):
-        plan = _served_plan(model, spec)
+    def graph_variance(eng, spec, arrays, x):
+        model = eng.model
+        plan = served_plan(eng, spec)
         blocks = [
             [arrays[f"b{i}_{j}"] if present else None for j, present in enumerate(row)]
             for i, row in enumerate(spec["layout"])
@@ -199,7 +199,7 @@ class Layerwise(Structure):
         return arrays, info
 
     def restore(self, model, arrays, info):
-        self.plan = rebuild_plan(model, info["plan"], fast=info["fast"])
+        self.plan = rebuild_plan(model, info["plan"], fast=info["fast"], selection=self.selection)
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = int(info["n_params"]), int(info["n_outputs"])
         self.n_data = int(info["n_data"])
@@ -271,10 +271,12 @@ class Layerwise(Structure):
         raise NotImplementedError
 
 
-def _served_plan(model, spec):
-    """The layer plan of an exported structure, rebuilt once per model and kept by its engine."""
-    eng = engine(model)
-    key = ("served-plan", repr(spec["plan"]), spec["fast"])
+def served_plan(eng, spec):
+    """The layer plan of an exported structure, rebuilt once per model and selection of its
+    weights and kept by their engine ``eng``."""
+    key = ("served-plan", repr(spec["plan"]), spec.get("fast", True))
     if key not in eng.store:
-        eng.store[key] = rebuild_plan(model, spec["plan"], fast=spec["fast"])
+        eng.store[key] = rebuild_plan(
+            eng.model, spec["plan"], fast=spec.get("fast", True), selection=eng.selection
+        )
     return eng.store[key]

@@ -43,7 +43,7 @@ from sigma.curvature.accumulate import (
     first_samples,
     is_dataset,
 )
-from sigma.curvature.engine import CAPTURE_CACHE, _spec_key, engine
+from sigma.curvature.engine import CAPTURE_CACHE, _spec_key
 from sigma.curvature.layers import (
     capture,
     contract,
@@ -57,6 +57,7 @@ from sigma.memory import activation_elements, itemsize, kernel_blocks
 from sigma.structures.base import Structure
 from sigma.structures.diag import Diag
 from sigma.structures.full import Full
+from sigma.structures.layerwise import served_plan
 
 MAX_PASSES = 30  # default cap on the passes over the data
 
@@ -271,7 +272,7 @@ class LowRank(Structure):
         return default_block(k, p) if self.block is None else min(p, self.block)
 
     def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
-        eng = engine(model)
+        eng = self.engine_for(model)
         p = self.n_params = eng.n_params
         k = min(self.rank, p)
         # the layer plan of the layer-wise predictive, probed on training inputs
@@ -280,7 +281,7 @@ class LowRank(Structure):
         self._plan = eng.layer_plan(first) if layerwise else None
         self._model_ref = weakref.ref(model)
         if 2 * k + 1 > p:
-            full = Full().fit(
+            full = self.sibling(Full).fit(
                 model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size,
                 strategy=strategy, progress=progress,
             )  # fmt: skip
@@ -346,7 +347,7 @@ class LowRank(Structure):
                     "LowRank(diag=True) needs curvature='ggn' (the exact diagonal is the "
                     "Gauss–Newton one); use diag=False with the Hessian"
                 )
-            d = Diag().fit(
+            d = self.sibling(Diag).fit(
                 model, x, y, likelihood=likelihood, curvature="ggn", batch_size=batch_size,
                 strategy=strategy, progress=progress,
             ).diagonal  # fmt: skip
@@ -388,14 +389,11 @@ class LowRank(Structure):
         return {"scale": s, "u": np.asarray(u, np.float64), "m": np.asarray(m, np.float64)}, spec
 
     @staticmethod
-    def graph_variance(model, spec, arrays, x):
-        eng = engine(model)
+    def graph_variance(eng, spec, arrays, x):
+        model = eng.model
         s, u, m = arrays["scale"], arrays["u"], arrays["m"]
         if spec["path"] == "layerwise":
-            key = ("served-plan", repr(spec["plan"]), True)
-            if key not in eng.store:
-                eng.store[key] = rebuild_plan(model, spec["plan"], fast=True)
-            plan = eng.store[key]
+            plan = served_plan(eng, spec)
             blocks = [
                 [None, None, tf.reshape(tf.gather(s, b.index), (b.d_in, b.d_out))]
                 for b in plan.fast
@@ -431,7 +429,7 @@ class LowRank(Structure):
         self.spectral = self.residual_diagonal is None
         self._resid_floor, self.info = float(info["resid_floor"]), dict(info["info"])
         plan = info.get("plan")  # absent from files written before serving existed
-        self._plan = None if plan is None else rebuild_plan(model, plan)
+        self._plan = None if plan is None else rebuild_plan(model, plan, selection=self.selection)
         self._model_ref = weakref.ref(model)
         return self
 
@@ -440,11 +438,11 @@ class LowRank(Structure):
         return (curvature == "ggn") if self.diag is None else bool(self.diag)
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
-        eng = engine(model)
+        eng = self.engine_for(model)
         p = eng.n_params
         r = min(self.rank, p)
         if 2 * r + 1 > p:
-            return Full().memory_bytes(
+            return self.sibling(Full).memory_bytes(
                 model, n_data=n_data, n_outputs=n_outputs, batch_size=batch_size,
                 curvature=curvature,
             )  # fmt: skip
@@ -465,7 +463,7 @@ class LowRank(Structure):
         captured = captured if captured <= CAPTURE_CACHE else 0
         diagonal = 0
         if self._with_diag(curvature):
-            diagonal = Diag().memory_bytes(
+            diagonal = self.sibling(Diag).memory_bytes(
                 model, n_data=n_data, n_outputs=n_outputs, batch_size=batch_size,
                 curvature=curvature,
             )  # fmt: skip
@@ -484,7 +482,7 @@ class LowRank(Structure):
         passes per batch) and J U by k forward-mode products. ``"jacobian"``: both from
         per-sample Jacobians in chunks — used when k = P, and as the reference.
         """
-        eng = engine(model)
+        eng = self.engine_for(model)
         r, k = self._vecs.shape[1], eng.n_outputs(x)
         path = "jacobian" if r == self.n_params else self.predictive
         spec = eng.spec(x)
