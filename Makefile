@@ -38,7 +38,7 @@ test: $(STAMP) ## the whole suite, as CI runs it: unit tier, wheel, subprocesses
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## core math, API and errors only: no notebooks, subprocesses or wheel (≤ 60 s on 2 cores)
-	$(PYTEST) -m "not notebook and not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "core and not slow" $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## everything but the notebook tier
 	$(PYTEST) -m "not notebook" $(PYTEST_ARGS)

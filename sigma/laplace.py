@@ -45,7 +45,7 @@ from sigma._checks import (
     input_scale,
     model_dtype,
 )
-from sigma.classification import MAX_SAMPLES, METHODS, check_logits
+from sigma.classification import MAX_SAMPLES, check_logits, check_method
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -103,6 +103,10 @@ class Laplace:
         "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
         y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
         no β; :mod:`sigma.heteroscedastic`).
+    temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
+        in the curvature (C/T, i.e. A = D_α + C/T) and in the evidence (cross-entropy/T);
+        :attr:`beta` then reads 1/T. T < 1 sharpens the likelihood (less weight
+        uncertainty), T > 1 flattens it. Default 1 (the plain likelihood).
     negative : what to do with negative eigenvalues of the exact Hessian: "keep" them (A must
         still be positive definite; the evidence refuses them) or "clip" them to zero (C → its
         positive semi-definite part, for predictions and evidence alike, with a warning saying
@@ -131,6 +135,7 @@ class Laplace:
         y=None,
         *,
         likelihood: str = "regression",
+        temperature: float = 1.0,
         curvature: str = "ggn",
         structure: str | Structure = "full",
         weights="all",
@@ -186,6 +191,9 @@ class Laplace:
             raise ValueError(no_beta(lik))
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
+        temperature = _check_temperature(temperature, lik)
+        if not lik.has_beta:
+            beta = 1.0 / temperature  # the tempered likelihood's curvature is C/T
         if is_dataset(x):
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
@@ -358,6 +366,19 @@ class Laplace:
         self.posterior = self.posterior.replace(alpha=value)
 
     @property
+    def temperature(self) -> float:
+        """The likelihood's temperature T (classification: p(y | f)^(1/T); 1 for regression).
+        Settable (classification): the curvature is not refitted, A = D_α + C/T."""
+        post = self.posterior
+        return 1.0 if post.likelihood.has_beta else 1.0 / float(post.beta)
+
+    @temperature.setter
+    def temperature(self, value):
+        value = _check_temperature(value, self.likelihood)
+        if not self.likelihood.has_beta:
+            self.posterior = self.posterior.replace(beta=1.0 / value)
+
+    @property
     def beta(self) -> float | np.ndarray:
         """Noise precision β: a float, or a (K,) array with one β_k per output."""
         beta = self.posterior.beta
@@ -496,17 +517,19 @@ class Laplace:
         with one logit per output is a binary classifier: its column is P(y = 1) = σ(f),
         probit σ(μ / sqrt(1 + π/8 · Σ)), the way Keras' own sigmoid output reads.
 
-        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method="probit"`` (default):
-        softmax(μ / sqrt(1 + π/8 · diag Σ)); ``method="mc"``: the mean of softmax over
-        ``n_samples`` draws of the logits from a generator seeded by ``seed``.
-        Classification only (ValueError for regression).
+        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ) (K×K covariance per input). ``method``
+        (:mod:`sigma.classification`): "probit" (default), softmax(μ / sqrt(1 + π/8 · diag Σ));
+        "mc", the mean of softmax over ``n_samples`` draws of the logits with the full
+        covariance, from a generator seeded by ``seed``; "mean_field" (Lu et al. 2020, the
+        variances of the logit differences, Σ_kk + Σ_jj − 2Σ_kj) and "mean_field_diag"
+        (Σ_kk + Σ_jj); "bridge", the mean of the Laplace bridge's Dirichlet (Hobbhahn et al.
+        2022). Classification only (ValueError for regression).
         """
         if self.likelihood.name != "classification":
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
             )
-        if not isinstance(method, str) or method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        check_method(method)
         n_samples = check_positive_int(n_samples, "n_samples")
         if n_samples > MAX_SAMPLES:
             raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
@@ -685,6 +708,25 @@ class Laplace:
             f"N={self.n_data}, K={self.n_outputs}, alpha={alpha}, "
             f"beta={np.array2string(np.asarray(post.beta), precision=4)})"
         )
+
+
+def _check_temperature(value, likelihood) -> float:
+    """A finite T > 0; only 1 unless the likelihood is a classifier's (for regression β itself
+    is the likelihood's scale; a heteroscedastic model's noise is its own output)."""
+    try:
+        t = float(value) if isinstance(value, numbers.Real) else np.nan
+    except OverflowError:  # an integer beyond float64
+        t = np.inf
+    if isinstance(value, bool) or not (np.isfinite(t) and t > 0 and np.isfinite(1.0 / t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    if likelihood.name != "classification" and t != 1.0:
+        raise ValueError(
+            "temperature applies to likelihood='classification' (for regression the noise "
+            "precision beta scales the likelihood, beta/T tempers it; a heteroscedastic "
+            f"model's noise is its own output), got temperature={value!r} with "
+            f"likelihood={likelihood.name!r}"
+        )
+    return t
 
 
 def _clip_negative(structure, curvature) -> None:

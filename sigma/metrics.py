@@ -203,3 +203,48 @@ def check_validation_size(metric: str, n_samples: int, n_values: int, n_tuned: i
             "values as precisions, the precisions can be chosen to match them); use more "
             "held-out data" + (" or beta=False" if n_tuned > 1 else "")
         )
+
+
+# -- out-of-distribution detection --------------------------------------------------------------
+def _ood_scores(scores_in, scores_out):
+    scores_in = as_array(scores_in, "scores_in", ndim=1).astype(np.float64)
+    scores_out = as_array(scores_out, "scores_out", ndim=1).astype(np.float64)
+    if not (scores_in.size and scores_out.size):
+        raise ValueError("scores_in and scores_out must both be non-empty")
+    return scores_in, scores_out
+
+
+def auroc(scores_in, scores_out) -> float:
+    """Area under the ROC curve for telling out-of-distribution inputs (positives) from
+    in-distribution ones by a score that is higher out of distribution (e.g. the predictive
+    entropy, or minus the largest probability): the probability that an out-of-distribution
+    input scores above an in-distribution one, ties counted half (Mann–Whitney U / (n_in
+    n_out)). 0.5 is chance, 1 perfect. scores_in (N_in,), scores_out (N_out,)."""
+    from scipy.stats import rankdata
+
+    scores_in, scores_out = _ood_scores(scores_in, scores_out)
+    ranks = rankdata(np.concatenate([scores_in, scores_out]))  # average ranks for ties
+    n_in, n_out = scores_in.size, scores_out.size
+    u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2.0
+    return float(u / (n_in * n_out))
+
+
+def fpr_at_tpr(scores_in, scores_out, tpr: float = 0.95) -> float:
+    """The fraction of in-distribution inputs flagged (false positives) at the smallest
+    threshold that flags ``tpr`` of the out-of-distribution ones (score ≥ threshold flags).
+    0 perfect, 1 worst."""
+    scores_in, scores_out = _ood_scores(scores_in, scores_out)
+    if not 0.0 < float(tpr) <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    ordered = np.sort(scores_out)[::-1]
+    threshold = ordered[int(np.ceil(float(tpr) * ordered.size)) - 1]
+    return float(np.mean(scores_in >= threshold))
+
+
+def predictive_entropy(probs) -> np.ndarray:
+    """−Σ_k p_k ln p_k per row, nats: (N,) from probabilities (N, K) (a column P(y = 1) is
+    the binary (1 − p, p))."""
+    probs = as_array(probs, "probs", ndim=2).astype(np.float64)
+    if probs.shape[1] == 1:
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    return -np.sum(probs * np.log(np.maximum(probs, TINY)), axis=1)

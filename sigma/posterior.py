@@ -23,7 +23,8 @@ from sigma.priors import Prior
 
 NO_BETA = (
     "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
-    "precision); only alpha can be set or optimised"
+    "precision; beta reads 1/temperature for a tempered likelihood, set by temperature=); "
+    "only alpha can be set or optimised"
 )
 
 
@@ -61,7 +62,8 @@ class Posterior:
     prior : the :class:`~sigma.priors.Prior` groups; selection : the
     :class:`~sigma.weights.Selection`; likelihood, curvature, negative, output_layout : as
     fitted; summary : the :class:`DataSummary`; weight_errors : E_Wg per group (G,);
-    alpha : (G,) float64; beta : a float or (K,) (one per output); weighted : the structure
+    alpha : (G,) float64; beta : a float or (K,) (one per output; for a classifier 1/T, its
+    likelihood's temperature: A = D_α + C/T); weighted : the structure
     holding Σ_k β_k C_k when β is per output (else None); blocks : C_k (K, P, P) once computed.
     """
 
@@ -89,6 +91,13 @@ class Posterior:
     def weight_error(self) -> float:
         """E_W = ½ ‖w‖² over the posterior's weights."""
         return float(self.weight_errors.sum())
+
+    @property
+    def tempered_error(self) -> float:
+        """The data term of the evidence: E_D for regression, the cross-entropy/T (β E) for a
+        classifier (β holds 1/T there)."""
+        e = self.summary.data_error
+        return e if self.likelihood.has_beta else float(self.beta) * e
 
     @property
     def n_obs(self) -> int:
@@ -126,7 +135,7 @@ class Posterior:
         alpha = self.alpha if alpha is None else self.check_alpha(alpha)
         if beta is None:
             beta = self.beta
-        elif not self.likelihood.has_beta and not (np.ndim(beta) == 0 and float(beta) == 1.0):
+        elif not self.likelihood.has_beta and np.ndim(beta) != 0:
             raise ValueError(no_beta(self.likelihood))
         if np.ndim(beta) == 0:
             beta = check_precision(beta, "beta", allow_zero=False)

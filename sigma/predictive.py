@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigma._checks import check_finite_outputs
-from sigma.classification import probit_probabilities, sampled_probabilities
+from sigma.classification import probabilities as class_probabilities
 from sigma.curvature.engine import engine
 from sigma.posterior import Posterior
 
@@ -49,15 +49,15 @@ def probabilities(
     post: Posterior, model, x, *, method="probit", n_samples=1000, seed=0, batch_size=None,
     name="x",
 ) -> np.ndarray:  # fmt: skip
-    """Class probabilities (N, K), one softmax (or sigmoid) per head, for checked inputs x."""
+    """Class probabilities (N, K), one softmax (or sigmoid) per head, for checked inputs x, by
+    ``method`` (:func:`sigma.classification.probabilities`)."""
     mean = engine(model).outputs(x)
     check_finite_outputs(model, x, mean, name)
     cov = covariance(post, model, x, noise=False, batch_size=batch_size)
     check_finite_variance(cov, name)
-    heads = post.likelihood.heads
-    if method == "probit":
-        return probit_probabilities(mean, cov, heads)
-    return sampled_probabilities(mean, cov, n_samples=n_samples, seed=seed, heads=heads)
+    return class_probabilities(
+        mean, cov, method=method, n_samples=n_samples, seed=seed, heads=post.likelihood.heads
+    )
 
 
 def check_finite_variance(var, name: str = "x") -> None:

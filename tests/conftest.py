@@ -51,9 +51,23 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session")
+def _shared_mlp64():
+    model = make_mlp()
+    return model, model.get_weights()
+
+
 @pytest.fixture
-def mlp64():
-    return make_mlp()
+def mlp64(_shared_mlp64):
+    """``make_mlp()``, one model per test process: each test gets it back with its initial
+    weights, every layer trainable and the seed set as ``make_mlp`` leaves it. The curvature
+    engine is traced once per model, so the tests that share it do not trace it again."""
+    model, weights = _shared_mlp64
+    for layer in model.layers:
+        layer.trainable = True
+    model.set_weights(weights)
+    keras.utils.set_random_seed(0)
+    return model
 
 
 @pytest.fixture
@@ -63,10 +77,35 @@ def data(rng):
     return x, y
 
 
+# The modules of `make test-fast`, the edit loop (≤ 60 s on 2 cores): the core math against its
+# references, the public API and its errors. Their tests get the marker `core`; a test marked
+# `slow` (subprocesses, training runs, fuzzing) stays out all the same. Everything else — every
+# model shape, layer path and structure matrix, serving, sweeps, notebooks — runs in `make test`.
+CORE_MODULES = {
+    "test_binary",
+    "test_classification",
+    "test_curvature",
+    "test_diag",
+    "test_errors",
+    "test_evidence",
+    "test_install",
+    "test_kfac",
+    "test_laplace",
+    "test_last_layer",
+    "test_memory",
+    "test_metrics",
+    "test_priors",
+    "test_saving",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Run the long tiers first (notebooks, then slow tests), the quick unit tests last: spread
-    over processes (pytest-xdist), the short tests then fill the gaps instead of one process
-    finishing a notebook alone at the end."""
+    """Mark the core modules' tests `core`; run the long tiers first (notebooks, then slow
+    tests), the quick unit tests last: spread over processes (pytest-xdist), the short tests
+    then fill the gaps instead of one process finishing a notebook alone at the end."""
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in CORE_MODULES:
+            item.add_marker(pytest.mark.core)
 
     def tier(item):
         return (

@@ -189,22 +189,17 @@ def model_cases(rng):
     def images(n):
         return rng.normal(size=(n, 7, 7, 2))
 
+    slow = pytest.mark.slow  # the edit loop (make test-fast) keeps one case per layer path
     return pytest.mark.parametrize(
         ("build", "inputs", "likelihood"),
         [
-            (make_mlp, dense, "regression"),
-            (make_mlp, dense, "classification"),
-            (cnn, images, "regression"),
-            (cnn, images, "classification"),
-            (embedding_bn_dropout, tokens, "regression"),
-            (embedding_bn_dropout, tokens, "classification"),
-        ],
-        ids=[
-            "mlp-reg",
-            "mlp-clf",
-            "cnn-reg",
-            "cnn-clf",
-            "emb_bn_dropout-reg",
-            "emb_bn_dropout-clf",
+            pytest.param(make_mlp, dense, "regression", id="mlp-reg"),
+            pytest.param(make_mlp, dense, "classification", id="mlp-clf"),
+            pytest.param(cnn, images, "regression", id="cnn-reg"),
+            pytest.param(cnn, images, "classification", id="cnn-clf", marks=slow),
+            pytest.param(embedding_bn_dropout, tokens, "regression", id="emb_bn_dropout-reg"),
+            pytest.param(
+                embedding_bn_dropout, tokens, "classification", id="emb_bn_dropout-clf", marks=slow
+            ),
         ],
     )

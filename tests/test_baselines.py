@@ -174,3 +174,32 @@ def test_sigma_errors_line_of_a_comparison():
         == "diag 50% (at most 50%, above), kfac 0.25% (at most 0.40%, below)"
     )
     assert compare.percent(0.123) == "12%" and compare.percent(0.001234) == "0.12%"
+
+
+def test_temperature_scaling_recovers_the_temperature_of_the_data():
+    """Labels drawn from softmax(z / T0): the fitted T is T0 (to the sampling error of 20,000
+    labels), and it is the minimum of the NLL (a scan around it)."""
+    rng = np.random.default_rng(0)
+    z = 3.0 * rng.normal(size=(20_000, 4))
+    probs = baselines.softmax(z / 2.5)
+    labels = (rng.uniform(size=(len(z), 1)) > np.cumsum(probs, axis=1)).sum(axis=1)
+    t = baselines.fit_temperature(z, labels)
+    assert abs(t - 2.5) < 0.1, t
+
+    def nll(tt):
+        return -np.mean(np.log(baselines.softmax(z / tt)[np.arange(len(z)), labels]))
+
+    assert all(nll(t) <= nll(t * f) for f in (0.97, 1.03))
+    with pytest.raises(ValueError, match="logits must be"):
+        baselines.fit_temperature(z, labels[:-1])
+
+
+def test_temperature_scaling_of_a_network_keeps_its_argmax():
+    model = baselines.mlp(3, 8, 3, seed=0)
+    baselines.fit(model, X, LABELS, loss=baselines.classification_loss(), **FIT)
+    ts = baselines.TemperatureScaling(model).fit(X[:30], LABELS[:30])
+    logits = model(X.astype("float32")).numpy().astype(np.float64)
+    assert ts.temperature == pytest.approx(baselines.fit_temperature(logits[:30], LABELS[:30]))
+    p = ts.predict_proba(X)
+    np.testing.assert_allclose(p, baselines.softmax(logits / ts.temperature), rtol=1e-10)
+    np.testing.assert_array_equal(p.argmax(axis=1), logits.argmax(axis=1))

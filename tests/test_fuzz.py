@@ -77,7 +77,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slo
 # options, the model, the inputs). An error message must name one of these.
 ARGUMENTS = (
     "model x y x_val y_val likelihood curvature structure structure_options prior alpha beta "
-    "batch_size negative strategy max_memory progress noise method n_samples seed fix_alpha "
+    "batch_size negative strategy max_memory progress noise method temperature n_samples seed fix_alpha "
     "fix_beta per_output tol max_iter rank block max_passes predictive diag max_block fast path"
 ).split()
 _NAMED = re.compile(r"(?<![A-Za-z_])(" + "|".join(ARGUMENTS) + r")(?![A-Za-z_])")
@@ -438,7 +438,7 @@ valid_precisions = st.one_of(
 )
 KEYWORDS = (
     "likelihood curvature structure structure_options prior alpha beta batch_size negative "
-    "max_memory progress strategy"
+    "max_memory progress strategy temperature"
 ).split()
 
 
@@ -469,6 +469,11 @@ def laplace_keywords(draw, p):
         "max_memory": st.none() | st.sampled_from(["2GB", 10**12, 1e9, 100, "1 KiB"]),
         "progress": st.booleans(),
         "strategy": st.none(),
+        "temperature": (
+            st.floats(min_value=1e-3, max_value=1e3) | st.just(1.0)
+            if likelihood == "classification"
+            else st.just(1.0)
+        ),
     }
     invalid = {
         "likelihood": st.sampled_from(["Regression", "", "binary"]) | junk,
@@ -483,6 +488,7 @@ def laplace_keywords(draw, p):
         "max_memory": max_memories,
         "progress": junk,
         "strategy": junk,
+        "temperature": precisions(),
     }
     kw = {}
     for name in KEYWORDS:
@@ -603,7 +609,10 @@ predict_keywords = st.fixed_dictionaries(
     optional={
         "noise": st.booleans() | junk,
         "batch_size": batch_sizes,
-        "method": st.sampled_from(["probit", "mc", "MC", ""]) | junk,
+        "method": st.sampled_from(
+            ["probit", "mc", "mean_field", "mean_field_diag", "bridge", "MC", ""]
+        )
+        | junk,
         "n_samples": st.integers(-1, 50) | st.sampled_from([2.0, 2.5, 1e300]) | junk,
         "seed": st.integers(-(2**64), 2**64) | junk,
     },

@@ -11,6 +11,8 @@ at the maximum — the posterior it is given does not change.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sigma import evidence
@@ -112,8 +114,8 @@ def log_evidence(post: Posterior, alpha=None, beta=None):
     if from_eigenvalues(post):
         if not has_beta:
             return evidence.log_evidence_classification(
-                checked_eigenvalues(post),
-                cross_entropy=summary.data_error,
+                post.beta * checked_eigenvalues(post),  # tempered: C/T, E/T
+                cross_entropy=post.tempered_error,
                 weight_error=post.weight_error,
                 n_params=post.n_params,
                 alpha=alpha,
@@ -140,7 +142,7 @@ def log_evidence(post: Posterior, alpha=None, beta=None):
     logdet, _ = terms(post)(alphas, float(beta))
     return evidence.log_evidence_groups(
         logdet=logdet,
-        data_error=summary.data_error,
+        data_error=post.tempered_error,
         weight_errors=post.weight_errors,
         sizes=post.prior.sizes,
         n_obs=post.n_obs,
@@ -206,9 +208,12 @@ def optimize(
                 n_iter=0,
                 which=["beta"],
             )
+        at = terms(post)
+        if not has_beta:  # β is held at 1/T (the temperature): maximize holds it at 1
+            at = functools.partial(_fixed_beta, at, post.beta)
         result = evidence.maximize(
-            terms(post),
-            data_error=summary.data_error,
+            at,
+            data_error=post.tempered_error,
             weight_errors=post.weight_errors,
             sizes=post.prior.sizes,
             n_obs=post.n_obs if has_beta else None,
@@ -220,7 +225,14 @@ def optimize(
             max_iter=max_iter,
         )
         result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
+        if not has_beta:
+            result.beta = post.beta
     best = post.replace(alpha=result.alpha, beta=result.beta)
     if post.prior.scalar:
         result.alpha = float(result.alpha[0])
     return best, result
+
+
+def _fixed_beta(at, beta, alphas, _):
+    """``at`` (ln|A| and γ) at the given β whatever β it is asked at."""
+    return at(alphas, beta)

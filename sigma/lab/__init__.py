@@ -9,10 +9,24 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 * :mod:`.original_formula` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
+* :mod:`.baselines`, :mod:`.posterior` — deep ensembles, MC dropout, temperature scaling and
+  training for the posterior (notebook 05);
+* :mod:`.shift`, :mod:`.classifiers` — shifted and out-of-distribution digits, and every
+  classifier's probabilities scored on them (notebook 06);
 * :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
 """
 
-from sigma.lab import compare, data, models, original_formula, plots, scans, training_comparison
+from sigma.lab import (
+    classifiers,
+    compare,
+    data,
+    models,
+    original_formula,
+    plots,
+    scans,
+    shift,
+    training_comparison,
+)
 from sigma.lab.data import IRIS_CLASSES, digits_split, iris_split, one_hot, teacher_regression
 from sigma.lab.models import mlp, reinitialised_copy, small_cnn, train
 from sigma.lab.original_formula import mean_loss_hessian_diag, seed_sigma, summed_beta
@@ -21,6 +35,7 @@ from sigma.lab.scans import alpha_scan, beta_scan
 __all__ = [
     "IRIS_CLASSES",
     "alpha_scan",
+    "classifiers",
     "compare",
     "data",
     "models",
@@ -36,6 +51,7 @@ __all__ = [
     "one_hot",
     "reinitialised_copy",
     "seed_sigma",
+    "shift",
     "small_cnn",
     "summed_beta",
     "teacher_regression",

@@ -14,6 +14,8 @@ classification probabilities (N, K).
   μ = mean_m μ_m and variance mean_m σ_m² + var_m μ_m. ``head="mse"``: members trained on the
   squared error, variance var_m μ_m + s², s² the members' mean squared training residual.
   Classification: the average of the members' softmax.
+* :class:`TemperatureScaling` — Guo et al. (2017): the trained network's logits divided by
+  one T > 0 fitted on held-out data by its negative log-likelihood; accuracy unchanged.
 * :class:`MCDropout` — one network with dropout after every hidden layer, trained with dropout
   and kept stochastic at test time: T forward passes with independent masks. Regression:
   mean and variance of the T outputs plus the noise variance s² of the training residuals of
@@ -364,3 +366,50 @@ class MCDropout:
         if self.likelihood != "classification":
             raise ValueError("predict_proba needs likelihood='classification'")
         return softmax(self.samples(x, n_samples, seed=seed)).mean(axis=0)
+
+
+# -- temperature scaling ------------------------------------------------------------------------
+def fit_temperature(logits, labels, *, bounds=(1e-2, 1e2)) -> float:
+    """The T minimising the mean NLL of softmax(logits / T) on (logits (N, K), labels (N,)):
+    a bounded 1-D search (Brent) over ln T within ``bounds``. The NLL is convex in 1/T, so
+    the minimum is unique."""
+    import scipy.optimize
+    from scipy.special import log_softmax
+
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels).astype(int)
+    if logits.ndim != 2 or labels.shape != (len(logits),):
+        raise ValueError(
+            f"logits must be (N, K) and labels (N,), got {logits.shape} and {labels.shape}"
+        )
+    rows = np.arange(len(labels))
+
+    def nll(log_t):
+        return -np.mean(log_softmax(logits / np.exp(log_t), axis=1)[rows, labels])
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = scipy.optimize.minimize_scalar(
+        nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6}
+    )
+    return float(np.exp(res.x))
+
+
+class TemperatureScaling:
+    """Temperature scaling of a trained classifier (Guo et al. 2017): probabilities
+    softmax(f(x) / T), T fitted on held-out data by :func:`fit_temperature`.
+
+    model : a trained Keras classifier with linear logits (N, K) outputs.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.temperature = 1.0
+
+    def fit(self, x_val, y_val):
+        """T from the validation NLL; returns self."""
+        self.temperature = fit_temperature(model_outputs(self.model, x_val), y_val)
+        return self
+
+    def predict_proba(self, x) -> np.ndarray:
+        """softmax(f(x) / T), (N, K)."""
+        return softmax(model_outputs(self.model, x) / self.temperature)

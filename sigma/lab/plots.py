@@ -236,3 +236,28 @@ def evidence_history(
     rows = 0 if n_groups <= 4 else -(-n_groups // 7)
     fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     return fig
+
+
+# -- classifiers under shift (notebook 06) ------------------------------------------------------
+def shift_curves(rows, *, shift: str = "rotation", columns=("nll", "ece"), xlabel=None):
+    """One panel per metric column against the shift's level, one line per method (± the
+    standard deviation over seeds where the rows have ``<column>_sd``). rows : dicts with
+    method, shift, level and the columns (:func:`sigma.lab.classifiers.mean_over_seeds`)."""
+    rows = [r for r in rows if r["shift"] == shift]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.4))
+    axes = np.atleast_1d(axes)
+    for ax, column in zip(axes, columns, strict=True):
+        for i, method in enumerate(methods):
+            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["level"])
+            level = np.array([r["level"] for r in mine])
+            value = np.array([r[column] for r in mine])
+            ax.plot(level, value, "o-", color=f"C{i}", label=method, ms=3)
+            sd = [r.get(f"{column}_sd") for r in mine]
+            if all(s is not None for s in sd):
+                ax.fill_between(level, value - sd, value + sd, color=f"C{i}", alpha=0.15)
+        ax.set_xlabel(xlabel or shift)
+        ax.set_ylabel(column.upper())
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

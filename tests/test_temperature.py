@@ -1,0 +1,161 @@
+"""The likelihood's temperature: Laplace(..., temperature=T) is the Laplace approximation of the
+tempered likelihood p(y | f)^(1/T), whose Gauss–Newton curvature is G/T and whose data term in
+the evidence is the cross-entropy/T. Checked against those quantities built by hand."""
+
+import numpy as np
+import pytest
+from conftest import make_mlp
+
+import sigma
+
+
+@pytest.fixture
+def problem(rng):
+    x = rng.normal(size=(30, 3))
+    labels = rng.integers(0, 3, size=30)
+    return make_mlp(hidden=(4,), n_out=3), x, labels
+
+
+def _by_hand(la_plain, model, x_test, alpha, temperature):
+    """J (αI + G/T)⁻¹ Jᵀ and −E/T − αE_W − ½ ln|αI + G/T| + (P/2) ln α from the untempered
+    GGN G (tests/test_classification.py checks it against an explicit formula)."""
+    g = la_plain.structure.matrix
+    p = g.shape[0]
+    a = alpha * np.eye(p) + g / temperature
+    j = sigma.output_jacobian(model, x_test)
+    cov = j @ np.linalg.inv(a) @ np.swapaxes(j, 1, 2)
+    evidence = (
+        -la_plain.data_error / temperature
+        - alpha * la_plain.weight_error
+        - 0.5 * np.linalg.slogdet(a)[1]
+        + 0.5 * p * np.log(alpha)
+    )
+    return cov, evidence
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 3.0])
+def test_tempered_curvature_and_evidence_by_hand(problem, temperature):
+    model, x, labels = problem
+    plain = sigma.Laplace(model, x, labels, likelihood="classification")
+    la = sigma.Laplace(
+        model, x, labels, likelihood="classification", temperature=temperature, alpha=0.7
+    )
+    assert la.temperature == temperature and la.beta == pytest.approx(1.0 / temperature)
+    cov, ev = _by_hand(plain, model, x[:6], 0.7, temperature)
+    np.testing.assert_allclose(la.predictive_covariance(x[:6]), cov, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(la.log_evidence(), ev, rtol=1e-10)
+    np.testing.assert_allclose(la.log_evidence(2.0), _by_hand(plain, model, x[:1], 2.0, temperature)[1], rtol=1e-10)  # fmt: skip
+    # the evidence's optimum: α = γ/(2E_W) with γ from G/T, a stationary point; β stays 1/T
+    la.optimize_evidence(tol=1e-12)
+    assert la.temperature == pytest.approx(temperature) and la.evidence_result.beta == la.beta
+    lam = np.linalg.eigvalsh(plain.structure.matrix) / temperature
+    gamma = np.sum(lam / (lam + la.alpha))
+    np.testing.assert_allclose(la.gamma, gamma, rtol=1e-8)
+    np.testing.assert_allclose(la.alpha, gamma / (2 * la.weight_error), rtol=1e-8)
+    h = 1e-5
+    slope = (la.log_evidence(la.alpha * np.exp(h)) - la.log_evidence(la.alpha * np.exp(-h))) / (
+        2 * h
+    )
+    assert abs(slope) < 1e-5
+
+
+def test_tempered_evidence_with_prior_groups_and_diag(problem):
+    """The non-spectral evidence path (one α per layer; the diagonal structure) tempers too."""
+    model, x, labels = problem
+    t, alphas = 0.4, np.array([0.5, 2.0])
+    layered = sigma.Laplace(
+        model, x, labels, likelihood="classification", prior="layer", alpha=alphas, temperature=t
+    )
+    plain = sigma.Laplace(model, x, labels, likelihood="classification")
+    g = plain.structure.matrix
+    d = layered.prior.per_weight(alphas)
+    a = np.diag(d) + g / t
+    ev = (
+        -plain.data_error / t
+        - float(alphas @ layered.weight_errors)
+        - 0.5 * np.linalg.slogdet(a)[1]
+        + 0.5 * float(layered.prior.sizes @ np.log(alphas))
+    )
+    np.testing.assert_allclose(layered.log_evidence(), ev, rtol=1e-10)
+    layered.optimize_evidence(tol=1e-10)
+    assert layered.beta == pytest.approx(1.0 / t)
+    diag = sigma.Laplace(
+        model, x, labels, likelihood="classification", structure="diag", temperature=t
+    )
+    a_diag = 1.0 + np.diag(g) / t
+    ev_diag = (
+        -plain.data_error / t
+        - plain.weight_error
+        - 0.5 * np.sum(np.log(a_diag))
+    )  # fmt: skip
+    np.testing.assert_allclose(diag.log_evidence(), ev_diag, rtol=1e-10)
+    j = sigma.output_jacobian(model, x[:4])
+    np.testing.assert_allclose(
+        diag.predictive_covariance(x[:4]),
+        np.einsum("nkp,p,njp->nkj", j, 1.0 / a_diag, j),
+        rtol=1e-8,
+        atol=1e-14,
+    )
+
+
+def test_temperature_one_is_the_plain_likelihood_and_cold_is_confident(problem):
+    model, x, labels = problem
+    plain = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5)
+    one = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5, temperature=1)
+    np.testing.assert_array_equal(plain.predict_proba(x), one.predict_proba(x))
+    assert plain.log_evidence() == one.log_evidence()
+    hot = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5, temperature=10)
+    cold = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5, temperature=0.1)
+    conf = {k: v.predict_proba(x).max(axis=1).mean() for k, v in (("hot", hot), ("cold", cold))}
+    assert conf["hot"] < plain.predict_proba(x).max(axis=1).mean() < conf["cold"]
+
+
+def test_temperature_survives_save_and_load(problem, tmp_path):
+    model, x, labels = problem
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=0.25)
+    la.optimize_evidence()
+    back = sigma.Laplace.load(la.save(tmp_path / "t.npz"), model)
+    assert back.temperature == pytest.approx(0.25)
+    np.testing.assert_allclose(back.log_evidence(), la.log_evidence(), rtol=1e-12)
+    np.testing.assert_allclose(back.predict_proba(x), la.predict_proba(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, np.nan, np.inf, "2", True, None, [1.0]])
+def test_bad_temperature(problem, bad):
+    model, x, labels = problem
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        sigma.Laplace(model, x, labels, likelihood="classification", temperature=bad)
+
+
+def test_temperature_is_for_classification(rng):
+    model = make_mlp(n_out=2)
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
+    with pytest.raises(ValueError, match="temperature applies to likelihood='classification'"):
+        sigma.Laplace(model, x, y, temperature=2.0)
+    assert sigma.Laplace(model, x, y, temperature=1.0).temperature == 1.0
+    # a heteroscedastic model ([μ | ln σ²], its own noise): not tempered either
+    with pytest.raises(ValueError, match="likelihood='heteroscedastic'"):
+        sigma.Laplace(model, x, y[:, :1], likelihood="heteroscedastic", temperature=0.5)
+    assert sigma.Laplace(model, x, y[:, :1], likelihood="heteroscedastic").temperature == 1.0
+
+
+def test_setting_the_temperature_is_a_refit_at_that_temperature(problem):
+    model, x, labels = problem
+    la = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5)
+    la.temperature = 0.2
+    fresh = sigma.Laplace(model, x, labels, likelihood="classification", alpha=0.5, temperature=0.2)
+    assert la.temperature == pytest.approx(0.2)
+    np.testing.assert_allclose(la.predict_proba(x), fresh.predict_proba(x), rtol=1e-10)
+    np.testing.assert_allclose(la.log_evidence(), fresh.log_evidence(), rtol=1e-12)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        la.temperature = -1.0
+    assert la.temperature == pytest.approx(0.2)
+
+
+def test_served_model_carries_the_temperature(problem):
+    model, x, labels = problem
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=0.3, alpha=0.5)
+    served = la.to_keras()
+    np.testing.assert_allclose(
+        np.asarray(served(x[:5])), la.predict_proba(x[:5]), rtol=1e-6, atol=1e-8
+    )
