@@ -83,6 +83,7 @@ def data(rng):
 # model shape, layer path and structure matrix, serving, sweeps, notebooks — runs in `make test`.
 CORE_MODULES = {
     "test_binary",
+    "test_conformal",
     "test_classification",
     "test_curvature",
     "test_diag",
@@ -91,9 +92,9 @@ CORE_MODULES = {
     "test_install",
     "test_kfac",
     "test_laplace",
-    "test_last_layer",
     "test_memory",
     "test_metrics",
+    "test_predictive_methods",
     "test_priors",
     "test_saving",
 }

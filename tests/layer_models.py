@@ -189,7 +189,7 @@ def model_cases(rng):
     def images(n):
         return rng.normal(size=(n, 7, 7, 2))
 
-    slow = pytest.mark.slow  # the edit loop (make test-fast) keeps one case per layer path
+    slow = pytest.mark.slow  # the edit loop (make test-fast) keeps the MLP and the CNN
     return pytest.mark.parametrize(
         ("build", "inputs", "likelihood"),
         [
@@ -197,7 +197,9 @@ def model_cases(rng):
             pytest.param(make_mlp, dense, "classification", id="mlp-clf"),
             pytest.param(cnn, images, "regression", id="cnn-reg"),
             pytest.param(cnn, images, "classification", id="cnn-clf", marks=slow),
-            pytest.param(embedding_bn_dropout, tokens, "regression", id="emb_bn_dropout-reg"),
+            pytest.param(
+                embedding_bn_dropout, tokens, "regression", id="emb_bn_dropout-reg", marks=slow
+            ),
             pytest.param(
                 embedding_bn_dropout, tokens, "classification", id="emb_bn_dropout-clf", marks=slow
             ),

@@ -99,13 +99,15 @@ def _lowrank_matrix(s):
     ("structure", "options", "prior"),
     [
         ("full", {}, "variable"),
-        ("diag", {}, "variable"),
-        ("kfac", {}, "layer"),
-        ("kfac", {}, "variable"),  # kernel and bias apart: the rescaled Kronecker factor
-        ("last_layer", {}, "variable"),
-        ("lowrank", {"rank": 8}, "variable"),  # Woodbury, with the exact diagonal of the rest
+        pytest.param("diag", {}, "variable", marks=pytest.mark.slow),
+        pytest.param("kfac", {}, "layer", marks=pytest.mark.slow),
+        # kernel and bias apart: the rescaled Kronecker factor
+        ("kfac", {}, "variable"),
+        pytest.param("last_layer", {}, "variable", marks=pytest.mark.slow),
+        # Woodbury, with the exact diagonal of the rest
+        pytest.param("lowrank", {"rank": 8}, "variable", marks=pytest.mark.slow),
         ("lowrank", {"rank": 8, "diag": False}, "layer"),
-    ],
+    ],  # the edit loop (make test-fast) keeps full, kfac by variable and pure lowrank
 )
 def test_every_structure_honours_the_groups_exactly(rng, structure, options, prior):
     model = make_mlp()
