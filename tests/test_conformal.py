@@ -86,7 +86,9 @@ def test_laplace_conformalize_gives_the_split_conformal_interval(pool):
     np.testing.assert_allclose(lo, mean[100:] - q * std[100:], rtol=1e-12)
     np.testing.assert_allclose(hi, mean[100:] + q * std[100:], rtol=1e-12)
     m, lo2, hi2 = cal.predict(x[100:], level=0.9)
-    np.testing.assert_allclose(m, mean[100:]) and np.testing.assert_allclose(lo2, lo)
+    np.testing.assert_allclose(m, mean[100:])
+    np.testing.assert_allclose(lo2, lo)
+    np.testing.assert_allclose(hi2, hi)
 
 
 def test_too_small_calibration_sets_and_nan_targets_are_refused(pool):
