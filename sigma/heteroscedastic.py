@@ -151,7 +151,15 @@ def predict(post, model, x, *, noise: bool = True, split: bool = False, batch_si
             f"model's outputs are finite: rescale {name} (or the weights), or compute in float64"
         )
     epistemic = np.maximum(epistemic, 0.0)
-    aleatoric = np.exp(logvar)
+    with np.errstate(over="ignore"):
+        aleatoric = np.exp(logvar)
+    if not np.all(np.isfinite(aleatoric)):
+        raise ValueError(
+            f"the model's variance head gives ln σ² = {float(np.max(logvar)):.4g} at some "
+            f"samples of {name}: σ² = exp(ln σ²) is infinite in float64 (ln σ² must stay below "
+            f"{np.log(np.finfo(np.float64).max):.4g}); {name} is likely far outside the "
+            "training inputs"
+        )
     if split:
         return mean, np.sqrt(aleatoric), np.sqrt(epistemic)
     return mean, np.sqrt(epistemic + aleatoric if noise else epistemic)

@@ -37,6 +37,10 @@ NON_FINITE_OUTPUTS = (
     "sigma: the model's outputs are not finite at these inputs (overflow inside the network), "
     "refused"
 )
+NON_FINITE_NOISE = (
+    "sigma: the variance head's σ² = exp(ln σ²) is infinite at these inputs (ln σ² above "
+    "709.8), refused"
+)
 NON_FINITE_VARIANCE = (
     "sigma: the predictive variance is not finite at these inputs (the output gradients "
     "overflow), refused"
@@ -104,7 +108,8 @@ class PredictiveLayer(keras.layers.Layer):
         var = tf.maximum(var, 0.0)
         if self.spec["likelihood"] == "heteroscedastic":  # [μ | ln σ²]: noise head + weights
             k = self.spec["n_outputs"] // 2
-            return {"mean": mean[:, :k], "std": tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))}
+            std = tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))
+            return {"mean": mean[:, :k], "std": tf.debugging.check_numerics(std, NON_FINITE_NOISE)}
         if self.spec["likelihood"] == "regression":
             noise = tf.constant(self.spec["noise"], tf.float64)
             return {"mean": mean, "std": tf.sqrt(var + noise)}

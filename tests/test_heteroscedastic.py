@@ -371,3 +371,21 @@ def test_to_keras_serves_mean_and_std_with_the_noise_head(structure, tmp_path):
         served.save(tmp_path / "m.keras")
         back = keras.saving.load_model(tmp_path / "m.keras")
         np.testing.assert_allclose(np.asarray(back(x[:6])["std"]), std, rtol=1e-6)
+
+
+def test_an_infinite_aleatoric_variance_at_a_test_input_is_refused():
+    """ln σ² > 709.8 at a test input: predict raises naming x and ln σ², the served model
+    refuses in its graph (both gave std = inf with only a numpy warning)."""
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 1))
+    model = make_linear(2, 2, seed=0)
+    model.layers[-1].set_weights([np.array([[0.1, 1.0], [0.2, 0.0]]), np.zeros(2)])
+    la = sigma.Laplace(model, x, y, likelihood="heteroscedastic", structure="full", alpha=1.0)
+    far = np.array([[800.0, 0.0]])  # ln σ² = 800
+    assert np.all(np.isfinite(la.predict(x[:3])[1]))
+    with pytest.raises(ValueError, match=r"ln σ² = 800 at some samples of x"):
+        la.predict(far)
+    served = la.to_keras()
+    assert np.all(np.isfinite(served(x[:3])["std"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: the variance head's σ²"):
+        served(far)
