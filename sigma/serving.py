@@ -41,6 +41,7 @@ NON_FINITE_NOISE = (
     "sigma: the variance head's σ² = exp(ln σ²) is infinite at these inputs (ln σ² above "
     "709.8), refused"
 )
+WRONG_SHAPE = "sigma: {} must have shape {} (a batch of samples), refused"
 NON_FINITE_VARIANCE = (
     "sigma: the predictive variance is not finite at these inputs (the output gradients "
     "overflow), refused"
@@ -58,6 +59,37 @@ def _refuse_non_finite(inputs, names=None):
         )
         for i, t in enumerate(parts)
     ]
+    return tf.nest.pack_sequence_as(inputs, checked)
+
+
+def _refuse_wrong_shape(inputs, shapes, names=None):
+    """``inputs`` after a runtime check that each part has the rank and the per-sample shape
+    of ``shapes`` (one ``(None, d1, ...)`` per part): an InvalidArgumentError naming the input
+    and the expected shape otherwise. Keras checks the shape of the first call only; once
+    ``model.predict`` has relaxed its trace, a wrong shape would reach the network's ops."""
+    parts = tf.nest.flatten(inputs)
+    names = names if names and len(names) == len(parts) else None
+    checked = []
+    for i, (t, shape) in enumerate(zip(parts, shapes, strict=True)):
+        want = (None, *(int(d) for d in shape[1:]))
+        given = tf.shape(t)
+        # the rank, then the per-sample dimensions padded to a fixed length (any rank given)
+        padded = tf.concat([given, tf.zeros([len(want)], given.dtype)], 0)[1 : len(want)]
+        ok = tf.logical_and(
+            tf.equal(tf.rank(t), len(want)),
+            tf.reduce_all(tf.equal(padded, tf.constant(want[1:], given.dtype))),
+        )
+        # 0 if the shape is right, else NaN refused by check_numerics; added to t, so that
+        # what follows depends on the check by data (a control edge or a cond may be
+        # optimised away or reordered by the graph optimiser)
+        flag = tf.debugging.check_numerics(
+            tf.where(ok, tf.constant(0.0, t.dtype), tf.constant(np.nan, t.dtype)),
+            WRONG_SHAPE.format(f"input {names[i]!r}" if names else "x", want),
+        )
+        # the static shape the network needs after a relaxed trace (not tf.ensure_shape or
+        # set_shape: the graph optimiser reads them as facts and folds the check away)
+        t = tf.reshape(t + flag, (-1, *want[1:]))
+        checked.append(t)
     return tf.nest.pack_sequence_as(inputs, checked)
 
 
@@ -81,6 +113,8 @@ class PredictiveLayer(keras.layers.Layer):
     def __init__(self, model, spec: dict, **kwargs):
         kwargs.setdefault("dtype", model_dtype(model))
         super().__init__(**kwargs)
+        # not XLA-compiled by model.predict: XLA drops the graph's shape assertion
+        self.supports_jit = False
         self.model, self.spec = model, spec
         described = spec.get("weights")
         self.selection = None if described is None else weights.from_description(model, described)
@@ -96,6 +130,9 @@ class PredictiveLayer(keras.layers.Layer):
         }
 
     def call(self, inputs):
+        inputs = _refuse_wrong_shape(
+            inputs, [t.shape for t in self.model.inputs], self.spec.get("input_names")
+        )
         inputs = tf.nest.map_structure(lambda t: tf.cast(t, self.model_dtype), inputs)
         inputs = _refuse_non_finite(inputs, self.spec.get("input_names"))
         mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)

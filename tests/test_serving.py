@@ -185,3 +185,27 @@ def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
         for x, given in ((X[:4, :2], r"\(4, 2\)"), (X[0], r"\(3,\)")):
             with pytest.raises(ValueError, match=rf"(?s)\(None, 3\).*{given}"):
                 model.predict(x, verbose=0)
+    # after one valid predict Keras relaxes its trace and no longer checks the feature count:
+    # the graph's own check refuses it (it gave a TensorFlow error at Tanh)
+    for model in (sigma.Laplace(_model(), X, Y, structure=s).to_keras() for s in ("diag", "full")):
+        model.predict(X[:4], verbose=0)
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=r"sigma: x must have shape \(None, 3\)"
+        ):
+            model.predict(X[:4, :2], verbose=0)
+        np.testing.assert_allclose(model.predict(X[:5], verbose=0)["std"], model(X[:5])["std"])
+    fresh = keras.saving.load_model(tmp_path / "m.keras")
+    fresh.predict(X[:4], verbose=0)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"sigma: x must have shape \(None, 3\)"
+    ):
+        fresh.predict(X[:4, :2], verbose=0)
+    relaxed = tf.function(fresh, input_signature=[tf.TensorSpec((4, None), tf.float64)])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"sigma: x must have shape \(None, 3\)"
+    ):
+        relaxed(X[:4, :2])
+    # a missing batch axis after a valid predict: Keras's own input check fails first (a
+    # ValueError about an unknown shape, before the graph runs); still refused
+    with pytest.raises(ValueError):
+        fresh.predict(X[0], verbose=0)
