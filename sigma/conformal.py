@@ -28,7 +28,8 @@ import math
 
 import numpy as np
 
-from sigma._checks import as_array
+from sigma import heteroscedastic, predictive
+from sigma._checks import as_array, check_inputs
 
 
 def minimum_size(level: float) -> int:
@@ -225,17 +226,30 @@ def calibrate(la, x_cal, y_cal, *, level: float | None = None, randomised: bool 
             f"classifier); this one has {len(la.output_layout.sizes)} outputs"
         )
     if la.likelihood.name == "classification":
-        probs = _two_class(la.predict_proba(x_cal))
+        probs = _two_class(_predictive(la, x_cal, "x_cal"))
         scores = APSScores(probs, y_cal, randomised=randomised, seed=seed)
         result = ConformalClassifier(lambda x: _two_class(la.predict_proba(x)), scores)
     else:
         y_arr = as_array(y_cal, "y_cal", ndim=(1, 2))
-        mean, std = la.predict(x_cal)
+        mean, std = _predictive(la, x_cal, "x_cal")
         scores = NormalisedScores(mean, std, y_arr, name="y_cal")
         result = ConformalRegressor(la.predict, scores)
     if level is not None:
         result.quantile(level)
     return result
+
+
+def _predictive(la, x, name):
+    """``la.predict(x)`` (the probabilities, for a classifier) with the checks naming ``name``
+    (an input or a σ that is NaN or infinite is refused as ``name``'s, not as x's)."""
+    la.check_weights_unchanged()
+    x = check_inputs(la.model, x, name)
+    post, model = la.posterior, la.model
+    if la.likelihood.name == "classification":
+        return predictive.probabilities(post, model, x, name=name)
+    if la.likelihood.name == "heteroscedastic":
+        return heteroscedastic.predict(post, model, x, name=name)
+    return predictive.mean_and_std(post, model, x, name=name)
 
 
 def _two_class(probs):

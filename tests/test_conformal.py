@@ -107,6 +107,24 @@ def test_too_small_calibration_sets_and_nan_targets_are_refused(pool):
         cal.interval(x, 1.0)
     with pytest.raises(ValueError, match="y_cal must have the shape"):
         la.conformalize(x[:20], y[:19])
+    bad_x = x[:20].copy()
+    bad_x[3, 0] = np.nan
+    with pytest.raises(ValueError, match="^x_cal contains 1 NaN"):
+        la.conformalize(bad_x, y[:20])
+
+
+def test_an_infinite_sigma_at_x_cal_is_refused_naming_x_cal():
+    """A heteroscedastic model whose ln σ² overflows at a calibration input: refused naming
+    x_cal (it said "std contains NaN", an internal name)."""
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 1))
+    model = make_linear(2, 2, seed=0)
+    model.layers[-1].set_weights([np.array([[0.1, 1.0], [0.2, 0.0]]), np.zeros(2)])
+    la = sigma.Laplace(model, x, y, likelihood="heteroscedastic", structure="full", alpha=1.0)
+    x_cal = x.copy()
+    x_cal[5, 0] = 800.0  # ln σ² = 800 there
+    with pytest.raises(ValueError, match="at some samples of x_cal"):
+        la.conformalize(x_cal, y)
 
 
 def _classifier_pool(rng, n=3000):
