@@ -376,11 +376,14 @@ def has_non_finite(value) -> bool:
     return False
 
 
-def ill_conditioned_hint(top: float, alpha: float, x=None, scalar: bool = True) -> str:
+def ill_conditioned_hint(
+    top: float, alpha: float, x=None, scalar: bool = True, tempered: bool = False
+) -> str:
     """Why A = D_α + βC is refused when α is below the round-off of βC's largest eigenvalue
     ``top`` (A's condition number beyond 1/ROUNDOFF: its smallest eigenvalues are round-off,
     positive or negative by chance), and what helps. ``alpha``: the smallest α; ``x``: the training inputs (arrays, or a
-    list/dict of them), whose magnitude is named when it is the likely cause."""
+    list/dict of them), whose magnitude is named when it is the likely cause; ``tempered``: β
+    is 1/temperature (a classifier), so the remedy is a larger temperature, not a smaller β."""
     from sigma.evidence import ROUNDOFF
 
     which = "alpha" if scalar else "the smallest alpha"
@@ -393,13 +396,14 @@ def ill_conditioned_hint(top: float, alpha: float, x=None, scalar: bool = True) 
             f" The inputs reach |x| = {big:.3g}: a layer's curvature grows as the square of the "
             "scale of its inputs."
         )
+    other = "or a larger temperature" if tempered else "or a smaller beta"
     return (
         f"beta*C's largest eigenvalue is {top:.3g}, {top / alpha:.2g} times {which} = "
         f"{alpha:g}: A's condition number exceeds {1 / ROUNDOFF:.0e}, and its smallest "
         f"eigenvalues are below the round-off of its largest (~{top * np.finfo(float).eps:.2g} "
         f"in float64), so neither A nor the error bars can be trusted.{cause} What helps: "
         f"standardise the inputs (e.g. (x - mean)/std per feature) and retrain, or alpha >= "
-        f"{top * ROUNDOFF * 10:.3g}{'' if scalar else ' for every group'} (or a smaller beta), "
+        f"{top * ROUNDOFF * 10:.3g}{'' if scalar else ' for every group'} ({other}), "
         "a prior that is not lost in round-off"
     )
 

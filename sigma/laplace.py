@@ -35,6 +35,7 @@ from sigma import (
     tuning,
 )
 from sigma._checks import (
+    MAX_PRECISION,
     check_finite_outputs,
     check_inputs,
     check_model,
@@ -719,6 +720,11 @@ def _check_temperature(value, likelihood) -> float:
         t = np.inf
     if isinstance(value, bool) or not (np.isfinite(t) and t > 0 and np.isfinite(1.0 / t)):
         raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    if t < 1.0 / MAX_PRECISION:  # β = 1/T is a precision: bounded like beta and alpha
+        raise ValueError(
+            f"temperature must be at least {1.0 / MAX_PRECISION:g} (the likelihood's precision "
+            f"1/temperature overflows float64 beyond {MAX_PRECISION:g}), got {value!r}"
+        )
     if likelihood.name != "classification" and t != 1.0:
         raise ValueError(
             "temperature applies to likelihood='classification' (for regression the noise "

@@ -190,7 +190,11 @@ class Posterior:
         elif 0 < a_min <= evidence.ROUNDOFF * top:  # α is lost in the round-off of βC
             scale = self.summary.input_scale
             hint = ill_conditioned_hint(
-                top, a_min, None if scale is None else np.array([scale]), self.prior.scalar
+                top,
+                a_min,
+                None if scale is None else np.array([scale]),
+                self.prior.scalar,
+                tempered=not self.likelihood.has_beta,
             )
         elif lam.size < self.n_params:
             hint = (

@@ -130,10 +130,10 @@ class PredictiveLayer(keras.layers.Layer):
         }
 
     def call(self, inputs):
+        inputs = tf.nest.map_structure(lambda t: tf.cast(t, self.model_dtype), inputs)
         inputs = _refuse_wrong_shape(
             inputs, [t.shape for t in self.model.inputs], self.spec.get("input_names")
         )
-        inputs = tf.nest.map_structure(lambda t: tf.cast(t, self.model_dtype), inputs)
         inputs = _refuse_non_finite(inputs, self.spec.get("input_names"))
         mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)
         mean = tf.debugging.check_numerics(mean, NON_FINITE_OUTPUTS)

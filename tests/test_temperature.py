@@ -159,3 +159,17 @@ def test_served_model_carries_the_temperature(problem):
     np.testing.assert_allclose(
         np.asarray(served(x[:5])), la.predict_proba(x[:5]), rtol=1e-6, atol=1e-8
     )
+
+
+def test_a_tiny_temperature_is_refused_by_name_and_the_hint_says_temperature(problem):
+    """T = 1e-300 was refused as "beta must be at most 1e+150 … got 1e+300"; an ill-conditioned
+    classifier was told to use "a smaller beta", which it cannot set."""
+    model, x, labels = problem
+    with pytest.raises(ValueError, match=r"^temperature must be at least 1e-150.*got 1e-300"):
+        sigma.Laplace(model, x, labels, likelihood="classification", temperature=1e-300)
+    la = sigma.Laplace(model, x, labels, likelihood="classification")
+    with pytest.raises(ValueError, match=r"^temperature must be at least"):
+        la.temperature = 1e-200
+    with pytest.raises(ValueError, match=r"largest eigenvalue") as e:  # T at its bound
+        sigma.Laplace(model, x, labels, likelihood="classification", temperature=1e-150)
+    assert "or a larger temperature" in str(e.value) and "smaller beta" not in str(e.value)
