@@ -164,18 +164,21 @@ def aps_sets(probs, threshold: float, u) -> np.ndarray:
 class APSScores:
     """Calibration scores of adaptive prediction sets from arrays probs (n, K) and integer
     labels (n,) (or one-hot (n, K)). ``randomised``: u ~ U(0, 1) from ``seed`` (exact
-    coverage on average) or u = 1 (deterministic, conservative)."""
+    coverage on average) or u = 1 (deterministic, conservative). The u of :meth:`sets` come
+    from a fresh generator seeded by ``seed`` on every call (on a stream apart from the
+    calibration's): the same call gives the same sets."""
 
     def __init__(self, probs, labels, *, randomised: bool = True, seed: int = 0,
                  name: str = "y_cal"):  # fmt: skip
         probs = as_array(probs, "probs", ndim=2).astype(np.float64)
         labels = _labels(labels, probs.shape[1], len(probs), name)
         self.name, self.randomised = name, bool(randomised)
-        self._rng = np.random.default_rng(seed)
-        self.scores = np.sort(aps_scores(probs, labels, self._u(len(probs))))
+        self.seed = np.random.SeedSequence().entropy if seed is None else seed
+        u = self._u(len(probs), np.random.default_rng(self.seed))
+        self.scores = np.sort(aps_scores(probs, labels, u))
 
-    def _u(self, n):
-        return self._rng.uniform(size=n) if self.randomised else np.ones(n)
+    def _u(self, n, rng):
+        return rng.uniform(size=n) if self.randomised else np.ones(n)
 
     @property
     def n(self) -> int:
@@ -187,7 +190,10 @@ class APSScores:
     def sets(self, probs, level: float = 0.9) -> np.ndarray:
         """Boolean (N, K) prediction sets at coverage ``level``."""
         probs = np.asarray(probs, np.float64)
-        return aps_sets(probs, self.quantile(level), self._u(len(probs)))
+        # a fresh generator per call (the same call gives the same sets), on a stream of its
+        # own (the test draws independent of the calibration ones)
+        u = self._u(len(probs), np.random.default_rng([self.seed, 1]))
+        return aps_sets(probs, self.quantile(level), u)
 
 
 class ConformalClassifier:

@@ -169,6 +169,9 @@ def test_laplace_conformalize_for_a_classifier_gives_prediction_sets(classifier_
     assert isinstance(cal, conformal.ConformalClassifier)
     sets = cal.predict_set(x[200:], 0.9)
     assert sets.shape == (200, 3) and sets.dtype == bool
+    # the same call gives the same sets (u from a fresh generator per call, not a stateful one)
+    np.testing.assert_array_equal(cal.predict_set(x[200:], 0.9), sets)
+    np.testing.assert_array_equal(cal.predict_set(x[200:], 0.9), sets)
     probs = la.predict_proba(x[200:])
     # the sets are the top classes: whatever is in a set is at least as probable as what is not
     for p, s in zip(probs, sets, strict=True):
