@@ -137,3 +137,27 @@ def test_calibrated_ece_is_the_sampling_floor(rng):
     labels = np.minimum((u > np.cumsum(probs[:200], axis=1)).sum(axis=1), 4)
     one = cl.calibrated_ece(probs[:200], n_draws=1, seed=7)
     assert one["mean"] == pytest.approx(metrics.expected_calibration_error(probs[:200], labels))
+
+
+def test_tempered_laplace_skips_temperatures_where_a_is_ill_conditioned(rng):
+    """At T ≤ 1e-50 A = αI + G/T is refused (ValueError): the search scores it 1e100 and goes on,
+    instead of crashing; info says whether T ended at a bound."""
+    x = rng.normal(size=(60, 3))
+    labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
+    model = make_mlp(hidden=(5,), n_out=3)
+    la, info = cl.tempered_laplace(
+        model, x[:40], labels[:40], x[40:], labels[40:], structure="full", prior="layer",
+        temperatures=(1e-150, 1.0),
+    )  # fmt: skip
+    assert 1e-150 <= la.temperature <= 1.0 and np.isfinite(info["validation_nll"])
+    assert info["at_bound"] in ("lower", "upper", None)
+    expected = (
+        "lower" if np.log(la.temperature) - np.log(1e-150) <= 0.1
+        else "upper" if -np.log(la.temperature) <= 0.1 else None
+    )  # fmt: skip
+    assert info["at_bound"] == expected
+    _, info = cl.tempered_laplace(
+        model, x[:40], labels[:40], x[40:], labels[40:], structure="full", prior="layer",
+        temperatures=(1e-3, 1e-3 * 1.01),
+    )  # fmt: skip
+    assert info["at_bound"] == "lower"  # a range narrower than the tolerance

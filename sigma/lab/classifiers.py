@@ -109,7 +109,9 @@ def tempered_laplace(
     (x_val, labels_val) — a bounded 1-D search over ln T (Brent).
 
     Returns ``(laplace, info)``: the Laplace at the chosen T and its α_g, and {temperature,
-    alpha, validation_nll, evaluations}.
+    alpha, validation_nll, evaluations, at_bound}; ``at_bound`` is "lower" or "upper" when T
+    ended at a bound of ``temperatures`` (within the search's tolerance), else None. A T at
+    which the evidence fails or A is ill-conditioned scores 1e100 (is never chosen).
     """
     import scipy.optimize
 
@@ -121,11 +123,11 @@ def tempered_laplace(
     seen = {}
 
     def score(log_t):
-        la.temperature = float(np.exp(log_t))
         try:
+            la.temperature = float(np.exp(log_t))
             la.optimize_evidence()
-        except EvidenceError:
-            return np.inf
+        except (EvidenceError, ValueError):  # ValueError: A ill-conditioned at a tiny T
+            return 1e100  # finite: an infinite score makes Brent's parabolic step NaN
         value = metrics.nll(la.predict_proba(x_val, method=link), labels_val)
         seen[float(log_t)] = value
         return value
@@ -140,6 +142,9 @@ def tempered_laplace(
         "alpha": np.atleast_1d(la.alpha).tolist(),
         "validation_nll": seen.get(best),
         "evaluations": len(seen),
+        # "lower" / "upper" when T ended within the search's tolerance of a bound of
+        # ``temperatures`` (the best T may lie beyond it), else None
+        "at_bound": "lower" if best - lo <= 0.1 else "upper" if hi - best <= 0.1 else None,
     }
     return la, info
 
