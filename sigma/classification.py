@@ -20,6 +20,9 @@ The Laplace posterior gives, at each input, logits f ~ N(μ, Σ) with μ = f(x; 
   after projecting μ, Σ onto logits that sum to zero (f − mean(f), which leaves softmax(f)
   unchanged); the probabilities are its mean α / Σ_l α_l. Deterministic, O(K) per input, and
   a cruder approximation than the others at small variances (it is not softmax(μ) at Σ = 0).
+  For two classes (and a one-logit binary head) it is exactly softmax(μ) (sigmoid(μ)) whatever
+  Σ: after centring both logits have the same variance and 1 − 2/K = 0, so α_k ∝ e^{μ_k}. For
+  a general Σ it can differ from the Monte Carlo E[softmax(f)] markedly.
 
 Every method takes one-logit (binary) heads as the two logits (0, f).
 
@@ -217,7 +220,9 @@ def _bridge(mean, cov):
 def bridge_probabilities(mean, cov, heads=None) -> np.ndarray:
     """The mean of the Laplace bridge's Dirichlet (Hobbhahn et al. 2022) for logits N(μ, Σ):
     (N, K). μ, Σ are first projected onto zero-sum logits (f − mean(f)); only the diagonal of
-    the projected Σ enters (floored at round-off). mean : (N, K). cov : (N, K, K)."""
+    the projected Σ enters (floored at round-off). For K = 2 (and a one-logit head) the two
+    projected variances are equal and the result is softmax(μ) (sigmoid(μ)) for any Σ; for a
+    general Σ it can be far from E[softmax(f)]. mean : (N, K). cov : (N, K, K)."""
     mean, cov = _check_mean_cov(mean, cov)
     return _per_head(_bridge, mean, cov, heads)
 
