@@ -203,3 +203,21 @@ def test_temperature_scaling_of_a_network_keeps_its_argmax():
     p = ts.predict_proba(X)
     np.testing.assert_allclose(p, baselines.softmax(logits / ts.temperature), rtol=1e-10)
     np.testing.assert_array_equal(p.argmax(axis=1), logits.argmax(axis=1))
+
+
+def test_temperature_scaling_of_one_logit_is_a_sigmoid():
+    """A binary classifier with one logit (it raised IndexError): labels drawn from
+    sigmoid(z / T0), the fitted T is T0 and equals the fit on the two logits (0, z)."""
+    rng = np.random.default_rng(1)
+    z = 3.0 * rng.normal(size=(20_000, 1))
+    labels = (rng.uniform(size=len(z)) < 1.0 / (1.0 + np.exp(-z[:, 0] / 2.5))).astype(int)
+    t = baselines.fit_temperature(z, labels)
+    assert abs(t - 2.5) < 0.15, t
+    pair = np.concatenate([np.zeros_like(z), z], axis=1)
+    assert t == pytest.approx(baselines.fit_temperature(pair, labels), rel=1e-5)
+    with pytest.raises(ValueError, match="labels must be 0 or 1 for one logit"):
+        baselines.fit_temperature(z, labels + 1)
+    model = baselines.mlp(3, 8, 1, seed=0)
+    ts = baselines.TemperatureScaling(model).fit(X[:30], (LABELS[:30] > 0).astype(int))
+    f = model(X.astype("float32")).numpy().astype(np.float64)
+    np.testing.assert_allclose(ts.predict_proba(X), 1.0 / (1.0 + np.exp(-f / ts.temperature)))

@@ -62,3 +62,14 @@ def test_regression_split_gives_noise_and_weight_uncertainty_apart():
     np.testing.assert_allclose(alea, 0.5)
     np.testing.assert_allclose(epi, la.predict(x[:5], noise=False)[1])
     np.testing.assert_allclose(alea**2 + epi**2, std**2, rtol=1e-12)
+
+
+def test_growing_noise_refuses_a_non_positive_noise_level():
+    """`not 0 < low and not 0 < high` let a negative low through when high was positive."""
+    for low, high in ((-0.1, 0.6), (0.05, -0.6), (0.0, 0.6), (-1.0, -1.0)):
+        with pytest.raises(ValueError, match=rf"low={low}, high={high}"):
+            noise.growing_noise(10, low=low, high=high)
+    with pytest.raises(ValueError, match="n must be at least 2"):
+        noise.growing_noise(1)
+    x, t, s = noise.growing_noise(10, low=0.1, high=0.5)
+    assert x.shape == t.shape == s.shape == (10, 1) and np.all(s > 0)

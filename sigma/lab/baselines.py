@@ -372,7 +372,8 @@ class MCDropout:
 def fit_temperature(logits, labels, *, bounds=(1e-2, 1e2)) -> float:
     """The T minimising the mean NLL of softmax(logits / T) on (logits (N, K), labels (N,)):
     a bounded 1-D search (Brent) over ln T within ``bounds``. The NLL is convex in 1/T, so
-    the minimum is unique."""
+    the minimum is unique. One logit (N, 1) is a binary classifier, P(y = 1) = sigmoid(f / T),
+    fitted as the two logits (0, f) with labels 0/1."""
     import scipy.optimize
     from scipy.special import log_softmax
 
@@ -382,6 +383,10 @@ def fit_temperature(logits, labels, *, bounds=(1e-2, 1e2)) -> float:
         raise ValueError(
             f"logits must be (N, K) and labels (N,), got {logits.shape} and {labels.shape}"
         )
+    if logits.shape[1] == 1:  # binary: sigmoid(f / T) = softmax((0, f) / T)[1]
+        if not np.all((labels == 0) | (labels == 1)):
+            raise ValueError("labels must be 0 or 1 for one logit (a binary classifier)")
+        logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
     rows = np.arange(len(labels))
 
     def nll(log_t):
@@ -411,5 +416,10 @@ class TemperatureScaling:
         return self
 
     def predict_proba(self, x) -> np.ndarray:
-        """softmax(f(x) / T), (N, K)."""
-        return softmax(model_outputs(self.model, x) / self.temperature)
+        """softmax(f(x) / T), (N, K); for one logit, P(y = 1) = sigmoid(f(x) / T), (N, 1)."""
+        logits = model_outputs(self.model, x) / self.temperature
+        if logits.shape[1] == 1:
+            from scipy.special import expit
+
+            return expit(logits)
+        return softmax(logits)

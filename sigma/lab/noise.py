@@ -74,8 +74,11 @@ def growing_noise(n: int = 300, *, seed: int = 0, low: float = 0.05, high: float
 
     Returns ``x (n, 1), t (n, 1), s (n, 1)`` (s: the true noise standard deviation), float64.
     """
-    if n < 2 or not 0 < low and not 0 < high:
-        raise ValueError("n must be at least 2 and the noise levels positive")
+    if n < 2 or not (0 < low and 0 < high):
+        raise ValueError(
+            f"n must be at least 2 and the noise levels low, high positive, got n={n}, "
+            f"low={low}, high={high}"
+        )
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.0, 1.0, size=(n, 1))
     s = noise_level(x, low=low, high=high)
