@@ -25,6 +25,7 @@ predictions as arrays (any predictor's, e.g. a deep ensemble's (μ, σ)), and
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 
@@ -126,6 +127,14 @@ class ConformalRegressor:
         self.scores.quantile(level)  # refuses a too small calibration set before predicting
         mean, std = self._predict(x)
         return self.scores.interval(mean, std, level)
+
+    def std(self, x, level: float = 0.9) -> np.ndarray:
+        """The calibrated σ (N, K): q̂/z · σ(x), z = Φ⁻¹((1 + level)/2), so that μ ∓ z σ_cal is
+        the conformal interval at ``level``."""
+        q = self.scores.quantile(level)
+        _, std = self._predict(x)
+        z = statistics.NormalDist().inv_cdf(0.5 + 0.5 * _check_level(level))
+        return q / z * _columns(np.asarray(std, np.float64))
 
     def predict(self, x, level: float = 0.9):
         self.scores.quantile(level)

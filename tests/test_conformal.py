@@ -89,6 +89,11 @@ def test_laplace_conformalize_gives_the_split_conformal_interval(pool):
     np.testing.assert_allclose(m, mean[100:])
     np.testing.assert_allclose(lo2, lo)
     np.testing.assert_allclose(hi2, hi)
+    # the calibrated σ: its central Gaussian interval at the level is the conformal one
+    z = 1.6448536269514722  # Φ⁻¹(0.95)
+    std_cal = cal.std(x[100:], 0.9)
+    np.testing.assert_allclose(std_cal, q / z * std[100:], rtol=1e-12)
+    np.testing.assert_allclose(m - z * std_cal, lo, rtol=1e-10, atol=1e-12)
 
 
 def test_too_small_calibration_sets_and_nan_targets_are_refused(pool):
