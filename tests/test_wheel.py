@@ -9,6 +9,7 @@ environment, and that every subpackage of the source tree is in the wheel.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -56,10 +57,16 @@ def _source_packages() -> set[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from a copy of the committed layout (pyproject, README, sigma/), as from a clean
+    clone: a build/ folder left in the work tree by an earlier build would otherwise put
+    modules deleted since into the wheel."""
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "sigma", src / "sigma", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
+         "--wheel-dir", str(out), str(src)],
         check=True, cwd=out, capture_output=True, text=True,
     )  # fmt: skip
     (path,) = out.glob("keras_sigma-*.whl")
