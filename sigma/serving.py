@@ -107,7 +107,10 @@ class PredictiveLayer(keras.layers.Layer):
     Non-finite input, outputs or variance are refused inside the graph: a
     ``tf.errors.InvalidArgumentError`` whose message starts with "sigma:" and names what was
     not finite (the module's ``NON_FINITE_*`` messages), where ``Laplace.predict`` raises a
-    ValueError.
+    ValueError. So is an input whose per-sample shape is not the model's (``WRONG_SHAPE``,
+    naming the expected ``(None, d1, ...)``): Keras checks shapes on a first call only, and
+    ``model.predict`` relaxes its trace after one. The layer is not XLA-compiled
+    (``supports_jit = False``): XLA would fail on a wrong shape before the check.
     """
 
     def __init__(self, model, spec: dict, **kwargs):

@@ -124,6 +124,11 @@ def test_a_two_input_model_is_served_on_both_inputs():
     b[2] = np.nan
     with pytest.raises(tf.errors.InvalidArgumentError, match="sigma: input 'b' contains NaN"):
         served([X[:4, :2], b])
+    served.predict([X[:4, :2], X[:4, 2:]], verbose=0)  # then a wrong width passes Keras
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"sigma: input 'b' must have shape \(None, 1\)"
+    ):
+        served.predict([X[:4, :2], X[:4, :2]], verbose=0)
 
 
 def test_a_subclassed_model_without_declared_inputs_is_refused():
