@@ -304,7 +304,8 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_resumes(tmp_path):
     while not (
         run.is_finished(folder / "hold=false", "tiny_hold")
         and list(folder.glob(".tmp/hold=true.*/tiny_hold.ipynb"))
-    ):  # one run finished, the other under way
+        and Path(f"{hold}.started").exists()
+    ):  # one run finished, the other under way (its kernel started and executing the hold cell)
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group

@@ -15,6 +15,8 @@ label: str = "a"  # a string parameter
 
 # %%
 deadline = time.time() + 120
+if hold and os.environ.get("TINY_HOLD_FILE"):
+    open(os.environ["TINY_HOLD_FILE"] + ".started", "w").close()  # the run is under way
 while hold and os.path.exists(os.environ.get("TINY_HOLD_FILE", "")) and time.time() < deadline:
     time.sleep(0.1)
 print(f"hold={hold} label={label}")
