@@ -67,7 +67,12 @@ print(f"{n_train} train samples, {len(x_test)} test samples, {n_outputs} outputs
 # %%
 model = sigma.lab.mlp(4, hidden_units, n_outputs, activation="sigmoid", seed=seed)
 history = sigma.lab.train(
-    model, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
+    model,
+    x_train,
+    y_train,
+    epochs=epochs,
+    batch_size=batch_size,
+    seed=seed,
     validation_data=(x_test, y_test),
 )
 model.summary()
@@ -88,8 +93,10 @@ with tf.GradientTape(persistent=True) as outer:
     grads = inner.gradient(loss, model.trainable_variables)
     grad_flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
 hessian_mean_loss = np.concatenate(
-    [tf.reshape(j, (grad_flat.shape[0], -1)).numpy()
-     for j in outer.jacobian(grad_flat, model.trainable_variables)],
+    [
+        tf.reshape(j, (grad_flat.shape[0], -1)).numpy()
+        for j in outer.jacobian(grad_flat, model.trainable_variables)
+    ],
     axis=1,
 )
 del outer
@@ -133,7 +140,9 @@ print("original formula, trained weights:", np.round(seed_trained, 4))
 # random weights, not the trained ones. Side by side:
 
 # %%
-grads_reinit = sigma.output_jacobian(sigma.lab.reinitialised_copy(model, seed=seed + 1), x_train[:1])[0]
+grads_reinit = sigma.output_jacobian(
+    sigma.lab.reinitialised_copy(model, seed=seed + 1), x_train[:1]
+)[0]
 seed_reinit = sigma.lab.seed_sigma(h_diag, grads_reinit, beta=beta, strict=False)
 for k, name in enumerate(sigma.lab.IRIS_CLASSES):
     print(f"{name:>10}: trained {seed_trained[k]:10.4f}   re-initialised {seed_reinit[k]:10.4f}")
@@ -146,8 +155,10 @@ for k, name in enumerate(sigma.lab.IRIS_CLASSES):
 
 # %%
 beta_summed = sigma.lab.summed_beta(beta, n_train, n_outputs)
-print(f"original β = {beta:g}  →  β = {beta_summed:.4f} in the summed convention "
-      f"(noise σ = {beta_summed ** -0.5:.2f})")
+print(
+    f"original β = {beta:g}  →  β = {beta_summed:.4f} in the summed convention "
+    f"(noise σ = {beta_summed**-0.5:.2f})"
+)
 
 # %% [markdown]
 # ## Defect 3: the proper Laplace error bar
@@ -159,7 +170,7 @@ print(f"original β = {beta:g}  →  β = {beta_summed:.4f} in the summed conven
 # %%
 e_d = sigma.data_error(model, x_train, y_train)
 beta_fit = laplace_beta if laplace_beta > 0 else n_train * n_outputs / (2.0 * e_d)
-print(f"E_D = {e_d:.3f}, β = {beta_fit:.3f} (noise σ = {beta_fit ** -0.5:.3f}), α = {alpha:g}")
+print(f"E_D = {e_d:.3f}, β = {beta_fit:.3f} (noise σ = {beta_fit**-0.5:.3f}), α = {alpha:g}")
 
 # %% [markdown]
 # With the Gauss–Newton matrix C = G (always positive semi-definite):
@@ -177,8 +188,12 @@ print("mean σ per output (GGN):", np.round(std_ggn.mean(axis=0), 4))
 # %%
 eig_h = np.linalg.eigvalsh(hessian_ed)
 alpha_h = max(alpha, 1.01 * beta_fit * max(0.0, -eig_h.min()))
-print(f"H: {np.sum(eig_h < 0)} negative eigenvalues, smallest {eig_h.min():.4g}; α used = {alpha_h:.4g}")
-laplace_h = sigma.Laplace(model, x_train, y_train, curvature="hessian", alpha=alpha_h, beta=beta_fit)
+print(
+    f"H: {np.sum(eig_h < 0)} negative eigenvalues, smallest {eig_h.min():.4g}; α used = {alpha_h:.4g}"
+)
+laplace_h = sigma.Laplace(
+    model, x_train, y_train, curvature="hessian", alpha=alpha_h, beta=beta_fit
+)
 _, std_h = laplace_h.predict(x_test)
 print("mean σ per output (Hessian):", np.round(std_h.mean(axis=0), 4))
 
@@ -191,15 +206,20 @@ print("mean σ per output (Hessian):", np.round(std_h.mean(axis=0), 4))
 _, std_first = laplace_ggn.predict(x_train[:1])
 _, std_first_h = laplace_h.predict(x_train[:1])
 for k, name in enumerate(sigma.lab.IRIS_CLASSES):
-    print(f"{name:>10}: original {seed_trained[k]:9.4f}   Laplace GGN {std_first[0, k]:.4f}"
-          f"   Laplace Hessian {std_first_h[0, k]:.4f}")
+    print(
+        f"{name:>10}: original {seed_trained[k]:9.4f}   Laplace GGN {std_first[0, k]:.4f}"
+        f"   Laplace Hessian {std_first_h[0, k]:.4f}"
+    )
 
 # %% [markdown]
 # ## Every test point: prediction ± 2σ against the targets
 
 # %%
 fig = sigma.lab.plots.prediction_bands(
-    mean_test, std_ggn, y_test, names=list(sigma.lab.IRIS_CLASSES),
+    mean_test,
+    std_ggn,
+    y_test,
+    names=list(sigma.lab.IRIS_CLASSES),
     title=f"Laplace (Gauss–Newton), α = {alpha:g}, β = {beta_fit:.3g}",
 )
 
@@ -209,11 +229,20 @@ rmse = float(np.sqrt(np.mean((y_test - mean_test) ** 2)))
 print(f"test RMSE {rmse:.4f}; {inside_95:.1%} of test targets within ±1.96σ (GGN)")
 
 # %%
-metrics = save_metrics(metrics_path, dict(
-    sigma_seed_trained=seed_trained, sigma_seed_reinitialised=seed_reinit,
-    beta_summed=beta_summed, beta_laplace=beta_fit,
-    sigma_ggn_mean=std_ggn.mean(axis=0), sigma_hessian_mean=std_h.mean(axis=0),
-    log_evidence=laplace_ggn.log_evidence(), gamma=laplace_ggn.gamma,
-    test_rmse=rmse, test_accuracy=test_accuracy, coverage_95=inside_95,
-))
+metrics = save_metrics(
+    metrics_path,
+    dict(
+        sigma_seed_trained=seed_trained,
+        sigma_seed_reinitialised=seed_reinit,
+        beta_summed=beta_summed,
+        beta_laplace=beta_fit,
+        sigma_ggn_mean=std_ggn.mean(axis=0),
+        sigma_hessian_mean=std_h.mean(axis=0),
+        log_evidence=laplace_ggn.log_evidence(),
+        gamma=laplace_ggn.gamma,
+        test_rmse=rmse,
+        test_accuracy=test_accuracy,
+        coverage_95=inside_95,
+    ),
+)
 print(sorted(metrics))

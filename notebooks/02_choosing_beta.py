@@ -28,7 +28,19 @@
 # original β = 10 corresponds to, and how the same network does as a proper softmax classifier.
 
 # %% tags=["parameters"]
-beta_grid: list = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]  # noise precisions β to scan (summed-error convention)
+beta_grid: list = [
+    0.01,
+    0.03,
+    0.1,
+    0.3,
+    1.0,
+    3.0,
+    10.0,
+    30.0,
+    100.0,
+    300.0,
+    1000.0,
+]  # noise precisions β to scan (summed-error convention)
 epochs: int = 20  # training epochs of both networks (the original: 20), ≥ 1
 seed: int = 0  # seed for the split, the initial weights, training and logit sampling, ≥ 0
 hidden_units: int = 4  # sigmoid units in the hidden layer (the original: 4), ≥ 1
@@ -53,12 +65,16 @@ from sigma.sweep.records import save_metrics
 started = time.time()
 x_train, x_test, y_train, y_test = sigma.lab.iris_split(seed=seed)
 n_train, n_outputs = y_train.shape
-beta_original = sigma.lab.summed_beta(10.0, n_train, n_outputs)  # the original's β = 10, summed convention
+beta_original = sigma.lab.summed_beta(
+    10.0, n_train, n_outputs
+)  # the original's β = 10, summed convention
 alpha_grid = np.geomspace(1e-3, 1e3, 61)  # for the evidence surface
 beta_dense = np.geomspace(min(beta_grid), max(beta_grid), 81)
 class_names = list(sigma.lab.IRIS_CLASSES)
-print(f"{n_train} training and {len(x_test)} held-out samples, {n_outputs} outputs; "
-      f"the original β = 10 is β = {beta_original:.4g} here")
+print(
+    f"{n_train} training and {len(x_test)} held-out samples, {n_outputs} outputs; "
+    f"the original β = 10 is β = {beta_original:.4g} here"
+)
 
 # %% [markdown]
 # ## The network of the original, trained on the squared error
@@ -67,7 +83,9 @@ print(f"{n_train} training and {len(x_test)} held-out samples, {n_outputs} outpu
 
 # %%
 model = sigma.lab.mlp(4, hidden_units, n_outputs, dtype="float64", seed=seed)
-history = sigma.lab.train(model, x_train, y_train, epochs=epochs, learning_rate=learning_rate, seed=seed)
+history = sigma.lab.train(
+    model, x_train, y_train, epochs=epochs, learning_rate=learning_rate, seed=seed
+)
 print(f"final training loss (mean squared error) {history.history['loss'][-1]:.4f}")
 
 # %% [markdown]
@@ -78,9 +96,11 @@ print(f"final training loss (mean squared error) {history.history['loss'][-1]:.4
 # %%
 la = sigma.Laplace(model, x_train, y_train).optimize_evidence()
 print(la)
-print(f"α = {la.alpha:.4g}, β = {la.beta:.4g} (noise σ = 1/√β = {la.beta ** -0.5:.3f}), "
-      f"γ = {la.gamma:.2f} of P = {la.n_params}, ln evidence = {la.log_evidence():.2f} nats "
-      f"({la.evidence_result.n_iter} iterations)")
+print(
+    f"α = {la.alpha:.4g}, β = {la.beta:.4g} (noise σ = 1/√β = {la.beta**-0.5:.3f}), "
+    f"γ = {la.gamma:.2f} of P = {la.n_params}, ln evidence = {la.log_evidence():.2f} nats "
+    f"({la.evidence_result.n_iter} iterations)"
+)
 
 # %% [markdown]
 # ### The evidence surface
@@ -89,8 +109,13 @@ print(f"α = {la.alpha:.4g}, β = {la.beta:.4g} (noise σ = 1/√β = {la.beta *
 
 # %%
 surface = la.log_evidence(*np.meshgrid(alpha_grid, beta_dense, indexing="ij"))
-fig = plots.evidence_surface(alpha_grid, beta_dense, surface, optimum=(la.alpha, la.beta),
-                             marks={"original β = 10": beta_original})
+fig = plots.evidence_surface(
+    alpha_grid,
+    beta_dense,
+    surface,
+    optimum=(la.alpha, la.beta),
+    marks={"original β = 10": beta_original},
+)
 
 # %% [markdown]
 # ## The evidence against held-out calibration, over β
@@ -103,16 +128,23 @@ fig = plots.evidence_surface(alpha_grid, beta_dense, surface, optimum=(la.alpha,
 scan = sigma.lab.beta_scan(la, np.sort(np.r_[beta_grid, la.beta, beta_original]), x_test, y_test)
 table = pd.DataFrame(scan)
 print(table.round(4).to_string(index=False))
-fig = plots.beta_scan(scan, la.n_data * la.n_outputs,
-                      marks={"evidence optimum": la.beta, "original β = 10": beta_original})
+fig = plots.beta_scan(
+    scan,
+    la.n_data * la.n_outputs,
+    marks={"evidence optimum": la.beta, "original β = 10": beta_original},
+)
 
 # %%
 best = table.loc[table["nll"].idxmin()]
 at_evidence = table.loc[np.isclose(table["beta"], la.beta)].iloc[0]
-print(f"held-out NLL is lowest at β = {best.beta:.4g} (NLL {best.nll:.4f}); at the evidence "
-      f"optimum β = {la.beta:.4g} it is {at_evidence.nll:.4f}")
-print(f"a Gaussian's held-out NLL is smallest near σ² = held-out mean squared error, i.e. "
-      f"β ≈ 1/RMSE² = {1 / at_evidence.rmse ** 2:.4g} (ignoring the small weight term)")
+print(
+    f"held-out NLL is lowest at β = {best.beta:.4g} (NLL {best.nll:.4f}); at the evidence "
+    f"optimum β = {la.beta:.4g} it is {at_evidence.nll:.4f}"
+)
+print(
+    f"a Gaussian's held-out NLL is smallest near σ² = held-out mean squared error, i.e. "
+    f"β ≈ 1/RMSE² = {1 / at_evidence.rmse**2:.4g} (ignoring the small weight term)"
+)
 
 # %% [markdown]
 # ## What the original β = 10 corresponds to
@@ -122,11 +154,13 @@ print(f"a Gaussian's held-out NLL is smallest near σ² = held-out mean squared 
 
 # %%
 at_original = table.loc[np.isclose(table["beta"], beta_original)].iloc[0]
-print(f"original β = 10 → β = {beta_original:.4g}: noise σ = {beta_original ** -0.5:.2f}, "
-      f"ln evidence {at_original.log_evidence:.1f} vs {at_evidence.log_evidence:.1f} at the "
-      f"optimum (a factor e^{at_evidence.log_evidence - at_original.log_evidence:.0f} less probable), "
-      f"mean σ {at_original.mean_sigma:.2f}, held-out 95% coverage {at_original.coverage_95:.0%}, "
-      f"NLL {at_original.nll:.2f}")
+print(
+    f"original β = 10 → β = {beta_original:.4g}: noise σ = {beta_original**-0.5:.2f}, "
+    f"ln evidence {at_original.log_evidence:.1f} vs {at_evidence.log_evidence:.1f} at the "
+    f"optimum (a factor e^{at_evidence.log_evidence - at_original.log_evidence:.0f} less probable), "
+    f"mean σ {at_original.mean_sigma:.2f}, held-out 95% coverage {at_original.coverage_95:.0%}, "
+    f"NLL {at_original.nll:.2f}"
+)
 
 # %% [markdown]
 # ## Held-out calibration at the evidence optimum
@@ -136,10 +170,12 @@ mean, std = la.predict(x_test)
 held_out = metrics.regression_metrics(mean, std, y_test)
 train_metrics = metrics.regression_metrics(*la.predict(x_train), y_train)
 print(pd.DataFrame({"held out": held_out, "training": train_metrics}).round(4))
-fig = plots.coverage_diagram({
-    "held out": metrics.coverage_curve(mean, std, y_test),
-    "training": metrics.coverage_curve(*la.predict(x_train), y_train),
-})
+fig = plots.coverage_diagram(
+    {
+        "held out": metrics.coverage_curve(mean, std, y_test),
+        "training": metrics.coverage_curve(*la.predict(x_train), y_train),
+    }
+)
 
 # %% [markdown]
 # Every held-out |error| against its σ. σ hardly varies from flower to flower: the weight
@@ -147,7 +183,9 @@ fig = plots.coverage_diagram({
 
 # %%
 fig = plots.error_vs_sigma(mean, std, y_test, names=class_names)
-print(f"σ ranges over [{std.min():.3f}, {std.max():.3f}]; the noise alone gives {la.beta ** -0.5:.3f}")
+print(
+    f"σ ranges over [{std.min():.3f}, {std.max():.3f}]; the noise alone gives {la.beta**-0.5:.3f}"
+)
 
 # %% [markdown]
 # ### Is the 95% interval right? Looking at the standardised residuals
@@ -156,14 +194,23 @@ print(f"σ ranges over [{std.min():.3f}, {std.max():.3f}]; the noise alone gives
 
 # %%
 z = (y_test - mean) / std
-print(f"held-out coverage: 68% interval {held_out['coverage_68']:.1%}, 95% interval "
-      f"{held_out['coverage_95']:.1%}")
-print(f"z: standard deviation {z.std():.2f} (Gaussian 1), excess kurtosis "
-      f"{scipy.stats.kurtosis(z.ravel()):.2f} (Gaussian 0), largest |z| {np.abs(z).max():.2f}, "
-      f"|z| > 1.96 for {np.mean(np.abs(z) > 1.96):.1%} (Gaussian 5%)")
-print("95% coverage per output:", dict(zip(class_names, np.mean(np.abs(z) <= 1.96, axis=0).round(3).tolist(), strict=True)))
-print(f"targets are 0 or 1 and predictions lie in [{mean.min():.2f}, {mean.max():.2f}]: "
-      f"|t − μ| ≤ {np.abs(y_test - mean).max():.2f} while 1.96σ ≥ {1.96 * std.min():.2f}")
+print(
+    f"held-out coverage: 68% interval {held_out['coverage_68']:.1%}, 95% interval "
+    f"{held_out['coverage_95']:.1%}"
+)
+print(
+    f"z: standard deviation {z.std():.2f} (Gaussian 1), excess kurtosis "
+    f"{scipy.stats.kurtosis(z.ravel()):.2f} (Gaussian 0), largest |z| {np.abs(z).max():.2f}, "
+    f"|z| > 1.96 for {np.mean(np.abs(z) > 1.96):.1%} (Gaussian 5%)"
+)
+print(
+    "95% coverage per output:",
+    dict(zip(class_names, np.mean(np.abs(z) <= 1.96, axis=0).round(3).tolist(), strict=True)),
+)
+print(
+    f"targets are 0 or 1 and predictions lie in [{mean.min():.2f}, {mean.max():.2f}]: "
+    f"|t − μ| ≤ {np.abs(y_test - mean).max():.2f} while 1.96σ ≥ {1.96 * std.min():.2f}"
+)
 
 # %% [markdown]
 # **Why the 95% interval over-covers.** At the default parameters the evidence β gives a held-out
@@ -186,10 +233,14 @@ print(f"targets are 0 or 1 and predictions lie in [{mean.min():.2f}, {mean.max()
 la_k = sigma.Laplace(model, x_train, y_train).optimize_evidence(per_output=True)
 mean_k, std_k = la_k.predict(x_test)
 held_out_k = metrics.regression_metrics(mean_k, std_k, y_test)
-print(f"β_k = {dict(zip(class_names, la_k.beta.round(3).tolist(), strict=True))}, noise σ_k = "
-      f"{dict(zip(class_names, (la_k.beta ** -0.5).round(3).tolist(), strict=True))}")
-print(f"ln evidence {la_k.log_evidence():.2f} (one shared β: {la.log_evidence():.2f}); "
-      "held-out:", {k: round(v, 4) for k, v in held_out_k.items()})
+print(
+    f"β_k = {dict(zip(class_names, la_k.beta.round(3).tolist(), strict=True))}, noise σ_k = "
+    f"{dict(zip(class_names, (la_k.beta**-0.5).round(3).tolist(), strict=True))}"
+)
+print(
+    f"ln evidence {la_k.log_evidence():.2f} (one shared β: {la.log_evidence():.2f}); held-out:",
+    {k: round(v, 4) for k, v in held_out_k.items()},
+)
 
 # %% [markdown]
 # ## The same network as a classifier
@@ -202,20 +253,32 @@ print(f"ln evidence {la_k.log_evidence():.2f} (one shared β: {la.log_evidence()
 
 # %%
 classifier = sigma.lab.mlp(4, hidden_units, n_outputs, dtype="float64", seed=seed)
-history_c = sigma.lab.train(classifier, x_train, y_train, epochs=epochs, seed=seed,
-                        learning_rate=classifier_learning_rate,
-                        loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+history_c = sigma.lab.train(
+    classifier,
+    x_train,
+    y_train,
+    epochs=epochs,
+    seed=seed,
+    learning_rate=classifier_learning_rate,
+    loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+)
 la_c = sigma.Laplace(classifier, x_train, y_train, likelihood="classification").optimize_evidence()
-print(f"final training cross-entropy {history_c.history['loss'][-1]:.4f}; {la_c}; "
-      f"γ = {la_c.gamma:.2f}, ln evidence = {la_c.log_evidence():.2f}")
+print(
+    f"final training cross-entropy {history_c.history['loss'][-1]:.4f}; {la_c}; "
+    f"γ = {la_c.gamma:.2f}, ln evidence = {la_c.log_evidence():.2f}"
+)
 
 # %%
 probabilities = {
     "softmax at the trained weights": sigma.classification.softmax(classifier(x_test).numpy()),
     "Laplace, probit": la_c.predict_proba(x_test),
-    "Laplace, sampled logits": la_c.predict_proba(x_test, method="mc", n_samples=n_samples, seed=seed),
+    "Laplace, sampled logits": la_c.predict_proba(
+        x_test, method="mc", n_samples=n_samples, seed=seed
+    ),
 }
-table_c = pd.DataFrame({k: metrics.classification_metrics(p, y_test) for k, p in probabilities.items()}).T
+table_c = pd.DataFrame(
+    {k: metrics.classification_metrics(p, y_test) for k, p in probabilities.items()}
+).T
 print(table_c.round(4))
 fig = plots.reliability_diagram(probabilities, y_test)
 
@@ -229,17 +292,28 @@ fig = plots.reliability_diagram(probabilities, y_test)
 # %%
 cov_c = la_c.predictive_covariance(x_test)
 gap = np.abs(probabilities["Laplace, probit"] - probabilities["Laplace, sampled logits"])
-print(f"largest |probit − sampled| probability {gap.max():.3f}; mean logit variance "
-      f"{np.einsum('nkk->nk', cov_c).mean():.3g}, of which shared by all logits (invisible to "
-      f"softmax) {cov_c.mean(axis=(1, 2)).mean():.3g}; 1/α = {1 / la_c.alpha:.3g}")
+print(
+    f"largest |probit − sampled| probability {gap.max():.3f}; mean logit variance "
+    f"{np.einsum('nkk->nk', cov_c).mean():.3g}, of which shared by all logits (invisible to "
+    f"softmax) {cov_c.mean(axis=(1, 2)).mean():.3g}; 1/α = {1 / la_c.alpha:.3g}"
+)
 
 # %%
-scan_c = sigma.lab.alpha_scan(la_c, np.sort(np.r_[np.geomspace(0.01, 100.0, 9), la_c.alpha]),
-                            x_test, y_test, method="mc", n_samples=n_samples, seed=seed)
+scan_c = sigma.lab.alpha_scan(
+    la_c,
+    np.sort(np.r_[np.geomspace(0.01, 100.0, 9), la_c.alpha]),
+    x_test,
+    y_test,
+    method="mc",
+    n_samples=n_samples,
+    seed=seed,
+)
 table_alpha = pd.DataFrame(scan_c)
 print(table_alpha.round(4).to_string(index=False))
-print(f"held-out NLL (sampled) is lowest at α = {table_alpha.loc[table_alpha.nll.idxmin(), 'alpha']:.4g}; "
-      f"the evidence picks α = {la_c.alpha:.4g}")
+print(
+    f"held-out NLL (sampled) is lowest at α = {table_alpha.loc[table_alpha.nll.idxmin(), 'alpha']:.4g}; "
+    f"the evidence picks α = {la_c.alpha:.4g}"
+)
 
 # %% [markdown]
 # ## What we found
@@ -264,14 +338,28 @@ print(f"held-out NLL (sampled) is lowest at α = {table_alpha.loc[table_alpha.nl
 #   because of the common-mode logit variance.
 
 # %%
-record = save_metrics(metrics_path, dict(
-    alpha=la.alpha, beta=la.beta, gamma=la.gamma, log_evidence=la.log_evidence(),
-    beta_original=beta_original, beta_best_nll=float(best.beta),
-    sigma=std.mean(axis=0), test_error=held_out["rmse"], coverage=held_out["coverage_95"],
-    coverage_68=held_out["coverage_68"], coverage_95=held_out["coverage_95"],
-    nll=held_out["nll"], rmse=held_out["rmse"], mean_sigma=held_out["mean_sigma"],
-    beta_per_output=la_k.beta, nll_per_output_beta=held_out_k["nll"],
-    coverage_95_per_output_beta=held_out_k["coverage_95"],
-    classifier_alpha=la_c.alpha, classifier=table_c.to_dict(orient="index"),
-))
+record = save_metrics(
+    metrics_path,
+    dict(
+        alpha=la.alpha,
+        beta=la.beta,
+        gamma=la.gamma,
+        log_evidence=la.log_evidence(),
+        beta_original=beta_original,
+        beta_best_nll=float(best.beta),
+        sigma=std.mean(axis=0),
+        test_error=held_out["rmse"],
+        coverage=held_out["coverage_95"],
+        coverage_68=held_out["coverage_68"],
+        coverage_95=held_out["coverage_95"],
+        nll=held_out["nll"],
+        rmse=held_out["rmse"],
+        mean_sigma=held_out["mean_sigma"],
+        beta_per_output=la_k.beta,
+        nll_per_output_beta=held_out_k["nll"],
+        coverage_95_per_output_beta=held_out_k["coverage_95"],
+        classifier_alpha=la_c.alpha,
+        classifier=table_c.to_dict(orient="index"),
+    ),
+)
 print(f"done in {time.time() - started:.0f} s", f"→ {metrics_path}" if metrics_path else "")
