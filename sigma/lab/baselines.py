@@ -27,6 +27,8 @@ Everything is seeded: a seed fixes the initial weights, the shuffling and the dr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -40,6 +42,41 @@ MIN_VARIANCE = 1e-6  # floor of a Gaussian head's variance (in squared target un
 
 
 # -- networks and training ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """What every method of a comparison shares: the MLP ``n_inputs → hidden… → outputs``
+    (linear outputs; :func:`mlp`), its training by Adam (:func:`fit`; schedule "constant" or
+    "cosine"), the deep ensemble's size and MC dropout's rate and test-time passes. The
+    notebooks' comparisons derive their recipes from it, adding their own settings."""
+
+    hidden: tuple[int, ...] = (50,)
+    activation: str = "tanh"
+    dtype: str = "float32"
+    epochs: int = 300
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    schedule: str = "cosine"
+    ensemble_size: int = 5
+    dropout: float = 0.1
+    mc_samples: int = 100
+
+    def network(self, n_inputs: int, n_outputs: int, seed: int):
+        """The plain MLP every method starts from (without dropout)."""
+        return mlp(
+            n_inputs, self.hidden, n_outputs, activation=self.activation, dtype=self.dtype,
+            seed=seed,
+        )  # fmt: skip
+
+    def training(self) -> dict:
+        """Keywords of :func:`fit` and the baselines' ``fit``."""
+        return dict(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            schedule=self.schedule,
+        )
+
+
 def mlp(
     n_inputs: int,
     hidden: int | tuple[int, ...],

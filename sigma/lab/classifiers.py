@@ -51,43 +51,25 @@ MAX_PROB, ENTROPY = "max probability", "entropy"
 
 
 @dataclass(frozen=True)
-class Setup:
-    """What every method shares, and each method's own settings.
+class Setup(baselines.Recipe):
+    """What every method shares (:class:`sigma.lab.baselines.Recipe`: the MLP, its training,
+    the ensemble and MC dropout; here a 32-unit layer trained for 100 epochs), and:
 
-    hidden, activation, dtype, epochs, batch_size, learning_rate, schedule : the MLP and its
-        training (:func:`sigma.lab.baselines.mlp`, :func:`sigma.lab.baselines.fit`).
     validation : the fraction of the training data held out (stratified) for temperature
         scaling and sigma's temperature; every method trains on the rest.
-    ensemble_size, dropout, mc_samples : the deep ensemble and MC dropout.
     structure, weights, prior, link, temperatures : sigma's Laplace (structure, the weights it
-        covers and the prior groups), the
-        link from the logits' Gaussian to probabilities, and the bounds of the search for T.
+        covers and the prior groups), the link from the logits' Gaussian to probabilities,
+        and the bounds of the search for T.
     """
 
     hidden: tuple[int, ...] = (32,)
-    activation: str = "tanh"
-    dtype: str = "float32"
     epochs: int = 100
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    schedule: str = "cosine"
     validation: float = 0.25
-    ensemble_size: int = 5
-    dropout: float = 0.1
-    mc_samples: int = 100
     structure: str = "kfac"
     weights: str = "all"
     prior: str = "layer"
     link: str = "mean_field"
     temperatures: tuple[float, float] = (1e-4, 1.0)
-
-    def training(self) -> dict:
-        return dict(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            schedule=self.schedule,
-        )
 
 
 def tempered_laplace(

@@ -43,28 +43,13 @@ LEVELS = (0.68, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """What every method shares (the MLP ``n_inputs → hidden… → outputs``, Adam with a cosine
-    schedule) and each one's own settings (the Laplace structure and prior, the callback's
-    ``every``, the ensemble size, the dropout rate and test-time passes)."""
+class Recipe(baselines.Recipe):
+    """What every method shares (:class:`sigma.lab.baselines.Recipe`) and the Laplace's own
+    settings: its structure and prior, the callback's ``every``."""
 
-    hidden: tuple[int, ...] = (50,)
-    activation: str = "tanh"
-    dtype: str = "float32"
-    epochs: int = 300
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    schedule: str = "cosine"
     structure: str = "full"
     prior: str = "layer"
     every: int = 10
-    ensemble_size: int = 5
-    dropout: float = 0.1
-    mc_samples: int = 100
-
-    def training(self) -> dict:
-        return dict(epochs=self.epochs, batch_size=self.batch_size,
-                    learning_rate=self.learning_rate, schedule=self.schedule)  # fmt: skip
 
 
 # -- data ---------------------------------------------------------------------------------------

@@ -38,49 +38,20 @@ PLAIN_SOFTMAX, TRAINED_SOFTMAX = "plain softmax", "evidence-trained softmax"
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """What all methods share, and each method's own settings.
+class Recipe(baselines.Recipe):
+    """What all methods share (:class:`sigma.lab.baselines.Recipe`: the MLP, its training,
+    the ensemble and MC dropout), and the evidence methods' own settings.
 
-    hidden, activation, dtype : the MLP (``n_inputs → hidden… → outputs``, linear outputs).
-    epochs, batch_size, learning_rate, schedule : Adam, the same for every network
-        (:func:`sigma.lab.baselines.fit`; schedule "constant" or "cosine").
     structure, prior, every, warmup : the Laplace of both evidence methods and the
         :class:`sigma.EvidenceCallback` (re-estimate every ``every`` epochs after ``warmup``).
-    ensemble_size, ensemble_head : the deep ensemble (head "gaussian" or "mse", regression).
-    dropout, mc_samples : the MC dropout rate and number of test-time passes T.
+    ensemble_head : the deep ensemble's head ("gaussian" or "mse", regression).
     """
 
-    hidden: tuple[int, ...] = (50,)
-    activation: str = "tanh"
-    dtype: str = "float32"
-    epochs: int = 300
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    schedule: str = "cosine"
     structure: str = "kfac"
     prior: str = "layer"
     every: int = 5
     warmup: int = 0
-    ensemble_size: int = 5
     ensemble_head: str = "gaussian"
-    dropout: float = 0.1
-    mc_samples: int = 100
-
-    def network(self, n_inputs: int, n_outputs: int, seed: int):
-        """The plain MLP every method starts from (without dropout)."""
-        return baselines.mlp(
-            n_inputs, self.hidden, n_outputs, activation=self.activation, dtype=self.dtype,
-            seed=seed,
-        )  # fmt: skip
-
-    def training(self) -> dict:
-        """Keywords of :func:`sigma.lab.baselines.fit` and the baselines' ``fit``."""
-        return dict(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            schedule=self.schedule,
-        )
 
 
 @dataclass
