@@ -260,6 +260,28 @@ def test_a_beta_scan_of_ten_laplace_objects_traces_once(rng, structure):
     assert not [m for m in messages if "retracing" in m]
 
 
+def test_every_graph_needing_the_jacobian_shares_one_trace_of_it(rng):
+    """The vectorised per-sample Jacobian is the costliest piece to trace: the full and low-rank
+    fits, their predictive variances and the output Jacobian all call one traced function."""
+    model = make_mlp(hidden=(8, 6))
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 2))
+    calls = []
+    eng = engine(model)
+    inner = eng._jacobian
+    object.__setattr__(eng, "_jacobian", lambda w, xb: calls.append(1) or inner(w, xb))
+    sigma.Laplace(model, x, y, structure="full").predict(x[:7])
+    sigma.Laplace(model, x, y, structure="lowrank", structure_options={"rank": 5}).predict(x[:4])
+    sigma.output_jacobian(model, x[:5])
+    counts = {k: n for k, n in _tracing_counts(model).items() if k[-1][0] == "jacobian-fn"}
+    assert list(counts.values()) == [1], counts
+    assert len(calls) == 1  # the Python body ran once: in the one trace
+    # under a strategy each replica's graph traces it inline (not the shared function)
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        la = sigma.Laplace(model, x, y, structure="full", strategy=tf.distribute.get_strategy())
+    np.testing.assert_allclose(la.predict(x[:7])[1], sigma.Laplace(model, x, y).predict(x[:7])[1])
+    assert len(calls) > 1
+
+
 def test_graphs_follow_the_weights_without_tracing_again(rng, mlp64):
     """The graphs read the variables when they run: after more training a new Laplace sees the
     new weights (the same σ as a fresh model with those weights) and nothing is traced."""

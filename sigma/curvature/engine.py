@@ -164,8 +164,25 @@ class Engine:
     def jacobian(self, w, x):
         """f (B, K) and J (B, K, P), one sample at a time (``tf.vectorized_map`` over a (K, P)
         jacobian): O(B·K·P). A jacobian of the whole batch output would back-propagate each of
-        the B·K outputs through all B samples, O(B²·K·P)."""
+        the B·K outputs through all B samples, O(B²·K·P).
 
+        Vectorising the jacobian is the costliest part of tracing a graph (pfor rewrites every
+        op of the backward pass), so it is traced once per engine and input structure, as a
+        function of its own that every graph needing J calls: the GGN, the predictive
+        variance, the low-rank projections, the served model. Under a tf.distribute strategy
+        it is traced inline in each replica's graph (a function traced in one replica's
+        context would read that replica's variables)."""
+        if tf.distribute.has_strategy():
+            return self._jacobian(w, x)
+        spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
+        w_spec = tf.TensorSpec(w.shape, w.dtype)
+        fn = self.function(
+            ("jacobian-fn", spec_key(spec), spec_key(w_spec)),
+            lambda: compiled(self._jacobian, [w_spec, spec]),
+        )
+        return fn(w, x)
+
+    def _jacobian(self, w, x):
         def one(xn):
             with tf.GradientTape() as tape:
                 tape.watch(w)
