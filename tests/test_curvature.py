@@ -7,6 +7,7 @@ import tensorflow as tf
 from conftest import make_linear, make_mlp
 
 import sigma
+from sigma.curvature.engine import SMALL_K
 from sigma.params import flat_weights, set_flat_weights
 
 
@@ -79,19 +80,22 @@ def test_gauss_newton_differs_from_hessian_for_nonlinear_model(mlp64, data):
     assert np.linalg.norm(g - h) > 1e-3 * np.linalg.norm(h)
 
 
-def test_output_jacobian_matches_per_sample_loop(mlp64, data):
+@pytest.mark.parametrize("n_out", [2, 6])  # a gradient per output / a vectorised jacobian
+def test_output_jacobian_matches_per_sample_loop(mlp64, data, n_out):
     x, _ = data
-    j = sigma.output_jacobian(mlp64, x)
-    assert j.shape == (12, 2, 54) and j.dtype == np.float64
+    model = mlp64 if n_out == 2 else make_mlp(n_out=n_out)
+    assert (n_out <= SMALL_K) == (n_out == 2)  # both routes are checked
+    j = sigma.output_jacobian(model, x)
+    assert j.shape == (12, n_out, sigma.num_params(model)) and j.dtype == np.float64
     for n in range(len(x)):
-        for k in range(2):
+        for k in range(n_out):
             with tf.GradientTape() as tape:
-                out = mlp64(x[n : n + 1], training=False)[0, k]
+                out = model(x[n : n + 1], training=False)[0, k]
             ref = np.concatenate(
-                [g.numpy().ravel() for g in tape.gradient(out, mlp64.trainable_variables)]
+                [g.numpy().ravel() for g in tape.gradient(out, model.trainable_variables)]
             )
             np.testing.assert_allclose(j[n, k], ref, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(sigma.output_jacobian(mlp64, x, batch_size=5), j)
+    np.testing.assert_allclose(sigma.output_jacobian(model, x, batch_size=5), j)
 
 
 def test_gauss_newton_is_sum_of_jacobian_products(mlp64, data):

@@ -48,6 +48,8 @@ from sigma.outputs import OutputLayout
 from sigma.params import num_params
 
 ZERO = tf.UnconnectedGradients.ZERO
+SMALL_K = 4  # up to this many outputs, J per sample is K gradients (cheaper to trace than a
+# vectorised jacobian inside the per-sample vectorisation; above it, slower)
 ROW_CHUNK = 128  # columns of H per product when the dense Hessian is accumulated
 JACOBIAN_ROUTE = 2**18  # GGN products through per-sample Jacobians up to this K·P
 CAPTURE_CACHE = 2**30  # bytes of layer inputs/sensitivities kept across product passes
@@ -184,10 +186,16 @@ class Engine:
 
     def _jacobian(self, w, x):
         def one(xn):
-            with tf.GradientTape() as tape:
+            with tf.GradientTape(persistent=True) as tape:
                 tape.watch(w)
                 f = self.forward(w, tf.nest.map_structure(lambda t: t[None], xn))[0]
-            return f, tape.jacobian(f, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+                k = f.shape[0]
+                rows = [f[i] for i in range(k)] if k is not None and k <= SMALL_K else None
+            if rows is None:
+                j = tape.jacobian(f, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+            else:  # a few outputs: one gradient each, no pfor inside the per-sample pfor
+                j = tf.stack([tape.gradient(r, w, unconnected_gradients=ZERO) for r in rows])
+            return f, j
 
         return tf.vectorized_map(one, x)
 
