@@ -70,10 +70,18 @@ def test_the_core_never_imports_the_subpackage():
 
 
 def test_importing_the_sweep_machinery_loads_no_tensorflow():
+    """Nor does the sweep report's notebook: a report renders without starting TensorFlow."""
+    report_imports = [
+        ast.unparse(node)
+        for node in ast.parse((ROOT / "notebooks" / "03_sweep_report.py").read_text()).body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    ]
+    assert any("sigma" in line for line in report_imports), report_imports
     code = (
         "import sys, sigma.sweep, sigma.sweep.__main__\n"
         "from sigma.sweep import records, notebook, grid, table, plots, run, engine, report, cli\n"
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'sigma.laplace', 'sigma.curvature')"
+        + "".join(line + "\n" for line in report_imports)
+        + "heavy = sorted(m for m in ('tensorflow', 'keras', 'sigma.laplace', 'sigma.curvature')"
         " if m in sys.modules)\n"
         "print(heavy)\n"
     )

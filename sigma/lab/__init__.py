@@ -9,51 +9,52 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 * :mod:`.original_formula` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
-* :mod:`.baselines`, :mod:`.posterior` — deep ensembles, MC dropout, temperature scaling and
+* :mod:`.baselines`, :mod:`.training_comparison` — deep ensembles, MC dropout, temperature scaling and
   training for the posterior (notebook 05);
 * :mod:`.shift`, :mod:`.classifiers` — shifted and out-of-distribution digits, and every
   classifier's probabilities scored on them (notebook 06);
+* :mod:`.noise` — heteroscedastic and conformal regression (notebook 07);
 * :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
 """
 
-from sigma.lab import (
-    classifiers,
-    compare,
-    data,
-    models,
-    original_formula,
-    plots,
-    scans,
-    shift,
-    training_comparison,
-)
-from sigma.lab.data import IRIS_CLASSES, digits_split, iris_split, one_hot, teacher_regression
-from sigma.lab.models import mlp, reinitialised_copy, small_cnn, train
-from sigma.lab.original_formula import mean_loss_hessian_diag, seed_sigma, summed_beta
-from sigma.lab.scans import alpha_scan, beta_scan
+import importlib as _importlib
 
-__all__ = [
-    "IRIS_CLASSES",
-    "alpha_scan",
-    "classifiers",
-    "compare",
-    "data",
-    "models",
-    "plots",
-    "scans",
-    "original_formula",
-    "training_comparison",
-    "beta_scan",
-    "digits_split",
-    "iris_split",
-    "mean_loss_hessian_diag",
-    "mlp",
-    "one_hot",
-    "reinitialised_copy",
-    "seed_sigma",
-    "shift",
-    "small_cnn",
-    "summed_beta",
-    "teacher_regression",
-    "train",
-]
+# Names resolved on first use (PEP 562), as in :mod:`sigma`: ``from sigma.lab.data import ...``
+# (the sweep report's notebook) loads scikit-learn only, not TensorFlow.
+_SUBMODULES = {
+    "baselines", "classifiers", "compare", "data", "models", "noise", "original_formula",
+    "plots", "scans", "shift", "training_comparison",
+}  # fmt: skip
+_EXPORTS = {
+    "IRIS_CLASSES": "data",
+    "digits_split": "data",
+    "iris_split": "data",
+    "one_hot": "data",
+    "teacher_regression": "data",
+    "mlp": "models",
+    "reinitialised_copy": "models",
+    "small_cnn": "models",
+    "train": "models",
+    "mean_loss_hessian_diag": "original_formula",
+    "seed_sigma": "original_formula",
+    "summed_beta": "original_formula",
+    "alpha_scan": "scans",
+    "beta_scan": "scans",
+}
+
+__all__ = sorted(_SUBMODULES | set(_EXPORTS))
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        value = _importlib.import_module(f"sigma.lab.{name}")
+    elif name in _EXPORTS:
+        value = getattr(_importlib.import_module(f"sigma.lab.{_EXPORTS[name]}"), name)
+    else:
+        raise AttributeError(f"module 'sigma.lab' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
