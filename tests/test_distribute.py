@@ -124,6 +124,9 @@ _MIRRORED = textwrap.dedent(
     for name, opts, curvature in [
         ("full", {}, "ggn"), ("full", {}, "hessian"), ("lowrank", {"rank": 4}, "ggn"),
         ("last_layer", {}, "ggn"),
+        # the layer-wise capture: two replicas trace the patched forward pass in threads
+        # (sigma.curvature.capture serialises it)
+        ("diag", {}, "ggn"), ("kfac", {}, "ggn"),
     ]:
         kw = dict(structure=name, structure_options=opts, curvature=curvature, alpha=300.0,
                   batch_size=16)

@@ -1,11 +1,6 @@
 """structure="kfac": Kronecker factors against an independent reference and the exact GGN
 block (one sample), and σ from the same Kronecker-factored A built explicitly as P×P."""
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -130,41 +125,3 @@ def test_laplace_kfac_evidence_and_predict():
 def test_exact_hessian_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="curvature='ggn' only"):
         sigma.Laplace(make_mlp(), X, Y, structure="kfac", curvature="hessian")
-
-
-_MIRRORED = """
-import json, os, sys
-os.environ["KERAS_BACKEND"] = "tensorflow"
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]  # before TF initialises its devices
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import numpy as np
-sys.path.insert(0, "tests")
-from conftest import make_mlp
-from sigma.structures import Diag
-from sigma.structures import KFAC
-
-x = np.random.default_rng(0).normal(size=(11, 3))
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-out = {}
-for cls in (Diag, KFAC):
-    one = cls().fit(make_mlp(), x, batch_size=4).eigenvalues
-    two = cls().fit(make_mlp(), x, batch_size=4, strategy=strategy).eigenvalues
-    out[cls.name] = float(np.abs(two - one).max() / one.max())
-print("RESULT" + json.dumps(out))
-"""
-
-
-@pytest.mark.slow
-def test_diag_and_kfac_under_a_mirrored_strategy_equal_one_device():
-    """Two replicas trace the patched forward pass in threads (sigma.curvature.capture serialises it).
-    A subprocess: logical devices must be configured before TensorFlow initialises them."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED], cwd=root, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    for name, error in json.loads(line[len("RESULT") :]).items():
-        assert error < 1e-10, (name, error)
