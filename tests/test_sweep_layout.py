@@ -89,3 +89,22 @@ def test_importing_the_sweep_machinery_loads_no_tensorflow():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_sweep_workers_read_notebooks_without_the_iri_grammars():
+    """jsonschema's optional rfc3987_syntax costs ~3 s of import in every process that reads a
+    notebook: a worker marks it absent and still reads, validates and writes notebooks."""
+    code = (
+        "import sys\n"
+        "from sigma.sweep.engine import _worker_init\n"
+        "_worker_init()\n"
+        "import nbformat, papermill, jsonschema\n"
+        "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+        "nbformat.validate(nbformat.reads(nbformat.writes(nb), as_version=4))\n"
+        "from sigma.sweep import skip_iri_grammars\n"
+        "print(repr(sys.modules['rfc3987_syntax']), skip_iri_grammars())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["None", "False"], out.stdout + out.stderr

@@ -250,25 +250,34 @@ def _sweep_command(grid: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.notebook
 def test_a_killed_sweep_leaves_no_half_written_run(tmp_path):
-    grid = write_grid(tmp_path, {"beta": [1.0], "sleep_s": [4.0]})
+    hold = tmp_path / "hold"
+    hold.touch()
+    grid = write_grid(tmp_path, {"hold": [True]}, notebook=HOLD)
     out = tmp_path / "out"
-    folder = out / "tiny_plain"
+    folder = out / "tiny_hold"
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            _sweep_command(grid, out, "--quiet"), cwd=ROOT, start_new_session=True, stderr=err
+            _sweep_command(grid, out, "--quiet"),
+            cwd=ROOT,
+            env={**os.environ, "TINY_HOLD_FILE": str(hold)},
+            start_new_session=True,
+            stderr=err,
         )
     deadline = time.time() + 90
-    while not list(folder.glob(".tmp/*/tiny_plain.ipynb")):  # the run has started
+    while not (
+        list(folder.glob(".tmp/*/tiny_hold.ipynb")) and Path(f"{hold}.started").exists()
+    ):  # the run is under way: its kernel executes the hold cell
         assert proc.poll() is None and time.time() < deadline, log.read_text()
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes
     proc.wait()
-    assert not (folder / "beta=1_sleep_s=4").exists() and not (folder / "failed").exists()
+    assert not (folder / "hold=true").exists() and not (folder / "failed").exists()
 
+    hold.unlink()
     result = engine.run_sweep(grid, out, progress=False)  # the lock died with the process
     assert [r.status for r in result.results] == ["done"]
-    assert run.is_finished(folder / "beta=1_sleep_s=4", "tiny_plain")
+    assert run.is_finished(folder / "hold=true", "tiny_hold")
     assert not (folder / ".tmp").exists()  # the killed run's scratch folder is gone
 
 

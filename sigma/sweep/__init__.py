@@ -23,9 +23,10 @@ core never imports this package. Submodules load on first use (``sigma.sweep.rec
 
 import importlib as _importlib
 import importlib.util as _util
+import sys as _sys
 
 _SUBMODULES = ("records", "notebook", "grid", "table", "plots", "run", "engine", "report", "cli")
-__all__ = [*_SUBMODULES, "MissingExtra", "require_notebooks_extra"]
+__all__ = [*_SUBMODULES, "MissingExtra", "require_notebooks_extra", "skip_iri_grammars"]
 # What the machinery imports beyond sigma's own dependencies: the "notebooks" extra
 # (import name -> distribution). records.py needs none of them (notebooks save metrics with it).
 NOTEBOOKS_EXTRA = {
@@ -53,6 +54,20 @@ def require_notebooks_extra() -> None:
             f"missing: {', '.join(missing)}. Install it with: pip install 'keras-sigma[notebooks]' "
             "(or `make env` in a clone of the repository)"
         )
+
+
+def skip_iri_grammars() -> bool:
+    """In a process of the sweep's own (its command line, a worker), before nbformat loads:
+    keep jsonschema from importing ``rfc3987_syntax``. jsonschema ≥ 4.25 imports it, when
+    installed (jupyter-events asks for it), for its "iri" format checker, and it compiles 39
+    grammars on import: about 3 s of CPU in every process that reads a notebook, although
+    nbformat never checks formats. Marked absent, jsonschema leaves that one checker out
+    (as it does when the package is not installed). Returns whether it was marked; a process
+    that has already loaded jsonschema is left as it is."""
+    if "jsonschema" in _sys.modules or "rfc3987_syntax" in _sys.modules:
+        return False
+    _sys.modules["rfc3987_syntax"] = None  # `import rfc3987_syntax` raises ImportError
+    return True
 
 
 def __getattr__(name):

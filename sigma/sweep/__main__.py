@@ -2,7 +2,11 @@
 
 import sys
 
-from sigma.sweep.cli import main
+from sigma.sweep import skip_iri_grammars
+
+skip_iri_grammars()  # this process is the sweep's own: no 3 s grammar compilation
+
+from sigma.sweep.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

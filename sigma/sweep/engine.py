@@ -28,6 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigma.sweep import skip_iri_grammars
 from sigma.sweep.grid import Grid, load_grid, run_name
 from sigma.sweep.notebook import notebook_sha256, read_notebook
 from sigma.sweep.records import METRICS_PARAMETER, TMP_DIR
@@ -273,9 +274,11 @@ def _executor(workers, scheduler):
 
 
 def _worker_init() -> None:
-    """A local worker leaves Ctrl-C to the sweep, which stops it (SIGTERM) and its kernel."""
+    """A local worker leaves Ctrl-C to the sweep, which stops it (SIGTERM) and its kernel; it
+    reads notebooks without jsonschema's slow-to-import IRI grammars (:func:`skip_iri_grammars`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    skip_iri_grammars()
 
 
 def _stop_processes(others: set[int], grace: float = 10.0) -> None:
