@@ -36,7 +36,11 @@ KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 # cell's output unless capture_fd_output is off: off, such lines go to the kernel process's own
 # stderr (the terminal running the sweep) and Python's sys.stderr (warnings, progress bars)
 # still reaches the notebook.
-KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR", "--IPKernelApp.capture_fd_output=False")
+# The kernel logs only what is critical to that stderr: jupyter_client interrupts every kernel
+# just before shutting it down, and a kernel still finishing its last message then logs
+# "ERROR | KeyboardInterrupt caught in kernel." to the sweep's terminal after a run that went
+# well (a cell's own errors are in the notebook, not in this log).
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL", "--IPKernelApp.capture_fd_output=False")
 # The lab template without the <script src=https://cdn...> tags (require.js, MathJax, mermaid).
 _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
