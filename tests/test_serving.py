@@ -214,3 +214,12 @@ def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
     # ValueError about an unknown shape, before the graph runs); still refused
     with pytest.raises(ValueError):
         fresh.predict(X[0], verbose=0)
+
+
+def test_the_served_model_inside_a_users_vectorized_map():
+    """A fixed batch size (here inside tf.vectorized_map) traces the Jacobian inline: the
+    shared trace, for a batch of None, is one TensorFlow cannot vectorise."""
+    served = sigma.Laplace(_model(), X, Y, structure="full").to_keras()
+    xx = tf.constant(X[:12].reshape(3, 4, 3))
+    std = tf.vectorized_map(lambda xb: served(xb)["std"], xx)
+    np.testing.assert_allclose(std, np.stack([served(xb)["std"] for xb in xx]), rtol=1e-12)

@@ -171,10 +171,13 @@ class Engine:
         Vectorising the jacobian is the costliest part of tracing a graph (pfor rewrites every
         op of the backward pass), so it is traced once per engine and input structure, as a
         function of its own that every graph needing J calls: the GGN, the predictive
-        variance, the low-rank projections, the served model. Under a tf.distribute strategy
-        it is traced inline in each replica's graph (a function traced in one replica's
-        context would read that replica's variables)."""
-        if tf.distribute.has_strategy():
+        variance, the low-rank projections, the served model. That is for graphs traced for
+        any batch size (x's batch dimension None); a fixed batch size (an eager call, or a
+        call inside the user's own ``tf.vectorized_map``, where TensorFlow cannot vectorise a
+        function traced for a batch of None) traces it inline, as does a tf.distribute
+        strategy (a function traced in one replica's context would read that replica's
+        variables)."""
+        if tf.distribute.has_strategy() or tf.nest.flatten(x)[0].shape[0] is not None:
             return self._jacobian(w, x)
         spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), x)
         w_spec = tf.TensorSpec(w.shape, w.dtype)

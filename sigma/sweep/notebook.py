@@ -39,7 +39,9 @@ KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 # The kernel logs only what is critical to that stderr: jupyter_client interrupts every kernel
 # just before shutting it down, and a kernel still finishing its last message then logs
 # "ERROR | KeyboardInterrupt caught in kernel." to the sweep's terminal after a run that went
-# well (a cell's own errors are in the notebook, not in this log).
+# well. A cell's own errors are in the notebook, not in this log; what is lost is the rare
+# internal error of the kernel itself (a connection file it cannot read, say), after which the
+# run is still recorded as failed with papermill's "kernel died" error.
 KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL", "--IPKernelApp.capture_fd_output=False")
 # The lab template without the <script src=https://cdn...> tags (require.js, MathJax, mermaid).
 _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
