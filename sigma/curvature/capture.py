@@ -62,6 +62,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sigma.curvature import vectorize
 from sigma.curvature.accumulate import batch_size_for
 
 # Cap on the elements of the largest per-batch intermediate of the layer-wise structures.
@@ -423,7 +424,7 @@ def _sensitivities(tape, u, total, zs):
     k = u.shape[1]
     zero = tf.UnconnectedGradients.ZERO
     if k is None or k > _LOOP_OUTPUTS:
-        return tape.jacobian(total, zs, unconnected_gradients=zero, experimental_use_pfor=True)
+        return vectorize.jacobian(tape, total, zs, unconnected_gradients=zero)
     rows = tf.fill(tf.shape(u)[:1], 0)
     per_k = [
         tape.gradient(
@@ -469,9 +470,12 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
         zero = tf.UnconnectedGradients.ZERO
         k = u.shape[0]
         if k is None or k > _LOOP_OUTPUTS:
-            jac = tape.jacobian(
-                u, variables, unconnected_gradients=zero, experimental_use_pfor=pfor
-            )
+            if pfor:
+                jac = vectorize.jacobian(tape, u, variables, unconnected_gradients=zero)
+            else:
+                jac = tape.jacobian(
+                    u, variables, unconnected_gradients=zero, experimental_use_pfor=False
+                )
             return [tf.reshape(j, (tf.shape(u)[0], -1)) for j in jac]
         rows = [
             tape.gradient(
@@ -485,7 +489,8 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
         return [tf.stack([tf.reshape(r[v], [-1]) for r in rows]) for v in range(len(variables))]
 
     if pfor:
-        per_var = tf.vectorized_map(one, x)
+        with vectorize.converting():
+            per_var = tf.vectorized_map(one, x)
     else:
         sig = [tf.TensorSpec([None, int(np.prod(tv[i].shape))], values[i].dtype) for i in generic]
         per_var = tf.map_fn(one, x, fn_output_signature=sig)

@@ -42,6 +42,7 @@ from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
 from sigma._linalg import one_blas_thread
 from sigma.curvature import capture as layer_capture
+from sigma.curvature import vectorize
 from sigma.curvature.accumulate import Accumulator, ArrayBatches, batch_size_for, compiled
 from sigma.curvature.capture import flat_outputs
 from sigma.outputs import OutputLayout
@@ -195,12 +196,16 @@ class Engine:
                 k = f.shape[0]
                 rows = [f[i] for i in range(k)] if k is not None and k <= SMALL_K else None
             if rows is None:
-                j = tape.jacobian(f, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+                j = vectorize.jacobian(tape, f, w, unconnected_gradients=ZERO)
             else:  # a few outputs: one gradient each, no pfor inside the per-sample pfor
                 j = tf.stack([tape.gradient(r, w, unconnected_gradients=ZERO) for r in rows])
             return f, j
 
-        return tf.vectorized_map(one, x)
+        def signature():  # for the loop over samples where pfor cannot convert the model
+            k = self.forward(w, tf.nest.map_structure(lambda t: t[:1], x)).shape[1]
+            return tf.TensorSpec([k], w.dtype), tf.TensorSpec([k, self.n_params], w.dtype)
+
+        return vectorize.per_sample(one, x, signature)
 
     def pseudo_jacobian(self, lik, f, j):
         """Lᵀ J per sample, (B, K, P) float64, with Λ = L Lᵀ the likelihood's output Hessian."""
@@ -256,7 +261,8 @@ class Engine:
                     f = self.forward(w, x)
                 return acc.jvp(f, unconnected_gradients=ZERO)
 
-            jv = tf.vectorized_map(jvp, tf.transpose(v))  # (m, B, K)
+            with vectorize.converting():
+                jv = tf.vectorized_map(jvp, tf.transpose(v))  # (m, B, K)
             with tf.GradientTape() as tape:
                 tape.watch(w)
                 f = self.forward(w, x)
@@ -265,7 +271,7 @@ class Engine:
                     root = tf.cast(root, jv.dtype)
                     jv = tf.einsum("bkj,mbj->mbk", root, tf.einsum("bkj,mbk->mbj", root, jv))
                 s = tf.einsum("bk,mbk->m", f, tf.stop_gradient(jv))
-            jt = tape.jacobian(s, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+            jt = vectorize.jacobian(tape, s, w, unconnected_gradients=ZERO)
             return tf.transpose(tf.cast(jt, tf.float64))
 
         return through_jacobian if route == "jacobian" else matrix_free
@@ -298,7 +304,7 @@ class Engine:
                     e = lik.data_error(self.forward(w, x), y)
                 g = inner.gradient(e, w, unconnected_gradients=ZERO)
                 gv = tf.linalg.matvec(v, g, transpose_a=True)  # (m,)
-            hv = outer.jacobian(gv, w, experimental_use_pfor=True, unconnected_gradients=ZERO)
+            hv = vectorize.jacobian(outer, gv, w, unconnected_gradients=ZERO)
             return tf.transpose(tf.cast(hv, tf.float64))
 
         return body
