@@ -130,7 +130,8 @@ def jacobian_from_capture(model, x, *, fast=True, likelihood=None):
     n, k = cap.outputs.shape
     j = np.zeros((n, k, plan.n_params))
     for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
-        g = np.einsum("btd,kbtc->bkdc", a.numpy(), s.numpy())
+        a = np.eye(blk.d_in)[a.numpy()] if blk.sparse else a.numpy()  # token ids: one-hot rows
+        g = np.einsum("btd,kbtc->bkdc", a, s.numpy())
         j[:, :, blk.index] = g.reshape(n, k, -1)
     for blk, jac in zip(plan.generic, cap.jacs, strict=True):
         j[:, :, blk.index] = jac.numpy()

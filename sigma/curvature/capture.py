@@ -58,36 +58,20 @@ import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from sigma import keras_compat
+from sigma.curvature import blocks as fast_blocks
 from sigma.curvature import vectorize
 from sigma.curvature.accumulate import batch_size_for
+from sigma.curvature.blocks import FastBlock
 
 # Cap on the elements of the largest per-batch intermediate of the layer-wise structures.
 LAYER_BUDGET = 2**24
 # Patching is process-wide: replicas of a tf.distribute strategy trace their forward passes in
 # threads, so the patched forward pass is serialised.
 _PATCH_LOCK = threading.RLock()
-
-
-@dataclass
-class FastBlock:
-    """A Dense/Conv layer whose weights form a (D, C) matrix: rows = (patch) inputs + bias."""
-
-    layer: keras.layers.Layer
-    kind: str  # "dense" | "conv1d" | "conv2d"
-    kernel: int  # index into model.trainable_variables
-    bias: int | None
-    d_in: int  # D: rows of the bias-augmented kernel matrix
-    d_out: int  # C: output features (units / filters)
-    index: np.ndarray  # (D·C,) positions in the flat weight vector, row-major over (D, C)
-    positions: int = 1  # T per sample (set by probing a forward pass)
-
-    @property
-    def size(self) -> int:
-        return self.d_in * self.d_out
 
 
 @dataclass
@@ -122,7 +106,7 @@ class LayerPlan:
             {
                 "layer": b.layer.name,
                 "class": type(b.layer).__name__,
-                "path": f"fast ({b.kind})",
+                "path": f"fast ({b.kind}{'' if b.role == 'kernel' else ', ' + b.role})",
                 "weights": b.size,
                 "positions": b.positions,
             }
@@ -150,7 +134,7 @@ def describe_plan(plan: LayerPlan, model) -> dict:
     return {
         "fast": [int(b.kernel) for b in plan.fast],
         "positions": [int(b.positions) for b in plan.fast],
-        "excluded": [position[id(layer.kernel)] for layer in plan.excluded],
+        "excluded": [position[id(keras_compat.own_variables(layer)[0])] for layer in plan.excluded],
         "generic": [list(map(int, g.variables)) for g in plan.generic],
         "generic_pfor": bool(plan.generic_pfor),
     }
@@ -161,10 +145,9 @@ def rebuild_plan(model, description: dict, *, fast: bool = True, selection=None)
     its weights (ValueError if its layers no longer match)."""
     tv = model.trainable_variables
     owner = {}
-    for layer in model._flatten_layers(include_self=True):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is not None:
-            owner.setdefault(id(kernel), layer)
+    for layer in keras_compat.layers(model, include_self=True):
+        for v in keras_compat.own_variables(layer):
+            owner.setdefault(id(v), layer)
     try:
         excluded = tuple(owner[id(tv[i])] for i in description["excluded"])
     except (IndexError, KeyError):
@@ -184,30 +167,6 @@ def rebuild_plan(model, description: dict, *, fast: bool = True, selection=None)
         blk.positions = positions
     plan.generic_pfor = description["generic_pfor"]
     return plan
-
-
-def _fast_kind(layer) -> str | None:
-    """The fast-path kind of a layer, or None when it must take the generic path."""
-    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-        return None
-    if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call:
-        return "dense"
-    for cls, kind in ((keras.layers.Conv2D, "conv2d"), (keras.layers.Conv1D, "conv1d")):
-        if (
-            isinstance(layer, cls)
-            and type(layer).call is cls.call
-            and type(layer).convolution_op is cls.convolution_op
-            and layer.data_format == "channels_last"
-            and getattr(layer, "groups", 1) == 1
-        ):
-            return kind
-    return None
-
-
-def _own_variables(layer):
-    return list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
 
 
 def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None) -> LayerPlan:
@@ -239,29 +198,17 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None
 
     plan = LayerPlan(n_params=int(sum(counts)), excluded=tuple(exclude), selection=selection)
     taken = set()
-    layers = model._flatten_layers(include_self=True, recursive=True)
+    layers = keras_compat.layers(model, include_self=True)
     for layer in layers:
-        kind = _fast_kind(layer) if fast and not any(layer is e for e in exclude) else None
-        if kind is None or id(layer.kernel) not in pos:
+        if not fast or any(layer is e for e in exclude):
             continue
-        k = pos[id(layer.kernel)]
-        if k not in columns or columns[k] is not None:
-            continue
-        bias = getattr(layer, "bias", None)
-        b = pos.get(id(bias)) if bias is not None else None
-        if b is not None and b not in columns:
-            b = None  # a bias held fixed: the block is the kernel alone
-        if b is not None and columns[b] is not None:
-            continue
-        c = int(layer.kernel.shape[-1])
-        index = flat(k) if b is None else np.concatenate([flat(k), flat(b)])
-        d = index.size // c
-        plan.fast.append(FastBlock(layer, kind, k, b, d, c, index))
-        taken.update({k} if b is None else {k, b})
+        for blk in fast_blocks.layer_blocks(layer, pos, columns, flat):
+            plan.fast.append(blk)
+            taken.update({blk.kernel} if blk.bias is None else {blk.kernel, blk.bias})
     for layer in layers:
         own = [
             pos[id(v)]
-            for v in _own_variables(layer)
+            for v in keras_compat.own_variables(layer)
             if id(v) in pos and pos[id(v)] in columns and pos[id(v)] not in taken
         ]
         if own:
@@ -292,61 +239,62 @@ class Captured(NamedTuple):
     outputs: tf.Tensor
 
 
+def _layers_of(plan: LayerPlan) -> list:
+    """The distinct layers of the plan's fast blocks (a LoRA layer has two blocks)."""
+    out = []
+    for blk in plan.fast:
+        if not any(layer is blk.layer for layer in out):
+            out.append(blk.layer)
+    return out
+
+
+def _layer_slot(plan: LayerPlan, layers: list) -> list[int]:
+    """For each fast block, the position of its layer in ``layers``."""
+    return [next(i for i, la in enumerate(layers) if la is blk.layer) for blk in plan.fast]
+
+
 @contextlib.contextmanager
-def _patched(plan: LayerPlan, tape, records):
-    """Record each fast layer's input and (watched) pre-activation output while active."""
+def _patched(layers: list, tape, records):
+    """Record each layer's input and (watched) pre-activation output while active: a layer
+    with an activation has it patched (z before the activation); an Embedding's output is its
+    z."""
     with _PATCH_LOCK:
         saved = []
         try:
-            for i, blk in enumerate(plan.fast):
-                layer = blk.layer
+            for i, layer in enumerate(layers):
                 own_call = layer.__dict__.get("call")
-                orig_call, orig_act = layer.call, layer.activation
+                orig_call = layer.call
+                orig_act = getattr(layer, "activation", None)
+                has_act = hasattr(layer, "activation")
 
-                def call(*args, _i=i, _orig=orig_call, **kwargs):
-                    records[_i][0].append(args[0] if args else kwargs["inputs"])
-                    return _orig(*args, **kwargs)
-
-                def activation(z, _i=i, _orig=orig_act):
+                def watch(z, _i=i):
                     if tape is not None:
                         tape.watch(z)
                     records[_i][1].append(z)
+                    return z
+
+                def call(*args, _i=i, _orig=orig_call, _act=has_act, _watch=watch, **kwargs):
+                    records[_i][0].append(args[0] if args else kwargs["inputs"])
+                    out = _orig(*args, **kwargs)
+                    return out if _act else _watch(out)
+
+                def activation(z, _orig=orig_act, _watch=watch):
+                    z = _watch(z)
                     return _orig(z) if _orig is not None else z
 
-                saved.append((layer, own_call, orig_act))
+                saved.append((layer, own_call, orig_act, has_act))
                 object.__setattr__(layer, "call", call)
-                object.__setattr__(layer, "activation", activation)
+                if has_act:
+                    object.__setattr__(layer, "activation", activation)
             yield
         finally:
-            for layer, own_call, orig_act in saved:
+            for layer, own_call, orig_act, has_act in saved:
                 if own_call is None:
                     object.__delattr__(layer, "call")
                 else:
                     object.__setattr__(layer, "call", own_call)
-                object.__setattr__(layer, "activation", orig_act)
-
-
-def _patches(blk: FastBlock, a):
-    """The layer input as (B, T, D_kernel): flattened positions for Dense, patches for conv."""
-    layer = blk.layer
-    if blk.kind == "dense":
-        return tf.reshape(a, (tf.shape(a)[0], -1, a.shape[-1]))
-    if blk.kind == "conv1d":
-        if layer.padding == "causal":
-            left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-            a = tf.pad(a, [[0, 0], [left, 0], [0, 0]])
-        padding = "VALID" if layer.padding in ("valid", "causal") else "SAME"
-        a = a[:, None]
-        sizes = [1, 1, layer.kernel_size[0], 1]
-        strides = [1, 1, layer.strides[0], 1]
-        rates = [1, 1, layer.dilation_rate[0], 1]
-    else:
-        padding = layer.padding.upper()
-        sizes = [1, *layer.kernel_size, 1]
-        strides = [1, *layer.strides, 1]
-        rates = [1, *layer.dilation_rate, 1]
-    p = tf.image.extract_patches(a, sizes=sizes, strides=strides, rates=rates, padding=padding)
-    return tf.reshape(p, (tf.shape(p)[0], -1, p.shape[-1]))
+                if has_act:
+                    object.__setattr__(layer, "activation", orig_act)
 
 
 def _pseudo_outputs(f, root):
@@ -381,34 +329,42 @@ def capture(model, plan: LayerPlan, x, *, root=None) -> Captured:
     output for the fast blocks; for generic blocks, per sample, one forward and K backward
     passes (``tf.vectorized_map``).
     """
-    records = [([], []) for _ in plan.fast]
+    layers = _layers_of(plan)
+    records = [([], []) for _ in layers]
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-        with _patched(plan, tape, records):
+        with _patched(layers, tape, records):
             f = _model_outputs(model, x)
         u = _pseudo_outputs(f, root)
         total = tf.reduce_sum(u, axis=0)  # (K,): samples are independent in inference mode
     zs = [z for _, zl in records for z in zl]
     grads = _sensitivities(tape, u, total, zs) if zs else []
     del tape
-    acts, sens, start = [], [], 0
-    for blk, (al, zl) in zip(plan.fast, records, strict=True):
+    per_layer, start = [], 0
+    for layer, (al, zl) in zip(layers, records, strict=True):
         if len(al) != len(zl):
-            raise RuntimeError(f"layer {blk.layer.name}: inputs and outputs recorded unevenly")
-        if not zl:
+            raise RuntimeError(f"layer {layer.name}: inputs and outputs recorded unevenly")
+        per_layer.append((al, grads[start : start + len(zl)]))
+        start += len(zl)
+    acts, sens = [], []
+    for blk, slot in zip(plan.fast, _layer_slot(plan, layers), strict=True):
+        al, gl = per_layer[slot]
+        if not al:
             acts.append(None)
             sens.append(None)
             continue
-        a = tf.concat([_patches(blk, ai) for ai in al], axis=1)
-        if blk.bias is not None:
-            a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
-        g = grads[start : start + len(zl)]
-        start += len(zl)
-        k = tf.shape(g[0])[0]
-        s = tf.concat([tf.reshape(gi, (k, tf.shape(gi)[1], -1, blk.d_out)) for gi in g], axis=2)
-        acts.append(a)
-        sens.append(s)
+        acts.append(_block_inputs(blk, al))
+        sens.append(tf.concat([fast_blocks.sensitivities(blk, g) for g in gl], axis=2))
     jacs = _generic_jacobians(model, plan, x, root) if plan.generic else []
     return Captured(acts, sens, jacs, f)
+
+
+def _block_inputs(blk: FastBlock, inputs: list):
+    """ã (B, T, D) of a block over every call of its layer, bias-augmented (ids for a sparse
+    block)."""
+    a = tf.concat([fast_blocks.inputs(blk, x) for x in inputs], axis=1)
+    if blk.bias is not None:
+        a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
+    return a
 
 
 _LOOP_OUTPUTS = 64  # up to this many outputs, one backward pass each; beyond, pfor
@@ -451,7 +407,7 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
     columns = [c for blk in plan.generic for c in (blk.columns or [None] * len(blk.variables))]
     values = [tf.convert_to_tensor(v.value) for v in tv]
     non_trainable = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
-    kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
+    kwargs = {"training": False} if keras_compat.call_has_training_arg(model) else {}
     pfor = plan.generic_pfor
 
     def one(xn):
@@ -516,37 +472,41 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         rtol = 1e-3 if tv[0].dtype in ("float16", "bfloat16", "float32") else 1e-8
     x = tf.nest.map_structure(tf.constant, x)
     n = int(tf.nest.flatten(x)[0].shape[0])
-    records = [([], []) for _ in plan.fast]
+    layers = _layers_of(plan)
+    records = [([], []) for _ in layers]
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         for blk in plan.fast:
             tape.watch(tv[blk.kernel].value)
             if blk.bias is not None:
                 tape.watch(tv[blk.bias].value)
-        with _patched(plan, tape, records):
+        with _patched(layers, tape, records):
             total = tf.reduce_sum(_model_outputs(model, x))
     bad = []
-    for blk, (al, zl) in zip(plan.fast, records, strict=True):
+    for blk, slot in zip(plan.fast, _layer_slot(plan, layers), strict=True):
+        al, zl = records[slot]
         if not zl:
             blk.positions = 0
             continue
-        if any(a.shape[0] != n for a in al):  # samples folded into the batch axis
-            bad.append(blk.layer)
+        if any(a.shape[0] != n for a in al) or (blk.sparse and not _token_ids(al, blk.d_in)):
+            bad.append(blk.layer)  # samples folded into the batch axis; not token ids
             continue
-        a = tf.concat([_patches(blk, ai) for ai in al], axis=1)
-        if blk.bias is not None:
-            a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
+        a = _block_inputs(blk, al)
         s = tf.concat(
-            [tf.reshape(g, (g.shape[0], -1, blk.d_out)) for g in tape.gradient(total, zl)], axis=1
+            [fast_blocks.sensitivities(blk, g[None])[0] for g in tape.gradient(total, zl)],
+            axis=1,
         )
         blk.positions = int(a.shape[1])
-        fast = tf.reshape(tf.einsum("btd,btc->dc", a, s), [-1]).numpy()
+        fast = fast_blocks.outer_sum(blk, a, s).numpy().ravel()
         refs = [tv[blk.kernel].value] + ([] if blk.bias is None else [tv[blk.bias].value])
         ref = np.concatenate(
             [
-                np.ravel(g.numpy()) if g is not None else np.zeros(int(np.prod(r.shape)))
+                np.ravel(tf.convert_to_tensor(g).numpy())  # an embedding's: IndexedSlices
+                if g is not None
+                else np.zeros(int(np.prod(r.shape)))
                 for g, r in zip(tape.gradient(total, refs), refs, strict=True)
             ]
         )
+        fast = _in_variable_order(blk, fast, [int(np.prod(r.shape)) for r in refs])
         if not np.all(np.isfinite(ref)):
             continue  # an overflow inside the network: reported when the curvature is checked
         if not np.all(np.isfinite(fast)):
@@ -571,6 +531,36 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
     return plan
 
 
+def _token_ids(inputs: list, rows: int) -> bool:
+    """Whether every recorded input holds integer indices into a table of ``rows`` rows."""
+    for x in inputs:
+        v = np.asarray(x)
+        if v.size and not (np.all(v == np.round(v)) and v.min() >= 0 and v.max() < rows):
+            return False
+    return True
+
+
+def _in_variable_order(blk: FastBlock, values: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """A block's (D·C,) values rearranged into its variables' own flat order (kernel, then
+    bias): the block's index holds one contiguous range of positions per variable."""
+    index = blk.index
+    out = np.zeros(sum(sizes))
+    if blk.bias is None:
+        out[index - index.min()] = values
+        return out
+    n_k, n_b = sizes
+    first_is_kernel = blk.kernel < blk.bias
+    lo = index.min()
+    in_first = index < lo + (n_k if first_is_kernel else n_b)
+    second_lo = index[~in_first].min()
+    if first_is_kernel:
+        local = np.where(in_first, index - lo, n_k + index - second_lo)
+    else:
+        local = np.where(in_first, n_k + index - lo, index - second_lo)
+    out[local] = values
+    return out
+
+
 def with_pfor_fallback(plan: LayerPlan, run):
     """``run()``; if it fails while generic blocks use pfor (which cannot convert some ops,
     e.g. grouped convolutions), switch ``plan`` to while-loop Jacobians and run again."""
@@ -585,11 +575,7 @@ def with_pfor_fallback(plan: LayerPlan, run):
 
 def per_sample_elements(plan: LayerPlan, k: int) -> int:
     """Elements held per sample by the largest intermediates of a batch (for a batch size)."""
-    n = 0
-    for b in plan.fast:
-        n += 2 * k * b.positions * b.d_out + b.positions * b.d_in  # s (and its rotation), ã
-        if b.positions > 1:
-            n += 2 * k * b.size  # per-sample gradients of a weight-shared layer
+    n = sum(fast_blocks.per_sample_elements(b, k) for b in plan.fast)
     n += sum(4 * k * g.size for g in plan.generic)  # vectorised Jacobian intermediates
     return max(n, 1)
 
@@ -604,33 +590,19 @@ def contract(plan: LayerPlan, cap: Captured, blocks: list, *, covariance: bool):
 
     For a fast block with (rotated) inputs ã (B, T, D), sensitivities s (K, B, T, C) and inverse
     eigenvalues W (D, C): the per-sample gradient is G_nk = Σ_t ã_nt s_nktᵀ (D, C), and
-    g A⁻¹ gᵀ = Σ_dc G_nk,dc G_nl,dc W_dc. With one position (T = 1) this is
-    Σ_c ((ã_n²) W)_c s_nkc s_nlc: no per-sample gradient is formed at all.
-    Returns (B, K) variances or (B, K, K) covariances, in the dtype of the blocks' inverse
-    eigenvalues W (float64 for the structures' predictive: no overflow for tiny α, β).
+    g A⁻¹ gᵀ = Σ_dc G_nk,dc G_nl,dc W_dc (:func:`sigma.curvature.blocks.quadratic`; with one
+    position no per-sample gradient is formed at all). Returns (B, K) variances or (B, K, K)
+    covariances, in the dtype of the blocks' inverse eigenvalues W (float64 for the
+    structures' predictive: no overflow for tiny α, β).
     """
     nf = len(plan.fast)
     out = 0.0
     for blk, a, s, (u_in, u_out, w) in zip(plan.fast, cap.acts, cap.sens, blocks[:nf], strict=True):
         if a is None:
             continue
-        if u_in is not None:  # rotations in the model's dtype (orthogonal: nothing overflows)
-            a = tf.einsum("btd,de->bte", a, tf.cast(u_in, a.dtype))
-            s = tf.einsum("kbtc,ce->kbte", s, tf.cast(u_out, s.dtype))
-        a, s = tf.cast(a, w.dtype), tf.cast(s, w.dtype)  # squares and W: float64
-        if blk.positions == 1:
-            a2w = tf.matmul(tf.square(a[:, 0]), w)  # (B, C)
-            s0 = s[:, :, 0]  # (K, B, C)
-            if covariance:
-                out += tf.einsum("bc,kbc,lbc->bkl", a2w, s0, s0)
-            else:
-                out += tf.transpose(tf.einsum("bc,kbc->kb", a2w, tf.square(s0)))
-        else:
-            g = tf.einsum("btd,kbtc->bkdc", a, s)
-            if covariance:
-                out += tf.einsum("bkdc,dc,bldc->bkl", g, w, g)
-            else:
-                out += tf.einsum("bkdc,dc->bk", tf.square(g), w)
+        # rotations in the model's dtype (orthogonal: nothing overflows), squares in W's
+        a, s = fast_blocks.rotate(blk, a, s, u_in, u_out)
+        out += fast_blocks.quadratic(blk, a, s, w, covariance=covariance)
     for j, (v, w) in zip(cap.jacs, blocks[nf:], strict=True):
         j = tf.cast(j, w.dtype)
         if v is not None:
@@ -663,8 +635,7 @@ def jacobian_product(plan: LayerPlan, cap: Captured, v):
         if a is None:
             continue
         vb = tf.reshape(tf.gather(v, blk.index), (blk.d_in, blk.d_out, m))
-        av = tf.einsum("btd,dcm->btcm", tf.cast(a, v.dtype), vb)
-        jv += tf.einsum("kbtc,btcm->bkm", tf.cast(s, v.dtype), av)
+        jv += fast_blocks.jacobian_product(blk, a, s, vb)
     for blk, j in zip(plan.generic, cap.jacs, strict=True):
         jv += tf.einsum("bkp,pm->bkm", tf.cast(j, v.dtype), tf.gather(v, blk.index))
     return jv
@@ -687,8 +658,7 @@ def product(plan: LayerPlan, cap: Captured, v):
         if a is None or isinstance(jv, float):
             out.append(tf.zeros((blk.size, m), v.dtype))
             continue
-        r = tf.einsum("kbtc,bkm->btcm", s, jv)
-        out.append(tf.reshape(tf.einsum("btd,btcm->dcm", a, r), (blk.size, m)))
+        out.append(fast_blocks.transpose_product(blk, a, s, jv))
     for j in cap.jacs:
         out.append(
             tf.zeros((tf.shape(j)[2], m), v.dtype)

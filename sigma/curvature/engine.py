@@ -38,6 +38,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from sigma import keras_compat
 from sigma import likelihoods as _likelihoods
 from sigma._checks import model_dtype
 from sigma._linalg import one_blas_thread
@@ -98,7 +99,7 @@ class Engine:
         self.sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
         self.shapes = [tuple(v.shape) for v in model.trainable_variables]
         # Model.__call__ drops `training` for a call() without it; stateless_call does not.
-        self._kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
+        self._kwargs = {"training": False} if keras_compat.call_has_training_arg(model) else {}
         self.store: dict = {}
         self._k: dict = {}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sigma.curvature import blocks
 from sigma.curvature.capture import Captured, layer_batch_size
 from sigma.memory import activation_elements
 from sigma.structures.layerwise import Layerwise
@@ -40,17 +41,8 @@ class Diag(Layerwise):
         for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
             if a is None:
                 stats.append(tf.zeros((blk.d_in, blk.d_out), cap.outputs.dtype))
-            elif blk.positions == 1:  # d = Σ_n ã_n² ⊗ Σ_k s_nk²
-                stats.append(
-                    tf.matmul(
-                        tf.square(a[:, 0]),
-                        tf.reduce_sum(tf.square(s[:, :, 0]), 0),
-                        transpose_a=True,
-                    )
-                )
-            else:  # per-sample gradients G_nk = Σ_t ã_nt s_nktᵀ, squared and summed
-                g = tf.einsum("btd,kbtc->kbdc", a, s)
-                stats.append(tf.reduce_sum(tf.square(g), axis=(0, 1)))
+            else:  # Σ_n Σ_k G_nk², G_nk = Σ_t ã_nt s_nktᵀ (no G formed for one position)
+                stats.append(blocks.gradient_squares(blk, a, s))
         stats += [tf.reduce_sum(tf.square(j), axis=(0, 1)) for j in cap.jacs]
         return stats
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from sigma import likelihoods
 from sigma._checks import check_inputs, n_samples
+from sigma.curvature import blocks
 from sigma.curvature.accumulate import as_batches, is_dataset
 from sigma.curvature.capture import LayerPlan, capture, layer_batch_size, per_sample_elements
 from sigma.structures.kfac import KFAC
@@ -62,14 +63,17 @@ class EKFAC(KFAC):
             cap = capture(model, fast_plan, batch[0], root=root)
             return _corrected_sums(fast_plan, cap, bases)
 
+        # a sparse block's U_q is the identity: an empty stand-in, never used
         specs = [
-            [tf.TensorSpec((b.d_in,) * 2, dtype), tf.TensorSpec((b.d_out,) * 2, dtype)]
+            [tf.TensorSpec((0,) if b.sparse else (b.d_in,) * 2, dtype),
+             tf.TensorSpec((b.d_out,) * 2, dtype)]
             for b in plan.fast
-        ]
+        ]  # fmt: skip
         bases = [
-            [tf.constant(qv.astype(dtype)), tf.constant(hv.astype(dtype))]
+            [tf.zeros((0,), dtype) if qv is None else tf.constant(qv.astype(dtype)),
+             tf.constant(hv.astype(dtype))]
             for _, qv, _, hv in self.factor_eigen
-        ]
+        ]  # fmt: skip
         if plan.fast:
             key = ("ekfac-corrected", lik.key, id(plan))
             sums = eng.accumulator(
@@ -121,7 +125,7 @@ class EKFAC(KFAC):
         for blk, (_, qv, _, hv), corr in zip(
             self.plan.fast, self.factor_eigen, self.corrected, strict=True
         ):
-            u = np.kron(qv, hv)
+            u = np.kron(np.eye(blk.d_in) if qv is None else qv, hv)
             c[np.ix_(blk.index, blk.index)] = (u * corr.ravel()) @ u.T
         return c
 
@@ -138,14 +142,7 @@ def _corrected_sums(plan, cap, bases) -> list:
         if a is None:
             out.append(tf.zeros((blk.d_in, blk.d_out), cap.outputs.dtype))
             continue
-        a = tf.einsum("btd,de->bte", a, uq)  # inputs in U_q
-        s = tf.einsum("kbtc,ce->kbte", s, uh)  # sensitivities in U_h
-        if blk.positions == 1:  # (ã_n ⊗ s_nk)² summed: (ã²)ᵀ Σ_k s²
-            out.append(
-                tf.matmul(tf.square(a[:, 0]), tf.reduce_sum(tf.square(s[:, :, 0]), 0),
-                          transpose_a=True)
-            )  # fmt: skip
-        else:  # the rotated per-sample gradients, squared
-            g = tf.einsum("btd,kbtc->kbdc", a, s)
-            out.append(tf.reduce_sum(tf.square(g), axis=(0, 1)))
+        # inputs in U_q, sensitivities in U_h; then the rotated per-sample gradients, squared
+        a, s = blocks.rotate(blk, a, s, None if blk.sparse else uq, uh)
+        out.append(blocks.gradient_squares(blk, a, s))
     return out

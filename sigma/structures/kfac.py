@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from sigma._checks import check_positive_int
 from sigma._linalg import eigh
+from sigma.curvature import blocks
 from sigma.curvature.capture import Captured, layer_batch_size
 from sigma.memory import activation_elements, kernel_blocks
 from sigma.structures.layerwise import Layerwise
@@ -61,11 +62,10 @@ class KFAC(Layerwise):
         for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
             if a is None:
                 dt = cap.outputs.dtype
-                stats += [tf.zeros((blk.d_in,) * 2, dt), tf.zeros((blk.d_out,) * 2, dt)]
+                q_shape = (blk.d_in,) if blk.sparse else (blk.d_in,) * 2
+                stats += [tf.zeros(q_shape, dt), tf.zeros((blk.d_out,) * 2, dt)]
                 continue
-            a2 = tf.reshape(a, (-1, blk.d_in))
-            s2 = tf.reshape(s, (-1, blk.d_out))
-            stats += [tf.matmul(a2, a2, transpose_a=True), tf.matmul(s2, s2, transpose_a=True)]
+            stats += [blocks.input_gram(blk, a), blocks.sensitivity_gram(blk, s)]
         for g, j in zip(plan.generic, cap.jacs, strict=True):
             if g.size <= max_block:
                 j2 = tf.reshape(j, (-1, g.size))
@@ -103,7 +103,9 @@ class KFAC(Layerwise):
         self.factors, self.factor_eigen, eig = [], [], []
         for q, h in factors:
             self.factors.append((q, h))
-            (qe, qv), (he, hv) = _eigh(q), _eigh(h)
+            # a diagonal Q (an embedding's token counts) is its own eigen-decomposition
+            (qe, qv) = (np.clip(q, 0.0, None), None) if q.ndim == 1 else _eigh(q)
+            (he, hv) = _eigh(h)
             self.factor_eigen.append((qe, qv, he, hv))
             eig.append(np.outer(qe, he).ravel())
         self.generic_eigen = []
@@ -161,6 +163,9 @@ class KFAC(Layerwise):
         (D, C) (see :meth:`_block_inverses`)."""
         (q, _), (qe, qv, he, hv) = self.factors[i], self.factor_eigen[i]
         rows = self._row_alpha(blk, a)
+        if qv is None:  # diagonal Q: eigenvectors e_v ⊗ u_j, eigenvalues α_v + β q_v h_j
+            a1 = rows[:, None] + beta * np.outer(qe, he)
+            return [None, hv, 1.0 / a1, np.log(a1).sum()]
         if np.all(rows == rows[0]):
             a0 = rows[0] + beta * np.outer(qe, he)
             return [qv, hv, 1.0 / a0, np.log(a0).sum()]
@@ -192,7 +197,7 @@ class KFAC(Layerwise):
     def matrix(self) -> np.ndarray:
         c = np.zeros((self.n_params, self.n_params))
         for blk, (q, h) in zip(self.plan.fast, self.factors, strict=True):
-            c[np.ix_(blk.index, blk.index)] = np.kron(q, h)
+            c[np.ix_(blk.index, blk.index)] = np.kron(np.diag(q) if q.ndim == 1 else q, h)
         for g, (_, _, acc) in zip(self.plan.generic, self.generic_eigen, strict=True):
             c[np.ix_(g.index, g.index)] = acc if acc.ndim == 2 else np.diag(acc)
         return c

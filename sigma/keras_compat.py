@@ -1,0 +1,120 @@
+"""Everything sigma reads of Keras beyond its public API, in one place.
+
+Keras' private attributes change between releases. sigma needs a few of them — a model's
+layers in depth, the variables a layer owns, the stored kernel of a layer whose ``kernel``
+property merges LoRA adapters, the graph nodes an input feeds — and reads them only through
+the named functions of this module, each with a public fallback where one exists, tested
+against the pinned Keras (tests/test_keras_compat.py). Nowhere else in the package reads a
+private Keras name.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def layers(model, *, include_self: bool = False) -> list:
+    """Every layer of ``model`` in depth (nested models and the sublayers of layers such as
+    ``MultiHeadAttention`` included), each once, in the order Keras tracks them."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=include_self, recursive=True))
+    found, seen = [], set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        found.append(layer)
+        for sub in getattr(layer, "layers", []):
+            visit(sub)
+
+    if include_self:
+        visit(model)
+    else:
+        for sub in model.layers:
+            visit(sub)
+    return found
+
+
+def own_variables(layer) -> list:
+    """The variables ``layer`` created itself (not those of its sublayers): trainable first."""
+    trainable = getattr(layer, "_trainable_variables", None)
+    frozen = getattr(layer, "_non_trainable_variables", None)
+    if trainable is None and frozen is None:  # pragma: no cover - a Keras without them
+        subs = {id(v) for sub in layers(layer) for v in sub.weights}
+        return [v for v in layer.weights if id(v) not in subs]
+    return list(trainable or []) + list(frozen or [])
+
+
+def call_has_training_arg(model) -> bool:
+    """Whether ``model.call`` takes ``training`` (``stateless_call`` passes it through)."""
+    return bool(getattr(model, "_call_has_training_arg", True))
+
+
+def kernel_variable(layer):
+    """The stored kernel variable of a Dense, EinsumDense or convolution layer (its ``kernel``
+    property merges LoRA adapters into a tensor), or None."""
+    stored = getattr(layer, "_kernel", None)
+    if stored is not None:
+        return stored
+    kernel = getattr(layer, "kernel", None)
+    return kernel if isinstance(kernel, keras.Variable) else None
+
+
+def embedding_variable(layer):
+    """The stored table of an Embedding layer (its ``embeddings`` merges LoRA adapters)."""
+    stored = getattr(layer, "_embeddings", None)
+    if stored is not None:
+        return stored
+    table = getattr(layer, "embeddings", None)
+    return table if isinstance(table, keras.Variable) else None
+
+
+def lora_adapters(layer):
+    """(A, B, scale) of a layer with Keras' LoRA enabled — kernel = stored + scale · A B, A of
+    shape kernel.shape[:-1] + (r,), B (r, kernel.shape[-1]) — or None."""
+    if not getattr(layer, "lora_enabled", False):
+        return None
+    a = getattr(layer, "lora_kernel_a", None)
+    b = getattr(layer, "lora_kernel_b", None)
+    if a is None:
+        a = getattr(layer, "lora_embeddings_a", None)
+        b = getattr(layer, "lora_embeddings_b", None)
+    if a is None or b is None:
+        return None
+    return a, b, float(layer.lora_alpha) / float(layer.lora_rank)
+
+
+def inbound_tensors(layer) -> list:
+    """The symbolic tensors fed to ``layer`` in the functional graphs it belongs to."""
+    out = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        out.extend(getattr(node, "input_tensors", []))
+    return out
+
+
+def history(tensor):
+    """(layer, node index, tensor index) that produced a symbolic Keras tensor, or None."""
+    return getattr(tensor, "_keras_history", None)
+
+
+def inbound_node(layer, index):
+    """The ``index``-th node at which ``layer`` was called in a functional graph."""
+    return layer._inbound_nodes[index]
+
+
+def loss_option(loss, name: str, default=None):
+    """An option a compiled loss was made with (e.g. ``from_logits``), for a loss object or a
+    loss function wrapped by Keras (``LossFunctionWrapper`` keeps its keywords privately)."""
+    value = getattr(loss, name, None)
+    if value is not None:
+        return value
+    config = {}
+    try:
+        config = loss.get_config() or {}
+    except Exception:  # noqa: BLE001 - a loss without a config
+        pass
+    if name in config:
+        return config[name]
+    return getattr(loss, "_fn_kwargs", {}).get(name, default)
