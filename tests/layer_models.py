@@ -149,7 +149,10 @@ def loop_jacobian(model, x):
         rows.append(
             [
                 np.concatenate(
-                    [g.numpy().ravel() for g in tape.gradient(o, model.trainable_variables)]
+                    [
+                        tf.convert_to_tensor(g).numpy().ravel()
+                        for g in tape.gradient(o, model.trainable_variables)
+                    ]
                 )
                 for o in outs
             ]
@@ -206,3 +209,74 @@ def model_cases(rng):
             ),
         ],
     )
+
+
+# -- transformer blocks, embeddings and LoRA (sigma.curvature.blocks) -----------------------------
+def einsum_stack(seed=0, n_out=2):
+    """EinsumDense in four forms: a projection to heads (positions: the sequence), back from
+    heads (contracting two axes), a left-elided equation, and a bias over only some of the
+    kernel's output axes (that bias takes the generic path)."""
+    keras.utils.set_random_seed(seed)
+    E = keras.layers.EinsumDense
+    inp = keras.Input((4, 5), dtype=F)
+    h = E("abc,cde->abde", (4, 2, 3), bias_axes="de", activation="tanh", dtype=F)(inp)
+    h = E("abcd,cde->abe", (4, 4), bias_axes="e", dtype=F)(h)
+    h = E("...b,bc->...c", 3, bias_axes="c", activation="tanh", dtype=F)(h)
+    h = E("abc,cde->abde", (4, 2, 2), bias_axes="e", dtype=F)(h)
+    h = keras.layers.Flatten(dtype=F)(h)
+    return keras.Model(inp, keras.layers.Dense(n_out, dtype=F)(h))
+
+
+def attention(seed=0, n_out=2, length=4):
+    """Self-attention (MultiHeadAttention: four EinsumDense), a residual, LayerNormalization,
+    mean pooling and a Dense head."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((length, 6), dtype=F)
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, dtype=F)(inp, inp)
+    h = keras.layers.LayerNormalization(dtype=F)(h + inp)
+    h = keras.layers.GlobalAveragePooling1D(dtype=F)(h)
+    return keras.Model(inp, keras.layers.Dense(n_out, dtype=F)(h))
+
+
+def token_model(seed=0, n_out=2, vocab=5, length=6):
+    """Embedding → Dense on every token → mean pooling → Dense: repeated tokens in a
+    sequence add up in the embedding's per-sample gradient."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((length,), dtype=F)
+    h = keras.layers.Embedding(vocab, 3, dtype=F)(inp)
+    h = keras.layers.Dense(4, activation="tanh", dtype=F)(h)
+    h = keras.layers.GlobalAveragePooling1D(dtype=F)(h)
+    return keras.Model(inp, keras.layers.Dense(n_out, dtype=F)(h))
+
+
+def token_ids(n, seed=0, vocab=5, length=6):
+    return np.random.default_rng(seed).integers(0, vocab, size=(n, length)).astype(F)
+
+
+def lora_stack(seed=0, n_out=2, base_trainable=False, dtype="float32"):
+    """Keras' LoRA on an Embedding, an EinsumDense (heads: the adapter B sees the heads as
+    positions) and a Dense, with B moved off its zero start; the base weights frozen (Keras'
+    default) or trainable too. float32: Keras makes LoRA adapters float32 whatever the
+    layer's dtype."""
+    F = dtype
+    keras.utils.set_random_seed(seed)
+    emb = keras.layers.Embedding(5, 4, dtype=F)
+    proj = keras.layers.EinsumDense("abc,cde->abde", (3, 2, 3), bias_axes="de", dtype=F)
+    dense = keras.layers.Dense(3, activation="tanh", dtype=F)
+    inp = keras.Input((3,), dtype=F)
+    h = proj(emb(inp))
+    h = dense(keras.layers.Reshape((3, 6), dtype=F)(h))
+    out = keras.layers.Dense(n_out, dtype=F)(keras.layers.Flatten(dtype=F)(h))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    for layer in (emb, proj, dense):
+        layer.enable_lora(2)
+        b = layer.lora_embeddings_b if layer is emb else layer.lora_kernel_b
+        b.assign(rng.normal(size=tuple(b.shape)) * 0.5)
+        if base_trainable:
+            (layer._embeddings if layer is emb else layer._kernel).trainable = True
+    return model
+
+
+def lora_ids(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 5, size=(n, 3)).astype("float32")

@@ -1,16 +1,28 @@
 """The Kronecker-factored structure (KFAC; Ritter, Botev & Barber 2018; Martens & Grosse 2015).
 
-For a Dense or convolutional layer with bias-augmented inputs ã (D) and output sensitivities s
-(C), the exact GGN block is Σ_n Σ_k (Σ_t ã_nt ⊗ s_nkt)(Σ_t ã_nt ⊗ s_nkt)ᵀ. KFAC replaces it by
+For a layer on the fast path (:mod:`sigma.curvature.blocks`: Dense, Conv, EinsumDense,
+Embedding, LoRA adapters) with bias-augmented inputs ã (D) and output sensitivities s (C) at
+T positions per sample, the exact GGN block is Σ_n Σ_k (Σ_t ã_nt ⊗ s_nkt)(Σ_t ã_nt ⊗ s_nkt)ᵀ.
+KFAC replaces it by Q ⊗ H, with the positions handled in one of two ways (Eschenhagen et al.
+2023), ``positions=``:
 
-    C_layer ≈ Q ⊗ H,   Q = (1 / (N T)) Σ_n Σ_t ã_nt ã_ntᵀ   (D × D, inputs)
-                       H = Σ_n Σ_t Σ_k s_nkt s_nktᵀ          (C × C, sensitivities)
+* ``"expand"`` (default): positions count as extra samples,
 
-with T positions per sample (T = 1 for a Dense layer on vectors; the spatial positions of a
-convolution, i.e. KFC of Grosse & Martens 2016 in its "expand" form). The 1/N sits on Q so that
-Q ⊗ H is the exact block for one sample (and for one sample, any K, on a Dense layer). The
-Kronecker order Q ⊗ H matches the package's weight order: the (D, C) augmented kernel
-[W; b] is flattened row-major, index i·C + j (:mod:`sigma.params`).
+      Q = (1 / (N T)) Σ_n Σ_t ã_nt ã_ntᵀ   (D × D)     H = Σ_n Σ_t Σ_k s_nkt s_nktᵀ   (C × C);
+
+  exact for one sample when the positions' outputs are separate (one output per token or
+  pixel); KFC of Grosse & Martens 2016 for convolutions.
+* ``"reduce"``: positions are summed first, ā_n = (1/T) Σ_t ã_nt and s̄_nk = Σ_t s_nkt,
+
+      Q = (1 / N) Σ_n ā_n ā_nᵀ                          H = Σ_n Σ_k s̄_nk s̄_nkᵀ;
+
+  exact for one sample when the layer's outputs are pooled over the positions before anything
+  else acts on them (s_nkt the same at every t); T times cheaper to accumulate. An embedding
+  keeps "expand" (its Q stays the diagonal of token counts).
+
+With T = 1 the two are the same. The 1/N sits on Q so that Q ⊗ H is the exact block for one
+sample at one position (any K). The Kronecker order Q ⊗ H matches the package's weight order:
+the (D, C) augmented matrix [W; b] is flattened row-major, index i·C + j (:mod:`sigma.params`).
 
 The factors are eigen-decomposed once, Q = U_q diag(q) U_qᵀ, H = U_h diag(h) U_hᵀ, so the
 prior and β enter exactly (no per-factor damping):
@@ -19,9 +31,11 @@ prior and β enter exactly (no per-factor damping):
 
 the eigenvalues of C are the products q_i h_j, and the predictive rotates the test inputs ã into
 U_q and the sensitivities s into U_h and contracts with 1/(α + β q_i h_j) — never forming J.
-Layers without a fast path (:mod:`sigma.layers`) keep their exact GGN block, eigen-decomposed,
-when it has at most ``max_block`` weights, and its exact diagonal otherwise.
-GGN only: ``curvature="hessian"`` is refused. Memory Σ (D² + C²) plus the generic blocks.
+An embedding's Q is diagonal (the token counts): it is kept as a vector, its eigenbasis the
+identity, so a V-token table costs V + d² memory, never V². Layers without a fast path keep
+their exact GGN block, eigen-decomposed, when it has at most ``max_block`` weights, and its
+exact diagonal otherwise. GGN only: ``curvature="hessian"`` is refused. Memory Σ (D² + C²)
+plus the generic blocks.
 """
 
 from __future__ import annotations
@@ -36,6 +50,8 @@ from sigma.curvature.capture import Captured, layer_batch_size
 from sigma.memory import activation_elements, kernel_blocks
 from sigma.structures.layerwise import Layerwise
 
+POSITIONS = ("expand", "reduce")
+
 
 class KFAC(Layerwise):
     """C ≈ block-diag(Q_l ⊗ H_l) over Dense/Conv layers, exact blocks for the others.
@@ -44,20 +60,25 @@ class KFAC(Layerwise):
     ----------
     max_block : generic-path layers with more weights than this get their exact GGN diagonal
         instead of their exact GGN block (P_l² memory).
+    positions : "expand" or "reduce", how a layer applied at several positions (a sequence,
+        an image, attention heads) enters its factors (see the module docstring).
     fast : see :class:`sigma.structures.layerwise.Layerwise`.
     """
 
     name = "kfac"
     memory_summary = "two Kronecker factors per layer"
 
-    def __init__(self, *, max_block: int = 2048, fast: bool = True):
+    def __init__(self, *, max_block: int = 2048, positions: str = "expand", fast: bool = True):
         super().__init__(fast=fast)
         self.max_block = check_positive_int(max_block, "max_block")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        self.positions = positions
 
-    statistics_options = ("max_block",)
+    statistics_options = ("max_block", "positions")
 
     @staticmethod
-    def _batch_stats(plan, cap: Captured, *, max_block: int) -> list:
+    def _batch_stats(plan, cap: Captured, *, max_block: int, positions: str) -> list:
         stats = []
         for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
             if a is None:
@@ -65,6 +86,9 @@ class KFAC(Layerwise):
                 q_shape = (blk.d_in,) if blk.sparse else (blk.d_in,) * 2
                 stats += [tf.zeros(q_shape, dt), tf.zeros((blk.d_out,) * 2, dt)]
                 continue
+            if positions == "reduce" and not blk.sparse and blk.positions > 1:
+                a = tf.reduce_mean(a, axis=1, keepdims=True)  # ā_n (B, 1, D)
+                s = tf.reduce_sum(s, axis=2, keepdims=True)  # s̄_nk (K, B, 1, C)
             stats += [blocks.input_gram(blk, a), blocks.sensitivity_gram(blk, s)]
         for g, j in zip(plan.generic, cap.jacs, strict=True):
             if g.size <= max_block:
@@ -76,8 +100,13 @@ class KFAC(Layerwise):
 
     def _finish(self, stats):
         n, nf = self.n_data, len(self.plan.fast)
+
+        def per_sample(blk):  # positions counted as samples in Q, unless reduced
+            reduced = self.positions == "reduce" and not blk.sparse
+            return 1 if reduced else max(blk.positions, 1)
+
         factors = [
-            (stats[2 * i] / (n * max(blk.positions, 1)), stats[2 * i + 1])
+            (stats[2 * i] / (n * per_sample(blk)), stats[2 * i + 1])
             for i, blk in enumerate(self.plan.fast)
         ]
         self._set_factors(factors, stats[2 * nf :])

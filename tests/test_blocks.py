@@ -1,0 +1,195 @@
+"""The fast path of transformer blocks (sigma.curvature.blocks): EinsumDense (every
+MultiHeadAttention), Embedding and Keras' LoRA adapters, against slow, obvious references —
+per-sample Jacobians from one plain tape per sample and output."""
+
+import keras
+import numpy as np
+import pytest
+from layer_models import (
+    attention,
+    einsum_stack,
+    jacobian_from_capture,
+    loop_jacobian,
+    lora_ids,
+    lora_stack,
+    token_ids,
+    token_model,
+)
+
+import sigma
+
+RNG = np.random.default_rng(0)
+CASES = {
+    "einsum": (einsum_stack, lambda n: RNG.normal(size=(n, 4, 5)), 1e-10),
+    "attention": (attention, lambda n: RNG.normal(size=(n, 4, 6)), 1e-10),
+    "tokens": (token_model, lambda n: token_ids(n, seed=int(RNG.integers(99))), 1e-10),
+    # Keras makes LoRA adapters float32: the LoRA model is float32
+    "lora": (lora_stack, lora_ids, 2e-4),
+}
+
+
+def _exact_ggn(model, x, likelihood):
+    j = loop_jacobian(model, x)
+    if likelihood == "classification":
+        root = sigma.likelihoods.get(likelihood).hessian_sqrt(model(x)).numpy()
+        j = np.einsum("nkj,nkp->njp", root, j)
+    return np.einsum("nkp,nkq->pq", j, j)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_captured_blocks_rebuild_the_exact_jacobian(name):
+    build, inputs, rtol = CASES[name]
+    model, x = build(), inputs(5)
+    j, plan = jacobian_from_capture(model, x)
+    ref = loop_jacobian(model, x)
+    np.testing.assert_allclose(j, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    covered = np.sort(np.concatenate([b.index for b in plan.fast + plan.generic]))
+    np.testing.assert_array_equal(covered, np.arange(sigma.num_params(model)))
+    assert plan.fast and all(b.positions > 0 for b in plan.fast)
+
+
+def test_which_einsum_forms_and_layers_take_the_fast_path():
+    plan = sigma.curvature.engine(einsum_stack()).layer_plan(RNG.normal(size=(2, 4, 5)))
+    assert [b.kind for b in plan.fast] == ["einsum"] * 4 + ["dense"]
+    # positions: the sequence (4), the sequence again, every leading axis, the sequence
+    assert [b.positions for b in plan.fast] == [4, 4, 4, 4, 1]
+    # (D, C): 5 + bias × 2·3 heads; 2·3 + bias × 4; 4 + bias × 3; 3 (bias over "e" only) × 2·2
+    assert [(b.d_in, b.d_out) for b in plan.fast[:4]] == [(6, 6), (7, 4), (5, 3), (3, 4)]
+    assert [(g.layer_class, g.size) for g in plan.generic] == [("EinsumDense", 2)]
+    plan = sigma.curvature.engine(attention()).layer_plan(RNG.normal(size=(2, 4, 6)))
+    assert [b.kind for b in plan.fast] == ["einsum"] * 4 + ["dense"]
+    assert [g.layer_class for g in plan.generic] == ["LayerNormalization"]
+    plan = sigma.curvature.engine(m := lora_stack()).layer_plan(lora_ids(2))
+    assert [(b.kind, b.role) for b in plan.fast] == [
+        ("embedding", "lora_a"), ("embedding", "lora_b"), ("einsum", "lora_a"),
+        ("einsum", "lora_b"), ("dense", "lora_a"), ("dense", "lora_b"), ("dense", "kernel"),
+    ]  # fmt: skip
+    # the einsum's bias adds over both heads and features: not a row of B (r × 3): generic
+    assert [g.size for g in plan.generic] == [6]
+    assert len(m.trainable_variables) == 10
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+@pytest.mark.parametrize("name", ["einsum", "attention", "tokens"])
+def test_diag_is_the_exact_ggn_diagonal(name, likelihood):
+    build, inputs, rtol = CASES[name]
+    model, x = build(), inputs(7)
+    y = RNG.normal(size=(7, 2)) if likelihood == "regression" else RNG.integers(0, 2, 7)
+    la = sigma.Laplace(model, x, y, likelihood=likelihood, structure="diag")
+    ref = np.diag(_exact_ggn(model, x, likelihood))
+    np.testing.assert_allclose(la.structure.diagonal, ref, rtol=1e-9, atol=1e-12 * ref.max())
+
+
+@pytest.mark.parametrize("name", ["einsum", "attention", "tokens", "lora"])
+def test_ekfac_eigenvalues_are_the_exact_block_in_the_kfac_basis(name):
+    build, inputs, rtol = CASES[name]
+    model, x = build(), inputs(6)
+    la = sigma.Laplace(model, x, RNG.normal(size=(6, 2)), structure="ekfac")
+    g = _exact_ggn(model, x, "regression")
+    s = la.structure
+    for blk, (_, qv, _, hv), corr in zip(s.plan.fast, s.factor_eigen, s.corrected, strict=True):
+        u = np.kron(np.eye(blk.d_in) if qv is None else qv, hv)
+        ref = np.diag(u.T @ g[np.ix_(blk.index, blk.index)] @ u).reshape(blk.d_in, blk.d_out)
+        np.testing.assert_allclose(corr, ref, rtol=1e3 * rtol, atol=rtol * np.abs(ref).max())
+
+
+def _one_position_models():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((5,), dtype="float64")
+    h = keras.layers.EinsumDense(
+        "ab,bcd->acd", (2, 3), bias_axes="cd", activation="tanh", dtype="float64"
+    )
+    out = keras.layers.Dense(2, dtype="float64")(keras.layers.Flatten(dtype="float64")(h(inp)))
+    return {
+        "einsum-heads": (keras.Model(inp, out), RNG.normal(size=(1, 5))),
+        "attention-one-token": (attention(length=1), RNG.normal(size=(1, 1, 6))),
+        "embedding-one-token": (token_model(length=1), np.array([[3.0]])),
+    }
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+@pytest.mark.parametrize("name", ["einsum-heads", "attention-one-token", "embedding-one-token"])
+def test_kfac_blocks_at_one_position_of_one_sample_are_the_exact_ggn_blocks(name, likelihood):
+    model, x = _one_position_models()[name]
+    y = RNG.normal(size=(1, 2)) if likelihood == "regression" else np.array([1])
+    la = sigma.Laplace(model, x, y, likelihood=likelihood, structure="kfac")
+    g, c = _exact_ggn(model, x, likelihood), la.structure.matrix()
+    assert la.structure.plan.fast
+    for blk in la.structure.plan.fast:
+        assert blk.positions == 1
+        idx = np.ix_(blk.index, blk.index)
+        np.testing.assert_allclose(c[idx], g[idx], rtol=1e-9, atol=1e-12 * np.abs(g).max())
+
+
+def _pooled_linear(seed=0):
+    """A linear layer on a sequence whose outputs are mean-pooled at once: its sensitivity is
+    the same at every position."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((5, 3), dtype="float64")
+    h = keras.layers.Dense(4, dtype="float64")(inp)
+    h = keras.layers.GlobalAveragePooling1D(dtype="float64")(h)
+    out = keras.layers.Dense(2, dtype="float64")(keras.layers.Activation("tanh")(h))
+    return keras.Model(inp, out)
+
+
+def test_reduce_is_exact_for_a_pooled_layer_and_expand_is_not():
+    model, x = _pooled_linear(), RNG.normal(size=(1, 5, 3))
+    g = _exact_ggn(model, x, "regression")
+    blk_of = {}
+    for positions in ("reduce", "expand"):
+        la = sigma.Laplace(
+            model, x, RNG.normal(size=(1, 2)), structure="kfac",
+            structure_options={"positions": positions},
+        )  # fmt: skip
+        blk = la.structure.plan.fast[0]
+        assert blk.positions == 5
+        idx = np.ix_(blk.index, blk.index)
+        blk_of[positions] = la.structure.matrix()[idx]
+    np.testing.assert_allclose(blk_of["reduce"], g[idx], rtol=1e-9, atol=1e-12 * np.abs(g).max())
+    assert np.abs(blk_of["expand"] - g[idx]).max() > 1e-3 * np.abs(g[idx]).max()
+    with pytest.raises(ValueError, match="positions must be one of"):
+        sigma.Laplace(model, x, RNG.normal(size=(1, 2)), structure="kfac",
+                      structure_options={"positions": "mean"})  # fmt: skip
+
+
+@pytest.mark.parametrize("structure", ["kfac", "diag"])
+def test_a_large_vocabulary_costs_memory_in_vocabulary_times_width(structure):
+    vocab, width = 50_000, 8
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Embedding(vocab, width),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    x = RNG.integers(0, vocab, size=(64, 12)).astype("f4")
+    la = sigma.Laplace(model, x, RNG.integers(0, 3, 64), likelihood="classification",
+                       structure=structure)  # fmt: skip
+    held = sum(np.asarray(v).size for v in vars(la.structure).values() if hasattr(v, "size"))
+    if structure == "kfac":
+        q, h = la.structure.factors[0]
+        assert q.shape == (vocab,) and h.shape == (width, width)
+        held += sum(np.asarray(a).size for pair in la.structure.factors for a in pair)
+    assert held < 10 * vocab * width  # never (V·d)²
+    assert la.memory_estimate is None or la.memory_estimate < 2e9
+    p = la.predict_proba(x[:5])
+    assert np.all(np.isfinite(p)) and np.allclose(p.sum(1), 1)
+    # tokens never seen keep the prior: the posterior variance of their rows is 1/α
+    seen = np.unique(x.astype(int))
+    unseen = np.setdiff1d(np.arange(vocab), seen)[:3]
+    inv = la.structure.inverse_diagonal(la.alpha, la.beta)[: vocab * width].reshape(vocab, width)
+    np.testing.assert_allclose(inv[unseen], 1.0 / la.alpha, rtol=1e-12)
+    assert np.all(inv[seen] < 1.0 / la.alpha)
+
+
+def test_laplace_over_lora_adapters_alone_with_kfac():
+    model = lora_stack()
+    adapters = [v for v in model.trainable_variables if "lora" in v.path]
+    x, y = lora_ids(16), RNG.normal(size=(16, 2)).astype("f4")
+    la = sigma.Laplace(model, x, y, structure="kfac", weights=adapters).optimize_evidence()
+    assert la.n_params == sum(int(np.prod(v.shape)) for v in adapters)
+    assert [b.role for b in la.structure.plan.fast] == ["lora_a", "lora_b"] * 3
+    mean, std = la.predict(x[:4])
+    assert np.all(np.isfinite(std)) and np.all(std > 0)
