@@ -125,8 +125,8 @@ def jacobian_from_capture(model, x, *, fast=True, likelihood=None):
     """J (N, K, P) (or Lᵀ J) rebuilt from the fast path's outer products and the generic
     Jacobians: the reference check of sigma.curvature.capture against sigma.output_jacobian."""
     plan = probe(model, plan_layers(model, fast=fast), x[:8])
-    root = None if likelihood is None else sigma.likelihoods.get(likelihood).hessian_sqrt
-    cap = with_pfor_fallback(plan, lambda: capture(model, plan, tf.constant(x), root=root))
+    lik = None if likelihood is None else sigma.likelihoods.get(likelihood)
+    cap = with_pfor_fallback(plan, lambda: capture(model, plan, tf.constant(x), likelihood=lik))
     n, k = cap.outputs.shape
     j = np.zeros((n, k, plan.n_params))
     for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):

@@ -322,22 +322,20 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     if n == 0:
         raise ValueError("the dataset is empty")
 
-    sizes = [k] if layout is None or len(layout.sizes) == 1 else list(layout.sizes)
-
-    def target_part(t, size):
-        if lik.name == "heteroscedastic":  # (B, K) targets, one per head: (B, 2K)
-            t = tf.cast(tf.reshape(t, (-1, size // 2)), dtype)
-            return tf.concat([t, t], axis=1)
-        if t.shape.rank == 1:
-            t = tf.one_hot(tf.cast(t, tf.int32), size) if not lik.has_beta else t[:, None]
-        return tf.cast(tf.reshape(t, (-1, size)), dtype)
+    def encode(yb):  # the likelihood's own targets: (B, K) in the model's dtype
+        parts = tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, yb)
+        return lik.targets(parts, n_samples(parts), k, "y", layout=layout).astype(dtype)
 
     def cast(xb, yb):
         xb = tf.nest.map_structure(lambda t: tf.cast(t, dtype), xb)
-        parts = layout.split(yb) if layout is not None else [yb]
-        if len(parts) != len(sizes):  # one array for all outputs
-            return xb, target_part(parts[0], k)
-        return xb, tf.concat([target_part(t, s) for t, s in zip(parts, sizes, strict=True)], 1)
+        flat = tf.nest.flatten(yb)
+
+        def numpy_targets(*arrays):
+            return encode(tf.nest.pack_sequence_as(yb, list(arrays)))
+
+        t = tf.numpy_function(numpy_targets, flat, tf.as_dtype(dtype), stateful=False)
+        t.set_shape([None, k])
+        return xb, t
 
     return dataset.map(cast), n, k, e_d, e_dk, square
 

@@ -297,14 +297,10 @@ def _patched(layers: list, tape, records):
                     object.__setattr__(layer, "activation", orig_act)
 
 
-def _pseudo_outputs(f, root):
-    """u_n = L_nᵀ f_n with L_n held constant (its own dependence on w is not part of the GGN)."""
-    if root is None:
-        return f
-    lmat = root(tf.stop_gradient(f))
-    if lmat is None:
-        return f
-    return tf.einsum("bkj,bk->bj", tf.cast(lmat, f.dtype), f)
+def _pseudo_outputs(f, likelihood):
+    """u_n = L_nᵀ f_n with L_n held constant (the GGN's pseudo-outputs), or f (the
+    predictive's outputs) without a likelihood."""
+    return f if likelihood is None else likelihood.pseudo_outputs(f)
 
 
 def flat_outputs(out) -> tf.Tensor:
@@ -321,11 +317,11 @@ def _model_outputs(model, x):
     return flat_outputs(model(x, training=False))
 
 
-def capture(model, plan: LayerPlan, x, *, root=None) -> Captured:
+def capture(model, plan: LayerPlan, x, *, likelihood=None) -> Captured:
     """Traceable: layer inputs, output sensitivities and generic Jacobians for a batch x.
 
-    ``root`` is ``likelihood.hessian_sqrt`` (pseudo-outputs u = Lᵀ f, for the GGN) or None
-    (u = f, for the predictive). Cost: one forward pass and a vectorised backward pass per
+    ``likelihood``: pseudo-outputs u = Lᵀ f with Λ = L Lᵀ its output Hessian (for the GGN),
+    or None (u = f, for the predictive). Cost: one forward pass and a vectorised backward pass per
     output for the fast blocks; for generic blocks, per sample, one forward and K backward
     passes (``tf.vectorized_map``).
     """
@@ -334,7 +330,7 @@ def capture(model, plan: LayerPlan, x, *, root=None) -> Captured:
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         with _patched(layers, tape, records):
             f = _model_outputs(model, x)
-        u = _pseudo_outputs(f, root)
+        u = _pseudo_outputs(f, likelihood)
         total = tf.reduce_sum(u, axis=0)  # (K,): samples are independent in inference mode
     zs = [z for _, zl in records for z in zl]
     grads = _sensitivities(tape, u, total, zs) if zs else []
@@ -354,7 +350,7 @@ def capture(model, plan: LayerPlan, x, *, root=None) -> Captured:
             continue
         acts.append(_block_inputs(blk, al))
         sens.append(tf.concat([fast_blocks.sensitivities(blk, g) for g in gl], axis=2))
-    jacs = _generic_jacobians(model, plan, x, root) if plan.generic else []
+    jacs = _generic_jacobians(model, plan, x, likelihood) if plan.generic else []
     return Captured(acts, sens, jacs, f)
 
 
@@ -394,7 +390,7 @@ def _sensitivities(tape, u, total, zs):
     return [tf.stack([g[j] for g in per_k]) for j in range(len(zs))]
 
 
-def _generic_jacobians(model, plan: LayerPlan, x, root):
+def _generic_jacobians(model, plan: LayerPlan, x, likelihood):
     """Per generic block the per-sample Jacobian of the pseudo-outputs, (B, K, P_l).
 
     ``tf.vectorized_map`` over the samples of K backward passes (one per output, unrolled as in
@@ -421,7 +417,7 @@ def _generic_jacobians(model, plan: LayerPlan, x, root):
             out, _ = model.stateless_call(
                 weights, non_trainable, tf.nest.map_structure(lambda t: t[None], xn), **kwargs
             )
-            u = _pseudo_outputs(flat_outputs(out), root)[0]
+            u = _pseudo_outputs(flat_outputs(out), likelihood)[0]
         variables = [weights[i] for i in generic]
         zero = tf.UnconnectedGradients.ZERO
         k = u.shape[0]

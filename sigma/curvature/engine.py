@@ -209,10 +209,8 @@ class Engine:
         return vectorize.per_sample(one, x, signature)
 
     def pseudo_jacobian(self, lik, f, j):
-        """Lᵀ J per sample, (B, K, P) float64, with Λ = L Lᵀ the likelihood's output Hessian."""
-        j = tf.cast(j, tf.float64)
-        root = lik.hessian_sqrt(tf.cast(f, tf.float64))
-        return j if root is None else tf.einsum("bkj,bkp->bjp", root, j)
+        """Lᵀ J per sample, (B, K', P) float64, with Λ = L Lᵀ the likelihood's output Hessian."""
+        return lik.pseudo(tf.cast(f, tf.float64), tf.cast(j, tf.float64))
 
     # -- per-batch bodies ---------------------------------------------------------------------
     def _summary_body(self, lik):
@@ -267,11 +265,10 @@ class Engine:
             with tf.GradientTape() as tape:
                 tape.watch(w)
                 f = self.forward(w, x)
-                root = lik.hessian_sqrt(tf.stop_gradient(f))
-                if root is not None:  # Λ (J v) = L (Lᵀ J v)
-                    root = tf.cast(root, jv.dtype)
-                    jv = tf.einsum("bkj,mbj->mbk", root, tf.einsum("bkj,mbk->mbj", root, jv))
-                s = tf.einsum("bk,mbk->m", f, tf.stop_gradient(jv))
+                fixed = tf.stop_gradient(f)
+                jv = tf.transpose(jv, (1, 2, 0))  # (B, K, m)
+                jv = lik.root(fixed, lik.pseudo(fixed, jv))  # Λ (J v) = L (Lᵀ J v)
+                s = tf.einsum("bk,bkm->m", f, tf.stop_gradient(jv))
             jt = vectorize.jacobian(tape, s, w, unconnected_gradients=ZERO)
             return tf.transpose(tf.cast(jt, tf.float64))
 
@@ -280,11 +277,10 @@ class Engine:
     def _layerwise_product_body(self, lik, plan):
         """(batch, V (P, m)) -> G_batch V (P, m) float64, from the layer-wise capture: two
         layer-sized products per vector, no Jacobian formed (:func:`layers.product`)."""
-        root = lik.hessian_sqrt
         model = self.model
 
         def body(batch, v):
-            cap = layer_capture.capture(model, plan, batch[0], root=root)
+            cap = layer_capture.capture(model, plan, batch[0], likelihood=lik)
             return tf.cast(
                 layer_capture.product(plan, cap, tf.cast(v, cap.outputs.dtype)), tf.float64
             )
@@ -479,12 +475,12 @@ class Engine:
         once and contracting them with every block of vectors afterwards (the capture — a
         forward and K backward passes — is then paid once, not once per pass). None when the
         captures would not fit in :data:`CAPTURE_CACHE` bytes."""
-        model, root, dtype = self.model, lik.hessian_sqrt, self.dtype
+        model, dtype = self.model, self.dtype
         spec = data.element_spec[0]
         present = [blk.positions > 0 for blk in plan.fast]
 
         def capture_flat(xb):
-            cap = layer_capture.capture(model, plan, xb, root=root)
+            cap = layer_capture.capture(model, plan, xb, likelihood=lik)
             return (
                 [a for a in cap.acts if a is not None]
                 + [s for s in cap.sens if s is not None]

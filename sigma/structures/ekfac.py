@@ -57,10 +57,9 @@ class EKFAC(KFAC):
             ("ekfac-fast-plan", id(plan)),
             LayerPlan(fast=plan.fast, n_params=plan.n_params, selection=plan.selection),
         )
-        root = lik.hessian_sqrt
 
         def body(batch, bases):
-            cap = capture(model, fast_plan, batch[0], root=root)
+            cap = capture(model, fast_plan, batch[0], likelihood=lik)
             return _corrected_sums(fast_plan, cap, bases)
 
         # a sparse block's U_q is the identity: an empty stand-in, never used

@@ -95,14 +95,10 @@ class Layerwise(Structure):
         if not is_dataset(x):
             bs = layer_batch_size(n_samples(x), per_sample_elements(plan, k), batch_size)
             x = as_batches(x, batch_size=bs)
-        options, stats_fn, root = (
-            self._statistics_options(),
-            type(self)._batch_stats,
-            lik.hessian_sqrt,
-        )
+        options, stats_fn = self._statistics_options(), type(self)._batch_stats
 
         def body(batch):
-            cap = capture(model, plan, batch[0], root=root)
+            cap = capture(model, plan, batch[0], likelihood=lik)
             count = tf.cast(tf.shape(cap.outputs)[0], cap.outputs.dtype)
             return (*stats_fn(plan, cap, **options), count)
 

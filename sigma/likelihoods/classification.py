@@ -1,0 +1,227 @@
+"""Softmax cross-entropy on logits, one softmax per head: E = −Σ_n Σ_k t_nk log softmax(f_n)_k,
+Λ = diag(p) − p pᵀ, L = diag(√p) − p √pᵀ (L Lᵀ = diag(p) − 2 p pᵀ + p pᵀ Σ p = Λ). No β
+(it is 1, or 1/T for a tempered likelihood).
+
+Heads: a model with one output of shape (C,) has one head of C classes; an output per position,
+(T, C) or (H, W, C), has one head per position (token classification, segmentation); a model
+with several outputs one head (or one per position) per output. A head of one logit is binary
+(Bernoulli with a sigmoid link, the softmax over (0, f)): E = Σ softplus(f) − t f, labels 0/1,
+Λ = p(1 − p). Λ is block-diagonal over heads and applied head by head, never formed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from sigma._checks import as_array
+from sigma.likelihoods.base import Groups, Likelihood, check_rows_cols
+
+
+class Classification(Likelihood):
+    """``heads``: (start, stop) of each softmax head in the flattened outputs (None: one head
+    over all K). :meth:`bind` sets them from a model's outputs (one per output and position)."""
+
+    name = "classification"
+    noise = False
+
+    def __init__(self, heads=None):
+        # one head of several classes is "no heads"; a binary head (one logit) stays explicit
+        keep = heads is not None and (len(heads) > 1 or any(e - s == 1 for s, e in heads))
+        self.heads = tuple(tuple(map(int, h)) for h in heads) if keep else None
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.heads)
+
+    def bind(self, layout) -> Classification:
+        if layout is None or self.heads is not None:
+            return self
+        heads = []
+        for (start, _), shape in zip(layout.heads, layout.shapes, strict=True):
+            size, count = int(shape[-1]), int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+            heads += [(start + i * size, start + (i + 1) * size) for i in range(count)]
+        return Classification(heads)
+
+    def groups(self, k: int) -> Groups:
+        return Groups.one("tempered", k, "logits")
+
+    # -- heads, as runs of equal size -----------------------------------------------------------
+    def _runs(self, k):
+        """(start, count, size) runs of consecutive heads of one size (static)."""
+        heads = self.heads if self.heads is not None else ((0, k),)
+        runs = []
+        for s, e in heads:
+            if runs and runs[-1][0] + runs[-1][1] * runs[-1][2] == s and runs[-1][2] == e - s:
+                runs[-1][1] += 1
+            else:
+                runs.append([s, 1, e - s])
+        return [tuple(r) for r in runs]
+
+    def _apply(self, f, j, fn):
+        """fn(run logits (B, H, C), run values (B, H, C, ...)) over every run, concatenated."""
+        k = f.shape[-1]
+        out = []
+        for start, count, size in self._runs(k):
+            stop = start + count * size
+            fr = tf.reshape(f[:, start:stop], (-1, count, size))
+            jr = j[:, start:stop]
+            jr = tf.reshape(jr, tf.concat([[tf.shape(jr)[0], count, size], tf.shape(jr)[2:]], 0))
+            r = fn(fr, jr, size)
+            out.append(
+                tf.reshape(r, tf.concat([[tf.shape(jr)[0], count * size], tf.shape(jr)[3:]], 0))
+            )
+        return out[0] if len(out) == 1 else tf.concat(out, axis=1)
+
+    def pseudo(self, f, j):
+        """Lᵀ j per head: √p ⊙ j − √p (pᵀ j); binary: √(p(1 − p)) j."""
+
+        def fn(fr, jr, size):
+            fr = tf.cast(fr, jr.dtype)
+            extra = jr.shape.rank - 3
+            expand = (
+                (lambda t: t)
+                if extra == 0
+                else (lambda t: tf.reshape(t, tf.concat([tf.shape(t), [1] * extra], 0)))
+            )
+            if size == 1:
+                return expand(tf.sqrt(tf.sigmoid(fr) * tf.sigmoid(-fr))) * jr
+            p = tf.nn.softmax(fr, axis=-1)
+            sp = expand(tf.sqrt(p))
+            pj = tf.reduce_sum(expand(p) * jr, axis=2, keepdims=True)
+            return sp * jr - sp * pj
+
+        return self._static(j, self._apply(f, j, fn))
+
+    def root(self, f, u):
+        """L u per head: √p ⊙ u − p (√pᵀ u); binary: √(p(1 − p)) u."""
+
+        def fn(fr, ur, size):
+            fr = tf.cast(fr, ur.dtype)
+            extra = ur.shape.rank - 3
+            expand = (
+                (lambda t: t)
+                if extra == 0
+                else (lambda t: tf.reshape(t, tf.concat([tf.shape(t), [1] * extra], 0)))
+            )
+            if size == 1:
+                return expand(tf.sqrt(tf.sigmoid(fr) * tf.sigmoid(-fr))) * ur
+            p = tf.nn.softmax(fr, axis=-1)
+            sp = tf.sqrt(p)
+            spu = tf.reduce_sum(expand(sp) * ur, axis=2, keepdims=True)
+            return expand(sp) * ur - expand(p) * spu
+
+        return self._static(u, self._apply(f, u, fn))
+
+    @staticmethod
+    def _static(like, out):
+        out.set_shape(like.shape)
+        return out
+
+    def hessian_sqrt(self, f):
+        """L_n, (B, K, K), dense (block-diagonal over heads): for references and tests."""
+        k = f.shape[-1]
+        eye = tf.eye(k, batch_shape=tf.shape(f)[:1], dtype=f.dtype)  # (B, K, K)
+        return tf.linalg.matrix_transpose(self.pseudo(f, eye))
+
+    # -- the data term ---------------------------------------------------------------------------
+    def data_error(self, f, t):
+        """Cross-entropy −Σ t log softmax(f) on logits f, per head; a one-logit head is binary,
+        Σ softplus(f) − t f (tensor, summed)."""
+        total = 0.0
+        for start, count, size in self._runs(f.shape[-1]):
+            stop = start + count * size
+            fr = tf.reshape(f[:, start:stop], (-1, count, size))
+            tr = tf.reshape(t[:, start:stop], (-1, count, size))
+            if size == 1:
+                total += tf.reduce_sum(tf.nn.softplus(fr) - tr * fr)
+            else:
+                total += -tf.reduce_sum(tr * tf.nn.log_softmax(fr, axis=-1))
+        return total
+
+    # -- targets ---------------------------------------------------------------------------------
+    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
+        """One-hot targets (n, K): per head, integer labels (one per sample and position: (N,),
+        (N, T), ...) or one-hot rows; per output for a model with several (a list, or a dict by
+        output name), or one (N, K) array of one-hot rows for all heads side by side."""
+        shapes = layout.shapes if layout is not None else ((k,),)
+        parts = [y] if layout is None else layout.split(y, name)
+        if len(parts) == 1 and len(shapes) > 1:  # one (n, K) array, one-hot per head
+            if np.ndim(parts[0]) != 2:
+                raise ValueError(
+                    f"{name} for a model with {len(shapes)} classification outputs must be one "
+                    f"(N, {k}) array of targets per head side by side, or one array of labels "
+                    f"per output (a list, or a dict by output name); got shape "
+                    f"{np.shape(parts[0])}"
+                )
+            arr = as_array(parts[0], name, ndim=2)
+            check_rows_cols(arr, n, k, name, x_name)
+            return np.concatenate(
+                [
+                    _one_output(arr[:, s:e], n, (e - s,), f"{name}[:, {s}:{e}]", x_name)
+                    for s, e in layout.heads
+                ],
+                axis=1,
+            )
+        labels = layout.names if layout is not None else ["output"]
+        if len(parts) == 1:
+            return _one_output(parts[0], n, shapes[0], name, x_name)
+        return np.concatenate(
+            [
+                _one_output(p, n, shape, f"{name}[{label!r}]", x_name)
+                for p, shape, label in zip(parts, shapes, labels, strict=True)
+            ],
+            axis=1,
+        )
+
+
+def _one_output(y, n, shape, name, x_name):
+    """(n, prod(shape)) one-hot targets of one output of per-sample shape (..., C)."""
+    arr = as_array(y, name)
+    classes = int(shape[-1])
+    positions = tuple(shape[:-1])
+    if arr.ndim == 0 or arr.shape[0] != n:
+        got = arr.shape[0] if arr.ndim else "no"
+        raise ValueError(f"{name} has {got} rows but {x_name} has {n}: they must match")
+    if classes == 1:  # a binary head per position: labels 0/1
+        arr = arr.reshape(n, -1)
+        if arr.shape[1] != int(np.prod(shape)):
+            raise ValueError(
+                f"{name} must hold one label 0 or 1 per sample"
+                + (
+                    f" and position, shape ({n}, {', '.join(map(str, positions))})"
+                    if positions
+                    else ""
+                )
+                + f" for a binary classifier (one logit), got shape {np.shape(y)}"
+            )
+        if not np.all((arr == 0) | (arr == 1)):
+            raise ValueError(
+                f"{name} must hold labels 0 or 1 for a binary classifier (one logit), got "
+                f"values in [{arr.min()}, {arr.max()}]"
+            )
+        return arr.astype(np.float64)
+    label_shape = (n, *positions)
+    if arr.shape == label_shape or (not positions and arr.ndim == 1):
+        if arr.size and (not np.all(arr == np.round(arr)) or arr.min() < 0 or arr.max() >= classes):
+            what = "1-D array" if not positions else f"array of shape {label_shape}"
+            raise ValueError(
+                f"{name} as a {what} must hold integer class labels in [0, {classes}), got "
+                f"values in [{arr.min()}, {arr.max()}]"
+            )
+        return np.eye(classes)[arr.astype(int)].reshape(n, -1)
+    if arr.shape == (n, *shape) or (arr.ndim == 2 and arr.shape[1] == int(np.prod(shape))):
+        onehot = arr.reshape(n, -1, classes)
+        if not (np.all((onehot == 0) | (onehot == 1)) and np.all(onehot.sum(axis=-1) == 1)):
+            raise ValueError(
+                f"{name} must be one-hot (each row a single 1, zeros elsewhere) or integer "
+                "labels for likelihood='classification'"
+            )
+        return onehot.reshape(n, -1).astype(np.float64)
+    if not positions and arr.ndim == 2:
+        check_rows_cols(arr, n, classes, name, x_name)
+    want = (
+        f"labels ({', '.join(map(str, label_shape))}) or one-hot rows "
+        f"({n}, {', '.join(map(str, shape))})"
+    )
+    raise ValueError(f"{name} has shape {arr.shape}; expected {want}")

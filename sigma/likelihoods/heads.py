@@ -1,0 +1,161 @@
+"""A likelihood per output head: ``likelihood={"price": "regression", "kind":
+"classification"}`` (by output name) or a list in output order.
+
+The data term is the sum of the heads' data terms, Λ is block-diagonal over the heads (each
+head's own), and each head keeps its own precision groups: a regression head its own β, a
+classification head the fixed 1/T. So A = D_α + Σ_h β_h C_h with C_h the curvature of head h's
+outputs, and the evidence sums the heads' data terms (each regression head's β estimated from
+its own residuals, never pooled with the logits of another head).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from sigma.likelihoods.base import Groups, Likelihood
+
+
+class PerHead(Likelihood):
+    """``spec``: a dict {output name: likelihood} or a list in output order (names or
+    likelihood objects). Bound to a model's :class:`~sigma.outputs.OutputLayout` it holds one
+    likelihood per output, each bound to that output."""
+
+    name = "per_head"
+
+    def __init__(self, spec, layout=None, parts=None):
+        from sigma import likelihoods
+
+        if not isinstance(spec, dict | list | tuple) or not spec:
+            raise ValueError(
+                "a likelihood per head is a dict {output name: likelihood} or a list with one "
+                f"likelihood per output, got {spec!r}"
+            )
+        self.spec = spec
+        self.layout = layout
+        if parts is None:
+            items = spec.items() if isinstance(spec, dict) else enumerate(spec)
+            parts = {}
+            for key, lik in items:
+                if isinstance(lik, PerHead):
+                    raise ValueError(f"likelihood for head {key!r} cannot itself be per head")
+                try:
+                    parts[key] = likelihoods.get(lik)
+                except ValueError as err:
+                    raise ValueError(f"likelihood for head {key!r}: {err}") from None
+        self.parts = parts
+        self.noise = any(p.noise for p in parts.values())
+
+    # -- binding ---------------------------------------------------------------------------------
+    def bind(self, layout) -> PerHead:
+        if layout is None:
+            return self
+        names = list(layout.names)
+        if isinstance(self.spec, dict):
+            missing = [n for n in names if n not in self.spec]
+            unknown = [k for k in self.spec if k not in names]
+            if missing or unknown:
+                raise ValueError(
+                    f"likelihood per head must name every output of the model {names}: "
+                    + (f"missing {missing}" if missing else f"unknown {unknown}")
+                )
+            ordered = [self.parts[n] for n in names]
+        else:
+            if len(self.spec) != len(names):
+                raise ValueError(
+                    f"likelihood as a list must hold one likelihood per model output, "
+                    f"{len(names)} ({names}), got {len(self.spec)}"
+                )
+            ordered = [self.parts[i] for i in range(len(names))]
+        from sigma.outputs import OutputLayout
+
+        bound = {
+            name: lik.bind(OutputLayout("single", (name,), (size,), (shape,)))
+            for name, lik, size, shape in zip(
+                names, ordered, layout.sizes, layout.shapes, strict=True
+            )
+        }
+        return PerHead(self.spec, layout, bound)
+
+    def _bound(self):
+        if self.layout is None:
+            raise ValueError("a likelihood per head must be bound to the model's outputs first")
+        return [
+            (name, self.parts[name], s, e)
+            for name, (s, e) in zip(self.layout.names, self.layout.heads, strict=True)
+        ]
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, tuple(p.key for _, p, _, _ in self._bound()))
+
+    @property
+    def heads(self):
+        return None
+
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(self.layout.names)
+
+    def groups(self, k: int) -> Groups:
+        names, kinds, outputs = [], [], []
+        for name, lik, s, e in self._bound():
+            g = lik.groups(e - s)
+            names += [name if g.n_groups == 1 else f"{name}/{n}" for n in g.names]
+            kinds += list(g.kinds)
+            outputs.append(g.outputs + (len(names) - g.n_groups))
+        return Groups(tuple(names), tuple(kinds), np.concatenate(outputs))
+
+    # -- the data term and Λ -------------------------------------------------------------------------
+    def data_error(self, f, t):
+        return tf.add_n([lik.data_error(f[:, s:e], t[:, s:e]) for _, lik, s, e in self._bound()])
+
+    def group_errors(self, f, t, groups: Groups):
+        parts = []
+        for _, lik, s, e in self._bound():
+            parts.append(lik.group_errors(f[:, s:e], t[:, s:e], lik.groups(e - s)))
+        return tf.concat(parts, axis=0)
+
+    def pseudo(self, f, j):
+        out = tf.concat(
+            [lik.pseudo(f[:, s:e], j[:, s:e]) for _, lik, s, e in self._bound()], axis=1
+        )
+        out.set_shape(j.shape)
+        return out
+
+    def root(self, f, u):
+        out = tf.concat([lik.root(f[:, s:e], u[:, s:e]) for _, lik, s, e in self._bound()], axis=1)
+        out.set_shape(u.shape)
+        return out
+
+    def hessian_sqrt(self, f):
+        k = f.shape[-1]
+        eye = tf.eye(k, batch_shape=tf.shape(f)[:1], dtype=f.dtype)
+        return tf.linalg.matrix_transpose(self.pseudo(f, eye))
+
+    # -- targets ------------------------------------------------------------------------------------
+    def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
+        layout = layout or self.layout
+        if not isinstance(y, dict | list | tuple):
+            raise ValueError(
+                f"{name} for a likelihood per head must give each output its targets: a dict "
+                f"by output name {list(layout.names)} or a list in that order, got a "
+                f"{type(y).__name__}"
+            )
+        parts = layout.split(y, name)
+        if len(parts) != len(layout.names):
+            raise ValueError(
+                f"{name} must hold the targets of each of the {len(layout.names)} outputs "
+                f"{list(layout.names)}, got {len(parts)}"
+            )
+        out = []
+        for (label, lik, s, e), part in zip(self._bound(), parts, strict=True):
+            sub = lik_layout(layout, label)
+            out.append(lik.targets(part, n, e - s, f"{name}[{label!r}]", x_name, layout=sub))
+        return np.concatenate(out, axis=1)
+
+
+def lik_layout(layout, name):
+    from sigma.outputs import OutputLayout
+
+    i = layout.names.index(name)
+    return OutputLayout("single", (name,), (layout.sizes[i],), (layout.shapes[i],))
