@@ -101,11 +101,7 @@ def save(post, model, w_map, path) -> Path:
         "prior": {"kind": post.prior.kind, "names": list(post.prior.names)},
         "alpha": post.alpha,
         "beta": post.beta,
-        "output_layout": {
-            "kind": layout.kind,
-            "names": list(layout.names),
-            "sizes": list(layout.sizes),
-        },
+        "output_layout": layout.describe(),
         "data": {
             "n_data": summary.n_data,
             "n_outputs": summary.n_outputs,
@@ -178,7 +174,7 @@ def load(path, model):
         likelihood=likelihood,
         curvature=header["curvature"],
         negative=header["negative"],
-        output_layout=OutputLayout(layout["kind"], tuple(layout["names"]), tuple(layout["sizes"])),
+        output_layout=OutputLayout.from_description(layout),
         summary=DataSummary(
             n_data=int(data["n_data"]),
             n_outputs=int(data["n_outputs"]),

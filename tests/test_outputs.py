@@ -126,3 +126,12 @@ def test_a_binary_head_per_position():
     g = _explicit_ggn(model, x, "classification")
     np.testing.assert_allclose(la.structure.matrix, g, rtol=1e-9, atol=1e-14)
     assert la.predict_proba(x[:2]).shape == (2, 5, 1)
+
+
+def test_a_saved_token_classifier_predicts_in_the_models_shape(tmp_path):
+    model = token_tagger()
+    x = RNG.integers(0, 7, size=(8, 5)).astype(F)
+    la = sigma.Laplace(model, x, RNG.integers(0, 3, size=(8, 5)), likelihood="classification")
+    back = sigma.Laplace.load(la.save(tmp_path / "tagger.npz"), model)
+    np.testing.assert_array_equal(back.predict_proba(x[:2]), la.predict_proba(x[:2]))
+    assert back.predict_proba(x[:2]).shape == (2, 5, 3)
