@@ -118,3 +118,12 @@ def loss_option(loss, name: str, default=None):
     if name in config:
         return config[name]
     return getattr(loss, "_fn_kwargs", {}).get(name, default)
+
+
+def output_names(model) -> list[str] | None:
+    """The names of a functional model's outputs (its output layers'), or None."""
+    try:
+        names = list(getattr(model, "output_names", None) or [])
+    except (AttributeError, ValueError):
+        return None
+    return [str(n) for n in names] or None

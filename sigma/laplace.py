@@ -17,6 +17,7 @@ structure, prior, α, β, data summary), its evidence and the evidence's maximum
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 
@@ -57,6 +58,7 @@ from sigma.curvature.accumulate import (
     prepare_dataset,
 )
 from sigma.evidence import posterior as posterior_evidence
+from sigma.likelihoods.heads import check_mixed_heads
 from sigma.outputs import OutputLayout
 from sigma.posterior import DataSummary, Posterior, no_beta
 from sigma.priors import build_prior, owners_of
@@ -186,19 +188,21 @@ class Laplace:
             check_dataset(x, model)
             first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
             layout = engine(model).output_layout(first)
-        # one softmax head per output for a classifier with several outputs
+        # one softmax head per output (and per position) for a classifier; one β per output
+        # when beta is an array
+        if isinstance(lik, likelihoods.Regression) and np.ndim(beta) != 0:
+            lik = likelihoods.Regression(per_output=True)
         lik = likelihoods.get(lik, layout)
+        check_mixed_heads(model, lik, layout)
         if not lik.has_beta and not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
             raise ValueError(no_beta(lik))
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
         temperature = _check_temperature(temperature, lik)
-        if not lik.has_beta:
-            beta = 1.0 / temperature  # the tempered likelihood's curvature is C/T
         if is_dataset(x):
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
-            x, n, k, e_d, e_dk, square = prepare_dataset(
+            x, n, k, e_d, e_dk, square, e_g = prepare_dataset(
                 model, x, lik, batch_size=batch_size, layout=layout
             )
             if not lik.has_beta:
@@ -219,8 +223,8 @@ class Laplace:
                 check_logits(model, engine(model).outputs(x), lik.heads)
             elif lik.name == "heteroscedastic":
                 heteroscedastic.check_heads(model, engine(model).outputs(x), lik, layout)
-            # E_D and, for regression, E_Dk = ½ Σ_n (f_nk − t_nk)² per output (Σ_k E_Dk = E_D)
-            n, e_d, e_dk, square = engine(model).summary(ArrayBatches((x, y), 4096), lik)
+            # E_D, E_Dk = ½ Σ_n (f_nk − t_nk)² per output, E_h per precision group
+            n, e_d, e_dk, square, e_g = engine(model).summary(ArrayBatches((x, y), 4096), lik)
             if not (np.isfinite(e_d) and np.isfinite(square)):
                 check_finite_outputs(model, x, engine(model).outputs(x))
         summary = DataSummary(
@@ -231,7 +235,9 @@ class Laplace:
             output_scale=float(np.sqrt(square / max(n * k, 1))),
             batch_size=batch_size,
             input_scale=None if is_dataset(x) else input_scale(x),
+            group_errors=np.asarray(e_g, np.float64),
         )
+        groups = lik.groups(k)
         self.model = model
         self.w_map = engine(model).flat_weights().astype(np.float64)
         self._state = _frozen_state(model)
@@ -274,9 +280,9 @@ class Laplace:
             summary=summary,
             weight_errors=prior.weight_errors(w_post),  # E_Wg per group
             alpha=np.zeros(prior.n_groups),
+            groups=groups,
         )
-        post, beta = self._with_blocks(post, beta)
-        self.posterior = post.replace(alpha=alpha, beta=beta)
+        self.posterior = post.replace(alpha=alpha, beta=_start_beta(groups, beta, temperature))
         self.evidence_result = None  # an evidence.EvidenceResult after optimize_evidence()
         self.prior_result = None  # a dict after optimize_prior()
 
@@ -371,41 +377,66 @@ class Laplace:
         """The likelihood's temperature T (classification: p(y | f)^(1/T); 1 for regression).
         Settable (classification): the curvature is not refitted, A = D_α + C/T."""
         post = self.posterior
-        return 1.0 if post.likelihood.has_beta else 1.0 / float(post.beta)
+        tempered = np.array(post.groups.kinds) == "tempered"
+        return 1.0 / float(post.beta[tempered][0]) if tempered.any() else 1.0
 
     @temperature.setter
     def temperature(self, value):
         value = _check_temperature(value, self.likelihood)
-        if not self.likelihood.has_beta:
-            self.posterior = self.posterior.replace(beta=1.0 / value)
+        post = self.posterior
+        tempered = np.array(post.groups.kinds) == "tempered"
+        if tempered.any():
+            self.posterior = post.replace(beta=np.where(tempered, 1.0 / value, post.beta))
 
     @property
     def beta(self) -> float | np.ndarray:
-        """Noise precision β: a float, or a (K,) array with one β_k per output."""
+        """Noise precision β: a float, or an array with one β per precision group (one per
+        output with one β per output; one per head, named by :attr:`beta_groups`, with a
+        likelihood per head — a classifier head's reads 1/T)."""
         beta = self.posterior.beta
-        return beta.copy() if isinstance(beta, np.ndarray) else beta
+        return float(beta[0]) if beta.size == 1 else beta.copy()
 
     @beta.setter
     def beta(self, value):
         if not self.likelihood.has_beta:
             raise ValueError(no_beta(self.likelihood))
-        post, value = self._with_blocks(self.posterior, value)
+        post = self.posterior
+        if np.ndim(value) != 0 and post.n_groups == 1 and self.n_outputs > 1:
+            post = self._regrouped(per_output=True)  # one β per output asked for
         self.posterior = post.replace(beta=value)
 
-    def _with_blocks(self, post, beta):
-        """(post, β) with the per-output blocks C_k attached to ``post`` when β is one per
-        output."""
-        if np.ndim(beta) != 0 and post.blocks is None:
-            post = post.with_blocks(self.output_blocks(post))
-        return post, beta
+    @property
+    def beta_groups(self) -> tuple[str, ...]:
+        """The names of the precision groups, in the order of :attr:`beta` when it is an
+        array."""
+        return self.posterior.groups.names
 
-    def output_blocks(self, post=None) -> np.ndarray:
-        """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P): the curvature of one β per output,
-        computed once from the training data (``post``: default the current posterior)."""
-        post = self.posterior if post is None else post
-        if post.blocks is not None:
-            return post.blocks
-        structure = post.structure
+    @property
+    def beta_gammas(self) -> np.ndarray:
+        """γ_h = β_h Tr(A⁻¹ C_h) per precision group: how many parameters each group's data
+        determine (Σ_h γ_h = γ)."""
+        return posterior_evidence.group_gammas(self.posterior)
+
+    def _regrouped(self, *, per_output: bool) -> Posterior:
+        """The posterior with one β per output (its structure refitted with each output's
+        curvature apart, from the training data) or one β for all (the groups' curvatures
+        summed, nothing refitted)."""
+        post = self.posterior
+        lik = post.likelihood
+        if not isinstance(lik, likelihoods.Regression):
+            raise ValueError(
+                "one beta per output is for likelihood='regression' (with a likelihood per "
+                "head, each regression head has its own beta already)"
+            )
+        if not per_output:
+            merged, _ = post.structure.combine(np.ones(post.n_groups))
+            regression = likelihoods.Regression()
+            return dataclasses.replace(
+                post, structure=merged, likelihood=regression,
+                groups=regression.groups(self.n_outputs),
+                beta=np.array([float(np.mean(post.beta))]),
+                summary=dataclasses.replace(post.summary, group_errors=None),
+            )  # fmt: skip
         if post.curvature != "ggn":
             raise ValueError(
                 "one beta per output needs curvature='ggn' (the exact Hessian does not split "
@@ -419,12 +450,18 @@ class Laplace:
             )
         if is_dataset(self._x):
             raise ValueError("one beta per output needs the training data as arrays, not a dataset")
-        if not structure.per_output_beta:
-            raise ValueError(
-                f"structure {structure.name!r} does not support one beta per output; "
-                "use structure='full' or a single beta"
-            )
-        return structure.output_blocks(self.model, self._x, batch_size=post.summary.batch_size)
+        per = likelihoods.Regression(per_output=True).bind(post.output_layout)
+        structure = type(post.structure).from_options(post.structure.options()).on(post.selection)
+        fitted = fit_structure(
+            structure, self.model, self._x, None, likelihood=per, curvature="ggn",
+            batch_size=post.summary.batch_size,
+        )  # fmt: skip
+        groups = per.groups(self.n_outputs)
+        return dataclasses.replace(
+            post, structure=fitted, likelihood=per, groups=groups,
+            beta=np.broadcast_to(post.beta[:1], (groups.n_groups,)).copy(),
+            summary=dataclasses.replace(post.summary, group_errors=post.summary.data_errors),
+        )  # fmt: skip
 
     # -- prediction -----------------------------------------------------------------------------
     def check_weights_unchanged(self) -> None:
@@ -471,11 +508,22 @@ class Laplace:
 
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
         ``n_samples``, ``seed`` are passed on; ``noise`` and ``split`` do not apply).
+
+        A likelihood per head: a dict by output name, ``(mean, std)`` for a regression head
+        (its own 1/β in the noise), the class probabilities for a classification head.
         """
         if self.likelihood.name == "classification":
             return self.predict_proba(
                 x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
             )
+        if self.likelihood.name == "per_head":
+            _check_flag(noise, "noise")
+            check_method(method)
+            return predictive.per_head(
+                self.posterior, self.model, self._inputs(x), noise=noise, method=method,
+                n_samples=check_positive_int(n_samples, "n_samples"), seed=check_seed(seed),
+                batch_size=batch_size,
+            )  # fmt: skip
         _check_flag(noise, "noise")
         _check_flag(split, "split")
         x = self._inputs(x)
@@ -487,7 +535,9 @@ class Laplace:
             mean, epistemic = predictive.mean_and_std(
                 self.posterior, self.model, x, noise=False, batch_size=batch_size
             )
-            noise_std = np.broadcast_to(self.posterior.beta**-0.5, mean.shape).copy()
+            noise_std = np.broadcast_to(
+                np.sqrt(predictive.noise_variance(self.posterior)), mean.shape
+            ).copy()
             return tuple(self.output_layout.unflatten(p) for p in (mean, noise_std, epistemic))
         mean, std = predictive.mean_and_std(
             self.posterior, self.model, x, noise=noise, batch_size=batch_size
@@ -526,6 +576,11 @@ class Laplace:
         (Σ_kk + Σ_jj); "bridge", the mean of the Laplace bridge's Dirichlet (Hobbhahn et al.
         2022). Classification only (ValueError for regression).
         """
+        if self.likelihood.name == "per_head":
+            out = self.predict(x, method=method, n_samples=n_samples, seed=seed,
+                               batch_size=batch_size)  # fmt: skip
+            kinds = {name: lik.name for name, lik, _, _ in self.likelihood._bound()}
+            return {name: p for name, p in out.items() if kinds[name] == "classification"}
         if self.likelihood.name != "classification":
             raise ValueError(
                 "predict_proba needs likelihood='classification'; for regression use predict"
@@ -600,17 +655,17 @@ class Laplace:
         max_iter = check_positive_int(max_iter, "max_iter")
         tol = check_precision(tol, "tol", allow_zero=False)
         post = self.posterior
-        if per_output is None:
-            per_output = post.weighted is not None
         if not self.likelihood.has_beta and per_output:
             raise ValueError(no_beta(self.likelihood))
-        if per_output and post.blocks is None:
-            post = post.with_blocks(self.output_blocks(post))
+        per_output_now = isinstance(post.likelihood, likelihoods.Regression) and (
+            post.likelihood.per_output
+        )
+        if per_output is not None and per_output != per_output_now:
+            post = self._regrouped(per_output=per_output)
         self.posterior, self.evidence_result = posterior_evidence.optimize(
             post,
             fix_alpha=fix_alpha,
             fix_beta=fix_beta,
-            per_output=per_output,
             tol=tol,
             max_iter=max_iter,
             eps=float(np.finfo(model_dtype(self.model)).eps),
@@ -711,6 +766,25 @@ class Laplace:
         )
 
 
+def _start_beta(groups, beta, temperature) -> np.ndarray:
+    """β of every precision group (G,): a noise group's from ``beta`` (a number, or one per
+    group), a tempered group's 1/T (the tempered likelihood's curvature is C/T), else 1."""
+    kinds = np.array(groups.kinds)
+    if np.ndim(beta) != 0 and np.shape(beta) != (groups.n_groups,):
+        raise ValueError(
+            f"beta as an array must hold one positive precision per output, shape "
+            f"({groups.n_groups},), got {np.shape(beta)}"
+        )
+    noise = np.broadcast_to(np.asarray(beta, np.float64), (groups.n_groups,))
+    return np.where(kinds == "noise", noise, np.where(kinds == "tempered", 1.0 / temperature, 1.0))
+
+
+def _tempered(likelihood) -> bool:
+    """Whether some of the likelihood's outputs are a classifier's (its temperature applies)."""
+    parts = getattr(likelihood, "parts", {None: likelihood})
+    return any(isinstance(p, likelihoods.Classification) for p in parts.values())
+
+
 def _check_temperature(value, likelihood) -> float:
     """A finite T > 0; only 1 unless the likelihood is a classifier's (for regression β itself
     is the likelihood's scale; a heteroscedastic model's noise is its own output)."""
@@ -725,7 +799,7 @@ def _check_temperature(value, likelihood) -> float:
             f"temperature must be at least {1.0 / MAX_PRECISION:g} (the likelihood's precision "
             f"1/temperature overflows float64 beyond {MAX_PRECISION:g}), got {value!r}"
         )
-    if likelihood.name != "classification" and t != 1.0:
+    if not _tempered(likelihood) and t != 1.0:
         raise ValueError(
             "temperature applies to likelihood='classification' (for regression the noise "
             "precision beta scales the likelihood, beta/T tempers it; a heteroscedastic "

@@ -73,6 +73,15 @@ class OutputLayout:
             return [y[n] for n in self.names]
         if self.kind != "single" and isinstance(y, list | tuple) and len(y) == len(self.sizes):
             return list(y)
+        if self.kind == "list" and isinstance(y, dict):  # a list of named outputs, by name
+            missing = [n for n in self.names if n not in y]
+            unknown = [k for k in y if k not in self.names]
+            if missing or unknown:
+                raise ValueError(
+                    f"{name} must have one entry per model output {list(self.names)}: "
+                    + (f"missing {missing}" if missing else f"unknown {unknown}")
+                )
+            return [y[n] for n in self.names]
         if isinstance(y, dict | list | tuple) and self.kind == "single" and isinstance(y, dict):
             raise ValueError(f"{name} is a dict but the model has a single output")
         return [y]

@@ -1,12 +1,15 @@
 """The Laplace posterior as a value: a fitted structure, the prior, α, β and the data summary.
 
-    A = D_α + β C        (one β)            A = D_α + Σ_k β_k C_k     (one β per output)
+    A = D_α + Σ_h β_h C_h      (β_h: one precision per precision group of the outputs)
 
-A :class:`Posterior` never changes: :meth:`Posterior.replace` returns another one at new
-precisions, checked (β finite with a finite noise variance 1/β, A positive definite to
-round-off), and shares the fitted structure — changing α or β never refits. The evidence
-(:mod:`sigma.evidence.posterior`), the predictive (:mod:`sigma.predictive`) and held-out
-tuning (:mod:`sigma.tuning`) are functions of it; :class:`sigma.Laplace` holds the current one.
+One group for a plain model (A = D_α + β C); one per output with one β per output; one per
+head with a likelihood per head (:class:`sigma.likelihoods.Groups`: a regression head's β is
+free, a classifier's is its 1/T). A :class:`Posterior` never changes:
+:meth:`Posterior.replace` returns another one at new precisions, checked (β finite with a
+finite noise variance 1/β, A positive definite to round-off), and shares the fitted structure —
+changing α or β never refits. The evidence (:mod:`sigma.evidence.posterior`), the predictive
+(:mod:`sigma.predictive`) and held-out tuning (:mod:`sigma.tuning`) are functions of it;
+:class:`sigma.Laplace` holds the current one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from sigma import evidence
 from sigma._checks import as_array, check_precision, check_precisions, ill_conditioned_hint
+from sigma.likelihoods import Groups
 from sigma.outputs import OutputLayout
 from sigma.priors import Prior
 
@@ -38,11 +42,13 @@ class DataSummary:
     """What the evidence needs of the training data (not the data themselves).
 
     n_data : N samples; n_outputs : K outputs per sample (all outputs flattened);
-    data_error : E_D (½ Σ (f − t)² for regression, the cross-entropy for classification);
-    data_errors : E_D per output (K,) (regression) or None; output_scale : the RMS of the
-    outputs (for telling interpolation from noise); batch_size : as fitted (None: automatic);
-    input_scale : the largest |x| of the float training inputs (arrays; None for a dataset or
-    a loaded posterior), named when an ill-conditioned A is refused.
+    data_error : the likelihood's data term E (½ Σ (f − t)² for regression, the cross-entropy
+    for classification), summed; data_errors : ½ Σ_n (f_nk − t_nk)² per output (K,)
+    (regression) or None; group_errors : the data term of each precision group (G,) (None:
+    one group, ``data_error``); output_scale : the RMS of the outputs (for telling
+    interpolation from noise); batch_size : as fitted (None: automatic); input_scale : the
+    largest |x| of the float training inputs (arrays; None for a dataset or a loaded
+    posterior), named when an ill-conditioned A is refused.
     """
 
     n_data: int
@@ -52,19 +58,21 @@ class DataSummary:
     output_scale: float
     batch_size: int | None = None
     input_scale: float | None = None
+    group_errors: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Posterior:
-    """N(w*, A⁻¹) over the selected weights, at precisions ``alpha`` (G,) and ``beta``.
+    """N(w*, A⁻¹) over the selected weights, at precisions ``alpha`` (G_α,) and ``beta``
+    (G_β,), A = D_α + Σ_h β_h C_h.
 
-    structure : the fitted :class:`~sigma.structures.Structure` (C over the selected weights);
-    prior : the :class:`~sigma.priors.Prior` groups; selection : the
-    :class:`~sigma.weights.Selection`; likelihood, curvature, negative, output_layout : as
-    fitted; summary : the :class:`DataSummary`; weight_errors : E_Wg per group (G,);
-    alpha : (G,) float64; beta : a float or (K,) (one per output; for a classifier 1/T, its
-    likelihood's temperature: A = D_α + C/T); weighted : the structure
-    holding Σ_k β_k C_k when β is per output (else None); blocks : C_k (K, P, P) once computed.
+    structure : the fitted :class:`~sigma.structures.Structure` (C_h over the selected
+    weights, one per precision group); prior : the :class:`~sigma.priors.Prior` groups;
+    selection : the :class:`~sigma.weights.Selection`; likelihood, curvature, negative,
+    output_layout : as fitted; summary : the :class:`DataSummary`; weight_errors : E_Wg per
+    prior group (G_α,); groups : the likelihood's precision groups; alpha : (G_α,) float64;
+    beta : (G_β,) float64 — a noise group's β, a classifier's 1/T (its temperature), 1 for a
+    heteroscedastic head.
     """
 
     structure: object
@@ -77,9 +85,18 @@ class Posterior:
     summary: DataSummary
     weight_errors: np.ndarray
     alpha: np.ndarray
-    beta: float | np.ndarray = 1.0
-    weighted: object = None
-    blocks: np.ndarray | None = None
+    beta: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(1))
+    groups: Groups | None = None
+
+    def __post_init__(self):
+        if self.groups is None:
+            k = self.summary.n_outputs
+            object.__setattr__(self, "groups", self.likelihood.groups(k))
+        object.__setattr__(
+            self,
+            "beta",
+            np.broadcast_to(np.asarray(self.beta, np.float64), (self.n_groups,)).copy(),
+        )
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -88,20 +105,36 @@ class Posterior:
         return int(self.structure.n_params)
 
     @property
+    def n_groups(self) -> int:
+        """G_β, the number of precision groups of the outputs."""
+        return self.groups.n_groups
+
+    @property
     def weight_error(self) -> float:
         """E_W = ½ ‖w‖² over the posterior's weights."""
         return float(self.weight_errors.sum())
 
     @property
-    def tempered_error(self) -> float:
-        """The data term of the evidence: E_D for regression, the cross-entropy/T (β E) for a
-        classifier (β holds 1/T there)."""
-        e = self.summary.data_error
-        return e if self.likelihood.has_beta else float(self.beta) * e
+    def group_errors(self) -> np.ndarray:
+        """E_h, the data term of each precision group, (G_β,)."""
+        if self.summary.group_errors is not None:
+            return np.asarray(self.summary.group_errors, np.float64)
+        return np.array([self.summary.data_error])
+
+    @property
+    def group_counts(self) -> np.ndarray:
+        """N_h, the observed values of each precision group: N times its outputs, (G_β,)."""
+        return self.summary.n_data * self.groups.sizes().astype(np.float64)
 
     @property
     def n_obs(self) -> int:
         return self.summary.n_data * self.summary.n_outputs
+
+    @property
+    def noise_beta(self) -> np.ndarray:
+        """The noise precision of every output, (K,): β of its group (for the noise term 1/β
+        of a regression output's σ²)."""
+        return self.beta[self.groups.outputs]
 
     # -- precisions ----------------------------------------------------------------------------
     def check_alpha(self, value, name: str = "alpha") -> np.ndarray:
@@ -119,57 +152,54 @@ class Posterior:
             )
         return alpha.astype(np.float64)
 
+    def check_beta(self, value) -> np.ndarray:
+        """β as an array (G_β,): a number sets every free (noise) group — or, without one,
+        the one group —, an array one value per group. ValueError naming ``beta``."""
+        free = self.groups.free
+        if np.ndim(value) == 0:
+            b = check_precision(value, "beta", allow_zero=False)
+            if not free.any():
+                if self.n_groups != 1:
+                    raise ValueError(no_beta(self.likelihood))
+                return np.array([b])
+            return np.where(free, b, self.beta)
+        beta = as_array(value, "beta", ndim=1).astype(np.float64)
+        g = self.n_groups
+        if beta.shape != (g,) or not np.all(beta > 0):
+            what = "output" if self.groups.names[0].startswith("output") else "precision group"
+            raise ValueError(
+                f"beta as an array must hold one positive precision per {what}, shape ({g},) "
+                f"for {list(self.groups.names)[:6]}, got {beta.shape} with minimum "
+                f"{beta.min() if beta.size else None}"
+            )
+        return beta
+
     def alpha_weights(self, alpha=None):
         """α as the structures take it: a float, or α of each weight (P,)."""
         return self.prior.per_weight(self.alpha if alpha is None else alpha)
 
-    def operator(self):
-        """(structure, β) with A = D_α + β C_structure (one β per output: Σ β_k C_k, 1)."""
-        if self.weighted is not None:
-            return self.weighted, 1.0
-        return self.structure, self.beta
+    def operator(self, beta=None):
+        """(structure, b) with A = D_α + b·C_structure at the posterior's β (or ``beta``):
+        the structure itself for one precision group, Σ_h β_h C_h for several."""
+        return self.structure.combine(self.beta if beta is None else beta)
 
     def replace(self, *, alpha=None, beta=None) -> Posterior:
         """This posterior at other precisions (None: keep), checked; ValueError naming the
         precision that is wrong, or saying why A would not be positive definite."""
         alpha = self.alpha if alpha is None else self.check_alpha(alpha)
-        if beta is None:
-            beta = self.beta
-        elif not self.likelihood.has_beta and np.ndim(beta) != 0:
-            raise ValueError(no_beta(self.likelihood))
-        if np.ndim(beta) == 0:
-            beta = check_precision(beta, "beta", allow_zero=False)
-            check_noise_variance(beta)
-            self.check_positive_definite(alpha, beta)
-            return dataclasses.replace(self, alpha=alpha, beta=beta, weighted=None)
-        k = self.summary.n_outputs
-        beta = as_array(beta, "beta", ndim=1).astype(np.float64)
-        if beta.shape != (k,) or not np.all(beta > 0):
-            raise ValueError(
-                f"beta as an array must hold one positive precision per output, shape "
-                f"({k},), got {beta.shape} with minimum {beta.min() if beta.size else None}"
-            )
+        beta = self.beta if beta is None else self.check_beta(beta)
         check_noise_variance(beta)
-        if not self.prior.scalar:
-            raise ValueError(
-                "one beta per output needs prior='scalar' (one alpha); got prior groups "
-                f"{list(self.prior.names)[:6]}"
-            )
-        if self.blocks is None:
-            raise ValueError("one beta per output needs the per-output curvature blocks C_k")
-        weighted = self.structure.reweighted(np.einsum("k,kpq->pq", beta, self.blocks))
-        self.check_positive_definite(alpha, 1.0, weighted)
-        return dataclasses.replace(self, alpha=alpha, beta=beta, weighted=weighted)
-
-    def with_blocks(self, blocks) -> Posterior:
-        """The same posterior with the per-output curvature blocks C_k (K, P, P) attached."""
-        return dataclasses.replace(self, blocks=blocks)
+        structure, b = self.operator(beta)
+        self.check_positive_definite(alpha, b, structure)
+        return dataclasses.replace(self, alpha=alpha, beta=beta)
 
     def check_positive_definite(self, alpha, beta, structure=None) -> None:
         """Refuse A = D_α + βC unless its smallest eigenvalue is clearly positive: above
         round-off of its largest, so σ is never 1/round-off. With several groups the bounds
         are Weyl's: between min α + β λ_min(C) and max α + β λ_max(C)."""
-        s = structure or self.structure
+        if structure is None:
+            structure, beta = self.operator()
+        s = structure
         if s.clearly_positive_definite(self.alpha_weights(alpha), beta):
             return
         a_min, a_max = float(np.min(alpha)), float(np.max(alpha))
@@ -214,7 +244,7 @@ class Posterior:
         """A proper starting α from α = 0: γ/(2E_W) with γ the rank of the curvature."""
         if not self.weight_error > 0:
             return 1.0
-        lam = self.structure.eigenvalues
+        lam = self.operator()[0].eigenvalues
         rank = float(np.sum(lam > evidence.ROUNDOFF * np.abs(lam).max())) if lam.size else 1.0
         return max(rank, 1.0) / (2.0 * self.weight_error)
 

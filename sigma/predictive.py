@@ -28,7 +28,7 @@ def mean_and_std(post: Posterior, model, x, *, noise=True, batch_size=None, name
     var = structure.predictive_variance(model, x, post.alpha_weights(), beta, batch_size=batch_size)
     check_finite_variance(var, name)
     if noise:
-        var = var + 1.0 / post.beta
+        var = var + noise_variance(post)
     return mean, np.sqrt(var)
 
 
@@ -40,9 +40,15 @@ def covariance(post: Posterior, model, x, *, noise=True, batch_size=None) -> np.
         model, x, post.alpha_weights(), beta, batch_size=batch_size
     )
     if noise and post.likelihood.has_beta:
-        k = post.summary.n_outputs
-        cov = cov + np.diag(np.broadcast_to(1.0 / post.beta, (k,)))
+        cov = cov + np.diag(noise_variance(post))
     return cov
+
+
+def noise_variance(post: Posterior) -> np.ndarray:
+    """1/β of each output's precision group, (K,); 0 for an output without a noise precision
+    (a classifier's logits in a model with a likelihood per head)."""
+    noise = post.groups.free[post.groups.outputs]
+    return np.where(noise, 1.0 / post.noise_beta, 0.0)
 
 
 def probabilities(
@@ -69,3 +75,31 @@ def check_finite_variance(var, name: str = "x") -> None:
             f"{name} although the model's outputs are finite: the gradients of the outputs "
             f"overflow inside the network. Rescale {name} (or the weights), or compute in float64"
         )
+
+
+def per_head(
+    post: Posterior, model, x, *, noise=True, method="probit", n_samples=1000, seed=0,
+    batch_size=None, name="x",
+) -> dict:  # fmt: skip
+    """A likelihood per head: {output name: (mean, std) of a regression head (std² = its 1/β
+    + gᵀA⁻¹g), class probabilities of a classification head}, each in its output's shape."""
+    from sigma.likelihoods.heads import lik_layout
+
+    mean = engine(model).outputs(x)
+    check_finite_outputs(model, x, mean, name)
+    cov = covariance(post, model, x, noise=False, batch_size=batch_size)
+    check_finite_variance(cov, name)
+    noise_var = noise_variance(post)
+    out = {}
+    for head, lik, s, e in post.likelihood._bound():
+        layout = lik_layout(post.output_layout, head)
+        if lik.name == "classification":
+            probs = class_probabilities(
+                mean[:, s:e], cov[:, s:e, s:e], method=method, n_samples=n_samples, seed=seed,
+                heads=lik.heads,
+            )  # fmt: skip
+            out[head] = layout.unflatten(probs)
+            continue
+        var = np.einsum("nkk->nk", cov[:, s:e, s:e]) + (noise_var[s:e] if noise else 0.0)
+        out[head] = (layout.unflatten(mean[:, s:e]), layout.unflatten(np.sqrt(var)))
+    return out

@@ -91,16 +91,12 @@ def save(post, model, w_map, path) -> Path:
         "sigma": _sigma_version(),
         "structure": {"name": s.name, "options": s.options(), "info": info},
         "weights": {"kind": post.selection.kind, "n_params": post.selection.n_params},
-        "likelihood": {
-            "name": post.likelihood.name,
-            "heads": post.likelihood.heads,
-            "parameterisation": getattr(post.likelihood, "parameterisation", None),
-        },
+        "likelihood": post.likelihood.describe(),
         "curvature": post.curvature,
         "negative": post.negative,
         "prior": {"kind": post.prior.kind, "names": list(post.prior.names)},
         "alpha": post.alpha,
-        "beta": post.beta,
+        "beta": float(post.beta[0]) if post.n_groups == 1 else post.beta,
         "output_layout": layout.describe(),
         "data": {
             "n_data": summary.n_data,
@@ -109,6 +105,7 @@ def save(post, model, w_map, path) -> Path:
             "data_errors": summary.data_errors,
             "output_scale": summary.output_scale,
             "batch_size": summary.batch_size,
+            "group_errors": summary.group_errors,
         },
         "weight_errors": post.weight_errors,
         "fingerprint": fingerprint(model),
@@ -119,8 +116,6 @@ def save(post, model, w_map, path) -> Path:
         "weights_index": post.selection.index,
     }
     entries.update({f"structure/{k}": np.asarray(v, np.float64) for k, v in arrays.items()})
-    if post.blocks is not None:
-        entries["output_blocks"] = post.blocks
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -161,11 +156,8 @@ def load(path, model):
     state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("structure/")}
     structure.restore(model, state, spec["info"])
     data, layout, lik = header["data"], header["output_layout"], header["likelihood"]
-    likelihood = likelihoods.get(lik["name"])
-    if lik["heads"]:
-        likelihood = likelihoods.Classification(lik["heads"])
-    if lik.get("parameterisation"):
-        likelihood = likelihoods.Heteroscedastic(lik["parameterisation"])
+    output_layout = OutputLayout.from_description(layout)
+    likelihood = likelihoods.from_description(lik, output_layout)
     prior = header["prior"]
     post = Posterior(
         structure=structure,
@@ -174,7 +166,7 @@ def load(path, model):
         likelihood=likelihood,
         curvature=header["curvature"],
         negative=header["negative"],
-        output_layout=OutputLayout.from_description(layout),
+        output_layout=output_layout,
         summary=DataSummary(
             n_data=int(data["n_data"]),
             n_outputs=int(data["n_outputs"]),
@@ -182,10 +174,12 @@ def load(path, model):
             data_errors=None if data["data_errors"] is None else np.asarray(data["data_errors"]),
             output_scale=float(data["output_scale"]),
             batch_size=data["batch_size"],
+            group_errors=None
+            if data.get("group_errors") is None
+            else np.asarray(data["group_errors"], np.float64),
         ),
         weight_errors=np.asarray(header["weight_errors"], np.float64),
         alpha=np.zeros(len(prior["names"])),
-        blocks=arrays.get("output_blocks"),
     )
     beta = header["beta"]
     beta = np.asarray(beta, np.float64) if isinstance(beta, list) else beta

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import structures, weights
+from sigma import predictive, structures, weights
 from sigma._checks import model_dtype
 from sigma.curvature.capture import flat_outputs
 from sigma.curvature.engine import engine
@@ -201,17 +201,20 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
             "to_keras needs a model with declared inputs (a functional or Sequential model "
             "built on keras.Input): a subclassed model does not say what it takes"
         )
-    if post.weighted is not None:
-        raise ValueError("to_keras needs one beta for all outputs (not one per output)")
     lik = post.likelihood
+    if lik.name == "per_head":
+        raise ValueError(
+            "to_keras serves one likelihood for all outputs; this posterior has a likelihood "
+            "per head: use Laplace.predict"
+        )
     if lik.name == "heteroscedastic" and lik.parameterisation != "mean_logvar":
         raise ValueError(
             "to_keras supports likelihood='heteroscedastic' with parameterisation='mean_logvar' "
             f"only (its mean is an output), got {lik.parameterisation!r}: use Laplace.predict"
         )
-    structure = post.structure
+    structure, b = post.operator()  # Σ_h β_h C_h for several precision groups
     k = post.summary.n_outputs
-    arrays, structure_spec = structure.export(model, post.alpha_weights(), post.beta)
+    arrays, structure_spec = structure.export(model, post.alpha_weights(), b)
     spec = {
         "structure": structure.name,
         "structure_spec": structure_spec,
@@ -220,7 +223,7 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
         "heads": None
         if post.likelihood.heads is None
         else [list(h) for h in post.likelihood.heads],
-        "noise": np.broadcast_to(1.0 / np.asarray(post.beta, np.float64), (k,)).tolist(),
+        "noise": predictive.noise_variance(post).tolist(),
         "arrays": {key: list(np.shape(v)) for key, v in arrays.items()},
         "n_outputs": k,
         "input_names": [str(getattr(t, "name", i)) for i, t in enumerate(declared)]

@@ -52,7 +52,7 @@ def optimize_prior(
     y_val = post.likelihood.targets(
         y_val, sample_count(x_val), k, "y_val", "x_val", layout=post.output_layout
     )
-    tune_beta = beta and post.likelihood.has_beta and post.weighted is None
+    tune_beta = beta and post.likelihood.has_beta and post.n_groups == 1
     n_val = sample_count(x_val)
     n_values = n_val * k if post.likelihood.has_beta else n_val
     metrics.check_validation_size(metric, n_val, n_values, 1 + tune_beta)
@@ -110,7 +110,7 @@ def optimize_prior(
         )
     record = {
         "alpha": float(found.alpha[0]) if found.prior.scalar else found.alpha.copy(),
-        "beta": found.beta.copy() if isinstance(found.beta, np.ndarray) else found.beta,
+        "beta": float(found.beta[0]) if found.beta.size == 1 else found.beta.copy(),
         "metric": metric,
         "value": float(value),
         "evaluations": len(trials),

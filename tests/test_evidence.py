@@ -10,7 +10,6 @@ from sklearn.linear_model import BayesianRidge
 import sigma
 from sigma import evidence
 from sigma.params import set_flat_weights
-from sigma.structures import Full
 
 
 @pytest.fixture
@@ -186,8 +185,13 @@ def test_per_output_fixed_point_is_stationary(rng):
             vals.append(la.log_evidence())
         assert abs((vals[0] - vals[1]) / (2 * h)) < 1e-5
     la.beta = betas
-    # β_k = (N − γ_k)/(2 E_Dk)
-    gammas = evidence.per_output_gammas(la.output_blocks(), la.alpha, betas)
+    # β_k = (N − γ_k)/(2 E_Dk), γ_k = β_k Tr(A⁻¹ C_k) with C_k from the output's own Jacobian
+    gammas = la.beta_gammas
+    j = sigma.output_jacobian(model, x)
+    blocks = np.einsum("nkp,nkq->kpq", j, j)
+    a = la.alpha * np.eye(j.shape[2]) + np.einsum("k,kpq->pq", betas, blocks)
+    ref = betas * np.einsum("pq,kqp->k", np.linalg.inv(a), blocks)
+    np.testing.assert_allclose(gammas, ref, rtol=1e-9)
     np.testing.assert_allclose(betas, (30 - gammas) / (2 * la.data_errors), rtol=1e-9)
     np.testing.assert_allclose(gammas.sum(), la.gamma, rtol=1e-9)
     # the per-output evidence beats the best single β
@@ -195,19 +199,24 @@ def test_per_output_fixed_point_is_stationary(rng):
     assert la.log_evidence() > single.log_evidence()
 
 
-def test_per_output_needs_a_supporting_structure(rng, mlp64, monkeypatch):
+def test_one_beta_per_output_with_every_structure_but_lowrank(rng, mlp64):
     """(curvature='hessian' is refused in test_negative_hessian_eigenvalues_...)"""
     x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
-
-    class NoBlocks(Full):
-        name = "noblocks"
-
-        per_output_beta = False  # declared, not probed
-
-    with pytest.raises(ValueError, match="structure 'noblocks' does not support one beta per"):
-        sigma.Laplace(mlp64, x, y, structure="noblocks", beta=[1.0, 2.0])
+    with pytest.raises(ValueError, match="structure 'lowrank' .* takes one precision group"):
+        sigma.Laplace(mlp64, x, y, structure="lowrank", beta=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"one positive precision per output, shape \(2,\)"):
         sigma.Laplace(mlp64, x, y, beta=[1.0, 2.0, 3.0])
+    full = sigma.Laplace(mlp64, x, y, beta=[1.0, 2.0], alpha=0.5)
+    for structure in ("diag", "kfac", "ekfac"):
+        la = sigma.Laplace(mlp64, x, y, structure=structure, beta=[1.0, 2.0], alpha=0.5)
+        assert la.beta.shape == (2,) and la.beta_groups == ("output 0", "output 1")
+        # one output at a time: σ of each output is its own β's, as full's
+        la.beta = [1.0, 2.0]
+        _, std = la.predict(x[:3], noise=False)
+        mean, std_diag = la.predict(x[:3], noise=True)
+        np.testing.assert_allclose(std_diag**2 - std**2, np.broadcast_to([1.0, 0.5], (3, 2)))
+    _, std_full = full.predict(x[:3])
+    assert np.all(np.isfinite(std_full))
 
 
 @pytest.fixture

@@ -291,10 +291,11 @@ def check_dataset(dataset, model=None) -> None:
 def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None, layout=None):
     """Validate a ``tf.data.Dataset`` of ``(x, y)`` batches in one pass.
 
-    Returns ``(data, n, k, data_error, data_errors, square)``: ``data`` yields ``(x_b, y_b)``
-    cast to the model dtype with targets as (B, K) (integer labels one-hot encoded for
-    classification); N samples, K outputs, the summed data term E_D, for regression E_Dk per
-    output (K,), and Σ f² over the outputs. With ``batch_size`` the data are re-batched.
+    Returns ``(data, n, k, data_error, data_errors, square, group_errors)``: ``data`` yields
+    ``(x_b, y_b)`` cast to the model dtype with targets as (B, K) (integer labels one-hot
+    encoded for classification); N samples, K outputs, the summed data term E_D, for
+    regression E_Dk per output (K,), Σ f² over the outputs, and the data term of each
+    precision group (G,). With ``batch_size`` the data are re-batched.
     """
     lik = likelihoods.get(likelihood)
     check_model(model)
@@ -302,7 +303,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     if batch_size is not None:
         dataset = dataset.unbatch().batch(check_batch_size(batch_size))
     dtype = model_dtype(model)
-    n, k, e_d, e_dk, square = 0, None, 0.0, None, 0.0
+    n, k, e_d, e_dk, square, e_g = 0, None, 0.0, None, 0.0, None
     for i, (xb, yb) in enumerate(dataset):
         xb = tf.nest.map_structure(lambda t: t.numpy(), xb)
         xb = check_inputs(model, xb, f"x (dataset batch {i})")
@@ -314,6 +315,8 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         t = lik.targets(yb, n_samples(xb), k, f"y (dataset batch {i})", layout=layout)
         t = t.astype(np.float64)
         e_d += float(lik.data_error(tf.constant(f), tf.constant(t)))
+        part = lik.group_errors(tf.constant(f), tf.constant(t), lik.groups(k)).numpy()
+        e_g = part if e_g is None else e_g + part
         if lik.has_beta:
             part = 0.5 * np.sum((f - t) ** 2, axis=0)
             e_dk = part if e_dk is None else e_dk + part
@@ -337,7 +340,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         t.set_shape([None, k])
         return xb, t
 
-    return dataset.map(cast), n, k, e_d, e_dk, square
+    return dataset.map(cast), n, k, e_d, e_dk, square, e_g
 
 
 def _flat(out) -> np.ndarray:

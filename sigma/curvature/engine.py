@@ -33,6 +33,7 @@ traced per call, per object or per batch.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import numpy as np
@@ -213,7 +214,7 @@ class Engine:
         return lik.pseudo(tf.cast(f, tf.float64), tf.cast(j, tf.float64))
 
     # -- per-batch bodies ---------------------------------------------------------------------
-    def _summary_body(self, lik):
+    def _summary_body(self, lik, groups):
         def body(batch):
             x, y = batch
             f = tf.cast(self.forward(self.weights(), x), tf.float64)
@@ -221,25 +222,25 @@ class Engine:
             count = tf.cast(tf.shape(f)[0], tf.float64)
             per_output = 0.5 * tf.reduce_sum(tf.square(f - t), axis=0)
             square = tf.reduce_sum(tf.square(f))
-            return count, tf.cast(lik.data_error(f, t), tf.float64), per_output, square
+            e_d = tf.cast(lik.data_error(f, t), tf.float64)
+            per_group = tf.cast(lik.group_errors(f, t, groups), tf.float64)
+            return count, e_d, per_output, square, per_group
 
         return body
 
-    def _ggn_dense_body(self, lik):
+    def _ggn_dense_body(self, lik, columns):
         p = self.n_params
+
+        def gram(lj):
+            lj = tf.reshape(lj, (-1, p))
+            return tf.matmul(lj, lj, transpose_a=True)
 
         def body(batch):
             f, j = self.jacobian(self.weights(), batch[0])
-            lj = tf.reshape(self.pseudo_jacobian(lik, f, j), (-1, p))
-            return tf.matmul(lj, lj, transpose_a=True)
-
-        return body
-
-    def _output_blocks_body(self):
-        def body(batch):
-            _, j = self.jacobian(self.weights(), batch[0])
-            j = tf.cast(j, tf.float64)
-            return tf.einsum("nkp,nkq->kpq", j, j)
+            lj = self.pseudo_jacobian(lik, f, j)  # (B, K', P)
+            if columns is None:
+                return gram(lj)
+            return tf.stack([gram(tf.gather(lj, c, axis=1)) for c in columns])
 
         return body
 
@@ -319,7 +320,11 @@ class Engine:
         key = ("layout", _shape_key(x))
         if key not in self.store:
             one = tf.nest.map_structure(lambda a: tf.constant(np.asarray(a[:1])), x)
-            self.store[key] = OutputLayout.of(self.model(one, training=False))
+            layout = OutputLayout.of(self.model(one, training=False))
+            names = keras_compat.output_names(self.model)
+            if layout.kind == "list" and names and len(set(names)) == len(layout.sizes):
+                layout = dataclasses.replace(layout, names=tuple(names))  # the output layers'
+            self.store[key] = layout
         return self.store[key]
 
     def outputs(self, x, *, batch_size: int = 4096) -> np.ndarray:
@@ -349,13 +354,18 @@ class Engine:
             f, j = fn(batch[0])
             yield f.numpy(), j.numpy()
 
-    def summary(self, data, likelihood) -> tuple[int, float, np.ndarray, float]:
-        """(N, E_D, E_D per output (K,), Σ f²) over ``(x, y)`` batches; E_D is the likelihood's
-        summed data term (½ Σ (f − t)² for regression, the cross-entropy for classification)."""
+    def summary(self, data, likelihood, groups=None):
+        """(N, E_D, E_D per output (K,), Σ f², E_h per precision group (G,)) over ``(x, y)``
+        batches; E_D is the likelihood's summed data term (½ Σ (f − t)² for regression, the
+        cross-entropy for classification), E_h its part on group h's outputs."""
         lik = _likelihoods.get(likelihood)
-        acc = self.accumulator(("summary", lik.key), self._summary_body(lik), data)
-        count, e_d, per_output, square = acc()
-        return int(round(float(count))), float(e_d), per_output, float(square)
+        if groups is None:
+            k = int(data.element_spec[1].shape[-1])
+            groups = lik.groups(k)
+        key = ("summary", lik.key, tuple(groups.outputs.tolist()))
+        acc = self.accumulator(key, self._summary_body(lik, groups), data)
+        count, e_d, per_output, square, per_group = acc()
+        return int(round(float(count))), float(e_d), per_output, float(square), per_group
 
     def dense(
         self,
@@ -366,10 +376,20 @@ class Engine:
         strategy=None,
         progress=False,
         row_chunk: int = ROW_CHUNK,
+        groups=None,
     ) -> np.ndarray:
         """The (P, P) curvature summed over ``data`` (batches ``(x,)`` for "ggn", ``(x, y)`` for
-        "hessian"), float64, symmetric."""
+        "hessian"), float64, symmetric; with ``groups`` (:class:`sigma.likelihoods.Groups` of
+        several precision groups, GGN) one (P, P) block per group, (G, P, P)."""
         lik = _likelihoods.get(likelihood)
+        columns = None
+        if groups is not None and groups.n_groups > 1:
+            if curvature != "ggn":
+                raise ValueError(
+                    "several precision groups (a likelihood per head, one beta per output) need "
+                    f"curvature='ggn': the exact Hessian is not split by groups, got {curvature!r}"
+                )
+            columns = [groups.columns(g) for g in range(groups.n_groups)]
         if curvature == "ggn" and strategy is None and isinstance(data, ArrayBatches):
             # In-memory batches: Lᵀ J from the graph, Σ (Lᵀ J)ᵀ (Lᵀ J) by BLAS on one thread
             # (1.6 ms against TensorFlow's 4.4 ms for a 300 × 403 block on this machine).
@@ -379,27 +399,32 @@ class Engine:
             def build():
                 def lj(xb):
                     f, j = self.jacobian(self.weights(), xb)
-                    return tf.reshape(self.pseudo_jacobian(lik, f, j), (-1, p))
+                    return self.pseudo_jacobian(lik, f, j)
 
                 return compiled(lj, [spec])
 
             fn = self.function(("pseudo_jacobian", lik.key, spec_key(spec)), build)
-            total = np.zeros((p, p))
+            parts = [np.arange(0)] if columns is None else columns
+            total = np.zeros((len(parts), p, p))
             for batch in data:
-                block = fn(batch[0]).numpy()
+                block = fn(batch[0]).numpy()  # (B, K', P)
                 with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
-                    total += block.T @ block  # an overflow is reported by the structure
-            return _symmetric(total)
+                    for g, cols in enumerate(parts):  # an overflow is reported by the structure
+                        sub = (block if columns is None else block[:, cols]).reshape(-1, p)
+                        total[g] += sub.T @ sub
+            total = np.stack([_symmetric(t) for t in total])
+            return total[0] if columns is None else total
         if curvature == "ggn":
             acc = self.accumulator(
-                ("ggn", lik.key),
-                self._ggn_dense_body(lik),
+                ("ggn", lik.key, None if columns is None else tuple(map(tuple, columns))),
+                self._ggn_dense_body(lik, columns),
                 data,
                 strategy=strategy,
                 progress=progress,
                 desc="ggn P×P",
             )
-            return _symmetric(acc())
+            out = acc()
+            return _symmetric(out) if columns is None else np.stack([_symmetric(m) for m in out])
         products = self.products(
             data, lik, "hessian", strategy=strategy, cache=True, progress=progress
         )
@@ -551,13 +576,6 @@ class Engine:
             plan = layer_capture.probe(model, plan, first)
             self.store[key] = plan
         return plan
-
-    def output_blocks(self, x, *, batch_size=None) -> np.ndarray:
-        """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P) float64 (Σ_k C_k = G)."""
-        k = self.n_outputs(x)
-        n = len(tf.nest.flatten(x)[0])
-        data = ArrayBatches((x,), batch_size_for(n, k * self.n_params, batch_size))
-        return self.accumulator(("output_blocks",), self._output_blocks_body(), data)()
 
     def _k_max(self) -> int:
         return max(self._k.values()) if self._k else 1

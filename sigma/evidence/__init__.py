@@ -1,33 +1,29 @@
-"""The evidence framework: log evidence and MacKay's re-estimation of α and β (docs/math.md).
+"""The evidence framework: one log evidence and one maximisation (docs/math.md).
 
-Pure functions of the eigenvalues c_i of the curvature C (length r ≤ P; the P − r others are
-zero), the data error E_D, the weight error E_W, the number of weights P, of observed values
-NK, and the precisions. Every structure exposes ``eigenvalues``, so every structure gets the
-evidence from these functions.
+The precisions are α_g, one per group of weights (the prior, A's diagonal D_α), and β_h, one
+per precision group of the outputs (:class:`sigma.likelihoods.Groups`: a regression output's
+noise precision, free; a classifier's 1/T, fixed), with A = D_α + Σ_h β_h C_h:
 
-Regression, A = α I + β C:
+    ln p(D | α, β) = −Σ_g α_g E_Wg − Σ_h β_h E_h − ½ ln|A| + Σ_g (P_g/2) ln α_g
+                     + Σ_{h noise} (N_h/2) (ln β_h − ln 2π)
 
-    ln p(D | α, β) = −α E_W − β E_D − ½ ln|A| + (P/2) ln α + (NK/2) ln β − (NK/2) ln 2π
-    γ = Σ_i β c_i / (β c_i + α)          α ← γ / (2 E_W)          β ← (NK − γ) / (2 E_D)
+(E_h: the data term of group h — ½ Σ (f − t)² for a Gaussian output, the cross-entropy for a
+classifier; N_h: the number of its observed values). It depends on the structure of A only
+through ln|A| and the effective numbers of parameters
 
-Classification (cross-entropy E on logits, A = α I + G, no β):
+    γ_g = P_g − α_g Tr_g(A⁻¹)   (per group of weights)     γ_h = β_h Tr(A⁻¹ C_h)   (per output group)
 
-    ln p(D | α) = −E − α E_W − ½ ln|A| + (P/2) ln α          α ← γ / (2 E_W),  γ = Σ c_i/(c_i + α)
-
-One β_k per output (regression, A = α I + Σ_k β_k C_k, C_k = Σ_n J_nkᵀ J_nk): the derivative
-of the log evidence in β_k vanishes at β_k = (N − γ_k) / (2 E_Dk), γ_k = β_k Tr(A⁻¹ C_k), and
-Σ_k γ_k = γ = P − α Tr A⁻¹; see :func:`optimize_per_output`.
-
-One α_g per group of weights (A = D_α + β C, docs/math.md "Weight groups"):
-
-    ln p(D | α, β) = −Σ_g α_g E_Wg − β E_D − ½ ln|A| + Σ_g (P_g/2) ln α_g + (NK/2) ln β − …
-    γ_g = P_g − α_g Tr_g(A⁻¹)          α_g ← γ_g / (2 E_Wg)          β ← (NK − Σ γ_g) / (2 E_D)
-
-:func:`maximize` finds the maximum for any structure from two numbers it can compute at any
-α, β — ln|A| and the γ_g — by the fixed point, and where that oscillates or overshoots
-(γ ≥ NK), by a direct maximisation in (ln α_g, ln β) with the exact gradient
-∂/∂ln α_g = ½ γ_g − α_g E_Wg, ∂/∂ln β = ½ (NK − γ) − β E_D. A maximum at the edge of the
+(Σ_g γ_g = Σ_h γ_h). :func:`log_evidence_terms` is that formula; :func:`maximize` finds its
+maximum for any structure from a function giving (ln|A|, γ_g, γ_h) at any precisions —
+MacKay's fixed point α_g ← γ_g/(2E_Wg), β_h ← (N_h − γ_h)/(2E_h), and where it overshoots
+(γ ≥ N) or oscillates, a direct maximisation in (ln α_g, ln β_h) with the exact gradient
+∂/∂ln α_g = ½ γ_g − α_g E_Wg, ∂/∂ln β_h = ½ (N_h − γ_h) − β_h E_h. A maximum at the edge of the
 space is reported as such (:class:`EvidenceBoundaryError`), never returned as an optimum.
+
+With one α and one β everything follows from the eigenvalues c_i of C (ln|A| = Σ ln(α + βc_i),
+γ = Σ βc_i/(βc_i + α)): :func:`log_evidence` (on grids of α, β), :func:`effective_parameters`
+and :func:`optimize` (MacKay's fixed point alone, as scikit-learn's BayesianRidge) are that
+case of the same formula and loop.
 """
 
 from __future__ import annotations
@@ -62,8 +58,8 @@ class EvidenceBoundaryError(EvidenceError):
 class EvidenceResult:
     """The fixed point of MacKay's re-estimation and how it was reached.
 
-    ``beta`` is a float, or a (K,) array for one β per output; ``history`` holds (α, β) per
-    iteration, starting with the initial values.
+    ``beta`` is a float, or an array with one β per precision group (one per output, one per
+    head); ``history`` holds (α, β) per iteration, starting with the initial values.
     """
 
     alpha: float | np.ndarray
@@ -74,6 +70,7 @@ class EvidenceResult:
     gammas: np.ndarray | None = None  # γ_g per prior group (maximize)
     method: str = "fixed point"  # or "direct" (maximize fell back to it)
     log_evidence: float | None = None
+    group_gammas: np.ndarray | None = None  # γ_h = β_h Tr(A⁻¹ C_h) per precision group
 
 
 def negative_eigenvalues(eigenvalues) -> tuple[int, float]:
@@ -126,96 +123,61 @@ def effective_parameters(eigenvalues, n_params: int, alpha, beta=1.0):
     return _scalar(np.sum(beta[..., None] * c / a, axis=-1))
 
 
+def log_evidence_terms(*, logdet, alphas, weight_errors, sizes, betas, errors, counts, noise):
+    """ln p(D | α, β) from ln|A| (see the module docstring), in nats.
+
+    alphas, weight_errors, sizes : (G_α,) α_g, E_Wg, P_g.  betas, errors, counts, noise :
+    (G_β,) β_h, E_h, N_h and whether h is a noise group (its ln β and ln 2π terms). Any of
+    α, β and ln|A| may carry leading grid axes (broadcast, e.g. a meshgrid of one α and one
+    β); the result then has that shape.
+    """
+    alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
+    noise = np.asarray(noise, bool)
+    counts = np.where(noise, np.asarray(counts, np.float64), 0.0)
+    value = (
+        -np.sum(alphas * weight_errors, axis=-1)
+        - 0.5 * np.asarray(logdet)
+        + 0.5 * np.sum(np.asarray(sizes, np.float64) * np.log(alphas), axis=-1)
+        - np.sum(betas * errors, axis=-1)
+        + 0.5 * np.sum(counts * (np.log(betas) - np.log(2.0 * np.pi)), axis=-1)
+    )
+    return _scalar(value)
+
+
+def eigen_terms(eigenvalues, n_params: int):
+    """``terms(alphas, betas) -> (ln|A|, γ (1,), γ (1,))`` for one α and one β from the
+    eigenvalues of C (α, β of any shape: grids broadcast)."""
+    c = padded_eigenvalues(eigenvalues, n_params)
+
+    def terms(alphas, betas):
+        a = np.asarray(alphas, np.float64)[..., :1]
+        b = np.asarray(betas, np.float64)[..., :1]
+        lam = b * c
+        logdet = np.sum(np.log(a + lam), axis=-1)
+        gamma = np.sum(np.divide(lam, lam + a, out=np.zeros(lam.shape), where=lam > 0), axis=-1)
+        return logdet, gamma[..., None], gamma[..., None]
+
+    return terms
+
+
 def log_evidence(
-    eigenvalues, *, data_error: float, weight_error: float, n_params: int, n_obs: int, alpha, beta
+    eigenvalues, *, data_error: float, weight_error: float, n_params: int, n_obs, alpha, beta=1.0
 ):
-    """Regression log evidence ln p(D | α, β) (MATH.md, constants included), in nats.
+    """ln p(D | α, β) for one α and one β from the eigenvalues c (r,) of C (r ≤ P), in nats.
 
-    eigenvalues : (r,) eigenvalues of C (r ≤ P).  data_error : E_D (summed).  weight_error :
-    E_W = ½ wᵀw.  n_obs : NK, the number of observed target values.  α, β : floats or arrays
-    (broadcast, for a grid); returns a float or an array of their broadcast shape.
+    Regression: data_error E_D, n_obs NK. A classifier: data_error the cross-entropy, beta
+    1/T (1 untempered) and ``n_obs=None`` (no noise terms). α, β floats or
+    arrays (broadcast, for a grid); returns a float or an array of their broadcast shape.
     """
     c = padded_eigenvalues(eigenvalues, n_params)
-    alpha, beta, a = _broadcast(alpha, beta, c)
-    value = (
-        -alpha * weight_error
-        - beta * data_error
-        - 0.5 * np.sum(np.log(a), axis=-1)
-        + 0.5 * n_params * np.log(alpha)
-        + 0.5 * n_obs * np.log(beta)
-        - 0.5 * n_obs * np.log(2.0 * np.pi)
-    )
-    return _scalar(value)
-
-
-def log_evidence_classification(
-    eigenvalues, *, cross_entropy: float, weight_error: float, n_params: int, alpha
-):
-    """Classification log evidence ln p(D | α) = −E − α E_W − ½ ln|αI + G| + (P/2) ln α.
-
-    eigenvalues : (r,) eigenvalues of the generalised Gauss–Newton G.  cross_entropy : the
-    summed cross-entropy E at the trained weights. α may be an array.
-    """
-    c = padded_eigenvalues(eigenvalues, n_params)
-    alpha, _, a = _broadcast(alpha, 1.0, c)
-    value = (
-        -cross_entropy
-        - alpha * weight_error
-        - 0.5 * np.sum(np.log(a), axis=-1)
-        + 0.5 * n_params * np.log(alpha)
-    )
-    return _scalar(value)
-
-
-def _check_errors(data_error, weight_error, fix_alpha, fix_beta):
-    if not fix_alpha and not weight_error > 0:
-        raise ValueError(
-            f"E_W = {weight_error:g}: all weights are zero, so alpha → ∞; use fix_alpha=True"
-        )
-    if not fix_beta and not np.all(np.asarray(data_error) > 0):
-        raise ValueError(
-            f"E_D = {data_error}: the network fits the training targets exactly, so beta → ∞; "
-            "use fix_beta=True"
-        )
-
-
-def _step_ok(alpha, beta):
-    return np.isfinite(alpha) and alpha > 0 and np.all(np.isfinite(beta)) and np.all(beta > 0)
-
-
-def _iterate(update, alpha, beta, *, tol, max_iter):
-    """Run ``(α, β) ← update(α, β)`` until the largest relative change is below ``tol``."""
-    if not (tol > 0 and int(max_iter) >= 1):
-        raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-    history = [(alpha, beta)]
-    for it in range(1, int(max_iter) + 1):
-        new_alpha, new_beta, gamma = update(alpha, beta)
-        if not _step_ok(new_alpha, new_beta):
-            raise EvidenceError(
-                f"the evidence re-estimation diverged at iteration {it}: the update gave "
-                f"alpha={new_alpha}, beta={new_beta} (gamma={gamma:.6g}) from the last valid "
-                f"alpha={alpha!r}, beta={beta!r}; the model may have as many well-determined "
-                "weights as data (γ ≥ NK): fix beta, or use more data or fewer weights",
-                alpha=alpha,
-                beta=beta,
-                n_iter=it,
-            )
-        change = max(
-            abs(np.log(new_alpha / alpha)) if alpha > 0 else np.inf,
-            float(np.max(np.abs(np.log(np.asarray(new_beta) / np.asarray(beta))))),
-        )
-        alpha, beta = new_alpha, new_beta
-        history.append((alpha, beta))
-        if change < tol:
-            return alpha, beta, it, history
-    raise EvidenceError(
-        f"the evidence re-estimation did not converge in {max_iter} iterations (last relative "
-        f"change {change:.3g} > tol={tol:g}); last alpha={alpha!r}, beta={beta!r}: raise "
-        "max_iter or tol",
-        alpha=alpha,
-        beta=beta,
-        n_iter=int(max_iter),
-    )
+    alpha, beta, _ = _broadcast(alpha, beta, c)
+    logdet, _, _ = eigen_terms(c, n_params)(alpha[..., None], beta[..., None])
+    noise = n_obs is not None
+    return log_evidence_terms(
+        logdet=logdet, alphas=alpha[..., None], weight_errors=np.array([weight_error]),
+        sizes=np.array([n_params]), betas=beta[..., None], errors=np.array([data_error]),
+        counts=np.array([n_obs if noise else 0]), noise=np.array([noise]),
+    )  # fmt: skip
 
 
 def optimize(
@@ -232,282 +194,176 @@ def optimize(
     tol: float = 1e-8,
     max_iter: int = 1000,
 ) -> EvidenceResult:
-    """MacKay's fixed point for α and β at fixed weights (MATH.md), iterated to convergence.
-
-    Both precisions are updated from the same γ = Σ β c_i/(β c_i + α) (as scikit-learn's
-    BayesianRidge does). ``fix_alpha``/``fix_beta`` hold one at its given value; classification
-    passes ``n_obs=None`` with ``fix_beta=True, beta=1``. Converged when the relative change of
-    every precision is below ``tol``. Raises :class:`EvidenceError` (with the last α, β) if an
-    update is not a positive finite number or after ``max_iter`` iterations.
-    """
+    """MacKay's fixed point for one α and one β from the eigenvalues of C (as scikit-learn's
+    BayesianRidge): :func:`maximize` without its direct fallback. Classification passes
+    ``n_obs=None`` (β held at its value). Raises :class:`EvidenceError` (with the last α, β)
+    when an update is not a positive finite number or after ``max_iter`` iterations."""
     c = padded_eigenvalues(eigenvalues, n_params)
     if n_obs is None and not fix_beta:
-        raise ValueError("n_obs (NK) is needed to re-estimate beta")
-    if fix_alpha and fix_beta:
-        raise ValueError("fix_alpha and fix_beta are both set: nothing to optimise")
-    _check_errors(data_error, weight_error, fix_alpha, fix_beta)
-    if not (alpha > 0 or not fix_alpha) or not beta > 0:
-        raise ValueError(f"starting values must be > 0, got alpha={alpha}, beta={beta}")
-
-    def update(a, b):
-        lam = b * c
-        # γ; at α = 0 the zero eigenvalues contribute 0 (limit of λ/(λ+α) for λ = 0 < α)
-        gamma = float(np.sum(np.divide(lam, lam + a, out=np.zeros_like(lam), where=lam > 0)))
-        new_a = a if fix_alpha else gamma / (2.0 * weight_error)
-        new_b = b if fix_beta else (n_obs - gamma) / (2.0 * data_error)
-        return new_a, new_b, gamma
-
+        fix_beta = True
     if alpha == 0:  # one step from the improper prior gives a proper starting α
-        alpha = update(alpha, beta)[0]
-    alpha, beta, n_iter, history = _iterate(
-        update, float(alpha), float(beta), tol=tol, max_iter=max_iter
-    )
-    gamma = effective_parameters(c, n_params, alpha, beta)
-    return EvidenceResult(alpha, beta, gamma, n_iter, history)
-
-
-# -- one β per output ---------------------------------------------------------------------------
-def _weighted_eigh(blocks, betas):
-    """Eigen-decomposition of Σ_k β_k C_k: (eigenvalues (P,), eigenvectors (P, P))."""
-    m = np.einsum("k,kpq->pq", betas, blocks)
-    return np.linalg.eigh(0.5 * (m + m.T))
-
-
-def per_output_gammas(blocks, alpha: float, betas) -> np.ndarray:
-    """γ_k = β_k Tr(A⁻¹ C_k), A = α I + Σ_k β_k C_k; (K,). Σ_k γ_k = γ."""
-    betas = np.asarray(betas, np.float64)
-    m, u = _weighted_eigh(blocks, betas)
-    inv = 1.0 / (alpha + np.maximum(m, 0.0))
-    # Tr(A⁻¹ C_k) = Σ_i (u_iᵀ C_k u_i) / (α + m_i)
-    return betas * np.einsum("pi,kpq,qi,i->k", u, blocks, u, inv)
-
-
-def log_evidence_per_output(
-    blocks, *, data_errors, weight_error: float, n_data: int, alpha: float, betas
-) -> float:
-    """ln p(D | α, β_1..β_K) = −α E_W − Σ_k β_k E_Dk − ½ ln|A| + (P/2) ln α
-    + (N/2) Σ_k ln β_k − (NK/2) ln 2π, with A = α I + Σ_k β_k C_k.
-
-    blocks : (K, P, P) per-output Gauss–Newton blocks C_k.  data_errors : (K,) E_Dk.
-    """
-    betas = np.asarray(betas, np.float64)
-    data_errors = np.asarray(data_errors, np.float64)
-    k, p = blocks.shape[0], blocks.shape[1]
-    m, _ = _weighted_eigh(blocks, betas)
-    return float(
-        -alpha * weight_error
-        - betas @ data_errors
-        - 0.5 * np.sum(np.log(alpha + np.maximum(m, 0.0)))
-        + 0.5 * p * np.log(alpha)
-        + 0.5 * n_data * np.sum(np.log(betas))
-        - 0.5 * n_data * k * np.log(2.0 * np.pi)
-    )
-
-
-def optimize_per_output(
-    blocks,
-    *,
-    data_errors,
-    weight_error: float,
-    n_data: int,
-    alpha: float,
-    betas,
-    fix_alpha: bool = False,
-    fix_beta: bool = False,
-    tol: float = 1e-8,
-    max_iter: int = 1000,
-) -> EvidenceResult:
-    """Fixed point for α and one β_k per output: α ← γ/(2E_W), β_k ← (N − γ_k)/(2E_Dk).
-
-    blocks : (K, P, P) with C_k = Σ_n J_nkᵀ J_nk.  data_errors : (K,) E_Dk = ½ Σ_n (f_nk − t_nk)².
-    n_data : N.  betas : (K,) starting values. Raises :class:`EvidenceError` as :func:`optimize`.
-    """
-    blocks = np.asarray(blocks, np.float64)
-    data_errors = np.asarray(data_errors, np.float64)
-    betas = np.asarray(betas, np.float64)
-    if blocks.ndim != 3 or blocks.shape[1] != blocks.shape[2] or betas.shape != blocks.shape[:1]:
-        raise ValueError(
-            f"blocks must be (K, P, P) and betas (K,), got {blocks.shape} and {betas.shape}"
-        )
-    if fix_alpha and fix_beta:
-        raise ValueError("fix_alpha and fix_beta are both set: nothing to optimise")
-    _check_errors(data_errors, weight_error, fix_alpha, fix_beta)
-    if not (alpha > 0 and np.all(betas > 0)):
-        raise ValueError(f"starting values must be > 0, got alpha={alpha}, betas={betas}")
-
-    def update(a, b):
-        gammas = per_output_gammas(blocks, a, b)
-        gamma = float(gammas.sum())
-        new_a = a if fix_alpha else gamma / (2.0 * weight_error)
-        new_b = b if fix_beta else (n_data - gammas) / (2.0 * data_errors)
-        return new_a, new_b, gamma
-
-    alpha, betas, n_iter, history = _iterate(
-        update, float(alpha), betas, tol=tol, max_iter=max_iter
-    )
-    gamma = float(per_output_gammas(blocks, alpha, betas).sum())
-    return EvidenceResult(alpha, betas, gamma, n_iter, history)
-
-
-# -- one α per group of weights, any structure ------------------------------------------------
-def log_evidence_groups(
-    *, logdet, data_error, weight_errors, sizes, n_obs, alphas, beta, has_beta=True
-) -> float:
-    """ln p(D | α, β) for one α_g per group (regression), or ln p(D | α) for classification
-    (``has_beta=False``: ``data_error`` is the cross-entropy, no β terms).
-
-    logdet : ln|A| at these precisions.  weight_errors, sizes, alphas : (G,) E_Wg, P_g, α_g.
-    """
-    alphas = np.asarray(alphas, np.float64)
-    value = -float(alphas @ weight_errors) - 0.5 * logdet + 0.5 * float(sizes @ np.log(alphas))
-    if not has_beta:
-        return value - data_error
-    return (
-        value - beta * data_error + 0.5 * n_obs * np.log(beta) - 0.5 * n_obs * np.log(2.0 * np.pi)
-    )
-
-
-def eigen_terms(eigenvalues, n_params: int):
-    """``terms(alphas, beta) -> (ln|A|, γ (1,))`` for one α from the eigenvalues of C."""
-    c = padded_eigenvalues(eigenvalues, n_params)
-
-    def terms(alphas, beta):
-        a = float(np.asarray(alphas).reshape(-1)[0])
         lam = beta * c
-        gamma = float(np.sum(np.divide(lam, lam + a, out=np.zeros_like(lam), where=lam > 0)))
-        return float(np.sum(np.log(a + lam))), np.array([gamma])
-
-    return terms
+        gamma = float(np.sum(lam > 0))
+        alpha = gamma / (2.0 * weight_error) if weight_error > 0 else 1.0
+    result = maximize(
+        eigen_terms(c, n_params), weight_errors=[weight_error], sizes=[n_params],
+        errors=[data_error], counts=[0 if n_obs is None else n_obs], noise=[n_obs is not None],
+        alphas=[alpha], betas=[beta], fix_alpha=fix_alpha, fix_beta=fix_beta, tol=tol,
+        max_iter=max_iter, direct=False,
+    )  # fmt: skip
+    result.alpha = float(np.asarray(result.alpha).reshape(-1)[0])
+    result.beta = float(np.asarray(result.beta).reshape(-1)[0])
+    result.gamma = effective_parameters(c, n_params, result.alpha, result.beta)
+    return result
 
 
 def maximize(
     terms,
     *,
-    data_error: float,
     weight_errors,
     sizes,
-    n_obs: int | None,
+    errors,
+    counts,
+    noise,
     alphas,
-    beta: float = 1.0,
+    betas,
     fix_alpha: bool = False,
     fix_beta: bool = False,
     tol: float = 1e-8,
     max_iter: int = 1000,
     fixed_point_iter: int = 100,
+    direct: bool = True,
 ) -> EvidenceResult:
-    """The maximum of the log evidence over α_g (and β), for any structure.
+    """The maximum of the log evidence over the α_g and the free β_h, for any structure.
 
-    terms : ``terms(alphas (G,), beta) -> (ln|A|, γ (G,))`` at those precisions.
-    data_error : E_D (regression) or the cross-entropy (classification: ``n_obs=None``,
-        β held at 1).  weight_errors, sizes : (G,) E_Wg and P_g.  alphas, beta : start.
+    terms : ``terms(alphas (G_α,), betas (G_β,)) -> (ln|A|, γ_g (G_α,), γ_h (G_β,))``.
+    weight_errors, sizes : (G_α,) E_Wg and P_g.  errors, counts, noise : (G_β,) E_h, N_h, and
+    which groups have a free noise precision (the others' β is held).  alphas, betas : start.
 
-    MacKay's fixed point first (at most ``fixed_point_iter`` iterations); if it overshoots
-    (an update ≤ 0, e.g. γ ≥ NK) or has not converged, a direct maximisation in
-    (ln α_g, ln β) with the exact gradient (L-BFGS-B), from the best point seen, within
-    α_g ≤ P_g/(2E_Wg) and β ≤ NK/(2E_D) (the maximum is always below both). ``max_iter``
-    caps the iterations of both together. Raises :class:`EvidenceBoundaryError` when the
-    maximum is at the edge of the space (α_g → 0, β → 0) and :class:`EvidenceError` when the
-    iterations run out.
+    MacKay's fixed point first (at most ``fixed_point_iter`` iterations); if it overshoots (an
+    update ≤ 0, e.g. γ_h ≥ N_h) or has not converged, a direct maximisation in (ln α_g, ln β_h)
+    with the exact gradient (L-BFGS-B), from the best point seen, within α_g ≤ P_g/(2E_Wg) and
+    β_h ≤ N_h/(2E_h) (the maximum is always below both); ``direct=False`` raises
+    :class:`EvidenceError` there instead. ``max_iter`` caps the iterations of both together.
+    Raises :class:`EvidenceBoundaryError` when the maximum is at the edge of the space
+    (α_g → 0, β_h → 0) and :class:`EvidenceError` when the iterations run out.
     """
-    has_beta = n_obs is not None
-    weight_errors = np.asarray(weight_errors, np.float64)
-    sizes = np.asarray(sizes, np.float64)
+    weight_errors = np.asarray(weight_errors, np.float64).reshape(-1)
+    sizes = np.asarray(sizes, np.float64).reshape(-1)
+    errors = np.asarray(errors, np.float64).reshape(-1)
+    counts = np.asarray(counts, np.float64).reshape(-1)
+    noise = np.asarray(noise, bool).reshape(-1)
     alphas = np.array(alphas, np.float64).reshape(-1)
-    if not has_beta:
-        fix_beta, beta = True, 1.0
-    if fix_alpha and fix_beta:
+    betas = np.array(betas, np.float64).reshape(-1)
+    free_beta = noise & (not fix_beta)
+    if fix_alpha and not free_beta.any():
         raise ValueError("fix_alpha and fix_beta are both set: nothing to optimise")
     if not (tol > 0) or int(max_iter) < 1:
         raise ValueError(f"tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
     if not fix_alpha and not np.all(weight_errors > 0):
         g = int(np.argmin(weight_errors))
+        which = f" for prior group {g}" if weight_errors.size > 1 else ""
         raise ValueError(
-            f"E_W = {weight_errors[g]:g} for prior group {g}: its weights are all zero, so its "
-            "alpha → ∞; use fix_alpha=True or a prior without that group"
+            f"E_W = {weight_errors[g]:g}{which}: its weights are all zero, so alpha → ∞; use "
+            "fix_alpha=True" + (" or a prior without that group" if weight_errors.size > 1 else "")
         )
-    if not fix_beta and not data_error > 0:
+    if np.any(free_beta & ~(errors > 0)):
+        h = int(np.flatnonzero(free_beta & ~(errors > 0))[0])
         raise ValueError(
-            f"E_D = {data_error}: the network fits the training targets exactly, so beta → ∞; "
+            f"E_D = {errors[h]:g}: the network fits the training targets exactly, so beta → ∞; "
             "use fix_beta=True"
         )
-    if not (np.all(alphas > 0) and beta > 0):
-        raise ValueError(f"starting values must be > 0, got alpha={alphas}, beta={beta}")
+    if not (np.all(alphas > 0) and np.all(betas > 0)):
+        raise ValueError(f"starting values must be > 0, got alpha={alphas}, beta={betas}")
 
     def evaluate(a, b):
-        logdet, gammas = terms(a, b)
-        value = log_evidence_groups(
-            logdet=logdet, data_error=data_error, weight_errors=weight_errors, sizes=sizes,
-            n_obs=n_obs, alphas=a, beta=b, has_beta=has_beta,
+        logdet, gammas, group_gammas = terms(a, b)
+        value = log_evidence_terms(
+            logdet=logdet, alphas=a, weight_errors=weight_errors, sizes=sizes, betas=b,
+            errors=errors, counts=counts, noise=noise,
         )  # fmt: skip
-        return value, np.asarray(gammas, np.float64)
+        return value, np.asarray(gammas, np.float64), np.asarray(group_gammas, np.float64)
 
-    history, n_iter = [(_out(alphas), beta)], 0
-    value, gammas = evaluate(alphas, beta)
-    best = (value, alphas, beta)
+    history, n_iter = [(_out(alphas), _out(betas))], 0
+    value, gammas, group_gammas = evaluate(alphas, betas)
+    best = (value, alphas, betas)
     converged = False
-    for _ in range(min(int(fixed_point_iter), int(max_iter))):
+    for _ in range(min(int(fixed_point_iter) if direct else int(max_iter), int(max_iter))):
         n_iter += 1
         new_a = alphas if fix_alpha else gammas / (2.0 * weight_errors)
-        new_b = beta if fix_beta else (n_obs - gammas.sum()) / (2.0 * data_error)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new_b = np.where(free_beta, (counts - group_gammas) / (2.0 * errors), betas)
         if not (
-            np.all(np.isfinite(new_a)) and np.all(new_a > 0) and np.isfinite(new_b) and new_b > 0
-        ):
+            np.all(np.isfinite(new_a)) and np.all(new_a > 0)
+            and np.all(np.isfinite(new_b)) and np.all(new_b > 0)
+        ):  # fmt: skip
+            if not direct:
+                raise EvidenceError(
+                    f"the evidence re-estimation diverged at iteration {n_iter}: the update gave "
+                    f"alpha={_out(new_a)}, beta={_out(new_b)} (gamma={float(gammas.sum()):.6g}) "
+                    f"from the last valid alpha={_out(alphas)!r}, beta={_out(betas)!r}; the model "
+                    "may have as many well-determined weights as data (γ ≥ NK): fix beta, or use "
+                    "more data or fewer weights",
+                    alpha=_out(alphas), beta=_out(betas), n_iter=n_iter,
+                )  # fmt: skip
             break  # the fixed point overshoots (e.g. γ ≥ NK): maximise directly
         change = max(
             float(np.max(np.abs(np.log(new_a) - np.log(alphas)))),
-            abs(float(np.log(new_b) - np.log(beta))),
+            float(np.max(np.abs(np.log(new_b) - np.log(betas)))),
         )
-        alphas, beta = new_a, float(new_b)
-        history.append((_out(alphas), beta))
-        value, gammas = evaluate(alphas, beta)
+        alphas, betas = new_a, new_b
+        history.append((_out(alphas), _out(betas)))
+        value, gammas, group_gammas = evaluate(alphas, betas)
         if value > best[0]:
-            best = (value, alphas, beta)
+            best = (value, alphas, betas)
         if change < tol:
             converged = True
             break
     method = "fixed point"
     if not converged:
         budget = int(max_iter) - n_iter
-        if budget <= 0:
+        if budget <= 0 or not direct:
             raise EvidenceError(
-                f"the evidence maximisation did not converge in {max_iter} iterations; last "
-                f"alpha={_out(alphas)!r}, beta={beta!r}: raise max_iter or tol",
+                f"the evidence re-estimation did not converge in {max_iter} iterations; last "
+                f"alpha={_out(alphas)!r}, beta={_out(betas)!r}: raise max_iter or tol",
                 alpha=_out(alphas),
-                beta=beta,
+                beta=_out(betas),
                 n_iter=int(max_iter),
             )
-        alphas, beta, used = _direct(
-            evaluate, best, weight_errors=weight_errors, sizes=sizes, data_error=data_error,
-            n_obs=n_obs, fix_alpha=fix_alpha, fix_beta=fix_beta, tol=tol, budget=budget,
+        alphas, betas, used = _direct(
+            evaluate, best, weight_errors=weight_errors, sizes=sizes, errors=errors,
+            counts=counts, free_alpha=not fix_alpha, free_beta=free_beta, tol=tol, budget=budget,
             iterations=n_iter,
         )  # fmt: skip
         n_iter += used
-        history.append((_out(alphas), beta))
-        value, gammas = evaluate(alphas, beta)
+        history.append((_out(alphas), _out(betas)))
+        value, gammas, group_gammas = evaluate(alphas, betas)
         method = "direct"
     return EvidenceResult(
-        _out(alphas), beta, float(gammas.sum()), n_iter, history, gammas, method, float(value)
-    )
+        _out(alphas), _out(betas), float(gammas.sum()), n_iter, history, gammas, method,
+        float(value), group_gammas,
+    )  # fmt: skip
 
 
-def _out(alphas):
-    return float(alphas[0]) if alphas.size == 1 else alphas.copy()
+def _out(values):
+    values = np.asarray(values, np.float64).reshape(-1)
+    return float(values[0]) if values.size == 1 else values.copy()
 
 
-def _direct(evaluate, best, *, weight_errors, sizes, data_error, n_obs, fix_alpha, fix_beta,
-            tol, budget, iterations):  # fmt: skip
+def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha, free_beta, tol,
+            budget, iterations):  # fmt: skip
     """L-BFGS-B on −ln p(D | α, β) in log coordinates, from ``best``; the box is
-    [1e-12·max, max] with α_g ≤ P_g/(2E_Wg), β ≤ NK/(2E_D) (the maximum lies below both:
+    [1e-12·max, max] with α_g ≤ P_g/(2E_Wg), β_h ≤ N_h/(2E_h) (the maximum lies below both:
     there the gradient points inwards)."""
     import scipy.optimize
 
     _, a0, b0 = best
-    g = a0.size
-    hi = np.r_[
-        np.log(sizes / (2.0 * weight_errors)), np.log(n_obs / (2.0 * data_error)) if n_obs else 0.0
-    ]
+    ga = a0.size
+    with np.errstate(divide="ignore"):
+        hi_b = np.where(free_beta, np.log(np.maximum(counts, 1e-300) / (2.0 * errors)), 0.0)
+    hi = np.r_[np.log(sizes / (2.0 * weight_errors)), hi_b]
     x0 = np.r_[np.log(a0), np.log(b0)]
-    free = np.r_[np.full(g, not fix_alpha), not fix_beta]
+    free = np.r_[np.full(ga, free_alpha), free_beta]
     hi = np.where(free, np.maximum(hi, x0), x0)
     lo = np.where(free, hi - np.log(1e12), x0)
     x0 = np.clip(x0, lo, hi)
@@ -515,10 +371,12 @@ def _direct(evaluate, best, *, weight_errors, sizes, data_error, n_obs, fix_alph
     def objective(z):
         x = x0.copy()
         x[free] = z
-        a, b = np.exp(x[:g]), float(np.exp(x[g]))
-        value, gammas = evaluate(a, b)
-        grad = np.r_[0.5 * gammas - a * weight_errors,
-                     0.5 * (n_obs - gammas.sum()) - b * data_error if n_obs else 0.0]  # fmt: skip
+        a, b = np.exp(x[:ga]), np.exp(x[ga:])
+        value, gammas, group_gammas = evaluate(a, b)
+        grad = np.r_[
+            0.5 * gammas - a * weight_errors,
+            np.where(free_beta, 0.5 * (counts - group_gammas) - b * errors, 0.0),
+        ]
         return -value, -grad[free]
 
     res = scipy.optimize.minimize(
@@ -531,33 +389,37 @@ def _direct(evaluate, best, *, weight_errors, sizes, data_error, n_obs, fix_alph
     )
     x = x0.copy()
     x[free] = res.x
-    a, b = np.exp(x[:g]), float(np.exp(x[g]))
+    a, b = np.exp(x[:ga]), np.exp(x[ga:])
     _, grad = objective(res.x)
-    names = [f"alpha[{i}]" if g > 1 else "alpha" for i in range(g)] + ["beta"]
+    names = [f"alpha[{i}]" if ga > 1 else "alpha" for i in range(ga)]
+    names += [f"beta[{i}]" if b.size > 1 else "beta" for i in range(b.size)]
+    names = [n for n, f in zip(names, free, strict=True) if f]
     at_low = [
         names[i]
         for i, (v, lo_i, gr) in enumerate(zip(x[free], lo[free], grad, strict=True))
         if v <= lo_i + 1e-9 and gr > 0
     ]  # fmt: skip (gr is −∂ln p: > 0 means the evidence still grows towards the bound)
     if at_low:
+        fixes = sorted(
+            {"fix_beta=True" if n.startswith("beta") else "fix_alpha=True" for n in at_low}
+        )
         raise EvidenceBoundaryError(
             f"the evidence has no interior maximum: it keeps growing as {', '.join(at_low)} → 0 "
-            f"(reached alpha={_out(a)!r}, beta={b!r}). The data do not determine "
-            f"{'these precisions' if len(at_low) > 1 else 'it'}: hold it ("
-            f"{' / '.join(sorted({'fix_beta=True' if n == 'beta' else 'fix_alpha=True' for n in at_low}))}"
-            "), use a prior with fewer groups, or more data",
+            f"(reached alpha={_out(a)!r}, beta={_out(b)!r}). The data do not determine "
+            f"{'these precisions' if len(at_low) > 1 else 'it'}: hold it ({' / '.join(fixes)}), "
+            "use a prior with fewer groups, or more data",
             alpha=_out(a),
-            beta=b,
+            beta=_out(b),
             n_iter=iterations + int(res.nit),
             which=at_low,
         )
     if not res.success and res.nit >= budget:
         raise EvidenceError(
             f"the evidence maximisation did not converge in {iterations + budget} iterations "
-            f"(direct maximisation: {res.message}); last alpha={_out(a)!r}, beta={b!r}: raise "
-            "max_iter or tol",
+            f"(direct maximisation: {res.message}); last alpha={_out(a)!r}, beta={_out(b)!r}: "
+            "raise max_iter or tol",
             alpha=_out(a),
-            beta=b,
+            beta=_out(b),
             n_iter=iterations + int(res.nit),
         )
     return a, b, int(res.nit)

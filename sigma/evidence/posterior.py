@@ -1,17 +1,15 @@
 """The evidence of a :class:`~sigma.posterior.Posterior`, and its maximisation.
 
-Which formula of :mod:`sigma.evidence` applies depends on the posterior: with one α and a
-structure whose A is diagonal in C's eigenbasis, everything follows from C's eigenvalues
-(:func:`~sigma.evidence.log_evidence`, :func:`~sigma.evidence.eigen_terms`); with several
-prior groups (or lowrank's diagonal) from ln|A| and diag(A⁻¹) of the structure
-(:func:`~sigma.evidence.log_evidence_groups`); with one β per output from the blocks C_k
-(:func:`~sigma.evidence.log_evidence_per_output`). :func:`optimize` returns a new posterior
-at the maximum — the posterior it is given does not change.
+One formula (:func:`sigma.evidence.log_evidence_terms`) and one maximisation
+(:func:`sigma.evidence.maximize`), fed by what the structure gives at any precisions: ln|A|,
+γ_g = P_g − α_g Tr_g(A⁻¹) per group of weights and γ_h = β_h Tr(A⁻¹ C_h) per precision group
+(:func:`terms`). With one α and one precision group, both come from C's eigenvalues when the
+structure keeps them (:func:`sigma.evidence.eigen_terms`: α and β may then be grids).
+:func:`optimize` returns a new posterior at the maximum — the posterior it is given does not
+change.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -25,15 +23,16 @@ INTERPOLATION = 100
 
 
 def from_eigenvalues(post: Posterior, structure=None) -> bool:
-    """The evidence follows from C's eigenvalues: one α and a structure whose A is diagonal
-    in C's eigenbasis."""
-    return post.prior.scalar and (structure or post.structure).evidence_from_eigenvalues
+    """The evidence follows from C's eigenvalues: one α, one precision group and a structure
+    whose A is diagonal in C's eigenbasis."""
+    s = structure or post.structure
+    return post.prior.scalar and post.n_groups == 1 and s.evidence_from_eigenvalues
 
 
 def checked_eigenvalues(post: Posterior, structure=None) -> np.ndarray:
     """C's eigenvalues; ValueError for a curvature with negative ones (the evidence needs
     a positive semi-definite C)."""
-    lam = (structure or post.structure).eigenvalues
+    lam = (structure or post.operator()[0]).eigenvalues
     count, worst = evidence.negative_eigenvalues(lam)
     if count:
         raise ValueError(
@@ -45,118 +44,101 @@ def checked_eigenvalues(post: Posterior, structure=None) -> np.ndarray:
     return lam
 
 
-def terms(post: Posterior, structure=None):
-    """``terms(alphas (G,), β) -> (ln|A|, γ (G,))`` for :func:`sigma.evidence.maximize`."""
-    s = structure or post.structure
-    if from_eigenvalues(post, s):
-        return evidence.eigen_terms(checked_eigenvalues(post, s), post.n_params)
-    checked_eigenvalues(post, s)  # refuses an indefinite curvature
-    sizes, prior = post.prior.sizes, post.prior
+def terms(post: Posterior):
+    """``terms(alphas (G_α,), betas (G_β,)) -> (ln|A|, γ_g (G_α,), γ_h (G_β,))`` for
+    :func:`sigma.evidence.maximize`."""
+    if from_eigenvalues(post):
+        return evidence.eigen_terms(checked_eigenvalues(post), post.n_params)
+    structure, prior, sizes = post.structure, post.prior, post.prior.sizes
 
-    def at(alphas, beta):
+    def at(alphas, betas):
+        combined, b = structure.combine(betas)
+        checked_eigenvalues(post, combined)  # refuses an indefinite curvature
         alpha_w = prior.per_weight(alphas)
-        traces = prior.group_sums(s.inverse_diagonal(alpha_w, beta))
-        return s.logdet(alpha_w, beta), sizes - np.asarray(alphas) * traces
+        traces = prior.group_sums(combined.inverse_diagonal(alpha_w, b))
+        group_gammas = np.asarray(betas) * structure.group_traces(alpha_w, betas)
+        return combined.logdet(alpha_w, b), sizes - np.asarray(alphas) * traces, group_gammas
 
     return at
 
 
 def gammas(post: Posterior) -> np.ndarray:
     """γ_g = P_g − α_g Tr_g(A⁻¹) per prior group, (G,), within [0, P_g]."""
-    structure, beta = post.operator()
-    values = terms(post, structure)(post.alpha, beta)[1]
-    return np.clip(values, 0.0, post.prior.sizes)  # 0 ≤ γ_g ≤ P_g also at round-off
+    values = terms(post)(post.alpha, post.beta)[1]
+    return np.clip(np.asarray(values, np.float64).reshape(-1), 0.0, post.prior.sizes)
+
+
+def group_gammas(post: Posterior) -> np.ndarray:
+    """γ_h = β_h Tr(A⁻¹ C_h) per precision group, (G_β,): how many parameters each group's
+    data determine (Σ_h γ_h = Σ_g γ_g)."""
+    values = terms(post)(post.alpha, post.beta)[2]
+    return np.clip(np.asarray(values, np.float64).reshape(-1), 0.0, post.n_params)
 
 
 def gamma(post: Posterior) -> float:
     """γ = Σ_g γ_g (= Σ_i λ_i/(λ_i + α), λ_i the eigenvalues of β C, for one α)."""
-    structure, beta = post.operator()
-    if from_eigenvalues(post, structure):
+    if from_eigenvalues(post):
         return evidence.effective_parameters(
-            checked_eigenvalues(post, structure), post.n_params, post.alpha[0], beta
+            checked_eigenvalues(post), post.n_params, post.alpha[0], post.beta[0]
         )
     return float(gammas(post).sum())
 
 
+def _formula(post: Posterior, logdet, alphas, betas):
+    return evidence.log_evidence_terms(
+        logdet=logdet, alphas=alphas, weight_errors=post.weight_errors, sizes=post.prior.sizes,
+        betas=betas, errors=post.group_errors, counts=post.group_counts,
+        noise=post.groups.free,
+    )  # fmt: skip
+
+
 def log_evidence(post: Posterior, alpha=None, beta=None):
     """ln p(D | α, β) in nats (see :meth:`sigma.Laplace.log_evidence`): at the posterior's
-    precisions by default; with one group, ``alpha``/``beta`` may be broadcasting grids."""
+    precisions by default; with one prior group and one precision group, ``alpha``/``beta``
+    may be broadcasting grids."""
     has_beta = post.likelihood.has_beta
     if not has_beta and beta is not None:
         raise ValueError(no_beta(post.likelihood))
     if beta is not None:
         check_precisions(beta, "beta", allow_zero=False)
-    if post.prior.scalar:
-        alpha = post.alpha[0] if alpha is None else check_precisions(alpha, "alpha")
-        if np.ndim(alpha) and beta is not None and np.ndim(beta):
-            try:
-                np.broadcast_shapes(np.shape(alpha), np.shape(beta))
-            except ValueError:
-                raise ValueError(
-                    f"alpha and beta must broadcast against each other (e.g. a meshgrid), "
-                    f"got shapes {np.shape(alpha)} and {np.shape(beta)}"
-                ) from None
-    else:
-        alpha = post.alpha if alpha is None else post.check_alpha(alpha)
-    summary = post.summary
-    if beta is None and post.weighted is not None:
-        if np.ndim(alpha) != 0:
-            raise ValueError("with one beta per output, alpha must be a single number")
-        return evidence.log_evidence_per_output(
-            post.blocks,
-            data_errors=summary.data_errors,
-            weight_error=post.weight_error,
-            n_data=summary.n_data,
-            alpha=float(alpha),
-            betas=post.beta,
-        )
-    beta = post.beta if beta is None else beta
     if from_eigenvalues(post):
-        if not has_beta:
-            return evidence.log_evidence_classification(
-                post.beta * checked_eigenvalues(post),  # tempered: C/T, E/T
-                cross_entropy=post.tempered_error,
-                weight_error=post.weight_error,
-                n_params=post.n_params,
-                alpha=alpha,
-            )
-        return evidence.log_evidence(
-            checked_eigenvalues(post),
-            data_error=summary.data_error,
-            weight_error=post.weight_error,
-            n_params=post.n_params,
-            n_obs=post.n_obs,
-            alpha=alpha,
-            beta=beta,
-        )
-    try:
-        alphas = np.broadcast_to(np.asarray(alpha, np.float64), (post.prior.n_groups,))
-    except ValueError:  # not one alpha per group (e.g. a grid)
-        alphas = np.zeros(0)
-    if np.ndim(beta) or alphas.size == 0 or not np.all(alphas > 0):
+        alpha = post.alpha[0] if alpha is None else check_precisions(alpha, "alpha")
+        beta = post.beta[0] if beta is None else beta
+        try:
+            shape = np.broadcast_shapes(np.shape(alpha), np.shape(beta))
+        except ValueError:
+            raise ValueError(
+                f"alpha and beta must broadcast against each other (e.g. a meshgrid), got "
+                f"shapes {np.shape(alpha)} and {np.shape(beta)}"
+            ) from None
+        a = np.broadcast_to(np.asarray(alpha, np.float64), shape)[..., None]
+        b = np.broadcast_to(np.asarray(beta, np.float64), shape)[..., None]
+        evidence._broadcast(a, b, np.zeros(0))  # refuses α, β ≤ 0 by name
+        logdet, _, _ = terms(post)(a, b)
+        return _formula(post, logdet, a, b)
+    alphas = post.alpha if alpha is None else post.check_alpha(alpha)
+    betas = post.beta if beta is None else post.check_beta(beta)
+    if not (np.all(alphas > 0) and np.ndim(alpha if alpha is not None else 0) <= 1):
         raise ValueError(
-            "with several prior groups (or structure 'lowrank' with its diagonal), the "
-            "evidence takes one alpha per group (> 0) and one beta, not a grid"
+            "with several prior groups, several precision groups (or structure 'lowrank' with "
+            "its diagonal), the evidence takes one alpha per group (> 0) and one beta per "
+            "precision group, not a grid"
         )
-    post.check_positive_definite(alphas, float(beta))  # ln|A| by Cholesky needs it
-    logdet, _ = terms(post)(alphas, float(beta))
-    return evidence.log_evidence_groups(
-        logdet=logdet,
-        data_error=post.tempered_error,
-        weight_errors=post.weight_errors,
-        sizes=post.prior.sizes,
-        n_obs=post.n_obs,
-        alphas=alphas,
-        beta=float(beta),
-        has_beta=has_beta,
-    )
+    structure, b = post.operator(betas)
+    post.check_positive_definite(alphas, b, structure)  # ln|A| by Cholesky needs it
+    logdet, _, _ = terms(post)(alphas, betas)
+    return float(_formula(post, logdet, alphas, betas))
 
 
 def interpolates(post: Posterior, eps: float) -> bool:
-    """The training residuals are at the float precision ``eps`` of the model's outputs."""
+    """The training residuals of a noise group are at the float precision ``eps`` of the
+    model's outputs."""
     s = post.summary
-    residual = np.sqrt(2.0 * s.data_error / (s.n_data * s.n_outputs))
-    return bool(residual <= INTERPOLATION * eps * max(s.output_scale, 1e-300))
+    free = post.groups.free
+    if not free.any():
+        return False
+    residual = np.sqrt(2.0 * post.group_errors[free] / np.maximum(post.group_counts[free], 1))
+    return bool(np.any(residual <= INTERPOLATION * eps * max(s.output_scale, 1e-300)))
 
 
 def optimize(
@@ -164,75 +146,53 @@ def optimize(
     *,
     fix_alpha: bool,
     fix_beta: bool,
-    per_output: bool,
     tol: float,
     max_iter: int,
     eps: float,
 ) -> tuple[Posterior, evidence.EvidenceResult]:
     """(the posterior at the maximum of the evidence, how it was reached): MacKay's fixed
     point from the current α, β, or a direct maximisation where it overshoots or oscillates
-    (see :meth:`sigma.Laplace.optimize_evidence`). ``per_output`` needs ``post.blocks``;
-    ``eps``: the precision of the model's dtype (to tell interpolation from noise)."""
-    has_beta = post.likelihood.has_beta
-    if not has_beta and per_output:
-        raise ValueError(no_beta(post.likelihood))
+    (see :meth:`sigma.Laplace.optimize_evidence`). ``eps``: the precision of the model's dtype
+    (to tell interpolation from noise)."""
     start = post.alpha.copy()
     if np.any(start == 0):
         start = np.where(start == 0, post.alpha_from_zero(), start)
-    summary = post.summary
-    if per_output:
-        result = evidence.optimize_per_output(
-            post.blocks,
-            data_errors=summary.data_errors,
-            weight_error=post.weight_error,
-            n_data=summary.n_data,
-            alpha=float(start[0]),
-            betas=np.broadcast_to(post.beta, (summary.n_outputs,)),
-            fix_alpha=fix_alpha,
-            fix_beta=fix_beta,
-            tol=tol,
-            max_iter=max_iter,
+    free = post.groups.free
+    if free.any() and not fix_beta and interpolates(post, eps):
+        raise evidence.EvidenceBoundaryError(
+            "the network interpolates its training data (E_D = "
+            f"{post.summary.data_error:.3g}, residuals at the float precision of its outputs), "
+            "so the evidence grows without bound as beta → ∞: there is no noise level "
+            "to find. Train with the evidence (sigma.EvidenceCallback keeps E_D away "
+            "from zero), hold beta (optimize_evidence(fix_beta=True)), or use more "
+            "data or fewer weights",
+            alpha=float(post.alpha[0]) if post.prior.scalar else post.alpha.copy(),
+            beta=_public(post.beta),
+            n_iter=0,
+            which=["beta"],
         )
-        result.alpha = np.array([result.alpha])
-    else:
-        if has_beta and not fix_beta and interpolates(post, eps):
-            raise evidence.EvidenceBoundaryError(
-                "the network interpolates its training data (E_D = "
-                f"{summary.data_error:.3g}, residuals at the float precision of its outputs), "
-                "so the evidence grows without bound as beta → ∞: there is no noise level "
-                "to find. Train with the evidence (sigma.EvidenceCallback keeps E_D away "
-                "from zero), hold beta (optimize_evidence(fix_beta=True)), or use more "
-                "data or fewer weights",
-                alpha=float(post.alpha[0]) if post.prior.scalar else post.alpha.copy(),
-                beta=post.beta,
-                n_iter=0,
-                which=["beta"],
-            )
-        at = terms(post)
-        if not has_beta:  # β is held at 1/T (the temperature): maximize holds it at 1
-            at = functools.partial(_fixed_beta, at, post.beta)
-        result = evidence.maximize(
-            at,
-            data_error=post.tempered_error,
-            weight_errors=post.weight_errors,
-            sizes=post.prior.sizes,
-            n_obs=post.n_obs if has_beta else None,
-            alphas=start,
-            beta=float(np.mean(post.beta)),
-            fix_alpha=fix_alpha,
-            fix_beta=fix_beta,
-            tol=tol,
-            max_iter=max_iter,
-        )
-        result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
-        if not has_beta:
-            result.beta = post.beta
-    best = post.replace(alpha=result.alpha, beta=result.beta)
-    if post.prior.scalar:
-        result.alpha = float(result.alpha[0])
+    result = evidence.maximize(
+        terms(post),
+        weight_errors=post.weight_errors,
+        sizes=post.prior.sizes,
+        errors=post.group_errors,
+        counts=post.group_counts,
+        noise=free,
+        alphas=start,
+        betas=post.beta,
+        fix_alpha=fix_alpha,
+        fix_beta=fix_beta or not free.any(),
+        tol=tol,
+        max_iter=max_iter,
+    )
+    alphas = np.atleast_1d(np.asarray(result.alpha, np.float64))
+    betas = np.atleast_1d(np.asarray(result.beta, np.float64))
+    best = post.replace(alpha=alphas, beta=betas)
+    result.alpha = float(alphas[0]) if post.prior.scalar else alphas
+    result.beta = _public(betas)
     return best, result
 
 
-def _fixed_beta(at, beta, alphas, _):
-    """``at`` (ln|A| and γ) at the given β whatever β it is asked at."""
-    return at(alphas, beta)
+def _public(beta):
+    beta = np.atleast_1d(np.asarray(beta, np.float64))
+    return float(beta[0]) if beta.size == 1 else beta.copy()

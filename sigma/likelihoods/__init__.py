@@ -31,6 +31,7 @@ __all__ = [
     "Likelihood",
     "PerHead",
     "Regression",
+    "from_description",
     "get",
 ]
 
@@ -57,4 +58,21 @@ def get(likelihood, layout=None) -> Likelihood:
             f"{{output name: likelihood}} (a list in output order) for one per output head, "
             f"got {likelihood!r}"
         )
+    return lik.bind(layout) if layout is not None else lik
+
+
+def from_description(d: dict, layout=None) -> Likelihood:
+    """The likelihood a :meth:`Likelihood.describe` dict describes (also the form of files
+    written before likelihood objects: name, heads, parameterisation), bound to ``layout``."""
+    name = d["name"]
+    if name == "per_head":
+        lik = PerHead({k: from_description(v) for k, v in d["heads"].items()})
+    elif d.get("parameterisation"):
+        lik = Heteroscedastic(d["parameterisation"])
+    elif name == "classification":
+        lik = Classification(d.get("heads"))
+    elif name == "regression":
+        lik = Regression(per_output=bool(d.get("per_output", False)))
+    else:
+        lik = get(name)
     return lik.bind(layout) if layout is not None else lik

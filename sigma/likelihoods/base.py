@@ -90,6 +90,10 @@ class Likelihood:
         """Identifies the likelihood in the curvature engine's cache of traced graphs."""
         return (self.name,)
 
+    def describe(self) -> dict:
+        """A JSON-able description; :func:`sigma.likelihoods.from_description` rebuilds it."""
+        return {"name": self.name}
+
     def bind(self, layout) -> Likelihood:
         """This likelihood for a model whose outputs have ``layout``
         (:class:`~sigma.outputs.OutputLayout`): heads per output or position, groups."""

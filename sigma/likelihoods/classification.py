@@ -34,6 +34,12 @@ class Classification(Likelihood):
     def key(self) -> tuple:
         return (self.name, self.heads)
 
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "heads": None if self.heads is None else [list(h) for h in self.heads],
+        }
+
     def bind(self, layout) -> Classification:
         if layout is None or self.heads is not None:
             return self

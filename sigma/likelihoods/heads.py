@@ -43,13 +43,20 @@ class PerHead(Likelihood):
                     parts[key] = likelihoods.get(lik)
                 except ValueError as err:
                     raise ValueError(f"likelihood for head {key!r}: {err}") from None
+                if parts[key].name == "heteroscedastic":
+                    raise ValueError(
+                        f"likelihood for head {key!r}: a heteroscedastic head is not supported in "
+                        "a likelihood per head; use it as the model's one likelihood"
+                    )
         self.parts = parts
         self.noise = any(p.noise for p in parts.values())
 
     # -- binding ---------------------------------------------------------------------------------
     def bind(self, layout) -> PerHead:
-        if layout is None:
+        if layout is None or layout == self.layout:
             return self
+        if self.layout is not None:  # bound to other outputs: start again from the spec
+            return PerHead(self.spec).bind(layout)
         names = list(layout.names)
         if isinstance(self.spec, dict):
             missing = [n for n in names if n not in self.spec]
@@ -92,6 +99,12 @@ class PerHead(Likelihood):
     @property
     def heads(self):
         return None
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "heads": {name: lik.describe() for name, lik, _, _ in self._bound()},
+        }
 
     def head_names(self) -> tuple[str, ...]:
         return tuple(self.layout.names)
@@ -159,3 +172,72 @@ def lik_layout(layout, name):
 
     i = layout.names.index(name)
     return OutputLayout("single", (name,), (layout.sizes[i],), (layout.shapes[i],))
+
+
+_REGRESSION = ("mse", "mean_squared_error", "mae", "mean_absolute_error", "huber", "log_cosh",
+               "mean_squared_logarithmic_error", "gaussian_nll")  # fmt: skip
+_CLASSIFICATION = ("crossentropy", "hinge", "focal")
+
+
+def _loss_kind(loss) -> str | None:
+    """'regression', 'classification' or None (unknown) for a compiled loss."""
+    if loss is None:
+        return None
+    name = (
+        loss
+        if isinstance(loss, str)
+        else getattr(loss, "name", None) or getattr(loss, "__name__", type(loss).__name__)
+    )
+    name = str(name).lower()
+    if any(c in name.replace("_", "") for c in _CLASSIFICATION):
+        return "classification"
+    if any(r.replace("_", "") in name.replace("_", "") for r in _REGRESSION):
+        return "regression"
+    return None
+
+
+def _output_squashes(model) -> list:
+    """Per model output, 'softmax'/'sigmoid' when its last layer ends in one, else None (None
+    for every output when the model's graph is not known)."""
+    from sigma import keras_compat
+    from sigma.classification import _squashes
+
+    try:
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError):
+        return []
+    found = []
+    for t in outputs:
+        history = keras_compat.history(t)
+        found.append(None if history is None else _squashes(history.operation))
+    return found
+
+
+def check_mixed_heads(model, likelihood, layout) -> None:
+    """Refuse one likelihood for a model whose outputs are of different kinds — a regression
+    output and a classification output (by their compiled losses, or a softmax/sigmoid ending
+    some outputs but not others): one β would be pooled over the regression values and the
+    logits. The fix is a likelihood per head."""
+    if isinstance(likelihood, PerHead) or layout is None or len(layout.sizes) < 2:
+        return
+    kinds = []
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, dict):
+        kinds = [_loss_kind(loss.get(name)) for name in layout.names]
+    elif isinstance(loss, list | tuple) and len(loss) == len(layout.sizes):
+        kinds = [_loss_kind(x) for x in loss]
+    known = [k for k in kinds if k is not None]
+    mixed = len(set(known)) > 1
+    if not mixed:
+        squash = _output_squashes(model)
+        mixed = len(squash) == len(layout.sizes) and any(squash) and not all(squash)
+        if mixed:
+            kinds = ["classification" if s else "regression" for s in squash]
+    if mixed:
+        spec = {n: k or "?" for n, k in zip(layout.names, kinds, strict=True)}
+        raise ValueError(
+            f"the model's outputs are of different kinds ({spec}), but likelihood="
+            f"{likelihood.name!r} gives them one: a single beta would be pooled over regression "
+            f"values and logits. Give each output its likelihood: likelihood={spec} (a dict by "
+            "output name, or a list in output order)"
+        )

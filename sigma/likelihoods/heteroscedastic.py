@@ -57,6 +57,9 @@ class Heteroscedastic(Likelihood):
     def key(self) -> tuple:
         return (self.name, self.parameterisation)
 
+    def describe(self) -> dict:
+        return {"name": self.name, "parameterisation": self.parameterisation}
+
     def moments(self, f):
         """(μ, ln σ²), each (B, K), from the outputs f (B, 2K); tensors or arrays."""
         k = f.shape[-1] // 2

@@ -23,6 +23,9 @@ class Regression(Likelihood):
     def key(self) -> tuple:
         return (self.name,)  # the curvature does not depend on the grouping of β
 
+    def describe(self) -> dict:
+        return {"name": self.name, "per_output": self.per_output}
+
     def groups(self, k: int) -> Groups:
         if not self.per_output:
             return Groups.one("noise", k, "noise")

@@ -11,7 +11,7 @@ A structure holds the curvature C of the data term in some approximate form (doc
 * ``memory_bytes(model, ...)`` — what fitting and predicting will need, before any allocation.
 
 Changing α or β never refits the curvature. What a structure can do beyond this is declared in
-class attributes (``curvatures``, ``per_output_beta``, ``can_clip``, ``streaming``), which
+class attributes (``curvatures``, ``can_clip``, ``streaming``), which
 :class:`sigma.Laplace` reads before asking — never by trying and catching.
 
 A new structure is one file: a subclass with a ``name`` registers itself under that name
@@ -40,7 +40,6 @@ class Structure:
     curvatures : the curvatures it can hold ("ggn", "hessian").
     streaming : ``fit`` takes a ``tf.data.Dataset`` of (x, y) batches and the keywords
         ``strategy=`` and ``progress=``; otherwise it gets arrays and no strategy.
-    per_output_beta : supports one β per output (:meth:`output_blocks`, :meth:`reweighted`).
     can_clip : can replace negative eigenvalues of C by zero (:meth:`clip_negative`).
 
     Precisions: ``alpha`` is a float, or the prior precision of each weight (P,) when the
@@ -50,7 +49,6 @@ class Structure:
     name: ClassVar[str | None] = None
     curvatures: ClassVar[tuple[str, ...]] = ("ggn",)
     streaming: ClassVar[bool] = False
-    per_output_beta: ClassVar[bool] = False
     can_clip: ClassVar[bool] = False
     evidence_from_eigenvalues: bool = (
         True  # A = αI + βC is diagonal in C's eigenbasis (one α): the evidence
@@ -105,8 +103,49 @@ class Structure:
 
     def fit(self, model, x, y, *, likelihood, curvature: str, batch_size: int | None) -> Structure:
         """Accumulate C over (x, y): ``curvature`` is one of :attr:`curvatures`; ``likelihood``
-        a :mod:`sigma.likelihoods` object (its ``hessian_sqrt`` gives the GGN's Λ_n = L_n L_nᵀ)."""
+        a :mod:`sigma.likelihoods` object (it applies the root of the GGN's Λ_n = L_n L_nᵀ and
+        says the precision groups, whose curvatures C_h the structure keeps apart when there
+        are several: :meth:`combine`)."""
         raise NotImplementedError
+
+    # -- precision groups: A = D_α + Σ_h β_h C_h ---------------------------------------------------
+    groups = None  # the likelihood's precision groups (sigma.likelihoods.Groups), set by fit
+
+    @property
+    def n_groups(self) -> int:
+        return 1 if self.groups is None else self.groups.n_groups
+
+    def combine(self, beta) -> tuple[Structure, float]:
+        """(structure, b) with A = D_α + b·C_structure at the precisions β (G,) of the groups:
+        this structure and β itself for one group; for several, a one-group structure of the
+        same kind holding Σ_h β_h C_h (made once per β and kept) and b = 1."""
+        beta = np.atleast_1d(np.asarray(beta, np.float64))
+        if self.n_groups == 1:
+            return self, float(beta[0])
+        key = beta.tobytes()
+        cached = self.__dict__.get("_combined")
+        if cached is None or cached[0] != key:
+            cached = (key, self._combine(beta))
+            self.__dict__["_combined"] = cached
+        return cached[1], 1.0
+
+    def _combine(self, beta) -> Structure:
+        """A one-group structure holding Σ_h β_h C_h (structures that keep groups apart)."""
+        raise NotImplementedError(f"structure {self.name!r} keeps one precision group")
+
+    def group_traces(self, alpha, beta) -> np.ndarray:
+        """Tr(A⁻¹ C_h) per precision group, (G,), at α (a float or per weight) and β (G,): with
+        β_h, the effective number of parameters each group's data determine (the evidence's
+        γ_h = β_h Tr(A⁻¹ C_h))."""
+        combined, b = self.combine(beta)
+        if self.n_groups == 1:  # Tr(A⁻¹ βC) = P − Tr(A⁻¹ D_α)
+            inv = combined.inverse_diagonal(alpha, b)
+            alpha_w = np.broadcast_to(np.asarray(alpha, np.float64), inv.shape)
+            return np.array([(self.n_params - float(alpha_w @ inv)) / b])
+        return self._group_traces(combined, alpha)
+
+    def _group_traces(self, combined, alpha) -> np.ndarray:
+        raise NotImplementedError(f"structure {self.name!r} keeps one precision group")
 
     def on(self, selection) -> Structure:
         """A copy of this (unfitted) structure over the weights ``selection`` picks."""
@@ -189,14 +228,6 @@ class Structure:
         """Replace negative eigenvalues of C by zero (C → its positive semi-definite part)."""
         raise NotImplementedError
 
-    def output_blocks(self, model, x, *, batch_size=None) -> np.ndarray:
-        """C_k = Σ_n J_nkᵀ J_nk for each output k, (K, P, P) (regression; Σ_k C_k = G)."""
-        raise NotImplementedError
-
-    def reweighted(self, matrix) -> Structure:
-        """A new structure of the same kind holding the given (P, P) curvature in place of C."""
-        raise NotImplementedError
-
 
 class Eigenbasis(Structure):
     """A structure that keeps C = V diag(c) Vᵀ over its P weights (``_eig``, ``_vecs``) and
@@ -220,6 +251,15 @@ class Eigenbasis(Structure):
                 for jv in self._projected(model, x, batch_size)
             ]
         )
+
+
+def restore_groups(info, outputs):
+    """The precision groups saved by a structure's ``state`` (None: files before groups)."""
+    if info is None or outputs is None:
+        return None
+    from sigma.likelihoods import Groups
+
+    return Groups(tuple(info["names"]), tuple(info["kinds"]), np.asarray(outputs, np.int64))
 
 
 def fit_structure(

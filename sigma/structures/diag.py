@@ -47,10 +47,27 @@ class Diag(Layerwise):
         return stats
 
     def _finish(self, stats):
+        if stats and isinstance(stats[0], list):  # several precision groups: d_h each
+            self.diagonals = np.stack([self._diagonal(part) for part in stats])
+            self.diagonal = self.diagonals.sum(axis=0)
+        else:
+            self.diagonals = None
+            self.diagonal = self._diagonal(stats)
+
+    def _diagonal(self, stats) -> np.ndarray:
         d = np.zeros(self.n_params)
         for blk, acc in zip(self.plan.fast + self.plan.generic, stats, strict=True):
             d[blk.index] = np.ravel(acc)
-        self.diagonal = d
+        return d
+
+    def _combine(self, beta):
+        new = self._fitted_copy()
+        new.diagonals, new.diagonal = None, beta @ self.diagonals
+        return new
+
+    def _group_traces(self, combined, alpha):
+        """Tr(A⁻¹ diag(d_h)) = Σ_p d_hp / (α_p + Σ_g β_g d_gp)."""
+        return self.diagonals @ combined.inverse_diagonal(alpha, 1.0)
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -58,10 +75,13 @@ class Diag(Layerwise):
         return self.diagonal
 
     def _state(self):
+        if self.diagonals is not None:
+            return {"diagonals": self.diagonals}, {}
         return {"diagonal": self.diagonal}, {}
 
     def _restore(self, arrays):
-        self.diagonal = arrays["diagonal"]
+        self.diagonals = arrays.get("diagonals")
+        self.diagonal = arrays["diagonal"] if self.diagonals is None else self.diagonals.sum(0)
 
     def _block_inverses(self, alpha, beta):
         a = alpha + beta * self.diagonal  # the eigenvalues of A, per weight

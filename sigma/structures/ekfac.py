@@ -28,6 +28,7 @@ from sigma.curvature import blocks
 from sigma.curvature.accumulate import as_batches, is_dataset
 from sigma.curvature.capture import LayerPlan, capture, layer_batch_size, per_sample_elements
 from sigma.structures.kfac import KFAC
+from sigma.structures.layerwise import restrict
 
 
 class EKFAC(KFAC):
@@ -58,9 +59,13 @@ class EKFAC(KFAC):
             LayerPlan(fast=plan.fast, n_params=plan.n_params, selection=plan.selection),
         )
 
+        columns = [self.groups.columns(g) for g in range(self.n_groups)]
+
         def body(batch, bases):
             cap = capture(model, fast_plan, batch[0], likelihood=lik)
-            return _corrected_sums(fast_plan, cap, bases)
+            if len(columns) == 1:
+                return _corrected_sums(fast_plan, cap, bases)
+            return [t for c in columns for t in _corrected_sums(fast_plan, restrict(cap, c), bases)]
 
         # a sparse block's U_q is the identity: an empty stand-in, never used
         specs = [
@@ -74,7 +79,7 @@ class EKFAC(KFAC):
             for _, qv, _, hv in self.factor_eigen
         ]  # fmt: skip
         if plan.fast:
-            key = ("ekfac-corrected", lik.key, id(plan))
+            key = ("ekfac-corrected", lik.key, id(plan), tuple(map(tuple, columns)))
             sums = eng.accumulator(
                 key, body, x, arg_specs=[specs], strategy=strategy, progress=progress,
                 desc="ekfac eigenvalues",
@@ -82,8 +87,41 @@ class EKFAC(KFAC):
             sums = [sums] if isinstance(sums, np.ndarray) else list(sums)
         else:
             sums = []
-        self._set_corrected([np.maximum(np.asarray(c, np.float64), 0.0) for c in sums])
+        sums = [np.maximum(np.asarray(c, np.float64), 0.0) for c in sums]
+        nf = len(plan.fast)
+        # several precision groups: each group's eigenvalues in the one basis of Σ_h C_h
+        self.group_corrected = (
+            [sums[g * nf : (g + 1) * nf] for g in range(len(columns))] if len(columns) > 1 else None
+        )
+        self._set_corrected(
+            sums if len(columns) == 1 else [sum(c) for c in zip(*self.group_corrected, strict=True)]
+        )
         return self
+
+    def _combine(self, beta):
+        """Σ_h β_h C_h in the basis fitted at β = 1 for every group (EK-FAC's basis is an
+        approximation: the eigenvalues in it are each group's exact second moments)."""
+        new = super()._combine(beta)  # the generic blocks' Σ_h β_h, and KFAC's factors
+        new.factors, new.factor_eigen = self.factors, self.factor_eigen
+        new.group_corrected = None
+        new._set_corrected(
+            [
+                sum(b * c for b, c in zip(beta, cs, strict=True))
+                for cs in zip(*self.group_corrected, strict=True)
+            ]
+        )
+        return new
+
+    def _group_traces(self, combined, alpha):
+        """Σ W ⊙ c_h per Kronecker block (C_h is diagonal in the basis), the generic blocks as
+        KFAC's."""
+        spectra = combined._block_inverses_cached(alpha, 1.0)
+        nf = len(self.plan.fast)
+        out = self._generic_traces(spectra[nf:])
+        for i, spec in enumerate(spectra[:nf]):
+            for g, part in enumerate(self.group_corrected):
+                out[g] += float(np.sum(spec[2] * part[i]))
+        return out
 
     def _set_corrected(self, corrected) -> None:
         self.corrected = corrected
@@ -112,12 +150,23 @@ class EKFAC(KFAC):
 
     def _state(self):
         arrays, info = super()._state()
-        arrays.update({f"corrected{i}": c for i, c in enumerate(self.corrected)})
+        parts = self.group_corrected or [self.corrected]
+        arrays.update(
+            {f"corrected{g}_{i}": c for g, part in enumerate(parts) for i, c in enumerate(part)}
+        )
         return arrays, info
 
     def _restore(self, arrays):
         super()._restore(arrays)
-        self._set_corrected([arrays[f"corrected{i}"] for i in range(len(self.plan.fast))])
+        nf, n_groups = len(self.plan.fast), self.n_groups
+        if f"corrected{0}" in arrays:  # a file written before precision groups
+            parts = [[arrays[f"corrected{i}"] for i in range(nf)]]
+        else:
+            parts = [[arrays[f"corrected{g}_{i}"] for i in range(nf)] for g in range(n_groups)]
+        self.group_corrected = parts if len(parts) > 1 else None
+        self._set_corrected(
+            parts[0] if len(parts) == 1 else [sum(c) for c in zip(*parts, strict=True)]
+        )
 
     def matrix(self) -> np.ndarray:
         c = super().matrix()

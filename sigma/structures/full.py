@@ -18,12 +18,12 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
-from sigma import evidence
+from sigma import evidence, likelihoods
 from sigma._checks import n_samples
 from sigma._linalg import eigh, one_blas_thread
 from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
 from sigma.curvature.engine import ROW_CHUNK
-from sigma.structures.base import Eigenbasis
+from sigma.structures.base import Eigenbasis, restore_groups
 
 
 class Full(Eigenbasis):
@@ -33,7 +33,6 @@ class Full(Eigenbasis):
     name = "full"
     curvatures = ("ggn", "hessian")
     streaming = True
-    per_output_beta = True
     can_clip = True
     memory_summary = "a P×P matrix and its eigendecomposition"
 
@@ -48,11 +47,29 @@ class Full(Eigenbasis):
             y if curvature == "hessian" else None,
             batch_size=batch_size_for(n, per_sample, batch_size),
         )
-        self._set_matrix(
-            eng.dense(data, likelihood, curvature, strategy=strategy, progress=progress)
+        likelihood = likelihoods.get(likelihood)
+        self.groups = groups = likelihood.groups(k)
+        dense = eng.dense(
+            data, likelihood, curvature, strategy=strategy, progress=progress, groups=groups
         )
+        # several precision groups: C_h each (G, P, P), combined as Σ_h β_h C_h (combine)
+        self.matrices = dense if dense.ndim == 3 else None
+        self._set_matrix(dense.sum(axis=0) if dense.ndim == 3 else dense)
         self.psd = curvature == "ggn"  # Σ (Lᵀ J)ᵀ (Lᵀ J): positive semi-definite by construction
         return self
+
+    def _combine(self, beta):
+        new = self.sibling(Full)
+        new.n_params, new.psd, new.matrices = self.n_params, getattr(self, "psd", False), None
+        new._set_matrix(np.einsum("g,gpq->pq", beta, self.matrices))
+        return new
+
+    def _group_traces(self, combined, alpha):
+        """Tr(A⁻¹ C_h) = Σ_pq (A⁻¹)_pq (C_h)_pq, A⁻¹ from the Cholesky factor of A."""
+        with one_blas_thread():
+            inverse, _ = scipy.linalg.lapack.dtrtri(combined._factor(alpha, 1.0), lower=1)
+            a_inv = inverse.T @ inverse
+        return np.einsum("pq,gpq->g", a_inv, self.matrices)
 
     def _set_matrix(self, matrix):
         self.matrix = matrix
@@ -165,13 +182,20 @@ class Full(Eigenbasis):
         arrays = {"matrix": self.matrix}
         if self._eig is not None:
             arrays.update(eigenvalues=self._eig, vectors=self._vecs)
-        return arrays, {"n_params": self.n_params, "psd": bool(getattr(self, "psd", False))}
+        if getattr(self, "matrices", None) is not None:
+            arrays.update(matrices=self.matrices, group_outputs=self.groups.outputs)
+        info = {"n_params": self.n_params, "psd": bool(getattr(self, "psd", False))}
+        if self.groups is not None:
+            info["groups"] = self.groups.describe()
+        return arrays, info
 
     def restore(self, model, arrays, info):
         self.n_params, self.psd = int(info["n_params"]), bool(info["psd"])
         self._set_matrix(arrays["matrix"])
         if "eigenvalues" in arrays:
             self._eig, self._vecs = arrays["eigenvalues"], arrays["vectors"]
+        self.matrices = arrays.get("matrices")
+        self.groups = restore_groups(info.get("groups"), arrays.get("group_outputs"))
         return self
 
     # -- serving --------------------------------------------------------------------------------
@@ -199,15 +223,6 @@ class Full(Eigenbasis):
         self._eig = np.maximum(self._eig, 0.0)
         self.matrix = (self._vecs * self._eig) @ self._vecs.T
         self._chol = (None, None)
-
-    def output_blocks(self, model, x, *, batch_size=None):
-        return self.engine_for(model).output_blocks(x, batch_size=batch_size)
-
-    def reweighted(self, matrix):
-        new = self.sibling(Full)
-        new.n_params, new.psd = self.n_params, getattr(self, "psd", False)
-        new._set_matrix(0.5 * (matrix + matrix.T))
-        return new
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         p = self.engine_for(model).n_params

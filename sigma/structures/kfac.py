@@ -99,6 +99,12 @@ class KFAC(Layerwise):
         return stats
 
     def _finish(self, stats):
+        grouped = bool(stats) and isinstance(stats[0], list)
+        # several precision groups: Q is the same for all (the inputs), H and the generic
+        # blocks are each group's; kept apart, combined as Σ_h β_h H_h (:meth:`combine`)
+        self._group_stats = stats if grouped else None
+        if grouped:
+            stats = self._combined_stats(np.ones(len(stats)))
         n, nf = self.n_data, len(self.plan.fast)
 
         def per_sample(blk):  # positions counted as samples in Q, unless reduced
@@ -111,8 +117,60 @@ class KFAC(Layerwise):
         ]
         self._set_factors(factors, stats[2 * nf :])
 
+    def _combined_stats(self, beta) -> list:
+        """The statistics of Σ_h β_h C_h: Q of the first group, Σ_h β_h H_h, Σ_h β_h of the
+        generic blocks'."""
+        parts, nf = self._group_stats, len(self.plan.fast)
+        out = []
+        for i in range(nf):
+            out.append(parts[0][2 * i])
+            out.append(sum(b * part[2 * i + 1] for b, part in zip(beta, parts, strict=True)))
+        n_generic = len(parts[0]) - 2 * nf
+        for j in range(n_generic):
+            out.append(sum(b * part[2 * nf + j] for b, part in zip(beta, parts, strict=True)))
+        return out
+
+    def _combine(self, beta):
+        new = self._fitted_copy()
+        new._finish(self._combined_stats(beta))
+        return new
+
+    def _group_traces(self, combined, alpha):
+        """Tr(A⁻¹ C_h) per group from A⁻¹ block by block, (R_in ⊗ R_out) diag(W) (·)ᵀ:
+        Σ_ij W_ij (r_iᵀ Q r_i)(s_jᵀ H_h s_j) for a Kronecker block, Σ_i w_i r_iᵀ C_h r_i for a
+        generic one."""
+        spectra = combined._block_inverses_cached(alpha, 1.0)
+        nf = len(self.plan.fast)
+        return self._fast_traces(combined, spectra[:nf]) + self._generic_traces(spectra[nf:])
+
+    def _fast_traces(self, combined, spectra) -> np.ndarray:
+        out = np.zeros(len(self._group_stats))
+        for i, (r_in, r_out, w, _) in enumerate(spectra):
+            q = combined.factors[i][0]
+            qd = (q if q.ndim == 1 else np.diag(q)) if r_in is None else _quad(r_in, q)
+            for g, part in enumerate(self._group_stats):
+                h = part[2 * i + 1]
+                hd = np.diag(h) if r_out is None else _quad(r_out, h)
+                out[g] += float(np.sum(w * np.outer(qd, hd)))
+        return out
+
+    def _generic_traces(self, spectra) -> np.ndarray:
+        nf = len(self.plan.fast)
+        out = np.zeros(len(self._group_stats))
+        for j, (r, w, _) in enumerate(spectra):
+            for g, part in enumerate(self._group_stats):
+                acc = part[2 * nf + j]
+                d = acc if acc.ndim == 1 else (np.diag(acc) if r is None else _quad(r, acc))
+                out[g] += float(w @ d)
+        return out
+
     def _state(self):
         arrays = {}
+        if self._group_stats is not None:  # several groups: their statistics as accumulated
+            for g, part in enumerate(self._group_stats):
+                for i, t in enumerate(part):
+                    arrays[f"g{g}_{i}"] = t
+            return arrays, {"n_fast": len(self.factors), "n_groups": len(self._group_stats)}
         for i, (q, h) in enumerate(self.factors):
             arrays[f"q{i}"], arrays[f"h{i}"] = q, h
         for i, (_, _, acc) in enumerate(self.generic_eigen):
@@ -121,6 +179,12 @@ class KFAC(Layerwise):
 
     def _restore(self, arrays):
         n_fast, n_generic = len(self.plan.fast), len(self.plan.generic)
+        n_groups = self.n_groups if self.groups is not None else 1
+        if n_groups > 1:
+            n_stats = 2 * n_fast + n_generic
+            self._finish([[arrays[f"g{g}_{i}"] for i in range(n_stats)] for g in range(n_groups)])
+            return
+        self._group_stats = None
         self._set_factors(
             [(arrays[f"q{i}"], arrays[f"h{i}"]) for i in range(n_fast)],
             [arrays[f"generic{i}"] for i in range(n_generic)],
@@ -230,6 +294,13 @@ class KFAC(Layerwise):
         for g, (_, _, acc) in zip(self.plan.generic, self.generic_eigen, strict=True):
             c[np.ix_(g.index, g.index)] = acc if acc.ndim == 2 else np.diag(acc)
         return c
+
+
+def _quad(r, m) -> np.ndarray:
+    """diag(Rᵀ M R) for a matrix M (D, D), or a diagonal M given as its vector (D,)."""
+    if m.ndim == 1:
+        return (r**2).T @ m
+    return np.einsum("di,de,ei->i", r, m, r)
 
 
 def _eigh(m):

@@ -9,6 +9,7 @@ the structure's kind and options, so a second fit or predict on the same model t
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 import numpy as np
@@ -33,14 +34,15 @@ from sigma.curvature.capture import (
     rebuild_plan,
     with_pfor_fallback,
 )
-from sigma.structures.base import Structure
+from sigma.structures.base import Structure, restore_groups
 
 
 class Layerwise(Structure):
     """Base of :class:`~sigma.structures.diag.Diag` and :class:`~sigma.structures.kfac.KFAC`.
 
     Subclasses define ``_batch_stats(plan, cap, **options)`` (traced: per-batch sums; a pure
-    function of the plan and the options, so its graph can be shared), ``_finish`` and
+    function of the plan and the options, so its graph can be shared), ``_finish`` (given the
+    summed statistics, or with several precision groups a list of them, one per group) and
     ``_block_params(alpha, beta)`` (the per-block rotations and inverse eigenvalues), and
     ``statistics_options`` (the options the statistics depend on).
 
@@ -96,16 +98,22 @@ class Layerwise(Structure):
             bs = layer_batch_size(n_samples(x), per_sample_elements(plan, k), batch_size)
             x = as_batches(x, batch_size=bs)
         options, stats_fn = self._statistics_options(), type(self)._batch_stats
+        self.groups = groups = lik.groups(k)
+        columns = [groups.columns(g) for g in range(groups.n_groups)]
 
         def body(batch):
             cap = capture(model, plan, batch[0], likelihood=lik)
             count = tf.cast(tf.shape(cap.outputs)[0], cap.outputs.dtype)
-            return (*stats_fn(plan, cap, **options), count)
+            per_group = [
+                stats_fn(plan, cap if len(columns) == 1 else restrict(cap, cols), **options)
+                for cols in columns
+            ]
+            return (*[t for p in per_group for t in p], count)
 
         def run():
             key = (
                 "layerwise", type(self).__name__, tuple(sorted(options.items())), lik.key,
-                self.fast, plan.generic_pfor,
+                self.fast, plan.generic_pfor, tuple(map(tuple, columns)),
             )  # fmt: skip
             return eng.accumulator(
                 key, body, x, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
@@ -113,7 +121,9 @@ class Layerwise(Structure):
 
         stats = with_pfor_fallback(plan, run)
         self.n_data = int(round(float(stats[-1])))
-        self._finish(list(stats[:-1]))
+        n_stats = (len(stats) - 1) // len(columns)
+        per_group = [list(stats[g * n_stats : (g + 1) * n_stats]) for g in range(len(columns))]
+        self._finish(per_group[0] if len(columns) == 1 else per_group)
         return self
 
     # predictive ---------------------------------------------------------------------------------
@@ -191,13 +201,24 @@ class Layerwise(Structure):
         ]
         return contract(plan, capture(model, plan, x), blocks, covariance=False)
 
+    def _fitted_copy(self):
+        """A copy of this fitted structure as one precision group, for :meth:`combine`."""
+        new = copy.copy(self)
+        new.groups = None
+        for name in ("_combined", "_block_inverses_cache"):
+            new.__dict__.pop(name, None)
+        return new
+
     # saving -------------------------------------------------------------------------------------
     def state(self):
         arrays, info = self._state()
         info.update(
             plan=describe_plan(self.plan, self._model()), fast=self.fast, n_params=self.n_params,
             n_outputs=self.n_outputs, n_data=self.n_data,
+            groups=None if self.groups is None else self.groups.describe(),
         )  # fmt: skip
+        if self.groups is not None:
+            arrays["group_outputs"] = self.groups.outputs
         return arrays, info
 
     def restore(self, model, arrays, info):
@@ -205,6 +226,7 @@ class Layerwise(Structure):
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = int(info["n_params"]), int(info["n_outputs"])
         self.n_data = int(info["n_data"])
+        self.groups = restore_groups(info.get("groups"), arrays.get("group_outputs"))
         self._restore(arrays)
         return self
 
@@ -271,6 +293,17 @@ class Layerwise(Structure):
         """The approximate curvature C as an explicit (P, P) float64 matrix (small models only;
         for tests: the structures themselves never form it)."""
         raise NotImplementedError
+
+
+def restrict(cap: Captured, cols) -> Captured:
+    """The capture of the pseudo-outputs ``cols`` alone (one precision group's)."""
+    cols = tf.constant(np.asarray(cols, np.int64))
+    return Captured(
+        cap.acts,
+        [None if s is None else tf.gather(s, cols, axis=0) for s in cap.sens],
+        [tf.gather(j, cols, axis=1) for j in cap.jacs],
+        cap.outputs,
+    )
 
 
 def served_plan(eng, spec):

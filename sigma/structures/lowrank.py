@@ -32,6 +32,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from sigma import likelihoods
 from sigma._checks import check_inputs, check_positive_int, check_seed, n_samples, take
 from sigma.curvature.accumulate import (
     ELEMENT_BUDGET,
@@ -125,6 +126,16 @@ class LowRank(Structure):
         eng = self.engine_for(model)
         p = self.n_params = eng.n_params
         k = min(self.rank, p)
+        likelihood = likelihoods.get(likelihood)
+        groups = likelihood.groups(eng.n_outputs(check_inputs(model, first_samples(x, 1))))
+        if groups.n_groups > 1:
+            raise ValueError(
+                f"structure 'lowrank' holds the top eigenpairs of one curvature, so it takes one "
+                f"precision group; the likelihood has {groups.n_groups} ({list(groups.names)}: a "
+                "likelihood per head or one beta per output). Use structure 'full', 'kfac', "
+                "'ekfac' or 'diag', which keep each group's curvature"
+            )
+        self.groups = groups
         # the layer plan of the layer-wise predictive, probed on training inputs
         first = check_inputs(model, first_samples(x, 8))
         layerwise = self.predictive == "layerwise" and k < p
