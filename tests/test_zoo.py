@@ -16,6 +16,9 @@ the estimate — which counts the structure's dominant arrays, not TensorFlow's 
 by a fixed allowance for those graphs, and the estimate itself by a factor (MEMORY_FACTOR ×
 estimate + MEMORY_ALLOWANCE).
 
+`make test` runs the models that fit its time budget (GPT-2); ``SIGMA_ZOO=all`` runs them all
+(about ten minutes of CPU today; see GROUPS).
+
 KerasHub is installed by ``make env`` with ``--no-deps`` (tests/zoo-requirements.txt says why);
 where it is missing the KerasHub group is skipped, except under CI (CI=true), where that is a
 failure of the install.
@@ -41,9 +44,10 @@ TIMEOUT = 900  # seconds for one group's process
 
 # One process per model, spread over xdist's workers. `make test` runs the models whose cost
 # fits its budget today (all of the zoo ≤ 60 s of CPU is the aim); SIGMA_ZOO=all runs every one.
-# CPU seconds of each process on the 2-core development machine with sigma as of this file:
-# gpt2 ≈ 50, bert ≈ 45, mobilenet_v3_small ≈ 130, resnet50 ≈ 200+ (tracing dominates: a warm
-# refit of GPT-2 takes 0.4 s where the first takes 13 s).
+# CPU seconds of each process (one thread each, as under xdist) on the 2-core development machine
+# with sigma at d27a672: gpt2 59, bert 50, mobilenet_v3_small 196, resnet50 264 — 570 in all.
+# Tracing dominates: GPT-2's first kfac fit takes 13 s and a refit 0.4 s; its first predict
+# 8.5 s and the next 0.03 s.
 GROUPS = {
     "gpt2": ("hub", ["gpt2"], False),
     "bert": ("hub", ["bert"], True),
