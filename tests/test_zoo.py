@@ -16,8 +16,8 @@ the estimate — which counts the structure's dominant arrays, not TensorFlow's 
 by a fixed allowance for those graphs, and the estimate itself by a factor (MEMORY_FACTOR ×
 estimate + MEMORY_ALLOWANCE).
 
-`make test` runs the models that fit its time budget (GPT-2); ``SIGMA_ZOO=all`` runs them all
-(about ten minutes of CPU today; see GROUPS).
+`make test` runs the cases that fit its time budget (GPT-2 with kfac and with its LoRA
+adapters); ``SIGMA_ZOO=all`` runs every case (about ten minutes of CPU today; see GROUPS).
 
 KerasHub is installed by ``make env`` with ``--no-deps`` (tests/zoo-requirements.txt says why);
 where it is missing the KerasHub group is skipped, except under CI (CI=true), where that is a
@@ -42,25 +42,26 @@ MEMORY_FACTOR = 2.0
 MEMORY_ALLOWANCE_MB = 512.0  # TensorFlow's traced graphs of a network: 100–350 MB measured
 TIMEOUT = 900  # seconds for one group's process
 
-# One process per model, spread over xdist's workers. `make test` runs the models whose cost
-# fits its budget today (all of the zoo ≤ 60 s of CPU is the aim); SIGMA_ZOO=all runs every one.
-# CPU seconds of each process (one thread each, as under xdist) on the 2-core development machine
-# with sigma at d27a672: gpt2 59, bert 50, mobilenet_v3_small 196, resnet50 264 — 570 in all.
-# Tracing dominates: GPT-2's first kfac fit takes 13 s and a refit 0.4 s; its first predict
-# 8.5 s and the next 0.03 s.
+# One process per model, spread over xdist's workers: (family, the cases `make test` runs, the
+# cases SIGMA_ZOO=all runs), as selectors "model" or "model/case" of tests/zoo_models.py. make
+# test runs what fits its time budget today (all of the zoo in ≤ 60 s of CPU is the aim).
+# CPU seconds of each process (one thread, as under xdist) on the 2-core development machine
+# with sigma at d27a672, every case: gpt2 59-70 (diag 31, kfac 25, lora-full 8), bert 50,
+# mobilenet_v3_small 196, resnet50 264 — about 570 in all. Tracing dominates: GPT-2's first kfac
+# fit takes 13 s and a refit 0.4 s; its first predict 8.5 s and the next 0.03 s.
 GROUPS = {
-    "gpt2": ("hub", ["gpt2"], False),
-    "bert": ("hub", ["bert"], True),
-    "mobilenet_v3_small": ("applications", ["mobilenet_v3_small"], True),
-    "resnet50": ("applications", ["resnet50"], True),
+    "gpt2": ("hub", ["gpt2/kfac", "gpt2/lora-full"], ["gpt2"]),
+    "bert": ("hub", [], ["bert"]),
+    "mobilenet_v3_small": ("applications", [], ["mobilenet_v3_small"]),
+    "resnet50": ("applications", [], ["resnet50"]),
 }
 ALL = os.environ.get("SIGMA_ZOO") == "all"
 
 
 def _params():
-    for group, (_, _, heavy) in sorted(GROUPS.items()):
+    for group, (_, default, _) in sorted(GROUPS.items()):
         marks = []
-        if heavy:
+        if not default:
             reason = (
                 f"zoo model {group!r} is outside make test's time budget: SIGMA_ZOO=all runs it"
             )
@@ -122,7 +123,8 @@ def _table(records):
 
 @pytest.mark.parametrize("group", list(_params()))
 def test_the_zoo_fits_predicts_saves_loads_and_serves(group, request):
-    family, models, _ = GROUPS[group]
+    family, default, every = GROUPS[group]
+    models = every if ALL else default
     if family == "hub" and importlib.util.find_spec("keras_hub") is None:
         message = "keras-hub is not installed: pip install --no-deps -r tests/zoo-requirements.txt"
         if os.environ.get("CI"):
