@@ -18,7 +18,7 @@ PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS="-x -k laplace"
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/zoo-requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
 	  echo "sigma needs Python 3.11 (TensorFlow 2.21 and Keras 3.15 are pinned for it); '$(PYTHON)' is" \
 	    "$$($(PYTHON) --version 2>&1 || echo 'not found'). Run: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	-$(PY) -m pip uninstall --quiet --yes sigma 2>/dev/null  # the distribution's name before 0.3
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --no-deps -r tests/zoo-requirements.txt  # keras-hub: the file says why
 	touch $@
 
 env: $(STAMP) ## create .venv (plain venv + pip, from pyproject.toml) if missing
