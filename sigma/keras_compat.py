@@ -127,3 +127,14 @@ def output_names(model) -> list[str] | None:
     except (AttributeError, ValueError):
         return None
     return [str(n) for n in names] or None
+
+
+def as_model_inputs(model, parts):
+    """``parts`` (a list in the order of ``model.inputs``, or one tensor) in the structure
+    the model was built with — a dict by input name for a model built on a dict of inputs —
+    so that Keras matches them by name whatever the dict's key order."""
+    structure = getattr(model, "input", None)
+    flat = keras.tree.flatten(parts)
+    if not isinstance(structure, dict) or len(keras.tree.flatten(structure)) != len(flat):
+        return parts
+    return keras.tree.pack_sequence_as(structure, flat)

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import predictive, structures, weights
+from sigma import keras_compat, predictive, structures, weights
 from sigma._checks import model_dtype
 from sigma.curvature.capture import flat_outputs
 from sigma.curvature.engine import engine
@@ -71,13 +71,20 @@ def _refuse_wrong_shape(inputs, shapes, names=None):
     names = names if names and len(names) == len(parts) else None
     checked = []
     for i, (t, shape) in enumerate(zip(parts, shapes, strict=True)):
-        want = (None, *(int(d) for d in shape[1:]))
+        want = (None, *(None if d is None else int(d) for d in shape[1:]))
         given = tf.shape(t)
-        # the rank, then the per-sample dimensions padded to a fixed length (any rank given)
+        # the rank, then the per-sample dimensions padded to a fixed length (any rank given);
+        # a dimension the model leaves open (a sequence of any length) is not checked
         padded = tf.concat([given, tf.zeros([len(want)], given.dtype)], 0)[1 : len(want)]
+        fixed = [d is not None for d in want[1:]]
         ok = tf.logical_and(
             tf.equal(tf.rank(t), len(want)),
-            tf.reduce_all(tf.equal(padded, tf.constant(want[1:], given.dtype))),
+            tf.reduce_all(
+                tf.logical_or(
+                    tf.equal(padded, tf.constant([d or 0 for d in want[1:]], given.dtype)),
+                    tf.logical_not(tf.constant(fixed, tf.bool)),
+                )
+            ),
         )
         # 0 if the shape is right, else NaN refused by check_numerics; added to t, so that
         # what follows depends on the check by data (a control edge or a cond may be
@@ -88,7 +95,9 @@ def _refuse_wrong_shape(inputs, shapes, names=None):
         )
         # the static shape the network needs after a relaxed trace (not tf.ensure_shape or
         # set_shape: the graph optimiser reads them as facts and folds the check away)
-        t = tf.reshape(t + flag, (-1, *want[1:]))
+        t = t + flag
+        if all(fixed):
+            t = tf.reshape(t, (-1, *want[1:]))
         checked.append(t)
     return tf.nest.pack_sequence_as(inputs, checked)
 
@@ -138,6 +147,8 @@ class PredictiveLayer(keras.layers.Layer):
             inputs, [t.shape for t in self.model.inputs], self.spec.get("input_names")
         )
         inputs = _refuse_non_finite(inputs, self.spec.get("input_names"))
+        # in the structure the model was built with (a dict by input name, in any key order)
+        inputs = keras_compat.as_model_inputs(self.model, inputs)
         mean = tf.cast(flat_outputs(self.model(inputs, training=False)), tf.float64)
         mean = tf.debugging.check_numerics(mean, NON_FINITE_OUTPUTS)
         arrays = {k: tf.convert_to_tensor(v) for k, v in self.posterior.items()}

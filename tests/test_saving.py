@@ -186,3 +186,17 @@ def test_a_directory_or_a_file_of_another_kind_is_named_as_such(tmp_path):
         ) as e:
             sigma.Laplace.load(tmp_path / name, model)
         assert "pickle" not in str(e.value).replace(str(tmp_path), "")
+
+
+@pytest.mark.parametrize("structure", ["kfac", "diag"])
+def test_a_loaded_structure_reuses_the_graphs_traced_before_saving(tmp_path, structure):
+    model = make_mlp()
+    la = sigma.Laplace(model, X, Y, structure=structure)
+    la.predict(X[:3])
+    eng = sigma.curvature.engine(model)
+    before = len(eng.store)
+    back = sigma.Laplace.load(la.save(tmp_path / "la.npz"), model)
+    np.testing.assert_array_equal(back.predict(X[:3])[1], la.predict(X[:3])[1])
+    assert back.structure.plan is la.structure.plan
+    traced = [k for k in eng.store if isinstance(k, tuple) and k[0] == "layerwise-predict"]
+    assert len(traced) == 1 and len(eng.store) <= before + 1

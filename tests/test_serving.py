@@ -223,3 +223,32 @@ def test_the_served_model_inside_a_users_vectorized_map():
     xx = tf.constant(X[:12].reshape(3, 4, 3))
     std = tf.vectorized_map(lambda xb: served(xb)["std"], xx)
     np.testing.assert_allclose(std, np.stack([served(xb)["std"] for xb in xx]), rtol=1e-12)
+
+
+def test_inputs_of_open_length_and_a_dict_of_inputs_in_any_key_order():
+    """Sequences of any length (Input((None,))) and KerasHub-style dict inputs whose keys are
+    not in sorted order are served as predict sees them."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(ids))
+    model = keras.Model(ids, keras.layers.Dense(3)(h))
+    x = np.random.default_rng(0).integers(0, 10, (12, 5)).astype("int32")
+    la = sigma.Laplace(model, x, np.arange(12) % 3, likelihood="classification", structure="diag")
+    served = la.to_keras()
+    np.testing.assert_allclose(served.predict(x[:2], verbose=0), la.predict_proba(x[:2]),
+                               rtol=1e-6)  # fmt: skip
+    longer = np.random.default_rng(1).integers(0, 10, (2, 7)).astype("int32")
+    np.testing.assert_allclose(served.predict(longer, verbose=0), la.predict_proba(longer),
+                               rtol=1e-6)  # fmt: skip
+    inputs = {
+        "token_ids": keras.Input((2,), name="token_ids"),
+        "padding_mask": keras.Input((3,), name="padding_mask"),
+    }
+    both = keras.layers.Concatenate()([inputs["token_ids"], inputs["padding_mask"]])
+    model = keras.Model(inputs, keras.layers.Dense(3)(both))
+    rng = np.random.default_rng(2)
+    xd = {"token_ids": rng.normal(size=(10, 2)), "padding_mask": rng.normal(size=(10, 3))}
+    la = sigma.Laplace(model, xd, np.arange(10) % 3, likelihood="classification")
+    part = {k: v[:3] for k, v in xd.items()}
+    np.testing.assert_allclose(la.to_keras().predict(part, verbose=0), la.predict_proba(part),
+                               rtol=1e-6)  # fmt: skip

@@ -577,6 +577,27 @@ class Engine:
             self.store[key] = plan
         return plan
 
+    def described_plan(self, description: dict, *, fast: bool = True) -> layer_capture.LayerPlan:
+        """The plan a saved structure describes (:func:`~sigma.curvature.capture.describe_plan`):
+        the one this engine already holds when it is the same — so a loaded structure reuses
+        the graphs traced on it — else rebuilt once and kept."""
+        key = ("described-plan", repr(description), bool(fast))
+        if key in self.store:
+            return self.store[key]
+        model = self.model
+        for k, plan in list(self.store.items()):
+            if (
+                isinstance(plan, layer_capture.LayerPlan)
+                and k[0] == "plan"
+                and layer_capture.describe_plan(plan, model) == description
+            ):
+                self.store[key] = plan
+                return plan
+        plan = self.store[key] = layer_capture.rebuild_plan(
+            model, description, fast=fast, selection=self.selection
+        )
+        return plan
+
     def _k_max(self) -> int:
         return max(self._k.values()) if self._k else 1
 

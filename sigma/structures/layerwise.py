@@ -31,7 +31,6 @@ from sigma.curvature.capture import (
     describe_plan,
     layer_batch_size,
     per_sample_elements,
-    rebuild_plan,
     with_pfor_fallback,
 )
 from sigma.structures.base import Structure, restore_groups
@@ -222,7 +221,7 @@ class Layerwise(Structure):
         return arrays, info
 
     def restore(self, model, arrays, info):
-        self.plan = rebuild_plan(model, info["plan"], fast=info["fast"], selection=self.selection)
+        self.plan = self.engine_for(model).described_plan(info["plan"], fast=info["fast"])
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = int(info["n_params"]), int(info["n_outputs"])
         self.n_data = int(info["n_data"])
@@ -307,11 +306,6 @@ def restrict(cap: Captured, cols) -> Captured:
 
 
 def served_plan(eng, spec):
-    """The layer plan of an exported structure, rebuilt once per model and selection of its
-    weights and kept by their engine ``eng``."""
-    key = ("served-plan", repr(spec["plan"]), spec.get("fast", True))
-    if key not in eng.store:
-        eng.store[key] = rebuild_plan(
-            eng.model, spec["plan"], fast=spec.get("fast", True), selection=eng.selection
-        )
-    return eng.store[key]
+    """The layer plan of an exported structure: the engine's own when it is the same (one
+    trace for the served model and the structure's predictive)."""
+    return eng.described_plan(spec["plan"], fast=spec.get("fast", True))

@@ -49,7 +49,6 @@ from sigma.curvature.capture import (
     jacobian_product,
     per_sample_elements,
     product_elements,
-    rebuild_plan,
 )
 from sigma.curvature.engine import CAPTURE_CACHE, spec_key
 from sigma.lanczos import block_lanczos, default_block
@@ -292,7 +291,7 @@ class LowRank(Structure):
         self.evidence_from_eigenvalues = self.residual_diagonal is None
         self._resid_floor, self.info = float(info["resid_floor"]), dict(info["info"])
         plan = info.get("plan")  # absent from files written before serving existed
-        self._plan = None if plan is None else rebuild_plan(model, plan, selection=self.selection)
+        self._plan = None if plan is None else self.engine_for(model).described_plan(plan)
         self._model_ref = weakref.ref(model)
         return self
 
