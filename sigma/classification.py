@@ -111,7 +111,7 @@ def _is_softmax(activation) -> bool:
     return activation is keras.activations.softmax or _activation_name(activation) == "softmax"
 
 
-def _squashes(last) -> str | None:
+def final_squash(last) -> str | None:
     """'softmax' or 'sigmoid' when the layer ends in that function (its activation, or a
     Softmax/Activation layer), else None."""
     if isinstance(last, keras.layers.Softmax) or _is_softmax(getattr(last, "activation", None)):
@@ -131,7 +131,7 @@ def check_logits(model, f=None, heads=None) -> None:
     (of a head of several classes) is non-negative and sums to 1.
     """
     last = model.layers[-1] if getattr(model, "layers", None) else None
-    squash = _squashes(last)
+    squash = final_squash(last)
     final_softmax = squash is not None
     looks_normalised = False
     if f is not None and not final_softmax:

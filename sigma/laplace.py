@@ -579,7 +579,7 @@ class Laplace:
         if self.likelihood.name == "per_head":
             out = self.predict(x, method=method, n_samples=n_samples, seed=seed,
                                batch_size=batch_size)  # fmt: skip
-            kinds = {name: lik.name for name, lik, _, _ in self.likelihood._bound()}
+            kinds = {name: lik.name for name, lik, _, _ in self.likelihood.bound()}
             return {name: p for name, p in out.items() if kinds[name] == "classification"}
         if self.likelihood.name != "classification":
             raise ValueError(

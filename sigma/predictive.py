@@ -91,7 +91,7 @@ def per_head(
     check_finite_variance(cov, name)
     noise_var = noise_variance(post)
     out = {}
-    for head, lik, s, e in post.likelihood._bound():
+    for head, lik, s, e in post.likelihood.bound():
         layout = lik_layout(post.output_layout, head)
         if lik.name == "classification":
             probs = class_probabilities(

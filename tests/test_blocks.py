@@ -193,3 +193,34 @@ def test_laplace_over_lora_adapters_alone_with_kfac():
     assert [b.role for b in la.structure.plan.fast] == ["lora_a", "lora_b"] * 3
     mean, std = la.predict(x[:4])
     assert np.all(np.isfinite(std)) and np.all(std > 0)
+
+
+def _norms(seed=0):
+    """BatchNormalization on axis 1 (not the last), LayerNormalization with rms_scaling and
+    a shared LayerNormalization called twice, with non-trivial statistics."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((3, 4), dtype="float64")
+    bn = keras.layers.BatchNormalization(axis=1, dtype="float64")
+    h = bn(inp)
+    h = keras.layers.Dense(4, activation="tanh", dtype="float64")(h)
+    h = keras.layers.LayerNormalization(rms_scaling=True, dtype="float64")(h)
+    shared = keras.layers.LayerNormalization(dtype="float64")
+    h = shared(keras.layers.Dense(4, dtype="float64")(shared(h)))
+    out = keras.layers.Dense(2, dtype="float64")(keras.layers.Flatten(dtype="float64")(h))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    bn.moving_mean.assign(rng.normal(size=3))
+    bn.moving_variance.assign(rng.uniform(0.5, 2, size=3))
+    for v in model.trainable_variables:
+        if "gamma" in v.path or "beta" in v.path:
+            v.assign(v.numpy() + 0.3 * rng.normal(size=v.shape))
+    return model
+
+
+def test_normalisation_layers_take_their_jacobian_from_the_capture():
+    model, x = _norms(), RNG.normal(size=(5, 3, 4))
+    j, plan = jacobian_from_capture(model, x)
+    assert [g.norm for g in plan.generic] == ["batchnorm", "layernorm", "layernorm"]
+    ref = loop_jacobian(model, x)
+    # x̂ recomputed from the layer's input agrees with its forward pass to ~1e-10 (float64)
+    np.testing.assert_allclose(j, ref, rtol=1e-8, atol=1e-9 * np.abs(ref).max())

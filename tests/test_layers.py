@@ -69,7 +69,7 @@ def test_plan_says_which_layer_takes_which_path():
     assert paths == {
         "Dense": "fast (dense)",
         "Embedding": "fast (embedding)",
-        "BatchNormalization": "generic",
+        "BatchNormalization": "generic (from the capture)",
     }
     plan = plan_layers(strided_cnn())
     assert [b.kind for b in plan.fast] == ["conv2d", "conv2d", "conv1d", "conv1d", "dense"]

@@ -39,7 +39,7 @@ def test_optimize_evidence_and_optimize_prior_replace_the_posterior():
     la.optimize_evidence()
     assert la.posterior is not before and before.alpha[0] == 1.0 and before.beta == 1.0
     best, result = posterior_evidence.optimize(
-        before, fix_alpha=False, fix_beta=False, per_output=False, tol=1e-8, max_iter=1000,
+        before, fix_alpha=False, fix_beta=False, tol=1e-8, max_iter=1000,
         eps=float(np.finfo(np.float64).eps),
     )  # fmt: skip
     assert best.alpha[0] == pytest.approx(la.alpha, rel=1e-12) and result.alpha == la.alpha

@@ -58,6 +58,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -83,6 +84,12 @@ class GenericBlock:
     index: np.ndarray  # (P_l,) positions in the flat weight vector
     layer_class: str = ""
     columns: list | None = None  # per variable: the selected flat indices, or None (all)
+    # a normalisation layer whose per-sample Jacobian comes from the capture (its scale and
+    # offset act per feature: "batchnorm" | "layernorm"), with each variable's role
+    # ("gamma" | "beta"); None: autodiff per sample
+    norm: str | None = None
+    roles: tuple = ()
+    layer: object = None
 
     @property
     def size(self) -> int:
@@ -116,7 +123,7 @@ class LayerPlan:
             {
                 "layer": g.name,
                 "class": g.layer_class,
-                "path": "generic",
+                "path": "generic" if g.norm is None else "generic (from the capture)",
                 "weights": g.size,
                 "positions": None,
             }
@@ -212,6 +219,11 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None
             if id(v) in pos and pos[id(v)] in columns and pos[id(v)] not in taken
         ]
         if own:
+            roles = _norm_roles(layer, [tv[i] for i in own]) if fast else None
+            if roles is not None and any(columns[i] is not None for i in own):
+                roles = None
+            if any(layer is e for e in exclude):
+                roles = None
             plan.generic.append(
                 GenericBlock(
                     layer.name,
@@ -219,6 +231,9 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None
                     np.concatenate([flat(i) for i in own]),
                     type(layer).__name__,
                     [columns[i] for i in own],
+                    norm=None if roles is None else _norm_kind(layer),
+                    roles=() if roles is None else roles,
+                    layer=layer,
                 )
             )
             taken.update(own)
@@ -239,12 +254,45 @@ class Captured(NamedTuple):
     outputs: tf.Tensor
 
 
+def _norm_kind(layer) -> str | None:
+    """'batchnorm' or 'layernorm' for a Keras normalisation layer whose scale and offset act
+    per feature along one axis (its per-sample Jacobian then comes from the capture)."""
+    if type(layer) is keras.layers.BatchNormalization and isinstance(layer.axis, int):
+        return "batchnorm"
+    if type(layer) is keras.layers.LayerNormalization:
+        axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)
+        if isinstance(axis, int) or len(axis) == 1:
+            return "layernorm"
+    return None
+
+
+def _norm_roles(layer, variables) -> tuple | None:
+    """("gamma" | "beta" per variable) when every variable is the layer's scale or offset."""
+    if _norm_kind(layer) is None:
+        return None
+    gamma, beta = getattr(layer, "gamma", None), getattr(layer, "beta", None)
+    roles = []
+    for v in variables:
+        if gamma is not None and v is gamma:
+            roles.append("gamma")
+        elif beta is not None and v is beta:
+            roles.append("beta")
+        else:
+            return None
+    return tuple(roles)
+
+
+def _norm_layers(plan: LayerPlan) -> list:
+    return [g for g in plan.generic if g.norm is not None]
+
+
 def _layers_of(plan: LayerPlan) -> list:
-    """The distinct layers of the plan's fast blocks (a LoRA layer has two blocks)."""
+    """The distinct layers the capture records: the fast blocks' (a LoRA layer has two
+    blocks) and the normalisation layers'."""
     out = []
-    for blk in plan.fast:
-        if not any(layer is blk.layer for layer in out):
-            out.append(blk.layer)
+    for layer in [blk.layer for blk in plan.fast] + [g.layer for g in _norm_layers(plan)]:
+        if not any(layer is other for other in out):
+            out.append(layer)
     return out
 
 
@@ -350,8 +398,62 @@ def capture(model, plan: LayerPlan, x, *, likelihood=None) -> Captured:
             continue
         acts.append(_block_inputs(blk, al))
         sens.append(tf.concat([fast_blocks.sensitivities(blk, g) for g in gl], axis=2))
-    jacs = _generic_jacobians(model, plan, x, likelihood) if plan.generic else []
+    normed = {}
+    for g in _norm_layers(plan):
+        slot = next(i for i, la in enumerate(layers) if la is g.layer)
+        normed[id(g)] = _norm_jacobian(g, *per_layer[slot], f)
+    autodiff = _generic_jacobians(model, plan, x, likelihood) if plan.generic else []
+    it = iter(autodiff)
+    jacs = [normed[id(g)] if g.norm is not None else next(it) for g in plan.generic]
     return Captured(acts, sens, jacs, f)
+
+
+def normalised(g: GenericBlock, x):
+    """x̂ of a normalisation layer at inference, in x's layout and dtype: (x − μ)/√(σ² + ε)
+    with the moving statistics (BatchNormalization) or each position's own along the layer's
+    axis (LayerNormalization; ``rms_scaling``: x/√(σ² + ε))."""
+    layer = g.layer
+    rank = x.shape.rank
+    axis = (layer.axis if isinstance(layer.axis, int) else list(layer.axis)[0]) % rank
+    eps = tf.cast(layer.epsilon, x.dtype)
+    if g.norm == "batchnorm":
+        shape = [1] * rank
+        shape[axis] = -1
+        mean = tf.reshape(tf.cast(tf.convert_to_tensor(layer.moving_mean.value), x.dtype), shape)
+        var = tf.reshape(tf.cast(tf.convert_to_tensor(layer.moving_variance.value), x.dtype), shape)
+        return (x - mean) * tf.math.rsqrt(var + eps)
+    # Keras' own moments (the same rounding as the layer's forward pass)
+    if getattr(layer, "rms_scaling", False):
+        return x * tf.math.rsqrt(keras.ops.var(x, axis=[axis], keepdims=True) + eps)
+    mean, var = keras.ops.moments(x, axes=[axis], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps)
+
+
+def _features_last(g: GenericBlock, t, lead: int):
+    """t with the layer's feature axis last and every other axis after ``lead`` leading ones
+    flattened into positions: (*lead, T, C)."""
+    layer = g.layer
+    rank = t.shape.rank - lead
+    axis = (layer.axis if isinstance(layer.axis, int) else list(layer.axis)[0]) % rank
+    perm = list(range(lead)) + [lead + i for i in range(rank) if i != axis] + [lead + axis]
+    t = tf.transpose(t, perm)
+    shape = tf.shape(t)
+    return tf.reshape(t, tf.concat([shape[: lead + 1], [-1], shape[-1:]], 0))
+
+
+def _norm_jacobian(g: GenericBlock, inputs: list, grads: list, f):
+    """The per-sample Jacobian (B, K, P_l) of a normalisation layer's scale γ and offset β:
+    Σ_t x̂_t ⊙ s_t and Σ_t s_t over every call and position (s the sensitivities of its
+    output, (K, B, ...))."""
+    if not inputs:  # the layer was never called
+        return tf.zeros(tf.concat([tf.shape(f)[:1], [tf.shape(f)[1], g.size]], 0), f.dtype)
+    parts = {"gamma": 0.0, "beta": 0.0}
+    for x, s in zip(inputs, grads, strict=True):
+        xh = _features_last(g, normalised(g, x)[None], 1)[0]  # (B, T, C)
+        st = _features_last(g, s, 1)  # (K, B, T, C)
+        parts["gamma"] += tf.einsum("btc,kbtc->bkc", tf.cast(xh, st.dtype), st)
+        parts["beta"] += tf.transpose(tf.reduce_sum(st, axis=2), (1, 0, 2))
+    return tf.concat([parts[r] for r in g.roles], axis=-1)
 
 
 def _block_inputs(blk: FastBlock, inputs: list):
@@ -399,8 +501,11 @@ def _generic_jacobians(model, plan: LayerPlan, x, likelihood):
     same values.
     """
     tv = model.trainable_variables
-    generic = [i for blk in plan.generic for i in blk.variables]
-    columns = [c for blk in plan.generic for c in (blk.columns or [None] * len(blk.variables))]
+    blocks = [blk for blk in plan.generic if blk.norm is None]  # the others: from the capture
+    if not blocks:
+        return []
+    generic = [i for blk in blocks for i in blk.variables]
+    columns = [c for blk in blocks for c in (blk.columns or [None] * len(blk.variables))]
     values = [tf.convert_to_tensor(v.value) for v in tv]
     non_trainable = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
     kwargs = {"training": False} if keras_compat.call_has_training_arg(model) else {}
@@ -451,7 +556,7 @@ def _generic_jacobians(model, plan: LayerPlan, x, likelihood):
         j if c is None else tf.gather(j, c, axis=2) for j, c in zip(per_var, columns, strict=True)
     ]
     out, i = [], 0
-    for blk in plan.generic:
+    for blk in blocks:
         n = len(blk.variables)
         out.append(tf.concat(per_var[i : i + n], axis=-1))
         i += n
@@ -475,6 +580,9 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
             tape.watch(tv[blk.kernel].value)
             if blk.bias is not None:
                 tape.watch(tv[blk.bias].value)
+        for g in _norm_layers(plan):
+            for i in g.variables:
+                tape.watch(tv[i].value)
         with _patched(layers, tape, records):
             total = tf.reduce_sum(_model_outputs(model, x))
     bad = []
@@ -508,9 +616,24 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         if not np.all(np.isfinite(fast)):
             bad.append(blk.layer)
             continue
-        scale = max(float(np.abs(ref).max(initial=0.0)), 1e-300)  # norms of scaled vectors
-        if np.linalg.norm((fast - ref) / scale) > rtol * max(np.linalg.norm(ref / scale), 1e-30):
+        if not _close(fast, ref, rtol):
             bad.append(blk.layer)
+    for g in _norm_layers(plan):  # Σ_n of the captured per-sample Jacobian: the gradient
+        slot = next(i for i, la in enumerate(layers) if la is g.layer)
+        al, zl = records[slot]
+        if not zl:
+            continue
+        if any(a.shape[0] != n for a in al):
+            bad.append(g.layer)
+            continue
+        s = [tf.convert_to_tensor(gr)[None] for gr in tape.gradient(total, zl)]
+        fast = tf.reduce_sum(_norm_jacobian(g, al, s, total[None, None]), axis=(0, 1)).numpy()
+        refs = [tv[i].value for i in g.variables]
+        ref = np.concatenate(
+            [np.ravel(tf.convert_to_tensor(r).numpy()) for r in tape.gradient(total, refs)]
+        )
+        if np.all(np.isfinite(ref)) and not _close(fast, ref, rtol):
+            bad.append(g.layer)
     del tape
     if bad:
         names = ", ".join(layer.name for layer in bad)
@@ -525,6 +648,11 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         )
         return probe(model, replanned, x, rtol=rtol)
     return plan
+
+
+def _close(fast, ref, rtol) -> bool:
+    scale = max(float(np.abs(ref).max(initial=0.0)), 1e-300)  # norms of scaled vectors
+    return np.linalg.norm((fast - ref) / scale) <= rtol * max(np.linalg.norm(ref / scale), 1e-30)
 
 
 def _token_ids(inputs: list, rows: int) -> bool:

@@ -99,7 +99,7 @@ def padded_eigenvalues(eigenvalues, n_params: int) -> np.ndarray:
     return np.concatenate([np.maximum(c, 0.0), np.zeros(n_params - c.size)])
 
 
-def _broadcast(alpha, beta, c):
+def broadcast_precisions(alpha, beta, c):
     """α, β as arrays broadcast against each other, with a trailing axis for the eigenvalues."""
     alpha, beta = np.broadcast_arrays(np.asarray(alpha, np.float64), np.asarray(beta, np.float64))
     if np.any(~np.isfinite(alpha)) or np.any(alpha <= 0):
@@ -119,7 +119,7 @@ def effective_parameters(eigenvalues, n_params: int, alpha, beta=1.0):
     α, β may be arrays (broadcast); returns a float or an array of their broadcast shape.
     """
     c = padded_eigenvalues(eigenvalues, n_params)
-    alpha, beta, a = _broadcast(alpha, beta, c)
+    alpha, beta, a = broadcast_precisions(alpha, beta, c)
     return _scalar(np.sum(beta[..., None] * c / a, axis=-1))
 
 
@@ -170,7 +170,7 @@ def log_evidence(
     arrays (broadcast, for a grid); returns a float or an array of their broadcast shape.
     """
     c = padded_eigenvalues(eigenvalues, n_params)
-    alpha, beta, _ = _broadcast(alpha, beta, c)
+    alpha, beta, _ = broadcast_precisions(alpha, beta, c)
     logdet, _, _ = eigen_terms(c, n_params)(alpha[..., None], beta[..., None])
     noise = n_obs is not None
     return log_evidence_terms(

@@ -113,7 +113,7 @@ def log_evidence(post: Posterior, alpha=None, beta=None):
             ) from None
         a = np.broadcast_to(np.asarray(alpha, np.float64), shape)[..., None]
         b = np.broadcast_to(np.asarray(beta, np.float64), shape)[..., None]
-        evidence._broadcast(a, b, np.zeros(0))  # refuses α, β ≤ 0 by name
+        evidence.broadcast_precisions(a, b, np.zeros(0))  # refuses α, β ≤ 0 by name
         logdet, _, _ = terms(post)(a, b)
         return _formula(post, logdet, a, b)
     alphas = post.alpha if alpha is None else post.check_alpha(alpha)

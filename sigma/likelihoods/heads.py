@@ -84,7 +84,7 @@ class PerHead(Likelihood):
         }
         return PerHead(self.spec, layout, bound)
 
-    def _bound(self):
+    def bound(self):
         if self.layout is None:
             raise ValueError("a likelihood per head must be bound to the model's outputs first")
         return [
@@ -94,7 +94,7 @@ class PerHead(Likelihood):
 
     @property
     def key(self) -> tuple:
-        return (self.name, tuple(p.key for _, p, _, _ in self._bound()))
+        return (self.name, tuple(p.key for _, p, _, _ in self.bound()))
 
     @property
     def heads(self):
@@ -103,7 +103,7 @@ class PerHead(Likelihood):
     def describe(self) -> dict:
         return {
             "name": self.name,
-            "heads": {name: lik.describe() for name, lik, _, _ in self._bound()},
+            "heads": {name: lik.describe() for name, lik, _, _ in self.bound()},
         }
 
     def head_names(self) -> tuple[str, ...]:
@@ -111,7 +111,7 @@ class PerHead(Likelihood):
 
     def groups(self, k: int) -> Groups:
         names, kinds, outputs = [], [], []
-        for name, lik, s, e in self._bound():
+        for name, lik, s, e in self.bound():
             g = lik.groups(e - s)
             names += [name if g.n_groups == 1 else f"{name}/{n}" for n in g.names]
             kinds += list(g.kinds)
@@ -120,23 +120,21 @@ class PerHead(Likelihood):
 
     # -- the data term and Λ -------------------------------------------------------------------------
     def data_error(self, f, t):
-        return tf.add_n([lik.data_error(f[:, s:e], t[:, s:e]) for _, lik, s, e in self._bound()])
+        return tf.add_n([lik.data_error(f[:, s:e], t[:, s:e]) for _, lik, s, e in self.bound()])
 
     def group_errors(self, f, t, groups: Groups):
         parts = []
-        for _, lik, s, e in self._bound():
+        for _, lik, s, e in self.bound():
             parts.append(lik.group_errors(f[:, s:e], t[:, s:e], lik.groups(e - s)))
         return tf.concat(parts, axis=0)
 
     def pseudo(self, f, j):
-        out = tf.concat(
-            [lik.pseudo(f[:, s:e], j[:, s:e]) for _, lik, s, e in self._bound()], axis=1
-        )
+        out = tf.concat([lik.pseudo(f[:, s:e], j[:, s:e]) for _, lik, s, e in self.bound()], axis=1)
         out.set_shape(j.shape)
         return out
 
     def root(self, f, u):
-        out = tf.concat([lik.root(f[:, s:e], u[:, s:e]) for _, lik, s, e in self._bound()], axis=1)
+        out = tf.concat([lik.root(f[:, s:e], u[:, s:e]) for _, lik, s, e in self.bound()], axis=1)
         out.set_shape(u.shape)
         return out
 
@@ -161,7 +159,7 @@ class PerHead(Likelihood):
                 f"{list(layout.names)}, got {len(parts)}"
             )
         out = []
-        for (label, lik, s, e), part in zip(self._bound(), parts, strict=True):
+        for (label, lik, s, e), part in zip(self.bound(), parts, strict=True):
             sub = lik_layout(layout, label)
             out.append(lik.targets(part, n, e - s, f"{name}[{label!r}]", x_name, layout=sub))
         return np.concatenate(out, axis=1)
@@ -200,7 +198,7 @@ def _output_squashes(model) -> list:
     """Per model output, 'softmax'/'sigmoid' when its last layer ends in one, else None (None
     for every output when the model's graph is not known)."""
     from sigma import keras_compat
-    from sigma.classification import _squashes
+    from sigma.classification import final_squash
 
     try:
         outputs = list(model.outputs)
@@ -209,7 +207,7 @@ def _output_squashes(model) -> list:
     found = []
     for t in outputs:
         history = keras_compat.history(t)
-        found.append(None if history is None else _squashes(history.operation))
+        found.append(None if history is None else final_squash(history.operation))
     return found
 
 

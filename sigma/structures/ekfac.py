@@ -115,7 +115,7 @@ class EKFAC(KFAC):
     def _group_traces(self, combined, alpha):
         """Σ W ⊙ c_h per Kronecker block (C_h is diagonal in the basis), the generic blocks as
         KFAC's."""
-        spectra = combined._block_inverses_cached(alpha, 1.0)
+        spectra = combined.block_inverses(alpha, 1.0)
         nf = len(self.plan.fast)
         out = self._generic_traces(spectra[nf:])
         for i, spec in enumerate(spectra[:nf]):

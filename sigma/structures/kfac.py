@@ -139,7 +139,7 @@ class KFAC(Layerwise):
         """Tr(A⁻¹ C_h) per group from A⁻¹ block by block, (R_in ⊗ R_out) diag(W) (·)ᵀ:
         Σ_ij W_ij (r_iᵀ Q r_i)(s_jᵀ H_h s_j) for a Kronecker block, Σ_i w_i r_iᵀ C_h r_i for a
         generic one."""
-        spectra = combined._block_inverses_cached(alpha, 1.0)
+        spectra = combined.block_inverses(alpha, 1.0)
         nf = len(self.plan.fast)
         return self._fast_traces(combined, spectra[:nf]) + self._generic_traces(spectra[nf:])
 

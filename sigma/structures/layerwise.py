@@ -252,7 +252,7 @@ class Layerwise(Structure):
         identity. ``alpha``: a float or α of each weight (P,)."""
         raise NotImplementedError
 
-    def _block_inverses_cached(self, alpha, beta) -> list:
+    def block_inverses(self, alpha, beta) -> list:
         key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
         cached = getattr(self, "_block_inverses_cache", None)
         if cached is None or cached[0] != key:
@@ -261,17 +261,17 @@ class Layerwise(Structure):
 
     def _block_params(self, alpha, beta) -> list:
         """The inverse of A block by block, for :func:`~sigma.curvature.capture.contract`."""
-        return [blk[:-1] for blk in self._block_inverses_cached(alpha, beta)]
+        return [blk[:-1] for blk in self.block_inverses(alpha, beta)]
 
     def logdet(self, alpha, beta) -> float:
         """ln|D_α + β C|, block by block."""
-        return float(sum(blk[-1] for blk in self._block_inverses_cached(alpha, beta)))
+        return float(sum(blk[-1] for blk in self.block_inverses(alpha, beta)))
 
     def inverse_diagonal(self, alpha, beta) -> np.ndarray:
         """diag(A⁻¹), (P,): per fast block (R_in²) W (R_out²)ᵀ, per generic block (R²) w."""
         out = np.zeros(self.n_params)
         blocks = self.plan.fast + self.plan.generic
-        for blk, spec in zip(blocks, self._block_inverses_cached(alpha, beta), strict=True):
+        for blk, spec in zip(blocks, self.block_inverses(alpha, beta), strict=True):
             if len(spec) == 4:
                 r_in, r_out, w, _ = spec
                 d = w if r_in is None else (r_in**2) @ w
