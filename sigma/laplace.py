@@ -65,7 +65,7 @@ from sigma.priors import build_prior, owners_of
 from sigma.structures import Structure, fit_structure
 from sigma.weights import select
 
-CURVATURES = ("ggn", "hessian")
+CURVATURES = ("ggn", "ggn_mc", "hessian")
 NEGATIVE = ("keep", "clip")
 
 
@@ -79,7 +79,9 @@ class Laplace:
         ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every streaming
         structure (all four built in) consumes the dataset batch by batch.
     y : array (N, K) of training targets.
-    curvature : "ggn" (Gauss–Newton, always PSD) or "hessian" (exact, nested tapes).
+    curvature : "ggn" (Gauss–Newton, always PSD), "ggn_mc" (its Monte-Carlo estimate: one
+        sampled label per input, one backward pass per batch whatever K — for many outputs;
+        :mod:`sigma.likelihoods.montecarlo`) or "hessian" (exact, nested tapes).
     weights : which weights the posterior covers (:mod:`sigma.weights`): "all" (default),
         "last_layer" (the last Dense layer's), a list of the model's trainable variables (e.g.
         Keras' LoRA adapters), or a boolean mask per trainable variable; the others are held
@@ -123,6 +125,7 @@ class Laplace:
         large allocation, with :class:`sigma.memory.InsufficientMemoryError` naming structures
         that fit.
     progress : show progress bars while accumulating.
+    seed : the seed of ``curvature="ggn_mc"``'s draws (the same seed, the same curvature).
 
     Raises ValueError for bad input and when A is not positive definite.
 
@@ -151,6 +154,7 @@ class Laplace:
         strategy=None,
         max_memory: int | str | None = None,
         progress: bool = False,
+        seed: int = 0,
     ):
         if not isinstance(curvature, str) or curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
@@ -177,6 +181,7 @@ class Laplace:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
         _check_flag(progress, "progress")
+        seed = check_seed(seed)
         lik = likelihoods.get(likelihood)
         check_model(model)
         selection = select(model, weights)
@@ -251,13 +256,21 @@ class Laplace:
             curvature=curvature,
             max_memory=max_memory,
         )  # bytes; refuses (InsufficientMemoryError) before any large allocation
+        fit_likelihood = lik
+        if curvature == "ggn_mc":  # one sampled label per input: E[Ĝ] = G
+            if current_strategy(strategy) is not None:
+                raise ValueError(
+                    "curvature='ggn_mc' draws its labels on one device: use curvature='ggn' "
+                    "under a tf.distribute strategy"
+                )
+            fit_likelihood = likelihoods.MonteCarlo(lik, engine(model, selection).generator(seed))
         fitted = fit_structure(
             structure,
             model,
             x,
             y,
-            likelihood=lik,
-            curvature=curvature,
+            likelihood=fit_likelihood,
+            curvature="ggn" if curvature == "ggn_mc" else curvature,
             batch_size=batch_size,
             strategy=current_strategy(strategy),
             progress=progress,

@@ -19,6 +19,7 @@ from sigma.likelihoods.base import HALF_LOG_2PI, Groups, Likelihood
 from sigma.likelihoods.classification import Classification
 from sigma.likelihoods.heads import PerHead
 from sigma.likelihoods.heteroscedastic import PARAMETERISATIONS, Heteroscedastic
+from sigma.likelihoods.montecarlo import MonteCarlo
 from sigma.likelihoods.regression import Regression
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Groups",
     "Heteroscedastic",
     "Likelihood",
+    "MonteCarlo",
     "PerHead",
     "Regression",
     "from_description",

@@ -103,6 +103,11 @@ class Likelihood:
         """The precision groups of K flattened outputs (default: one group)."""
         return Groups.one("noise" if self.noise else "fixed", k)
 
+    def pseudo_groups(self, k: int) -> np.ndarray:
+        """The precision group of each pseudo-output (K',): L is block-diagonal over the
+        groups, so by default the outputs' own."""
+        return self.groups(k).outputs
+
     # -- the data term ------------------------------------------------------------------------
     def data_error(self, f, t):
         raise NotImplementedError

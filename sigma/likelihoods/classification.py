@@ -53,7 +53,7 @@ class Classification(Likelihood):
         return Groups.one("tempered", k, "logits")
 
     # -- heads, as runs of equal size -----------------------------------------------------------
-    def _runs(self, k):
+    def runs(self, k):
         """(start, count, size) runs of consecutive heads of one size (static)."""
         heads = self.heads if self.heads is not None else ((0, k),)
         runs = []
@@ -68,7 +68,7 @@ class Classification(Likelihood):
         """fn(run logits (B, H, C), run values (B, H, C, ...)) over every run, concatenated."""
         k = f.shape[-1]
         out = []
-        for start, count, size in self._runs(k):
+        for start, count, size in self.runs(k):
             stop = start + count * size
             fr = tf.reshape(f[:, start:stop], (-1, count, size))
             jr = j[:, start:stop]
@@ -135,7 +135,7 @@ class Classification(Likelihood):
         """Cross-entropy −Σ t log softmax(f) on logits f, per head; a one-logit head is binary,
         Σ softplus(f) − t f (tensor, summed)."""
         total = 0.0
-        for start, count, size in self._runs(f.shape[-1]):
+        for start, count, size in self.runs(f.shape[-1]):
             stop = start + count * size
             fr = tf.reshape(f[:, start:stop], (-1, count, size))
             tr = tf.reshape(t[:, start:stop], (-1, count, size))

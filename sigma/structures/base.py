@@ -37,7 +37,8 @@ class Structure:
     Class attributes (capabilities):
 
     name : the name ``Laplace(structure=...)`` takes; a subclass that sets it is registered.
-    curvatures : the curvatures it can hold ("ggn", "hessian").
+    curvatures : the curvatures it can hold ("ggn", "ggn_mc": the GGN from sampled labels,
+        "hessian").
     streaming : ``fit`` takes a ``tf.data.Dataset`` of (x, y) batches and the keywords
         ``strategy=`` and ``progress=``; otherwise it gets arrays and no strategy.
     can_clip : can replace negative eigenvalues of C by zero (:meth:`clip_negative`).
@@ -47,7 +48,7 @@ class Structure:
     """
 
     name: ClassVar[str | None] = None
-    curvatures: ClassVar[tuple[str, ...]] = ("ggn",)
+    curvatures: ClassVar[tuple[str, ...]] = ("ggn", "ggn_mc")
     streaming: ClassVar[bool] = False
     can_clip: ClassVar[bool] = False
     evidence_from_eigenvalues: bool = (

@@ -59,7 +59,8 @@ class EKFAC(KFAC):
             LayerPlan(fast=plan.fast, n_params=plan.n_params, selection=plan.selection),
         )
 
-        columns = [self.groups.columns(g) for g in range(self.n_groups)]
+        pseudo = lik.pseudo_groups(self.n_outputs)
+        columns = [np.flatnonzero(pseudo == g) for g in range(self.n_groups)]
 
         def body(batch, bases):
             cap = capture(model, fast_plan, batch[0], likelihood=lik)

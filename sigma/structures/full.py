@@ -31,7 +31,7 @@ class Full(Eigenbasis):
     ``vectors``)."""
 
     name = "full"
-    curvatures = ("ggn", "hessian")
+    curvatures = ("ggn", "ggn_mc", "hessian")
     streaming = True
     can_clip = True
     memory_summary = "a P×P matrix and its eigendecomposition"
@@ -226,6 +226,6 @@ class Full(Eigenbasis):
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
         p = self.engine_for(model).n_params
-        per = n_outputs * p if curvature == "ggn" else 64 * p
+        per = n_outputs * p if curvature != "hessian" else 64 * p
         jac = batch_size_for(n_data, per, batch_size) * per * 8 * 2
         return 4 * p * p * 8 + jac

@@ -98,7 +98,8 @@ class Layerwise(Structure):
             x = as_batches(x, batch_size=bs)
         options, stats_fn = self._statistics_options(), type(self)._batch_stats
         self.groups = groups = lik.groups(k)
-        columns = [groups.columns(g) for g in range(groups.n_groups)]
+        pseudo = lik.pseudo_groups(k)  # the precision group of each pseudo-output
+        columns = [np.flatnonzero(pseudo == g) for g in range(groups.n_groups)]
 
         def body(batch):
             cap = capture(model, plan, batch[0], likelihood=lik)
