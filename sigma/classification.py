@@ -68,12 +68,21 @@ def _check_mean_cov(mean, cov):
 def probit_probabilities(mean, cov, heads=None) -> np.ndarray:
     """softmax(μ / sqrt(1 + π/8 · diag Σ)) per input (per head with ``heads``).
 
-    mean : (N, K) logits μ.  cov : (N, K, K) logit covariance Σ.  Returns (N, K), rows (of
-    each head) sum to 1.
+    mean : (N, K) logits μ.  cov : (N, K, K) logit covariance Σ, or its diagonal (N, K) (all
+    this method reads).  Returns (N, K), rows (of each head) sum to 1.
     """
-    mean, cov = _check_mean_cov(mean, cov)
-    var = np.einsum("nkk->nk", cov)
-    return softmax(mean / np.sqrt(1.0 + np.pi / 8.0 * var), heads)
+    var = _variances(mean, cov)
+    return softmax(np.asarray(mean, np.float64) / np.sqrt(1.0 + np.pi / 8.0 * var), heads)
+
+
+def _variances(mean, cov) -> np.ndarray:
+    """diag Σ (N, K) from a covariance (N, K, K) or the variances themselves."""
+    if np.ndim(cov) == 2:
+        var = as_array(cov, "var", ndim=2).astype(np.float64)
+        if var.shape != np.shape(mean):
+            raise ValueError(f"var must have the shape of mean {np.shape(mean)}, got {var.shape}")
+        return var
+    return np.einsum("nkk->nk", _check_mean_cov(mean, cov)[1])
 
 
 def sampled_probabilities(
@@ -234,12 +243,25 @@ def check_method(method) -> str:
     return method
 
 
+# the methods that read only the logits' variances: the predictive gives them without a K×K
+# covariance per input (thousands of classes, a softmax per token)
+DIAGONAL_METHODS = ("probit", "mean_field_diag")
+
+
 def probabilities(
     mean, cov, *, method: str = "probit", n_samples: int = 1000, seed: int = 0, heads=None
 ) -> np.ndarray:
     """E[softmax(f)], f ~ N(μ, Σ), by ``method`` (:data:`METHODS`): (N, K), one softmax per
-    head. mean : (N, K). cov : (N, K, K). ``n_samples`` and ``seed`` apply to "mc"."""
+    head. mean : (N, K). cov : (N, K, K), or the variances (N, K) for the methods of
+    :data:`DIAGONAL_METHODS`. ``n_samples`` and ``seed`` apply to "mc"."""
     method = check_method(method)
+    if np.ndim(cov) == 2:
+        if method not in DIAGONAL_METHODS:
+            raise ValueError(f"method={method!r} needs the logits' covariance, not their variances")
+        if method == "mean_field_diag":
+            var = _variances(mean, cov)
+            cov = var[:, :, None] * np.eye(var.shape[1])[None]
+            return mean_field_probabilities(mean, cov, full=False, heads=heads)
     if method == "probit":
         return probit_probabilities(mean, cov, heads)
     if method == "mc":

@@ -59,7 +59,13 @@ def probabilities(
     ``method`` (:func:`sigma.classification.probabilities`)."""
     mean = engine(model).outputs(x)
     check_finite_outputs(model, x, mean, name)
-    cov = covariance(post, model, x, noise=False, batch_size=batch_size)
+    if method == "probit":  # the variances alone: no K×K covariance per input
+        structure, beta = post.operator()
+        cov = structure.predictive_variance(
+            model, x, post.alpha_weights(), beta, batch_size=batch_size
+        )
+    else:
+        cov = covariance(post, model, x, noise=False, batch_size=batch_size)
     check_finite_variance(cov, name)
     return class_probabilities(
         mean, cov, method=method, n_samples=n_samples, seed=seed, heads=post.likelihood.heads

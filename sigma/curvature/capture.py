@@ -462,6 +462,41 @@ def _norm_jacobian(g: GenericBlock, inputs: list, grads: list, f):
     return tf.concat([parts[r] for r in g.roles], axis=-1)
 
 
+def capture_inputs(model, plan: LayerPlan, x) -> Captured:
+    """Traceable: the fast blocks' inputs ã alone (one forward pass, no sensitivities) and f,
+    for a block whose pre-activation is the model's output (its sensitivities are known)."""
+    layers = _layers_of(plan)
+    records = [([], []) for _ in layers]
+    with _patched(layers, None, records):
+        f = _model_outputs(model, x)
+    acts = []
+    for blk, slot in zip(plan.fast, _layer_slot(plan, layers), strict=True):
+        al = records[slot][0]
+        acts.append(_block_inputs(blk, al) if al else None)
+    return Captured(acts, [None] * len(acts), [], f)
+
+
+def output_block(model, plan: LayerPlan):
+    """The plan's one fast block when its pre-activation is the model's output (a Dense head
+    with a linear activation, e.g. ``weights="last_layer"``), else None: its per-sample
+    Jacobian is then ã ⊗ I, and the predictive needs no backward pass."""
+    if len(plan.fast) != 1 or plan.generic:
+        return None
+    blk = plan.fast[0]
+    if blk.kind != "dense" or blk.role != "kernel" or blk.positions != 1:
+        return None
+    try:
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError):
+        return None
+    history = keras_compat.history(outputs[0]) if len(outputs) == 1 else None
+    act = getattr(blk.layer, "activation", None)
+    linear = act is None or getattr(act, "__name__", "") == "linear"
+    if history is None or history.operation is not blk.layer or not linear:
+        return None
+    return blk
+
+
 def _block_inputs(blk: FastBlock, inputs: list):
     """ã (B, T, D) of a block over every call of its layer, bias-augmented (ids for a sparse
     block)."""

@@ -1,0 +1,49 @@
+"""A posterior over the model's output layer alone: the predictive with J = ã ⊗ I, no
+backward pass and K numbers per input (thousands of classes)."""
+
+import keras
+import numpy as np
+import pytest
+
+import sigma
+from sigma.curvature.capture import output_block
+from sigma.weights import select
+
+RNG = np.random.default_rng(0)
+
+
+def _head_model(classes, seed=0, dtype="float64"):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((6,), dtype=dtype),
+            keras.layers.Dense(8, activation="tanh", dtype=dtype),
+            keras.layers.Dense(classes, dtype=dtype),
+        ]
+    )
+
+
+@pytest.mark.parametrize("structure", ["kfac", "diag", "ekfac"])
+def test_the_heads_predictive_is_the_explicit_one(structure):
+    model = _head_model(7)
+    x, y = RNG.normal(size=(30, 6)), RNG.integers(0, 7, 30)
+    la = sigma.Laplace(model, x, y, likelihood="classification", weights="last_layer",
+                       structure=structure, alpha=0.7)  # fmt: skip
+    assert output_block(model, la.structure.plan) is not None
+    idx = select(model, "last_layer").index
+    j = sigma.output_jacobian(model, x[:5])[:, :, idx]
+    a = 0.7 * np.eye(idx.size) + la.structure.matrix()
+    ref = np.einsum("nkp,pq,nlq->nkl", j, np.linalg.inv(a), j)
+    np.testing.assert_allclose(la.predictive_covariance(x[:5]), ref, rtol=1e-9, atol=1e-12)
+    var = la.structure.predictive_variance(model, x[:5], 0.7, 1.0)
+    np.testing.assert_allclose(var, np.einsum("nkk->nk", ref), rtol=1e-9, atol=1e-12)
+
+
+def test_thousands_of_classes():
+    model = _head_model(5000, dtype="float32")
+    x, y = RNG.normal(size=(200, 6)).astype("f4"), RNG.integers(0, 5000, 200)
+    la = sigma.Laplace(model, x, y, likelihood="classification", weights="last_layer",
+                       structure="kfac", curvature="ggn_mc")  # fmt: skip
+    p = la.predict_proba(x[:50])
+    assert p.shape == (50, 5000)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-9)
