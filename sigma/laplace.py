@@ -651,8 +651,10 @@ class Laplace:
         classification), "brier" or "ece" (classification). Heteroscedastic: α only, on the
         Gaussian NLL of the predictive (noise head + weight uncertainty). A bounded 1-D search
         (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid
-        (:mod:`sigma.tuning`). ``prior_result`` records the values found and how many
-        predictions it took.
+        (:mod:`sigma.tuning`). ``prior_result`` records the values found, how many
+        predictions it took and ``at_bound``: {"alpha": "upper" | "lower", "beta": ...} for a
+        precision whose best value is at the edge of the search (``span``× its start; empty
+        when none is), which a RuntimeWarning also reports — the best value may lie beyond.
         """
         self.check_weights_unchanged()
         self.posterior, self.prior_result = tuning.optimize_prior(

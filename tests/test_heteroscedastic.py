@@ -348,13 +348,37 @@ def test_optimize_prior_finds_the_alpha_of_the_smallest_held_out_nll():
         return np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * (y_val - mean) ** 2 / std**2)
 
     grid = np.geomspace(1e-3, 1e3, 61)
-    best = min(held_out(a) for a in grid)
+    values = [held_out(a) for a in grid]
+    best = min(values)
+    assert np.argmin(values) == 0  # noisier held-out targets: the most weight uncertainty
     la.alpha = 1.0
-    la.optimize_prior(x_val, y_val, span=1e3, tol=1e-6)
+    with pytest.warns(RuntimeWarning, match=r"alpha at the lower bound"):  # issue 28
+        la.optimize_prior(x_val, y_val, span=1e3, tol=1e-6)
     assert la.prior_result["value"] <= best + 1e-7
     assert la.prior_result["value"] == pytest.approx(held_out(la.alpha), rel=1e-12)
+    assert la.prior_result["at_bound"] == {"alpha": "lower"}
     with pytest.raises(ValueError, match=r"metric must be one of \('nll',\) for heteroscedastic"):
         la.optimize_prior(x_val, y_val, metric="brier")
+
+
+def test_optimize_prior_says_when_its_search_ends_at_a_bound():
+    """issue 28: from α₀ = 1e3 with span 10 the held-out NLL grows with α over the whole
+    range (checked on a grid): the search ends at α₀/span and says so, naming span."""
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+    x_val, y_val = rng.normal(size=(40, 2)), 2.0 * rng.normal(size=(40, 1))
+    la = sigma.Laplace(_mlp_heads(), x, y, likelihood="heteroscedastic")
+
+    def held_out(alpha):
+        la.alpha = alpha
+        return sigma.metrics.gaussian_nll(*la.predict(x_val), y_val)
+
+    assert np.all(np.diff([held_out(a) for a in np.geomspace(1e2, 1e4, 9)]) > 0)
+    la.alpha = 1e3
+    with pytest.warns(RuntimeWarning, match=r"alpha at the lower bound .*span=10 now"):
+        la.optimize_prior(x_val, y_val, span=10.0)
+    assert la.prior_result["at_bound"] == {"alpha": "lower"}
+    assert la.alpha == pytest.approx(1e2, rel=2e-3)
 
 
 @pytest.mark.parametrize("structure", ["full", "kfac"])

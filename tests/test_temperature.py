@@ -2,6 +2,8 @@
 tempered likelihood p(y | f)^(1/T), whose Gauss–Newton curvature is G/T and whose data term in
 the evidence is the cross-entropy/T. Checked against those quantities built by hand."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import make_mlp
@@ -173,3 +175,34 @@ def test_a_tiny_temperature_is_refused_by_name_and_the_hint_says_temperature(pro
     with pytest.raises(ValueError, match=r"largest eigenvalue") as e:  # T at its bound
         sigma.Laplace(model, x, labels, likelihood="classification", temperature=1e-150)
     assert "or a larger temperature" in str(e.value) and "smaller beta" not in str(e.value)
+
+
+def test_optimize_prior_says_when_its_search_ends_at_a_bound(problem, rng):
+    """issue 28: on a tempered classifier whose held-out NLL keeps falling as α grows across
+    the whole range searched (α₀ = 1e-3, span 10: checked on a grid), the search ends at
+    span × α₀ — and says so, naming span, in a warning and in ``prior_result["at_bound"]``.
+    Where the grid's minimum is inside the range, nothing is said."""
+    model, x, labels = problem
+    x_val, labels_val = rng.normal(size=(20, 3)), rng.integers(0, 3, size=20)
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=0.01)
+
+    def held_out(alpha):
+        la.alpha = alpha
+        return sigma.metrics.nll(la.predict_proba(x_val), labels_val)
+
+    assert np.all(np.diff([held_out(a) for a in np.geomspace(1e-4, 1e-2, 9)]) < 0)
+    la.alpha = 1e-3
+    with pytest.warns(RuntimeWarning, match=r"alpha at the upper bound .*span=10 now"):
+        la.optimize_prior(x_val, labels_val, span=10.0)
+    assert la.prior_result["at_bound"] == {"alpha": "upper"}
+    assert la.alpha == pytest.approx(1e-2, rel=2e-3)  # within 2·tol (in ln) of the bound
+
+    grid = np.geomspace(1e-4, 10.0, 29)  # (below 2e-5, A = αI + G/T is ill-conditioned)
+    best = grid[np.argmin([held_out(a) for a in grid])]
+    assert grid[1] < best < grid[-2]  # an interior minimum of the range searched, [1e-7, 10]
+    la.alpha = 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        la.optimize_prior(x_val, labels_val, span=1e4)
+    assert la.prior_result["at_bound"] == {}
+    assert la.alpha == pytest.approx(best, rel=0.6)  # the grid's step is a factor 1.5
