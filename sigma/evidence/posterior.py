@@ -211,19 +211,28 @@ def optimize(
         at = terms(post)
         if not has_beta:  # β is held at 1/T (the temperature): maximize holds it at 1
             at = functools.partial(_fixed_beta, at, post.beta)
-        result = evidence.maximize(
-            at,
-            data_error=post.tempered_error,
-            weight_errors=post.weight_errors,
-            sizes=post.prior.sizes,
-            n_obs=post.n_obs if has_beta else None,
-            alphas=start,
-            beta=float(np.mean(post.beta)),
-            fix_alpha=fix_alpha,
-            fix_beta=fix_beta,
-            tol=tol,
-            max_iter=max_iter,
-        )
+        try:
+            result = evidence.maximize(
+                at,
+                data_error=post.tempered_error,
+                weight_errors=post.weight_errors,
+                sizes=post.prior.sizes,
+                n_obs=post.n_obs if has_beta else None,
+                alphas=start,
+                beta=float(np.mean(post.beta)),
+                fix_alpha=fix_alpha,
+                fix_beta=fix_beta,
+                tol=tol,
+                max_iter=max_iter,
+            )
+        except evidence.EvidenceBoundaryError as exc:
+            if not has_beta and float(post.beta) != 1.0:  # a tempered likelihood, C/T
+                exc.add_note(
+                    f"(the likelihood is tempered by temperature={1.0 / float(post.beta):g}: "
+                    "a smaller temperature gives the data more weight; a classifier's alpha "
+                    "can also be set directly, la.alpha = ...)"
+                )
+            raise
         result.alpha = np.atleast_1d(np.asarray(result.alpha, np.float64))
         if not has_beta:
             result.beta = post.beta
