@@ -37,12 +37,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import likelihoods, structures
+from sigma import heteroscedastic, likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
 from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
-from sigma.losses import GaussianNLL
+from sigma.losses import GaussianNLL, compiled_loss
 from sigma.priors import build_prior, owners_of
 from sigma.weights import select
 
@@ -71,16 +71,6 @@ class EvidencePenalty(keras.regularizers.Regularizer):
 
     def get_config(self):
         return {}
-
-
-def compiled_loss(model):
-    """The single loss the model was compiled with (a string, a Loss or a function)."""
-    loss = getattr(model, "loss", None)
-    if isinstance(loss, list | tuple) and len(loss) == 1:
-        loss = loss[0]
-    if isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
-    return loss
 
 
 def _output_widths(model) -> list[int] | None:
@@ -289,10 +279,15 @@ class EvidenceCallback(keras.callbacks.Callback):
                 "of its own"
             )
         compiled = loss_likelihood(model)
-        if self.likelihood is not None and self.likelihood != compiled:
-            raise ValueError(
-                f"likelihood={self.likelihood!r} but the compiled loss is a {compiled} loss"
-            )
+        if self.likelihood is not None:
+            requested = likelihoods.get(self.likelihood)
+            if requested.name != compiled:
+                raise ValueError(
+                    f"likelihood={heteroscedastic.describe(self.likelihood)} but the compiled "
+                    f"loss is a {compiled} loss"
+                )
+            if compiled == "heteroscedastic":  # the same parameterisation as the loss's
+                heteroscedastic.match_compiled_loss(model, requested, self.likelihood)
         args = fit_arguments(model)
         refuse_sample_weights(args)
         self._x, self._y, held_out = training_part(self.x, self.y, args)

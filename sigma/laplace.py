@@ -103,7 +103,9 @@ class Laplace:
         one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1) or
         "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
         y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
-        no β; :mod:`sigma.heteroscedastic`).
+        no β; :mod:`sigma.heteroscedastic`). A model compiled with
+        :class:`sigma.losses.GaussianNLL` is read in that loss's parameterisation; a
+        ``Heteroscedastic`` of another one is refused.
     temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
         in the curvature (C/T, i.e. A = D_α + C/T) and in the evidence (cross-entropy/T);
         :attr:`beta` then reads 1/T. T < 1 sharpens the likelihood (less weight
@@ -177,6 +179,8 @@ class Laplace:
         _check_flag(progress, "progress")
         lik = likelihoods.get(likelihood)
         check_model(model)
+        if lik.name == "heteroscedastic":  # the form the compiled GaussianNLL trained
+            lik = heteroscedastic.match_compiled_loss(model, lik, likelihood)
         selection = select(model, weights)
         structure = structure.on(selection)
         if not is_dataset(x):
