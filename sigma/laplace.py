@@ -17,6 +17,7 @@ structure, prior, α, β, data summary), its evidence and the evidence's maximum
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -46,6 +47,7 @@ from sigma._checks import (
     input_scale,
     model_dtype,
 )
+from sigma._grappler import own_calls
 from sigma.classification import MAX_SAMPLES, check_logits, check_method
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
@@ -65,6 +67,20 @@ from sigma.weights import select
 
 CURVATURES = ("ggn", "hessian")
 NEGATIVE = ("keep", "clip")
+
+
+def _own_calls(method):
+    """Run ``method`` with sigma's graph-optimiser options for the model's graphs
+    (:func:`sigma._grappler.own_calls`: no remapper on a float64 model, which only logs
+    "Not handling type DT_DOUBLE" there); the model is ``self.model``, or ``__init__``'s."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        model = self.__dict__.get("model") or (args[0] if args else kwargs.get("model"))
+        with own_calls(model):
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 class Laplace:
@@ -131,6 +147,7 @@ class Laplace:
     :meth:`predict_proba` (``predict`` returns the same for a classifier).
     """
 
+    @_own_calls
     def __init__(
         self,
         model,
@@ -403,6 +420,7 @@ class Laplace:
             post = post.with_blocks(self.output_blocks(post))
         return post, beta
 
+    @_own_calls
     def output_blocks(self, post=None) -> np.ndarray:
         """C_k = Σ_n J_nkᵀ J_nk for each output, (K, P, P): the curvature of one β per output,
         computed once from the training data (``post``: default the current posterior)."""
@@ -447,6 +465,7 @@ class Laplace:
         self.check_weights_unchanged()
         return check_inputs(self.model, x, name)
 
+    @_own_calls
     def predict(
         self,
         x,
@@ -498,6 +517,7 @@ class Laplace:
         )
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
+    @_own_calls
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
         """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64 (all outputs
         flattened and concatenated, see :attr:`output_layout`).
@@ -508,6 +528,7 @@ class Laplace:
             self.posterior, self.model, self._inputs(x), noise=noise, batch_size=batch_size
         )
 
+    @_own_calls
     def predict_proba(
         self,
         x,
@@ -622,6 +643,7 @@ class Laplace:
         return self
 
     # -- conformal calibration ----------------------------------------------------------------
+    @_own_calls
     def conformalize(self, x_cal, y_cal, *, level=None, randomised: bool = True, seed: int = 0):
         """A calibrated predictor from held-out calibration data (x_cal (n, ...), y_cal (n, K);
         labels for a classifier) by split conformal prediction (:mod:`sigma.conformal`):
@@ -635,6 +657,7 @@ class Laplace:
         )
 
     # -- held-out tuning ------------------------------------------------------------------------
+    @_own_calls
     def optimize_prior(
         self,
         x_val,
