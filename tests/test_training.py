@@ -416,7 +416,7 @@ def test_a_fit_ended_by_an_exception_gives_back_the_users_regularizers():
 
 _INTERRUPTED = textwrap.dedent(
     """
-    import json, sys, warnings
+    import json, signal, sys, warnings
     import keras, numpy as np
     import sigma
 
@@ -440,7 +440,8 @@ _INTERRUPTED = textwrap.dedent(
     try:
         model.fit(x, y, epochs=10**6, batch_size=8, verbose=0, callbacks=[cb, Announce()])
     except KeyboardInterrupt:
-        pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one was enough: ignore any further
+        print("INTERRUPTED", flush=True)
     else:
         sys.exit("fit ended without an interrupt")
     mse = float(np.mean((model.predict(x, verbose=0) - y) ** 2))
@@ -472,22 +473,36 @@ def test_ctrl_c_during_fit_leaves_the_model_as_it_was_given(tmp_path):
             stderr=err,
             text=True,
         )
+
+    def stderr():
+        return (tmp_path / "stderr.txt").read_text()[-3000:]
+
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + 120
-            line = ""
-            while not line and time.monotonic() < deadline and proc.poll() is None:
-                if sel.select(timeout=1.0):
-                    line = proc.stdout.readline()
-        assert line.strip() == "TRAINING", (tmp_path / "stderr.txt").read_text()[-3000:]
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal delivers
-        out, _ = proc.communicate(timeout=120)
+
+            def next_line(seconds):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if sel.select(timeout=0.5):
+                        return proc.stdout.readline().strip()
+                return ""
+
+            assert next_line(300) == "TRAINING", stderr()
+            for _ in range(10):
+                proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal delivers
+                # (Python drops a KeyboardInterrupt raised inside a __del__, e.g. of a
+                # tf.data iterator, as "Exception ignored in": as a user would, press again)
+                line = next_line(10)
+                if line:
+                    break
+            assert line == "INTERRUPTED", stderr()
+        out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert proc.returncode == 0, stderr()
     result = json.loads(next(ln[6:] for ln in out.splitlines() if ln.startswith("RESULT")))
     assert result["estimates"] >= 1  # the penalty was on
     assert result["losses"] == 0 and set(result["regularizers"]) == {"None"}
