@@ -391,6 +391,22 @@ def test_a_fit_ended_by_an_exception_leaves_the_model_as_it_was_given(where):
         model.fit(X, Y, epochs=1, verbose=0, callbacks=[EvidenceCallback(X, Y, verbose=0)])
 
 
+def test_validation_during_fit_leaves_no_penalty_in_evaluate():
+    """Found with issue 28: Keras traces its test step during fit for validation_data, while
+    the penalty was on the variables, and kept that graph: after a fit that ended normally,
+    evaluate still added the prior's penalty. val_loss is the plain held-out loss."""
+    model = _compiled("mse", seed=6)
+    cb = EvidenceCallback(X, Y, structure="diag", every=1, verbose=0)
+    hist = model.fit(
+        X[:30], Y[:30], validation_data=(X[30:], Y[30:]), epochs=2, batch_size=10, verbose=0,
+        callbacks=[cb],
+    )  # fmt: skip
+    mse = np.mean((model.predict(X, verbose=0) - Y) ** 2)
+    assert model.evaluate(X, Y, verbose=0) == pytest.approx(mse, rel=1e-5)
+    held_out = np.mean((model.predict(X[30:], verbose=0) - Y[30:]) ** 2)
+    assert hist.history["val_loss"][-1] == pytest.approx(held_out, rel=1e-5)
+
+
 def test_a_fit_ended_by_an_exception_gives_back_the_users_regularizers():
     """The model's own L2 regularizer (replaced by the prior's penalty during fit) is back
     after a fit an exception ended: evaluate = mean squared error + its penalty, by hand."""
