@@ -76,7 +76,9 @@ def _own_calls(method):
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        model = self.__dict__.get("model") or (args[0] if args else kwargs.get("model"))
+        model = self.__dict__.get("model")
+        if model is None:  # __init__
+            model = args[0] if args else kwargs.get("model")
         with own_calls(model):
             return method(self, *args, **kwargs)
 
