@@ -19,25 +19,30 @@ inside ``model.fit``, with the user's own optimizer and compiled loss:
   α_g, β, and ``cb.history``, one record per re-estimation.
 
 The penalty enters through each variable's ``regularizer`` with a strength held in a
-``tf.Variable``: changing α, β changes a value, not the compiled train step.
+``tf.Variable``: changing α, β changes a value, not the compiled train step. The regularizers
+are in place only while the callback's own train step runs (:class:`_PenalisedStep`, the
+model's ``train_function`` during fit): between steps, after ``fit`` and after a ``fit`` that
+an exception or Ctrl-C ended, ``model.losses`` and the variables are as the user gave them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import warnings
 import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import likelihoods, structures
+from sigma import heteroscedastic, likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
 from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
-from sigma.losses import GaussianNLL
+from sigma.losses import GaussianNLL, compiled_loss
 from sigma.priors import build_prior, owners_of
 from sigma.weights import select
 
@@ -66,16 +71,6 @@ class EvidencePenalty(keras.regularizers.Regularizer):
 
     def get_config(self):
         return {}
-
-
-def compiled_loss(model):
-    """The single loss the model was compiled with (a string, a Loss or a function)."""
-    loss = getattr(model, "loss", None)
-    if isinstance(loss, list | tuple) and len(loss) == 1:
-        loss = loss[0]
-    if isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
-    return loss
 
 
 def _output_widths(model) -> list[int] | None:
@@ -144,6 +139,30 @@ def loss_likelihood(model) -> str:
     )
 
 
+class _PenalisedStep:
+    """The model's ``train_function`` while an :class:`EvidenceCallback` trains it: the train
+    step traced with the prior's penalty, which is put on the variables for the duration of
+    each call (so that a retrace sees it) and taken off afterwards, whatever ends the call.
+
+    A step runs with the penalty only when the callback armed it in ``on_train_batch_begin`` of
+    the fit it began. Called in a fit the callback does not run (after a fit that an exception
+    or Ctrl-C ended before ``on_train_end``), it replaces itself by the model's own train step,
+    traced afresh without the penalty, and runs that.
+    """
+
+    def __init__(self, callback, model, function):
+        self._callback, self._model = weakref.ref(callback), weakref.ref(model)
+        self.function = function
+
+    def __call__(self, iterator):
+        callback, model = self._callback(), self._model()
+        if callback is None or not callback._take_step(self):
+            model.make_train_function(force=True)
+            return model.train_function(iterator)
+        with callback._penalty_on():
+            return self.function(iterator)
+
+
 class EvidenceCallback(keras.callbacks.Callback):
     """Train for the posterior: α_g and β by the evidence during ``model.fit``.
 
@@ -181,6 +200,11 @@ class EvidenceCallback(keras.callbacks.Callback):
     are ``fit``'s data the held-out part is left out of the curvature and N. One callback
     serves one model: further ``fit`` calls on it continue from the α_g, β reached (``fit``
     in each history row counts the calls, from 1); another model is refused.
+
+    The penalty is part of the train step only: ``loss`` in the logs includes it, ``val_loss``
+    and ``model.evaluate`` do not. However ``fit`` ends — normally, by an exception in any
+    callback, or Ctrl-C — the model comes back with its own regularizers, ``model.losses``
+    and train step.
     """
 
     def __init__(
@@ -241,6 +265,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         self.prior_groups: tuple[str, ...] = ()
         self._owner, self._fits = None, 0
         self._alpha = self._beta = None
+        self._step = self._armed = self._history_token = None
 
     # -- keras hooks ----------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -254,10 +279,15 @@ class EvidenceCallback(keras.callbacks.Callback):
                 "of its own"
             )
         compiled = loss_likelihood(model)
-        if self.likelihood is not None and self.likelihood != compiled:
-            raise ValueError(
-                f"likelihood={self.likelihood!r} but the compiled loss is a {compiled} loss"
-            )
+        if self.likelihood is not None:
+            requested = likelihoods.get(self.likelihood)
+            if requested.name != compiled:
+                raise ValueError(
+                    f"likelihood={heteroscedastic.describe(self.likelihood)} but the compiled "
+                    f"loss is a {compiled} loss"
+                )
+            if compiled == "heteroscedastic":  # the same parameterisation as the loss's
+                heteroscedastic.match_compiled_loss(model, requested, self.likelihood)
         args = fit_arguments(model)
         refuse_sample_weights(args)
         self._x, self._y, held_out = training_part(self.x, self.y, args)
@@ -286,8 +316,6 @@ class EvidenceCallback(keras.callbacks.Callback):
         ]
         self._saved = [v.regularizer for v in self._variables]
         if any(r is not None for r in self._saved):
-            import warnings
-
             warnings.warn(
                 "EvidenceCallback replaces the weight regularizers of the model during fit "
                 "(the prior's penalty takes their place); they are restored afterwards",
@@ -297,15 +325,42 @@ class EvidenceCallback(keras.callbacks.Callback):
         # Keras adds the penalties to its compiled loss, which it computes in floatx whatever
         # the model's own dtype (a keras.losses.Loss made without a dtype)
         dtype = keras.config.floatx()
-        for v, strength in zip(self._variables, self._strength, strict=True):
-            v.regularizer = EvidencePenalty(strength, dtype)
-        model.make_train_function(force=True)  # the penalty enters the compiled train step
+        self._penalties = [EvidencePenalty(strength, dtype) for strength in self._strength]
         if self._alpha is not None:  # a further fit: go on from the α_g, β reached
             la = self._laplace(alpha=self._alpha, beta=self._beta)
             self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
         elif self.start_alpha is not None:
             la = self._laplace(alpha=self.start_alpha, beta=self.start_beta)
             self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
+        # the penalty enters the train step, and only it (see _PenalisedStep)
+        model.make_train_function(force=True)
+        self._step = _PenalisedStep(self, model, model.train_function)
+        self._history_token = getattr(model, "history", None)  # this fit's History
+        model.train_function = self._step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._armed = self._step  # the next train step is this fit's
+
+    def _take_step(self, step) -> bool:
+        """Whether ``step`` runs in the fit this callback armed it for (then with the penalty).
+        Keras calls ``on_train_batch_begin`` just before every train step of a fit."""
+        armed, self._armed = self._armed, None
+        return (
+            step is armed is self._step
+            and getattr(self.model, "history", None) is self._history_token
+        )
+
+    @contextlib.contextmanager
+    def _penalty_on(self):
+        """The prior's penalty as the regularizer of the selected variables, for one train
+        step; the variables' own regularizers back afterwards, whatever ends it."""
+        try:
+            for v, penalty in zip(self._variables, self._penalties, strict=True):
+                v.regularizer = penalty
+            yield
+        finally:
+            for v, saved in zip(self._variables, self._saved, strict=True):
+                v.regularizer = saved
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
@@ -336,9 +391,10 @@ class EvidenceCallback(keras.callbacks.Callback):
             if self._fitted_at is None or not np.array_equal(self._weights(), self.laplace.w_map):
                 self._reestimate("end")
         finally:
+            self._step = self._armed = None
             for v, saved in zip(self._variables, self._saved, strict=True):
                 v.regularizer = saved
-            self.model.make_train_function(force=True)
+            self.model.make_train_function(force=True)  # the model's own step, no penalty
 
     # -- the loop -------------------------------------------------------------------------------
     def _weights(self):

@@ -21,6 +21,8 @@ import numpy as np
 
 from sigma._checks import check_finite_outputs, model_dtype
 from sigma.curvature import engine
+from sigma.likelihoods import Heteroscedastic
+from sigma.losses import GaussianNLL, compiled_loss
 
 # activations whose values are never negative: such a head holds a variance or a precision
 POSITIVE = {
@@ -35,6 +37,40 @@ def _expected(lik) -> str:
             "parameterisation='natural' expects [η₁ | ln(−2η₂)] = [μ/σ² | −ln σ²] from linear heads"
         )
     return "parameterisation='mean_logvar' expects [μ | ln σ²] from linear heads (σ² = exp(s))"
+
+
+def describe(likelihood) -> str:
+    """How the user wrote ``likelihood``: a name as a string, an object as its constructor."""
+    if isinstance(likelihood, Heteroscedastic):
+        return f"Heteroscedastic({likelihood.parameterisation!r})"
+    return repr(likelihood) if isinstance(likelihood, str) else type(likelihood).__name__
+
+
+def match_compiled_loss(model, lik, requested):
+    """The heteroscedastic likelihood to read ``model``'s heads with (``lik``, as
+    ``requested`` by the user: a name or an object).
+
+    A model compiled with :class:`sigma.losses.GaussianNLL` (``model.loss``) was trained with
+    its heads in that loss's parameterisation: the name "heteroscedastic" (no
+    parameterisation stated) follows it; a :class:`~sigma.likelihoods.Heteroscedastic` of
+    another parameterisation is refused, naming both — read in the wrong form, the heads give
+    σ² = exp(−ln σ²) and a mean divided by it, finite and wrong."""
+    loss = compiled_loss(model)
+    if not isinstance(loss, GaussianNLL) or loss.parameterisation == lik.parameterisation:
+        return lik
+    if isinstance(requested, str):
+        return Heteroscedastic(loss.parameterisation)
+    raise ValueError(
+        f"likelihood={describe(requested)} reads the model's heads as "
+        f"{_FORMS[lik.parameterisation]}, but the model was compiled with "
+        f"sigma.losses.GaussianNLL({loss.parameterisation!r}), which trains them as "
+        f"{_FORMS[loss.parameterisation]}: pass likelihood=Heteroscedastic("
+        f"{loss.parameterisation!r}), or likelihood='heteroscedastic', which follows the "
+        "compiled loss"
+    )
+
+
+_FORMS = {"mean_logvar": "[μ | ln σ²]", "natural": "[μ/σ² | −ln σ²]"}
 
 
 def _activation_name(layer) -> str | None:

@@ -18,6 +18,7 @@ structure, prior, α, β, data summary), its evidence and the evidence's maximum
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import warnings
 
@@ -47,6 +48,7 @@ from sigma._checks import (
     input_scale,
     model_dtype,
 )
+from sigma._grappler import own_calls
 from sigma.classification import MAX_SAMPLES, check_logits, check_method
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
@@ -67,6 +69,22 @@ from sigma.weights import select
 
 CURVATURES = ("ggn", "ggn_mc", "hessian")
 NEGATIVE = ("keep", "clip")
+
+
+def _own_calls(method):
+    """Run ``method`` with sigma's graph-optimiser options for the model's graphs
+    (:func:`sigma._grappler.own_calls`: no remapper on a float64 model, which only logs
+    "Not handling type DT_DOUBLE" there); the model is ``self.model``, or ``__init__``'s."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        model = self.__dict__.get("model")
+        if model is None:  # __init__
+            model = args[0] if args else kwargs.get("model")
+        with own_calls(model):
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 class Laplace:
@@ -107,7 +125,9 @@ class Laplace:
         one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1) or
         "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
         y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
-        no β; :mod:`sigma.heteroscedastic`).
+        no β; :mod:`sigma.heteroscedastic`). A model compiled with
+        :class:`sigma.losses.GaussianNLL` is read in that loss's parameterisation; a
+        ``Heteroscedastic`` of another one is refused.
     temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
         in the curvature (C/T, i.e. A = D_α + C/T) and in the evidence (cross-entropy/T);
         :attr:`beta` then reads 1/T. T < 1 sharpens the likelihood (less weight
@@ -134,6 +154,7 @@ class Laplace:
     :meth:`predict_proba` (``predict`` returns the same for a classifier).
     """
 
+    @_own_calls
     def __init__(
         self,
         model,
@@ -184,6 +205,8 @@ class Laplace:
         seed = check_seed(seed)
         lik = likelihoods.get(likelihood)
         check_model(model)
+        if lik.name == "heteroscedastic":  # the form the compiled GaussianNLL trained
+            lik = heteroscedastic.match_compiled_loss(model, lik, likelihood)
         selection = select(model, weights)
         structure = structure.on(selection)
         if not is_dataset(x):
@@ -493,6 +516,7 @@ class Laplace:
         self.check_weights_unchanged()
         return check_inputs(self.model, x, name)
 
+    @_own_calls
     def predict(
         self,
         x,
@@ -557,6 +581,7 @@ class Laplace:
         )
         return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
 
+    @_own_calls
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
         """Σ(x) = β⁻¹ I + J(x) A⁻¹ J(x)ᵀ for each input: (N, K, K), float64 (all outputs
         flattened and concatenated, see :attr:`output_layout`).
@@ -567,6 +592,7 @@ class Laplace:
             self.posterior, self.model, self._inputs(x), noise=noise, batch_size=batch_size
         )
 
+    @_own_calls
     def predict_proba(
         self,
         x,
@@ -686,6 +712,7 @@ class Laplace:
         return self
 
     # -- conformal calibration ----------------------------------------------------------------
+    @_own_calls
     def conformalize(self, x_cal, y_cal, *, level=None, randomised: bool = True, seed: int = 0):
         """A calibrated predictor from held-out calibration data (x_cal (n, ...), y_cal (n, K);
         labels for a classifier) by split conformal prediction (:mod:`sigma.conformal`):
@@ -699,6 +726,7 @@ class Laplace:
         )
 
     # -- held-out tuning ------------------------------------------------------------------------
+    @_own_calls
     def optimize_prior(
         self,
         x_val,
@@ -719,8 +747,10 @@ class Laplace:
         classification), "brier" or "ece" (classification). Heteroscedastic: α only, on the
         Gaussian NLL of the predictive (noise head + weight uncertainty). A bounded 1-D search
         (Brent's method) or 2-D search (Nelder–Mead in log coordinates), no fixed grid
-        (:mod:`sigma.tuning`). ``prior_result`` records the values found and how many
-        predictions it took.
+        (:mod:`sigma.tuning`). ``prior_result`` records the values found, how many
+        predictions it took and ``at_bound``: {"alpha": "upper" | "lower", "beta": ...} for a
+        precision whose best value is at the edge of the search (``span``× its start; empty
+        when none is), which a RuntimeWarning also reports — the best value may lie beyond.
         """
         self.check_weights_unchanged()
         self.posterior, self.prior_result = tuning.optimize_prior(

@@ -36,3 +36,14 @@ class GaussianNLL(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "parameterisation": self.parameterisation}
+
+
+def compiled_loss(model):
+    """The single loss ``model`` was compiled with (Keras' ``model.loss``: a string, a Loss or
+    a function; one entry of a list or dict of one), or None."""
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, list | tuple) and len(loss) == 1:
+        loss = loss[0]
+    if isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    return loss

@@ -4,10 +4,13 @@ A bounded search over a common factor of the prior precisions (the α_g ratios k
 β for regression — within ``span``× of the current values either way, minimising a held-out
 metric: Brent's method in 1-D (α), Nelder–Mead in log coordinates in 2-D (α, β). Every trial is
 a new :class:`~sigma.posterior.Posterior` (nothing is refitted); the posterior given is never
-changed.
+changed. A search that ends at a bound of its range (within twice its tolerance) says so: a
+warning naming ``span``, and the record's ``at_bound``.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -37,7 +40,12 @@ def optimize_prior(
     max_iter: int = 100,
 ) -> tuple[Posterior, dict]:
     """(the posterior at the best value of ``metric`` on (x_val, y_val), a record of the
-    search): see :meth:`sigma.Laplace.optimize_prior`."""
+    search): see :meth:`sigma.Laplace.optimize_prior`.
+
+    The record: alpha, beta, metric, value, evaluations, and ``at_bound`` — {"alpha": "upper"
+    or "lower", "beta": ...} for each tuned precision whose best value lies within twice
+    ``tol`` (in ln) of the bound of the search, ``span``× its start (empty when none is);
+    a RuntimeWarning names them and ``span``."""
     kind = "regression" if post.likelihood.has_beta else post.likelihood.name
     if metric not in METRICS[kind]:
         raise ValueError(f"metric must be one of {METRICS[kind]} for {kind}, got {metric!r}")
@@ -108,11 +116,37 @@ def optimize_prior(
             f"no alpha within a factor {span:g} of {shown} gives a positive definite "
             "posterior precision: widen span or fit with another structure"
         )
+    at_bound = _at_bound(best, bound, tol, ("alpha", "beta") if tune_beta else ("alpha",))
+    if at_bound:
+        ends = " and ".join(
+            f"{name} at the {side} bound ({'×' if side == 'upper' else '÷'}{span:g} of its start)"
+            for name, side in at_bound.items()
+        )
+        warnings.warn(
+            f"optimize_prior: the held-out {metric} is best with {ends}, the edge of the "
+            f"search: the best value may lie beyond it. Search a wider range (span={span:g} "
+            "now), or start from other precisions",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     record = {
         "alpha": float(found.alpha[0]) if found.prior.scalar else found.alpha.copy(),
         "beta": float(found.beta[0]) if found.beta.size == 1 else found.beta.copy(),
         "metric": metric,
         "value": float(value),
         "evaluations": len(trials),
+        "at_bound": at_bound,
     }
     return found, record
+
+
+def _at_bound(z, bound: float, tol: float, names) -> dict:
+    """{name: "upper" | "lower"} for the coordinates of z (ln factors within ±bound) that lie
+    within 2·tol of a bound (Brent's bounded search stops within about 0.65·tol of a bound it
+    runs into; Nelder–Mead's bounds clip onto it); a range narrower than that: the nearer."""
+    out = {}
+    for name, value in zip(names, np.asarray(z, np.float64), strict=True):
+        upper, lower = bound - value, value + bound  # distances to the two bounds, ≥ 0
+        if min(upper, lower) <= 2.0 * tol:
+            out[name] = "upper" if upper <= lower else "lower"
+    return out

@@ -156,7 +156,8 @@ def select(model, weights="all") -> Selection:
     """The :class:`Selection` for ``weights`` (see the module docstring) on ``model``.
 
     Raises ValueError naming ``weights`` for anything else: a variable that is not one of the
-    model's trainable variables, a mask of the wrong shape or type, or nothing selected.
+    model's trainable variables, a mask of the wrong shape or type, or nothing selected (an
+    empty list, or masks that are all False), saying what to pass instead.
     """
     tv = model.trainable_variables
     sizes = _sizes(model)
@@ -183,7 +184,14 @@ def select(model, weights="all") -> Selection:
         return _from_masks(masks, tv, sizes)
     if isinstance(weights, list | tuple):
         items = list(weights)
-        if items and all(_is_variable(v) for v in items):
+        if not items:
+            raise ValueError(
+                f"weights is an empty {type(weights).__name__}: it selects no weight. Pass "
+                "weights='all' (the default) for every trainable weight, 'last_layer', a list "
+                "of some of the model's trainable variables, or one boolean mask per "
+                f"trainable variable ({len(tv)}) with at least one True entry"
+            )
+        if all(_is_variable(v) for v in items):
             chosen = []
             for var in items:
                 if id(var) not in pos:
@@ -240,5 +248,8 @@ def _from_masks(masks: dict, tv, sizes) -> Selection:
         elif flat.size:
             parts.append((i, flat))
     if not parts:
-        raise ValueError("weights selects no weight: give at least one True entry")
+        raise ValueError(
+            "weights selects no weight (every mask is False): give at least one True entry, "
+            "or weights='all' (the default) for every trainable weight"
+        )
     return Selection("mask", parts, sizes)

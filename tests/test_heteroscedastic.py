@@ -276,6 +276,60 @@ def test_evidence_callback_trains_a_heteroscedastic_model():
     assert alea[1, 0] > alea[0, 0]  # the noise grows with x, and the head learned it
 
 
+def test_the_compiled_gaussian_nll_says_which_form_the_heads_are_in():
+    """issue 28: a model compiled with GaussianNLL("natural") and given as
+    likelihood="heteroscedastic" was read as [μ | ln σ²]: σ 1.7 for a true noise of 0.58.
+    The name follows the compiled loss's form (σ and μ from the outputs by hand); an explicit
+    Heteroscedastic of the other form is refused, naming both."""
+    rng = np.random.default_rng(16)
+    x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 1))
+    model = make_mlp(2, (4,), 2, seed=3)  # compiled here: not the shared _mlp_heads()
+    model.compile(keras.optimizers.Adam(1e-2), GaussianNLL("natural"))
+    la = sigma.Laplace(model, x, y, likelihood="heteroscedastic")
+    assert la.likelihood.parameterisation == "natural"
+    mean, var = _moments(np.asarray(model(x[:5])), "natural")
+    got_mean, noise, _ = la.predict(x[:5], split=True)
+    np.testing.assert_allclose(noise, np.sqrt(var), rtol=1e-10)
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-10)
+    with pytest.raises(
+        ValueError,
+        match=r"^likelihood=Heteroscedastic\('mean_logvar'\) reads .* compiled with "
+        r"sigma.losses.GaussianNLL\('natural'\)",
+    ):
+        sigma.Laplace(model, x, y, likelihood=Heteroscedastic("mean_logvar"))
+    model.compile(keras.optimizers.Adam(1e-2), GaussianNLL())
+    assert sigma.Laplace(model, x, y, likelihood="heteroscedastic").likelihood.parameterisation == (
+        "mean_logvar"
+    )
+    with pytest.raises(
+        ValueError, match=r"Heteroscedastic\('natural'\).*GaussianNLL\('mean_logvar'"
+    ):
+        sigma.Laplace(model, x, y, likelihood=Heteroscedastic("natural"))
+
+
+@pytest.mark.slow  # trains a network with the callback
+def test_evidence_callback_takes_the_form_of_the_compiled_loss():
+    """issue 28: EvidenceCallback(likelihood=Heteroscedastic("natural")) on a model compiled
+    with GaussianNLL("natural") was refused ("likelihood=<object> but the compiled loss is a
+    heteroscedastic loss"); the other form is refused naming both, before fit changes
+    anything."""
+    rng = np.random.default_rng(17)
+    x, y = rng.normal(size=(24, 2)), rng.normal(size=(24, 1))
+    model = make_mlp(2, (4,), 2, seed=3)  # compiled here: not the shared _mlp_heads()
+    model.compile(keras.optimizers.Adam(1e-3), GaussianNLL("natural"))
+    cb = sigma.EvidenceCallback(
+        x, y, likelihood=Heteroscedastic("natural"), structure="full", every=1, verbose=0
+    )
+    model.fit(x, y, epochs=1, batch_size=24, verbose=0, callbacks=[cb])
+    assert cb.laplace.likelihood.parameterisation == "natural" and len(cb.history) == 1
+    bad = sigma.EvidenceCallback(x, y, likelihood=Heteroscedastic("mean_logvar"), verbose=0)
+    with pytest.raises(
+        ValueError, match=r"Heteroscedastic\('mean_logvar'\).*GaussianNLL\('natural'"
+    ):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[bad])
+    assert all(v.regularizer is None for v in model.trainable_variables) and not bad.history
+
+
 def test_save_and_load_keep_the_parameterisation(tmp_path):
     rng = np.random.default_rng(10)
     x, y = rng.normal(size=(15, 2)), rng.normal(size=(15, 1))
@@ -348,13 +402,37 @@ def test_optimize_prior_finds_the_alpha_of_the_smallest_held_out_nll():
         return np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * (y_val - mean) ** 2 / std**2)
 
     grid = np.geomspace(1e-3, 1e3, 61)
-    best = min(held_out(a) for a in grid)
+    values = [held_out(a) for a in grid]
+    best = min(values)
+    assert np.argmin(values) == 0  # noisier held-out targets: the most weight uncertainty
     la.alpha = 1.0
-    la.optimize_prior(x_val, y_val, span=1e3, tol=1e-6)
+    with pytest.warns(RuntimeWarning, match=r"alpha at the lower bound"):  # issue 28
+        la.optimize_prior(x_val, y_val, span=1e3, tol=1e-6)
     assert la.prior_result["value"] <= best + 1e-7
     assert la.prior_result["value"] == pytest.approx(held_out(la.alpha), rel=1e-12)
+    assert la.prior_result["at_bound"] == {"alpha": "lower"}
     with pytest.raises(ValueError, match=r"metric must be one of \('nll',\) for heteroscedastic"):
         la.optimize_prior(x_val, y_val, metric="brier")
+
+
+def test_optimize_prior_says_when_its_search_ends_at_a_bound():
+    """issue 28: from α₀ = 1e3 with span 10 the held-out NLL grows with α over the whole
+    range (checked on a grid): the search ends at α₀/span and says so, naming span."""
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+    x_val, y_val = rng.normal(size=(40, 2)), 2.0 * rng.normal(size=(40, 1))
+    la = sigma.Laplace(_mlp_heads(), x, y, likelihood="heteroscedastic")
+
+    def held_out(alpha):
+        la.alpha = alpha
+        return sigma.metrics.gaussian_nll(*la.predict(x_val), y_val)
+
+    assert np.all(np.diff([held_out(a) for a in np.geomspace(1e2, 1e4, 9)]) > 0)
+    la.alpha = 1e3
+    with pytest.warns(RuntimeWarning, match=r"alpha at the lower bound .*span=10 now"):
+        la.optimize_prior(x_val, y_val, span=10.0)
+    assert la.prior_result["at_bound"] == {"alpha": "lower"}
+    assert la.alpha == pytest.approx(1e2, rel=2e-3)
 
 
 @pytest.mark.parametrize("structure", ["full", "kfac"])

@@ -225,6 +225,21 @@ def test_optimize_prior_lowers_the_held_out_nll(rng):
         la.optimize_prior(x[40:], y[40:], metric="accuracy")
 
 
+def test_optimize_prior_names_the_precision_that_ends_at_a_bound(rng):
+    """issue 28: α and β searched together (Nelder–Mead); from β₀ a thousandth of the
+    noise precision of the held-out residuals, β can only end at the upper bound (span 10)."""
+    model = make_mlp(hidden=(8,), seed=1)
+    x = rng.normal(size=(60, 3))
+    y = np.sin(x @ rng.normal(size=(3, 2))) + 0.1 * rng.normal(size=(60, 2))
+    la = sigma.Laplace(model, x[:40], y[:40], alpha=1.0)
+    residual = np.mean((la.predict(x[40:])[0] - y[40:]) ** 2)
+    la.beta = 1e-3 / residual
+    with pytest.warns(RuntimeWarning, match=r"beta at the upper bound .*span=10 now"):
+        la.optimize_prior(x[40:], y[40:], span=10.0)
+    assert la.prior_result["at_bound"].get("beta") == "upper"
+    assert la.beta == pytest.approx(1e-2 / residual, rel=2e-3)
+
+
 def test_bad_priors_are_refused_with_their_name(rng):
     model = make_mlp()
     x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))

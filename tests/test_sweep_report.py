@@ -15,6 +15,7 @@ from sigma.sweep import cli, notebook, records, report
 from sigma.sweep.notebook import is_failed, render_html
 
 TINY_TF = DATA / "tiny_tf.py"
+TINY_STDERR = DATA / "tiny_stderr.py"
 CDN = re.compile(
     r"<script[^>]*\ssrc=\"?https?:|<link[^>]*\shref=\"?https?:|import\(\s*['\"]https?:", re.I
 )
@@ -253,6 +254,22 @@ def test_kernel_environment_sets_only_what_is_unset(monkeypatch):
         assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
         assert os.environ["SIGMA_TEST_KEEP"] == "mine"
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ and os.environ["SIGMA_TEST_KEEP"] == "mine"
+
+
+@pytest.mark.notebook
+def test_a_kernels_stderr_reaches_the_terminal_without_tensorflows_start_up_lines(tmp_path, capfd):
+    """issue 28: every kernel of `make run` wrote TensorFlow's start-up lines (absl's notice,
+    oneDNN's, the CPU features'), which no environment setting of the kernel silences, to the
+    terminal. They are dropped on the way; the notebook's own native line is not. (The
+    notebook writes the lines itself: the test does not depend on the CPU.)"""
+    nb = notebook.read_notebook(TINY_STDERR)
+    notebook.execute_notebook(nb, tmp_path / "out.ipynb")
+    err = capfd.readouterr().err
+    assert "native line of the notebook 42" in err
+    for marker in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard",
+                   "To enable the following instructions"):  # fmt: skip
+        assert marker not in err, err[-2000:]
+    assert notebook.is_startup_noise("I0000 00:00:1.0 1 port.cc:153] native log line") is False
 
 
 TF_NOISE = re.compile(

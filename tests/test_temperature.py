@@ -2,11 +2,15 @@
 tempered likelihood p(y | f)^(1/T), whose Gauss–Newton curvature is G/T and whose data term in
 the evidence is the cross-entropy/T. Checked against those quantities built by hand."""
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.optimize
 from conftest import make_mlp
 
 import sigma
+from sigma.evidence import EvidenceBoundaryError
 
 
 @pytest.fixture
@@ -173,3 +177,78 @@ def test_a_tiny_temperature_is_refused_by_name_and_the_hint_says_temperature(pro
     with pytest.raises(ValueError, match=r"largest eigenvalue") as e:  # T at its bound
         sigma.Laplace(model, x, labels, likelihood="classification", temperature=1e-150)
     assert "or a larger temperature" in str(e.value) and "smaller beta" not in str(e.value)
+
+
+def test_optimize_prior_says_when_its_search_ends_at_a_bound(problem, rng):
+    """issue 28: on a tempered classifier whose held-out NLL keeps falling as α grows across
+    the whole range searched (α₀ = 1e-3, span 10: checked on a grid), the search ends at
+    span × α₀ — and says so, naming span, in a warning and in ``prior_result["at_bound"]``.
+    Where the grid's minimum is inside the range, nothing is said."""
+    model, x, labels = problem
+    x_val, labels_val = rng.normal(size=(20, 3)), rng.integers(0, 3, size=20)
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=0.01)
+
+    def held_out(alpha):
+        la.alpha = alpha
+        return sigma.metrics.nll(la.predict_proba(x_val), labels_val)
+
+    assert np.all(np.diff([held_out(a) for a in np.geomspace(1e-4, 1e-2, 9)]) < 0)
+    la.alpha = 1e-3
+    with pytest.warns(RuntimeWarning, match=r"alpha at the upper bound .*span=10 now"):
+        la.optimize_prior(x_val, labels_val, span=10.0)
+    assert la.prior_result["at_bound"] == {"alpha": "upper"}
+    assert la.alpha == pytest.approx(1e-2, rel=2e-3)  # within 2·tol (in ln) of the bound
+
+    grid = np.geomspace(1e-4, 10.0, 29)  # (below 2e-5, A = αI + G/T is ill-conditioned)
+    best = grid[np.argmin([held_out(a) for a in grid])]
+    assert grid[1] < best < grid[-2]  # an interior minimum of the range searched, [1e-7, 10]
+    la.alpha = 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        la.optimize_prior(x_val, labels_val, span=1e4)
+    assert la.prior_result["at_bound"] == {}
+    assert la.alpha == pytest.approx(best, rel=0.6)  # the grid's step is a factor 1.5
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac"])
+@pytest.mark.parametrize("prior", ["scalar", "layer"])
+def test_a_huge_temperature_is_the_evidence_boundary(problem, structure, prior):
+    """issue 28: at T = 1e30 the data weigh 1e-30 of the prior and γ ≈ 1e-21: the evidence's
+    slope in ln α is −α E_W alone, which fell below the direct search's absolute tolerance at
+    α ≈ 1e-7 — an "optimum" with uniform probabilities and no error. The maximum, if any,
+    lies more than 12 decades below P/(2E_W), where the search's box ends: it is the edge of
+    the space, α → 0, and optimize_evidence says so without changing the Laplace."""
+    model, x, labels = problem
+    la = sigma.Laplace(
+        model, x, labels, likelihood="classification", temperature=1e30, structure=structure,
+        prior=prior,
+    )  # fmt: skip
+    before = la.alpha
+    with pytest.raises(EvidenceBoundaryError, match=r"alpha.* → 0") as e:
+        la.optimize_evidence()
+    assert all(name.startswith("alpha") for name in e.value.which)
+    assert "temperature=1e+30" in "".join(getattr(e.value, "__notes__", []))
+    assert np.all(la.alpha == before) and la.evidence_result is None
+
+
+def test_a_large_temperature_finds_the_evidence_maximum_where_the_terms_balance(problem):
+    """issue 28: at T = 1e20 the maximum is interior (≈ 3e-10, 10 decades below P/(2E_W)),
+    where ½γ(α) = α E_W, γ(α) = Σ λ_i/(λ_i + α) with λ the eigenvalues of G/T (G by the
+    untempered Laplace, the root by Brent's method); the search stopped 2 decades above it."""
+    model, x, labels = problem
+    lam = (
+        np.linalg.eigvalsh(
+            sigma.Laplace(model, x, labels, likelihood="classification").structure.matrix
+        )
+        / 1e20
+    )
+    lam = lam[lam > 0]
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=1e20)
+
+    def slope(log_alpha):
+        alpha = np.exp(log_alpha)
+        return 0.5 * np.sum(lam / (lam + alpha)) - alpha * la.weight_error
+
+    root = np.exp(scipy.optimize.brentq(slope, np.log(1e-20), np.log(1e-3), xtol=1e-14))
+    la.optimize_evidence()
+    assert la.alpha == pytest.approx(root, rel=1e-5)

@@ -2,6 +2,15 @@
 checked against β E_D + Σ α_g E_Wg), the loop re-estimates α_g, β during fit for every
 structure and both likelihoods, is deterministic for a seed, and refuses bad input clearly."""
 
+import json
+import selectors
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -39,10 +48,11 @@ def _loss_gradient(model, x, y):
 
 @pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
 def test_the_training_objective_is_the_log_posterior(likelihood):
-    """∇(compiled loss + penalty) = ∇(β E_D + Σ α_g E_Wg) · 2/(β N K) (mean squared error), or
-    ∇(E + Σ α_g E_Wg) / N (mean cross-entropy on logits), on the full batch. (Keras computes
-    its compiled loss in floatx, float32, whatever the model's dtype: hence rtol 1e-5.) A
-    binary classifier (one logit, the mean binary cross-entropy) has the same scale 1/N."""
+    """The train step's gradient (one SGD step on the full batch) is ∇(β E_D + Σ α_g E_Wg) ·
+    2/(β N K) (mean squared error), or ∇(E + Σ α_g E_Wg) / N (mean cross-entropy on logits).
+    (Keras computes its compiled loss in floatx, float32, whatever the model's dtype: hence
+    rtol 1e-4 on the step.) A binary classifier (one logit, the mean binary cross-entropy) has
+    the same scale 1/N. After fit the compiled loss is the plain one."""
     k = 1 if likelihood == "binary" else 2
     if likelihood == "regression":
         model, y, beta = _compiled("mse"), Y, 3.0
@@ -55,21 +65,26 @@ def test_the_training_objective_is_the_log_posterior(likelihood):
         model, y, beta = _compiled(loss), LABELS, None
     alphas = np.array([0.5, 2.0, 7.0])
     cb = EvidenceCallback(X, y, structure="full", prior="layer", alpha=alphas, beta=beta)
-    cb.set_model(model)
-    cb.on_train_begin()
     lik = sigma.likelihoods.get(likelihood)
     targets = lik.targets(y, 40, k)
     w = tf.Variable(flat_weights(model))
     eng = sigma.curvature.engine(model)
     with tf.GradientTape() as tape:
         e_d = lik.data_error(eng.forward(w, X), targets)
-        groups = tf.constant(cb.prior.groups)
-        e_w = 0.5 * tf.math.unsorted_segment_sum(tf.square(w), groups, 3)
-        posterior = (beta if beta else 1.0) * e_d + tf.reduce_sum(alphas * e_w)
+        posterior = (beta if beta else 1.0) * e_d
     scale = 2.0 / (beta * 40 * k) if beta else 1.0 / 40
-    expected = tape.gradient(posterior, w).numpy() * scale
-    np.testing.assert_allclose(_loss_gradient(model, X, y), expected, rtol=1e-5, atol=1e-9)
-    cb.on_train_end()  # re-estimates at the final weights, then takes the penalty away
+    plain_before = tape.gradient(posterior, w).numpy() * scale
+    # one plain SGD step on the full batch: w ← w − lr ∇(compiled loss + penalty)
+    model.fit(X, y, epochs=1, batch_size=40, shuffle=False, verbose=0, callbacks=[cb])
+    step = (w.numpy() - flat_weights(model)) / model.optimizer.learning_rate.numpy()
+    groups = tf.constant(cb.prior.groups)
+    with tf.GradientTape() as tape:
+        e_w = 0.5 * tf.math.unsorted_segment_sum(tf.square(w), groups, 3)
+        penalty = tf.reduce_sum(alphas * e_w)
+    expected = plain_before + tape.gradient(penalty, w).numpy() * scale
+    np.testing.assert_allclose(step, expected, rtol=1e-4, atol=1e-8)
+    # after fit (re-estimated at the final weights) the compiled loss is the plain one again
+    w.assign(flat_weights(model))
     plain = _loss_gradient(model, X, y)
     with tf.GradientTape() as tape:
         e_d = lik.data_error(eng.forward(w, X), targets)
@@ -303,15 +318,209 @@ def test_a_callback_serves_one_model_and_numbers_its_fits():
     seen = {}
 
     class Spy(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):  # runs after cb's: the penalty already in place
-            kernel = self.model.trainable_variables[0]
-            seen["strength"] = kernel.regularizer.strength.numpy()
+        def on_train_begin(self, logs=None):
+            seen["w0"] = flat_weights(self.model)
 
-    model.fit(X, Y, epochs=2, batch_size=20, verbose=0, callbacks=[cb, Spy()])
-    np.testing.assert_allclose(seen["strength"], alpha / (beta * 40 * 2), rtol=1e-12)
+        def on_train_batch_end(self, batch, logs=None):
+            seen.setdefault("w1", flat_weights(self.model))  # after the first step
+
+    plain = _loss_gradient(model, X[:20], Y[:20])  # no penalty on the model between fits
+    model.fit(X, Y, epochs=2, batch_size=20, shuffle=False, verbose=0, callbacks=[cb, Spy()])
+    # the first SGD step of the second fit: w ← w − lr (∇ mean loss + 2 c w), c = α/(β N K)
+    penalty = (seen["w0"] - seen["w1"]) / model.optimizer.learning_rate.numpy() - plain
+    np.testing.assert_allclose(
+        penalty, 2 * alpha / (beta * 40 * 2) * seen["w0"], rtol=1e-3, atol=1e-7
+    )
     assert [(h["fit"], h["epoch"]) for h in cb.history] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     other = _compiled("mse", seed=1)
     with pytest.raises(ValueError, match=r"already used to train another model .*of its own"):
         other.fit(X, Y, epochs=1, verbose=0, callbacks=[cb])
     assert all(v.regularizer is None for v in other.trainable_variables)
     assert len(cb.history) == 4
+
+
+class _Raise(keras.callbacks.Callback):
+    """Raises RuntimeError in fit's second epoch, at the hook named ``where``."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where, self.epoch = where, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.where == "batch begin" and self.epoch == 1 and batch == 1:
+            raise RuntimeError("raised by another callback")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.where == "batch end" and self.epoch == 1 and batch == 1:
+            raise RuntimeError("raised by another callback")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.where == "epoch end" and epoch == 1:
+            raise RuntimeError("raised by another callback")
+
+
+def _first_step(model, x, y) -> np.ndarray:
+    """The direction of the first SGD step of a plain one-batch fit: (w_before − w_after)/lr."""
+    before = flat_weights(model)
+    model.fit(x, y, epochs=1, batch_size=len(x), shuffle=False, verbose=0)
+    return (before - flat_weights(model)) / model.optimizer.learning_rate.numpy()
+
+
+@pytest.mark.parametrize("where", ["epoch end", "batch begin", "batch end"])
+def test_a_fit_ended_by_an_exception_leaves_the_model_as_it_was_given(where):
+    """issue 28: an exception in another callback ends fit before on_train_end. The prior's
+    penalty must not stay behind: no extra term in model.losses, evaluate reports the plain
+    mean squared error, the next plain fit steps along the plain gradient, and the next
+    EvidenceCallback finds no regularizer to replace (no warning)."""
+    model = _compiled("mse", seed=4)
+    model.optimizer.learning_rate.assign(1e-4)
+    cb = EvidenceCallback(X, Y, structure="diag", prior="layer", every=1, verbose=0)
+    with pytest.raises(RuntimeError, match="raised by another callback"):
+        model.fit(X, Y, epochs=5, batch_size=10, verbose=0, callbacks=[cb, _Raise(where)])
+    assert cb.history and np.all(np.asarray(cb.history[-1]["alpha"]) > 0)  # the penalty acted
+    assert model.losses == [] and all(v.regularizer is None for v in model.trainable_variables)
+    mse = np.mean((model.predict(X, verbose=0) - Y) ** 2)
+    assert model.evaluate(X, Y, verbose=0) == pytest.approx(mse, rel=1e-5)
+    plain = _loss_gradient(model, X, Y)
+    np.testing.assert_allclose(_first_step(model, X, Y), plain, rtol=1e-4, atol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "EvidenceCallback replaces the weight regularizers"
+        model.fit(X, Y, epochs=1, verbose=0, callbacks=[EvidenceCallback(X, Y, verbose=0)])
+
+
+def test_validation_during_fit_leaves_no_penalty_in_evaluate():
+    """Found with issue 28: Keras traces its test step during fit for validation_data, while
+    the penalty was on the variables, and kept that graph: after a fit that ended normally,
+    evaluate still added the prior's penalty. val_loss is the plain held-out loss."""
+    model = _compiled("mse", seed=6)
+    cb = EvidenceCallback(X, Y, structure="diag", every=1, verbose=0)
+    hist = model.fit(
+        X[:30], Y[:30], validation_data=(X[30:], Y[30:]), epochs=2, batch_size=10, verbose=0,
+        callbacks=[cb],
+    )  # fmt: skip
+    mse = np.mean((model.predict(X, verbose=0) - Y) ** 2)
+    assert model.evaluate(X, Y, verbose=0) == pytest.approx(mse, rel=1e-5)
+    held_out = np.mean((model.predict(X[30:], verbose=0) - Y[30:]) ** 2)
+    assert hist.history["val_loss"][-1] == pytest.approx(held_out, rel=1e-5)
+
+
+def test_a_fit_ended_by_an_exception_gives_back_the_users_regularizers():
+    """The model's own L2 regularizer (replaced by the prior's penalty during fit) is back
+    after a fit an exception ended: evaluate = mean squared error + its penalty, by hand."""
+    keras.utils.set_random_seed(0)
+    l2 = keras.regularizers.L2(0.01)
+    model = keras.Sequential(  # float32: Keras adds a float64 layer's L2 to its float32 loss
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(5, "tanh", kernel_regularizer=l2),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(keras.optimizers.SGD(1e-3), "mse")
+    cb = EvidenceCallback(X, Y, structure="diag", every=1, verbose=0)
+    with pytest.warns(RuntimeWarning, match="replaces the weight regularizers"):
+        with pytest.raises(RuntimeError, match="raised by another callback"):
+            model.fit(X, Y, epochs=3, batch_size=10, verbose=0, callbacks=[cb, _Raise("epoch end")])
+    kernel = model.layers[0].kernel
+    assert kernel.regularizer is l2 and len(model.losses) == 1
+    expected = np.mean((model.predict(X, verbose=0) - Y) ** 2) + 0.01 * np.sum(kernel.numpy() ** 2)
+    assert model.evaluate(X, Y, verbose=0) == pytest.approx(expected, rel=1e-5)
+
+
+_INTERRUPTED = textwrap.dedent(
+    """
+    import json, signal, sys, warnings
+    import keras, numpy as np
+    import sigma
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 3))
+    y = np.tanh(x @ rng.normal(size=(3, 2)))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)]
+    )
+    model.compile(keras.optimizers.SGD(1e-3), "mse")
+
+
+    class Announce(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                print("TRAINING", flush=True)
+
+
+    cb = sigma.EvidenceCallback(x, y, structure="diag", every=1, verbose=0)
+    try:
+        model.fit(x, y, epochs=10**6, batch_size=8, verbose=0, callbacks=[cb, Announce()])
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one was enough: ignore any further
+        print("INTERRUPTED", flush=True)
+    else:
+        sys.exit("fit ended without an interrupt")
+    mse = float(np.mean((model.predict(x, verbose=0) - y) ** 2))
+    result = {
+        "estimates": len(cb.history),
+        "losses": len(model.losses),
+        "regularizers": [repr(v.regularizer) for v in model.trainable_variables],
+        "evaluate": float(model.evaluate(x, y, verbose=0)),
+        "mse": mse,
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = sigma.EvidenceCallback(x, y, structure="diag", verbose=0)
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[again])
+    result["warnings"] = [str(w.message) for w in caught]
+    print("RESULT" + json.dumps(result), flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_fit_leaves_the_model_as_it_was_given(tmp_path):
+    """issue 28: Ctrl-C (SIGINT) wherever it lands in fit — a train step, a re-estimation,
+    Keras' loop — leaves no penalty on the model (a real signal, in a process of its own)."""
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _INTERRUPTED],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+
+    def stderr():
+        return (tmp_path / "stderr.txt").read_text()[-3000:]
+
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+
+            def next_line(seconds):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if sel.select(timeout=0.5):
+                        return proc.stdout.readline().strip()
+                return ""
+
+            assert next_line(300) == "TRAINING", stderr()
+            for _ in range(10):
+                proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal delivers
+                # (Python drops a KeyboardInterrupt raised inside a __del__, e.g. of a
+                # tf.data iterator, as "Exception ignored in": as a user would, press again)
+                line = next_line(10)
+                if line:
+                    break
+            assert line == "INTERRUPTED", stderr()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr()
+    result = json.loads(next(ln[6:] for ln in out.splitlines() if ln.startswith("RESULT")))
+    assert result["estimates"] >= 1  # the penalty was on
+    assert result["losses"] == 0 and set(result["regularizers"]) == {"None"}
+    assert result["evaluate"] == pytest.approx(result["mse"], rel=1e-5)
+    assert not [w for w in result["warnings"] if "regularizer" in w], result["warnings"]

@@ -193,8 +193,26 @@ def test_bad_weights_are_refused_naming_the_argument(rng, mlp64):
         ([np.zeros((2, 2), bool)] + [True] * 5, r"weights: the mask of .* must have the"),
         ([np.zeros((3, 5))] + [True] * 5, r"weights: the mask of .* must be boolean"),
         ([False] * 6, r"weights selects no weight"),
+        ({}, r"weights selects no weight"),
         (3, r"weights must be one of"),
     ]
+    for weights, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sigma.Laplace(mlp64, x, y, weights=weights)
+
+
+def test_an_empty_selection_says_so_and_what_to_pass(rng, mlp64):
+    """issue 28: weights=[] was "weights as masks must hold one boolean mask per trainable
+    variable (6), got 0 entries"; masks that select nothing say that too."""
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    cases = [
+        ([], r"^weights is an empty list: it selects no weight. Pass weights='all' \(the "
+             r"default\).* one boolean mask per trainable variable \(6\) with at least one True"),
+        ((), r"^weights is an empty tuple: it selects no weight"),
+        ([False] * 6, r"^weights selects no weight \(every mask is False\).*weights='all'"),
+        ([np.zeros(v.shape, bool) for v in mlp64.trainable_variables],
+         r"^weights selects no weight \(every mask is False\)"),
+    ]  # fmt: skip
     for weights, message in cases:
         with pytest.raises(ValueError, match=message):
             sigma.Laplace(mlp64, x, y, weights=weights)

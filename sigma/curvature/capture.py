@@ -380,11 +380,11 @@ def capture(model, plan: LayerPlan, x, *, likelihood=None) -> Captured:
             f = _model_outputs(model, x)
         # a sampled root (curvature="ggn_mc"): drawn once per batch, for every block
         draw = getattr(likelihood, "draw", None)
-        columns = None if draw is None else draw(f)
-        if columns is None:
+        draws = None if draw is None else draw(f)
+        if draws is None:
             u = _pseudo_outputs(f, likelihood)
         else:
-            u = likelihood.pseudo(tf.stop_gradient(f), f, columns)
+            u = likelihood.pseudo(tf.stop_gradient(f), f, draws)
         total = tf.reduce_sum(u, axis=0)  # (K,): samples are independent in inference mode
     zs = [z for _, zl in records for z in zl]
     grads = _sensitivities(tape, u, total, zs) if zs else []
@@ -408,7 +408,7 @@ def capture(model, plan: LayerPlan, x, *, likelihood=None) -> Captured:
     for g in _norm_layers(plan):
         slot = next(i for i, la in enumerate(layers) if la is g.layer)
         normed[id(g)] = _norm_jacobian(g, *per_layer[slot], f)
-    autodiff = _generic_jacobians(model, plan, x, likelihood, columns) if plan.generic else []
+    autodiff = _generic_jacobians(model, plan, x, likelihood, draws) if plan.generic else []
     it = iter(autodiff)
     jacs = [normed[id(g)] if g.norm is not None else next(it) for g in plan.generic]
     return Captured(acts, sens, jacs, f)
@@ -533,7 +533,7 @@ def _sensitivities(tape, u, total, zs):
     return [tf.stack([g[j] for g in per_k]) for j in range(len(zs))]
 
 
-def _generic_jacobians(model, plan: LayerPlan, x, likelihood, columns=None):
+def _generic_jacobians(model, plan: LayerPlan, x, likelihood, draws=None):
     """Per generic block the per-sample Jacobian of the pseudo-outputs, (B, K, P_l).
 
     ``tf.vectorized_map`` over the samples of K backward passes (one per output, unrolled as in
@@ -555,7 +555,7 @@ def _generic_jacobians(model, plan: LayerPlan, x, likelihood, columns=None):
     def one(elems):
         # The weights enter as plain tensors (stateless_call): gradients with respect to them
         # also work inside tf.map_fn, where variables captured by the loop body would not.
-        xn, cn = elems if columns is not None else (elems, None)
+        xn, cn = elems if draws is not None else (elems, None)
         weights = list(values)
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             for i in generic:
@@ -593,10 +593,10 @@ def _generic_jacobians(model, plan: LayerPlan, x, likelihood, columns=None):
 
     if pfor:
         with vectorize.converting():
-            per_var = tf.vectorized_map(one, x if columns is None else (x, columns))
+            per_var = tf.vectorized_map(one, x if draws is None else (x, draws))
     else:
         sig = [tf.TensorSpec([None, int(np.prod(tv[i].shape))], values[i].dtype) for i in generic]
-        per_var = tf.map_fn(one, x if columns is None else (x, columns), fn_output_signature=sig)
+        per_var = tf.map_fn(one, x if draws is None else (x, draws), fn_output_signature=sig)
     # a variable selected in part (a mask): its selected columns, (B, K, n)
     per_var = [
         j if c is None else tf.gather(j, c, axis=2) for j, c in zip(per_var, columns, strict=True)

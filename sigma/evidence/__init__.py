@@ -354,7 +354,16 @@ def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha,
             budget, iterations):  # fmt: skip
     """L-BFGS-B on −ln p(D | α, β) in log coordinates, from ``best``; the box is
     [1e-12·max, max] with α_g ≤ P_g/(2E_Wg), β_h ≤ N_h/(2E_h) (the maximum lies below both:
-    there the gradient points inwards)."""
+    there the gradient points inwards). A maximum at the box's lower edge, with the evidence
+    still growing towards it, is the edge of the space (:class:`EvidenceBoundaryError`).
+
+    Each derivative is a difference of two terms that balance at the maximum,
+    ∂/∂ln α_g = ½γ_g − α_g E_Wg and ∂/∂ln β_h = ½(N_h − γ_h) − β_h E_h, and both shrink with
+    the precision: where the data determine almost none of a group's weights (γ_g → 0, e.g. a
+    likelihood tempered by T = 1e30) the slope falls below an absolute tolerance long before
+    the box's edge or a balance is reached. A stop where a derivative is not small against
+    its own terms (relative to √tol) is no maximum: the search goes on from there with the
+    tolerance scaled to those terms, until the terms balance or the edge is reached."""
     import scipy.optimize
 
     _, a0, b0 = best
@@ -368,25 +377,38 @@ def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha,
     lo = np.where(free, hi - np.log(1e12), x0)
     x0 = np.clip(x0, lo, hi)
 
-    def objective(z):
+    def parts(z):
+        """(ln p, the data's and the prior's terms of each derivative (free coordinates))."""
         x = x0.copy()
         x[free] = z
         a, b = np.exp(x[:ga]), np.exp(x[ga:])
         value, gammas, group_gammas = evaluate(a, b)
-        grad = np.r_[
-            0.5 * gammas - a * weight_errors,
-            np.where(free_beta, 0.5 * (counts - group_gammas) - b * errors, 0.0),
-        ]
-        return -value, -grad[free]
+        pull = np.r_[0.5 * gammas, np.where(free_beta, 0.5 * (counts - group_gammas), 0.0)]
+        push = np.r_[a * weight_errors, np.where(free_beta, b * errors, 0.0)]
+        return value, pull[free], push[free]
 
-    res = scipy.optimize.minimize(
-        objective,
-        x0[free],
-        jac=True,
-        method="L-BFGS-B",
-        bounds=list(zip(lo[free], hi[free], strict=True)),
-        options={"maxiter": budget, "ftol": 0.0, "gtol": tol * max(1.0, float(sizes.sum()))},
-    )
+    def objective(z, unit=1.0):
+        value, pull, push = parts(z)
+        return -value / unit, (push - pull) / unit
+
+    def minimize(z, unit, gtol, maxiter):
+        return scipy.optimize.minimize(
+            objective, z, args=(unit,), jac=True, method="L-BFGS-B",
+            bounds=list(zip(lo[free], hi[free], strict=True)),
+            options={"maxiter": maxiter, "ftol": 0.0, "gtol": gtol},
+        )  # fmt: skip
+
+    res = minimize(x0[free], 1.0, tol * max(1.0, float(sizes.sum())), budget)
+    nit = int(res.nit)
+    for _ in range(8):  # each restart in the units of the terms where the last one stopped
+        _, pull, push = parts(res.x)
+        scale = np.abs(pull) + np.abs(push)
+        inside = (res.x > lo[free] + 1e-9) & (res.x < hi[free] - 1e-9)
+        loose = inside & (np.abs(pull - push) > np.sqrt(tol) * scale)
+        if not np.any(loose) or nit >= budget:
+            break
+        res = minimize(res.x, float(np.min(scale[loose])), tol, budget - nit)
+        nit += int(res.nit)
     x = x0.copy()
     x[free] = res.x
     a, b = np.exp(x[:ga]), np.exp(x[ga:])
@@ -410,16 +432,16 @@ def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha,
             "use a prior with fewer groups, or more data",
             alpha=_out(a),
             beta=_out(b),
-            n_iter=iterations + int(res.nit),
+            n_iter=iterations + nit,
             which=at_low,
         )
-    if not res.success and res.nit >= budget:
+    if not res.success and nit >= budget:
         raise EvidenceError(
             f"the evidence maximisation did not converge in {iterations + budget} iterations "
             f"(direct maximisation: {res.message}); last alpha={_out(a)!r}, beta={_out(b)!r}: "
             "raise max_iter or tol",
             alpha=_out(a),
             beta=_out(b),
-            n_iter=iterations + int(res.nit),
+            n_iter=iterations + nit,
         )
-    return a, b, int(res.nit)
+    return a, b, nit

@@ -171,20 +171,31 @@ def optimize(
             n_iter=0,
             which=["beta"],
         )
-    result = evidence.maximize(
-        terms(post),
-        weight_errors=post.weight_errors,
-        sizes=post.prior.sizes,
-        errors=post.group_errors,
-        counts=post.group_counts,
-        noise=free,
-        alphas=start,
-        betas=post.beta,
-        fix_alpha=fix_alpha,
-        fix_beta=fix_beta or not free.any(),
-        tol=tol,
-        max_iter=max_iter,
-    )
+    tempered = np.array(post.groups.kinds) == "tempered"
+    try:
+        result = evidence.maximize(
+            terms(post),
+            weight_errors=post.weight_errors,
+            sizes=post.prior.sizes,
+            errors=post.group_errors,
+            counts=post.group_counts,
+            noise=free,
+            alphas=start,
+            betas=post.beta,
+            fix_alpha=fix_alpha,
+            fix_beta=fix_beta or not free.any(),
+            tol=tol,
+            max_iter=max_iter,
+        )
+    except evidence.EvidenceBoundaryError as exc:
+        if tempered.any() and np.any(post.beta[tempered] != 1.0):  # a tempered likelihood
+            temperature = 1.0 / float(post.beta[tempered][0])
+            exc.add_note(
+                f"(the likelihood is tempered by temperature={temperature:g}: a smaller "
+                "temperature gives the data more weight; a classifier's alpha can also be set "
+                "directly, la.alpha = ...)"
+            )
+        raise
     alphas = np.atleast_1d(np.asarray(result.alpha, np.float64))
     betas = np.atleast_1d(np.asarray(result.beta, np.float64))
     best = post.replace(alpha=alphas, beta=betas)

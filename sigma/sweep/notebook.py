@@ -5,7 +5,8 @@
   not the file format), the identity of a notebook version in a sweep.
 * :func:`execute_notebook` — papermill in a fresh kernel that does not copy what native code
   writes to the process's stderr into the notebook (:data:`KERNEL_ARGUMENTS`), so executed
-  notebooks and their HTML carry no oneDNN / absl / CUDA lines, on any CPU.
+  notebooks and their HTML carry no oneDNN / absl / CUDA lines, on any CPU; the kernel's
+  stderr reaches the terminal without TensorFlow's start-up lines (:func:`is_startup_noise`).
 * :func:`render_html` — a self-contained HTML page, readable offline: images are embedded and
   the template loads no script from a CDN (MathJax, require.js and mermaid are left out, so
   LaTeX shows as its source).
@@ -18,6 +19,8 @@ import hashlib
 import json
 import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 from sigma.sweep import require_notebooks_extra
@@ -43,6 +46,17 @@ KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 # internal error of the kernel itself (a connection file it cannot read, say), after which the
 # run is still recorded as failed with papermill's "kernel died" error.
 KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL", "--IPKernelApp.capture_fd_output=False")
+# What TensorFlow writes to file descriptor 2 while its libraries load, before
+# TF_CPP_MIN_LOG_LEVEL applies (no setting of a kernel's environment silences it, short of
+# TF_ENABLE_ONEDNN_OPTS=0, which changes the computation): absl's notice, the oneDNN notice
+# (twice, one per library), the CPU-feature notice and its second line. The kernel's stderr
+# reaches the terminal through a pipe that drops these lines and passes everything else.
+STARTUP_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|^[IW]\d{4} [\d:.]+ +\d+ (port\.cc:\d+\] oneDNN custom operations are on\."
+    r"|cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU)"
+    r"|^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler"
+)
 # The lab template without the <script src=https://cdn...> tags (require.js, MathJax, mermaid).
 _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
@@ -119,6 +133,48 @@ def kernel_environment(extra: dict | None = None):
             os.environ.pop(key, None)
 
 
+def is_startup_noise(line: str) -> bool:
+    """Whether ``line`` (from a kernel's stderr) is one of TensorFlow's start-up lines
+    (:data:`STARTUP_NOISE`), which a kernel's environment cannot silence."""
+    return bool(STARTUP_NOISE.match(line))
+
+
+def _relay(pipe: int) -> None:
+    """Copy the lines of ``pipe`` (a kernel's stderr) to this process's stderr, except
+    TensorFlow's start-up lines, until the kernel closes it."""
+    with open(pipe, "rb") as lines:
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if not is_startup_noise(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+
+def _kernel_manager(relays: list):
+    """jupyter_client's AsyncKernelManager whose kernels write their stderr into a pipe that
+    :func:`_relay` empties on a thread (appended to ``relays``)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RelayedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            if "stderr" in kw:
+                return await super().start_kernel(**kw)
+            read, write = os.pipe()
+            relay = threading.Thread(target=_relay, args=(read,), daemon=True)
+            try:
+                result = await super().start_kernel(stderr=write, **kw)
+            except BaseException:
+                os.close(read)
+                raise
+            finally:
+                os.close(write)  # the kernel holds its own end: end of file when it exits
+            relay.start()
+            relays.append(relay)
+            return result
+
+    return RelayedKernelManager
+
+
 def execute_notebook(
     nb,
     output_path,
@@ -139,16 +195,22 @@ def execute_notebook(
     """
     import papermill
 
-    with kernel_environment():
-        return papermill.execute_notebook(
-            nb,
-            os.fspath(output_path),
-            parameters=parameters or {},
-            progress_bar=progress,
-            execution_timeout=timeout,
-            cwd=None if cwd is None else os.fspath(cwd),
-            extra_arguments=list(KERNEL_ARGUMENTS),
-        )
+    relays = []
+    try:
+        with kernel_environment():
+            return papermill.execute_notebook(
+                nb,
+                os.fspath(output_path),
+                parameters=parameters or {},
+                progress_bar=progress,
+                execution_timeout=timeout,
+                cwd=None if cwd is None else os.fspath(cwd),
+                extra_arguments=list(KERNEL_ARGUMENTS),
+                kernel_manager_class=_kernel_manager(relays),
+            )
+    finally:
+        for relay in relays:  # the kernel has exited: what it wrote is on the terminal
+            relay.join(timeout=5.0)
 
 
 def render_html(notebook, html_path, *, code: bool = True) -> Path:
