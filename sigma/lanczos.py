@@ -12,9 +12,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma._checks import check_positive_int
+from sigma.progress import bar as progress_bar
 
 MAX_PASSES = 30  # default cap on the passes over the data
 
@@ -35,7 +35,7 @@ def block_lanczos(
     tol: float = 1e-8,
     max_passes: int | None = None,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
 ):
     """Top-k eigenpairs (largest |λ|) of a symmetric n×n operator, by block Lanczos with full
     re-orthogonalisation.
@@ -66,7 +66,7 @@ def block_lanczos(
     basis[:, :b] = q
     starts, diag, off = [0, b], [], []
     converged, fresh, scale, steps = False, False, 0.0, 0
-    bar = tqdm(total=cap, desc="block Lanczos", disable=not progress, leave=False)
+    bar = progress_bar(total=cap, desc="block Lanczos", progress=progress)
     while True:
         qj = basis[:, starts[-2] : starts[-1]]
         z = np.asarray(matmat(qj), dtype=np.float64).reshape(n, qj.shape[1])

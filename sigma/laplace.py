@@ -64,6 +64,8 @@ from sigma.likelihoods.heads import check_mixed_heads
 from sigma.outputs import OutputLayout
 from sigma.posterior import DataSummary, Posterior, no_beta
 from sigma.priors import build_prior, owners_of
+from sigma.progress import check as progress_check
+from sigma.progress import mode as progress_mode
 from sigma.structures import Structure, fit_structure
 from sigma.weights import select
 
@@ -81,7 +83,8 @@ def _own_calls(method):
         model = self.__dict__.get("model")
         if model is None:  # __init__
             model = args[0] if args else kwargs.get("model")
-        with own_calls(model):
+        shown = self.__dict__.get("progress", kwargs.get("progress"))
+        with own_calls(model), progress_mode(progress_check(shown)):
             return method(self, *args, **kwargs)
 
     return call
@@ -144,7 +147,9 @@ class Laplace:
         of the memory available); a structure estimated to need more is refused before any
         large allocation, with :class:`sigma.memory.InsufficientMemoryError` naming structures
         that fit.
-    progress : show progress bars while accumulating.
+    progress : bars over the batches of the fit and of every prediction: None (default: a bar
+        once the work has taken a few seconds, so quick calls print nothing), True (always),
+        False (never).
     seed : the seed of ``curvature="ggn_mc"``'s draws (the same seed, the same curvature).
 
     Raises ValueError for bad input and when A is not positive definite.
@@ -174,7 +179,7 @@ class Laplace:
         structure_options: dict | None = None,
         strategy=None,
         max_memory: int | str | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
         seed: int = 0,
     ):
         if not isinstance(curvature, str) or curvature not in CURVATURES:
@@ -201,7 +206,7 @@ class Laplace:
         if not isinstance(negative, str) or negative not in NEGATIVE:
             raise ValueError(f"negative must be one of {NEGATIVE}, got {negative!r}")
         check_precisions(alpha, "alpha", allow_zero=True)
-        _check_flag(progress, "progress")
+        self.progress = progress_check(progress)
         seed = check_seed(seed)
         lik = likelihoods.get(likelihood)
         check_model(model)
@@ -789,7 +794,7 @@ class Laplace:
         post, w_map = saving.load(path, model)
         la = cls.__new__(cls)
         la.model, la.w_map, la._state = model, w_map, _frozen_state(model)
-        la._x, la.memory_estimate = None, None
+        la._x, la.memory_estimate, la.progress = None, None, None
         la.posterior = post
         la.evidence_result = la.prior_result = None
         return la

@@ -23,7 +23,6 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
 from sigma import likelihoods
 from sigma._checks import (
@@ -35,6 +34,7 @@ from sigma._checks import (
     model_inputs,
     n_samples,
 )
+from sigma.progress import bar as progress_bar
 
 # Cap on the elements of one batch's largest intermediate (2²⁵ ≈ 256 MB in float64).
 ELEMENT_BUDGET = 2**25
@@ -150,7 +150,8 @@ class Accumulator:
         body gives for one sample).
     arg_specs : ``tf.TensorSpec`` of the extra arguments (e.g. the vectors of a product).
     strategy : a ``tf.distribute.Strategy`` or None (one device).
-    progress : show a tqdm bar over the batches; ``desc`` labels it.
+    progress : a tqdm bar over the batches: None (once the work takes a few seconds, or as
+        the enclosing :func:`sigma.progress.mode` says), True, False; ``desc`` labels it.
     cache : keep the (per-replica) batches of a dataset after the first call and reuse them,
         for data that are in memory anyway.
     store, key : a dict in which the traced step is kept under ``(key, input signature,
@@ -167,14 +168,14 @@ class Accumulator:
         *,
         arg_specs=(),
         strategy=None,
-        progress=False,
+        progress=None,
         desc=None,
         cache=False,
         store=None,
         key=None,
     ):
         self.strategy = strategy
-        self.progress, self.desc = bool(progress), desc
+        self.progress, self.desc = progress, desc
         if strategy is not None and isinstance(data, ArrayBatches):
             data = data.as_dataset()
         self.data = data
@@ -196,12 +197,11 @@ class Accumulator:
         total = None
         batches = self._cached if self._cached is not None else self._batches
         keep = [] if self._cache and self._cached is None else None
-        bar = tqdm(
+        bar = progress_bar(
             batches,
             total=self._n_batches if self._cached is None else len(self._cached),
             desc=self.desc,
-            disable=not self.progress,
-            leave=False,
+            progress=self.progress,
         )
         for batch in bar:
             if keep is not None:

@@ -374,7 +374,7 @@ class Engine:
         curvature: str,
         *,
         strategy=None,
-        progress=False,
+        progress=None,
         row_chunk: int = ROW_CHUNK,
         groups=None,
     ) -> np.ndarray:
@@ -445,7 +445,7 @@ class Engine:
         route="auto",
         strategy=None,
         cache=False,
-        progress=False,
+        progress=None,
         plan_inputs=None,
     ):
         """The product V ↦ C V (V (P, m) or (P,)) summed over ``data``, as a reusable function.

@@ -264,7 +264,7 @@ def restore_groups(info, outputs):
 
 
 def fit_structure(
-    structure, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False
+    structure, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=None
 ):
     """``structure.fit`` on arrays or a prepared dataset, under ``strategy`` when given.
 

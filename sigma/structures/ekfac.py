@@ -42,7 +42,7 @@ class EKFAC(KFAC):
     memory_summary = "two Kronecker eigenbases and D×C corrected eigenvalues per layer"
 
     def fit(self, model, x, y=None, *, likelihood="regression", curvature="ggn",
-            batch_size=None, strategy=None, progress=False):  # fmt: skip
+            batch_size=None, strategy=None, progress=None):  # fmt: skip
         super().fit(
             model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size,
             strategy=strategy, progress=progress,

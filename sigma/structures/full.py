@@ -23,6 +23,7 @@ from sigma._checks import n_samples
 from sigma._linalg import eigh, one_blas_thread
 from sigma.curvature.accumulate import as_batches, batch_size_for, first_samples, is_dataset
 from sigma.curvature.engine import ROW_CHUNK
+from sigma.progress import bar as progress_bar
 from sigma.structures.base import Eigenbasis, restore_groups
 
 
@@ -36,7 +37,7 @@ class Full(Eigenbasis):
     can_clip = True
     memory_summary = "a P×P matrix and its eigendecomposition"
 
-    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
+    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=None):
         eng = self.engine_for(model)
         self.n_params = eng.n_params
         n = 1 if is_dataset(x) else n_samples(x)
@@ -136,7 +137,8 @@ class Full(Eigenbasis):
     # -- predictive -----------------------------------------------------------------------------
     def _jacobian_batches(self, model, x, batch_size):
         """Yield J(x) per batch, (B, K, P) float64."""
-        for _, j in self.engine_for(model).jacobians(x, batch_size=batch_size, extra=2):
+        batches = self.engine_for(model).jacobians(x, batch_size=batch_size, extra=2)
+        for _, j in progress_bar(batches, desc="full predictive"):
             yield j.astype(np.float64)
 
     def _projected(self, model, x, batch_size):

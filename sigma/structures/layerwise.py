@@ -35,6 +35,7 @@ from sigma.curvature.capture import (
     per_sample_elements,
     with_pfor_fallback,
 )
+from sigma.progress import bar as progress_bar
 from sigma.structures.base import Structure, restore_groups
 
 
@@ -73,7 +74,7 @@ class Layerwise(Structure):
         curvature="ggn",
         batch_size=None,
         strategy=None,
-        progress=False,
+        progress=None,
     ):
         """Accumulate the layer-wise curvature over x: arrays (N, ...) in batches of
         ``batch_size`` (default: automatic), or a ``tf.data.Dataset`` of ``(x, y)`` batches;
@@ -158,7 +159,8 @@ class Layerwise(Structure):
         else:
             per = per_sample_elements(self.plan, k)
         bs = layer_batch_size(n_samples(x), per, batch_size)
-        out = [np.asarray(fn(b[0], flat), dtype=np.float64) for b in ArrayBatches((x,), bs)]
+        batches = progress_bar(ArrayBatches((x,), bs), desc=f"{self.name} predictive")
+        out = [np.asarray(fn(b[0], flat), dtype=np.float64) for b in batches]
         return np.concatenate(out)
 
     def _head_predict_fn(self, model, x, params, covariance):

@@ -53,6 +53,7 @@ from sigma.curvature.capture import (
 from sigma.curvature.engine import CAPTURE_CACHE, spec_key
 from sigma.lanczos import block_lanczos, default_block
 from sigma.memory import activation_elements, itemsize, kernel_blocks
+from sigma.progress import bar as progress_bar
 from sigma.structures.base import Structure
 from sigma.structures.diag import Diag
 from sigma.structures.full import Full
@@ -121,7 +122,7 @@ class LowRank(Structure):
         k = min(self.rank, p)
         return default_block(k, p) if self.block is None else min(p, self.block)
 
-    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=False):
+    def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=None):
         eng = self.engine_for(model)
         p = self.n_params = eng.n_params
         k = min(self.rank, p)
@@ -177,7 +178,7 @@ class LowRank(Structure):
                 curvature,
                 route=route,
                 strategy=strategy,
-                progress=False,
+                progress=False,  # one bar for the whole eigensolver, not one per pass
                 plan_inputs=first,
             )
             self._eig, self._vecs, self.info = block_lanczos(
@@ -407,7 +408,7 @@ class LowRank(Structure):
         bs = batch_size_for(n, per_sample, None)
         if batch_size is not None:
             bs = min(bs, batch_size_for(n, 1, batch_size))
-        for start in range(0, n, bs):
+        for start in progress_bar(range(0, n, bs), desc="lowrank predictive"):
             yield (t.numpy() for t in proj(take(x, slice(start, start + bs)), u, scale))
 
     # -- A = D + U (βΛ) Uᵀ with D = D_α (+ β diag(r)): Woodbury ----------------------------------
