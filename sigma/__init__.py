@@ -8,7 +8,7 @@ The package is layered; each layer imports only those below it:
 * the core — :mod:`sigma.laplace` (the :class:`Laplace` facade), :mod:`sigma.structures`
   (one file per structure of the posterior precision), :mod:`sigma.curvature` (one engine
   computing every curvature, traced once per model), :mod:`sigma.evidence`,
-  :mod:`sigma.likelihoods`, :mod:`sigma.classification`, :mod:`sigma.heteroscedastic`,
+  :mod:`sigma.likelihoods`, :mod:`sigma.classification`,
   :mod:`sigma.conformal`, :mod:`sigma.losses`, :mod:`sigma.metrics`,
   :mod:`sigma.memory`, :mod:`sigma.params`;
 * :mod:`sigma.lab` — the notebook helpers (data, models, the original formula, scans, plots);
@@ -40,7 +40,7 @@ _EXPORTS = {
     "set_flat_weights": "sigma.params",
 }
 _SUBMODULES = {
-    "callbacks", "classification", "conformal", "curvature", "evidence", "heteroscedastic",
+    "callbacks", "classification", "conformal", "curvature", "evidence",
     "lab", "laplace", "likelihoods", "losses", "memory", "metrics", "params", "posterior",
     "predictive", "priors", "structures", "sweep", "tuning", "weights",
 }  # fmt: skip

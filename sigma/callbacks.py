@@ -37,11 +37,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import heteroscedastic, likelihoods, structures
+from sigma import likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
 from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
 from sigma.laplace import Laplace
+from sigma.likelihoods.heteroscedastic import describe
 from sigma.losses import GaussianNLL, compiled_loss
 from sigma.priors import build_prior, owners_of
 from sigma.weights import select
@@ -283,11 +284,10 @@ class EvidenceCallback(keras.callbacks.Callback):
             requested = likelihoods.get(self.likelihood)
             if requested.name != compiled:
                 raise ValueError(
-                    f"likelihood={heteroscedastic.describe(self.likelihood)} but the compiled "
-                    f"loss is a {compiled} loss"
+                    f"likelihood={describe(self.likelihood)} but the compiled loss is a "
+                    f"{compiled} loss"
                 )
-            if compiled == "heteroscedastic":  # the same parameterisation as the loss's
-                heteroscedastic.match_compiled_loss(model, requested, self.likelihood)
+            requested.for_model(model, self.likelihood)  # e.g. the loss's parameterisation
         args = fit_arguments(model)
         refuse_sample_weights(args)
         self._x, self._y, held_out = training_part(self.x, self.y, args)
@@ -298,11 +298,8 @@ class EvidenceCallback(keras.callbacks.Callback):
                 f"{len(tf.nest.flatten(self._x)[0])} that fit trains on"
             )
         self._owner, self._fits = weakref.ref(model), self._fits + 1
-        self._likelihood = compiled
-        loss = compiled_loss(model)
-        self._likelihood_object = (
-            loss.likelihood if compiled == "heteroscedastic" else compiled
-        )  # the parameterisation of the heads is the loss's
+        # the likelihood the compiled loss trains (a heteroscedastic one in its parameterisation)
+        self._likelihood = likelihoods.get(compiled).for_model(model, compiled)
         self._fitted_at = None
         self.selection = select(model, structures.resolve(self.structure, self.weights_spec)[1])
         self._variables = self.selection.variables(model)
@@ -380,7 +377,7 @@ class EvidenceCallback(keras.callbacks.Callback):
             out = {"evidence_alpha": float(alpha[0])}
         else:
             out = {f"evidence_alpha_{n}": float(a) for n, a in zip(names, alpha, strict=True)}
-        if self._likelihood == "regression":
+        if self._likelihood.noise:
             out["evidence_beta"] = np.nan if last is None else float(np.mean(last["beta"]))
         out["evidence_gamma"] = np.nan if last is None else float(last["gamma"])
         out["evidence_log_evidence"] = np.nan if last is None else float(last["log_evidence"])
@@ -407,11 +404,11 @@ class EvidenceCallback(keras.callbacks.Callback):
             weights=self.weights_spec,
             prior=self.prior_spec,
             curvature=self.curvature,
-            likelihood=self._likelihood_object,
+            likelihood=self._likelihood,
             batch_size=self.batch_size,
         )
         la = Laplace(self.model, self._x, self._y, alpha=1.0 if alpha is None else alpha, **kw)
-        if self._likelihood == "regression":
+        if self._likelihood.noise:
             la.beta = la.n_data * la.n_outputs / (2.0 * la.data_error) if beta is None else beta
         return la
 
@@ -449,7 +446,7 @@ class EvidenceCallback(keras.callbacks.Callback):
             )
             noise = (
                 f", beta {record['beta']:.4g} (noise σ {record['beta'] ** -0.5:.4g})"
-                if self._likelihood == "regression"
+                if self._likelihood.noise
                 else ""
             )
             _report(
@@ -466,7 +463,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         alpha_w = np.broadcast_to(
             np.asarray(self.prior.per_weight(alpha), np.float64), (self.prior.groups.size,)
         )
-        scale = 1.0 / (beta * n * k) if self._likelihood == "regression" else 1.0 / (2.0 * n)
+        scale = self._likelihood.penalty_scale(n, k, beta)
         offset = 0
         parts = zip(self._variables, self._strength, self.selection.parts, strict=True)
         for v, strength, (_, cols) in parts:

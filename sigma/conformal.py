@@ -29,7 +29,7 @@ import statistics
 
 import numpy as np
 
-from sigma import heteroscedastic, predictive
+from sigma import predictive
 from sigma._checks import as_array, check_inputs
 
 
@@ -235,12 +235,13 @@ def calibrate(la, x_cal, y_cal, *, level: float | None = None, randomised: bool 
     small for it. ``randomised``, ``seed``: APS randomisation (classifiers). A model with
     several outputs is not supported (ValueError).
     """
-    if la.output_layout.kind != "single" or la.likelihood.heads is not None:
+    lik = la.likelihood
+    if la.output_layout.kind != "single" or lik.heads is not None or lik.conformal is None:
         raise ValueError(
             "conformalize supports a model with one output (one softmax head for a "
             f"classifier); this one has {len(la.output_layout.sizes)} outputs"
         )
-    if la.likelihood.name == "classification":
+    if lik.conformal == "sets":
         probs = _two_class(_predictive(la, x_cal, "x_cal"))
         scores = APSScores(probs, y_cal, randomised=randomised, seed=seed)
         result = ConformalClassifier(lambda x: _two_class(la.predict_proba(x)), scores)
@@ -259,12 +260,7 @@ def _predictive(la, x, name):
     (an input or a σ that is NaN or infinite is refused as ``name``'s, not as x's)."""
     la.check_weights_unchanged()
     x = check_inputs(la.model, x, name)
-    post, model = la.posterior, la.model
-    if la.likelihood.name == "classification":
-        return predictive.probabilities(post, model, x, name=name)
-    if la.likelihood.name == "heteroscedastic":
-        return heteroscedastic.predict(post, model, x, name=name)
-    return predictive.mean_and_std(post, model, x, name=name)
+    return predictive.predict(la.posterior, la.model, x, name=name, flat=True)
 
 
 def _two_class(probs):

@@ -28,7 +28,6 @@ import tensorflow as tf
 from sigma import (
     conformal,
     evidence,
-    heteroscedastic,
     likelihoods,
     predictive,
     saving,
@@ -49,7 +48,7 @@ from sigma._checks import (
     model_dtype,
 )
 from sigma._grappler import own_calls
-from sigma.classification import MAX_SAMPLES, check_logits, check_method
+from sigma.classification import MAX_SAMPLES, check_method
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -128,7 +127,7 @@ class Laplace:
         one logit is a binary classifier, Bernoulli with a sigmoid link, y labels 0/1) or
         "heteroscedastic" (a Gaussian NLL with the model's own noise: 2K outputs [μ | ln σ²],
         y (N, K); or :class:`sigma.likelihoods.Heteroscedastic` for another parameterisation;
-        no β; :mod:`sigma.heteroscedastic`). A model compiled with
+        no β; :mod:`sigma.likelihoods.heteroscedastic`). A model compiled with
         :class:`sigma.losses.GaussianNLL` is read in that loss's parameterisation; a
         ``Heteroscedastic`` of another one is refused.
     temperature : T > 0, classification only: the tempered likelihood p(y | f)^(1/T), exact
@@ -210,8 +209,7 @@ class Laplace:
         seed = check_seed(seed)
         lik = likelihoods.get(likelihood)
         check_model(model)
-        if lik.name == "heteroscedastic":  # the form the compiled GaussianNLL trained
-            lik = heteroscedastic.match_compiled_loss(model, lik, likelihood)
+        lik = lik.for_model(model, likelihood)  # e.g. the form a compiled loss trained
         selection = select(model, weights)
         structure = structure.on(selection)
         if not is_dataset(x):
@@ -238,12 +236,8 @@ class Laplace:
             x, n, k, e_d, e_dk, square, e_g = prepare_dataset(
                 model, x, lik, batch_size=batch_size, layout=layout
             )
-            if not lik.has_beta:
-                first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
-                if lik.name == "heteroscedastic":
-                    heteroscedastic.check_heads(model, engine(model).outputs(first), lik, layout)
-                else:
-                    check_logits(model, engine(model).outputs(first), lik.heads)
+            first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
+            lik.check_outputs(model, engine(model).outputs(first), layout)
         else:
             if y is None:
                 raise ValueError(
@@ -252,10 +246,7 @@ class Laplace:
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, lik)
-            if lik.name == "classification":
-                check_logits(model, engine(model).outputs(x), lik.heads)
-            elif lik.name == "heteroscedastic":
-                heteroscedastic.check_heads(model, engine(model).outputs(x), lik, layout)
+            lik.check_outputs(model, engine(model).outputs(x), layout)
             # E_D, E_Dk = ½ Σ_n (f_nk − t_nk)² per output, E_h per precision group
             n, e_d, e_dk, square, e_g = engine(model).summary(ArrayBatches((x, y), 4096), lik)
             if not (np.isfinite(e_d) and np.isfinite(square)):
@@ -545,7 +536,7 @@ class Laplace:
         and the weight uncertainty √(gᵀA⁻¹g) apart.
 
         Heteroscedastic (``likelihood="heteroscedastic"``): mean (N, K) and std (N, K) with
-        std² = σ²_noise(x) + the weight uncertainty of the mean (:mod:`sigma.heteroscedastic`);
+        std² = σ²_noise(x) + the weight uncertainty of the mean (:mod:`sigma.likelihoods.heteroscedastic`);
         ``split=True`` gives the two apart.
 
         Classification: the class probabilities (N, K) of :meth:`predict_proba` (``method``,
@@ -554,37 +545,13 @@ class Laplace:
         A likelihood per head: a dict by output name, ``(mean, std)`` for a regression head
         (its own 1/β in the noise), the class probabilities for a classification head.
         """
-        if self.likelihood.name == "classification":
-            return self.predict_proba(
-                x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
-            )
-        if self.likelihood.name == "per_head":
-            _check_flag(noise, "noise")
-            check_method(method)
-            return predictive.per_head(
-                self.posterior, self.model, self._inputs(x), noise=noise, method=method,
-                n_samples=check_positive_int(n_samples, "n_samples"), seed=check_seed(seed),
-                batch_size=batch_size,
-            )  # fmt: skip
-        _check_flag(noise, "noise")
-        _check_flag(split, "split")
-        x = self._inputs(x)
-        if self.likelihood.name == "heteroscedastic":
-            return heteroscedastic.predict(
-                self.posterior, self.model, x, noise=noise, split=split, batch_size=batch_size
-            )
-        if split:
-            mean, epistemic = predictive.mean_and_std(
-                self.posterior, self.model, x, noise=False, batch_size=batch_size
-            )
-            noise_std = np.broadcast_to(
-                np.sqrt(predictive.noise_variance(self.posterior)), mean.shape
-            ).copy()
-            return tuple(self.output_layout.unflatten(p) for p in (mean, noise_std, epistemic))
-        mean, std = predictive.mean_and_std(
-            self.posterior, self.model, x, noise=noise, batch_size=batch_size
-        )
-        return self.output_layout.unflatten(mean), self.output_layout.unflatten(std)
+        for flag, flag_name in ((noise, "noise"), (split, "split")):
+            _check_flag(flag, flag_name)
+        return predictive.predict(
+            self.posterior, self.model, self._inputs(x), batch_size=batch_size, noise=noise,
+            split=split, method=check_method(method), n_samples=_check_samples(n_samples),
+            seed=check_seed(seed),
+        )  # fmt: skip
 
     @_own_calls
     def predictive_covariance(self, x, *, noise: bool = True, batch_size: int | None = None):
@@ -620,25 +587,11 @@ class Laplace:
         (Σ_kk + Σ_jj); "bridge", the mean of the Laplace bridge's Dirichlet (Hobbhahn et al.
         2022). Classification only (ValueError for regression).
         """
-        if self.likelihood.name == "per_head":
-            out = self.predict(x, method=method, n_samples=n_samples, seed=seed,
-                               batch_size=batch_size)  # fmt: skip
-            kinds = {name: lik.name for name, lik, _, _ in self.likelihood.bound()}
-            return {name: p for name, p in out.items() if kinds[name] == "classification"}
-        if self.likelihood.name != "classification":
-            raise ValueError(
-                "predict_proba needs likelihood='classification'; for regression use predict"
-            )
-        check_method(method)
-        n_samples = check_positive_int(n_samples, "n_samples")
-        if n_samples > MAX_SAMPLES:
-            raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
-        seed = check_seed(seed)
-        probs = predictive.probabilities(
-            self.posterior, self.model, self._inputs(x), method=method, n_samples=n_samples,
-            seed=seed, batch_size=batch_size,
-        )  # fmt: skip
-        return self.output_layout.unflatten(probs)
+        self.likelihood.probabilities(None)  # a classifier's, or refused
+        prediction = self.predict(
+            x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
+        )
+        return self.likelihood.probabilities(prediction)
 
     # -- evidence -------------------------------------------------------------------------------
     @property
@@ -877,6 +830,13 @@ def _clip_negative(structure, curvature) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+def _check_samples(n_samples) -> int:
+    n_samples = check_positive_int(n_samples, "n_samples")
+    if n_samples > MAX_SAMPLES:
+        raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
+    return n_samples
 
 
 def _check_flag(value, name: str, allowed: str = "True or False") -> None:

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import keras_compat, predictive, structures, weights
+from sigma import keras_compat, likelihoods, predictive, structures, weights
 from sigma._checks import model_dtype
 from sigma.curvature.capture import flat_outputs
 from sigma.curvature.engine import engine
@@ -157,22 +157,19 @@ class PredictiveLayer(keras.layers.Layer):
         var = cls.graph_variance(eng, self.spec["structure_spec"], arrays, inputs)
         var = tf.debugging.check_numerics(tf.cast(var, tf.float64), NON_FINITE_VARIANCE)
         var = tf.maximum(var, 0.0)
-        if self.spec["likelihood"] == "heteroscedastic":  # [μ | ln σ²]: noise head + weights
-            k = self.spec["n_outputs"] // 2
-            std = tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))
-            return {"mean": mean[:, :k], "std": tf.debugging.check_numerics(std, NON_FINITE_NOISE)}
-        if self.spec["likelihood"] == "regression":
-            noise = tf.constant(self.spec["noise"], tf.float64)
-            return {"mean": mean, "std": tf.sqrt(var + noise)}
-        z = mean / tf.sqrt(1.0 + np.pi / 8.0 * var)
-        heads = self.spec["heads"] or [[0, self.spec["n_outputs"]]]
-        return tf.concat(
-            [
-                tf.sigmoid(z[:, s:e]) if e - s == 1 else tf.nn.softmax(z[:, s:e], axis=-1)
-                for s, e in heads
-            ],
-            axis=-1,
-        )
+        noise = tf.constant(self.spec["noise"], tf.float64)
+        out = self.likelihood.serve(mean, var, noise)
+        if isinstance(out, dict):  # a σ with the model's own noise head may overflow
+            out["std"] = tf.debugging.check_numerics(out["std"], NON_FINITE_NOISE)
+        return out
+
+    @property
+    def likelihood(self):
+        """The served likelihood (a spec written before likelihood objects: its name)."""
+        described = self.spec["likelihood"]
+        if isinstance(described, str):
+            described = {"name": described, "heads": self.spec.get("heads")}
+        return likelihoods.from_description(described)
 
     @property
     def model_dtype(self) -> str:
@@ -180,11 +177,9 @@ class PredictiveLayer(keras.layers.Layer):
 
     def compute_output_spec(self, inputs):
         n = tf.nest.flatten(inputs)[0].shape[0]
-        k = self.spec["n_outputs"]
-        if self.spec["likelihood"] == "heteroscedastic":
-            k = k // 2
+        k = self.likelihood.served_outputs(self.spec["n_outputs"])
         out = keras.KerasTensor((n, k), dtype="float64")
-        if self.spec["likelihood"] in ("regression", "heteroscedastic"):
+        if self.likelihood.conformal == "interval":  # a mean and a std per target
             return {"mean": out, "std": keras.KerasTensor((n, k), dtype="float64")}
         return out
 
@@ -213,16 +208,7 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
             "built on keras.Input): a subclassed model does not say what it takes"
         )
     lik = post.likelihood
-    if lik.name == "per_head":
-        raise ValueError(
-            "to_keras serves one likelihood for all outputs; this posterior has a likelihood "
-            "per head: use Laplace.predict"
-        )
-    if lik.name == "heteroscedastic" and lik.parameterisation != "mean_logvar":
-        raise ValueError(
-            "to_keras supports likelihood='heteroscedastic' with parameterisation='mean_logvar' "
-            f"only (its mean is an output), got {lik.parameterisation!r}: use Laplace.predict"
-        )
+    lik.check_servable()
     structure, b = post.operator()  # Σ_h β_h C_h for several precision groups
     k = post.summary.n_outputs
     arrays, structure_spec = structure.export(model, post.alpha_weights(), b)
@@ -230,10 +216,7 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
         "structure": structure.name,
         "structure_spec": structure_spec,
         "weights": post.selection.describe(),
-        "likelihood": "regression" if lik.has_beta else lik.name,
-        "heads": None
-        if post.likelihood.heads is None
-        else [list(h) for h in post.likelihood.heads],
+        "likelihood": lik.describe(),
         "noise": predictive.noise_variance(post).tolist(),
         "arrays": {key: list(np.shape(v)) for key, v in arrays.items()},
         "n_outputs": k,

@@ -14,17 +14,10 @@ import warnings
 
 import numpy as np
 
-from sigma import heteroscedastic, metrics, predictive
+from sigma import metrics, predictive
 from sigma._checks import check_inputs, check_positive_int, check_precision
 from sigma._checks import n_samples as sample_count
 from sigma.posterior import Posterior
-
-METRICS = {
-    "regression": ("nll",),
-    "classification": ("nll", "brier", "ece"),
-    "heteroscedastic": ("nll",),
-}
-_SCORES = {"nll": metrics.nll, "brier": metrics.brier, "ece": metrics.expected_calibration_error}
 
 
 def optimize_prior(
@@ -46,9 +39,9 @@ def optimize_prior(
     or "lower", "beta": ...} for each tuned precision whose best value lies within twice
     ``tol`` (in ln) of the bound of the search, ``span``× its start (empty when none is);
     a RuntimeWarning names them and ``span``."""
-    kind = "regression" if post.likelihood.has_beta else post.likelihood.name
-    if metric not in METRICS[kind]:
-        raise ValueError(f"metric must be one of {METRICS[kind]} for {kind}, got {metric!r}")
+    lik = post.likelihood
+    if metric not in lik.metrics:
+        raise ValueError(f"metric must be one of {lik.metrics} for {lik.name}, got {metric!r}")
     if not isinstance(beta, bool):
         raise ValueError(f"beta must be True or False (also tune β), got {beta!r}")
     span = check_precision(span, "span", allow_zero=False)
@@ -57,17 +50,14 @@ def optimize_prior(
     max_iter = check_positive_int(max_iter, "max_iter")
     x_val = check_inputs(model, x_val, "x_val")
     k = post.summary.n_outputs
-    y_val = post.likelihood.targets(
-        y_val, sample_count(x_val), k, "y_val", "x_val", layout=post.output_layout
-    )
-    tune_beta = beta and post.likelihood.has_beta and post.n_groups == 1
     n_val = sample_count(x_val)
-    n_values = n_val * k if post.likelihood.has_beta else n_val
-    metrics.check_validation_size(metric, n_val, n_values, 1 + tune_beta)
+    y_val = lik.targets(y_val, n_val, k, "y_val", "x_val", layout=post.output_layout)
+    # β too when one noise precision covers every output (a factor of it)
+    tune_beta = beta and post.n_groups == 1 and bool(post.groups.free[0])
+    metrics.check_validation_size(metric, n_val, lik.validation_values(n_val, k), 1 + tune_beta)
     alpha0, beta0 = post.alpha, post.beta
     if post.prior.scalar and alpha0[0] == 0:
         alpha0 = np.full_like(alpha0, post.alpha_from_zero())
-    heads = post.likelihood.heads or [(0, k)]
     trials = []
 
     def at(z) -> Posterior | None:
@@ -83,15 +73,8 @@ def optimize_prior(
         if trial is None:
             return np.inf
         trials.append(1)
-        if post.likelihood.has_beta:
-            return metrics.gaussian_nll(
-                *predictive.mean_and_std(trial, model, x_val, name="x_val"), y_val
-            )
-        if kind == "heteroscedastic":  # α only, the NLL of noise head + weight uncertainty
-            mean, std = heteroscedastic.predict(trial, model, x_val, name="x_val")
-            return metrics.gaussian_nll(mean, std, y_val[:, : mean.shape[1]])
-        probs = predictive.probabilities(trial, model, x_val, name="x_val")
-        return sum(_SCORES[metric](probs[:, s:e], y_val[:, s:e]) for s, e in heads)
+        prediction = predictive.predict(trial, model, x_val, name="x_val", flat=True)
+        return lik.score(prediction, y_val, metric)
 
     import scipy.optimize
 

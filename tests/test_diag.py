@@ -90,5 +90,5 @@ def test_predicting_with_another_model_is_refused():
 
 
 def test_exact_hessian_is_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match="curvature='ggn' only"):
+    with pytest.raises(ValueError, match="curvature='ggn' or curvature='ggn_mc' only"):
         sigma.Laplace(make_mlp(), X, Y, structure="diag", curvature="hessian")

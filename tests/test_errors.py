@@ -74,7 +74,7 @@ def test_unbuilt_model(xy):
         ({"beta": -2.0}, r"^beta must be a finite number > 0"),
         ({"beta": float("nan")}, r"^beta must be a finite number > 0"),
         ({"alpha": "1"}, r"^alpha must be a real number"),
-        ({"curvature": "fisher"}, r"^curvature must be one of \('ggn', 'hessian'\)"),
+        ({"curvature": "fisher"}, r"^curvature must be one of \('ggn', 'ggn_mc', 'hessian'\)"),
         ({"structure": "banded"}, r"^structure must be one of"),
     ],
 )

@@ -125,5 +125,5 @@ def test_laplace_kfac_evidence_and_predict():
 
 
 def test_exact_hessian_is_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match="curvature='ggn' only"):
+    with pytest.raises(ValueError, match="curvature='ggn' or curvature='ggn_mc' only"):
         sigma.Laplace(make_mlp(), X, Y, structure="kfac", curvature="hessian")

@@ -148,6 +148,64 @@ class Likelihood:
     def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
         raise NotImplementedError
 
+    # -- what the rest of the package asks of a likelihood --------------------------------------
+    def for_model(self, model, requested) -> Likelihood:
+        """The likelihood to read this model's outputs with (``requested``: what the user
+        passed; e.g. the heteroscedastic form a compiled loss trained)."""
+        return self
+
+    def check_outputs(self, model, f, layout) -> None:
+        """Refuse outputs f (N, K) at the training inputs that this likelihood cannot read
+        (probabilities where logits are needed, a variance head that is not a log-variance)."""
+
+    def predictive_form(self, *, method: str = "probit", **_) -> str:
+        """What :meth:`predictive` needs of J A⁻¹ Jᵀ: "variance" (its diagonal, (N, K)) or
+        "covariance" ((N, K, K))."""
+        return "variance"
+
+    def predictive(self, mean, second, *, noise_var, layout=None, **options):
+        """The user's prediction from the outputs ``mean`` (N, K) and ``second`` (as
+        :meth:`predictive_form` asked), ``noise_var`` (K,) the noise variance of each output:
+        in the model's output structure (``layout``), flat without one."""
+        raise NotImplementedError
+
+    def probabilities(self, prediction):
+        """The class probabilities in a :meth:`predictive` result (``predict_proba``; a
+        prediction of None checks that there are some)."""
+        raise ValueError(
+            "predict_proba needs likelihood='classification'; for regression use predict"
+        )
+
+    metrics: tuple[str, ...] = ("nll",)  # held-out metrics for tuning the precisions
+
+    def validation_values(self, n: int, k: int) -> int:
+        """How many values n held-out samples of K outputs give a metric."""
+        return n * k
+
+    def score(self, prediction, y, metric: str) -> float:
+        """A held-out metric of a flat :meth:`predictive` result against targets y (N, K)."""
+        raise NotImplementedError
+
+    conformal: str | None = None  # "interval" or "sets": what split conformal calibrates
+
+    def penalty_scale(self, n: int, k: int, beta: float) -> float:
+        """c_g/α_g of the weight decay that makes a Keras mean loss the log posterior (the
+        training objective of :class:`sigma.EvidenceCallback`, docs/math.md §4)."""
+        return 1.0 / (2.0 * n)
+
+    def check_servable(self) -> None:
+        """ValueError when a served model (``to_keras``) cannot compute this likelihood's
+        predictive in its graph."""
+
+    def served_outputs(self, k: int) -> int:
+        """The width of the served outputs for K model outputs."""
+        return k
+
+    def serve(self, mean, var, noise):
+        """Traceable: the served model's outputs from f (B, K) and diag J A⁻¹ Jᵀ (B, K),
+        float64; ``noise`` (K,) the noise variance of each output."""
+        raise NotImplementedError(f"likelihood {self.name!r} cannot be served")
+
 
 def check_rows_cols(arr, n, k, name, x_name="x"):
     if arr.shape[0] != n:

@@ -17,6 +17,8 @@ import tensorflow as tf
 from sigma._checks import as_array
 from sigma.likelihoods.base import Groups, Likelihood, check_rows_cols
 
+SCORES = ("nll", "brier", "ece")
+
 
 class Classification(Likelihood):
     """``heads``: (start, stop) of each softmax head in the flattened outputs (None: one head
@@ -144,6 +146,55 @@ class Classification(Likelihood):
             else:
                 total += -tf.reduce_sum(tr * tf.nn.log_softmax(fr, axis=-1))
         return total
+
+    # -- behaviour --------------------------------------------------------------------------------
+    def check_outputs(self, model, f, layout) -> None:
+        """Logits, not probabilities (:func:`sigma.classification.check_logits`)."""
+        from sigma.classification import check_logits
+
+        check_logits(model, f, self.heads)
+
+    def predictive_form(self, *, method: str = "probit", **_) -> str:
+
+        return "variance" if method == "probit" else "covariance"
+
+    def predictive(self, mean, second, *, noise_var=None, layout=None, method="probit",
+                   n_samples=1000, seed=0, **_):  # fmt: skip
+        """E[softmax(f)] per head by ``method`` (:mod:`sigma.classification`), (N, K)."""
+        from sigma.classification import probabilities
+
+        probs = probabilities(
+            mean, second, method=method, n_samples=n_samples, seed=seed, heads=self.heads
+        )
+        return probs if layout is None else layout.unflatten(probs)
+
+    def probabilities(self, prediction):
+        return prediction
+
+    metrics = SCORES
+
+    def validation_values(self, n: int, k: int) -> int:
+        return n
+
+    def score(self, prediction, y, metric: str) -> float:
+        from sigma import metrics
+
+        fn = {"nll": metrics.nll, "brier": metrics.brier, "ece": metrics.expected_calibration_error}
+        heads = self.heads or [(0, y.shape[1])]
+        return sum(fn[metric](prediction[:, s:e], y[:, s:e]) for s, e in heads)
+
+    conformal = "sets"
+
+    def serve(self, mean, var, noise):
+        z = mean / tf.sqrt(1.0 + np.pi / 8.0 * var)  # the probit link
+        heads = self.heads or [(0, mean.shape[-1])]
+        return tf.concat(
+            [
+                tf.sigmoid(z[:, s:e]) if e - s == 1 else tf.nn.softmax(z[:, s:e], axis=-1)
+                for s, e in heads
+            ],
+            axis=-1,
+        )
 
     # -- targets ---------------------------------------------------------------------------------
     def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):

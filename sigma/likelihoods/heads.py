@@ -143,6 +143,58 @@ class PerHead(Likelihood):
         eye = tf.eye(k, batch_shape=tf.shape(f)[:1], dtype=f.dtype)
         return tf.linalg.matrix_transpose(self.pseudo(f, eye))
 
+    # -- behaviour ------------------------------------------------------------------------------------
+    def check_outputs(self, model, f, layout) -> None:
+        for _, lik, s, e in self.bound():
+            if lik.conformal == "sets":  # a classifier head: its logits' rows (its own layer
+                from sigma.classification import check_logits  # need not be the model's last)
+
+                check_logits(None, f[:, s:e], lik.heads)
+
+    def predictive_form(self, **options) -> str:
+        forms = {lik.predictive_form(**options) for _, lik, _, _ in self.bound()}
+        return "covariance" if "covariance" in forms else "variance"
+
+    def predictive(self, mean, second, *, noise_var, layout=None, **options):
+        """{output name: that head's prediction}, each in its output's shape."""
+        out = {}
+        for head, lik, s, e in self.bound():
+            part = second[:, s:e, s:e] if second.ndim == 3 else second[:, s:e]
+            if part.ndim == 3 and lik.predictive_form(**options) == "variance":
+                part = np.einsum("nkk->nk", part)
+            sub = None if layout is None else lik_layout(layout, head)
+            out[head] = lik.predictive(
+                mean[:, s:e], part, noise_var=noise_var[s:e], layout=sub, **options
+            )
+        return out
+
+    def probabilities(self, prediction):
+        heads = [head for head, lik, _, _ in self.bound() if lik.conformal == "sets"]
+        if not heads:
+            super().probabilities(prediction)  # no classification head: refused
+        return None if prediction is None else {head: prediction[head] for head in heads}
+
+    def validation_values(self, n: int, k: int) -> int:
+        return sum(lik.validation_values(n, e - s) for _, lik, s, e in self.bound())
+
+    def score(self, prediction, y, metric: str) -> float:
+        """The sum of the heads' metrics (NLL: the joint held-out NLL)."""
+        return sum(
+            lik.score(prediction[head], y[:, s:e], metric) for head, lik, s, e in self.bound()
+        )
+
+    def check_servable(self) -> None:
+        raise ValueError(
+            "to_keras serves one likelihood for all outputs; this posterior has a likelihood "
+            "per head: use Laplace.predict"
+        )
+
+    def penalty_scale(self, n: int, k: int, beta: float) -> float:
+        raise ValueError(
+            "sigma.EvidenceCallback trains one likelihood: with a likelihood per head, fit "
+            "the Laplace after training (sigma.Laplace(..., likelihood={...}))"
+        )
+
     # -- targets ------------------------------------------------------------------------------------
     def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
         layout = layout or self.layout

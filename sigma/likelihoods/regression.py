@@ -61,3 +61,26 @@ class Regression(Likelihood):
             if len(layout.shapes) == 1:
                 raise
             return flat_targets(parts[0], n, (k,), name, x_name)  # one array for all outputs
+
+    # -- behaviour ------------------------------------------------------------------------------
+    def predictive(self, mean, second, *, noise_var, layout=None, noise=True, split=False, **_):
+        """(mean, std), std² = 1/β + gᵀA⁻¹g (``noise=False``: gᵀA⁻¹g); ``split``: (mean, the
+        noise's std 1/√β, the weights' std)."""
+        shape = (lambda a: a) if layout is None else layout.unflatten
+        if split:
+            aleatoric = np.broadcast_to(np.sqrt(noise_var), mean.shape).copy()
+            return shape(mean), shape(aleatoric), shape(np.sqrt(second))
+        return shape(mean), shape(np.sqrt(second + (noise_var if noise else 0.0)))
+
+    def score(self, prediction, y, metric: str) -> float:
+        from sigma import metrics
+
+        return metrics.gaussian_nll(*prediction, y)
+
+    conformal = "interval"
+
+    def penalty_scale(self, n: int, k: int, beta: float) -> float:
+        return 1.0 / (float(beta) * n * k)
+
+    def serve(self, mean, var, noise):
+        return {"mean": mean, "std": tf.sqrt(var + noise)}
