@@ -5,7 +5,10 @@ The Laplace approximation around trained weights (docs/math.md):
 
 The package is layered; each layer imports only those below it:
 
-* the core — :mod:`sigma.laplace` (the :class:`Laplace` facade), :mod:`sigma.structures`
+* the core — :func:`sigma.fit` (:mod:`sigma.fitting`: a model and its data to a
+  :class:`~sigma.posterior.Posterior`, the value that predicts, gives the evidence and
+  returns new posteriors at other precisions), :mod:`sigma.laplace` (the :class:`Laplace`
+  facade over it), :mod:`sigma.structures`
   (one file per structure of the posterior precision), :mod:`sigma.curvature` (one engine
   computing every curvature, traced once per model), :mod:`sigma.evidence`,
   :mod:`sigma.likelihoods`, :mod:`sigma.classification`,
@@ -29,6 +32,9 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _EXPORTS = {
     "EvidenceCallback": "sigma.callbacks",
     "Laplace": "sigma.laplace",
+    "Posterior": "sigma.posterior",
+    "fit": "sigma.fitting",
+    "load": "sigma.saving",
     "curvature_product": "sigma.curvature",
     "data_error": "sigma.curvature",
     "gauss_newton": "sigma.curvature",
@@ -40,8 +46,8 @@ _EXPORTS = {
     "set_flat_weights": "sigma.params",
 }
 _SUBMODULES = {
-    "callbacks", "classification", "conformal", "curvature", "evidence",
-    "lab", "laplace", "likelihoods", "losses", "memory", "metrics", "params", "posterior",
+    "callbacks", "classification", "conformal", "curvature", "evidence", "fitting",
+    "keras_compat", "lab", "laplace", "likelihoods", "losses", "memory", "metrics", "params", "posterior",
     "predictive", "priors", "structures", "sweep", "tuning", "weights",
 }  # fmt: skip
 

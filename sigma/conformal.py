@@ -228,7 +228,8 @@ class ConformalClassifier:
 # -- from a Laplace -----------------------------------------------------------------------------
 def calibrate(la, x_cal, y_cal, *, level: float | None = None, randomised: bool = True,
               seed: int = 0):  # fmt: skip
-    """The calibrated predictor of a fitted Laplace ``la`` (see the module docstring).
+    """The calibrated predictor of a fitted posterior ``la`` (a :class:`~sigma.posterior.Posterior`,
+    or anything with its predict, predict_proba and parts; see the module docstring).
 
     x_cal, y_cal : calibration inputs (n, ...) and targets (n, K) (labels (n,) or one-hot for a
     classifier), not used in training. ``level``: when given, refuse now a calibration set too
@@ -260,7 +261,7 @@ def _predictive(la, x, name):
     (an input or a σ that is NaN or infinite is refused as ``name``'s, not as x's)."""
     la.check_weights_unchanged()
     x = check_inputs(la.model, x, name)
-    return predictive.predict(la.posterior, la.model, x, name=name, flat=True)
+    return predictive.predict(la, la.model, x, name=name, flat=True)
 
 
 def _two_class(probs):

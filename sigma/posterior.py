@@ -14,16 +14,27 @@ changing α or β never refits. The evidence (:mod:`sigma.evidence.posterior`), 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from sigma import evidence
-from sigma._checks import as_array, check_precision, check_precisions, ill_conditioned_hint
+from sigma._checks import (
+    as_array,
+    check_inputs,
+    check_positive_int,
+    check_precision,
+    check_precisions,
+    check_seed,
+    ill_conditioned_hint,
+)
+from sigma._grappler import own_calls
 from sigma.likelihoods import Groups
 from sigma.outputs import OutputLayout
 from sigma.priors import Prior
+from sigma.progress import mode as progress_mode
 
 NO_BETA = (
     "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
@@ -87,6 +98,16 @@ class Posterior:
     alpha: np.ndarray
     beta: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(1))
     groups: Groups | None = None
+    # the model it belongs to, at the weights (and non-trainable state) it was fitted at
+    model: object = dataclasses.field(default=None, repr=False, compare=False)
+    w_map: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    state: list | None = dataclasses.field(default=None, repr=False, compare=False)
+    # the training data (arrays or a dataset; None once loaded), for refitting one β per output
+    data: object = dataclasses.field(default=None, repr=False, compare=False)
+    memory_estimate: int | None = None  # bytes the structure was estimated to need
+    progress: bool | None = None  # bars for long work (sigma.progress)
+    evidence_result: object = dataclasses.field(default=None, repr=False, compare=False)
+    prior_result: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.groups is None:
@@ -240,6 +261,178 @@ class Posterior:
             f"curvature={self.curvature!r}): {hint}"
         )
 
+    @property
+    def temperature(self) -> float:
+        """The likelihood's temperature T (a classifier's: p(y | f)^(1/T); else 1)."""
+        tempered = np.array(self.groups.kinds) == "tempered"
+        return 1.0 / float(self.beta[tempered][0]) if tempered.any() else 1.0
+
+    def with_temperature(self, value) -> Posterior:
+        """This posterior at temperature T (its classifier outputs' β = 1/T; nothing refitted)."""
+        from sigma.fitting import check_temperature
+
+        value = check_temperature(value, self.likelihood)
+        tempered = np.array(self.groups.kinds) == "tempered"
+        if not tempered.any():
+            return self
+        return self.replace(beta=np.where(tempered, 1.0 / value, self.beta))
+
+    # -- the model ------------------------------------------------------------------------------
+    def check_weights_unchanged(self) -> None:
+        """ValueError when the model's weights (or its non-trainable state) changed since the
+        fit: the posterior belongs to the weights it was fitted at."""
+        from sigma.curvature import engine
+
+        if not np.array_equal(engine(self.model).flat_weights(), self.w_map) or any(
+            not np.array_equal(a, b)
+            for a, b in zip(frozen_state(self.model), self.state, strict=True)
+        ):
+            raise ValueError(
+                "model weights (or its non-trainable state, e.g. BatchNorm statistics) changed "
+                "since this Laplace was fitted: build a new Laplace"
+            )
+
+    def inputs(self, x, name: str = "x"):
+        """x checked against the model's inputs (and the weights against the fit's)."""
+        self.check_weights_unchanged()
+        return check_inputs(self.model, x, name)
+
+    # -- the predictive -----------------------------------------------------------------------------
+    def predict(self, x, *, noise=True, batch_size=None, method="probit", n_samples=1000,
+                seed=0, split=False):  # fmt: skip
+        """The likelihood's prediction at inputs x (see :meth:`sigma.Laplace.predict`)."""
+        from sigma import predictive
+        from sigma.classification import check_method
+
+        for flag, flag_name in ((noise, "noise"), (split, "split")):
+            check_flag(flag, flag_name)
+        with self._calls():
+            return predictive.predict(
+                self, self.model, self.inputs(x), batch_size=batch_size, noise=noise,
+                split=split, method=check_method(method), n_samples=check_samples(n_samples),
+                seed=check_seed(seed),
+            )  # fmt: skip
+
+    def predict_proba(self, x, *, method="probit", n_samples=1000, seed=0, batch_size=None):
+        """Class probabilities at inputs x (see :meth:`sigma.Laplace.predict_proba`)."""
+        self.likelihood.probabilities(None)  # a classifier's, or refused
+        prediction = self.predict(
+            x, method=method, n_samples=n_samples, seed=seed, batch_size=batch_size
+        )
+        return self.likelihood.probabilities(prediction)
+
+    def predictive_covariance(self, x, *, noise=True, batch_size=None) -> np.ndarray:
+        """Σ(x) = β⁻¹ I + J A⁻¹ Jᵀ (N, K, K) (see :meth:`sigma.Laplace.predictive_covariance`)."""
+        from sigma import predictive
+
+        with self._calls():
+            return predictive.covariance(
+                self, self.model, self.inputs(x), noise=noise, batch_size=batch_size
+            )
+
+    # -- the evidence -----------------------------------------------------------------------------
+    @property
+    def gammas(self) -> np.ndarray:
+        """γ_g = P_g − α_g Tr_g(A⁻¹) per prior group (G,)."""
+        from sigma.evidence import posterior as posterior_evidence
+
+        return posterior_evidence.gammas(self)
+
+    @property
+    def gamma(self) -> float:
+        """γ = Σ_g γ_g, the effective number of well-determined parameters."""
+        from sigma.evidence import posterior as posterior_evidence
+
+        return posterior_evidence.gamma(self)
+
+    @property
+    def beta_gammas(self) -> np.ndarray:
+        """γ_h = β_h Tr(A⁻¹ C_h) per precision group (Σ_h γ_h = γ)."""
+        from sigma.evidence import posterior as posterior_evidence
+
+        return posterior_evidence.group_gammas(self)
+
+    def log_evidence(self, alpha=None, beta=None):
+        """ln p(D | α, β) (see :meth:`sigma.Laplace.log_evidence`)."""
+        from sigma.evidence import posterior as posterior_evidence
+
+        self.check_weights_unchanged()
+        return posterior_evidence.log_evidence(self, alpha, beta)
+
+    def optimize_evidence(self, *, fix_alpha=False, fix_beta=False, per_output=None, tol=1e-8,
+                          max_iter=1000) -> Posterior:  # fmt: skip
+        """The posterior at the maximum of the evidence, its ``evidence_result`` saying how
+        it was reached (see :meth:`sigma.Laplace.optimize_evidence`)."""
+        from sigma import fitting
+        from sigma.evidence import posterior as posterior_evidence
+
+        self.check_weights_unchanged()
+        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
+            check_flag(flag, name)
+        if per_output is not None:
+            check_flag(per_output, "per_output", "True, False or None")
+        max_iter = check_positive_int(max_iter, "max_iter")
+        tol = check_precision(tol, "tol", allow_zero=False)
+        post = self
+        if per_output and not self.likelihood.has_beta:
+            raise ValueError(no_beta(self.likelihood))
+        if per_output is not None and per_output != getattr(self.likelihood, "per_output", False):
+            with self._calls():
+                post = fitting.regroup(self, per_output=per_output)
+        best, result = posterior_evidence.optimize(
+            post, fix_alpha=fix_alpha, fix_beta=fix_beta, tol=tol, max_iter=max_iter,
+            eps=float(np.finfo(str(self.w_dtype)).eps),
+        )  # fmt: skip
+        return dataclasses.replace(best, evidence_result=result)
+
+    def optimize_prior(self, x_val, y_val, *, metric="nll", beta=True, span=1e4, tol=1e-3,
+                       max_iter=100) -> Posterior:  # fmt: skip
+        """The posterior at the best value of a held-out metric, its ``prior_result``
+        recording the search (see :meth:`sigma.Laplace.optimize_prior`)."""
+        from sigma import tuning
+
+        self.check_weights_unchanged()
+        with self._calls():
+            best, record = tuning.optimize_prior(
+                self, self.model, x_val, y_val, metric=metric, beta=beta, span=span, tol=tol,
+                max_iter=max_iter,
+            )  # fmt: skip
+        return dataclasses.replace(best, prior_result=record)
+
+    def conformalize(self, x_cal, y_cal, *, level=None, randomised=True, seed=0):
+        """A calibrated predictor by split conformal prediction (:mod:`sigma.conformal`)."""
+        from sigma import conformal
+
+        with self._calls():
+            return conformal.calibrate(
+                self, x_cal, y_cal, level=level, randomised=randomised, seed=seed
+            )
+
+    # -- saving and serving -----------------------------------------------------------------------
+    def save(self, path):
+        """Write this posterior to ``path`` atomically (:mod:`sigma.saving`); returns the path."""
+        from sigma import saving
+
+        self.check_weights_unchanged()
+        return saving.save(self, path)
+
+    def to_keras(self, *, name=None):
+        """A ``keras.Model`` serving this posterior's predictive (:mod:`sigma.serving`)."""
+        from sigma import serving
+
+        self.check_weights_unchanged()
+        return serving.to_keras(self.model, self, name=name)
+
+    @property
+    def w_dtype(self) -> str:
+        """The dtype of the model's trainable weights."""
+        return str(self.model.trainable_variables[0].dtype)
+
+    def _calls(self):
+        """sigma's options for its own calls on the model (:func:`sigma._grappler.own_calls`)
+        and the posterior's progress bars."""
+        return calls(self.model, self.progress)
+
     def alpha_from_zero(self) -> float:
         """A proper starting α from α = 0: γ/(2E_W) with γ the rank of the curvature."""
         if not self.weight_error > 0:
@@ -257,3 +450,34 @@ def check_noise_variance(beta) -> None:
             f"beta must be at least {smallest:.3g} (its reciprocal, the noise variance, "
             f"overflows float64 below that), got {np.min(beta):.3g}"
         )
+
+
+def frozen_state(model) -> list[np.ndarray]:
+    """Copies of the non-trainable state the curvature depends on (normalisation statistics;
+    not the random-seed state, which inference does not use)."""
+    return [
+        np.array(v.numpy())
+        for v in model.non_trainable_variables
+        if "seed_generator" not in getattr(v, "path", v.name)
+    ]
+
+
+@contextlib.contextmanager
+def calls(model, progress=None):
+    """sigma's graph-optimiser options for the model's graphs and the bars of ``progress``."""
+    with own_calls(model), progress_mode(progress):
+        yield
+
+
+def check_flag(value, name: str, allowed: str = "True or False") -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_samples(n_samples) -> int:
+    from sigma.classification import MAX_SAMPLES
+
+    n_samples = check_positive_int(n_samples, "n_samples")
+    if n_samples > MAX_SAMPLES:
+        raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
+    return n_samples

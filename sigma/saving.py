@@ -37,7 +37,7 @@ import numpy as np
 from sigma import likelihoods, structures
 from sigma.jsonable import to_jsonable
 from sigma.outputs import OutputLayout
-from sigma.posterior import DataSummary, Posterior
+from sigma.posterior import DataSummary, Posterior, frozen_state
 from sigma.priors import Prior
 from sigma.weights import from_index, select
 
@@ -73,9 +73,10 @@ def fingerprint(model) -> dict:
     }
 
 
-def save(post, model, w_map, path) -> Path:
-    """Write the :class:`~sigma.posterior.Posterior` ``post`` of ``model`` (fitted at the
+def save(post, path) -> Path:
+    """Write the :class:`~sigma.posterior.Posterior` ``post`` (of its model, fitted at its
     weights ``w_map``) to ``path`` (any name; conventionally ``.npz``) atomically."""
+    model, w_map = post.model, post.w_map
     path = Path(path)
     if path.is_dir():
         raise ValueError(
@@ -143,8 +144,8 @@ def _sigma_version() -> str:
 
 
 def load(path, model):
-    """(the :class:`~sigma.posterior.Posterior`, w_map) saved in ``path``, for ``model`` —
-    refused (ValueError naming the difference) unless it is the model it was fitted on."""
+    """The :class:`~sigma.posterior.Posterior` saved in ``path``, for ``model`` — refused
+    (ValueError naming the difference) unless it is the model it was fitted on."""
     header, arrays = read(path)
     check_fingerprint(header["fingerprint"], model, path)
     spec = header["structure"]
@@ -180,10 +181,13 @@ def load(path, model):
         ),
         weight_errors=np.asarray(header["weight_errors"], np.float64),
         alpha=np.zeros(len(prior["names"])),
+        model=model,
+        w_map=np.asarray(arrays["w_map"], np.float64),
+        state=frozen_state(model),
     )
     beta = header["beta"]
     beta = np.asarray(beta, np.float64) if isinstance(beta, list) else beta
-    return post.replace(alpha=np.asarray(header["alpha"], np.float64), beta=beta), arrays["w_map"]
+    return post.replace(alpha=np.asarray(header["alpha"], np.float64), beta=beta)
 
 
 def read(path) -> tuple[dict, dict]:

@@ -790,7 +790,7 @@ def test_optimize_evidence(data, dtype, likelihood, structure, prior):
         la = outcome(fitted, dtype, likelihood, structure, prior=prior)
     except Refused:
         return
-    saved = la.posterior, la.evidence_result
+    saved = la.posterior
     kw = data.draw(
         st.fixed_dictionaries(
             {},
@@ -824,7 +824,7 @@ def test_optimize_evidence(data, dtype, likelihood, structure, prior):
         assert np.all(np.asarray(la.alpha) > 0) and np.all(np.asarray(la.beta) > 0)
         _check_answers(la, dtype, X, Y)
     finally:
-        la.posterior, la.evidence_result = saved
+        la.posterior = saved
 
 
 # -- a model the boundary must refuse ---------------------------------------------------------------

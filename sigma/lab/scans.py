@@ -2,7 +2,7 @@
 
 Notebook helpers: :func:`beta_scan` (regression, over β) and :func:`alpha_scan` (classification,
 over α) change the precisions of one fitted ``Laplace`` — never refitting and, with the
-curvature engine, never tracing again — and restore them afterwards.
+curvature engine, never tracing again — as posteriors of their own: the Laplace is not changed.
 """
 
 from __future__ import annotations
@@ -18,31 +18,29 @@ def beta_scan(laplace, betas, x_test, y_test, *, optimize_alpha: bool = True) ->
 
     For each β (one shared by all outputs): α re-estimated by the evidence with β fixed
     (``optimize_alpha``) or kept; then the log evidence, γ and :func:`regression_metrics` of
-    the predictive on (x_test, y_test). The Laplace's α, β are restored afterwards.
+    the predictive on (x_test, y_test). The Laplace is not changed (each β is a posterior of its
+    own).
 
     Returns a dict of (len(betas),) arrays: beta, alpha, log_evidence, gamma, coverage_68,
     coverage_95, nll, rmse, mean_sigma.
     """
     betas = as_array(betas, "betas", ndim=1).astype(np.float64)
-    saved = laplace.posterior, laplace.evidence_result  # an immutable value: restored as is
+    post = getattr(laplace, "posterior", laplace)  # a value: every β its own posterior
     rows = []
-    try:
-        for b in betas:
-            laplace.beta = float(b)
-            if optimize_alpha:
-                laplace.optimize_evidence(fix_beta=True, per_output=False)
-            mean, std = laplace.predict(x_test)
-            rows.append(
-                {
-                    "beta": float(b),
-                    "alpha": laplace.alpha,
-                    "log_evidence": laplace.log_evidence(),
-                    "gamma": laplace.gamma,
-                    **regression_metrics(mean, std, y_test),
-                }
-            )
-    finally:
-        laplace.posterior, laplace.evidence_result = saved
+    for b in betas:
+        at = post.replace(beta=float(b))
+        if optimize_alpha:
+            at = at.optimize_evidence(fix_beta=True, per_output=False)
+        mean, std = at.predict(x_test)
+        rows.append(
+            {
+                "beta": float(b),
+                "alpha": float(at.alpha[0]) if at.prior.scalar else at.alpha.copy(),
+                "log_evidence": at.log_evidence(),
+                "gamma": at.gamma,
+                **regression_metrics(mean, std, y_test),
+            }
+        )
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}
 
 
@@ -53,24 +51,21 @@ def alpha_scan(
 
     For each α: the log evidence, γ and :func:`classification_metrics` of
     ``laplace.predict_proba(x_test, method=..., n_samples=..., seed=...)`` against ``labels``.
-    The Laplace's α is restored afterwards. Returns a dict of (len(alphas),) arrays: alpha,
+    The Laplace is not changed (each α is a posterior of its own). Returns a dict of (len(alphas),) arrays: alpha,
     log_evidence, gamma, accuracy, nll, brier, ece.
     """
     alphas = as_array(alphas, "alphas", ndim=1).astype(np.float64)
-    saved = laplace.posterior
+    post = getattr(laplace, "posterior", laplace)  # a value: every α its own posterior
     rows = []
-    try:
-        for a in alphas:
-            laplace.alpha = float(a)
-            probs = laplace.predict_proba(x_test, method=method, n_samples=n_samples, seed=seed)
-            rows.append(
-                {
-                    "alpha": float(a),
-                    "log_evidence": laplace.log_evidence(),
-                    "gamma": laplace.gamma,
-                    **classification_metrics(probs, labels),
-                }
-            )
-    finally:
-        laplace.posterior = saved
+    for a in alphas:
+        at = post.replace(alpha=float(a))
+        probs = at.predict_proba(x_test, method=method, n_samples=n_samples, seed=seed)
+        rows.append(
+            {
+                "alpha": float(a),
+                "log_evidence": at.log_evidence(),
+                "gamma": at.gamma,
+                **classification_metrics(probs, labels),
+            }
+        )
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}
