@@ -11,6 +11,8 @@ import numbers
 import keras
 import numpy as np
 
+from sigma import keras_compat
+
 
 def check_model(model, name: str = "model") -> None:
     """Raise if ``model`` is not a built Keras model with trainable weights."""
@@ -47,7 +49,7 @@ def check_model(model, name: str = "model") -> None:
     mixed = sorted(
         {
             layer.name
-            for layer in model._flatten_layers(include_self=False)
+            for layer in keras_compat.layers(model)
             if getattr(layer, "dtype_policy", None) is not None
             and layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype
         }
@@ -198,12 +200,11 @@ def embedding_inputs(model) -> dict[int, list[tuple[str, int]]]:
         return {}
     position = {id(t): i for i, t in enumerate(inputs)}
     found: dict[int, list[tuple[str, int]]] = {}
-    for layer in model._flatten_layers(include_self=False):
+    for layer in keras_compat.layers(model):
         if isinstance(layer, keras.layers.Embedding):
-            for node in getattr(layer, "_inbound_nodes", []):
-                for t in node.input_tensors:
-                    if id(t) in position:
-                        found.setdefault(position[id(t)], []).append((layer.name, layer.input_dim))
+            for t in keras_compat.inbound_tensors(layer):
+                if id(t) in position:
+                    found.setdefault(position[id(t)], []).append((layer.name, layer.input_dim))
     return found
 
 

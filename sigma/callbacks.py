@@ -37,10 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sigma import likelihoods, structures
+from sigma import keras_compat, likelihoods, structures
 from sigma._checks import check_positive_int
 from sigma.curvature.accumulate import is_dataset
-from sigma.fit_call import fit_arguments, refuse_sample_weights, training_part
+from sigma.fit_call import refuse_sample_weights, training_part
+from sigma.keras_compat import fit_arguments
 from sigma.laplace import Laplace
 from sigma.likelihoods.heteroscedastic import describe
 from sigma.losses import GaussianNLL, compiled_loss
@@ -103,9 +104,7 @@ def loss_likelihood(model) -> str:
         name, from_logits, reduction = loss.lower(), False, "sum_over_batch_size"
     elif isinstance(loss, keras.losses.Loss):
         name = getattr(getattr(loss, "fn", None), "__name__", type(loss).__name__).lower()
-        from_logits = bool(
-            getattr(loss, "from_logits", None) or getattr(loss, "_fn_kwargs", {}).get("from_logits")
-        )
+        from_logits = bool(keras_compat.loss_option(loss, "from_logits"))
         reduction = getattr(loss, "reduction", "sum_over_batch_size")
     else:
         name = getattr(loss, "__name__", type(loss).__name__).lower()

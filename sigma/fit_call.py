@@ -6,7 +6,8 @@ likelihood is unweighted, and the held-out part of a ``validation_split`` must n
 curvature or N — so it reads them from the arguments of the ``fit`` call it runs in (after
 Keras' own split: ``x``, ``y`` and ``sample_weight`` are then the training part):
 
-* :func:`fit_arguments` — those arguments, or ``{}`` when the hooks are called outside ``fit``;
+* :func:`sigma.keras_compat.fit_arguments` — those arguments, or ``{}`` when the hooks are
+  called outside ``fit`` (Keras does not expose them: read from the running call's frame);
 * :func:`refuse_sample_weights` — a ValueError naming ``sample_weight``/``class_weight``;
 * :func:`training_part` — the callback's own (x, y) cut to the samples ``fit`` trains on when
   they are ``fit``'s data before the split (Keras holds out the last ``validation_split``).
@@ -14,26 +15,10 @@ Keras' own split: ``x``, ``y`` and ``sample_weight`` are then the training part)
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import tensorflow as tf
 
 from sigma._checks import n_samples, take
-
-
-def fit_arguments(model) -> dict:
-    """The local variables of the innermost ``fit`` frame whose ``self`` is ``model`` — its
-    arguments, after Keras' validation split — or ``{}`` when there is none."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-                return dict(frame.f_locals)
-            frame = frame.f_back
-    finally:
-        del frame
-    return {}
 
 
 def _weighted_dataset(x) -> bool:

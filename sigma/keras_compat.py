@@ -5,10 +5,12 @@ layers in depth, the variables a layer owns, the stored kernel of a layer whose 
 property merges LoRA adapters, the graph nodes an input feeds — and reads them only through
 the named functions of this module, each with a public fallback where one exists, tested
 against the pinned Keras (tests/test_keras_compat.py). Nowhere else in the package reads a
-private Keras name.
+private Keras name or a caller's frame.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import keras
 
@@ -138,3 +140,18 @@ def as_model_inputs(model, parts):
     if not isinstance(structure, dict) or len(keras.tree.flatten(structure)) != len(flat):
         return parts
     return keras.tree.pack_sequence_as(structure, flat)
+
+
+def fit_arguments(model) -> dict:
+    """The local variables of the innermost ``model.fit`` call running — its arguments, after
+    Keras' validation split — or ``{}`` outside ``fit``. Keras tells its callbacks the epochs
+    and steps, not the data: they are read from the running call's frame."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+                return dict(frame.f_locals)
+            frame = frame.f_back
+    finally:
+        del frame
+    return {}

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from sigma import keras_compat
 from sigma.params import num_params
 
 SAFETY = 0.8  # fraction of the available memory a fit may plan to use
@@ -154,7 +155,7 @@ def itemsize(model) -> int:
 
 
 def _layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+    return keras_compat.layers(model)
 
 
 def activation_elements(model) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sigma import keras_compat
+
 KINDS = ("scalar", "layer", "variable")
 
 
@@ -134,7 +136,7 @@ def _path(variable) -> str:
 def owners_of(model) -> dict:
     """{id(variable): layer name} for every trainable variable a layer of ``model`` owns."""
     owners = {}
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for v in getattr(layer, "_trainable_variables", []):
+    for layer in keras_compat.layers(model, include_self=True):
+        for v in keras_compat.own_variables(layer):
             owners.setdefault(id(v), layer.name)
     return owners

@@ -26,6 +26,8 @@ import hashlib
 import keras
 import numpy as np
 
+from sigma import keras_compat
+
 KINDS = ("all", "last_layer")
 
 
@@ -126,7 +128,7 @@ def from_index(model, index, kind: str = "mask") -> Selection:
 
 def final_dense(model) -> keras.layers.Dense:
     """The model's last Dense layer with trainable weights (ValueError when there is none)."""
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    layers = keras_compat.layers(model)
     dense = [la for la in layers if isinstance(la, keras.layers.Dense)]
     if not dense:
         raise ValueError(

@@ -217,7 +217,7 @@ def test_the_private_name_check_can_fail():
         "from sigma.curvature.engine import _shape_key\n"
         "from sigma import laplace\n"
         "def f(la):\n"
-        "    return laplace._frozen_state, la._inputs\n"
+        "    return laplace._frozen_state, la._calls\n"
     )
     found = _private_reads({"sigma._scan_probe": source})
     probe = [f for f in found if f.startswith("sigma._scan_probe")]
