@@ -31,9 +31,9 @@ import tensorflow as tf
 
 from sigma._checks import check_positive_int
 from sigma._linalg import eigh
-from sigma.curvature.capture import Captured, layer_batch_size
+from sigma.curvature.capture import Captured
 from sigma.memory import activation_elements, kernel_blocks
-from sigma.structures.layerwise import Layerwise
+from sigma.structures.layerwise import Layerwise, fit_elements, layerwise_batch_size
 
 
 class KFAC(Layerwise):
@@ -54,6 +54,10 @@ class KFAC(Layerwise):
         self.max_block = check_positive_int(max_block, "max_block")
 
     statistics_options = ("max_block",)
+
+    def _fit_elements(self, plan, k) -> int:
+        # sums of ã ãᵀ and s sᵀ: no per-sample gradients, whatever a block's positions
+        return fit_elements(plan, k, per_sample_gradients=False)
 
     @staticmethod
     def _batch_stats(plan, cap: Captured, *, max_block: int) -> list:
@@ -187,7 +191,7 @@ class KFAC(Layerwise):
         factors = sum(3 * (d * d + c * c) for d, c in blocks) * 8
         generic = (other * other if other <= self.max_block else 4 * other) * 8
         per = 2 * (n_outputs + 1) * activation_elements(model)
-        return factors + generic + layer_batch_size(n_data, per, batch_size) * per * 8
+        return factors + generic + layerwise_batch_size(n_data, per, batch_size) * per * 8
 
     def matrix(self) -> np.ndarray:
         c = np.zeros((self.n_params, self.n_params))
