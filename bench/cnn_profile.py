@@ -51,6 +51,7 @@ def main():
     p.add_argument("--batch", type=int, default=0, help="batch for the per-call timings (0: auto)")
     p.add_argument("--what", default="capture,fit,predict,eigh")
     p.add_argument("--eigh-n", type=int, default=9217)
+    p.add_argument("--fit-runs", type=int, default=1, help="fits per structure (1 or 2)")
     args = p.parse_args()
     what = set(args.what.split(","))
 
@@ -159,7 +160,7 @@ def main():
         accumulate.Accumulator.__call__ = call
         kfac_mod.eigh = eigh
         for structure in ("kfac", "diag", "ekfac"):
-            for run in ("first", "second"):
+            for run in ("first", "second")[: args.fit_runs]:
                 stamps.clear()
                 t0 = time.perf_counter()
                 la = sigma.Laplace(net, x, y, likelihood="classification", structure=structure)

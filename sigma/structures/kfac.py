@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from sigma._checks import check_positive_int
+from sigma._checks import check_positive_int, model_dtype
 from sigma._linalg import eigh
 from sigma.curvature.capture import Captured
 from sigma.memory import activation_elements, kernel_blocks
@@ -80,10 +80,11 @@ class KFAC(Layerwise):
 
     def _finish(self, stats):
         n, nf = self.n_data, len(self.plan.fast)
-        factors = [
-            (stats[2 * i] / (n * max(blk.positions, 1)), stats[2 * i + 1])
-            for i, blk in enumerate(self.plan.fast)
-        ]
+        factors = []
+        for i, blk in enumerate(self.plan.fast):  # Q = Σ ã ãᵀ / (N T), in place (D² each)
+            q = stats[2 * i]
+            q /= n * max(blk.positions, 1)
+            factors.append((q, stats[2 * i + 1]))
         self._set_factors(factors, stats[2 * nf :])
 
     def _state(self):
@@ -105,9 +106,11 @@ class KFAC(Layerwise):
         """The Kronecker factors (Q, H) per fast block and the generic blocks' statistics
         (a matrix, or its diagonal), eigen-decomposed."""
         self.factors, self.factor_eigen, eig = [], [], []
+        model = self._model()
+        precision = np.float32 if model_dtype(model) == "float32" else np.float64
         for q, h in factors:
             self.factors.append((q, h))
-            (qe, qv), (he, hv) = _eigh(q), _eigh(h)
+            (qe, qv), (he, hv) = _eigh(q, precision), _eigh(h, precision)
             self.factor_eigen.append((qe, qv, he, hv))
             eig.append(np.outer(qe, he).ravel())
         self.generic_eigen = []
@@ -202,7 +205,8 @@ class KFAC(Layerwise):
         return c
 
 
-def _eigh(m):
-    """Eigen-decomposition of a PSD factor in float64; round-off negatives clipped to 0."""
-    e, v = eigh(m)
+def _eigh(m, precision=np.float64):
+    """Eigen-decomposition of a PSD factor, float64 (a large one of a float32 model decomposed
+    in float32: :func:`sigma._linalg.eigh`); round-off negatives clipped to 0."""
+    e, v = eigh(m, precision)
     return np.clip(e, 0.0, None), v
