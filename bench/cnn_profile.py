@@ -74,6 +74,17 @@ def main():
     bs = cap_mod.layer_batch_size(args.n, per, None)
     print(f"per_sample_elements = {per:,}; LAYER_BUDGET = {cap_mod.LAYER_BUDGET:,}; batch {bs}")
     print(f"  -> {-(-args.n // bs)} graph calls for the fit over N = {args.n}")
+    try:
+        from sigma.structures import layerwise as lw
+
+        for name, grads in (("kfac", False), ("diag/ekfac", True)):
+            b2 = lw.layerwise_batch_size(
+                args.n, lw.fit_elements(plan, k, per_sample_gradients=grads), None
+            )
+            print(f"  layer-wise structures' batch ({name}): {b2} -> {-(-args.n // b2)} calls")
+        bs = b2
+    except (ImportError, AttributeError):  # a sigma before the structures sized their batches
+        pass
     for b in plan.fast:
         print(f"  {b.layer.name:<12} {b.kind:<7} D={b.d_in:<6} C={b.d_out:<4} T={b.positions}")
     root = sigma.likelihoods.get("classification").hessian_sqrt
@@ -151,9 +162,9 @@ def main():
             )
             return out
 
-        def eigh(m):
+        def eigh(m, *rest):
             t0 = time.perf_counter()
-            out = orig_eigh(m)
+            out = orig_eigh(m, *rest)
             stamps.setdefault("eigh", []).append((m.shape[0], time.perf_counter() - t0))
             return out
 

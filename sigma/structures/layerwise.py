@@ -146,9 +146,9 @@ class Layerwise(Structure):
                 key, body, x, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
             )()
 
-        stats = with_pfor_fallback(plan, run)
-        self.n_data = int(round(float(stats[-1])))
-        self._finish(list(stats[:-1]))
+        stats = list(with_pfor_fallback(plan, run))  # _finish may release its entries
+        self.n_data = int(round(float(stats.pop())))
+        self._finish(stats)
         return self
 
     # predictive ---------------------------------------------------------------------------------
