@@ -26,6 +26,7 @@ from sigma import likelihoods
 from sigma._checks import check_inputs, n_samples
 from sigma.curvature.accumulate import as_batches, is_dataset
 from sigma.curvature.capture import LayerPlan, capture
+from sigma.memory import activation_elements
 from sigma.structures.kfac import KFAC
 from sigma.structures.layerwise import fit_elements, layerwise_batch_size
 
@@ -49,7 +50,7 @@ class EKFAC(KFAC):
         eng, plan, lik = self.engine_for(model), self.plan, likelihoods.get(likelihood)
         if not is_dataset(x):
             x = check_inputs(model, x)
-            per = fit_elements(plan, self.n_outputs)  # rotated per-sample gradients
+            per = fit_elements(plan, self.n_outputs) + 2 * activation_elements(model)
             x = as_batches(x, batch_size=layerwise_batch_size(n_samples(x), per, batch_size))
         dtype = eng.dtype
         # the fast blocks alone: the generic blocks keep KFAC's exact statistics

@@ -33,6 +33,7 @@ from sigma.curvature.capture import (
     rebuild_plan,
     with_pfor_fallback,
 )
+from sigma.memory import activation_elements
 from sigma.structures.base import Structure
 
 # Cap on the elements a batch of the layer-wise structures holds in its captured inputs and
@@ -48,7 +49,9 @@ def fit_elements(plan: LayerPlan, k: int, *, per_sample_gradients: bool = True) 
     passes' gradients and their stack) per fast block, the per-sample gradients (K·D·C, and
     their squares) of a block used at several positions when ``per_sample_gradients`` (diag,
     ekfac's second pass; kfac sums ã ãᵀ and s sᵀ without them), the generic blocks'
-    vectorised Jacobians."""
+    vectorised Jacobians. The callers add the forward pass's activations, which the capture's
+    tape keeps for the K backward passes (``2 * activation_elements(model)``): without them a
+    last-layer fit on issue 26's CNN took all 10,000 images in one batch (3 GB)."""
     n = 0
     for b in plan.fast:
         n += b.positions * b.d_in + 2 * k * b.positions * b.d_out
@@ -124,7 +127,8 @@ class Layerwise(Structure):
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = plan.n_params, k
         if not is_dataset(x):
-            bs = layerwise_batch_size(n_samples(x), self._fit_elements(plan, k), batch_size)
+            per = self._fit_elements(plan, k) + 2 * activation_elements(model)
+            bs = layerwise_batch_size(n_samples(x), per, batch_size)
             x = as_batches(x, batch_size=bs)
         options, stats_fn, root = (
             self._statistics_options(),
@@ -185,7 +189,8 @@ class Layerwise(Structure):
         fn = self._predict_fn(model, x, params, covariance)
         # contract holds the captured batch and, per block used at several positions, the
         # per-sample gradients, in float64: twice a fit's elements per sample
-        bs = layerwise_batch_size(n_samples(x), 2 * fit_elements(self.plan, k), batch_size)
+        per = 2 * fit_elements(self.plan, k) + 2 * activation_elements(model)
+        bs = layerwise_batch_size(n_samples(x), per, batch_size)
         out = [np.asarray(fn(b[0], flat), dtype=np.float64) for b in ArrayBatches((x,), bs)]
         return np.concatenate(out)
 
