@@ -3,6 +3,8 @@
     make bench-peer                       # builds .venv-peer (torch CPU + laplace-torch), then runs
     .venv/bin/python bench/peer.py --peer-python .venv-peer/bin/python [--n 10000] [--test 1000]
         [--repeats 5] [--mlp-repeats 2] [--pred-batch 50] [--backend backpack|curvlinops]
+        [--tasks iris,mlp-diag,mlp-kfac,cnn-diag,cnn-kfac,cnn-last] [--cnn-n 10000]
+        [--cnn-test 1000] [--cnn-repeats 1] [--mem-cap 12]
 
 What it measures, in one run, printed as one table:
 
@@ -18,6 +20,19 @@ What it measures, in one run, printed as one table:
   (``sigma.data.teacher_regression``) trained for two epochs: the diagonal and the Kronecker
   (sigma "kfac", laplace-torch "kron") fits, cold and warm, and the predictive σ for 1,000 test
   points with each (laplace-torch in batches of --pred-batch).
+
+* The CNN of bench/cnn.py (28×28×1 → Conv2D 32 → Conv2D 64 → MaxPool → Dense 128 → Dense 10,
+  1.2M weights; digits images made from scikit-learn's, --cnn-n training and --cnn-test test
+  images, --cnn-epochs of training), classification with α = --alpha: sigma's kfac against
+  laplace-torch's kron, diag against diag (both the exact diagonal GGN), and kfac against kron
+  on the last layer's weights; the fit and the probit predict_proba of the test images (cold,
+  then --cnn-repeats warm runs; 0: the cold run only). laplace-torch sees the same weights in
+  torch's layout (NCHW, the first Dense layer's inputs reordered to torch's flattening).
+
+Every worker runs under a memory cap (--mem-cap GB, default 12): its resident memory is read
+every 50 ms and a worker above the cap is killed and reported as "killed" with the size it had
+reached, so that a peer that runs out of memory (laplace-torch's kron on the CNN) cannot take
+the machine down.
 
 laplace-torch's backends: on Iris its default, CurvlinopsGGN (the full GGN from a curvlinops
 linear operator); on the MLP BackPackGGN by default (--backend): the exact diagonal GGN
@@ -63,7 +78,8 @@ ROOT = Path(__file__).resolve().parents[1]
 IRIS = (4, 16, 16, 3)  # tanh hidden layers
 MLP = (784, 256, 256, 10)  # relu hidden layers
 ACTIVATION = {"iris": "tanh", "mlp": "relu"}
-TASKS = ("iris", "mlp-diag", "mlp-kfac")
+CNN_TASKS = ("cnn-diag", "cnn-kfac", "cnn-last")  # sigma kfac = laplace-torch kron
+TASKS = ("iris", "mlp-diag", "mlp-kfac", *CNN_TASKS)
 
 
 # -- helpers shared with bench/peer_torch.py (standard library and numpy only) ---------------------
@@ -131,7 +147,8 @@ def measure(fn, repeats: int, cold: bool = True) -> tuple[dict, object]:
             t0 = time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)
-    row.update(warm=statistics.median(times), warm_all=times, mem=max(mem, m.bytes))
+    warm = statistics.median(times) if times else row.get("cold")  # repeats=0: the cold run
+    row.update(warm=warm, warm_all=times, mem=max(mem, m.bytes))
     return row, out
 
 
@@ -160,6 +177,21 @@ def worker_args(argv=None):
     return p.parse_args(argv)
 
 
+def cnn_torch_weights(data: dict) -> list[np.ndarray]:
+    """The CNN's Keras weights (w0..w7: conv kernels (kh, kw, in, out), Dense kernels
+    (in, out), biases) in torch's layout: conv (out, in, kh, kw), Linear (out, in), the first
+    Linear's inputs reordered from Keras' flattening (H, W, C) to torch's (C, H, W)."""
+    w = [data[f"w{i}"] for i in range(8)]
+    d = w[4]  # (H·W·C, units)
+    c = w[2].shape[-1]
+    side = int(round(np.sqrt(d.shape[0] // c)))
+    d = d.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(d.shape[0], -1)
+    return [
+        w[0].transpose(3, 2, 0, 1), w[1], w[2].transpose(3, 2, 0, 1), w[3],
+        d.T, w[5], w[6].T, w[7],
+    ]  # fmt: skip
+
+
 def emit(row: dict):
     """The worker's result: one JSON line, last on stdout."""
     row["peak"] = peak_bytes()
@@ -174,6 +206,8 @@ def sigma_worker(args):
     import sigma
 
     data = load_data(args.data)
+    if args.task.startswith("cnn"):
+        return sigma_cnn_worker(args, data)
     name = "iris" if args.task == "iris" else "mlp"
 
     def build(dtype):
@@ -230,6 +264,38 @@ def sigma_worker(args):
     emit(row)
 
 
+def sigma_cnn_worker(args, data):
+    """The CNN of bench/cnn.py, classification: the fit and predict_proba (probit)."""
+    import tensorflow as tf
+    from cnn import cnn
+
+    import sigma
+
+    net = cnn(0)
+    net.set_weights([data[f"w{i}"] for i in range(8)])
+    x, y, xt = data["x_train"], data["y_train"], data["x_test"]
+    structure, weights = {
+        "cnn-diag": ("diag", "all"), "cnn-kfac": ("kfac", "all"), "cnn-last": ("kfac", "last_layer")
+    }[args.task]  # fmt: skip
+    row = {
+        "library": "sigma",
+        "version": f"sigma {sigma.__version__}, TensorFlow {tf.__version__}",
+        "threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+        "rss_setup": resident_bytes(),
+    }
+
+    def fit():
+        return sigma.Laplace(
+            net, x, y, likelihood="classification", structure=structure, weights=weights,
+            alpha=args.alpha,
+        )  # fmt: skip
+
+    row["fit"], la = measure(fit, args.repeats)
+    row["pred"], proba = measure(lambda: la.predict_proba(xt), args.repeats)
+    np.savez(args.out, proba=proba)
+    emit(row)
+
+
 # -- the parent: data, training, workers, table -------------------------------------------------
 def prepare(args, tmp: Path) -> dict[str, Path]:
     """Data and trained Keras weights for both networks, written once to npz files."""
@@ -242,20 +308,29 @@ def prepare(args, tmp: Path) -> dict[str, Path]:
         from sigma.lab.data import teacher_regression
 
     paths = {}
-    x, xt, y, _ = sigma.lab.iris_split(test_size=0.33, seed=0)
-    net = sigma.lab.mlp(*IRIS[:1], IRIS[1:-1], IRIS[-1], activation="tanh", seed=args.seed)
-    sigma.lab.train(net, x, y, epochs=150, batch_size=10, learning_rate=3e-3, seed=args.seed)
-    paths["iris"] = tmp / "iris.npz"
-    np.savez(paths["iris"], x_train=x, y_train=y, x_test=xt, **kernels(net))
+    tasks = args.tasks.split(",")
+    if "iris" in tasks:
+        x, xt, y, _ = sigma.lab.iris_split(test_size=0.33, seed=0)
+        net = sigma.lab.mlp(*IRIS[:1], IRIS[1:-1], IRIS[-1], activation="tanh", seed=args.seed)
+        sigma.lab.train(net, x, y, epochs=150, batch_size=10, learning_rate=3e-3, seed=args.seed)
+        paths["iris"] = tmp / "iris.npz"
+        np.savez(paths["iris"], x_train=x, y_train=y, x_test=xt, **kernels(net))
 
-    x, xt, y, _ = teacher_regression(args.n, args.test, seed=args.seed)
-    x, xt, y = x.astype("float32"), xt.astype("float32"), y.astype("float32")
-    net = sigma.lab.mlp(MLP[0], MLP[1:-1], MLP[-1], activation="relu", seed=args.seed)
-    sigma.lab.train(
-        net, x, y, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=args.seed
-    )
-    paths["mlp"] = tmp / "mlp.npz"
-    np.savez(paths["mlp"], x_train=x, y_train=y, x_test=xt, **kernels(net))
+    if any(t.startswith("mlp") for t in tasks):
+        x, xt, y, _ = teacher_regression(args.n, args.test, seed=args.seed)
+        x, xt, y = x.astype("float32"), xt.astype("float32"), y.astype("float32")
+        net = sigma.lab.mlp(MLP[0], MLP[1:-1], MLP[-1], activation="relu", seed=args.seed)
+        sigma.lab.train(
+            net, x, y, epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=args.seed
+        )
+        paths["mlp"] = tmp / "mlp.npz"
+        np.savez(paths["mlp"], x_train=x, y_train=y, x_test=xt, **kernels(net))
+    if any(t.startswith("cnn") for t in tasks):
+        from cnn import prepare as prepare_cnn
+
+        paths["cnn"] = tmp / "cnn.npz"
+        info = prepare_cnn(args.cnn_n, args.cnn_test, args.cnn_epochs, args.seed, paths["cnn"])
+        print(f"CNN: test accuracy {info['test_accuracy']:.3f}", file=sys.stderr)
     return paths
 
 
@@ -268,12 +343,37 @@ def kernels(net) -> dict[str, np.ndarray]:
     }
 
 
-def run_worker(cmd, env=None) -> dict | None:
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if out.returncode:
-        print(f"worker failed: {' '.join(cmd[:4])} ...\n{out.stderr[-3000:]}", file=sys.stderr)
+def process_rss(pid: int) -> int:
+    """Resident memory of process ``pid`` (Linux /proc; 0 when gone or unknown)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_worker(cmd, env=None, mem_cap: float | None = None) -> dict | None:
+    """Run a worker; its JSON line, or None if it failed. With ``mem_cap`` (bytes) its resident
+    memory is watched every 50 ms and the worker killed when it exceeds the cap: the result is
+    then {"killed": peak bytes seen, "seconds": time until then}."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        seen = 0
+        while proc.poll() is None:
+            seen = max(seen, process_rss(proc.pid))
+            if mem_cap and seen > mem_cap:
+                proc.kill()
+                proc.wait()
+                return {"killed": seen, "seconds": time.perf_counter() - t0}
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode:
+        print(f"worker failed: {' '.join(cmd[:4])} ...\n{stderr[-3000:]}", file=sys.stderr)
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def max_rel(a, b) -> float:
@@ -298,7 +398,15 @@ def main():
     p.add_argument("--alpha", type=float, default=1.0, help="α for the fits and the σ check")
     p.add_argument("--iris-beta", type=float, default=25.0, help="β on Iris")
     p.add_argument("--mlp-beta", type=float, default=100.0, help="β on the MLP")
-    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {','.join(TASKS)}")
+    p.add_argument("--cnn-n", type=int, default=10_000, help="CNN training images")
+    p.add_argument("--cnn-test", type=int, default=1_000, help="CNN test points")
+    p.add_argument("--cnn-epochs", type=int, default=1, help="CNN training epochs")
+    p.add_argument("--cnn-repeats", type=int, default=1, help="warm runs per CNN step (median)")
+    p.add_argument(
+        "--mem-cap", type=float, default=12.0,
+        help="GB of resident memory at which a worker is killed (reported as killed)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args, _ = p.parse_known_args()
@@ -310,7 +418,10 @@ def main():
         sys.exit(f"no peer interpreter at {args.peer_python}: build it with `make bench-peer`")
 
     env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT), str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]
+        ),
     )
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results = {}
@@ -320,21 +431,23 @@ def main():
         paths = prepare(args, tmp)
         print(f"data and training: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for task in [t for t in args.tasks.split(",") if t]:
-            name = "iris" if task == "iris" else "mlp"
-            beta = args.iris_beta if name == "iris" else args.mlp_beta
+            name = task.split("-")[0]
+            beta = {"iris": args.iris_beta, "mlp": args.mlp_beta, "cnn": 1.0}[name]
+            repeats = {"iris": args.repeats, "mlp": args.mlp_repeats, "cnn": args.cnn_repeats}
             common = ["--task", task, "--data", str(paths[name]), "--alpha", str(args.alpha)]
             common += ["--beta", str(beta), "--pred-batch", str(args.pred_batch)]
-            common += ["--backend", args.backend]
-            common += ["--repeats", str(args.repeats if name == "iris" else args.mlp_repeats)]
+            common += ["--backend", args.backend, "--repeats", str(repeats[name])]
             for lib, cmd in (
                 ("sigma", [sys.executable, __file__, "--worker", "sigma"]),
                 ("torch", [args.peer_python, str(ROOT / "bench" / "peer_torch.py")]),
             ):
                 outfile = tmp / f"{lib}-{task}.npz"
                 t1 = time.perf_counter()
-                row = run_worker([*cmd, *common, "--out", str(outfile)], env=env)
+                row = run_worker(
+                    [*cmd, *common, "--out", str(outfile)], env=env, mem_cap=args.mem_cap * 1e9
+                )
                 print(f"{task} {lib}: {time.perf_counter() - t1:.0f} s", file=sys.stderr)
-                if row is not None:
+                if row is not None and "killed" not in row:
                     row["sigma_out"] = load_data(outfile)
                 results[(task, lib)] = row
     print_table(results, args)
@@ -343,6 +456,8 @@ def main():
 def fmt(v, digits=3):
     if v is None:
         return "—"
+    if isinstance(v, str):
+        return v
     return f"{v:.{digits}f}" if v < 100 else f"{v:.0f}"
 
 
@@ -352,12 +467,13 @@ def print_table(results, args):
     if any_row is None:
         print("no results")
         return
-    versions = {lib: r["version"] for (_, lib), r in results.items() if r}
-    threads = {lib: r["threads"] for (_, lib), r in results.items() if r}
+    versions = {lib: r["version"] for (_, lib), r in results.items() if r and "version" in r}
+    threads = {lib: r["threads"] for (_, lib), r in results.items() if r and "threads" in r}
     print(
         f"sigma vs laplace-torch, CPU ({os.cpu_count()} cores; threads: sigma "
         f"{threads.get('sigma')}, torch {threads.get('torch')}), float32 unless stated; "
-        f"warm = median of {args.repeats} runs (Iris) / {args.mlp_repeats} runs (MLP)"
+        f"warm = median of {args.repeats} runs (Iris) / {args.mlp_repeats} runs (MLP) / "
+        f"{args.cnn_repeats} runs (CNN; 0: warm = the cold run)"
     )
     for lib in ("sigma", "torch"):
         if lib in versions:
@@ -371,6 +487,12 @@ def print_table(results, args):
         ("mlp-diag", "pred", f"MLP diag predictive, {args.test:,} pts"),
         ("mlp-kfac", "fit", f"MLP kfac/kron fit, N={args.n:,}"),
         ("mlp-kfac", "pred", f"MLP kfac/kron predictive, {args.test:,}"),
+        ("cnn-kfac", "fit", f"CNN kfac/kron fit, N={args.cnn_n:,}"),
+        ("cnn-kfac", "pred", f"CNN kfac/kron predict_proba, {args.cnn_test:,}"),
+        ("cnn-diag", "fit", f"CNN diag fit, N={args.cnn_n:,}"),
+        ("cnn-diag", "pred", f"CNN diag predict_proba, {args.cnn_test:,}"),
+        ("cnn-last", "fit", f"CNN last-layer kfac/kron fit, N={args.cnn_n:,}"),
+        ("cnn-last", "pred", f"CNN last-layer predict_proba, {args.cnn_test:,}"),
     ]
     head = (
         f"{'step':<38} {'sigma cold':>10} {'sigma warm':>10} {'torch cold':>10} "
@@ -382,11 +504,17 @@ def print_table(results, args):
         s, t = results.get((task, "sigma")), results.get((task, "torch"))
         if s is None and t is None:
             continue
+        killed = {
+            lib: f"killed {r['killed'] / 1e9:.1f}G"
+            for lib, r in (("sigma", s), ("torch", t))
+            if r and "killed" in r
+        }
         s, t = (s or {}).get(step, {}), (t or {}).get(step, {})
         ratio = t["warm"] / s["warm"] if s.get("warm") and t.get("warm") else None
+        sc, sw = (killed["sigma"], "") if "sigma" in killed else (s.get("cold"), s.get("warm"))
+        tc, tw = (killed["torch"], "") if "torch" in killed else (t.get("cold"), t.get("warm"))
         print(
-            f"{label:<38} {fmt(s.get('cold')):>10} {fmt(s.get('warm')):>10} "
-            f"{fmt(t.get('cold')):>10} {fmt(t.get('warm')):>10} "
+            f"{label:<38} {fmt(sc):>10} {fmt(sw):>10} {fmt(tc):>10} {fmt(tw):>10} "
             f"{fmt(ratio, 1) + '×' if ratio else '—':>8} "
             f"{fmt(s['mem'] / mb, 0) if 'mem' in s else '—':>9} "
             f"{fmt(t['mem'] / mb, 0) if 'mem' in t else '—':>9}"
@@ -398,6 +526,12 @@ def print_table(results, args):
     for (task, lib), r in results.items():
         if r is None:
             print(f"{task:<12} {lib:<8} failed (see stderr)")
+            continue
+        if "killed" in r:
+            print(
+                f"{task:<12} {lib:<8} killed after {r['seconds']:.0f} s at {r['killed'] / mb:.0f}"
+                f" MB resident (cap {args.mem_cap:g} GB)"
+            )
             continue
         note = r.get("backend", "")
         print(f"{task:<12} {lib:<8} {r['rss_setup'] / mb:9.0f} {r['peak'] / mb:8.0f}  {note}")
@@ -412,16 +546,24 @@ def print_table(results, args):
     ]
     for task, prec, label in checks:
         s, t = results.get((task, "sigma")), results.get((task, "torch"))
-        if not s or not t or f"var{prec[:2]}" not in s["sigma_out"]:
+        if not s or not t or f"var{prec[:2]}" not in s.get("sigma_out", {}):
             continue
-        so, to = s["sigma_out"], t["sigma_out"]
+        so, to = s["sigma_out"], t.get("sigma_out", {})
         if f"var{prec}" not in to:
             continue
         dv = max_rel(so[f"var{prec[:2]}"], to[f"var{prec}"])
         ds = max_rel(so[f"std{prec[:2]}"], to[f"std{prec}"])
         print(f"  {label:<66} gᵀA⁻¹g {dv:8.1e}   σ (with 1/β) {ds:8.1e}")
+    for task in ("cnn-diag", "cnn-kfac", "cnn-last"):
+        s, t = results.get((task, "sigma")), results.get((task, "torch"))
+        if s and t and "proba" in s.get("sigma_out", {}) and "proba" in t.get("sigma_out", {}):
+            d = np.abs(s["sigma_out"]["proba"] - t["sigma_out"]["proba"]).max()
+            kind = "same curvature" if task == "cnn-diag" else "definitions differ"
+            print(f"  {task}: predict_proba (probit) max |p_sigma − p_torch| {d:.1e} ({kind})")
     s, t = results.get(("iris", "sigma")), results.get(("iris", "torch"))
-    if s and t and "var64" in t["sigma_out"]:
+    if not (s and t and "sigma_out" in s and "sigma_out" in t):
+        return
+    if "var64" in t["sigma_out"]:
         ref = s["sigma_out"]["var64"]
         print(
             "  Iris float32 against the float64 gᵀA⁻¹g (where the float32 difference comes from): "

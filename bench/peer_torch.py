@@ -5,7 +5,7 @@ bench/peer-requirements.txt), never in the project's: torch is no dependency of 
 started by bench/peer.py, which writes the data and the trained Keras weights to an npz file
 and reads back the JSON line and the predictive σ:
 
-    .venv-peer/bin/python bench/peer_torch.py --task iris|mlp-diag|mlp-kfac --data D.npz
+    .venv-peer/bin/python bench/peer_torch.py --task iris|mlp-diag|mlp-kfac|cnn-... --data D.npz
         --out S.npz --alpha A --beta B [--repeats R] [--pred-batch 50] [--backend backpack]
 
 The Keras kernels (in, out) are loaded transposed into torch.nn.Linear weights (out, in), so
@@ -27,6 +27,7 @@ from peer import (
     ACTIVATION,
     IRIS,
     MLP,
+    cnn_torch_weights,
     emit,
     layer_weights,
     load_data,
@@ -46,6 +47,8 @@ def main():
 
     torch.manual_seed(0)
     data = load_data(args.data)
+    if args.task.startswith("cnn"):
+        return cnn_task(args, data)
     name = "iris" if args.task == "iris" else "mlp"
     widths = IRIS if name == "iris" else MLP
     act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[ACTIVATION[name]]
@@ -143,6 +146,64 @@ def main():
         out["var64"], out["std64"] = predict(la64, xt64)
         torch.set_default_dtype(torch.float32)
     np.savez(args.out, **out)
+    emit(row)
+
+
+def cnn_task(args, data):
+    """The CNN of bench/cnn.py with the same weights (torch layout, NCHW inputs),
+    classification: the fit (kron / diag on all weights, or kron on the last layer) and the
+    probit predictive probabilities (sigma's predict_proba default)."""
+    import torch
+    from laplace import Laplace
+    from laplace.curvature import BackPackGGN, CurvlinopsGGN
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(9216, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )  # fmt: skip
+    params = [q for m in net if list(m.parameters()) for q in (m.weight, m.bias)]
+    with torch.no_grad():
+        for q, w in zip(params, cnn_torch_weights(data), strict=True):
+            q.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+    net = net.eval()
+    x = torch.from_numpy(data["x_train"].transpose(0, 3, 1, 2).copy())
+    y = torch.from_numpy(data["y_train"]).long()
+    xt = torch.from_numpy(data["x_test"].transpose(0, 3, 1, 2).copy())
+    backend = {"backpack": BackPackGGN, "curvlinops": CurvlinopsGGN}[args.backend]
+    subset, structure = {
+        "cnn-diag": ("all", "diag"), "cnn-kfac": ("all", "kron"), "cnn-last": ("last_layer", "kron")
+    }[args.task]  # fmt: skip
+    batch = 128
+    row = {
+        "library": "laplace-torch",
+        "version": f"laplace-torch {metadata.version('laplace-torch')}, torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "backend": f"{backend.__name__}, subset_of_weights={subset!r}, hessian_structure="
+        f"{structure!r}, DataLoader batch {batch}, predictive batch {args.pred_batch}",
+        "rss_setup": resident_bytes(),
+    }
+
+    def fit():
+        la = Laplace(
+            net, "classification", subset_of_weights=subset, hessian_structure=structure,
+            prior_precision=args.alpha, backend=backend,
+        )  # fmt: skip
+        la.fit(DataLoader(TensorDataset(x, y), batch_size=batch))
+        return la
+
+    def predict(la):
+        return torch.cat(
+            [
+                la(xt[s : s + args.pred_batch], pred_type="glm", link_approx="probit")
+                for s in range(0, len(xt), args.pred_batch)
+            ]
+        ).numpy()
+
+    row["fit"], la = measure(fit, args.repeats)
+    row["pred"], proba = measure(lambda: predict(la), args.repeats)
+    np.savez(args.out, proba=proba)
     emit(row)
 
 

@@ -11,9 +11,11 @@ loaded library, ~10 ms once TensorFlow is loaded).
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg  # before the controller is made: it limits SciPy's BLAS too
 from threadpoolctl import ThreadpoolController
 
 _CONTROLLER: list = []
+LARGE = 1024  # rows from which eigh decomposes a copy in place
 
 
 def one_blas_thread():
@@ -23,10 +25,20 @@ def one_blas_thread():
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-def eigh(matrix) -> tuple[np.ndarray, np.ndarray]:
+def eigh(matrix, precision=np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of the symmetric part of ``matrix``, float64, on one BLAS thread.
     A curvature with NaN or inf (the model's outputs were checked finite, so its gradients
-    overflowed) is a ValueError saying so, not LAPACK's "did not converge"."""
+    overflowed) is a ValueError saying so, not LAPACK's "did not converge".
+
+    From :data:`LARGE` rows on, the symmetric part is formed in row blocks and decomposed in
+    place by SciPy's divide-and-conquer driver (LAPACK syevd, as numpy's eigh): one n² copy
+    instead of four (a 9,217² factor is 680 MB each); with ``precision=np.float32`` (a factor
+    summed from a float32 model's products, whose entries carry float32 rounding already) the
+    copy and the decomposition are in float32: half the memory, 1.7× faster (2,500²: 2.2 s
+    against 3.7–4.3 s), the results returned as float64. One thread there too: on the shared
+    2-core machine a 2,000² decomposition took 1.5–1.8 s on one thread and 4.2–4.8 s on two
+    (numpy: 2.0 s and 5–10 s), the second thread competing with the other processes."""
+    matrix = np.asarray(matrix)
     if not np.all(np.isfinite(matrix)):
         raise ValueError(
             "the curvature holds NaN or infinite values although the model's outputs on x are "
@@ -34,4 +46,22 @@ def eigh(matrix) -> tuple[np.ndarray, np.ndarray]:
             "compute in float64"
         )
     with one_blas_thread():
-        return np.linalg.eigh(0.5 * (matrix + matrix.T))
+        if matrix.shape[0] < LARGE:
+            return np.linalg.eigh(0.5 * (matrix + matrix.T))
+        e, v = scipy.linalg.eigh(
+            symmetric_part(matrix, precision),
+            overwrite_a=True,
+            check_finite=False,
+            driver="evd",
+        )
+    return e.astype(np.float64, copy=False), v.astype(np.float64, copy=False)
+
+
+def symmetric_part(matrix, dtype=np.float64, rows: int = 512) -> np.ndarray:
+    """½ (M + Mᵀ) as a new array of ``dtype``, formed ``rows`` rows at a time (no n²
+    temporaries); the values of ``(0.5 * (matrix + matrix.T)).astype(dtype)``."""
+    matrix = np.asarray(matrix)
+    out = np.empty(matrix.shape, dtype)
+    for i in range(0, matrix.shape[0], rows):
+        out[i : i + rows] = 0.5 * (matrix[i : i + rows] + matrix[:, i : i + rows].T)
+    return out

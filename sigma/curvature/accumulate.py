@@ -206,8 +206,11 @@ class Accumulator:
         for batch in bar:
             if keep is not None:
                 keep.append(batch)
-            out = tf.nest.map_structure(_to_numpy, self._step(batch, *args))
-            total = out if total is None else tf.nest.map_structure(np.add, total, out)
+            out = self._step(batch, *args)
+            if total is None:
+                total = tf.nest.map_structure(_to_numpy, out)
+            else:  # in place, in float64: no new total per batch (a 9,217² one is 680 MB)
+                tf.nest.map_structure(_add_into, total, out)
         if total is None:
             raise ValueError("the data hold no batches: nothing to accumulate")
         if keep is not None:
@@ -221,7 +224,14 @@ class Accumulator:
 
 
 def _to_numpy(t) -> np.ndarray:
-    return np.asarray(t.numpy(), dtype=np.float64)
+    """A float64 NumPy copy of ``t`` (never a view of TensorFlow's buffer: it is added into)."""
+    return np.array(t.numpy(), dtype=np.float64)
+
+
+def _add_into(total: np.ndarray, t) -> None:
+    """total += t in float64, in place; t converted chunk-wise inside the ufunc (the same values
+    as converting it first, without a float64 copy of it)."""
+    np.add(total, t.numpy(), out=total)
 
 
 def _spec_key(signature) -> tuple:

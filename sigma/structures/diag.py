@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from sigma.curvature import blocks
-from sigma.curvature.capture import Captured, layer_batch_size
+from sigma.curvature.capture import Captured
 from sigma.memory import activation_elements
-from sigma.structures.layerwise import Layerwise
+from sigma.structures.layerwise import Layerwise, layerwise_batch_size
 
 
 class Diag(Layerwise):
@@ -100,4 +100,4 @@ class Diag(Layerwise):
         act = activation_elements(model)
         per = 2 * (n_outputs + 1) * act
         p = self.engine_for(model).n_params
-        return 4 * p * 8 + layer_batch_size(n_data, per, batch_size) * per * 8
+        return 4 * p * 8 + layerwise_batch_size(n_data, per, batch_size) * per * 8

@@ -26,9 +26,10 @@ from sigma import likelihoods
 from sigma._checks import check_inputs, n_samples
 from sigma.curvature import blocks
 from sigma.curvature.accumulate import as_batches, is_dataset
-from sigma.curvature.capture import LayerPlan, capture, layer_batch_size, per_sample_elements
+from sigma.curvature.capture import LayerPlan, capture
+from sigma.memory import activation_elements
 from sigma.structures.kfac import KFAC
-from sigma.structures.layerwise import restrict
+from sigma.structures.layerwise import fit_elements, layerwise_batch_size, restrict
 
 
 class EKFAC(KFAC):
@@ -50,8 +51,8 @@ class EKFAC(KFAC):
         eng, plan, lik = self.engine_for(model), self.plan, likelihoods.get(likelihood)
         if not is_dataset(x):
             x = check_inputs(model, x)
-            per = per_sample_elements(plan, self.n_outputs)
-            x = as_batches(x, batch_size=layer_batch_size(n_samples(x), per, batch_size))
+            per = fit_elements(plan, self.n_outputs) + 2 * activation_elements(model)
+            x = as_batches(x, batch_size=layerwise_batch_size(n_samples(x), per, batch_size))
         dtype = eng.dtype
         # the fast blocks alone: the generic blocks keep KFAC's exact statistics
         fast_plan = eng.store.setdefault(

@@ -20,23 +20,53 @@ from sigma._checks import check_inputs, n_samples, take
 from sigma.curvature.accumulate import (
     ArrayBatches,
     as_batches,
+    batch_size_for,
     compiled,
     first_samples,
     is_dataset,
 )
 from sigma.curvature.capture import (
     Captured,
+    LayerPlan,
     capture,
     capture_inputs,
     contract,
     describe_plan,
-    layer_batch_size,
     output_block,
-    per_sample_elements,
     with_pfor_fallback,
 )
+from sigma.memory import activation_elements
 from sigma.progress import bar as progress_bar
 from sigma.structures.base import Structure, restore_groups
+
+# Cap on the elements a batch of the layer-wise structures holds in its captured inputs and
+# sensitivities and their products (2²⁷: 512 MB in float32). The capture's own cap (2²⁴,
+# LAYER_BUDGET) gave a 1.2M-weight CNN (issue 26) batches of 9 samples: 1,112 graph calls for
+# N = 10,000, each paying the per-call fixed costs (a 9,217² Gram of the Dense layer's inputs
+# written at B = 9, fetched and added in float64) — 129 gradient passes for a KFAC fit.
+LAYERWISE_BUDGET = 2**27
+
+
+def fit_elements(plan: LayerPlan, k: int, *, per_sample_gradients: bool = True) -> int:
+    """Elements held per sample by a fit's batch: ã (T·D) and s (K·T·C, twice: the K backward
+    passes' gradients and their stack) per fast block, the per-sample gradients (K·D·C, and
+    their squares) of a block used at several positions when ``per_sample_gradients`` (diag,
+    ekfac's second pass; kfac sums ã ãᵀ and s sᵀ without them), the generic blocks'
+    vectorised Jacobians. The callers add the forward pass's activations, which the capture's
+    tape keeps for the K backward passes (``2 * activation_elements(model)``): without them a
+    last-layer fit on issue 26's CNN took all 10,000 images in one batch (3 GB)."""
+    n = 0
+    for b in plan.fast:
+        n += b.positions * b.d_in + 2 * k * b.positions * b.d_out
+        if per_sample_gradients and b.positions > 1:
+            n += 2 * k * b.size
+    n += sum(4 * k * g.size for g in plan.generic)
+    return max(n, 1)
+
+
+def layerwise_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
+    """``batch_size`` if given, else the largest batch (≤ n) within :data:`LAYERWISE_BUDGET`."""
+    return batch_size_for(n, per_sample, batch_size, budget=LAYERWISE_BUDGET)
 
 
 class Layerwise(Structure):
@@ -59,6 +89,10 @@ class Layerwise(Structure):
         self.fast = bool(fast)
 
     statistics_options: tuple[str, ...] = ()  # options passed to ``_batch_stats``
+
+    def _fit_elements(self, plan, k) -> int:
+        """Elements per sample of a batch of the fit (for its batch size)."""
+        return fit_elements(plan, k)
 
     def _statistics_options(self) -> dict:
         return {name: getattr(self, name) for name in self.statistics_options}
@@ -97,7 +131,8 @@ class Layerwise(Structure):
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = plan.n_params, k
         if not is_dataset(x):
-            bs = layer_batch_size(n_samples(x), per_sample_elements(plan, k), batch_size)
+            per = self._fit_elements(plan, k) + 2 * activation_elements(model)
+            bs = layerwise_batch_size(n_samples(x), per, batch_size)
             x = as_batches(x, batch_size=bs)
         options, stats_fn = self._statistics_options(), type(self)._batch_stats
         self.groups = groups = lik.groups(k)
@@ -122,10 +157,11 @@ class Layerwise(Structure):
                 key, body, x, strategy=strategy, progress=progress, desc=f"{self.name} curvature"
             )()
 
-        stats = with_pfor_fallback(plan, run)
-        self.n_data = int(round(float(stats[-1])))
-        n_stats = (len(stats) - 1) // len(columns)
-        per_group = [list(stats[g * n_stats : (g + 1) * n_stats]) for g in range(len(columns))]
+        stats = list(with_pfor_fallback(plan, run))  # _finish may release its entries
+        self.n_data = int(round(float(stats.pop())))
+        n_stats = len(stats) // len(columns)
+        per_group = [stats[g * n_stats : (g + 1) * n_stats] for g in range(len(columns))]
+        del stats
         self._finish(per_group[0] if len(columns) == 1 else per_group)
         return self
 
@@ -147,18 +183,27 @@ class Layerwise(Structure):
         x = check_inputs(model, x)
         k = self.engine_for(model).n_outputs(x)
         # The contractions run in float64, whatever the model's dtype: inverse eigenvalues
-        # 1/(α + β c) overflow float32 for tiny α, β.
+        # 1/(α + β c) overflow float32 for tiny α, β. The rotations of a fast block (its first
+        # two entries) are applied in the model's dtype (``contract`` casts them to it): cast
+        # here once, not in every batch's graph (a 9,217² rotation is 85M elements).
+        dtype = self.engine_for(model).dtype
+        n_fast = len(self.plan.fast)
         params = [
-            [None if t is None else tf.constant(t, tf.float64) for t in blk]
-            for blk in self._block_params(alpha, float(beta))
+            [
+                None if t is None else tf.constant(t, dtype if i < n_fast and j < 2 else tf.float64)
+                for j, t in enumerate(blk)
+            ]
+            for i, blk in enumerate(self._block_params(alpha, float(beta)))
         ]
         flat = [t for blk in params for t in blk if t is not None]
         fn = self._predict_fn(model, x, params, covariance)
         if output_block(model, self.plan) is not None:  # K per input, K² with covariances
             per = self.plan.fast[0].d_in + (k * k if covariance else 2 * k)
         else:
-            per = per_sample_elements(self.plan, k)
-        bs = layer_batch_size(n_samples(x), per, batch_size)
+            # contract holds the captured batch and, per block used at several positions, the
+            # per-sample gradients, in float64: twice a fit's elements per sample
+            per = 2 * fit_elements(self.plan, k) + 2 * activation_elements(model)
+        bs = layerwise_batch_size(n_samples(x), per, batch_size)
         batches = progress_bar(ArrayBatches((x,), bs), desc=f"{self.name} predictive")
         out = [np.asarray(fn(b[0], flat), dtype=np.float64) for b in batches]
         return np.concatenate(out)
@@ -182,9 +227,11 @@ class Layerwise(Structure):
                 it = iter(flat)
                 u_in, u_out, w = [next(it) if present else None for present in layout]
                 a = capture_inputs(model, plan, xb).acts[0][:, 0]  # (B, D)
+                if u_in is not None:  # the rotation in the model's dtype (as contract's)
+                    a = tf.matmul(tf.cast(a, u_in.dtype), u_in)
                 a = tf.cast(a, tf.float64)
-                if u_in is not None:
-                    a = tf.matmul(a, u_in)
+                if u_out is not None:
+                    u_out = tf.cast(u_out, tf.float64)
                 v = tf.matmul(tf.square(a), w)  # (B, K): eigenvalues of the covariance
                 if u_out is None:
                     return tf.linalg.diag(v) if covariance else v
