@@ -85,14 +85,15 @@ def test_a_laplace_over_all_weights_keeps_the_prior_on_unused_embedding_rows(tin
     assert used["posterior variance"] < used["prior variance 1/α"]
     sets = {"test": x[:6], "out of vocabulary": sq.out_of_vocabulary(LANGUAGE, 6)}
     pred = sq.laplace_predictive(la, sets, method="mean_field")
-    for name, xs in sets.items():  # what predict_proba gives, from one covariance
-        np.testing.assert_allclose(
-            pred[name]["probs"], la.predict_proba(xs, method="mean_field"), rtol=1e-5, atol=1e-7
-        )
-        cov = la.predictive_covariance(xs)
-        np.testing.assert_allclose(
-            pred[name]["logit_std"], np.sqrt(np.diagonal(cov, axis1=1, axis2=2)).mean(1)
-        )
+    xs = sets["out of vocabulary"]  # what predict_proba gives, from one covariance
+    np.testing.assert_allclose(
+        pred["out of vocabulary"]["probs"], la.predict_proba(xs, method="mean_field"),
+        rtol=1e-5, atol=1e-7,
+    )  # fmt: skip
+    cov = la.predictive_covariance(xs)
+    np.testing.assert_allclose(
+        pred["out of vocabulary"]["logit_std"], np.sqrt(np.diagonal(cov, axis1=1, axis2=2)).mean(1)
+    )
     rows = sq.detection({"sigma": pred})
     assert {(r["data"], r["score"]) for r in rows} == {
         ("out of vocabulary", s) for s in ("entropy", "1 − max p", "logit σ")
@@ -106,11 +107,12 @@ def test_enable_lora_leaves_the_adapters_alone_trainable(tiny):
     adapters = sq.enable_lora(clone, 2)
     assert len(adapters) == 2 * 6  # four projections, two feed-forward layers
     assert {id(v) for v in clone.trainable_variables} == {id(v) for v in adapters}
+    before = [v.numpy().copy() for v in clone.non_trainable_variables]
+    sq.train(clone, x, labels, epochs=1, batch_size=32)  # B moves off its zero start
+    for b, v in zip(before, clone.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(b, v.numpy())
     la = sigma.Laplace(clone, x, labels, likelihood="classification", structure="kfac",
                        weights=adapters)  # fmt: skip
     assert la.n_params == sum(int(np.prod(v.shape)) for v in adapters)
     assert {b.role for b in la.structure.plan.fast} == {"lora_a", "lora_b"}
-    before = [v.numpy().copy() for v in clone.non_trainable_variables]
-    sq.train(clone, x, labels, epochs=1, batch_size=32)
-    for b, v in zip(before, clone.non_trainable_variables, strict=True):
-        np.testing.assert_array_equal(b, v.numpy())
+    assert not la.structure.plan.generic
