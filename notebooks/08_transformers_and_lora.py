@@ -106,8 +106,8 @@ options = dict(
 )
 print(
     f"{n_train} training, {n_validation} validation and {n_test} test sentences of {length} "
-    f"tokens; classes {sequences.CLASSES}, counts in training "
-    f"{np.bincount(labels_train, minlength=4).tolist()}"
+    f"tokens\nclasses {sequences.CLASSES}: {np.bincount(labels_train, minlength=4).tolist()} "
+    "training sentences"
 )
 
 # %% [markdown]
@@ -302,6 +302,9 @@ x_tune_test, labels_tune_test = language.sample(
     n_test, rule="reversed", label_noise=label_noise, seed=seed + 8
 )
 base_accuracy = np.mean(model.predict(x_tune_test, verbose=0).argmax(1) == labels_tune_test)
+print(f"the base model on the reversed task: test accuracy {base_accuracy:.3f}")
+
+# %%
 adapters = sequences.enable_lora(model, lora_rank, seed=seed)
 tic = time.time()
 tune_history = sequences.train(
@@ -311,7 +314,6 @@ tune_history = sequences.train(
 tune_seconds = time.time() - tic
 tuned_accuracy = np.mean(model.predict(x_tune_test, verbose=0).argmax(1) == labels_tune_test)
 print(
-    f"the base model on the reversed task: test accuracy {base_accuracy:.3f}\n"
     f"{len(adapters)} adapter variables, {sum(int(np.prod(v.shape)) for v in adapters):,} "
     f"weights, fine-tuned in {tune_seconds:.0f} s: test accuracy {tuned_accuracy:.3f}"
 )
@@ -408,7 +410,7 @@ results = pd.DataFrame(
         },
     )
 ).set_index("method")
-results
+results.style.format(precision=3, na_rep="—")
 
 # %% [markdown]
 # ## What to conclude

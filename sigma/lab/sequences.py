@@ -485,6 +485,7 @@ def plot_uncertainty(predictions: dict, scores=("entropy", "logit σ"), *, bins:
     every set, as densities; a method without the score (the softmax has no logit σ) leaves
     its panel empty. The entropy's bins span [0, ln K]; the logit σ is binned on a log scale."""
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     methods = list(predictions)
     fig, axes = plt.subplots(
@@ -502,6 +503,9 @@ def plot_uncertainty(predictions: dict, scores=("entropy", "logit σ"), *, bins:
                 lo, hi = np.log10(np.maximum([every.min(), every.max()], 1e-12))
                 edges = np.logspace(lo - 0.05, hi + 0.05, bins + 1)
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+                ax.tick_params(axis="x", which="minor", labelsize=8)
             elif score == "entropy":
                 edges = np.linspace(0.0, np.log(k), bins + 1)
             else:
