@@ -480,6 +480,12 @@ def temperature_scan(
     return rows, predictions
 
 
+def _minor_label(value, _position) -> str:
+    """Label the minor ticks 2 and 5 of each decade of a log axis (plain numbers)."""
+    digit = round(value / 10 ** np.floor(np.log10(value)))
+    return f"{value:g}" if digit in (2, 5) else ""
+
+
 def plot_uncertainty(predictions: dict, scores=("entropy", "logit σ"), *, bins: int = 30):
     """Histograms of each score (a row per score) of each method (a column per method) on
     every set, as densities; a method without the score (the softmax has no logit σ) leaves
@@ -504,7 +510,7 @@ def plot_uncertainty(predictions: dict, scores=("entropy", "logit σ"), *, bins:
                 edges = np.logspace(lo - 0.05, hi + 0.05, bins + 1)
                 ax.set_xscale("log")
                 ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-                ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
                 ax.tick_params(axis="x", which="minor", labelsize=8)
             elif score == "entropy":
                 edges = np.linspace(0.0, np.log(k), bins + 1)
