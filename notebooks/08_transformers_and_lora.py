@@ -421,7 +421,8 @@ results.style.format(precision=3, na_rep="—")
 #   the 896 of the two LayerNormalizations and the position table sit in Kronecker blocks: the
 #   Embedding's with a diagonal input factor (the token counts), the attention's `EinsumDense`
 #   projections and the feed-forward layers with the 24 tokens as positions. The KFAC fit with
-#   the evidence took 13 s on 3,000 sentences, most of it tracing, on a shared 2-core machine.
+#   the evidence took 6–13 s on 3,000 sentences (a shared 2-core machine, more or less busy),
+#   most of it tracing.
 # - **Out of vocabulary is where the posterior over all weights earns its keep.** The rows of
 #   the 64 unused ids keep the prior's variance exactly, and sigma's logit σ separates the
 #   out-of-vocabulary sentences from the test sentences perfectly (AUROC 1.000, at every
