@@ -202,6 +202,11 @@ pd.DataFrame(
 )
 
 # %% [markdown]
+# (With `blocks` > 1 this table merges layers: sigma names a prior group after its layer's
+# `name`, and the projections of every `MultiHeadAttention` are named query, key, value and
+# attention_output, so those of all blocks share one α each. At the default of one block every
+# layer has its own.)
+#
 # The rows of the embedding table of the 64 ids no training sentence uses were never moved by
 # training (their gradient is zero; their norm is that of the initialisation) and the data say
 # nothing about them: their posterior variance is the prior's 1/α exactly. The rows of the
