@@ -378,7 +378,12 @@ def has_non_finite(value) -> bool:
 
 
 def ill_conditioned_hint(
-    top: float, alpha: float, x=None, scalar: bool = True, tempered: bool = False
+    top: float,
+    alpha: float,
+    x=None,
+    scalar: bool = True,
+    tempered: bool = False,
+    alpha_max: float = 0.0,
 ) -> str:
     """Why A = D_α + βC is refused when α is below the round-off of βC's largest eigenvalue
     ``top`` (A's condition number beyond 1/ROUNDOFF: its smallest eigenvalues are round-off,
@@ -398,6 +403,14 @@ def ill_conditioned_hint(
             "scale of its inputs."
         )
     other = "or a larger temperature" if tempered else "or a smaller beta"
+    if alpha_max > 0.5 * top:  # the largest α, not the curvature, sets A's largest eigenvalue
+        return (
+            f"the largest alpha ({alpha_max:g}) is {top / alpha:.2g} times {which} = {alpha:g}: "
+            f"A's condition number exceeds {1 / ROUNDOFF:.0e}, and its smallest eigenvalues are "
+            "below the round-off of its largest, so neither A nor the error bars can be "
+            "trusted. Bring the groups' alphas within a factor of "
+            f"{1 / ROUNDOFF:.0e} of each other"
+        )
     return (
         f"beta*C's largest eigenvalue is {top:.3g}, {top / alpha:.2g} times {which} = "
         f"{alpha:g}: A's condition number exceeds {1 / ROUNDOFF:.0e}, and its smallest "

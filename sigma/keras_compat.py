@@ -39,6 +39,19 @@ def layers(model, *, include_self: bool = False) -> list:
     return found
 
 
+def layer_labels(model) -> dict:
+    """{id(layer): a name unique within ``model``} for every layer :func:`layers` lists: the
+    layer's Keras path ("block_1/query": the sublayers of two attention blocks are both named
+    "query"), its name where it has none, with " (2)", " (3)", ... for a repeat (two nested
+    models each with a "dense")."""
+    labels, seen = {}, {}
+    for layer in layers(model, include_self=True):
+        label = str(getattr(layer, "path", None) or layer.name)
+        seen[label] = seen.get(label, 0) + 1
+        labels[id(layer)] = label if seen[label] == 1 else f"{label} ({seen[label]})"
+    return labels
+
+
 def own_variables(layer) -> list:
     """The variables ``layer`` created itself (not those of its sublayers): trainable first."""
     trainable = getattr(layer, "_trainable_variables", None)

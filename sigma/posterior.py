@@ -246,6 +246,7 @@ class Posterior:
                 None if scale is None else np.array([scale]),
                 self.prior.scalar,
                 tempered=not self.likelihood.has_beta,
+                alpha_max=a_max,
             )
         elif lam.size < self.n_params:
             hint = (

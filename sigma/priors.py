@@ -134,9 +134,11 @@ def _path(variable) -> str:
 
 
 def owners_of(model) -> dict:
-    """{id(variable): layer name} for every trainable variable a layer of ``model`` owns."""
+    """{id(variable): layer label} for every trainable variable a layer of ``model`` owns (its
+    Keras path, unique within the model: :func:`sigma.keras_compat.layer_labels`)."""
     owners = {}
+    labels = keras_compat.layer_labels(model)
     for layer in keras_compat.layers(model, include_self=True):
         for v in keras_compat.own_variables(layer):
-            owners.setdefault(id(v), layer.name)
+            owners.setdefault(id(v), labels[id(layer)])
     return owners

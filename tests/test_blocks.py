@@ -2,6 +2,8 @@
 MultiHeadAttention), Embedding and Keras' LoRA adapters, against slow, obvious references —
 per-sample Jacobians from one plain tape per sample and output."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -224,3 +226,62 @@ def test_normalisation_layers_take_their_jacobian_from_the_capture():
     ref = loop_jacobian(model, x)
     # x̂ recomputed from the layer's input agrees with its forward pass to ~1e-10 (float64)
     np.testing.assert_allclose(j, ref, rtol=1e-8, atol=1e-9 * np.abs(ref).max())
+
+
+def test_lora_adapters_at_keras_zero_start_take_the_fast_path():
+    """Keras starts a LoRA B at zero, so A's reference gradient on the probe is all zero: the
+    probe's comparison must not divide 0 by an underflowed float32 scale (NaN: generic)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    dense = keras.layers.Dense(3)
+    model = keras.Model(inp, keras.layers.Dense(2)(dense(inp)))
+    dense.enable_lora(2)
+    x = RNG.normal(size=(16, 4)).astype("float32")
+    y = RNG.normal(size=(16, 2)).astype("float32")
+    adapters = [dense.lora_kernel_a, dense.lora_kernel_b]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "invalid value", no "tied weights?"
+        plan = sigma.Laplace(model, x, y, structure="kfac", weights=adapters).structure.plan
+    assert [b.role for b in plan.fast] == ["lora_a", "lora_b"] and not plan.generic
+
+
+def _two_attention_blocks():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 6), dtype="float64")
+    h = keras.layers.MultiHeadAttention(2, 3, name="block_0", dtype="float64")(inp, inp)
+    h = keras.layers.MultiHeadAttention(2, 3, name="block_1", dtype="float64")(h, h)
+    h = keras.layers.GlobalAveragePooling1D(dtype="float64")(h)
+    return keras.Model(inp, keras.layers.Dense(2, name="head", dtype="float64")(h))
+
+
+def test_layers_of_the_same_name_in_two_blocks_are_told_apart():
+    """Every MultiHeadAttention names its projections query/key/value/attention_output: the
+    layer prior and the plan's table name them by their Keras path."""
+    model, x = _two_attention_blocks(), RNG.normal(size=(16, 4, 6))
+    la = sigma.Laplace(model, x, RNG.normal(size=(16, 2)), structure="kfac", prior="layer")
+    names = list(la.prior_groups)
+    assert len(names) == 9 == len(set(names))
+    assert {"block_0/query", "block_1/query", "block_1/attention_output", "head"} <= set(names)
+    table = sigma.curvature.engine(model).layer_plan(x).table()
+    assert sorted(r["layer"] for r in table) == sorted(names)
+
+
+def test_reduce_warns_when_it_leaves_an_attention_key_without_curvature():
+    """Σ_t s_t = 0 for a key projection (the softmax over keys ignores a common shift):
+    positions='reduce' gives it no curvature; the fit says so, and the evidence refuses to
+    pick an α for weights the data do not determine, naming the prior group."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 6), dtype="float64")
+    h = keras.layers.MultiHeadAttention(2, 3, name="mha", dtype="float64")(inp, inp)
+    h = keras.layers.GlobalAveragePooling1D(dtype="float64")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, dtype="float64")(h))
+    x, y = RNG.normal(size=(64, 4, 6)), RNG.integers(0, 3, 64)
+    kw = dict(likelihood="classification", structure="kfac", prior="layer")
+    with pytest.warns(RuntimeWarning, match=r"'mha/key' no curvature"):
+        la = sigma.Laplace(model, x, y, structure_options={"positions": "reduce"}, **kw)
+    with pytest.raises(sigma.evidence.EvidenceBoundaryError, match="determine none") as info:
+        la.optimize_evidence()
+    assert "'mha/key'" in "".join(getattr(info.value, "__notes__", []))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sigma.Laplace(model, x, y, **kw).optimize_evidence()  # expand: every group determined

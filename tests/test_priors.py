@@ -299,3 +299,17 @@ def test_optimize_prior_refuses_a_validation_set_too_small_for_the_metric(rng):
         lc.optimize_prior(x[:1], labels[:1], metric="brier")
     assert lc.prior_result is None
     lc.optimize_prior(x[20:30], labels[20:30], metric="ece", max_iter=3)
+
+
+def test_a_huge_alpha_is_named_as_the_cause_of_an_ill_conditioned_precision(rng):
+    """Groups' alphas 1e12 and 1e-6 apart make A ill-conditioned: the refusal names the
+    largest alpha, not the curvature, as what sets A's largest eigenvalue."""
+    model = make_mlp(n_in=2, hidden=(3,), n_out=1)
+    x = rng.normal(size=(20, 2))
+    la = sigma.Laplace(model, x, rng.normal(size=(20, 1)), prior="layer", structure="full")
+    alpha = np.full(len(la.prior_groups), 1e-6)
+    alpha[0] = 1e12
+    with pytest.raises(ValueError, match=r"the largest alpha \(1e\+12\)") as info:
+        la.alpha = alpha
+        la.predict(x)
+    assert "beta*C's largest eigenvalue" not in str(info.value)

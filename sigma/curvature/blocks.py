@@ -57,6 +57,7 @@ class FastBlock:
     positions: int = 1  # T per sample (set by probing a forward pass)
     role: str = "kernel"  # "kernel", or "lora_a" / "lora_b": Keras' LoRA adapters
     spec: dict = field(default_factory=dict)  # kind-specific facts (einsum letters, shapes)
+    label: str = ""  # the layer's name unique within the model (keras_compat.layer_labels)
 
     @property
     def size(self) -> int:

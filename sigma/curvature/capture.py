@@ -111,7 +111,7 @@ class LayerPlan:
         """One row per block: layer name, class, path and number of weights."""
         rows = [
             {
-                "layer": b.layer.name,
+                "layer": b.label or b.layer.name,
                 "class": type(b.layer).__name__,
                 "path": f"fast ({b.kind}{'' if b.role == 'kernel' else ', ' + b.role})",
                 "weights": b.size,
@@ -206,10 +206,12 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None
     plan = LayerPlan(n_params=int(sum(counts)), excluded=tuple(exclude), selection=selection)
     taken = set()
     layers = keras_compat.layers(model, include_self=True)
+    labels = keras_compat.layer_labels(model)
     for layer in layers:
         if not fast or any(layer is e for e in exclude):
             continue
         for blk in fast_blocks.layer_blocks(layer, pos, columns, flat):
+            blk.label = labels[id(layer)]
             plan.fast.append(blk)
             taken.update({blk.kernel} if blk.bias is None else {blk.kernel, blk.bias})
     for layer in layers:
@@ -226,7 +228,7 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None
                 roles = None
             plan.generic.append(
                 GenericBlock(
-                    layer.name,
+                    labels[id(layer)],
                     own,
                     np.concatenate([flat(i) for i in own]),
                     type(layer).__name__,
@@ -697,6 +699,9 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
 
 
 def _close(fast, ref, rtol) -> bool:
+    # in float64: a float32 division by 1e-300 (an all-zero reference: a LoRA layer at Keras'
+    # zero start of B) would underflow to 0/0
+    fast, ref = np.asarray(fast, np.float64), np.asarray(ref, np.float64)
     scale = max(float(np.abs(ref).max(initial=0.0)), 1e-300)  # norms of scaled vectors
     return np.linalg.norm((fast - ref) / scale) <= rtol * max(np.linalg.norm(ref / scale), 1e-30)
 

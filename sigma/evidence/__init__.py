@@ -339,10 +339,37 @@ def maximize(
         history.append((_out(alphas), _out(betas)))
         value, gammas, group_gammas = evaluate(alphas, betas)
         method = "direct"
+    if not fix_alpha:
+        _check_determined(np.atleast_1d(gammas), sizes, alphas, betas, n_iter)
     return EvidenceResult(
         _out(alphas), _out(betas), float(gammas.sum()), n_iter, history, gammas, method,
         float(value), group_gammas,
     )  # fmt: skip
+
+
+# A prior group whose weights the data determine less than this (γ_g, in weights) has no
+# curvature to speak of: its α_g would be whatever the stopping rule left (1e-7 for an attention
+# key projection under KFAC's positions="reduce", whose sensitivities sum to 0 over positions).
+UNDETERMINED = 1e-6
+
+
+def _check_determined(gammas, sizes, alphas, betas, n_iter) -> None:
+    """EvidenceBoundaryError if the data determine (almost) none of a prior group's weights."""
+    low = np.flatnonzero(gammas < UNDETERMINED)
+    if low.size == 0:
+        return
+    names = [f"alpha[{i}]" if gammas.size > 1 else "alpha" for i in low]
+    raise EvidenceBoundaryError(
+        f"the data determine none of the weights of {', '.join(names)} (γ = "
+        f"{', '.join(f'{gammas[i]:.3g} of {int(sizes[i])}' for i in low)}): the curvature "
+        "gives them no information, so the evidence sends their α towards 0 (reached "
+        f"alpha={_out(alphas)!r}). Hold α (fix_alpha=True), put these weights in a group with "
+        "others (a prior with fewer groups), or use a structure that sees their curvature",
+        alpha=_out(alphas),
+        beta=_out(betas),
+        n_iter=n_iter,
+        which=names,
+    )
 
 
 def _out(values):

@@ -188,6 +188,11 @@ def optimize(
             max_iter=max_iter,
         )
     except evidence.EvidenceBoundaryError as exc:
+        names = post.prior.names
+        groups = [f"{w} is the prior group {names[int(w[6:-1])]!r}" for w in exc.which
+                  if w.startswith("alpha[") and len(names) > 1]  # fmt: skip
+        if groups:
+            exc.add_note(f"({'; '.join(groups)})")
         if tempered.any() and np.any(post.beta[tempered] != 1.0):  # a tempered likelihood
             temperature = 1.0 / float(post.beta[tempered][0])
             exc.add_note(

@@ -23,7 +23,7 @@ import importlib as _importlib
 # (the sweep report's notebook) loads scikit-learn only, not TensorFlow.
 _SUBMODULES = {
     "baselines", "classifiers", "compare", "data", "models", "noise", "original_formula",
-    "plots", "scans", "shift", "training_comparison",
+    "plots", "scans", "sequences", "shift", "training_comparison",
 }  # fmt: skip
 _EXPORTS = {
     "IRIS_CLASSES": "data",

@@ -40,6 +40,8 @@ plus the generic blocks.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
@@ -76,6 +78,32 @@ class KFAC(Layerwise):
         self.positions = positions
 
     statistics_options = ("max_block", "positions")
+
+    def fit(self, *args, **kwargs):
+        super().fit(*args, **kwargs)
+        if self.positions == "reduce":
+            self._warn_reduced_to_zero()
+        return self
+
+    def _warn_reduced_to_zero(self) -> None:
+        """Summed over positions, a block's sensitivities can cancel: an attention key
+        projection's do (its softmax over the keys ignores a shift common to all of them), so
+        "reduce" gives it no curvature, and its weights the prior's variance whatever the data."""
+        scale = max((float(np.abs(h).max(initial=0.0)) for _, h in self.factors), default=0.0)
+        flat = [
+            blk.label or blk.layer.name
+            for blk, (_, h) in zip(self.plan.fast, self.factors, strict=True)
+            if blk.positions > 1 and not blk.sparse and np.abs(h).max() <= 1e-10 * scale
+        ]
+        if flat and scale > 0:
+            warnings.warn(
+                f"structure_options={{'positions': 'reduce'}} gives {', '.join(map(repr, flat))} "
+                "no curvature: its sensitivities sum to zero over the positions (an attention "
+                "key projection's do, its softmax ignoring a shift common to all keys). Use "
+                "positions='expand' (the default) for these layers",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _fit_elements(self, plan, k) -> int:
         # sums of ã ãᵀ and s sᵀ: no per-sample gradients, whatever a block's positions
