@@ -202,10 +202,9 @@ pd.DataFrame(
 )
 
 # %% [markdown]
-# (With `blocks` > 1 this table merges layers: sigma names a prior group after its layer's
-# `name`, and the projections of every `MultiHeadAttention` are named query, key, value and
-# attention_output, so those of all blocks share one α each. At the default of one block every
-# layer has its own.)
+# (A prior group is named after its layer's Keras path below the model: the projections of
+# the attention block are `attention_0/query`, ..., so with `blocks` > 1 every block's
+# projections get an α of their own.)
 #
 # The rows of the embedding table of the 64 ids no training sentence uses were never moved by
 # training (their gradient is zero; their norm is that of the initialisation) and the data say

@@ -31,6 +31,7 @@ from sigma._checks import (
     check_seed,
     input_scale,
 )
+from sigma._grappler import own_calls
 from sigma.curvature import engine, prepare
 from sigma.curvature.accumulate import (
     ArrayBatches,
@@ -169,113 +170,116 @@ def fit(
     seed = check_seed(seed)
     lik = likelihoods.get(likelihood)
     check_model(model)
-    lik = lik.for_model(model, likelihood)  # e.g. the form a compiled loss trained
-    selection = select(model, weights)
-    structure = structure.on(selection)
-    if not is_dataset(x):
-        x = check_inputs(model, x)
-        layout = engine(model).output_layout(x)
-    else:
-        check_dataset(x, model)
-        first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
-        layout = engine(model).output_layout(first)
-    # one softmax head per output (and per position) for a classifier; one β per output
-    # when beta is an array
-    if isinstance(lik, likelihoods.Regression) and np.ndim(beta) != 0:
-        lik = likelihoods.Regression(per_output=True)
-    lik = likelihoods.get(lik, layout)
-    check_mixed_heads(model, lik, layout)
-    if not lik.has_beta and not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
-        raise ValueError(no_beta(lik))
-    if np.ndim(beta) == 0:
-        check_precision(beta, "beta", allow_zero=False)
-    temperature = check_temperature(temperature, lik)
-    if is_dataset(x):
-        if y is not None:
-            raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
-        x, n, k, e_d, e_dk, square, e_g = prepare_dataset(
-            model, x, lik, batch_size=batch_size, layout=layout
+    with own_calls(model):  # sigma's graph options for a float64 model, for this call only
+        lik = lik.for_model(model, likelihood)  # e.g. the form a compiled loss trained
+        selection = select(model, weights)
+        structure = structure.on(selection)
+        if not is_dataset(x):
+            x = check_inputs(model, x)
+            layout = engine(model).output_layout(x)
+        else:
+            check_dataset(x, model)
+            first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
+            layout = engine(model).output_layout(first)
+        # one softmax head per output (and per position) for a classifier; one β per output
+        # when beta is an array
+        if isinstance(lik, likelihoods.Regression) and np.ndim(beta) != 0:
+            lik = likelihoods.Regression(per_output=True)
+        lik = likelihoods.get(lik, layout)
+        check_mixed_heads(model, lik, layout)
+        if not lik.has_beta and not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
+            raise ValueError(no_beta(lik))
+        if np.ndim(beta) == 0:
+            check_precision(beta, "beta", allow_zero=False)
+        temperature = check_temperature(temperature, lik)
+        if is_dataset(x):
+            if y is not None:
+                raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
+            x, n, k, e_d, e_dk, square, e_g = prepare_dataset(
+                model, x, lik, batch_size=batch_size, layout=layout
+            )
+            first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
+            lik.check_outputs(model, engine(model).outputs(first), layout)
+        else:
+            if y is None:
+                raise ValueError(
+                    "y is required when x is an array: pass the training targets, shape (N, K) "
+                    "(or integer labels (N,) for classification), or pass x as a "
+                    "tf.data.Dataset of (x, y) batches"
+                )
+            x, y, k = prepare(model, x, y, lik)
+            lik.check_outputs(model, engine(model).outputs(x), layout)
+            # E_D, E_Dk = ½ Σ_n (f_nk − t_nk)² per output, E_h per precision group
+            n, e_d, e_dk, square, e_g = engine(model).summary(ArrayBatches((x, y), 4096), lik)
+            if not (np.isfinite(e_d) and np.isfinite(square)):
+                check_finite_outputs(model, x, engine(model).outputs(x))
+        summary = DataSummary(
+            n_data=n,
+            n_outputs=k,
+            data_error=e_d,
+            data_errors=e_dk if lik.has_beta else None,
+            output_scale=float(np.sqrt(square / max(n * k, 1))),
+            batch_size=batch_size,
+            input_scale=None if is_dataset(x) else input_scale(x),
+            group_errors=np.asarray(e_g, np.float64),
         )
-        first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
-        lik.check_outputs(model, engine(model).outputs(first), layout)
-    else:
-        if y is None:
-            raise ValueError(
-                "y is required when x is an array: pass the training targets, shape (N, K) "
-                "(or integer labels (N,) for classification), or pass x as a "
-                "tf.data.Dataset of (x, y) batches"
-            )
-        x, y, k = prepare(model, x, y, lik)
-        lik.check_outputs(model, engine(model).outputs(x), layout)
-        # E_D, E_Dk = ½ Σ_n (f_nk − t_nk)² per output, E_h per precision group
-        n, e_d, e_dk, square, e_g = engine(model).summary(ArrayBatches((x, y), 4096), lik)
-        if not (np.isfinite(e_d) and np.isfinite(square)):
-            check_finite_outputs(model, x, engine(model).outputs(x))
-    summary = DataSummary(
-        n_data=n,
-        n_outputs=k,
-        data_error=e_d,
-        data_errors=e_dk if lik.has_beta else None,
-        output_scale=float(np.sqrt(square / max(n * k, 1))),
-        batch_size=batch_size,
-        input_scale=None if is_dataset(x) else input_scale(x),
-        group_errors=np.asarray(e_g, np.float64),
-    )
-    groups = lik.groups(k)
-    memory_estimate = structures.check_memory(
-        structure,
-        model,
-        n_data=n,
-        n_outputs=k,
-        batch_size=batch_size,
-        curvature=curvature,
-        max_memory=max_memory,
-    )  # bytes; refuses (InsufficientMemoryError) before any large allocation
-    fit_likelihood = lik
-    if curvature == "ggn_mc":  # one sampled label per input: E[Ĝ] = G
-        if current_strategy(strategy) is not None:
-            raise ValueError(
-                "curvature='ggn_mc' draws its labels on one device: use curvature='ggn' "
-                "under a tf.distribute strategy"
-            )
-        fit_likelihood = likelihoods.MonteCarlo(lik, engine(model, selection).generator(seed))
-    with progress_mode(progress):
-        fitted = fit_structure(
+        groups = lik.groups(k)
+        memory_estimate = structures.check_memory(
             structure,
             model,
-            x,
-            y,
-            likelihood=fit_likelihood,
-            curvature="ggn" if curvature == "ggn_mc" else curvature,
+            n_data=n,
+            n_outputs=k,
             batch_size=batch_size,
-            strategy=current_strategy(strategy),
+            curvature=curvature,
+            max_memory=max_memory,
+        )  # bytes; refuses (InsufficientMemoryError) before any large allocation
+        fit_likelihood = lik
+        if curvature == "ggn_mc":  # one sampled label per input: E[Ĝ] = G
+            if current_strategy(strategy) is not None:
+                raise ValueError(
+                    "curvature='ggn_mc' draws its labels on one device: use curvature='ggn' "
+                    "under a tf.distribute strategy"
+                )
+            fit_likelihood = likelihoods.MonteCarlo(lik, engine(model, selection).generator(seed))
+        with progress_mode(progress):
+            fitted = fit_structure(
+                structure,
+                model,
+                x,
+                y,
+                likelihood=fit_likelihood,
+                curvature="ggn" if curvature == "ggn_mc" else curvature,
+                batch_size=batch_size,
+                strategy=current_strategy(strategy),
+                progress=progress,
+            )
+        prior = build_prior(
+            prior, selection.variables(model), owners_of(model), sizes=selection.sizes
+        )
+        fitted.check_prior(prior)
+        w_post = np.asarray(fitted.posterior_weights(model), np.float64)
+        if negative == "clip":
+            _clip_negative(fitted, curvature)
+        post = Posterior(
+            structure=fitted,
+            prior=prior,
+            selection=selection,
+            likelihood=lik,
+            curvature=curvature,
+            negative=negative,
+            output_layout=layout,
+            summary=summary,
+            weight_errors=prior.weight_errors(w_post),  # E_Wg per group
+            alpha=np.zeros(prior.n_groups),
+            groups=groups,
+            model=model,
+            w_map=engine(model).flat_weights().astype(np.float64),
+            state=frozen_state(model),
+            data=x,  # the training data, for refitting with one β per output
+            memory_estimate=memory_estimate,
             progress=progress,
         )
-    prior = build_prior(prior, selection.variables(model), owners_of(model), sizes=selection.sizes)
-    fitted.check_prior(prior)
-    w_post = np.asarray(fitted.posterior_weights(model), np.float64)
-    if negative == "clip":
-        _clip_negative(fitted, curvature)
-    post = Posterior(
-        structure=fitted,
-        prior=prior,
-        selection=selection,
-        likelihood=lik,
-        curvature=curvature,
-        negative=negative,
-        output_layout=layout,
-        summary=summary,
-        weight_errors=prior.weight_errors(w_post),  # E_Wg per group
-        alpha=np.zeros(prior.n_groups),
-        groups=groups,
-        model=model,
-        w_map=engine(model).flat_weights().astype(np.float64),
-        state=frozen_state(model),
-        data=x,  # the training data, for refitting with one β per output
-        memory_estimate=memory_estimate,
-        progress=progress,
-    )
-    return post.replace(alpha=alpha, beta=_start_beta(groups, beta, temperature))
+        return post.replace(alpha=alpha, beta=_start_beta(groups, beta, temperature))
 
 
 def regroup(post: Posterior, *, per_output: bool) -> Posterior:

@@ -41,12 +41,16 @@ def layers(model, *, include_self: bool = False) -> list:
 
 def layer_labels(model) -> dict:
     """{id(layer): a name unique within ``model``} for every layer :func:`layers` lists: the
-    layer's Keras path ("block_1/query": the sublayers of two attention blocks are both named
-    "query"), its name where it has none, with " (2)", " (3)", ... for a repeat (two nested
-    models each with a "dense")."""
+    layer's Keras path below the model ("block_1/query": the sublayers of two attention blocks
+    are both named "query"; a Sequential's "dense_3", not "sequential/dense_3"), its name where
+    it has no path, with " (2)", " (3)", ... for a repeat (two nested models each with a
+    "dense")."""
+    root = str(getattr(model, "path", None) or model.name) + "/"
     labels, seen = {}, {}
     for layer in layers(model, include_self=True):
         label = str(getattr(layer, "path", None) or layer.name)
+        if layer is not model and label.startswith(root):
+            label = label[len(root):]
         seen[label] = seen.get(label, 0) + 1
         labels[id(layer)] = label if seen[label] == 1 else f"{label} ({seen[label]})"
     return labels

@@ -268,7 +268,7 @@ def test_sigma_optimises_its_float64_graphs_without_the_remapper_and_only_them(m
 
     model = _relu_model("float64")
     quiet = sigma.Laplace(model, X, Y, structure="kfac").predict(X)
-    monkeypatch.setattr(sigma.laplace, "own_calls", lambda model: contextlib.nullcontext())
+    monkeypatch.setattr(sigma.posterior, "own_calls", lambda model: contextlib.nullcontext())
     loud = sigma.Laplace(model, X, Y, structure="kfac").predict(X)  # re-optimised, remapper on
     for a, b in zip(quiet, loud, strict=True):
         assert np.array_equal(a, b)

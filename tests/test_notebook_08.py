@@ -64,5 +64,5 @@ def test_runs_with_tiny_parameters_and_writes_metrics(tmp_path):
     assert [r["temperature"] for r in m["temperature_scan"]] == [1.0, 0.01]
     assert m["temperature"] in (1.0, 0.01) and m["lora_temperature"] in (1.0, 0.01)
     assert m["n_adapter_params"] < m["n_params"]
-    assert set(m["lora_alpha"]) == {"query", "key", "value", "attention_output",
-                                    "feed_forward_0_in", "feed_forward_0_out"}  # fmt: skip
+    attention = {f"attention_0/{p}" for p in ("query", "key", "value", "attention_output")}
+    assert set(m["lora_alpha"]) == attention | {"feed_forward_0_in", "feed_forward_0_out"}

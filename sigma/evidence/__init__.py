@@ -347,16 +347,19 @@ def maximize(
     )  # fmt: skip
 
 
-# A prior group whose weights the data determine less than this (γ_g, in weights) has no
-# curvature to speak of: its α_g would be whatever the stopping rule left (1e-7 for an attention
-# key projection under KFAC's positions="reduce", whose sensitivities sum to 0 over positions).
+# A prior group whose weights the data determine this much less than the best-determined group's
+# (γ_g/P_g against the largest γ_h/P_h) has no curvature to speak of: its α_g would be whatever
+# the stopping rule left (1e-7 for an attention key projection under KFAC's positions="reduce",
+# whose sensitivities sum to 0 over positions). Relative, because a huge temperature makes every
+# γ tiny and still has an interior maximum.
 UNDETERMINED = 1e-6
 
 
 def _check_determined(gammas, sizes, alphas, betas, n_iter) -> None:
     """EvidenceBoundaryError if the data determine (almost) none of a prior group's weights."""
-    low = np.flatnonzero(gammas < UNDETERMINED)
-    if low.size == 0:
+    fractions = gammas / np.maximum(np.asarray(sizes, np.float64), 1.0)
+    low = np.flatnonzero(fractions < UNDETERMINED * fractions.max())
+    if low.size == 0 or fractions.max() <= 0:
         return
     names = [f"alpha[{i}]" if gammas.size > 1 else "alpha" for i in low]
     raise EvidenceBoundaryError(
