@@ -30,6 +30,7 @@ from sigma._checks import (
     check_precisions,
     check_seed,
     input_scale,
+    take,
 )
 from sigma._grappler import own_calls
 from sigma.curvature import engine, prepare
@@ -181,6 +182,7 @@ def fit(
             check_dataset(x, model)
             first = check_inputs(model, first_samples(x, 1), "x (dataset batch 0)")
             layout = engine(model).output_layout(first)
+        check_connected(model, selection, first if is_dataset(x) else take(x, slice(0, 8)))
         # one softmax head per output (and per position) for a classifier; one β per output
         # when beta is an array
         if isinstance(lik, likelihoods.Regression) and np.ndim(beta) != 0:
@@ -390,4 +392,24 @@ def _clip_negative(structure, curvature) -> None:
         "alike",
         RuntimeWarning,
         stacklevel=4,
+    )
+
+
+def check_connected(model, selection, x) -> None:
+    """ValueError naming the layers of selected weights that no output has a gradient for
+    (TensorFlow has no gradient for an op of their call, or their output is not used): their
+    curvature would be read as zero, and σ would silently leave them out."""
+    columns = selection.columns() if selection is not None else None
+    missing = [i for i in engine(model).disconnected(x) if columns is None or i in columns]
+    if not missing:
+        return
+    owners = owners_of(model)
+    variables = model.trainable_variables
+    names = sorted({owners.get(id(variables[i]), variables[i].path) for i in missing})
+    raise ValueError(
+        f"model: no output has a gradient with respect to the weights of layer(s) "
+        f"{', '.join(repr(n) for n in names)} (TensorFlow has no gradient for an operation of "
+        "their call, e.g. tf.numpy_function or a cast to an integer, or their output is not "
+        "used), so their curvature cannot be computed: leave them out of the posterior with "
+        "weights=[...] (the variables σ should cover), or make their call differentiable"
     )

@@ -50,7 +50,7 @@ def layer_labels(model) -> dict:
     for layer in layers(model, include_self=True):
         label = str(getattr(layer, "path", None) or layer.name)
         if layer is not model and label.startswith(root):
-            label = label[len(root):]
+            label = label[len(root) :]
         seen[label] = seen.get(label, 0) + 1
         labels[id(layer)] = label if seen[label] == 1 else f"{label} ({seen[label]})"
     return labels

@@ -188,3 +188,33 @@ def test_generic_layers_with_several_inputs_and_outputs():
     np.testing.assert_allclose(diag.structure.diagonal, np.diag(full.structure.matrix), rtol=1e-8)
     mean, std = diag.predict(x)
     assert set(std) == {"u", "v"} and std["v"].shape == (25, 2)
+
+
+class _NoGradient(keras.layers.Layer):
+    """Scales its input by a weight, then through an op TensorFlow has no gradient for."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],), initializer="ones", dtype=F)
+
+    def call(self, x):
+        z = tf.numpy_function(lambda a: 2 * a, [x * self.w], x.dtype, stateful=False)
+        return tf.reshape(z, tf.shape(x))
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac"])
+def test_weights_without_a_gradient_are_refused_naming_their_layer(structure):
+    """Their curvature would be read as zero (TensorFlow gives no gradient, not a zero one),
+    and σ would leave them out silently; the layer is named and weights= is the way out."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3,), dtype=F)
+    h = _NoGradient(name="opaque", dtype=F)(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head", dtype=F)(h))
+    x = RNG.normal(size=(20, 3))
+    with pytest.raises(ValueError, match=r"weights of layer\(s\) 'opaque'.*weights=\["):
+        sigma.Laplace(model, x, Y[:20], structure=structure)
+    head = model.get_layer("head")
+    la = sigma.Laplace(model, x, Y[:20], structure=structure, weights=[head.kernel, head.bias])
+    assert la.n_params == 8 and np.all(np.isfinite(la.predict(x)[1]))

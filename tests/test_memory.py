@@ -1,5 +1,6 @@
 """Memory estimates and the refusal before a large allocation."""
 
+import keras
 import numpy as np
 import pytest
 from conftest import make_mlp
@@ -72,3 +73,28 @@ def test_available_and_peak_memory():
         block = np.ones(50_000_000 // 8)  # 50 MB, touched
         block.sum()
     assert 30e6 < peak.bytes < 500e6 and peak.seconds > 0
+
+
+def test_layerwise_estimates_follow_the_blocks_a_fit_would_have():
+    """zoo: the kfac estimate counted a DepthwiseConv (a generic block of a few weights) as
+    Kronecker factors and ignored weights= (13.6 GB for a MobileNet). Now it is the plan's:
+    an embedding's input factor is its diagonal (V, never V²), positions come from the layers'
+    output shapes, a generic block is its own size squared, and a selection shrinks it."""
+    inp = keras.Input((8,), dtype="int32")
+    h = keras.layers.Embedding(50_000, 16, name="emb")(inp)
+    h = keras.layers.DepthwiseConv1D(3, padding="same", name="depthwise")(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="head")(h))
+    kw = dict(n_data=100, n_outputs=10, batch_size=10)
+    kfac = sigma.structures.KFAC()
+    plan = kfac.static_plan(model)
+    assert {b.label: b.positions for b in plan.fast} == {"emb": 8, "head": 1}
+    assert [(g.name, g.size) for g in plan.generic] == [("depthwise", 3 * 16 + 16)]
+    batch = kfac._batch_bytes(model, plan, 100, 10, 10)
+    factors = 3 * ((50_000 + 16**2) + (17**2 + 10**2)) + 64**2
+    assert structures.estimate(kfac, model, **kw) == 8 * factors + batch
+    head = [model.get_layer("head").kernel, model.get_layer("head").bias]
+    selected = structures.estimate("kfac", model, weights=head, **kw)
+    assert selected < structures.estimate("kfac", model, **kw) / 10
+    diag = structures.estimate("diag", model, **kw)
+    assert 4 * 8 * sigma.num_params(model) < diag < 4 * 8 * sigma.num_params(model) + 10**8

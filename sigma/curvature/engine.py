@@ -166,6 +166,23 @@ class Engine:
         out, _ = model.stateless_call(self.unflatten(w), non_trainable, x, **self._kwargs)
         return flat_outputs(out)
 
+    def disconnected(self, x) -> list[int]:
+        """Indices into ``model.trainable_variables`` of the variables no output has a gradient
+        for (an op without a registered gradient in a layer's call, a layer whose output is not
+        used): one eager backward pass on the few samples ``x``, once per engine."""
+        found = self.store.get(("disconnected",))
+        if found is None:
+            model = self.model
+            values = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
+            frozen = [v.value for v in model.non_trainable_variables]
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                out, _ = model.stateless_call(values, frozen, x, **self._kwargs)
+                total = tf.reduce_sum(flat_outputs(out))
+            grads = tape.gradient(total, values)
+            found = self.store[("disconnected",)] = [i for i, g in enumerate(grads) if g is None]
+        return list(found)
+
     def jacobian(self, w, x):
         """f (B, K) and J (B, K, P), one sample at a time (``tf.vectorized_map`` over a (K, P)
         jacobian): O(B·K·P). A jacobian of the whole batch output would back-propagate each of

@@ -25,8 +25,7 @@ import tensorflow as tf
 
 from sigma.curvature import blocks
 from sigma.curvature.capture import Captured
-from sigma.memory import activation_elements
-from sigma.structures.layerwise import Layerwise, layerwise_batch_size
+from sigma.structures.layerwise import Layerwise
 
 
 class Diag(Layerwise):
@@ -97,7 +96,7 @@ class Diag(Layerwise):
         return np.diag(self.diagonal)
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
-        act = activation_elements(model)
-        per = 2 * (n_outputs + 1) * act
-        p = self.engine_for(model).n_params
-        return 4 * p * 8 + layerwise_batch_size(n_data, per, batch_size) * per * 8
+        """Four vectors of P (the curvature, its sums, the precision, the variance) and one
+        batch of the fit (its per-sample squared gradients where a layer has positions)."""
+        plan = self.static_plan(model)
+        return 4 * plan.n_params * 8 + self._batch_bytes(model, plan, n_data, n_outputs, batch_size)

@@ -49,8 +49,7 @@ from sigma._checks import check_positive_int, model_dtype
 from sigma._linalg import eigh
 from sigma.curvature import blocks
 from sigma.curvature.capture import Captured
-from sigma.memory import activation_elements, kernel_blocks
-from sigma.structures.layerwise import Layerwise, fit_elements, layerwise_batch_size
+from sigma.structures.layerwise import Layerwise, fit_elements
 
 POSITIONS = ("expand", "reduce")
 
@@ -331,11 +330,15 @@ class KFAC(Layerwise):
         return rows
 
     def memory_bytes(self, model, *, n_data, n_outputs, batch_size, curvature):
-        blocks, other = kernel_blocks(model)
-        factors = sum(3 * (d * d + c * c) for d, c in blocks) * 8
-        generic = (other * other if other <= self.max_block else 4 * other) * 8
-        per = 2 * (n_outputs + 1) * activation_elements(model)
-        return factors + generic + layerwise_batch_size(n_data, per, batch_size) * per * 8
+        """The factors (Q, H, their eigenvectors: 3 (D² + C²) per fast block, D for an
+        embedding's diagonal Q), the generic blocks and one batch of the fit."""
+        plan = self.static_plan(model)
+        factors = sum(3 * ((b.d_in if b.sparse else b.d_in**2) + b.d_out**2) for b in plan.fast)
+        return (
+            8 * factors
+            + self._generic_bytes(plan, self.max_block)
+            + self._batch_bytes(model, plan, n_data, n_outputs, batch_size)
+        )
 
     def matrix(self) -> np.ndarray:
         c = np.zeros((self.n_params, self.n_params))

@@ -33,6 +33,7 @@ from sigma.curvature.capture import (
     contract,
     describe_plan,
     output_block,
+    plan_layers,
     with_pfor_fallback,
 )
 from sigma.memory import activation_elements
@@ -58,8 +59,8 @@ def fit_elements(plan: LayerPlan, k: int, *, per_sample_gradients: bool = True) 
     n = 0
     for b in plan.fast:
         n += b.positions * b.d_in + 2 * k * b.positions * b.d_out
-        if per_sample_gradients and b.positions > 1:
-            n += 2 * k * b.size
+        if per_sample_gradients and b.positions > 1:  # an embedding's: per token, (K, C)
+            n += 2 * k * (b.positions * b.d_out if b.sparse else b.size)
     n += sum(4 * k * g.size for g in plan.generic)
     return max(n, 1)
 
@@ -67,6 +68,18 @@ def fit_elements(plan: LayerPlan, k: int, *, per_sample_gradients: bool = True) 
 def layerwise_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
     """``batch_size`` if given, else the largest batch (≤ n) within :data:`LAYERWISE_BUDGET`."""
     return batch_size_for(n, per_sample, batch_size, budget=LAYERWISE_BUDGET)
+
+
+def _positions_hint(blk, plan) -> int:
+    """T of a fast block from its layer's symbolic output: output elements per sample over the
+    layer's output width C (the kernel's, or its LoRA B's, columns); 1 when unknown."""
+    try:
+        shape = blk.layer.output.shape
+        elements = int(np.prod([d for d in shape[1:] if d is not None]))
+    except (AttributeError, ValueError, TypeError):
+        return 1
+    widths = [b.d_out for b in plan.fast if b.layer is blk.layer and b.role in ("kernel", "lora_b")]
+    return max(1, elements // max(widths[0] if widths else blk.d_out, 1))
 
 
 class Layerwise(Structure):
@@ -96,6 +109,32 @@ class Layerwise(Structure):
 
     def _statistics_options(self) -> dict:
         return {name: getattr(self, name) for name in self.statistics_options}
+
+    # memory -------------------------------------------------------------------------------------
+    def static_plan(self, model) -> LayerPlan:
+        """The blocks a fit of ``model`` would have (over :attr:`selection`), with each fast
+        block's positions read from its layer's symbolic output shape (1 where the model has
+        none, e.g. a subclassed model): for memory estimates, without a forward pass."""
+        plan = plan_layers(model, fast=self.fast, selection=self.selection)
+        for blk in plan.fast:
+            blk.positions = _positions_hint(blk, plan)
+        return plan
+
+    def _batch_bytes(self, model, plan, n_data, n_outputs, batch_size) -> int:
+        """Bytes of one batch of the fit: its captures and the forward pass's activations."""
+        per = self._fit_elements(plan, n_outputs) + 2 * activation_elements(model)
+        itemsize = max((np.dtype(v.dtype).itemsize for v in model.trainable_variables), default=4)
+        return layerwise_batch_size(n_data, per, batch_size) * per * itemsize
+
+    @staticmethod
+    def _generic_bytes(plan, max_block=None) -> int:
+        """Bytes of the generic blocks: exact (P_l²) up to ``max_block`` weights, else diagonal."""
+        total = 0
+        for g in plan.generic:
+            total += (
+                g.size * g.size if max_block is not None and g.size <= max_block else 4 * g.size
+            )
+        return 8 * total
 
     # fitting ------------------------------------------------------------------------------------
     def fit(
