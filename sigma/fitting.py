@@ -83,8 +83,8 @@ def fit(
     ----------
     model : keras.Model, built and trained; f(x) ∈ R^K per sample.
     x : array (N, ...) of training inputs, matching the model's input shape; or a
-        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every streaming
-        structure (all four built in) consumes the dataset batch by batch.
+        ``tf.data.Dataset`` yielding ``(x, y)`` batches (then ``y`` is None). Every
+        structure consumes the dataset batch by batch.
     y : array (N, K) of training targets.
     curvature : "ggn" (Gauss–Newton, always PSD), "ggn_mc" (its Monte-Carlo estimate: one
         sampled label per input, one backward pass per batch whatever K — for many outputs;

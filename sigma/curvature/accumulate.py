@@ -357,12 +357,3 @@ def _flat(out) -> np.ndarray:
     """A model's output (a tensor or a list/dict of them) as (B, K), in ``tf.nest`` order."""
     parts = [np.reshape(np.asarray(o), (np.shape(o)[0], -1)) for o in tf.nest.flatten(out)]
     return np.concatenate(parts, axis=1)
-
-
-def dataset_arrays(data) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate a dataset of ``(x_b, y_b)`` batches into arrays (x, y)."""
-    xs, ys = [], []
-    for xb, yb in data:
-        xs.append(tf.nest.map_structure(lambda t: t.numpy(), xb))
-        ys.append(yb.numpy())
-    return tf.nest.map_structure(lambda *a: np.concatenate(a), *xs), np.concatenate(ys)

@@ -11,7 +11,7 @@ A structure holds the curvature C of the data term in some approximate form (doc
 * ``memory_bytes(model, ...)`` — what fitting and predicting will need, before any allocation.
 
 Changing α or β never refits the curvature. What a structure can do beyond this is declared in
-class attributes (``curvatures``, ``can_clip``, ``streaming``), which
+class attributes (``curvatures``, ``can_clip``), which
 :class:`sigma.Laplace` reads before asking — never by trying and catching.
 
 A new structure is one file: a subclass with a ``name`` registers itself under that name
@@ -27,7 +27,6 @@ from typing import ClassVar
 import numpy as np
 
 from sigma._checks import has_non_finite
-from sigma.curvature.accumulate import dataset_arrays, is_dataset
 from sigma.curvature.engine import engine
 
 
@@ -39,8 +38,6 @@ class Structure:
     name : the name ``Laplace(structure=...)`` takes; a subclass that sets it is registered.
     curvatures : the curvatures it can hold ("ggn", "ggn_mc": the GGN from sampled labels,
         "hessian").
-    streaming : ``fit`` takes a ``tf.data.Dataset`` of (x, y) batches and the keywords
-        ``strategy=`` and ``progress=``; otherwise it gets arrays and no strategy.
     can_clip : can replace negative eigenvalues of C by zero (:meth:`clip_negative`).
 
     Precisions: ``alpha`` is a float, or the prior precision of each weight (P,) when the
@@ -49,7 +46,6 @@ class Structure:
 
     name: ClassVar[str | None] = None
     curvatures: ClassVar[tuple[str, ...]] = ("ggn", "ggn_mc")
-    streaming: ClassVar[bool] = False
     can_clip: ClassVar[bool] = False
     evidence_from_eigenvalues: bool = (
         True  # A = αI + βC is diagonal in C's eigenbasis (one α): the evidence
@@ -102,8 +98,21 @@ class Structure:
             )
         return cls(**options)
 
-    def fit(self, model, x, y, *, likelihood, curvature: str, batch_size: int | None) -> Structure:
-        """Accumulate C over (x, y): ``curvature`` is one of :attr:`curvatures`; ``likelihood``
+    def fit(
+        self,
+        model,
+        x,
+        y,
+        *,
+        likelihood,
+        curvature: str,
+        batch_size: int | None,
+        strategy=None,
+        progress=None,
+    ) -> Structure:
+        """Accumulate C over (x, y) — arrays, or a ``tf.data.Dataset`` of (x, y) batches (then
+        y is None) — under the ``tf.distribute`` ``strategy`` when given, with ``progress``
+        bars (:mod:`sigma.progress`): ``curvature`` is one of :attr:`curvatures`; ``likelihood``
         a :mod:`sigma.likelihoods` object (it applies the root of the GGN's Λ_n = L_n L_nᵀ and
         says the precision groups, whose curvatures C_h the structure keeps apart when there
         are several: :meth:`combine`)."""
@@ -123,12 +132,24 @@ class Structure:
         beta = np.atleast_1d(np.asarray(beta, np.float64))
         if self.n_groups == 1:
             return self, float(beta[0])
-        key = beta.tobytes()
-        cached = self.__dict__.get("_combined")
-        if cached is None or cached[0] != key:
-            cached = (key, self._combine(beta))
-            self.__dict__["_combined"] = cached
-        return cached[1], 1.0
+        return self.memo("combined", beta.tobytes(), lambda: self._combine(beta)), 1.0
+
+    # -- memos: values derived from the fitted curvature, kept for the last key -----------------
+    def memo(self, name: str, key, compute):
+        """``compute()``, kept on this instance under ``name`` for the last ``key`` asked (the
+        inverse blocks at one α, β; the curvature combined at one β). A :meth:`fresh_copy`
+        starts with none, so no memo of one fit survives into another."""
+        memos = self.__dict__.setdefault("_memos", {})
+        hit = memos.get(name)
+        if hit is None or hit[0] != key:
+            hit = memos[name] = (key, compute())
+        return hit[1]
+
+    def fresh_copy(self) -> Structure:
+        """A shallow copy of this structure without its memos."""
+        new = copy.copy(self)
+        new.__dict__.pop("_memos", None)
+        return new
 
     def _combine(self, beta) -> Structure:
         """A one-group structure holding Σ_h β_h C_h (structures that keep groups apart)."""
@@ -266,40 +287,18 @@ def restore_groups(info, outputs):
 def fit_structure(
     structure, model, x, y, *, likelihood, curvature, batch_size, strategy=None, progress=None
 ):
-    """``structure.fit`` on arrays or a prepared dataset, under ``strategy`` when given.
-
-    Streaming structures take the dataset and the ``strategy`` and ``progress`` keywords;
-    others get the dataset concatenated into arrays and are refused a strategy (ValueError
-    naming the structure).
-    """
-    # A copy: a structure instance given twice (or already fitted) is never shared between
-    # two posteriors, and no cache of another fit survives.
-    structure = copy.copy(structure)
-    for name in [n for n in vars(structure) if n.endswith("_cache")]:
-        delattr(structure, name)
-    if structure.streaming:
-        fitted = structure.fit(
-            model,
-            x,
-            y,
-            likelihood=likelihood,
-            curvature=curvature,
-            batch_size=batch_size,
-            strategy=strategy,
-            progress=progress,
-        )
-        check_finite_curvature(fitted)
-        return fitted
-    if strategy is not None:
-        streaming = sorted(n for n, c in Structure.registry.items() if c.streaming)
-        raise ValueError(
-            f"structure {structure.name!r} does not accumulate under a tf.distribute.Strategy; "
-            f"use one of the streaming structures ({', '.join(streaming)}) or no strategy"
-        )
-    if is_dataset(x):
-        x, y = dataset_arrays(x)
-    fitted = structure.fit(
-        model, x, y, likelihood=likelihood, curvature=curvature, batch_size=batch_size
+    """``structure.fit`` on arrays or a prepared ``tf.data.Dataset``, under ``strategy`` when
+    given, on a fresh copy (a structure instance given twice, or already fitted, is never
+    shared between two posteriors, and no memo of another fit survives)."""
+    fitted = structure.fresh_copy().fit(
+        model,
+        x,
+        y,
+        likelihood=likelihood,
+        curvature=curvature,
+        batch_size=batch_size,
+        strategy=strategy,
+        progress=progress,
     )
     check_finite_curvature(fitted)
     return fitted

@@ -33,7 +33,6 @@ class Full(Eigenbasis):
 
     name = "full"
     curvatures = ("ggn", "ggn_mc", "hessian")
-    streaming = True
     can_clip = True
     memory_summary = "a P×P matrix and its eigendecomposition"
 

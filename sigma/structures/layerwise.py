@@ -9,7 +9,6 @@ the structure's kind and options, so a second fit or predict on the same model t
 
 from __future__ import annotations
 
-import copy
 import weakref
 
 import numpy as np
@@ -95,8 +94,6 @@ class Layerwise(Structure):
     ----------
     fast : use the fast path for Dense/Conv layers (False: every layer generic; for tests).
     """
-
-    streaming = True
 
     def __init__(self, *, fast: bool = True):
         self.fast = bool(fast)
@@ -332,10 +329,8 @@ class Layerwise(Structure):
 
     def _fitted_copy(self):
         """A copy of this fitted structure as one precision group, for :meth:`combine`."""
-        new = copy.copy(self)
+        new = self.fresh_copy()
         new.groups = None
-        for name in ("_combined", "_block_inverses_cache"):
-            new.__dict__.pop(name, None)
         return new
 
     # saving -------------------------------------------------------------------------------------
@@ -384,10 +379,7 @@ class Layerwise(Structure):
 
     def block_inverses(self, alpha, beta) -> list:
         key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
-        cached = getattr(self, "_block_inverses_cache", None)
-        if cached is None or cached[0] != key:
-            cached = self._block_inverses_cache = (key, self._block_inverses(alpha, beta))
-        return cached[1]
+        return self.memo("block_inverses", key, lambda: self._block_inverses(alpha, beta))
 
     def _block_params(self, alpha, beta) -> list:
         """The inverse of A block by block, for :func:`~sigma.curvature.capture.contract`."""

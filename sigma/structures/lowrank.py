@@ -85,7 +85,6 @@ class LowRank(Structure):
 
     name = "lowrank"
     curvatures = ("ggn", "hessian")
-    streaming = True
     can_clip = True
     memory_summary = "k eigenvectors and the Krylov basis, P floats each"
 
@@ -416,9 +415,9 @@ class LowRank(Structure):
         """(D (P,), D⁻¹U (P, k), S (k, k), ln|A|) with A⁻¹ = D⁻¹ − D⁻¹U S UᵀD⁻¹,
         S = βΛ (I + UᵀD⁻¹U βΛ)⁻¹ (singular Λ allowed)."""
         key = (np.asarray(alpha, np.float64).tobytes(), float(beta))
-        cached = getattr(self, "_woodbury_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        return self.memo("woodbury", key, lambda: self._woodbury_of(alpha, beta))
+
+    def _woodbury_of(self, alpha, beta):
         d = np.broadcast_to(np.asarray(alpha, np.float64), (self.n_params,)).copy()
         if self.residual_diagonal is not None:
             d += beta * self.residual_diagonal
@@ -427,9 +426,7 @@ class LowRank(Structure):
         inner = np.eye(lam.size) + (self._vecs.T @ du) * lam[None, :]  # I + UᵀD⁻¹U βΛ
         sign, logdet_inner = np.linalg.slogdet(inner)
         s = lam[:, None] * np.linalg.inv(inner)  # βΛ (I + UᵀD⁻¹U βΛ)⁻¹
-        value = (d, du, 0.5 * (s + s.T), float(np.sum(np.log(d)) + logdet_inner))
-        self._woodbury_cache = (key, value)
-        return value
+        return d, du, 0.5 * (s + s.T), float(np.sum(np.log(d)) + logdet_inner)
 
     def _uses_eigenbasis(self, alpha) -> bool:
         return self.residual_diagonal is None and np.ndim(alpha) == 0
