@@ -382,6 +382,14 @@ def gradient_squares(blk: FastBlock, a, s):
 def quadratic(blk: FastBlock, a, s, w, *, covariance: bool):
     """Per sample Σ_dc G_nk,dc G_nl,dc W_dc: (B, K, K) with ``covariance``, else its diagonal
     (B, K); in W's dtype. With one position no per-sample gradient is formed."""
+    if blk.positions > 1 and not blk.sparse:
+        # G_nk = Σ_t ã_nt s_nktᵀ in the model's dtype (the sum over positions is most of the
+        # work: float32 takes half float64's time), then W's dtype for the contraction with
+        # the inverse eigenvalues, which overflow float32 for tiny α, β
+        g = tf.cast(tf.einsum("btd,kbtc->bkdc", a, tf.cast(s, a.dtype)), w.dtype)
+        if covariance:
+            return tf.einsum("bkdc,dc,bldc->bkl", g, w, g)
+        return tf.einsum("bkdc,dc->bk", tf.square(g), w)
     s = tf.cast(s, w.dtype)
     if blk.sparse:
         g, rows, sample = _token_sums(blk, a, s)
@@ -392,17 +400,12 @@ def quadratic(blk: FastBlock, a, s, w, *, covariance: bool):
         else:
             per = tf.einsum("ukc,uc->uk", tf.square(g), wr)
         return tf.math.unsorted_segment_sum(per, sample, n)
-    a = tf.cast(a, w.dtype)
-    if blk.positions == 1:
-        a2w = tf.matmul(tf.square(a[:, 0]), w)  # (B, C)
-        s0 = s[:, :, 0]  # (K, B, C)
-        if covariance:
-            return tf.einsum("bc,kbc,lbc->bkl", a2w, s0, s0)
-        return tf.transpose(tf.einsum("bc,kbc->kb", a2w, tf.square(s0)))
-    g = tf.einsum("btd,kbtc->bkdc", a, s)
+    a = tf.cast(a, w.dtype)  # one position: d = Σ_dc ã_d² W_dc s_c², no G formed
+    a2w = tf.matmul(tf.square(a[:, 0]), w)  # (B, C)
+    s0 = s[:, :, 0]  # (K, B, C)
     if covariance:
-        return tf.einsum("bkdc,dc,bldc->bkl", g, w, g)
-    return tf.einsum("bkdc,dc->bk", tf.square(g), w)
+        return tf.einsum("bc,kbc,lbc->bkl", a2w, s0, s0)
+    return tf.transpose(tf.einsum("bc,kbc->kb", a2w, tf.square(s0)))
 
 
 def rotate(blk: FastBlock, a, s, u_in, u_out):
