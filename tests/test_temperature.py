@@ -180,7 +180,8 @@ def test_a_tiny_temperature_is_refused_by_name_and_the_hint_says_temperature(pro
 
 
 def test_optimize_prior_says_when_its_search_ends_at_a_bound(problem, rng):
-    """issue 28: (α alone, temperature=False) on a tempered classifier whose held-out NLL keeps falling as α grows across
+    """issue 28: (α alone, temperature=False) on a tempered classifier whose held-out NLL
+    keeps falling as α grows across
     the whole range searched (α₀ = 1e-3, span 10: checked on a grid), the search ends at
     span × α₀ — and says so, naming span, in a warning and in ``prior_result["at_bound"]``.
     Where the grid's minimum is inside the range, nothing is said."""
