@@ -310,9 +310,12 @@ def check_confidence(post: Posterior) -> dict | None:
     training data (a loaded posterior). Returns {"nll", "softmax_nll", "n_samples"} or None.
 
     Why 10%: on the training data the weights are pinned where the data are, so a predictive
-    whose variance sits off those directions changes the training NLL by a few percent at
-    most (measured: 1–4% at the temperature the held-out NLL prefers on the digits MLP and a
-    small CNN); the evidence's α alone at T = 1 raised it by 40–900% on the same networks."""
+    whose variance stays off those directions changes the training NLL little — measured on
+    digits 0–4 (472 training samples, a small CNN, mean-field link at the temperature the
+    held-out NLL chose): 3% above the softmax's — while the evidence's α alone at T = 1 gave
+    0.355 against 0.0037 there (an MLP: 0.364 against 0.0043), about 90×. 10% sits above
+    the first and far below the second.
+    """
     if not is_classifier(post) or post.data is None or post.model is None:
         return None
     x, y = _training_sample(post.data, post.targets, CONFIDENCE_SAMPLES)
