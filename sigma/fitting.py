@@ -278,6 +278,7 @@ def fit(
             w_map=engine(model).flat_weights().astype(np.float64),
             state=frozen_state(model),
             data=x,  # the training data, for refitting with one β per output
+            targets=None if is_dataset(x) else y,  # and for check_confidence
             memory_estimate=memory_estimate,
             progress=progress,
         )

@@ -138,7 +138,7 @@ class Laplace:
         self.posterior.check_weights_unchanged()
 
     def predict(self, x, *, noise: bool = True, batch_size: int | None = None,
-                method: str = "probit", n_samples: int = 1000, seed: int = 0,
+                method: str | None = None, n_samples: int = 1000, seed: int = 0,
                 split: bool = False):  # fmt: skip
         """Regression: predictive mean and standard deviation at inputs x (N, ...; a list or
         dict of arrays for a model with several inputs).
@@ -166,15 +166,16 @@ class Laplace:
         covariance J(x) A⁻¹ J(x)ᵀ (there is no noise term)."""
         return self.posterior.predictive_covariance(x, noise=noise, batch_size=batch_size)
 
-    def predict_proba(self, x, *, method: str = "probit", n_samples: int = 1000,
+    def predict_proba(self, x, *, method: str | None = None, n_samples: int = 1000,
                       seed: int = 0, batch_size: int | None = None) -> np.ndarray:  # fmt: skip
         """Predictive class probabilities E[softmax(f)] at inputs x: (N, K), rows sum to 1 (in
         the model's output structure: a list or dict for several outputs, (N, T, C) for a
         softmax per position). A model with one logit per output is a binary classifier: its
         column is P(y = 1) = σ(f), the way Keras' own sigmoid output reads.
 
-        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method`` (:mod:`sigma.classification`):
-        "probit" (default), softmax(μ / sqrt(1 + π/8 · diag Σ)), from the variances alone;
+        The logits are f ~ N(f(x; w*), J A⁻¹ Jᵀ). ``method`` (:mod:`sigma.classification`;
+        None: the link :meth:`optimize_prior` tuned the temperature with, "mean_field", else
+        "probit"): "probit", softmax(μ / sqrt(1 + π/8 · diag Σ)), from the variances alone;
         "mc", the mean of softmax over ``n_samples`` draws of the logits with the full
         covariance, from a generator seeded by ``seed``; "mean_field" (Lu et al. 2020, the
         variances of the logit differences, Σ_kk + Σ_jj − 2Σ_kj) and "mean_field_diag"
@@ -198,7 +199,7 @@ class Laplace:
 
     def optimize_evidence(self, *, fix_alpha: bool = False, fix_beta: bool = False,
                           per_output: bool | None = None, tol: float = 1e-8,
-                          max_iter: int = 1000) -> Laplace:  # fmt: skip
+                          max_iter: int = 1000, confidence_check: bool = True) -> Laplace:  # fmt: skip
         """Set α (every α_g) and β (every free β_h) to the maximum of the evidence at the
         trained weights; returns self.
 
@@ -210,6 +211,12 @@ class Laplace:
         the training data) or one for all (False); default: keep the current form of β.
         Classification re-estimates α only (β is 1/T).
 
+        A classifier's evidence alone often makes probabilities less confident than the
+        network's own softmax: with ``confidence_check`` (default) one predictive pass over
+        at most 2,000 training samples compares the two mean NLLs and a RuntimeWarning says
+        when the predictive's is more than 10% worse, and what to do — held-out data for
+        :meth:`optimize_prior`, or a smaller ``temperature`` (:func:`sigma.tuning.check_confidence`).
+
         Afterwards ``alpha``, ``beta``, ``gamma`` and ``log_evidence()`` refer to the optimum
         and ``evidence_result`` records how it was reached. Raises
         :class:`sigma.evidence.EvidenceBoundaryError` when the evidence has no interior maximum
@@ -218,27 +225,40 @@ class Laplace:
         run out; ValueError for a curvature with negative eigenvalues (see ``negative``)."""
         self.posterior = self.posterior.optimize_evidence(
             fix_alpha=fix_alpha, fix_beta=fix_beta, per_output=per_output, tol=tol,
-            max_iter=max_iter,
+            max_iter=max_iter, confidence_check=confidence_check,
         )  # fmt: skip
         return self
 
     def optimize_prior(self, x_val, y_val, *, metric: str = "nll", beta: bool = True,
+                       temperature: bool | None = None, method: str | None = None,
                        span: float = 1e4, tol: float = 1e-3, max_iter: int = 100) -> Laplace:  # fmt: skip
-        """Set α (and β, for regression) to the best value of a held-out metric; returns self.
+        """Tune the precisions on held-out data (x_val, y_val); returns self.
 
-        For when the evidence is not trusted: a bounded search over a common factor of the
-        prior precisions (α_g ratios kept) — and of β for regression with ``beta=True`` —
-        within ``span``× of the current values either way, minimising ``metric`` on
-        (x_val, y_val): "nll" (Gaussian NLL per value for regression; NLL per sample for
-        classification), "brier" or "ece" (classification). Heteroscedastic: α only. A
-        bounded 1-D search (Brent's method) or 2-D search (Nelder–Mead in log coordinates)
-        (:mod:`sigma.tuning`). ``prior_result`` records the values found, how many
-        predictions it took and ``at_bound``: {"alpha": "upper" | "lower", "beta": ...} for a
-        precision whose best value is at the edge of the search (``span``× its start; empty
-        when none is), which a RuntimeWarning also reports — the best value may lie beyond."""
+        A classifier (``temperature=None`` or True): the likelihood's temperature T within
+        ``span``× of the current one either way, with α_g set by the evidence of the tempered
+        model at each T, and T chosen by ``metric`` of ``predict_proba(x_val, method=method)``
+        — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`). The
+        Laplace ends at the best T with its α_g, and ``method`` (default "mean_field": the
+        variances of the logit differences, blind to the shift common to all logits that
+        softmax ignores) becomes the link ``predict_proba`` uses when given none.
+        ``temperature=False``: a common factor of α at the current T instead (``method``
+        default: the current link).
+
+        Regression: a bounded search over a common factor of the prior precisions (α_g ratios
+        kept) — and of β with ``beta=True`` — within ``span``× of the current values either
+        way, on the Gaussian NLL per value: Brent's method in 1-D, Nelder–Mead in log
+        coordinates in 2-D. Heteroscedastic: α only.
+
+        ``metric``: "nll", or for a classifier "brier" or "ece". ``prior_result`` records
+        the values found (a classifier's: temperature, the evidence's alpha there, the metric
+        at every T tried), how many predictions it took and ``at_bound``: {"alpha": "upper" |
+        "lower", "beta": ..., "temperature": ...} for a value at the edge of the search
+        (``span``× its start; empty when none is), which a RuntimeWarning naming ``span`` also
+        reports — the best value may lie beyond."""
         self.posterior = self.posterior.optimize_prior(
-            x_val, y_val, metric=metric, beta=beta, span=span, tol=tol, max_iter=max_iter
-        )
+            x_val, y_val, metric=metric, beta=beta, temperature=temperature, method=method,
+            span=span, tol=tol, max_iter=max_iter,
+        )  # fmt: skip
         return self
 
     def conformalize(self, x_cal, y_cal, *, level=None, randomised: bool = True, seed: int = 0):

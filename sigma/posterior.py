@@ -104,10 +104,15 @@ class Posterior:
     state: list | None = dataclasses.field(default=None, repr=False, compare=False)
     # the training data (arrays or a dataset; None once loaded), for refitting one β per output
     data: object = dataclasses.field(default=None, repr=False, compare=False)
+    # the checked training targets (N, K) that came with array data (None for a dataset)
+    targets: object = dataclasses.field(default=None, repr=False, compare=False)
     memory_estimate: int | None = None  # bytes the structure was estimated to need
     progress: bool | None = None  # bars for long work (sigma.progress)
     evidence_result: object = dataclasses.field(default=None, repr=False, compare=False)
     prior_result: dict | None = dataclasses.field(default=None, repr=False, compare=False)
+    # a classifier's link to probabilities when none is asked for (optimize_prior sets the
+    # one it tuned with; sigma.classification.METHODS)
+    link: str = "probit"
 
     def __post_init__(self):
         if self.groups is None:
@@ -299,11 +304,14 @@ class Posterior:
         return check_inputs(self.model, x, name)
 
     # -- the predictive -----------------------------------------------------------------------------
-    def predict(self, x, *, noise=True, batch_size=None, method="probit", n_samples=1000,
+    def predict(self, x, *, noise=True, batch_size=None, method=None, n_samples=1000,
                 seed=0, split=False):  # fmt: skip
-        """The likelihood's prediction at inputs x (see :meth:`sigma.Laplace.predict`)."""
+        """The likelihood's prediction at inputs x (see :meth:`sigma.Laplace.predict`;
+        ``method`` None: :attr:`link`)."""
         from sigma import predictive
         from sigma.classification import check_method
+
+        method = self.link if method is None else method
 
         for flag, flag_name in ((noise, "noise"), (split, "split")):
             check_flag(flag, flag_name)
@@ -314,7 +322,7 @@ class Posterior:
                 seed=check_seed(seed),
             )  # fmt: skip
 
-    def predict_proba(self, x, *, method="probit", n_samples=1000, seed=0, batch_size=None):
+    def predict_proba(self, x, *, method=None, n_samples=1000, seed=0, batch_size=None):
         """Class probabilities at inputs x (see :meth:`sigma.Laplace.predict_proba`)."""
         self.likelihood.probabilities(None)  # a classifier's, or refused
         prediction = self.predict(
@@ -361,14 +369,17 @@ class Posterior:
         return posterior_evidence.log_evidence(self, alpha, beta)
 
     def optimize_evidence(self, *, fix_alpha=False, fix_beta=False, per_output=None, tol=1e-8,
-                          max_iter=1000) -> Posterior:  # fmt: skip
+                          max_iter=1000, confidence_check=True) -> Posterior:  # fmt: skip
         """The posterior at the maximum of the evidence, its ``evidence_result`` saying how
-        it was reached (see :meth:`sigma.Laplace.optimize_evidence`)."""
-        from sigma import fitting
+        it was reached (see :meth:`sigma.Laplace.optimize_evidence`). ``confidence_check``
+        (a classifier): warn when its predictive is less confident than the network on the
+        training data (:func:`sigma.tuning.check_confidence`)."""
+        from sigma import fitting, tuning
         from sigma.evidence import posterior as posterior_evidence
 
         self.check_weights_unchanged()
-        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
+        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta"),
+                           (confidence_check, "confidence_check")):  # fmt: skip
             check_flag(flag, name)
         if per_output is not None:
             check_flag(per_output, "per_output", "True, False or None")
@@ -384,10 +395,14 @@ class Posterior:
             post, fix_alpha=fix_alpha, fix_beta=fix_beta, tol=tol, max_iter=max_iter,
             eps=float(np.finfo(str(self.w_dtype)).eps),
         )  # fmt: skip
-        return dataclasses.replace(best, evidence_result=result)
+        best = dataclasses.replace(best, evidence_result=result)
+        if confidence_check:
+            with self._calls():
+                tuning.check_confidence(best)
+        return best
 
-    def optimize_prior(self, x_val, y_val, *, metric="nll", beta=True, span=1e4, tol=1e-3,
-                       max_iter=100) -> Posterior:  # fmt: skip
+    def optimize_prior(self, x_val, y_val, *, metric="nll", beta=True, temperature=None,
+                       method="probit", span=1e4, tol=1e-3, max_iter=100) -> Posterior:  # fmt: skip
         """The posterior at the best value of a held-out metric, its ``prior_result``
         recording the search (see :meth:`sigma.Laplace.optimize_prior`)."""
         from sigma import tuning
@@ -395,8 +410,8 @@ class Posterior:
         self.check_weights_unchanged()
         with self._calls():
             best, record = tuning.optimize_prior(
-                self, self.model, x_val, y_val, metric=metric, beta=beta, span=span, tol=tol,
-                max_iter=max_iter,
+                self, self.model, x_val, y_val, metric=metric, beta=beta,
+                temperature=temperature, method=method, span=span, tol=tol, max_iter=max_iter,
             )  # fmt: skip
         return dataclasses.replace(best, prior_result=record)
 

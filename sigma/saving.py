@@ -98,6 +98,7 @@ def save(post, path) -> Path:
         "prior": {"kind": post.prior.kind, "names": list(post.prior.names)},
         "alpha": post.alpha,
         "beta": float(post.beta[0]) if post.n_groups == 1 else post.beta,
+        "link": post.link,
         "output_layout": layout.describe(),
         "data": {
             "n_data": summary.n_data,
@@ -184,6 +185,7 @@ def load(path, model):
         model=model,
         w_map=np.asarray(arrays["w_map"], np.float64),
         state=frozen_state(model),
+        link=header.get("link", "probit"),  # files before the tuned link: probit
     )
     beta = header["beta"]
     beta = np.asarray(beta, np.float64) if isinstance(beta, list) else beta

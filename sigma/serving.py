@@ -21,6 +21,8 @@ So the result can be saved and served like any Keras model:
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -209,6 +211,14 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
         )
     lik = post.likelihood
     lik.check_servable()
+    if post.link != "probit" and "tempered" in post.groups.kinds:
+        warnings.warn(
+            f"to_keras serves a classifier's probabilities by the probit link, not the "
+            f"posterior's link {post.link!r} (set by optimize_prior): its probabilities differ "
+            f"from predict_proba's; compare predict_proba(x, method='probit') with them",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     structure, b = post.operator()  # Σ_h β_h C_h for several precision groups
     k = post.summary.n_outputs
     arrays, structure_spec = structure.export(model, post.alpha_weights(), b)

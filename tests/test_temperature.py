@@ -180,7 +180,8 @@ def test_a_tiny_temperature_is_refused_by_name_and_the_hint_says_temperature(pro
 
 
 def test_optimize_prior_says_when_its_search_ends_at_a_bound(problem, rng):
-    """issue 28: on a tempered classifier whose held-out NLL keeps falling as α grows across
+    """issue 28: (α alone, temperature=False) on a tempered classifier whose held-out NLL
+    keeps falling as α grows across
     the whole range searched (α₀ = 1e-3, span 10: checked on a grid), the search ends at
     span × α₀ — and says so, naming span, in a warning and in ``prior_result["at_bound"]``.
     Where the grid's minimum is inside the range, nothing is said."""
@@ -195,7 +196,7 @@ def test_optimize_prior_says_when_its_search_ends_at_a_bound(problem, rng):
     assert np.all(np.diff([held_out(a) for a in np.geomspace(1e-4, 1e-2, 9)]) < 0)
     la.alpha = 1e-3
     with pytest.warns(RuntimeWarning, match=r"alpha at the upper bound .*span=10 now"):
-        la.optimize_prior(x_val, labels_val, span=10.0)
+        la.optimize_prior(x_val, labels_val, temperature=False, span=10.0)
     assert la.prior_result["at_bound"] == {"alpha": "upper"}
     assert la.alpha == pytest.approx(1e-2, rel=2e-3)  # within 2·tol (in ln) of the bound
 
@@ -205,7 +206,7 @@ def test_optimize_prior_says_when_its_search_ends_at_a_bound(problem, rng):
     la.alpha = 1e-3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        la.optimize_prior(x_val, labels_val, span=1e4)
+        la.optimize_prior(x_val, labels_val, temperature=False, span=1e4)
     assert la.prior_result["at_bound"] == {}
     assert la.alpha == pytest.approx(best, rel=0.6)  # the grid's step is a factor 1.5
 

@@ -27,16 +27,17 @@ integers in [0, K); probabilities (N, K).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sigma import metrics
+from sigma import metrics, tuning
 from sigma.classification import softmax
-from sigma.evidence import EvidenceError
 from sigma.lab import baselines, shift
 from sigma.laplace import Laplace
+from sigma.posterior import calls
 
 MAP, SCALED, ENSEMBLE, DROPOUT, SIGMA = (
     "MAP softmax",
@@ -86,47 +87,37 @@ def tempered_laplace(
     temperatures=(1e-4, 1.0),
 ) -> tuple[Laplace, dict]:
     """sigma's recipe for a classifier: a Laplace of ``structure`` with ``prior`` groups at the
-    trained weights; for each likelihood temperature T the α_g maximise the tempered model's
-    evidence, and T (within ``temperatures``) minimises the NLL of the ``link`` predictive on
-    (x_val, labels_val) — a bounded 1-D search over ln T (Brent).
+    trained weights, tuned by :meth:`sigma.Laplace.optimize_prior` on (x_val, labels_val) —
+    for each likelihood temperature T the α_g maximise the tempered model's evidence, and T
+    (within ``temperatures``) minimises the NLL of the ``link`` predictive, a search over ln T
+    to 0.05 (:func:`sigma.tuning.optimize_temperature`).
 
     Returns ``(laplace, info)``: the Laplace at the chosen T and its α_g, and {temperature,
     alpha, validation_nll, evaluations, at_bound}; ``at_bound`` is "lower" or "upper" when T
-    ended at a bound of ``temperatures`` (within the search's tolerance), else None. A T at
-    which the evidence fails or A is ill-conditioned scores 1e100 (is never chosen).
+    ended at a bound of ``temperatures`` (within 0.1 in ln T), else None.
     """
-    import scipy.optimize
-
+    lo, hi = (float(t) for t in temperatures)
+    if not 0 < lo < hi:
+        raise ValueError(
+            f"temperatures must be (low, high) with 0 < low < high, got {temperatures}"
+        )
     la = Laplace(
         model, x, labels, likelihood="classification", structure=structure, weights=weights,
         prior=prior,
     )  # fmt: skip
-    lo, hi = (float(np.log(t)) for t in temperatures)
-    seen = {}
-
-    def score(log_t):
-        try:
-            la.temperature = float(np.exp(log_t))
-            la.optimize_evidence()
-        except (EvidenceError, ValueError):  # ValueError: A ill-conditioned at a tiny T
-            return 1e100  # finite: an infinite score makes Brent's parabolic step NaN
-        value = metrics.nll(la.predict_proba(x_val, method=link), labels_val)
-        seen[float(log_t)] = value
-        return value
-
-    res = scipy.optimize.minimize_scalar(
-        score, bounds=(lo, hi), method="bounded", options={"xatol": 0.05}
-    )
-    best = min(seen, key=seen.get) if seen else float(res.x)
-    score(best)  # leave the Laplace at the best temperature seen
+    post = la.posterior
+    with calls(model, post.progress):  # centred on √(lo·hi), span× either way
+        best, found = tuning.optimize_prior(
+            post, model, x_val, labels_val, method=link, span=float(np.sqrt(hi / lo)),
+            tol=0.05, start=float(np.sqrt(lo * hi)),
+        )  # fmt: skip
+    la.posterior = dataclasses.replace(best, prior_result=found)
     info = {
         "temperature": la.temperature,
         "alpha": np.atleast_1d(la.alpha).tolist(),
-        "validation_nll": seen.get(best),
-        "evaluations": len(seen),
-        # "lower" / "upper" when T ended within the search's tolerance of a bound of
-        # ``temperatures`` (the best T may lie beyond it), else None
-        "at_bound": "lower" if best - lo <= 0.1 else "upper" if hi - best <= 0.1 else None,
+        "validation_nll": found["value"],
+        "evaluations": found["evaluations"],
+        "at_bound": found["at_bound"].get("temperature"),
     }
     return la, info
 

