@@ -18,6 +18,29 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 """
 
 import importlib as _importlib
+import importlib.util as _util
+
+# What the helpers import beyond the core's dependencies: the "notebooks" extra (import name ->
+# distribution). `pip install keras-sigma` alone gives the core; sigma.lab says what is missing
+# on import rather than failing inside a notebook's third cell.
+NOTEBOOKS_EXTRA = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "pandas": "pandas"}
+
+
+class MissingExtra(ImportError):
+    """A package of the ``notebooks`` extra is not installed; the message says what to install."""
+
+
+def _require_notebooks_extra() -> None:
+    missing = [dist for mod, dist in NOTEBOOKS_EXTRA.items() if _util.find_spec(mod) is None]
+    if missing:
+        raise MissingExtra(
+            "sigma.lab (the notebooks' data, networks and plots) needs the 'notebooks' extra; "
+            f"missing: {', '.join(missing)}. Install it with: pip install 'keras-sigma[notebooks]' "
+            "(the core, sigma.Laplace and sigma.fit, works without it)"
+        )
+
+
+_require_notebooks_extra()
 
 # Names resolved on first use (PEP 562), as in :mod:`sigma`: ``from sigma.lab.data import ...``
 # (the sweep report's notebook) loads scikit-learn only, not TensorFlow.
