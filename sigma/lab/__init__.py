@@ -4,8 +4,9 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 :mod:`sigma.structures`, :mod:`sigma.evidence`), which never imports it:
 
 * :mod:`.data` — the Iris split of the original notebook, digits, synthetic regression;
-* :mod:`.models` — the MLPs and the small CNN, and :func:`~.models.train` (the original's
-  RMSprop/MSE loop, optionally training for the posterior with the evidence);
+* :mod:`.models` — the one MLP builder (:func:`~.models.mlp`, dropout optional), the small
+  CNN, and :func:`~.models.train` (the original's RMSprop/MSE loop, optionally training for
+  the posterior with the evidence);
 * :mod:`.original_formula` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
