@@ -41,8 +41,13 @@ import sigma
 
 assert os.path.realpath(sigma.__file__).startswith(os.path.realpath(sys.prefix)), sigma.__file__
 requires = [r.split(";")[0] for r in md.requires("keras-sigma") if "extra ==" not in r]
-core = [m.name for m in pkgutil.walk_packages(sigma.__path__, "sigma.")
-        if not m.name.startswith(("sigma.lab", "sigma.sweep"))]
+def walk(path, prefix):  # pkgutil.walk_packages would import sigma.lab and sigma.sweep
+    for m in pkgutil.iter_modules(path, prefix):
+        if m.name not in ("sigma.lab", "sigma.sweep"):
+            yield m.name
+            if m.ispkg:
+                yield from walk([os.path.join(path[0], m.name.rsplit(".", 1)[1])], m.name + ".")
+core = list(walk(sigma.__path__, "sigma."))
 for name in core:
     __import__(name)  # every module of the installed core imports
 
@@ -66,6 +71,8 @@ classifier.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logit
 classifier.fit(x, labels, epochs=2, verbose=0)
 proba = sigma.Laplace(classifier, x, labels, likelihood="classification").predict_proba(x[:5])
 np.testing.assert_allclose(proba.sum(axis=-1), 1.0, rtol=1e-5)
+loaded = [m for m in sys.modules if m.startswith(("sigma.lab", "sigma.sweep"))]
+assert not loaded, loaded  # the core never imports the notebook layers
 
 try:
     import sigma.lab
