@@ -77,3 +77,12 @@ def test_the_lab_without_the_extra_names_the_pip_command(monkeypatch):
         importlib.import_module("sigma.lab")
     with pytest.raises(ImportError, match=r"keras-sigma\[notebooks\]"):
         sigma.lab  # noqa: B018
+
+
+def test_a_parameter_without_pyyaml_says_what_to_install(monkeypatch, capsys, tmp_path):
+    """-p name=value reads the value as YAML while the arguments are parsed."""
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    code = cli.main(["run", str(tmp_path / "nb.py"), "-p", "epochs=3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == cli.CANNOT_RUN
+    assert "pyyaml" in err and "keras-sigma[notebooks]" in err and "Traceback" not in err
