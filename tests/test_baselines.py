@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from sigma.lab import baselines
+from sigma.lab import baselines, models
 
 pytestmark = pytest.mark.slow  # trains ensembles and dropout networks
 
@@ -95,10 +95,8 @@ def test_a_seed_makes_training_and_prediction_deterministic(kind):
 
 
 def test_mlp_with_dropout_has_the_weights_of_the_plain_mlp():
-    import sigma
-
-    plain = sigma.lab.mlp(3, (5, 4), 2, activation="tanh", seed=2)
-    dropped = baselines.mlp(3, (5, 4), 2, dropout=0.2, seed=2)
+    plain = models.mlp(3, (5, 4), 2, activation="tanh", seed=2)
+    dropped = models.mlp(3, (5, 4), 2, activation="tanh", dropout=0.2, seed=2)
     assert sum(isinstance(la, keras.layers.Dropout) for la in dropped.layers) == 2
     for a, b in zip(plain.get_weights(), dropped.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -112,7 +110,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="likelihood must be one of"):
         baselines.MCDropout(3, 8, 1, likelihood="poisson")
     with pytest.raises(ValueError, match="dropout must be a rate"):
-        baselines.mlp(3, 8, 1, dropout=1.0)
+        models.mlp(3, 8, 1, dropout=1.0)
     with pytest.raises(ValueError, match="fit first"):
         baselines.MCDropout(3, 8, 1).predict(X)
     with pytest.raises(ValueError, match=r"must both be \(N, K\)"):
@@ -195,7 +193,7 @@ def test_temperature_scaling_recovers_the_temperature_of_the_data():
 
 
 def test_temperature_scaling_of_a_network_keeps_its_argmax():
-    model = baselines.mlp(3, 8, 3, seed=0)
+    model = models.mlp(3, 8, 3, activation="tanh", seed=0)
     baselines.fit(model, X, LABELS, loss=baselines.classification_loss(), **FIT)
     ts = baselines.TemperatureScaling(model).fit(X[:30], LABELS[:30])
     logits = model(X.astype("float32")).numpy().astype(np.float64)
@@ -217,7 +215,7 @@ def test_temperature_scaling_of_one_logit_is_a_sigmoid():
     assert t == pytest.approx(baselines.fit_temperature(pair, labels), rel=1e-5)
     with pytest.raises(ValueError, match="labels must be 0 or 1 for one logit"):
         baselines.fit_temperature(z, labels + 1)
-    model = baselines.mlp(3, 8, 1, seed=0)
+    model = models.mlp(3, 8, 1, activation="tanh", seed=0)
     ts = baselines.TemperatureScaling(model).fit(X[:30], (LABELS[:30] > 0).astype(int))
     f = model(X.astype("float32")).numpy().astype(np.float64)
     np.testing.assert_allclose(ts.predict_proba(X), 1.0 / (1.0 + np.exp(-f / ts.temperature)))

@@ -1,6 +1,7 @@
 """The install path says what is wrong and how to fix it: an unsupported Python, a missing
 dependency of the core, a missing optional extra; one version number everywhere."""
 
+import importlib
 import importlib.metadata
 import subprocess
 import sys
@@ -63,3 +64,25 @@ def test_make_refuses_another_python_and_names_the_fix(tmp_path):
     assert "needs Python 3.11" in proc.stderr and "Python 3.10.14" in proc.stderr
     assert "PYTHON=python3.11" in proc.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_the_lab_without_the_extra_names_the_pip_command(monkeypatch):
+    """sigma.lab needs scikit-learn, matplotlib and pandas; importing it without them says which
+    extra to install (the core does not need them: tests/test_wheel.py)."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed
+    for name in [m for m in sys.modules if m == "sigma.lab" or m.startswith("sigma.lab.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, as in a new process
+    monkeypatch.delitem(sigma.__dict__, "lab", raising=False)
+    with pytest.raises(ImportError, match=r"missing: scikit-learn\. .*keras-sigma\[notebooks\]"):
+        importlib.import_module("sigma.lab")
+    with pytest.raises(ImportError, match=r"keras-sigma\[notebooks\]"):
+        sigma.lab  # noqa: B018
+
+
+def test_a_parameter_without_pyyaml_says_what_to_install(monkeypatch, capsys, tmp_path):
+    """-p name=value reads the value as YAML while the arguments are parsed."""
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    code = cli.main(["run", str(tmp_path / "nb.py"), "-p", "epochs=3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == cli.CANNOT_RUN
+    assert "pyyaml" in err and "keras-sigma[notebooks]" in err and "Traceback" not in err

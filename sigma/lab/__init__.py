@@ -4,8 +4,9 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 :mod:`sigma.structures`, :mod:`sigma.evidence`), which never imports it:
 
 * :mod:`.data` — the Iris split of the original notebook, digits, synthetic regression;
-* :mod:`.models` — the MLPs and the small CNN, and :func:`~.models.train` (the original's
-  RMSprop/MSE loop, optionally training for the posterior with the evidence);
+* :mod:`.models` — the one MLP builder (:func:`~.models.mlp`, dropout optional), the small
+  CNN, and :func:`~.models.train` (the original's RMSprop/MSE loop, optionally training for
+  the posterior with the evidence);
 * :mod:`.original_formula` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
@@ -18,6 +19,29 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 """
 
 import importlib as _importlib
+import importlib.util as _util
+
+# What the helpers import beyond the core's dependencies: the "notebooks" extra (import name ->
+# distribution). `pip install keras-sigma` alone gives the core; sigma.lab says what is missing
+# on import rather than failing inside a notebook's third cell.
+NOTEBOOKS_EXTRA = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "pandas": "pandas"}
+
+
+class MissingExtra(ImportError):
+    """A package of the ``notebooks`` extra is not installed; the message says what to install."""
+
+
+def _require_notebooks_extra() -> None:
+    missing = [dist for mod, dist in NOTEBOOKS_EXTRA.items() if _util.find_spec(mod) is None]
+    if missing:
+        raise MissingExtra(
+            "sigma.lab (the notebooks' data, networks and plots) needs the 'notebooks' extra; "
+            f"missing: {', '.join(missing)}. Install it with: pip install 'keras-sigma[notebooks]' "
+            "(the core, sigma.Laplace and sigma.fit, works without it)"
+        )
+
+
+_require_notebooks_extra()
 
 # Names resolved on first use (PEP 562), as in :mod:`sigma`: ``from sigma.lab.data import ...``
 # (the sweep report's notebook) loads scikit-learn only, not TensorFlow.

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from sigma.classification import softmax
+from sigma.lab.models import mlp
 
 LIKELIHOODS = ("regression", "classification")
 HEADS = ("gaussian", "mse")
@@ -45,9 +46,10 @@ MIN_VARIANCE = 1e-6  # floor of a Gaussian head's variance (in squared target un
 @dataclass(frozen=True)
 class Recipe:
     """What every method of a comparison shares: the MLP ``n_inputs → hidden… → outputs``
-    (linear outputs; :func:`mlp`), its training by Adam (:func:`fit`; schedule "constant" or
-    "cosine"), the deep ensemble's size and MC dropout's rate and test-time passes. The
-    notebooks' comparisons derive their recipes from it, adding their own settings."""
+    (linear outputs; :func:`sigma.lab.models.mlp` with this recipe's activation), its training
+    by Adam (:func:`fit`; schedule "constant" or "cosine"), the deep ensemble's size and MC
+    dropout's rate and test-time passes. The notebooks' comparisons derive their recipes from
+    it, adding their own settings."""
 
     hidden: tuple[int, ...] = (50,)
     activation: str = "tanh"
@@ -75,34 +77,6 @@ class Recipe:
             learning_rate=self.learning_rate,
             schedule=self.schedule,
         )
-
-
-def mlp(
-    n_inputs: int,
-    hidden: int | tuple[int, ...],
-    n_outputs: int,
-    *,
-    activation: str = "tanh",
-    dropout: float = 0.0,
-    dtype: str = "float32",
-    seed: int = 0,
-) -> keras.Model:
-    """A built Sequential MLP ``n_inputs → hidden... (activation) → n_outputs`` (linear), with a
-    ``Dropout(dropout)`` after every hidden layer when ``dropout > 0``. Same weights as
-    :func:`sigma.lab.mlp` for the same seed (dropout layers hold no weights)."""
-    hidden = (hidden,) if isinstance(hidden, int | np.integer) else tuple(hidden)
-    if any(int(h) < 1 for h in hidden):
-        raise ValueError(f"hidden must be positive layer widths, got {hidden}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be a rate in [0, 1), got {dropout}")
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input((n_inputs,), dtype=dtype)]
-    for i, h in enumerate(hidden):
-        layers.append(keras.layers.Dense(int(h), activation=activation, dtype=dtype))
-        if dropout > 0:
-            layers.append(keras.layers.Dropout(float(dropout), seed=seed + i, dtype=dtype))
-    layers.append(keras.layers.Dense(n_outputs, dtype=dtype))
-    return keras.Sequential(layers)
 
 
 def dataset(x, y, *, batch_size: int, seed: int = 0, dtype: str = "float32") -> tf.data.Dataset:
@@ -218,7 +192,7 @@ class DeepEnsemble:
     Parameters
     ----------
     n_inputs, hidden, n_outputs, activation, dtype : the architecture of every member
-        (:func:`mlp`); K = ``n_outputs`` targets or classes.
+        (:func:`sigma.lab.models.mlp`); K = ``n_outputs`` targets or classes.
     size : M, the number of members.
     likelihood : "regression" (y (N, K)) or "classification" (labels (N,)).
     head : regression only — "gaussian": each member outputs μ and σ² per target (2K outputs)
@@ -319,7 +293,8 @@ class MCDropout:
 
     Parameters
     ----------
-    n_inputs, hidden, n_outputs, activation, dtype : the architecture (:func:`mlp`), with
+    n_inputs, hidden, n_outputs, activation, dtype : the architecture
+        (:func:`sigma.lab.models.mlp`), with
         ``Dropout(rate)`` after every hidden layer.
     rate : the dropout probability, in training and in the test-time samples.
     likelihood : "regression" (squared error) or "classification" (cross-entropy on logits).

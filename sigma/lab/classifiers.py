@@ -35,7 +35,7 @@ import numpy as np
 
 from sigma import metrics, tuning
 from sigma.classification import softmax
-from sigma.lab import baselines, shift
+from sigma.lab import baselines, models, shift
 from sigma.laplace import Laplace
 from sigma.posterior import calls
 
@@ -142,7 +142,7 @@ def train(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict, 
     predictors, seconds, info = {}, {}, {}
 
     start = time.perf_counter()
-    model = baselines.mlp(
+    model = models.mlp(
         n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
     )
     baselines.fit(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
@@ -349,7 +349,7 @@ def recipes(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict
     x_fit, x_val, l_fit, l_val = split(x_train, labels_train, setup.validation, seed)
     n_in, k = x_fit.shape[1], int(labels_train.max()) + 1
     loss = baselines.classification_loss()
-    model = baselines.mlp(
+    model = models.mlp(
         n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
     )
     baselines.fit(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
@@ -370,7 +370,7 @@ def recipes(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict
     add("post-hoc evidence, mean field", post_hoc, "mean_field", start)
 
     start = time.perf_counter()
-    trained = baselines.mlp(
+    trained = models.mlp(
         n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
     )
     cb = EvidenceCallback(x_fit, l_fit, structure="kfac", prior=setup.prior, every=10, verbose=0)

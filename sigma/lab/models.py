@@ -17,21 +17,31 @@ def mlp(
     *,
     activation: str = "sigmoid",
     output_activation: str = "linear",
+    dropout: float = 0.0,
     dtype: str = "float32",
     seed: int = 0,
 ) -> keras.Model:
-    """A built Sequential MLP: ``n_inputs → hidden... (activation) → n_outputs``.
+    """A built Sequential MLP: ``n_inputs → hidden... (activation) → n_outputs``, with a
+    ``Dropout(dropout)`` after every hidden layer when ``dropout > 0`` (MC dropout,
+    :mod:`sigma.lab.baselines`). Dropout layers hold no weights: the weights are those of the
+    plain MLP of the same seed.
 
-    The original notebook's network is ``mlp(4, 4, 3)``: 4 sigmoid units, 3 linear outputs,
-    35 weights.
+    The one network builder of the notebooks. The original notebook's network is
+    ``mlp(4, 4, 3)``: 4 sigmoid units (the default activation), 3 linear outputs, 35 weights;
+    the comparisons of notebooks 05–07 pass their recipe's activation (tanh).
     """
-    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    hidden = (hidden,) if isinstance(hidden, int | np.integer) else tuple(hidden)
     if any(int(h) < 1 for h in hidden):
         raise ValueError(f"hidden must be positive layer widths, got {hidden}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be a rate in [0, 1), got {dropout}")
     keras.utils.set_random_seed(seed)
     layers = [keras.Input((n_inputs,), dtype=dtype)]
-    layers += [keras.layers.Dense(int(h), activation=activation, dtype=dtype) for h in hidden]
-    layers += [keras.layers.Dense(n_outputs, activation=output_activation, dtype=dtype)]
+    for i, h in enumerate(hidden):
+        layers.append(keras.layers.Dense(int(h), activation=activation, dtype=dtype))
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(float(dropout), seed=seed + i, dtype=dtype))
+    layers.append(keras.layers.Dense(n_outputs, activation=output_activation, dtype=dtype))
     return keras.Sequential(layers)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from sigma import conformal, metrics
 from sigma.callbacks import EvidenceCallback
-from sigma.lab import baselines
+from sigma.lab import baselines, models
 from sigma.lab.data import RegressionSplit, standardised
 from sigma.losses import GaussianNLL
 
@@ -109,7 +109,7 @@ def heteroscedastic_laplace(x, y, recipe: Recipe, *, seed: int = 0):
     """An MLP with outputs [μ | ln σ²] trained on :class:`~sigma.losses.GaussianNLL` with an
     :class:`~sigma.EvidenceCallback` (``recipe``'s structure, prior, every). Returns the
     callback's Laplace (``likelihood="heteroscedastic"``) at the final weights."""
-    model = baselines.mlp(x.shape[1], recipe.hidden, 2 * y.shape[1],
+    model = models.mlp(x.shape[1], recipe.hidden, 2 * y.shape[1],
                           activation=recipe.activation, dtype=recipe.dtype, seed=seed)  # fmt: skip
     cb = EvidenceCallback(x, y, structure=recipe.structure, prior=recipe.prior,
                           every=recipe.every, verbose=0)  # fmt: skip
@@ -120,7 +120,7 @@ def heteroscedastic_laplace(x, y, recipe: Recipe, *, seed: int = 0):
 def homoscedastic_laplace(x, y, recipe: Recipe, *, seed: int = 0):
     """The same MLP with K outputs trained on the squared error with an
     :class:`~sigma.EvidenceCallback`; its Laplace (one noise precision β)."""
-    model = baselines.mlp(x.shape[1], recipe.hidden, y.shape[1],
+    model = models.mlp(x.shape[1], recipe.hidden, y.shape[1],
                           activation=recipe.activation, dtype=recipe.dtype, seed=seed)  # fmt: skip
     cb = EvidenceCallback(x, y, structure=recipe.structure, prior=recipe.prior,
                           every=recipe.every, verbose=0)  # fmt: skip

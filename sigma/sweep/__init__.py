@@ -37,6 +37,8 @@ NOTEBOOKS_EXTRA = {
     "ipykernel": "ipykernel",
     "pandas": "pandas",
     "filelock": "filelock",
+    "yaml": "pyyaml",
+    "matplotlib": "matplotlib",
 }
 
 

@@ -42,10 +42,10 @@ exit codes:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
     from sigma.sweep import MissingExtra
 
     try:
+        args = _parser().parse_args(argv)  # -p name=value reads the value as YAML
         from sigma.sweep.engine import CannotRun, SweepInterrupted
     except MissingExtra as exc:
         _error(str(exc))
@@ -208,6 +208,9 @@ def _positive_int(text: str) -> int:
 
 
 def _assignment(text: str) -> tuple[str, object]:
+    from sigma.sweep import require_notebooks_extra
+
+    require_notebooks_extra()  # pyyaml: a MissingExtra, which argparse lets through to main
     import yaml
 
     name, sep, value = text.partition("=")
