@@ -2,7 +2,7 @@
 one gradient pass, with the sigma of another git ref side by side.
 
     .venv/bin/python bench/cnn.py [--n 10000] [--test 1000] [--repeats 3] [--epochs 1]
-        [--steps kfac,ekfac,diag,last] [--baseline REF] [--json FILE]
+        [--steps kfac,ekfac,diag,last,mc] [--baseline REF] [--json FILE] [--model transformer]
 
 The network: 28×28×1 → Conv2D 32 (3×3) → Conv2D 64 (3×3) → MaxPool 2 → Flatten → Dense 128 →
 Dense 10 logits, ReLU, seeded (1,199,882 weights); classification, all weights. The data are made
@@ -10,6 +10,12 @@ here, nothing is downloaded: scikit-learn's 8×8 digits (1,797 images shipped wi
 to 24×24 and padded to 28×28, each training/test image a random digit shifted by up to ±2 pixels
 with N(0, 0.1²) pixel noise (--seed). The model is trained for --epochs (default 1; Adam 1e-3,
 batch 128) in the parent process; --epochs 0 keeps the seeded initial weights.
+
+``--model transformer`` runs the same steps on issue 26's small transformer classifier instead:
+token ids (32 per sequence, a vocabulary of 2,000) → Embedding 64 → MultiHeadAttention (4 heads
+of 16) with a residual → LayerNormalization → mean over positions → Dense 10 logits; the data
+are generated here (each class has 20 marker tokens; a sequence of class c carries 4 of them
+among uniform random tokens).
 
 The unit is one gradient pass: the gradient of the summed cross-entropy over the N training
 images (traced once, warm, batches of --grad-batch), measured in the same process as the step;
@@ -21,7 +27,8 @@ of its own (sigma's memory is that process's alone):
 * ``ekfac`` – the ekfac fit (one run);
 * ``diag``  – as kfac with structure="diag";
 * ``last``  – kfac on the last layer's weights (weights="last_layer"): median of --repeats fits
-  after a first (tracing) one.
+  after a first (tracing) one;
+* ``mc``    – kfac with ``curvature="ggn_mc"`` (one sampled label per input), one run.
 
 Memory: "peak" is the step process's high-water mark (VmHWM) at the end of the step, TensorFlow,
 the data and the model included; "Δ" the largest resident size above the level before the step,
@@ -53,9 +60,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer import PeakRSS, peak_bytes, resident_bytes  # noqa: E402  (shared with bench/peer.py)
 
-STEPS = ("kfac", "ekfac", "diag", "last")
+STEPS = ("kfac", "ekfac", "diag", "last", "mc")
 SHAPE = (28, 28, 1)
 CLASSES = 10
+VOCAB, LENGTH = 2_000, 32
 
 
 # -- data and model (also used by bench/peer.py) ---------------------------------------------------
@@ -78,9 +86,39 @@ def digits_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x[..., None], digits.target[pick].astype(np.int64)
 
 
-def data(n: int, n_test: int, seed: int):
-    x, y = digits_images(n + n_test, seed)
+def token_sequences(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n sequences (n, LENGTH) int32 of uniform tokens, 4 of them replaced by marker tokens of
+    the sequence's class (20 markers per class, ids below 200), and the labels (n,)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = rng.integers(200, VOCAB, size=(n, LENGTH)).astype(np.int32)
+    for i in range(n):
+        where = rng.choice(LENGTH, 4, replace=False)
+        x[i, where] = y[i] * 20 + rng.integers(0, 20, 4)
+    return x, y.astype(np.int64)
+
+
+def data(n: int, n_test: int, seed: int, model: str = "cnn"):
+    make = token_sequences if model == "transformer" else digits_images
+    x, y = make(n + n_test, seed)
     return x[:n], y[:n], x[n:], y[n:]
+
+
+def transformer(seed: int):
+    """Issue 26's small transformer classifier, seeded (see the module docstring)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((LENGTH,), dtype="int32")
+    h = keras.layers.Embedding(VOCAB, 64)(inp)
+    a = keras.layers.MultiHeadAttention(num_heads=4, key_dim=16)(h, h)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([h, a]))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inp, keras.layers.Dense(CLASSES)(h))
+
+
+def network(model: str, seed: int):
+    return transformer(seed) if model == "transformer" else cnn(seed)
 
 
 def cnn(seed: int):
@@ -115,10 +153,10 @@ def train(net, x, y, epochs: int, seed: int):
     return net
 
 
-def prepare(n: int, n_test: int, epochs: int, seed: int, path: Path) -> dict:
+def prepare(n: int, n_test: int, epochs: int, seed: int, path: Path, model: str = "cnn") -> dict:
     """Data and trained weights in an npz file (the workers' common input); returns info."""
-    x, y, xt, yt = data(n, n_test, seed)
-    net = train(cnn(seed), x, y, epochs, seed)
+    x, y, xt, yt = data(n, n_test, seed, model)
+    net = train(network(model, seed), x, y, epochs, seed)
     logits = net.predict(xt, verbose=0, batch_size=500)
     weights = net.get_weights()
     np.savez(
@@ -148,7 +186,7 @@ def gradient_pass(net, x, y, batch_size: int):
     import keras
     import tensorflow as tf
 
-    spec = [tf.TensorSpec([None, *x.shape[1:]], tf.float32), tf.TensorSpec([None], tf.int64)]
+    spec = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], tf.int64)]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
     @tf.function(input_signature=spec)
@@ -160,7 +198,7 @@ def gradient_pass(net, x, y, batch_size: int):
     def run():
         for s in range(0, len(x), batch_size):
             out = grad(x[s : s + batch_size], y[s : s + batch_size])
-        return [g.numpy() for g in out]
+        return [tf.convert_to_tensor(g).numpy() for g in out]
 
     run()
     return run
@@ -181,7 +219,7 @@ def worker(args) -> dict:
     import sigma
 
     d, weights = load(args.data)
-    net = cnn(args.seed)
+    net = network(args.model, args.seed)
     net.set_weights(weights)
     x, y, xt = d["x_train"], d["y_train"], d["x_test"]
     row = {
@@ -194,8 +232,10 @@ def worker(args) -> dict:
         ),
     }
     row["rss_setup"] = resident_bytes()
-    structure = {"last": "kfac"}.get(args.worker, args.worker)
+    structure = {"last": "kfac", "mc": "kfac"}.get(args.worker, args.worker)
     kwargs = {"weights": "last_layer"} if args.worker == "last" else {}
+    if args.worker == "mc":
+        kwargs = {"curvature": "ggn_mc", "seed": args.seed}
 
     def fit():
         return sigma.Laplace(net, x, y, likelihood="classification", structure=structure, **kwargs)
@@ -272,6 +312,7 @@ def main():
     p.add_argument("--steps", default=",".join(STEPS), help=f"subset of {','.join(STEPS)}")
     p.add_argument("--baseline", help="git ref whose sigma runs side by side (e.g. main)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", choices=("cnn", "transformer"), default="cnn")
     p.add_argument("--json", help="also write the raw rows to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -287,7 +328,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        info = prepare(args.n, args.test, args.epochs, args.seed, tmp / "data.npz")
+        info = prepare(args.n, args.test, args.epochs, args.seed, tmp / "data.npz", args.model)
         print(
             f"data and training: {time.perf_counter() - t0:.0f} s, test accuracy "
             f"{info['test_accuracy']:.3f}",
@@ -301,6 +342,7 @@ def main():
         variants.append((checkout_label(), ROOT))
         common = ["--data", str(tmp / "data.npz"), "--repeats", str(args.repeats)]
         common += ["--grad-batch", str(args.grad_batch), "--seed", str(args.seed)]
+        common += ["--model", args.model]
         results = {}
         for step in steps:  # one heavy process at a time, the variants of a step back to back
             for v, (label, root) in enumerate(variants):
@@ -318,8 +360,13 @@ def main():
 
 def print_table(results, labels, steps, args, info):
     gb = 1e9
+    net = (
+        "transformer: Embedding 2,000×64 → MHA 4×16 + residual → LayerNorm → mean → D10"
+        if args.model == "transformer"
+        else "CNN 28×28×1 → C32 → C64 → pool → D128 → D10"
+    )
     print(
-        f"CNN 28×28×1 → C32 → C64 → pool → D128 → D10 ({info['params']:,} weights), "
+        f"{net} ({info['params']:,} weights), "
         f"classification, N = {args.n:,}, {args.test:,} test points, {args.epochs} epoch(s) of "
         f"training (test accuracy {info['test_accuracy']:.3f}); {os.cpu_count()} cores"
     )
