@@ -144,6 +144,12 @@ def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]
         options = {}
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Mapping):
             value, options = value
+        if isinstance(value, keras.Model):
+            raise ValueError(
+                f"candidates[{name!r}] must be a zero-argument callable returning a compiled "
+                "keras.Model, got the model itself: pass the function that builds it, so that "
+                "each candidate is built afresh under the comparison's seed"
+            )
         if not callable(value):
             raise ValueError(
                 f"candidates[{name!r}] must be a zero-argument callable returning a compiled "
