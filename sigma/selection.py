@@ -241,9 +241,10 @@ def compare_models(
 
     The evidences must be comparable (module docstring): ValueError naming the candidates when
     classifiers and regressions are mixed, or when their structure, curvature, weights or
-    structure options differ — checked on the built models before any training. An evidence
-    that fails for a candidate (e.g. :class:`sigma.evidence.EvidenceBoundaryError`) is raised
-    with a note naming it.
+    structure options differ; and for an EvidenceCallback option it does not take. All of this
+    is checked on the built models before any training. An evidence that fails for a
+    candidate (e.g. :class:`sigma.evidence.EvidenceBoundaryError`) is raised with a note
+    naming it.
     """
     from sigma.callbacks import EvidenceCallback, loss_likelihood
 
@@ -256,8 +257,12 @@ def compare_models(
         raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
     specs = _candidates(candidates, callback_options)
 
-    models, kinds = {}, {}
-    for name, (build, _) in specs.items():
+    models, kinds, callbacks = {}, {}, {}
+    for name, (build, options) in specs.items():
+        try:  # the options are checked before anything is trained
+            callbacks[name] = EvidenceCallback(x, y, verbose=0, **options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"candidates[{name!r}]: {exc}") from None
         keras.utils.set_random_seed(seed)
         model = build()
         if not isinstance(model, keras.Model):
@@ -277,8 +282,7 @@ def compare_models(
     with bar:
         for name in bar:
             bar.set_postfix_str(name)
-            model, options = models.pop(name), specs[name][1]
-            callback = EvidenceCallback(x, y, verbose=0, **options)
+            model, callback = models.pop(name), callbacks.pop(name)
             keras.utils.set_random_seed(seed)
             start = time.perf_counter()
             try:

@@ -248,3 +248,12 @@ def test_an_error_in_training_names_the_candidate(rng):
     with pytest.raises(ValueError, match=r"compiled loss is a regression loss") as info:
         sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
     assert "(sigma.compare_models, candidate 'net')" in info.value.__notes__
+
+
+def test_callback_options_are_checked_before_training(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+    candidates = {"net": _mlp(1, "mse"), "odd": (_mlp(1, "mse"), {"evry": 2})}
+    with pytest.raises(ValueError, match=r"candidates\['odd'\]: .*evry"):
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"candidates\['net'\]: every must be a positive"):
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0, every=0)
