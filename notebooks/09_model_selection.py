@@ -172,8 +172,34 @@ targets
 # %% [markdown]
 # ## Conclusions
 #
-# The tables above are this run's. The figures for the default parameters are in the
-# closing note of issue 29 and in the record written with `metrics_path`.
+# The tables above are this run's; the figures quoted below were measured at the default
+# parameters (5 splits per data set, 8 candidates, 60 epochs, structure "kfac", one α per
+# layer: 80 trainings, 868 s on 2 cores shared with other work).
+#
+# * **Diabetes: the evidence chooses well.** It picks the homoscedastic 10×1 network on all 5
+#   splits; that is the held-out best on 2 of them, and on average its test log-likelihood is
+#   0.012 nats per point behind the best candidate's (0.020 when it is not the best) and
+#   0.009 ahead of the default (homoscedastic 50×1): −5.454 against −5.464, the oracle −5.443.
+#   The choice is at least as good as the default on 4 splits of 5. On these 353 training
+#   samples the test log-likelihoods of all 8 candidates lie within 0.06 nats of each other, and
+#   the evidence and the test log-likelihood rank them alike (Spearman 0.42, mean of the
+#   splits).
+# * **Friedman #1: the evidence's choice beats the default but is far from the best.** It
+#   picks the smallest networks (heteroscedastic 10×1 on 4 splits, homoscedastic 10×1 on one),
+#   −2.148 per point against the default's −2.247, but the held-out best is always a large
+#   network (on average −1.856; the heteroscedastic 50×2 has the best mean, −1.864): a regret
+#   of 0.29 nats, and the evidence ranks the candidates against the test log-likelihood
+#   (Spearman −0.67). The target of the issue (within 0.02 nats of the best on both data sets)
+#   is **not met** on Friedman #1.
+# * **Why, in the table of §1:** the wide and deep networks fit Friedman's smooth function much
+#   better (data fit −47 for the homoscedastic 50×2 against −251 for the 10×1) but their KFAC
+#   Occam factor is larger still (−428 against −122): γ = 255 of 3,151 weights determined by
+#   400 samples. After 60 epochs no candidate is near the noise floor (the best possible test
+#   log-likelihood is −0.92 per point for noise 1; the best candidate reaches −1.86), so the
+#   weights are not the most probable ones the evidence assumes, and the Kronecker-factored
+#   ln|A| of a 3,000-weight network is an approximation whose error grows with its size. The
+#   evidence then prefers the networks whose Occam factor is small and certain over those that
+#   generalise better. Where all candidates generalise alike (diabetes), it chooses well.
 
 # %%
 record = save_metrics(
