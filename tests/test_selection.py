@@ -257,3 +257,29 @@ def test_callback_options_are_checked_before_training(rng):
         sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
     with pytest.raises(ValueError, match=r"candidates\['net'\]: every must be a positive"):
         sigma.compare_models(candidates, x, y, epochs=1, verbose=0, every=0)
+
+
+@pytest.mark.slow
+def test_classifiers_are_compared_among_themselves(rng):
+    x = rng.normal(size=(40, 1))
+    labels = (x[:, 0] > 0).astype("int64") + (x[:, 0] > 1)
+
+    def classifier(width):
+        def build():
+            model = make_mlp(n_in=1, hidden=(width,), n_out=3)
+            model.compile(
+                keras.optimizers.Adam(0.05),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            return model
+
+        return build
+
+    result = sigma.compare_models({"narrow": classifier(2), "wide": classifier(6)}, x, labels,
+                                  epochs=4, batch_size=40, every=2, verbose=0)  # fmt: skip
+    assert set(result.table.names) == {"narrow", "wide"}
+    for row in result.table:
+        assert row["likelihood"] == "classification" and row["beta"] is None
+        la = result.laplaces[row["name"]]
+        np.testing.assert_allclose(row["data_fit"] + row["occam"], la.log_evidence(), rtol=1e-12)
+        assert row["data_fit"] < 0  # a log probability of the labels
