@@ -12,7 +12,8 @@ The package is layered; each layer imports only those below it:
   (one file per structure of the posterior precision), :mod:`sigma.curvature` (one engine
   computing every curvature, traced once per model), :mod:`sigma.evidence`,
   :mod:`sigma.likelihoods`, :mod:`sigma.classification`,
-  :mod:`sigma.conformal`, :mod:`sigma.losses`, :mod:`sigma.metrics`,
+  :mod:`sigma.conformal`, :mod:`sigma.selection` (:func:`compare_models`: the evidence
+  chooses among candidate networks), :mod:`sigma.losses`, :mod:`sigma.metrics`,
   :mod:`sigma.memory`, :mod:`sigma.params`;
 * :mod:`sigma.lab` — the notebook helpers (data, models, the original formula, scans, plots);
 * :mod:`sigma.sweep` — papermill sweeps and HTML reports, which never import the layers above.
@@ -33,6 +34,7 @@ _EXPORTS = {
     "EvidenceCallback": "sigma.callbacks",
     "Laplace": "sigma.laplace",
     "Posterior": "sigma.posterior",
+    "compare_models": "sigma.selection",
     "fit": "sigma.fitting",
     "load": "sigma.saving",
     "curvature_product": "sigma.curvature",
@@ -48,7 +50,7 @@ _EXPORTS = {
 _SUBMODULES = {
     "callbacks", "classification", "conformal", "curvature", "evidence", "fitting",
     "keras_compat", "lab", "laplace", "likelihoods", "losses", "memory", "metrics", "params", "posterior",
-    "predictive", "priors", "structures", "sweep", "tuning", "weights",
+    "predictive", "priors", "selection", "structures", "sweep", "tuning", "weights",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

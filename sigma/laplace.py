@@ -39,8 +39,8 @@ class Laplace:
 
     Raises ValueError for bad input and when A is not positive definite.
 
-    Evidence: :meth:`log_evidence`, :meth:`optimize_evidence`, :attr:`gamma`,
-    :attr:`gammas`; held-out tuning: :meth:`optimize_prior`. Classification:
+    Evidence: :meth:`log_evidence` (its data fit and Occam factor: :meth:`log_evidence_parts`),
+    :meth:`optimize_evidence`, :attr:`gamma`, :attr:`gammas`; held-out tuning: :meth:`optimize_prior`. Classification:
     :meth:`predict_proba` (``predict`` returns the same for a classifier).
     """
 
@@ -196,6 +196,14 @@ class Laplace:
         group (G,) or a number for all, ``beta`` one per precision group. Classification:
         ln p(D | α), no β."""
         return self.posterior.log_evidence(alpha, beta)
+
+    def log_evidence_parts(self) -> dict:
+        """The log evidence at the current α, β split into ``{"data_fit": ..., "occam": ...}``
+        (nats; their sum is :meth:`log_evidence`): the data fit is the log likelihood at the
+        weights w* (regression: −βE_D + (NK/2) ln(β/2π); a classifier or a heteroscedastic
+        model: −E), the Occam factor the rest, −Σ α_g E_Wg + ½ ln|D_α| − ½ ln|A|
+        (docs/math.md, "Which model? Comparing evidences")."""
+        return self.posterior.log_evidence_parts()
 
     def optimize_evidence(self, *, fix_alpha: bool = False, fix_beta: bool = False,
                           per_output: bool | None = None, tol: float = 1e-8,

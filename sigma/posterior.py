@@ -368,6 +368,14 @@ class Posterior:
         self.check_weights_unchanged()
         return posterior_evidence.log_evidence(self, alpha, beta)
 
+    def log_evidence_parts(self) -> dict:
+        """ln p(D | α, β) as its data fit and Occam factor (see
+        :meth:`sigma.Laplace.log_evidence_parts`)."""
+        from sigma.evidence import posterior as posterior_evidence
+
+        self.check_weights_unchanged()
+        return posterior_evidence.log_evidence_parts(self)
+
     def optimize_evidence(self, *, fix_alpha=False, fix_beta=False, per_output=None, tol=1e-8,
                           max_iter=1000, confidence_check=True) -> Posterior:  # fmt: skip
         """The posterior at the maximum of the evidence, its ``evidence_result`` saying how

@@ -102,6 +102,7 @@ CORE_MODULES = {
     "test_predictive_methods",
     "test_priors",
     "test_saving",
+    "test_selection",
 }
 
 

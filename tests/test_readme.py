@@ -37,6 +37,7 @@ KNOWN = [
     ("import keras\nfrom sklearn.datasets import load_digits", None, None),
     ('model.compile(keras.optimizers.Adam(1e-3), "mse")', REGRESSION_DATA, None),
     ("model = keras.Sequential([keras.Input((d,))", REGRESSION_DATA, None),
+    ("def mlp(width", REGRESSION_DATA, None),
     ('la.save("fit.npz")', "quick start", None),
     (
         "strategy = tf.distribute.MultiWorkerMirroredStrategy()",
@@ -46,7 +47,7 @@ KNOWN = [
         "two worker processes",
     ),
 ]
-SLOW = {2, 3, 4}  # training runs of a few seconds each (digits + KFAC; the callbacks' refits)
+SLOW = {2, 3, 4, 5}  # training runs (digits + KFAC; the callbacks' refits; compare_models)
 
 
 def test_every_readme_block_is_known():

@@ -13,7 +13,8 @@ through ln|A| and the effective numbers of parameters
 
     γ_g = P_g − α_g Tr_g(A⁻¹)   (per group of weights)     γ_h = β_h Tr(A⁻¹ C_h)   (per output group)
 
-(Σ_g γ_g = Σ_h γ_h). :func:`log_evidence_terms` is that formula; :func:`maximize` finds its
+(Σ_g γ_g = Σ_h γ_h). :func:`log_evidence_terms` is that formula (the sum of its data fit and its
+Occam factor, :func:`log_evidence_parts`); :func:`maximize` finds its
 maximum for any structure from a function giving (ln|A|, γ_g, γ_h) at any precisions —
 MacKay's fixed point α_g ← γ_g/(2E_Wg), β_h ← (N_h − γ_h)/(2E_h), and where it overshoots
 (γ ≥ N) or oscillates, a direct maximisation in (ln α_g, ln β_h) with the exact gradient
@@ -123,25 +124,47 @@ def effective_parameters(eigenvalues, n_params: int, alpha, beta=1.0):
     return _scalar(np.sum(beta[..., None] * c / a, axis=-1))
 
 
+def log_evidence_parts(*, logdet, alphas, weight_errors, sizes, betas, errors, counts, noise):
+    """ln p(D | α, β) split in two, ``{"data_fit": ..., "occam": ...}`` (nats), whose sum is
+    :func:`log_evidence_terms` (which is computed from them):
+
+    * data_fit = −Σ_h β_h E_h + Σ_{h noise} (N_h/2)(ln β_h − ln 2π): the log likelihood of the
+      data at the weights w* (a Gaussian output's with its noise precision β_h; a classifier's or
+      a heteroscedastic head's −E_h, at its fixed β_h);
+    * occam = −Σ_g α_g E_Wg + ½ Σ_g P_g ln α_g − ½ ln|A|: the log of MacKay's Occam factor, the
+      prior density at w* times the posterior volume (ln|D_α| − ln|A| compares the prior's
+      volume with the posterior's; ≤ 0 up to the prior term).
+
+    Arguments as for :func:`log_evidence_terms`; each part has the grids' shape.
+    """
+    alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
+    noise = np.asarray(noise, bool)
+    counts = np.where(noise, np.asarray(counts, np.float64), 0.0)
+    data_fit = -np.sum(betas * errors, axis=-1) + 0.5 * np.sum(
+        counts * (np.log(betas) - np.log(2.0 * np.pi)), axis=-1
+    )
+    occam = (
+        -np.sum(alphas * weight_errors, axis=-1)
+        + 0.5 * np.sum(np.asarray(sizes, np.float64) * np.log(alphas), axis=-1)
+        - 0.5 * np.asarray(logdet)
+    )
+    return {"data_fit": _scalar(data_fit), "occam": _scalar(occam)}
+
+
 def log_evidence_terms(*, logdet, alphas, weight_errors, sizes, betas, errors, counts, noise):
-    """ln p(D | α, β) from ln|A| (see the module docstring), in nats.
+    """ln p(D | α, β) from ln|A| (see the module docstring), in nats: the sum of the data fit
+    and the Occam factor of :func:`log_evidence_parts`.
 
     alphas, weight_errors, sizes : (G_α,) α_g, E_Wg, P_g.  betas, errors, counts, noise :
     (G_β,) β_h, E_h, N_h and whether h is a noise group (its ln β and ln 2π terms). Any of
     α, β and ln|A| may carry leading grid axes (broadcast, e.g. a meshgrid of one α and one
     β); the result then has that shape.
     """
-    alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
-    noise = np.asarray(noise, bool)
-    counts = np.where(noise, np.asarray(counts, np.float64), 0.0)
-    value = (
-        -np.sum(alphas * weight_errors, axis=-1)
-        - 0.5 * np.asarray(logdet)
-        + 0.5 * np.sum(np.asarray(sizes, np.float64) * np.log(alphas), axis=-1)
-        - np.sum(betas * errors, axis=-1)
-        + 0.5 * np.sum(counts * (np.log(betas) - np.log(2.0 * np.pi)), axis=-1)
-    )
-    return _scalar(value)
+    parts = log_evidence_parts(
+        logdet=logdet, alphas=alphas, weight_errors=weight_errors, sizes=sizes, betas=betas,
+        errors=errors, counts=counts, noise=noise,
+    )  # fmt: skip
+    return _scalar(np.asarray(parts["data_fit"]) + np.asarray(parts["occam"]))
 
 
 def eigen_terms(eigenvalues, n_params: int):

@@ -84,12 +84,24 @@ def gamma(post: Posterior) -> float:
     return float(gammas(post).sum())
 
 
-def _formula(post: Posterior, logdet, alphas, betas):
-    return evidence.log_evidence_terms(
+def _formula(post: Posterior, logdet, alphas, betas, parts=False):
+    formula = evidence.log_evidence_parts if parts else evidence.log_evidence_terms
+    return formula(
         logdet=logdet, alphas=alphas, weight_errors=post.weight_errors, sizes=post.prior.sizes,
         betas=betas, errors=post.group_errors, counts=post.group_counts,
         noise=post.groups.free,
     )  # fmt: skip
+
+
+def log_evidence_parts(post: Posterior) -> dict:
+    """ln p(D | α, β) at the posterior's precisions as ``{"data_fit", "occam"}`` (floats, nats;
+    :func:`sigma.evidence.log_evidence_parts`): their sum is :func:`log_evidence`."""
+    if not from_eigenvalues(post):
+        structure, b = post.operator()
+        post.check_positive_definite(post.alpha, b, structure)
+    logdet, _, _ = terms(post)(post.alpha, post.beta)
+    parts = _formula(post, logdet, post.alpha, post.beta, parts=True)
+    return {name: float(np.asarray(value).reshape(())) for name, value in parts.items()}
 
 
 def log_evidence(post: Posterior, alpha=None, beta=None):

@@ -15,6 +15,8 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 * :mod:`.shift`, :mod:`.classifiers` — shifted and out-of-distribution digits, and every
   classifier's probabilities scored on them (notebook 06);
 * :mod:`.noise` — heteroscedastic and conformal regression (notebook 07);
+* :mod:`.occam` — the evidence choosing among candidate networks, against held-out data
+  (notebook 09);
 * :mod:`.plots` — prediction bands, evidence surfaces, calibration diagrams.
 """
 
@@ -46,7 +48,7 @@ _require_notebooks_extra()
 # Names resolved on first use (PEP 562), as in :mod:`sigma`: ``from sigma.lab.data import ...``
 # (the sweep report's notebook) loads scikit-learn only, not TensorFlow.
 _SUBMODULES = {
-    "baselines", "classifiers", "compare", "data", "models", "noise", "original_formula",
+    "baselines", "classifiers", "compare", "data", "models", "noise", "occam", "original_formula",
     "plots", "scans", "sequences", "shift", "training_comparison",
 }  # fmt: skip
 _EXPORTS = {

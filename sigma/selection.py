@@ -1,0 +1,321 @@
+"""Let the evidence choose the model (docs/math.md, "Which model? Comparing evidences").
+
+:func:`compare_models` trains every candidate network for the posterior with
+:class:`sigma.EvidenceCallback` and scores it by its log evidence ln p(y | model), the log
+marginal likelihood of the training targets: the data fit at the most probable weights plus
+MacKay's Occam factor (:meth:`sigma.Laplace.log_evidence_parts`), which penalises weights the
+data do not need. No held-out data are used::
+
+    result = sigma.compare_models({"homoscedastic": build_mse, "heteroscedastic": build_nll},
+                                  x, y, epochs=200)
+    result.best, result.laplace.predict(x_new)
+
+Evidences are compared only where they are densities of the same targets computed the same
+way: candidates are all regressions (mean squared error with its β, or
+:class:`sigma.losses.GaussianNLL`: both Gaussian densities of y) or all classifiers, and share
+the structure, curvature and weights of their Laplace approximation (KFAC's, a diagonal's or the
+full one's evidences are approximations of different quality). Anything else is refused with a
+ValueError naming the candidates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from sigma import progress
+from sigma._checks import check_batch_size, check_positive_int, check_seed
+
+# The likelihood family of each compiled-loss kind (sigma.callbacks.loss_likelihood): the
+# evidences of one family are densities of the same targets.
+FAMILIES = {"regression": "Gaussian regression", "heteroscedastic": "Gaussian regression",
+            "classification": "classification"}  # fmt: skip
+# The options that make two evidences approximations of the same kind (they must agree), with
+# EvidenceCallback's defaults.
+APPROXIMATION = {"structure": "kfac", "curvature": "ggn", "weights": "all",
+                 "structure_options": None}  # fmt: skip
+COLUMNS = ("name", "likelihood", "log_evidence", "data_fit", "occam", "gamma", "n_params",
+           "alpha", "beta", "seconds")  # fmt: skip
+
+
+class ComparisonTable:
+    """One row per candidate (dicts with :data:`COLUMNS`), best log evidence first.
+
+    Iterate over it, index it by position or candidate name, ``list(table)`` for the dicts
+    (``pandas.DataFrame(list(table))`` for a data frame), :meth:`to_markdown` for text.
+    """
+
+    def __init__(self, rows):
+        self.rows = tuple(sorted(rows, key=lambda r: -r["log_evidence"]))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for row in self.rows:
+                if row["name"] == key:
+                    return row
+            raise KeyError(f"no candidate named {key!r}; the candidates are {self.names}")
+        return self.rows[key]
+
+    @property
+    def names(self) -> list[str]:
+        return [row["name"] for row in self.rows]
+
+    def to_markdown(self) -> str:
+        """The table as GitHub markdown (numbers to 4 significant digits)."""
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for row in self.rows:
+            lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        cells = [list(COLUMNS)] + [[_cell(row[c]) for c in COLUMNS] for row in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+        return "\n".join(
+            "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+            for r in cells
+        )  # fmt: skip
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if np.ndim(value) > 0:
+        return np.array2string(np.asarray(value), precision=3, threshold=4)
+    return f"{float(value):.4g}"
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_models` found.
+
+    best : the name of the candidate with the largest log evidence; laplace : its fitted
+    :class:`~sigma.Laplace` (at its trained weights, α and β); laplaces : every candidate's, by
+    name; table : a :class:`ComparisonTable`; parameters : how they were trained and scored
+    (epochs, batch_size, seed, the EvidenceCallback options, the number of training samples).
+    """
+
+    best: str
+    laplace: object
+    laplaces: dict
+    table: ComparisonTable
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def log_evidences(self) -> dict[str, float]:
+        """{name: ln p(y | model)} in the candidates' order of the table (best first)."""
+        return {row["name"]: row["log_evidence"] for row in self.table}
+
+    def __repr__(self):
+        p = self.parameters
+        return (
+            f"Comparison(best={self.best!r}, N={p.get('n_data')}, epochs={p.get('epochs')}, "
+            f"seed={p.get('seed')}, structure={p.get('options', {}).get('structure')!r})\n"
+            f"{self.table!r}"
+        )
+
+
+def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]]:
+    """{name: (build, EvidenceCallback options)}: a candidate is a zero-argument callable or a
+    pair (callable, dict of options that override the shared ones for it)."""
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise ValueError(
+            "candidates must be a non-empty dict {name: build}, build a zero-argument callable "
+            f"returning a compiled keras.Model, got {type(candidates).__name__}"
+            + (" (empty)" if isinstance(candidates, Mapping) else "")
+        )
+    out = {}
+    for name, value in candidates.items():
+        if not isinstance(name, str):
+            raise ValueError(f"candidates must be keyed by names (str), got the key {name!r}")
+        options = {}
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Mapping):
+            value, options = value
+        if isinstance(value, keras.Model):
+            raise ValueError(
+                f"candidates[{name!r}] must be a zero-argument callable returning a compiled "
+                "keras.Model, got the model itself: pass the function that builds it, so that "
+                "each candidate is built afresh under the comparison's seed"
+            )
+        if not callable(value):
+            raise ValueError(
+                f"candidates[{name!r}] must be a zero-argument callable returning a compiled "
+                "keras.Model (or a pair (callable, dict of EvidenceCallback options)), got "
+                f"{type(value).__name__}"
+            )
+        for key in ("x", "y", "verbose"):
+            if key in options or key in callback_options:
+                raise ValueError(
+                    f"{key!r} is set by compare_models, not an EvidenceCallback option to pass"
+                )
+        out[name] = (value, {**callback_options, **dict(options)})
+    return out
+
+
+def _check_comparable(kinds: dict[str, str], options: dict[str, dict]) -> None:
+    """ValueError unless every candidate's evidence is a density of the same targets computed
+    by the same kind of approximation, naming the candidates that differ."""
+    families = {}
+    for name, kind in kinds.items():
+        families.setdefault(FAMILIES[kind], []).append(name)
+    if len(families) > 1:
+        listed = "; ".join(f"{family}: {names}" for family, names in families.items())
+        raise ValueError(
+            f"candidates mix likelihood families ({listed}): a classifier's evidence is a "
+            "probability of labels, a regression's a density of real targets, so the two are "
+            "not comparable. Compare classifiers with classifiers and regressions with "
+            "regressions (mean squared error and sigma.losses.GaussianNLL may be mixed)"
+        )
+    from sigma import structures
+
+    resolved = {}
+    for name, opts in options.items():
+        opts = {**APPROXIMATION, **opts}
+        try:
+            opts["structure"], opts["weights"] = structures.resolve(
+                opts["structure"], opts["weights"]
+            )  # an alias such as "last_layer" as its two axes
+        except ValueError as exc:
+            raise ValueError(f"candidates[{name!r}]: {exc}") from None
+        resolved[name] = opts
+    for key in APPROXIMATION:
+        values = {}
+        for name, opts in resolved.items():
+            values.setdefault(repr(opts[key]), []).append(name)
+        if len(values) > 1:
+            listed = "; ".join(f"{key}={value}: {names}" for value, names in values.items())
+            raise ValueError(
+                f"candidates differ in the {key} of their Laplace approximation ({listed}): "
+                "evidences of different approximations differ by the quality of the "
+                f"approximation as much as by the models, so compare them with one {key} "
+                "(pass it once, as a keyword of compare_models)"
+            )
+
+
+def compare_models(
+    candidates: Mapping,
+    x,
+    y,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    verbose: int = 1,
+    **callback_options,
+) -> Comparison:
+    """Train every candidate for the posterior and choose the one with the largest evidence.
+
+    Parameters
+    ----------
+    candidates : {name: build}, build a zero-argument callable returning a compiled
+        ``keras.Model`` — loss ``"mse"`` (homoscedastic regression, one noise precision β by
+        the evidence), :class:`sigma.losses.GaussianNLL` (heteroscedastic regression: a mean
+        and a log-variance per target) or a cross-entropy on logits (classification). A value
+        may also be a pair ``(build, {EvidenceCallback options})`` overriding the shared
+        options for that candidate (its ``prior``, say).
+    x, y : the training data (arrays), the same for every candidate.
+    epochs, batch_size : of ``model.fit``.
+    seed : ``keras.utils.set_random_seed(seed)`` before each candidate is built and again
+        before it is trained: each candidate's result does not depend on the others.
+    verbose : 1 (default) a progress bar over the candidates (once the work takes a few
+        seconds), 0 silent.
+    **callback_options : for every candidate's :class:`sigma.EvidenceCallback` (structure,
+        prior, every, warmup, curvature, weights, ...; default structure "kfac").
+
+    Returns a :class:`Comparison`: ``best`` (the name), ``laplace`` (the best candidate's
+    fitted Laplace), ``laplaces``, ``table`` (per candidate: log evidence, its data fit and
+    Occam factor, γ, P, α, β, training seconds) and ``parameters``.
+
+    The evidences must be comparable (module docstring): ValueError naming the candidates when
+    classifiers and regressions are mixed, or when their structure, curvature, weights or
+    structure options differ; and for an EvidenceCallback option it does not take. All of this
+    is checked on the built models before any training. An evidence that fails for a
+    candidate (e.g. :class:`sigma.evidence.EvidenceBoundaryError`) is raised with a note
+    naming it.
+    """
+    from sigma.callbacks import EvidenceCallback, loss_likelihood
+
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_batch_size(batch_size)
+    seed = check_seed(seed)
+    if seed is None:
+        raise ValueError("seed must be a non-negative integer (the comparison is reproducible)")
+    if isinstance(verbose, bool) or verbose not in (0, 1):
+        raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+    specs = _candidates(candidates, callback_options)
+
+    models, kinds, callbacks = {}, {}, {}
+    for name, (build, options) in specs.items():
+        try:  # the options are checked before anything is trained
+            callbacks[name] = EvidenceCallback(x, y, verbose=0, **options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"candidates[{name!r}]: {exc}") from None
+        keras.utils.set_random_seed(seed)
+        model = build()
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"candidates[{name!r}]() must return a compiled keras.Model, got "
+                f"{type(model).__name__}"
+            )
+        try:
+            kinds[name] = loss_likelihood(model)
+        except ValueError as exc:
+            raise ValueError(f"candidates[{name!r}]: {exc}") from None
+        models[name] = model
+    _check_comparable(kinds, {name: opts for name, (_, opts) in specs.items()})
+
+    rows, laplaces = [], {}
+    bar = progress.bar(specs, desc="compare_models", progress=None if verbose else False)
+    with bar:
+        for name in bar:
+            bar.set_postfix_str(name)
+            model, callback = models.pop(name), callbacks.pop(name)
+            keras.utils.set_random_seed(seed)
+            start = time.perf_counter()
+            try:
+                model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[callback],
+                          verbose=0)  # fmt: skip
+            except Exception as exc:
+                exc.add_note(f"(sigma.compare_models, candidate {name!r})")
+                raise
+            seconds = time.perf_counter() - start
+            la = laplaces[name] = callback.laplace
+            parts = la.log_evidence_parts()
+            rows.append(
+                {
+                    "name": name,
+                    "likelihood": kinds[name],
+                    "log_evidence": float(la.log_evidence()),
+                    "data_fit": parts["data_fit"],
+                    "occam": parts["occam"],
+                    "gamma": float(la.gamma),
+                    "n_params": int(la.n_params),
+                    "alpha": la.alpha,
+                    "beta": la.beta if kinds[name] == "regression" else None,
+                    "seconds": seconds,
+                }
+            )
+    table = ComparisonTable(rows)
+    best = table.rows[0]["name"]
+    parameters = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "n_data": int(laplaces[best].n_data),
+        "options": {**APPROXIMATION, **callback_options},
+        "candidate_options": {n: o for n, (_, o) in specs.items() if o != callback_options},
+    }
+    return Comparison(best, laplaces[best], laplaces, table, parameters)

@@ -1,0 +1,285 @@
+"""sigma.compare_models: the evidence chooses the model. Against a known truth (Bayesian linear
+regression over polynomial degrees, Bishop 2006 §3.5, and scikit-learn's BayesianRidge), on
+data whose noise does or does not depend on x, and the refusals of comparisons that are not
+valid; the split of the evidence into data fit and Occam factor."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_linear, make_mlp
+from numpy.polynomial import legendre
+from sklearn.linear_model import BayesianRidge
+
+import sigma
+from sigma.lab import noise
+
+
+def _mlp(n_out, loss, *, n_in=1, hidden=8, lr=0.02):
+    """A builder of a compiled float64 tanh MLP n_in → hidden → n_out."""
+
+    def build():
+        model = make_mlp(n_in=n_in, hidden=(hidden,), n_out=n_out, seed=0)
+        model.compile(keras.optimizers.Adam(lr), loss=loss, steps_per_execution=10)
+        return model
+
+    return build
+
+
+def _classifier():
+    model = make_mlp(n_in=1, hidden=(4,), n_out=3)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+# -- the split of the evidence ---------------------------------------------------------------------
+def test_data_fit_is_the_log_likelihood_and_the_parts_sum_to_the_evidence(rng, mlp64):
+    x = rng.normal(size=(30, 3))
+    y = rng.normal(size=(30, 2))
+    la = sigma.Laplace(mlp64, x, y, structure="kfac", prior="layer", alpha=[0.5, 2.0, 1.0])
+    la.beta = 3.0
+    parts = la.log_evidence_parts()
+    np.testing.assert_allclose(parts["data_fit"] + parts["occam"], la.log_evidence(), rtol=1e-12)
+    residual = mlp64.predict(x, verbose=0) - y
+    loglik = -1.5 * np.sum(residual**2) + 0.5 * y.size * np.log(3.0 / (2 * np.pi))
+    np.testing.assert_allclose(parts["data_fit"], loglik, rtol=1e-7)
+    # the Occam factor: prior at w* and ½ ln|D_α| − ½ ln|A|, here with the full A
+    full = sigma.Laplace(mlp64, x, y, structure="full", prior="scalar", alpha=0.7)
+    full.beta = 3.0
+    w = sigma.flat_weights(mlp64)
+    precision = 0.7 * np.eye(w.size) + 3.0 * sigma.gauss_newton(mlp64, x)
+    occam = -0.35 * w @ w + 0.5 * w.size * np.log(0.7) - 0.5 * np.linalg.slogdet(precision)[1]
+    np.testing.assert_allclose(full.log_evidence_parts()["occam"], occam, rtol=1e-8)
+
+
+def test_parts_of_classifier_and_heteroscedastic_evidences(rng):
+    x = rng.normal(size=(25, 1))
+    labels = rng.integers(0, 3, size=25)
+    clf = _classifier()
+    la = sigma.Laplace(clf, x, labels, likelihood="classification", structure="full", alpha=1.3)
+    logits = clf.predict(x, verbose=0)
+    logp = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
+    parts = la.log_evidence_parts()
+    np.testing.assert_allclose(parts["data_fit"], logp[np.arange(25), labels].sum(), rtol=1e-7)
+    np.testing.assert_allclose(sum(parts.values()), la.log_evidence(), rtol=1e-12)
+
+    het = make_mlp(n_in=1, hidden=(4,), n_out=2)
+    y = rng.normal(size=(25, 1))
+    la = sigma.Laplace(het, x, y, likelihood="heteroscedastic", structure="diag", alpha=0.4)
+    mean, logvar = np.split(het.predict(x, verbose=0), 2, axis=1)
+    loglik = -np.sum(
+        0.5 * np.log(2 * np.pi) + 0.5 * logvar + 0.5 * (y - mean) ** 2 / np.exp(logvar)
+    )
+    parts = la.log_evidence_parts()
+    np.testing.assert_allclose(parts["data_fit"], loglik, rtol=1e-7)
+    np.testing.assert_allclose(sum(parts.values()), la.log_evidence(), rtol=1e-12)
+
+
+# -- a known truth: Bayesian linear regression over polynomial degrees -------------------------------
+DEGREES = range(5)
+
+
+def _legendre_features(x, degree):
+    """Legendre polynomials P_0 … P_degree of x ∈ [−1, 1], scaled to unit variance under U[−1, 1]
+    (nearly orthonormal columns: plain gradient descent reaches the MAP in a few steps)."""
+    return np.stack(
+        [legendre.legval(x, np.eye(degree + 1)[m]) * np.sqrt(2 * m + 1) for m in range(degree + 1)],
+        axis=1,
+    )
+
+
+def _closed_form_evidence(phi, t):
+    """Bishop (2006) §3.5: ln p(t | α, β) = M/2 ln α + N/2 ln β − E(m_N) − ½ ln|A| − N/2 ln 2π at
+    the α, β of the fixed point (3.92), (3.95), iterated to convergence."""
+    n, m = phi.shape
+    lam = np.linalg.eigvalsh(phi.T @ phi)
+    alpha, beta = 1.0, 1.0
+    for _ in range(10_000):
+        a = alpha * np.eye(m) + beta * phi.T @ phi
+        mean = beta * np.linalg.solve(a, phi.T @ t)
+        gamma = np.sum(beta * lam / (alpha + beta * lam))
+        new = gamma / (mean @ mean), (n - gamma) / np.sum((t - phi @ mean) ** 2)
+        done = abs(np.log(new[0] / alpha)) + abs(np.log(new[1] / beta)) < 1e-14
+        alpha, beta = new
+        if done:
+            break
+    a = alpha * np.eye(m) + beta * phi.T @ phi
+    mean = beta * np.linalg.solve(a, phi.T @ t)
+    e = 0.5 * beta * np.sum((t - phi @ mean) ** 2) + 0.5 * alpha * mean @ mean
+    return (
+        0.5 * m * np.log(alpha) + 0.5 * n * np.log(beta) - e
+        - 0.5 * np.linalg.slogdet(a)[1] - 0.5 * n * np.log(2 * np.pi)
+    )  # fmt: skip
+
+
+def _polynomial(degree, n_features):
+    """A linear Keras model of the first degree + 1 of the precomputed features (a Lambda takes
+    them: every candidate sees the same x)."""
+
+    def build():
+        model = keras.Sequential(
+            [
+                keras.Input((n_features,), dtype="float64"),
+                keras.layers.Lambda(lambda z: z[:, : degree + 1], dtype="float64"),
+                keras.layers.Dense(1, use_bias=False, dtype="float64"),
+            ]
+        )
+        model.compile(keras.optimizers.SGD(0.3), loss="mse")
+        return model
+
+    return build
+
+
+@pytest.mark.slow
+def test_polynomial_degrees_rank_as_the_closed_form_evidence():
+    rng = np.random.default_rng(0)
+    n = 40
+    x = rng.uniform(-1, 1, n)
+    t = np.sin(np.pi * x) + 0.3 * x**2 + 0.2 * rng.standard_normal(n)
+    phi = _legendre_features(x, max(DEGREES))
+    truth = {f"degree {d}": _closed_form_evidence(phi[:, : d + 1], t) for d in DEGREES}
+    for d in DEGREES:  # scikit-learn's BayesianRidge maximises the same evidence
+        ridge = BayesianRidge(fit_intercept=False, compute_score=True, alpha_1=0.0, alpha_2=0.0,
+                              lambda_1=0.0, lambda_2=0.0, tol=1e-12, max_iter=10_000)  # fmt: skip
+        ridge.fit(phi[:, : d + 1], t)
+        np.testing.assert_allclose(ridge.scores_[-1], truth[f"degree {d}"], rtol=1e-8)
+
+    result = sigma.compare_models(
+        {f"degree {d}": _polynomial(d, phi.shape[1]) for d in DEGREES}, phi, t[:, None],
+        epochs=20, batch_size=n, every=5, structure="full", verbose=0, seed=3,
+    )  # fmt: skip
+    assert result.table.names == sorted(truth, key=lambda k: -truth[k])
+    assert result.best == max(truth, key=truth.get) == result.table.names[0]
+    for row in result.table:
+        np.testing.assert_allclose(row["log_evidence"], truth[row["name"]], atol=1e-4)
+        np.testing.assert_allclose(row["data_fit"] + row["occam"], row["log_evidence"], rtol=1e-12)
+        assert 0 < row["gamma"] <= row["n_params"] == int(row["name"].split()[1]) + 1
+        assert row["seconds"] > 0 and row["beta"] > 0
+    # the Occam factor falls as the degree grows, the data fit rises
+    by_degree = [result.table[f"degree {d}"] for d in DEGREES]
+    assert all(a["occam"] > b["occam"] for a, b in zip(by_degree, by_degree[1:], strict=False))
+    assert by_degree[-1]["data_fit"] > by_degree[0]["data_fit"]
+    assert result.laplace is result.laplaces[result.best]
+    assert result.laplace.log_evidence() == result.table[0]["log_evidence"]
+    assert result.parameters["seed"] == 3 and result.parameters["epochs"] == 20
+    assert result.parameters["batch_size"] == n and result.parameters["n_data"] == n
+    assert result.parameters["options"]["structure"] == "full"
+    assert result.parameters["options"]["every"] == 5
+    assert "degree 3" in repr(result.table) and "| degree 3 |" in result.table.to_markdown()
+
+
+# -- homoscedastic or heteroscedastic ----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("noise_kind", ["growing", "constant"])
+def test_the_evidence_prefers_heteroscedastic_only_where_the_noise_depends_on_x(noise_kind):
+    if noise_kind == "growing":  # noise standard deviation from 0.05 to 0.6 along x
+        x, y, _ = noise.growing_noise(200, seed=0)
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-1, 1, (200, 1))
+        y = np.sin(3 * x) + 0.3 * rng.standard_normal(x.shape)
+    candidates = {
+        "homoscedastic": _mlp(1, "mse"),
+        "heteroscedastic": _mlp(2, sigma.losses.GaussianNLL()),
+    }
+    result = sigma.compare_models(candidates, x, y, epochs=30, batch_size=20, every=10,
+                                  verbose=0, seed=0)  # fmt: skip
+    expected = "heteroscedastic" if noise_kind == "growing" else "homoscedastic"
+    assert result.best == expected, result.table
+    assert result.table[expected]["log_evidence"] > result.table[1]["log_evidence"] + 3.0
+    assert result.table["heteroscedastic"]["beta"] is None
+    assert result.table["heteroscedastic"]["likelihood"] == "heteroscedastic"
+    assert result.table["homoscedastic"]["likelihood"] == "regression"
+    assert result.parameters["options"]["structure"] == "kfac"  # EvidenceCallback's default
+
+
+# -- comparisons that are not valid ------------------------------------------------------------------
+def test_classifiers_and_regressions_are_not_compared(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+    candidates = {"net": _mlp(1, "mse"), "logits": _classifier}
+    with pytest.raises(ValueError, match=r"mix likelihood families") as info:
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
+    assert "['net']" in str(info.value) and "['logits']" in str(info.value)
+
+
+def test_different_approximations_are_not_compared(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+    candidates = {
+        "kfac net": _mlp(1, "mse"),
+        "diag net": (_mlp(1, "mse"), {"structure": "diag"}),
+        "other": _mlp(2, sigma.losses.GaussianNLL()),
+    }
+    with pytest.raises(ValueError, match=r"differ in the structure") as info:
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
+    assert "structure='diag': ['diag net']" in str(info.value)
+    assert "['kfac net', 'other']" in str(info.value)
+    with pytest.raises(ValueError, match=r"differ in the weights"):
+        sigma.compare_models(
+            {"all": _mlp(1, "mse"), "last": (_mlp(1, "mse"), {"structure": "last_layer"})},
+            x, y, epochs=1, verbose=0, structure="full",
+        )  # fmt: skip
+
+
+def test_arguments_are_checked(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+    good = {"net": _mlp(1, "mse")}
+    with pytest.raises(ValueError, match=r"candidates must be a non-empty dict"):
+        sigma.compare_models({}, x, y, epochs=1)
+    with pytest.raises(ValueError, match=r"candidates must be a non-empty dict"):
+        sigma.compare_models([_mlp(1, "mse")], x, y, epochs=1)
+    with pytest.raises(ValueError, match=r"candidates\['net'\] must be a zero-argument callable"):
+        sigma.compare_models({"net": make_linear()}, x, y, epochs=1)
+    with pytest.raises(ValueError, match=r"candidates\['net'\]\(\) must return a compiled"):
+        sigma.compare_models({"net": lambda: "model"}, x, y, epochs=1)
+    with pytest.raises(ValueError, match=r"candidates\['net'\]: model is not compiled"):
+        sigma.compare_models({"net": make_linear}, x, y, epochs=1)
+    with pytest.raises(ValueError, match=r"epochs must be a positive integer"):
+        sigma.compare_models(good, x, y, epochs=0)
+    with pytest.raises(ValueError, match=r"verbose must be 0 or 1"):
+        sigma.compare_models(good, x, y, epochs=1, verbose=2)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer"):
+        sigma.compare_models(good, x, y, epochs=1, seed=None)
+    with pytest.raises(ValueError, match=r"'verbose' is set by compare_models"):
+        sigma.compare_models({"net": (_mlp(1, "mse"), {"verbose": 1})}, x, y, epochs=1)
+
+
+def test_an_error_in_training_names_the_candidate(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+    candidates = {"net": (_mlp(1, "mse"), {"likelihood": "classification"})}
+    with pytest.raises(ValueError, match=r"compiled loss is a regression loss") as info:
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
+    assert "(sigma.compare_models, candidate 'net')" in info.value.__notes__
+
+
+def test_callback_options_are_checked_before_training(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+    candidates = {"net": _mlp(1, "mse"), "odd": (_mlp(1, "mse"), {"evry": 2})}
+    with pytest.raises(ValueError, match=r"candidates\['odd'\]: .*evry"):
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"candidates\['net'\]: every must be a positive"):
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0, every=0)
+
+
+@pytest.mark.slow
+def test_classifiers_are_compared_among_themselves(rng):
+    x = rng.normal(size=(40, 1))
+    labels = (x[:, 0] > 0).astype("int64") + (x[:, 0] > 1)
+
+    def classifier(width):
+        def build():
+            model = make_mlp(n_in=1, hidden=(width,), n_out=3)
+            model.compile(
+                keras.optimizers.Adam(0.05),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            return model
+
+        return build
+
+    result = sigma.compare_models({"narrow": classifier(2), "wide": classifier(6)}, x, labels,
+                                  epochs=4, batch_size=40, every=2, verbose=0)  # fmt: skip
+    assert set(result.table.names) == {"narrow", "wide"}
+    for row in result.table:
+        assert row["likelihood"] == "classification" and row["beta"] is None
+        la = result.laplaces[row["name"]]
+        np.testing.assert_allclose(row["data_fit"] + row["occam"], la.log_evidence(), rtol=1e-12)
+        assert row["data_fit"] < 0  # a log probability of the labels
