@@ -80,26 +80,32 @@ def test_bad_datasets(rng, mlp64):
         sigma.Laplace(mlp64, tf.data.Dataset.from_tensor_slices((x, np.c_[y, y[:, :1]])).batch(4))
 
 
-def test_array_only_structure_gets_arrays_and_refuses_a_strategy(rng, mlp64):
+def test_a_structure_is_given_the_dataset_and_the_strategy_as_passed(rng, mlp64):
+    """One fit signature for every structure: the prepared dataset batch by batch (never
+    concatenated into arrays), the strategy and the progress setting as given, on a fresh copy."""
     seen = {}
 
-    class ArraysOnly(Structure):
-        name = "arrays_only"
+    class Recorder(Structure):
+        name = "recorder"
 
-        def fit(self, model, x, y, *, likelihood, curvature, batch_size):
-            seen["x"], seen["y"] = x, y
+        def fit(self, model, x, y, *, likelihood, curvature, batch_size, strategy=None,
+                progress=None):  # fmt: skip
+            seen.update(x=x, y=y, strategy=strategy, progress=progress, self=self)
             return self
 
-    x, y = rng.normal(size=(9, 3)), rng.normal(size=(9, 2))
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    kw = dict(likelihood=sigma.likelihoods.get("regression"), curvature="ggn", batch_size=None)
-    fit_structure(ArraysOnly(), mlp64, ds, None, **kw)
-    np.testing.assert_allclose(seen["x"], x)
-    np.testing.assert_allclose(seen["y"], y)
-    with pytest.raises(ValueError, match="'arrays_only' does not accumulate under a tf.distribute"):
-        fit_structure(ArraysOnly(), mlp64, x, y, strategy=tf.distribute.get_strategy(), **kw)
-    with pytest.raises(ValueError, match="strategy must be a tf.distribute.Strategy"):
-        sigma.Laplace(mlp64, x, y, strategy="mirrored")
+    try:
+        x, y = rng.normal(size=(9, 3)), rng.normal(size=(9, 2))
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+        kw = dict(likelihood=sigma.likelihoods.get("regression"), curvature="ggn", batch_size=None)
+        given = Recorder()
+        strategy = tf.distribute.get_strategy()
+        fitted = fit_structure(given, mlp64, ds, None, strategy=strategy, progress=False, **kw)
+        assert seen["x"] is ds and seen["y"] is None and seen["strategy"] is strategy
+        assert seen["progress"] is False and fitted is seen["self"] and fitted is not given
+        with pytest.raises(ValueError, match="strategy must be a tf.distribute.Strategy"):
+            sigma.Laplace(mlp64, x, y, strategy="mirrored")
+    finally:
+        Structure.registry.pop("recorder", None)
 
 
 _MIRRORED = textwrap.dedent(
