@@ -414,8 +414,13 @@ class EvidenceCallback(keras.callbacks.Callback):
     def _reestimate(self, epoch):
         la = self._laplace(alpha=self._alpha, beta=self._beta)
         try:
+            # no confidence check during training: it would cost a predictive pass and a
+            # warning at every re-estimation, on weights that are still moving
             la.optimize_evidence(
-                fix_alpha=self.fix_alpha, fix_beta=self.fix_beta, max_iter=self.max_iter
+                fix_alpha=self.fix_alpha,
+                fix_beta=self.fix_beta,
+                max_iter=self.max_iter,
+                confidence_check=False,
             )
         except Exception as exc:
             exc.add_note(f"(sigma.EvidenceCallback, re-estimation at epoch {epoch})")
