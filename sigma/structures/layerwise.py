@@ -52,7 +52,9 @@ def fit_elements(plan: LayerPlan, k: int, *, per_sample_gradients: bool = True) 
     passes' gradients and their stack) per fast block, the per-sample gradients (K·D·C, and
     their squares) of a block used at several positions when ``per_sample_gradients`` (diag,
     ekfac's second pass; kfac sums ã ãᵀ and s sᵀ without them), the generic blocks'
-    vectorised Jacobians. The callers add the forward pass's activations, which the capture's
+    vectorised Jacobians (K·P_l, four times) and the K backward passes through their layer that
+    the vectorisation keeps per sample (K times its output, twice: a MobileNet's depthwise
+    convolutions hold far more there than their few weights). The callers add the forward pass's activations, which the capture's
     tape keeps for the K backward passes (``2 * activation_elements(model)``): without them a
     last-layer fit on issue 26's CNN took all 10,000 images in one batch (3 GB)."""
     n = 0
@@ -60,8 +62,16 @@ def fit_elements(plan: LayerPlan, k: int, *, per_sample_gradients: bool = True) 
         n += b.positions * b.d_in + 2 * k * b.positions * b.d_out
         if per_sample_gradients and b.positions > 1:  # an embedding's: per token, (K, C)
             n += 2 * k * (b.positions * b.d_out if b.sparse else b.size)
-    n += sum(4 * k * g.size for g in plan.generic)
+    n += sum(4 * k * g.size + 2 * k * _output_elements(g.layer) for g in plan.generic)
     return max(n, 1)
+
+
+def _output_elements(layer) -> int:
+    """Output values per sample of ``layer`` from its symbolic output (0 when unknown)."""
+    try:
+        return int(np.prod([d for d in layer.output.shape[1:] if d is not None]))
+    except (AttributeError, ValueError, TypeError):
+        return 0
 
 
 def layerwise_batch_size(n: int, per_sample: int, batch_size: int | None) -> int:
