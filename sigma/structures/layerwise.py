@@ -176,8 +176,10 @@ class Layerwise(Structure):
         self.plan = plan = eng.layer_plan(first, fast=self.fast)
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = plan.n_params, k
-        if not is_dataset(x):
-            per = self._fit_elements(plan, k) + 2 * activation_elements(model)
+        if not is_dataset(x):  # sized by the pseudo-outputs (one per group for ggn_mc, not K)
+            per = self._fit_elements(plan, len(lik.pseudo_groups(k))) + 2 * activation_elements(
+                model
+            )
             bs = layerwise_batch_size(n_samples(x), per, batch_size)
             x = as_batches(x, batch_size=bs)
         options, stats_fn = self._statistics_options(), type(self)._batch_stats
