@@ -189,7 +189,7 @@ targets
 #   −2.148 per point against the default's −2.247, but the held-out best is always a large
 #   network (on average −1.856; the heteroscedastic 50×2 has the best mean, −1.864): a regret
 #   of 0.29 nats, and the evidence ranks the candidates nearly in the reverse order of the
-#   test log-likelihood (Spearman −0.67). The target of the issue (within 0.02 nats of the best
+#   test log-likelihood (Spearman −0.67). The aim (within 0.02 nats of the best
 #   on both data sets) is **not met** on Friedman #1.
 # * **Why, in the table of §1:** the wide and deep networks fit Friedman's smooth function much
 #   better (data fit −47 for the homoscedastic 50×2 against −251 for the 10×1) but their Occam
