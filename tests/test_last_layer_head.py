@@ -47,3 +47,18 @@ def test_thousands_of_classes():
     p = la.predict_proba(x[:50])
     assert p.shape == (50, 5000)
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.7, 1e-300])
+def test_a_float32_heads_variances_are_the_diagonal_of_its_covariance(alpha):
+    """The variances of a float32 head are summed in float32 (K² per input, the cost for many
+    classes), each row scaled first: at α = 1e-300 the inverse eigenvalues exceed float32's range
+    and the variances must still be the float64 covariance's diagonal."""
+    model = _head_model(40, dtype="float32")
+    x, y = RNG.normal(size=(60, 6)).astype("f4"), RNG.integers(0, 40, 60)
+    la = sigma.Laplace(model, x, y, likelihood="classification", weights="last_layer",
+                       structure="kfac")  # fmt: skip
+    var = la.structure.predictive_variance(model, x[:5], alpha, 1.0)
+    cov = la.structure.predictive_covariance(model, x[:5], alpha, 1.0)
+    assert np.all(np.isfinite(var)) and var.dtype == np.float64
+    np.testing.assert_allclose(var, np.einsum("nkk->nk", cov), rtol=2e-5)

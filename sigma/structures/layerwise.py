@@ -278,14 +278,20 @@ class Layerwise(Structure):
                 if u_in is not None:  # the rotation in the model's dtype (as contract's)
                     a = tf.matmul(tf.cast(a, u_in.dtype), u_in)
                 a = tf.cast(a, tf.float64)
-                if u_out is not None:
-                    u_out = tf.cast(u_out, tf.float64)
                 v = tf.matmul(tf.square(a), w)  # (B, K): eigenvalues of the covariance
                 if u_out is None:
                     return tf.linalg.diag(v) if covariance else v
                 if covariance:
+                    u_out = tf.cast(u_out, tf.float64)
                     return tf.einsum("kj,bj,lj->bkl", u_out, v, u_out)
-                return tf.matmul(v, tf.square(u_out), transpose_b=True)
+                # diag(U_h diag(v) U_hᵀ) = v (U_h²)ᵀ: K² per input, the whole cost for many
+                # classes, so in U_h's dtype (the model's: float32 halves it) with each row of
+                # v scaled to at most 1 (v may exceed float32's range for a tiny α)
+                scale = tf.reduce_max(v, axis=1, keepdims=True)
+                scale = tf.where(scale > 0, scale, tf.ones_like(scale))
+                scaled = tf.cast(v / scale, u_out.dtype)
+                diag = tf.matmul(scaled, tf.square(u_out), transpose_b=True)
+                return tf.cast(diag, tf.float64) * scale
 
             return compiled(fn, [spec, specs])
 
