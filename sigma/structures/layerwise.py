@@ -127,9 +127,14 @@ class Layerwise(Structure):
             blk.positions = _positions_hint(blk, plan)
         return plan
 
+    def _batch_elements(self, model, plan, k) -> int:
+        """Elements per sample of a batch of the fit, for ``k`` pseudo-outputs: its captures and
+        the forward pass's activations (which the capture's tape keeps)."""
+        return self._fit_elements(plan, k) + 2 * activation_elements(model)
+
     def _batch_bytes(self, model, plan, n_data, n_outputs, batch_size) -> int:
-        """Bytes of one batch of the fit: its captures and the forward pass's activations."""
-        per = self._fit_elements(plan, n_outputs) + 2 * activation_elements(model)
+        """Bytes of one batch of the fit (sized as :meth:`fit` sizes it)."""
+        per = self._batch_elements(model, plan, n_outputs)
         itemsize = max((np.dtype(v.dtype).itemsize for v in model.trainable_variables), default=4)
         return layerwise_batch_size(n_data, per, batch_size) * per * itemsize
 
@@ -177,9 +182,7 @@ class Layerwise(Structure):
         self._model = weakref.ref(model)
         self.n_params, self.n_outputs = plan.n_params, k
         if not is_dataset(x):  # sized by the pseudo-outputs (one per group for ggn_mc, not K)
-            per = self._fit_elements(plan, len(lik.pseudo_groups(k))) + 2 * activation_elements(
-                model
-            )
+            per = self._batch_elements(model, plan, len(lik.pseudo_groups(k)))
             bs = layerwise_batch_size(n_samples(x), per, batch_size)
             x = as_batches(x, batch_size=bs)
         options, stats_fn = self._statistics_options(), type(self)._batch_stats
