@@ -43,7 +43,7 @@ from sigma.curvature.accumulate import (
     prepare_dataset,
 )
 from sigma.likelihoods.heads import check_mixed_heads
-from sigma.posterior import DataSummary, Posterior, frozen_state, no_beta
+from sigma.posterior import DataSummary, Posterior, frozen_state
 from sigma.priors import build_prior, owners_of
 from sigma.progress import check as progress_check
 from sigma.progress import mode as progress_mode
@@ -185,12 +185,10 @@ def fit(
         check_connected(model, selection, first if is_dataset(x) else take(x, slice(0, 8)))
         # one softmax head per output (and per position) for a classifier; one β per output
         # when beta is an array
-        if isinstance(lik, likelihoods.Regression) and np.ndim(beta) != 0:
-            lik = likelihoods.Regression(per_output=True)
-        lik = likelihoods.get(lik, layout)
+        lik = likelihoods.get(lik, layout).with_beta(beta)
         check_mixed_heads(model, lik, layout)
-        if not lik.has_beta and not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
-            raise ValueError(no_beta(lik))
+        if not (isinstance(beta, numbers.Real) and float(beta) == 1.0):
+            lik.require_beta()
         if np.ndim(beta) == 0:
             check_precision(beta, "beta", allow_zero=False)
         temperature = check_temperature(temperature, lik)
@@ -219,7 +217,7 @@ def fit(
             n_data=n,
             n_outputs=k,
             data_error=e_d,
-            data_errors=e_dk if lik.has_beta else None,
+            data_errors=lik.output_errors(e_dk),
             output_scale=float(np.sqrt(square / max(n * k, 1))),
             batch_size=batch_size,
             input_scale=None if is_dataset(x) else input_scale(x),
@@ -289,15 +287,9 @@ def regroup(post: Posterior, *, per_output: bool) -> Posterior:
     """The posterior with one β per output (its structure refitted with each output's
     curvature apart, from the training data) or one β for all (the groups' curvatures
     summed, nothing refitted)."""
-    lik = post.likelihood
-    if not isinstance(lik, likelihoods.Regression):
-        raise ValueError(
-            "one beta per output is for likelihood='regression' (with a likelihood per "
-            "head, each regression head has its own beta already)"
-        )
+    regression = post.likelihood.regrouped(per_output)
     if not per_output:
         merged, _ = post.structure.combine(np.ones(post.n_groups))
-        regression = likelihoods.Regression()
         return dataclasses.replace(
             post, structure=merged, likelihood=regression,
             groups=regression.groups(post.summary.n_outputs),
@@ -317,7 +309,7 @@ def regroup(post: Posterior, *, per_output: bool) -> Posterior:
         )
     if is_dataset(post.data):
         raise ValueError("one beta per output needs the training data as arrays, not a dataset")
-    per = likelihoods.Regression(per_output=True).bind(post.output_layout)
+    per = post.likelihood.regrouped(True).bind(post.output_layout)
     structure = type(post.structure).from_options(post.structure.options()).on(post.selection)
     fitted = fit_structure(
         structure, post.model, post.data, None, likelihood=per, curvature="ggn",
@@ -344,12 +336,6 @@ def _start_beta(groups, beta, temperature) -> np.ndarray:
     return np.where(kinds == "noise", noise, np.where(kinds == "tempered", 1.0 / temperature, 1.0))
 
 
-def _tempered(likelihood) -> bool:
-    """Whether some of the likelihood's outputs are a classifier's (its temperature applies)."""
-    parts = getattr(likelihood, "parts", {None: likelihood})
-    return any(isinstance(p, likelihoods.Classification) for p in parts.values())
-
-
 def check_temperature(value, likelihood) -> float:
     """A finite T > 0; only 1 unless the likelihood is a classifier's (for regression β itself
     is the likelihood's scale; a heteroscedastic model's noise is its own output)."""
@@ -364,7 +350,7 @@ def check_temperature(value, likelihood) -> float:
             f"temperature must be at least {1.0 / MAX_PRECISION:g} (the likelihood's precision "
             f"1/temperature overflows float64 beyond {MAX_PRECISION:g}), got {value!r}"
         )
-    if not _tempered(likelihood) and t != 1.0:
+    if not likelihood.tempered and t != 1.0:
         raise ValueError(
             "temperature applies to likelihood='classification' (for regression the noise "
             "precision beta scales the likelihood, beta/T tempers it; a heteroscedastic "

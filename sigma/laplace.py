@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigma import fitting
-from sigma.posterior import Posterior, no_beta
+from sigma.posterior import Posterior
 
 
 def _read(name: str, doc: str):
@@ -114,8 +114,7 @@ class Laplace:
 
     @beta.setter
     def beta(self, value):
-        if not self.likelihood.has_beta:
-            raise ValueError(no_beta(self.likelihood))
+        self.likelihood.require_beta()
         post = self.posterior
         if np.ndim(value) != 0 and post.n_groups == 1 and self.n_outputs > 1:
             post = fitting.regroup(post, per_output=True)  # one β per output asked for

@@ -36,17 +36,6 @@ from sigma.outputs import OutputLayout
 from sigma.priors import Prior
 from sigma.progress import mode as progress_mode
 
-NO_BETA = (
-    "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
-    "precision; beta reads 1/temperature for a tempered likelihood, set by temperature=); "
-    "only alpha can be set or optimised"
-)
-
-
-def no_beta(likelihood) -> str:
-    """Why this likelihood has no β (its own message, e.g. the heteroscedastic one's)."""
-    return getattr(likelihood, "beta_message", NO_BETA)
-
 
 @dataclass(frozen=True)
 class DataSummary:
@@ -186,7 +175,7 @@ class Posterior:
             b = check_precision(value, "beta", allow_zero=False)
             if not free.any():
                 if self.n_groups != 1:
-                    raise ValueError(no_beta(self.likelihood))
+                    self.likelihood.require_beta()
                 return np.array([b])
             return np.where(free, b, self.beta)
         beta = as_array(value, "beta", ndim=1).astype(np.float64)
@@ -250,7 +239,7 @@ class Posterior:
                 a_min,
                 None if scale is None else np.array([scale]),
                 self.prior.scalar,
-                tempered=not self.likelihood.has_beta,
+                tempered=self.likelihood.tempered,
                 alpha_max=a_max,
             )
         elif lam.size < self.n_params:
@@ -394,8 +383,8 @@ class Posterior:
         max_iter = check_positive_int(max_iter, "max_iter")
         tol = check_precision(tol, "tol", allow_zero=False)
         post = self
-        if per_output and not self.likelihood.has_beta:
-            raise ValueError(no_beta(self.likelihood))
+        if per_output:
+            self.likelihood.require_beta()
         if per_output is not None and per_output != getattr(self.likelihood, "per_output", False):
             with self._calls():
                 post = fitting.regroup(self, per_output=per_output)

@@ -304,7 +304,7 @@ def compare_models(
                     "gamma": float(la.gamma),
                     "n_params": int(la.n_params),
                     "alpha": la.alpha,
-                    "beta": la.beta if kinds[name] == "regression" else None,
+                    "beta": la.beta if la.likelihood.has_beta else None,
                     "seconds": seconds,
                 }
             )

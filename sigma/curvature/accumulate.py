@@ -327,9 +327,8 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         e_d += float(lik.data_error(tf.constant(f), tf.constant(t)))
         part = lik.group_errors(tf.constant(f), tf.constant(t), lik.groups(k)).numpy()
         e_g = part if e_g is None else e_g + part
-        if lik.has_beta:
-            part = 0.5 * np.sum((f - t) ** 2, axis=0)
-            e_dk = part if e_dk is None else e_dk + part
+        part = 0.5 * np.sum((f - t) ** 2, axis=0)  # per output; kept where β scales them
+        e_dk = part if e_dk is None else e_dk + part
         square += float(np.sum(f**2))
         n += n_samples(xb)
     if n == 0:

@@ -15,7 +15,7 @@ import numpy as np
 
 from sigma import evidence
 from sigma._checks import check_precisions
-from sigma.posterior import Posterior, no_beta
+from sigma.posterior import Posterior
 
 # Residuals below this many units of the model dtype's precision (relative to the outputs)
 # are round-off: the network interpolates its training data and β has no finite optimum.
@@ -108,9 +108,8 @@ def log_evidence(post: Posterior, alpha=None, beta=None):
     """ln p(D | α, β) in nats (see :meth:`sigma.Laplace.log_evidence`): at the posterior's
     precisions by default; with one prior group and one precision group, ``alpha``/``beta``
     may be broadcasting grids."""
-    has_beta = post.likelihood.has_beta
-    if not has_beta and beta is not None:
-        raise ValueError(no_beta(post.likelihood))
+    if beta is not None:
+        post.likelihood.require_beta()
     if beta is not None:
         check_precisions(beta, "beta", allow_zero=False)
     if from_eigenvalues(post):

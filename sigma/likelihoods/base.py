@@ -74,6 +74,9 @@ class Likelihood:
 
     name: str = ""
     noise: bool = False  # a free noise precision β scales the likelihood (regression)
+    # a temperature T applies: some outputs are a classifier's, p(y | f)^(1/T) (for regression
+    # β itself is the likelihood's scale)
+    tempered: bool = False
     heads = None  # classification: (start, stop) of each softmax head, or None (one head)
     beta_message = (
         "beta is fixed at 1 for likelihood='classification' (the cross-entropy has no noise "
@@ -84,6 +87,27 @@ class Likelihood:
     @property
     def has_beta(self) -> bool:
         return self.noise
+
+    def require_beta(self) -> None:
+        """Refuses a noise precision β for a likelihood without one, saying why."""
+        if not self.noise:
+            raise ValueError(self.beta_message)
+
+    def with_beta(self, beta) -> Likelihood:
+        """This likelihood for a starting ``beta`` (a number, or one per output)."""
+        return self
+
+    def regrouped(self, per_output: bool) -> Likelihood:
+        """This likelihood with one β per output (``per_output``) or one for all."""
+        raise ValueError(
+            "one beta per output is for likelihood='regression' (with a likelihood per "
+            "head, each regression head has its own beta already)"
+        )
+
+    def output_errors(self, errors):
+        """½ Σ_n (f_nk − t_nk)² per output (K,) as kept in the data summary: where a noise
+        precision scales them, else None."""
+        return errors if self.noise else None
 
     @property
     def key(self) -> tuple:

@@ -26,6 +26,7 @@ class Classification(Likelihood):
 
     name = "classification"
     noise = False
+    tempered = True
 
     def __init__(self, heads=None):
         # one head of several classes is "no heads"; a binary head (one logit) stays explicit

@@ -50,6 +50,7 @@ class PerHead(Likelihood):
                     )
         self.parts = parts
         self.noise = any(p.noise for p in parts.values())
+        self.tempered = any(p.tempered for p in parts.values())
 
     # -- binding ---------------------------------------------------------------------------------
     def bind(self, layout) -> PerHead:

@@ -36,6 +36,7 @@ class MonteCarlo(Likelihood):
     def __init__(self, base: Likelihood, generator):
         self.base, self.generator = base, generator
         self.name, self.noise, self.heads = base.name, base.noise, base.heads
+        self.tempered = base.tempered
 
     @property
     def key(self) -> tuple:

@@ -26,6 +26,12 @@ class Regression(Likelihood):
     def describe(self) -> dict:
         return {"name": self.name, "per_output": self.per_output}
 
+    def with_beta(self, beta) -> Regression:
+        return Regression(per_output=True) if np.ndim(beta) != 0 else self
+
+    def regrouped(self, per_output: bool) -> Regression:
+        return Regression(per_output=per_output)
+
     def groups(self, k: int) -> Groups:
         if not self.per_output:
             return Groups.one("noise", k, "noise")
