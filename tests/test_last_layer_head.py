@@ -62,3 +62,26 @@ def test_a_float32_heads_variances_are_the_diagonal_of_its_covariance(alpha):
     cov = la.structure.predictive_covariance(model, x[:5], alpha, 1.0)
     assert np.all(np.isfinite(var)) and var.dtype == np.float64
     np.testing.assert_allclose(var, np.einsum("nkk->nk", cov), rtol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_classes_without_curvature_cost_nothing_and_change_no_variance(dtype):
+    """300 classes and 40 labels under the MC GGN: most eigen-directions of the output factor
+    carry no curvature, so the variances keep only the others' columns (plus one number per
+    class for the prior's share) and must still be the covariance's diagonal, to K·ε."""
+    from sigma.structures.layerwise import _head_columns
+
+    model = _head_model(300, dtype=dtype)
+    x, y = RNG.normal(size=(40, 6)).astype(dtype), RNG.integers(0, 300, 40)
+    la = sigma.Laplace(model, x, y, likelihood="classification", weights="last_layer",
+                       structure="kfac", curvature="ggn_mc", alpha=0.3)  # fmt: skip
+    s = la.structure
+    exact = s._block_params(0.3, 1.0)[0]
+    consts = [None if t is None else keras.ops.convert_to_tensor(t, dtype if j < 2 else "float64")
+              for j, t in enumerate(exact)]  # fmt: skip
+    kept = _head_columns(consts, exact)
+    assert len(kept) == 5 and kept[1].shape[1] <= 41  # rank ≤ N + 1 of 300 columns kept
+    var = s.predictive_variance(model, x[:7], 0.3, 1.0)
+    cov = s.predictive_covariance(model, x[:7], 0.3, 1.0)
+    rtol = 1e-10 if dtype == "float64" else 300 * np.finfo("f4").eps
+    np.testing.assert_allclose(var, np.einsum("nkk->nk", cov), rtol=rtol)

@@ -239,16 +239,20 @@ class Layerwise(Structure):
         # here once, not in every batch's graph (a 9,217² rotation is 85M elements).
         dtype = self.engine_for(model).dtype
         n_fast = len(self.plan.fast)
+        exact = self._block_params(alpha, float(beta))
         params = [
             [
                 None if t is None else tf.constant(t, dtype if i < n_fast and j < 2 else tf.float64)
                 for j, t in enumerate(blk)
             ]
-            for i, blk in enumerate(self._block_params(alpha, float(beta)))
+            for i, blk in enumerate(exact)
         ]
+        head = output_block(model, self.plan) is not None
+        if head and not covariance and params[0][1] is not None:
+            params = [_head_columns(params[0], exact[0])]
         flat = [t for blk in params for t in blk if t is not None]
         fn = self._predict_fn(model, x, params, covariance)
-        if output_block(model, self.plan) is not None:  # K per input, K² with covariances
+        if head:  # K per input, K² with covariances
             per = self.plan.fast[0].d_in + (k * k if covariance else 2 * k)
         else:
             # contract holds the captured batch and, per block used at several positions, the
@@ -264,8 +268,13 @@ class Layerwise(Structure):
         J = ã ⊗ I, so J A⁻¹ Jᵀ = U_h diag(v) U_hᵀ with v = (ã U_q)² W per input — no backward
         pass, K numbers per input (a 5,000-class head: 40 kB per input, not K² numbers)."""
         eng, plan = self.engine_for(model), self.plan
-        specs = [tf.TensorSpec(t.shape, t.dtype) for blk in params for t in blk if t is not None]
         layout = tuple(t is not None for t in params[0])
+        kept = len(layout) == 5  # [U_in, U_out, W, w₀, r]: the kept columns, any number of them
+        specs = [
+            tf.TensorSpec((t.shape[0], None) if kept and j in (1, 2) else t.shape, t.dtype)
+            for j, t in enumerate(params[0])
+            if t is not None
+        ]
         spec = eng.spec(x)
         key = (
             "head-predict", type(self).__name__, covariance, id(plan), layout,
@@ -276,7 +285,7 @@ class Layerwise(Structure):
         def build():
             def fn(xb, flat):
                 it = iter(flat)
-                u_in, u_out, w = [next(it) if present else None for present in layout]
+                u_in, u_out, w = [next(it) if present else None for present in layout[:3]]
                 a = capture_inputs(model, plan, xb).acts[0][:, 0]  # (B, D)
                 if u_in is not None:  # the rotation in the model's dtype (as contract's)
                     a = tf.matmul(tf.cast(a, u_in.dtype), u_in)
@@ -289,12 +298,18 @@ class Layerwise(Structure):
                     return tf.einsum("kj,bj,lj->bkl", u_out, v, u_out)
                 # diag(U_h diag(v) U_hᵀ) = v (U_h²)ᵀ: K² per input, the whole cost for many
                 # classes, so in U_h's dtype (the model's: float32 halves it) with each row of
-                # v scaled to at most 1 (v may exceed float32's range for a tiny α)
+                # v scaled to at most 1 (v may exceed float32's range for a tiny α). Only the
+                # columns the curvature moves off the prior are kept (_head_columns): the
+                # others share one column w₀, and add (ã² w₀) r with r = their Σ_j U_kj².
                 scale = tf.reduce_max(v, axis=1, keepdims=True)
                 scale = tf.where(scale > 0, scale, tf.ones_like(scale))
                 scaled = tf.cast(v / scale, u_out.dtype)
-                diag = tf.matmul(scaled, tf.square(u_out), transpose_b=True)
-                return tf.cast(diag, tf.float64) * scale
+                diag = tf.cast(tf.matmul(scaled, tf.square(u_out), transpose_b=True), tf.float64)
+                diag = diag * scale
+                if kept:  # w₀ (D,), r (K,)
+                    w0, rest = next(it), next(it)
+                    diag += tf.matmul(tf.square(a), w0[:, None]) * rest[None, :]
+                return diag
 
             return compiled(fn, [spec, specs])
 
@@ -452,3 +467,31 @@ def served_plan(eng, spec):
     """The layer plan of an exported structure: the engine's own when it is the same (one
     trace for the served model and the structure's predictive)."""
     return eng.described_plan(spec["plan"], fast=spec.get("fast", True))
+
+
+def _head_columns(params, exact):
+    """A head's predictive parameters [U_in, U_out, W] (the constants of the predict graph)
+    with only the output eigen-directions j the curvature moves off the prior: a direction of
+    the output factor with no curvature (a class no training label was drawn from, the
+    softmax's shift of all logits) has W[:, j] = w₀, the prior's column, so those add
+    (ã² w₀) r_k with r_k = Σ_j U_kj² over them: one number per output, not K. A column counts
+    as the prior's within K·ε (the numerical-rank tolerance of the K×K eigendecomposition, as
+    numpy.linalg.matrix_rank's, ε of U_out's dtype): every term of a variance is positive and
+    each dropped one within that of its value, so the variances are exact to K·ε relative
+    (6·10⁻⁴ for 5,000 float32 classes, 10⁻¹² in float64). ``exact``: the same in float64."""
+    u_in, u_out, w = params
+    _, u64, w64 = exact
+    tol = u_out.shape[0] * float(np.finfo(u_out.dtype.as_numpy_dtype).eps)
+    w0 = w64.max(axis=1)  # the prior's column: the largest variance of each input direction
+    free = np.all(np.abs(w64 - w0[:, None]) <= tol * w0[:, None], axis=0)
+    if not free.any():
+        return params
+    keep = ~free
+    rest = np.sum(np.square(np.asarray(u64, np.float64)[:, free]), axis=1)
+    return [
+        u_in,
+        tf.constant(np.asarray(u64)[:, keep], u_out.dtype),
+        tf.constant(w64[:, keep], tf.float64),
+        tf.constant(w0, tf.float64),
+        tf.constant(rest, tf.float64),
+    ]
