@@ -2,7 +2,7 @@
 one gradient pass, with the sigma of another git ref side by side.
 
     .venv/bin/python bench/cnn.py [--n 10000] [--test 1000] [--repeats 3] [--epochs 1]
-        [--steps kfac,ekfac,diag,last,mc] [--baseline REF] [--json FILE] [--model transformer]
+        [--steps kfac,ekfac,diag,last,mc,mcdiag] [--baseline REF] [--json FILE] [--model transformer]
 
 The network: 28×28×1 → Conv2D 32 (3×3) → Conv2D 64 (3×3) → MaxPool 2 → Flatten → Dense 128 →
 Dense 10 logits, ReLU, seeded (1,199,882 weights); classification, all weights. The data are made
@@ -28,7 +28,9 @@ of its own (sigma's memory is that process's alone):
 * ``diag``  – as kfac with structure="diag";
 * ``last``  – kfac on the last layer's weights (weights="last_layer"): median of --repeats fits
   after a first (tracing) one;
-* ``mc``    – kfac with ``curvature="ggn_mc"`` (one sampled label per input), one run.
+* ``mc``    – kfac with ``curvature="ggn_mc"`` (one sampled label per input), one run;
+* ``mcdiag`` – diag with ``curvature="ggn_mc"``, one run (no eigendecomposition: the MC GGN's
+  cost alone).
 
 Memory: "peak" is the step process's high-water mark (VmHWM) at the end of the step, TensorFlow,
 the data and the model included; "Δ" the largest resident size above the level before the step,
@@ -60,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer import PeakRSS, peak_bytes, resident_bytes  # noqa: E402  (shared with bench/peer.py)
 
-STEPS = ("kfac", "ekfac", "diag", "last", "mc")
+STEPS = ("kfac", "ekfac", "diag", "last", "mc", "mcdiag")
 SHAPE = (28, 28, 1)
 CLASSES = 10
 VOCAB, LENGTH = 2_000, 32
@@ -232,9 +234,9 @@ def worker(args) -> dict:
         ),
     }
     row["rss_setup"] = resident_bytes()
-    structure = {"last": "kfac", "mc": "kfac"}.get(args.worker, args.worker)
+    structure = {"last": "kfac", "mc": "kfac", "mcdiag": "diag"}.get(args.worker, args.worker)
     kwargs = {"weights": "last_layer"} if args.worker == "last" else {}
-    if args.worker == "mc":
+    if args.worker in ("mc", "mcdiag"):
         kwargs = {"curvature": "ggn_mc", "seed": args.seed}
 
     def fit():
