@@ -31,22 +31,24 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     from sigma import metrics
+    from sigma.callbacks import EvidenceCallback
     from sigma.classification import softmax
     from sigma.lab import baselines, data
-    from sigma.lab import training_comparison as comparison
+    from sigma.lab.models import Recipe, train
 
     x_train, x_test, l_train, l_test = data.digits_split(seed=args.seed)
     x_fit, _, l_fit, _ = train_test_split(
         x_train, l_train, test_size=0.25, random_state=args.seed, stratify=l_train
     )
-    recipe = comparison.Recipe(
+    recipe = Recipe(
         hidden=(32,), epochs=args.epochs, structure="last_layer", prior="layer", batch_size=32,
         learning_rate=0.003, schedule="cosine", every=10,
     )  # fmt: skip
     loss = baselines.classification_loss()
-    model, cb = comparison.train_with_evidence(
-        x_fit, l_fit, recipe, loss, "layer", n_out=10, seed=args.seed
-    )
+    model = recipe.network(x_fit.shape[1], 10, args.seed)
+    cb = EvidenceCallback(x_fit, l_fit, structure=recipe.structure, prior="layer",
+                          every=recipe.every, verbose=0)  # fmt: skip
+    train(model, x_fit, l_fit, loss=loss, seed=args.seed, callbacks=[cb], **recipe.training())
     print("re-estimations during training (last_layer, one α):")
     print(f"{'epoch':>6} {'alpha':>8} {'gamma':>7} {'ln evidence':>12}")
     for h in cb.history:

@@ -74,6 +74,7 @@ history = sigma.lab.train(
     batch_size=batch_size,
     seed=seed,
     validation_data=(x_test, y_test),
+    metrics=["categorical_accuracy"],  # the original's "accuracy" for this loss
 )
 model.summary()
 test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)

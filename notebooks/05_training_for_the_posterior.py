@@ -26,8 +26,8 @@
 #    posterior, α_g and β re-estimated every few epochs), then `cb.laplace`;
 # 3. **deep ensemble** (Lakshminarayanan et al. 2017) — 5 networks from independent
 #    initialisations and shufflings. For regression each member has the paper's Gaussian head
-#    (a mean and a softplus variance per output, trained on the Gaussian negative
-#    log-likelihood) and the ensemble is their uniform mixture: variance = the spread of the
+#    (a mean and a log-variance per output, [μ | ln σ²], trained on the Gaussian negative
+#    log-likelihood `sigma.losses.GaussianNLL`) and the ensemble is their uniform mixture: variance = the spread of the
 #    member means + the mean of the member variances. Classification: the average softmax.
 # 4. **MC dropout** (Gal & Ghahramani 2016) — the same network with dropout after every hidden
 #    layer, kept on at test time over T passes. For regression the variance is the spread of
@@ -36,7 +36,8 @@
 #
 # on three problems: **Friedman #1** with a known noise level (σ = 1, so the true β = 1),
 # scikit-learn's **diabetes** data over random train/test splits, and the **digits**
-# classifier. The network code is in `sigma/lab/baselines.py` and `sigma/lab/training_comparison.py`.
+# classifier. The two evidence methods are written out below; the baselines, the scoring and
+# the bookkeeping are in `sigma/lab/baselines.py` and `sigma/lab/training_comparison.py`.
 
 # %% tags=["parameters"]
 seed: int = 0  # seed of the data, the splits, every initialisation, shuffling and dropout mask, ≥ 0
@@ -72,8 +73,10 @@ import time
 import numpy as np
 import pandas as pd
 
+import sigma
 from sigma.lab import data, plots
 from sigma.lab import training_comparison as comparison
+from sigma.lab.models import Recipe, train
 from sigma.sweep.records import save_metrics
 
 started = time.time()
@@ -89,15 +92,15 @@ common = dict(
     dropout=dropout,
     mc_samples=mc_samples,
 )
-recipe_friedman = comparison.Recipe(
+recipe_friedman = Recipe(
     hidden=(hidden_friedman,), epochs=epochs_friedman, structure=structure_regression,
     prior=prior_regression, **common,
 )  # fmt: skip
-recipe_diabetes = comparison.Recipe(
+recipe_diabetes = Recipe(
     hidden=(hidden_diabetes,), epochs=epochs_diabetes, structure=structure_regression,
     prior=prior_regression, **common,
 )  # fmt: skip
-recipe_digits = comparison.Recipe(
+recipe_digits = Recipe(
     hidden=(hidden_digits,), epochs=epochs_digits, structure=structures_digits[0],
     prior=prior_digits, **common,
 )  # fmt: skip
@@ -109,6 +112,35 @@ for name, recipe in [("Friedman", recipe_friedman), ("diabetes", recipe_diabetes
     structure = recipe.structure if name != "digits" else f"chosen among {structures_digits}"
     print(f"{name}: hidden {recipe.hidden}, {recipe.epochs} epochs, structure {structure}, "
           f"prior {recipe.prior!r}, re-estimation every {recipe.every}")  # fmt: skip
+
+# %% [markdown]
+# ## The two evidence methods
+#
+# `prior` is the recipe's weight grouping ("layer", "scalar", or the ARD group ids of
+# `comparison.prior_spec`); `likelihood` "regression" or "classification".
+#
+# * **post-hoc evidence** — at the weights of a network trained plainly (no penalty), a
+#   Laplace whose α_g (and β) the evidence sets;
+# * **evidence-trained** — a fresh network trained with `sigma.EvidenceCallback`: the loss is
+#   the log posterior, α_g and β re-estimated every `every` epochs after `warmup`;
+#   `cb.laplace` is its Laplace at the final weights.
+
+
+# %%
+def post_hoc_evidence(model, x, y, recipe, prior, likelihood):
+    la = sigma.Laplace(model, x, y, likelihood=likelihood, structure=recipe.structure,
+                       prior=prior)  # fmt: skip
+    return la.optimize_evidence()
+
+
+def evidence_trained(model, x, y, recipe, loss, prior, seed):
+    cb = sigma.EvidenceCallback(x, y, structure=recipe.structure, prior=prior,
+                                every=recipe.every, warmup=recipe.warmup, verbose=0)  # fmt: skip
+    train(model, x, y, loss=loss, seed=seed, callbacks=[cb], **recipe.training())
+    return cb
+
+
+methods = dict(post_hoc=post_hoc_evidence, trained=evidence_trained)
 
 # %% [markdown]
 # ## Friedman #1: is β the true noise level?
@@ -123,7 +155,7 @@ friedman_split = data.friedman_regression(
     n_friedman, n_friedman_test, noise=friedman_noise, seed=seed
 )
 friedman = comparison.run_regression(
-    friedman_split, recipe_friedman, seed=seed, y_scale=friedman_split.y_scale
+    friedman_split, recipe_friedman, **methods, seed=seed, y_scale=friedman_split.y_scale
 )
 table_friedman = pd.DataFrame(comparison.table(friedman, regression_columns))
 print(table_friedman.round(3).to_string(index=False))
@@ -154,7 +186,7 @@ fig = plots.evidence_history(
 # %%
 diabetes = [
     comparison.run_regression(
-        data.diabetes_split(0.2, seed=seed + i), recipe_diabetes, seed=seed + i
+        data.diabetes_split(0.2, seed=seed + i), recipe_diabetes, **methods, seed=seed + i
     )
     for i in range(n_splits)
 ]
@@ -196,8 +228,8 @@ fig = plots.evidence_history(
 # %%
 x_train, x_test, labels_train, labels_test = data.digits_split(seed=seed)
 structure_chosen, validation_rows = comparison.choose_structure(
-    x_train, labels_train, recipe_digits, structures_digits, validation=validation_digits,
-    seed=seed,
+    x_train, labels_train, recipe_digits, structures_digits, trained=evidence_trained,
+    validation=validation_digits, seed=seed,
 )  # fmt: skip
 table_validation = pd.DataFrame(validation_rows)
 print(table_validation.round(4).to_string(index=False))
@@ -206,7 +238,7 @@ recipe_digits = dataclasses.replace(recipe_digits, structure=structure_chosen)
 
 # %%
 digits = comparison.run_classification(
-    x_train, labels_train, x_test, labels_test, recipe_digits, seed=seed
+    x_train, labels_train, x_test, labels_test, recipe_digits, **methods, seed=seed
 )
 table_digits = pd.DataFrame(comparison.table(digits, classification_columns))
 print(table_digits.round(4).to_string(index=False))

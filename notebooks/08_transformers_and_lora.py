@@ -78,11 +78,13 @@ metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 # %%
 import time
 
+import keras
 import numpy as np
 import pandas as pd
 
 import sigma
 from sigma.lab import sequences
+from sigma.lab.models import train
 from sigma.sweep.records import save_metrics
 
 started = time.time()
@@ -143,10 +145,12 @@ model = sequences.transformer(
     vocab_size, length, width=width, heads=heads, feed_forward=feed_forward, blocks=blocks,
     seed=seed,
 )  # fmt: skip
+cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 tic = time.time()
-history = sequences.train(
-    model, x_train, labels_train, epochs=epochs, batch_size=batch_size,
-    learning_rate=learning_rate, seed=seed,
+history = train(
+    model, x_train, labels_train, loss=cross_entropy, optimizer="adam", schedule="cosine",
+    metrics=["accuracy"], epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    seed=seed,
 )  # fmt: skip
 train_seconds = time.time() - tic
 test_accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == labels_test)
@@ -311,9 +315,9 @@ print(f"the base model on the reversed task: test accuracy {base_accuracy:.3f}")
 # %%
 adapters = sequences.enable_lora(model, lora_rank, seed=seed)
 tic = time.time()
-tune_history = sequences.train(
-    model, x_tune, labels_tune, epochs=finetune_epochs, batch_size=batch_size,
-    learning_rate=learning_rate, seed=seed,
+tune_history = train(  # compiled again: the adapters alone are trainable now
+    model, x_tune, labels_tune, loss=cross_entropy, optimizer="adam", schedule="cosine",
+    epochs=finetune_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
 )  # fmt: skip
 tune_seconds = time.time() - tic
 tuned_accuracy = np.mean(model.predict(x_tune_test, verbose=0).argmax(1) == labels_tune_test)

@@ -5,13 +5,15 @@ Everything here sits on top of the core (:class:`sigma.Laplace`, :mod:`sigma.cur
 
 * :mod:`.data` — the Iris split of the original notebook, digits, synthetic regression;
 * :mod:`.models` — the one MLP builder (:func:`~.models.mlp`, dropout optional), the small
-  CNN, and :func:`~.models.train` (the original's RMSprop/MSE loop, optionally training for
-  the posterior with the evidence);
+  CNN, the one trainer :func:`~.models.train` (the original's RMSprop/MSE loop by default, or
+  Adam with a cosine-decayed step; optionally training for the posterior with the evidence),
+  and :class:`~.models.Recipe`, the one set of training settings the comparisons share;
 * :mod:`.original_formula` — the original notebook's formula, kept as a documented reference;
 * :mod:`.scans` — the evidence and held-out calibration over a grid of β or α;
 * :mod:`.compare` — every structure on one trained model;
-* :mod:`.baselines`, :mod:`.training_comparison` — deep ensembles, MC dropout, temperature scaling and
-  training for the posterior (notebook 05);
+* :mod:`.baselines`, :mod:`.training_comparison` — deep ensembles, MC dropout, temperature
+  scaling, and the scoring of notebook 05's comparison (its evidence methods are the
+  notebook's own cells);
 * :mod:`.shift`, :mod:`.classifiers` — shifted and out-of-distribution digits, and every
   classifier's probabilities scored on them (notebook 06);
 * :mod:`.noise` — heteroscedastic and conformal regression (notebook 07);
@@ -57,6 +59,7 @@ _EXPORTS = {
     "iris_split": "data",
     "one_hot": "data",
     "teacher_regression": "data",
+    "Recipe": "models",
     "mlp": "models",
     "reinitialised_copy": "models",
     "small_cnn": "models",

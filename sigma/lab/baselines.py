@@ -1,7 +1,7 @@
 """Two standard alternatives to the Laplace approximation for error bars of a network, in Keras:
 deep ensembles (Lakshminarayanan, Pritzel & Blundell 2017) and MC dropout (Gal & Ghahramani
-2016), with the training loop all methods of ``notebooks/05_training_for_the_posterior.py``
-share.
+2016), and temperature scaling (Guo et al. 2017), each trained by the notebooks' one trainer
+(:func:`sigma.lab.models.train`) as the other methods of notebooks 05–07 are.
 
 Shapes: x (N, D) inputs; regression targets y (N, K); classification labels (N,) integers in
 [0, K). Predictions: regression ``(mean, std)`` (N, K) each, std including the noise;
@@ -9,8 +9,9 @@ classification probabilities (N, K).
 
 * :class:`DeepEnsemble` — M networks from independent random initialisations, each trained on
   its own shuffling of the data. Regression, ``head="gaussian"`` (the paper's method): each
-  member outputs a mean μ_m and a variance σ_m² (softplus) per output and is trained on the
-  Gaussian negative log-likelihood; the ensemble is the uniform mixture, with mean
+  member outputs a mean μ_m and a log-variance ln σ_m² per output, [μ | ln σ²], and is trained
+  on the Gaussian negative log-likelihood :class:`sigma.losses.GaussianNLL` (the form sigma's
+  heteroscedastic Laplace reads); the ensemble is the uniform mixture, with mean
   μ = mean_m μ_m and variance mean_m σ_m² + var_m μ_m. ``head="mse"``: members trained on the
   squared error, variance var_m μ_m + s², s² the members' mean squared training residual.
   Classification: the average of the members' softmax.
@@ -27,134 +28,26 @@ Everything is seeded: a seed fixes the initial weights, the shuffling and the dr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import numpy as np
-import tensorflow as tf
 
 from sigma.classification import softmax
-from sigma.lab.models import mlp
+from sigma.lab.models import mlp, train
+from sigma.losses import GaussianNLL
 
 LIKELIHOODS = ("regression", "classification")
 HEADS = ("gaussian", "mse")
-SCHEDULES = ("constant", "cosine")
-MIN_VARIANCE = 1e-6  # floor of a Gaussian head's variance (in squared target units)
 
 
-# -- networks and training ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Recipe:
-    """What every method of a comparison shares: the MLP ``n_inputs → hidden… → outputs``
-    (linear outputs; :func:`sigma.lab.models.mlp` with this recipe's activation), its training
-    by Adam (:func:`fit`; schedule "constant" or "cosine"), the deep ensemble's size and MC
-    dropout's rate and test-time passes. The notebooks' comparisons derive their recipes from
-    it, adding their own settings."""
-
-    hidden: tuple[int, ...] = (50,)
-    activation: str = "tanh"
-    dtype: str = "float32"
-    epochs: int = 300
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    schedule: str = "cosine"
-    ensemble_size: int = 5
-    dropout: float = 0.1
-    mc_samples: int = 100
-
-    def network(self, n_inputs: int, n_outputs: int, seed: int):
-        """The plain MLP every method starts from (without dropout)."""
-        return mlp(
-            n_inputs, self.hidden, n_outputs, activation=self.activation, dtype=self.dtype,
-            seed=seed,
-        )  # fmt: skip
-
-    def training(self) -> dict:
-        """Keywords of :func:`fit` and the baselines' ``fit``."""
-        return dict(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            schedule=self.schedule,
-        )
-
-
-def dataset(x, y, *, batch_size: int, seed: int = 0, dtype: str = "float32") -> tf.data.Dataset:
-    """(x, y) in batches of ``batch_size``, shuffled afresh every epoch in an order fixed by
-    ``seed``. Integer labels stay integers."""
-    x = np.asarray(x, dtype)
-    y = np.asarray(y)
-    y = y if np.issubdtype(y.dtype, np.integer) else y.astype(dtype)
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        .batch(int(batch_size))
-    )
-
-
-def fit(
-    model: keras.Model,
-    x,
-    y,
-    *,
-    loss="mse",
-    epochs: int = 100,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    schedule: str = "constant",
-    seed: int = 0,
-    callbacks=None,
-    verbose: int = 0,
-) -> keras.callbacks.History:
-    """Compile with Adam and ``loss`` and train for ``epochs`` on the seeded :func:`dataset`.
-
-    schedule : "constant" (the step ``learning_rate`` throughout) or "cosine" (from
-        ``learning_rate`` down to 1% of it at the last step, cosine-shaped).
-
-    On small data Keras' per-step and per-epoch overheads would dominate, so one epoch is one
-    compiled call (``steps_per_execution``), and without ``callbacks`` the ``epochs`` passes
-    over the data — each reshuffled — run as one Keras epoch (the same number of steps and the
-    same learning-rate schedule; only the random order of the minibatches differs). With ``callbacks`` (e.g. a :class:`sigma.EvidenceCallback`) each pass is a Keras
-    epoch, whose end they see as usual. Returns the History (per Keras epoch).
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    keras.utils.set_random_seed(seed)
-    dtype = model.trainable_variables[0].dtype
-    steps = int(np.ceil(len(x) / batch_size))
-    rate = learning_rate
-    if schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps, alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, steps_per_execution=steps)
-    data = dataset(x, y, batch_size=batch_size, seed=seed, dtype=dtype)
-    if not callbacks:
-        data, epochs = data.repeat(epochs), 1
-    return model.fit(
-        data, epochs=epochs, verbose=verbose, shuffle=False, callbacks=list(callbacks or [])
-    )
-
-
+# -- training -----------------------------------------------------------------------------------
 def classification_loss() -> keras.losses.Loss:
     """Mean cross-entropy on logits against integer labels."""
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def gaussian_nll(y_true, y_pred):
-    """Gaussian negative log-likelihood (up to ½ ln 2π) of a mean–variance head, per sample:
-    y_true (B, K); y_pred (B, 2K) = [μ, v] with σ² = softplus(v) + MIN_VARIANCE.
-    Returns (B,): mean over outputs of ½ ln σ² + (t − μ)²/(2σ²)."""
-    k = tf.shape(y_true)[-1]
-    mean, var = split_head(y_pred, k)
-    y_true = tf.cast(y_true, mean.dtype)
-    return tf.reduce_mean(0.5 * tf.math.log(var) + 0.5 * tf.square(y_true - mean) / var, axis=-1)
-
-
-def split_head(outputs, k):
-    """Mean (…, K) and variance (…, K) of a Gaussian head's outputs (…, 2K)."""
-    mean, raw = outputs[..., :k], outputs[..., k:]
-    if isinstance(outputs, np.ndarray):
-        return mean, np.logaddexp(0.0, raw) + MIN_VARIANCE
-    return mean, tf.math.softplus(raw) + MIN_VARIANCE
+def _baseline_training(training: dict) -> dict:
+    """The baselines' training: Adam on the seeded fast path, batches of 32, unless told."""
+    return {"optimizer": "adam", "fast": True, "batch_size": 32, **training}
 
 
 def residual_variance(predictions, y) -> np.ndarray:
@@ -195,8 +88,9 @@ class DeepEnsemble:
         (:func:`sigma.lab.models.mlp`); K = ``n_outputs`` targets or classes.
     size : M, the number of members.
     likelihood : "regression" (y (N, K)) or "classification" (labels (N,)).
-    head : regression only — "gaussian": each member outputs μ and σ² per target (2K outputs)
-        and is trained on the Gaussian NLL (the paper's proper scoring rule); "mse": K outputs
+    head : regression only — "gaussian": each member outputs [μ | ln σ²] per target (2K
+        outputs) and is trained on :class:`sigma.losses.GaussianNLL` (the paper's proper
+        scoring rule); "mse": K outputs
         trained on the squared error, with the noise variance from the training residuals.
     seed : fixes every member's initial weights and data order.
 
@@ -229,30 +123,22 @@ class DeepEnsemble:
             mlp(n_inputs, hidden, width, activation=activation, dtype=dtype, seed=s)
             for s in self.seeds
         ]
+        if self.likelihood == "classification":
+            self.loss = classification_loss()
+        else:
+            self.loss = GaussianNLL() if self.head == "gaussian" else "mse"
         self.noise_variance = None
 
     @property
     def size(self) -> int:
         return len(self.members)
 
-    def fit(
-        self,
-        x,
-        y,
-        *,
-        epochs: int,
-        batch_size: int = 32,
-        learning_rate: float = 1e-3,
-        schedule: str = "constant",
-    ):
-        """Train each member on its own shuffling (Adam, :func:`fit`); returns self."""
-        if self.likelihood == "classification":
-            loss = classification_loss()
-        else:
-            loss = gaussian_nll if self.head == "gaussian" else "mse"
+    def fit(self, x, y, **training):
+        """Train each member on its own shuffling (:func:`sigma.lab.models.train`, Adam on the
+        seeded fast path by default; ``training``: its keywords, e.g. epochs, batch_size,
+        learning_rate, schedule); returns self."""
         for model, s in zip(self.members, self.seeds, strict=True):
-            fit(model, x, y, loss=loss, epochs=epochs, batch_size=batch_size,
-                learning_rate=learning_rate, schedule=schedule, seed=s)  # fmt: skip
+            train(model, x, y, loss=self.loss, seed=s, **_baseline_training(training))
         if self.head == "mse":
             self.noise_variance = np.mean(
                 [residual_variance(model_outputs(m, x), y) for m in self.members], axis=0
@@ -265,8 +151,9 @@ class DeepEnsemble:
         outputs = np.stack([model_outputs(m, x) for m in self.members])
         if self.likelihood == "classification":
             return softmax(outputs)
-        if self.head == "gaussian":
-            return split_head(outputs, self.n_outputs)
+        if self.head == "gaussian":  # the loss's own reading of its [μ | ln σ²] head
+            mean, logvar = self.loss.likelihood.moments(outputs)
+            return mean, np.exp(logvar)
         if self.noise_variance is None:
             raise ValueError("fit the ensemble first: head='mse' takes its noise from training")
         return outputs, np.broadcast_to(self.noise_variance, outputs.shape)
@@ -324,22 +211,12 @@ class MCDropout:
         )  # fmt: skip
         self.noise_variance = None
 
-    def fit(
-        self,
-        x,
-        y,
-        *,
-        epochs: int,
-        batch_size: int = 32,
-        learning_rate: float = 1e-3,
-        schedule: str = "constant",
-        n_samples: int = 100,
-    ):
-        """Train with dropout (Adam, :func:`fit`); for regression, then estimate the noise
-        variance from the residuals of the ``n_samples``-pass MC mean on x. Returns self."""
+    def fit(self, x, y, *, n_samples: int = 100, **training):
+        """Train with dropout (:func:`sigma.lab.models.train`, Adam on the seeded fast path by
+        default; ``training``: its keywords); for regression, then estimate the noise variance
+        from the residuals of the ``n_samples``-pass MC mean on x. Returns self."""
         loss = classification_loss() if self.likelihood == "classification" else "mse"
-        fit(self.model, x, y, loss=loss, epochs=epochs, batch_size=batch_size,
-            learning_rate=learning_rate, schedule=schedule, seed=self.seed)  # fmt: skip
+        train(self.model, x, y, loss=loss, seed=self.seed, **_baseline_training(training))
         if self.likelihood == "regression":
             mean = self.samples(x, n_samples, seed=self.seed).mean(axis=0)
             self.noise_variance = residual_variance(mean, y)

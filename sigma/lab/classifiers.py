@@ -8,7 +8,7 @@ class probabilities five ways:
 * **temperature scaling** — its logits divided by one T fitted on a validation part of the
   training data (:class:`sigma.lab.baselines.TemperatureScaling`);
 * **deep ensemble** and **MC dropout** — :mod:`sigma.lab.baselines`;
-* **sigma** — a Laplace at the MAP weights (:func:`tempered_laplace`): KFAC curvature over
+* **sigma** — a Laplace at the MAP weights (the notebook's ``laplace``): KFAC curvature over
   every layer, one prior precision per layer, and the likelihood's temperature T
   (``Laplace(temperature=)``): for each T the α_g are set by the evidence of the tempered
   model, and T is chosen by the validation NLL; probabilities by Lu et al.'s mean-field link
@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-from sigma import metrics, tuning
+from sigma import metrics
 from sigma.classification import softmax
-from sigma.lab import baselines, models, shift
+from sigma.lab import baselines, shift
+from sigma.lab.models import Recipe, train
 from sigma.laplace import Laplace
-from sigma.posterior import calls
 
 MAP, SCALED, ENSEMBLE, DROPOUT, SIGMA = (
     "MAP softmax",
@@ -51,75 +51,19 @@ UNIFORM, INVERTED = "uniform noise", "inverted digits"
 MAX_PROB, ENTROPY = "max probability", "entropy"
 
 
-@dataclass(frozen=True)
-class Setup(baselines.Recipe):
-    """What every method shares (:class:`sigma.lab.baselines.Recipe`: the MLP, its training,
-    the ensemble and MC dropout; here a 32-unit layer trained for 100 epochs), and:
-
-    validation : the fraction of the training data held out (stratified) for temperature
-        scaling and sigma's temperature; every method trains on the rest.
-    structure, weights, prior, link, temperatures : sigma's Laplace (structure, the weights it
-        covers and the prior groups), the link from the logits' Gaussian to probabilities,
-        and the bounds of the search for T.
-    """
-
-    hidden: tuple[int, ...] = (32,)
-    epochs: int = 100
-    validation: float = 0.25
-    structure: str = "kfac"
-    weights: str = "all"
-    prior: str = "layer"
-    link: str = "mean_field"
-    temperatures: tuple[float, float] = (1e-4, 1.0)
-
-
-def tempered_laplace(
-    model,
-    x,
-    labels,
-    x_val,
-    labels_val,
-    *,
-    structure: str = "kfac",
-    weights: str = "all",
-    prior: str = "layer",
-    link: str = "mean_field",
-    temperatures=(1e-4, 1.0),
-) -> tuple[Laplace, dict]:
-    """sigma's recipe for a classifier: a Laplace of ``structure`` with ``prior`` groups at the
-    trained weights, tuned by :meth:`sigma.Laplace.optimize_prior` on (x_val, labels_val) —
-    for each likelihood temperature T the α_g maximise the tempered model's evidence, and T
-    (within ``temperatures``) minimises the NLL of the ``link`` predictive, a search over ln T
-    to 0.05 (:func:`sigma.tuning.optimize_temperature`).
-
-    Returns ``(laplace, info)``: the Laplace at the chosen T and its α_g, and {temperature,
+def tuning_info(la: Laplace) -> dict:
+    """What a classifier's held-out tuning of the likelihood's temperature found
+    (``la.posterior.prior_result`` after :meth:`sigma.Laplace.optimize_prior`): {temperature,
     alpha, validation_nll, evaluations, at_bound}; ``at_bound`` is "lower" or "upper" when T
-    ended at a bound of ``temperatures`` (within 0.1 in ln T), else None.
-    """
-    lo, hi = (float(t) for t in temperatures)
-    if not 0 < lo < hi:
-        raise ValueError(
-            f"temperatures must be (low, high) with 0 < low < high, got {temperatures}"
-        )
-    la = Laplace(
-        model, x, labels, likelihood="classification", structure=structure, weights=weights,
-        prior=prior,
-    )  # fmt: skip
-    post = la.posterior
-    with calls(model, post.progress):  # centred on √(lo·hi), span× either way
-        best, found = tuning.optimize_prior(
-            post, model, x_val, labels_val, method=link, span=float(np.sqrt(hi / lo)),
-            tol=0.05, start=float(np.sqrt(lo * hi)),
-        )  # fmt: skip
-    la.posterior = dataclasses.replace(best, prior_result=found)
-    info = {
+    ended at a bound of the search, else None."""
+    found = la.posterior.prior_result
+    return {
         "temperature": la.temperature,
         "alpha": np.atleast_1d(la.alpha).tolist(),
         "validation_nll": found["value"],
         "evaluations": found["evaluations"],
         "at_bound": found["at_bound"].get("temperature"),
     }
-    return la, info
 
 
 def split(x_train, labels_train, validation: float, seed: int):
@@ -132,20 +76,22 @@ def split(x_train, labels_train, validation: float, seed: int):
     )
 
 
-def train(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict, dict]:
-    """Train every method on one seed. Returns ``(predictors, info)``: {method: callable
-    x (N, D) → probabilities (N, K)} and {"seconds": {method: training time},
-    "temperature_scaling": T, "sigma": :func:`tempered_laplace`'s info}."""
+def predictors(x_train, labels_train, setup: Recipe, *, laplace, seed: int = 0
+               ) -> tuple[dict, dict]:  # fmt: skip
+    """Train every method on one seed: the MAP network, temperature scaling, the deep ensemble,
+    MC dropout, and sigma — ``laplace(model, x_fit, labels_fit, x_val, labels_val, setup)``,
+    the notebook's: a fitted and tuned :class:`sigma.Laplace` at the MAP network's weights.
+    Returns ``(predictors, info)``: {method: callable x (N, D) → probabilities (N, K)} and
+    {"seconds": {method: training time}, "temperature_scaling": T, "sigma":
+    :func:`tuning_info`}."""
     x_fit, x_val, l_fit, l_val = split(x_train, labels_train, setup.validation, seed)
     n_in, k = x_fit.shape[1], int(labels_train.max()) + 1
     loss = baselines.classification_loss()
     predictors, seconds, info = {}, {}, {}
 
     start = time.perf_counter()
-    model = models.mlp(
-        n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
-    )
-    baselines.fit(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
+    model = setup.network(n_in, k, seed)
+    train(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
     predictors[MAP] = lambda x: softmax(baselines.model_outputs(model, x))
     seconds[MAP] = time.perf_counter() - start
 
@@ -172,10 +118,8 @@ def train(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict, 
     seconds[DROPOUT] = time.perf_counter() - start
 
     start = time.perf_counter()
-    la, info["sigma"] = tempered_laplace(
-        model, x_fit, l_fit, x_val, l_val, structure=setup.structure, weights=setup.weights,
-        prior=setup.prior, link=setup.link, temperatures=setup.temperatures,
-    )  # fmt: skip
+    la = laplace(model, x_fit, l_fit, x_val, l_val, setup)
+    info["sigma"] = tuning_info(la)
     predictors[SIGMA] = lambda x: la.predict_proba(x, method=setup.link)
     seconds[SIGMA] = seconds[MAP] + time.perf_counter() - start
     info["seconds"] = seconds
@@ -238,17 +182,17 @@ def evaluate(
 
 
 def run(
-    x_train, labels_train, x_test, labels_test, setup: Setup, *, seeds=(0,), angles=(),
-    noise_levels=(), ood: bool = False,
+    x_train, labels_train, x_test, labels_test, setup: Recipe, *, laplace, seeds=(0,),
+    angles=(), noise_levels=(), ood: bool = False,
 ) -> list[dict]:  # fmt: skip
-    """:func:`train` and :func:`evaluate` for every seed (the data split stays; the seed sets
+    """:func:`predictors` and :func:`evaluate` for every seed (the data split stays; the seed sets
     the hold-out, the initialisations, shufflings, masks and noise). Returns one dict per
     seed: :func:`evaluate`'s tables plus "seed" and "info"."""
     results = []
     for seed in seeds:
-        predictors, info = train(x_train, labels_train, setup, seed=int(seed))
+        found, info = predictors(x_train, labels_train, setup, laplace=laplace, seed=int(seed))
         result = evaluate(
-            predictors, x_test, labels_test, angles=angles, noise_levels=noise_levels, ood=ood,
+            found, x_test, labels_test, angles=angles, noise_levels=noise_levels, ood=ood,
             seed=int(seed),
         )  # fmt: skip
         result.update(seed=int(seed), info=info, setup=asdict(setup))
@@ -336,27 +280,26 @@ def targets(results: list[dict], *, method: str = SIGMA, min_angle: float = 30.0
     return rows
 
 
-def recipes(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict, dict]:
+def recipes(x_train, labels_train, setup: Recipe, *, laplace, seed: int = 0
+            ) -> tuple[dict, dict]:  # fmt: skip
     """The ingredients of sigma's recipe, one at a time, on one seed: a Laplace at the MAP
-    weights of :func:`train`'s network with the α_g of the post-hoc evidence, of training with
+    weights of :func:`predictors`' network with the α_g of the post-hoc evidence, of training with
     the evidence (:class:`sigma.EvidenceCallback`, its own network), of held-out tuning
     (``optimize_prior`` on the validation NLL or ECE) and of the evidence at the validation
-    temperature (:func:`tempered_laplace`) — over every layer (KFAC), the last layer (full and
+    temperature (``laplace``, as in :func:`predictors`) — over every layer (KFAC), the last layer (full and
     KFAC), with the probit, mean-field or Monte Carlo link. Returns ``(predictors, info)`` as
-    :func:`train` does, for :func:`evaluate`; ``info`` holds each recipe's α, T and seconds."""
+    :func:`predictors` does, for :func:`evaluate`; ``info`` holds each recipe's α, T and seconds."""
     from sigma.callbacks import EvidenceCallback
 
     x_fit, x_val, l_fit, l_val = split(x_train, labels_train, setup.validation, seed)
     n_in, k = x_fit.shape[1], int(labels_train.max()) + 1
     loss = baselines.classification_loss()
-    model = models.mlp(
-        n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
-    )
-    baselines.fit(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
+    model = setup.network(n_in, k, seed)
+    train(model, x_fit, l_fit, loss=loss, seed=seed, **setup.training())
     predictors = {MAP: lambda x: softmax(baselines.model_outputs(model, x))}
     info = {}
 
-    def laplace(**kw):
+    def at_map(**kw):
         return Laplace(model, x_fit, l_fit, likelihood="classification", prior=setup.prior, **kw)
 
     def add(name, la, link, start, extra=None):
@@ -365,21 +308,19 @@ def recipes(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict
                       "seconds": time.perf_counter() - start, **(extra or {})}  # fmt: skip
 
     start = time.perf_counter()
-    post_hoc = laplace(structure="kfac").optimize_evidence()
+    post_hoc = at_map(structure="kfac").optimize_evidence()
     add("post-hoc evidence, probit", post_hoc, "probit", start)
     add("post-hoc evidence, mean field", post_hoc, "mean_field", start)
 
     start = time.perf_counter()
-    trained = models.mlp(
-        n_in, setup.hidden, k, activation=setup.activation, dtype=setup.dtype, seed=seed
-    )
+    trained = setup.network(n_in, k, seed)
     cb = EvidenceCallback(x_fit, l_fit, structure="kfac", prior=setup.prior, every=10, verbose=0)
-    baselines.fit(trained, x_fit, l_fit, loss=loss, seed=seed, callbacks=[cb], **setup.training())
+    train(trained, x_fit, l_fit, loss=loss, seed=seed, callbacks=[cb], **setup.training())
     add("evidence-trained (EvidenceCallback), mean field", cb.laplace, "mean_field", start)
 
     for metric in ("nll", "ece"):
         start = time.perf_counter()
-        tuned = laplace(structure="kfac").optimize_evidence()
+        tuned = at_map(structure="kfac").optimize_evidence()
         tuned.optimize_prior(x_val, l_val, metric=metric)
         add(f"held-out α ({metric.upper()}), mean field", tuned, "mean_field", start)
 
@@ -389,12 +330,11 @@ def recipes(x_train, labels_train, setup: Setup, *, seed: int = 0) -> tuple[dict
         ("tempered, last layer KFAC", {"structure": "kfac", "weights": "last_layer"}),
     ):
         start = time.perf_counter()
-        la, extra = tempered_laplace(
-            model, x_fit, l_fit, x_val, l_val, prior=setup.prior, link=setup.link,
-            temperatures=setup.temperatures, **kw,
-        )  # fmt: skip
+        kw = {"weights": "all", **kw}
+        la = laplace(model, x_fit, l_fit, x_val, l_val, dataclasses.replace(setup, **kw))
+        extra = tuning_info(la)
         add(f"{name}, mean field", la, "mean_field", start, extra)
-        if kw["structure"] == "kfac" and "weights" not in kw:
+        if kw["structure"] == "kfac" and kw["weights"] == "all":
             add(f"{name}, probit", la, "probit", start, extra)
             predictors[f"{name}, Monte Carlo"] = lambda x, la=la: la.predict_proba(
                 x, method="mc", n_samples=1000, seed=seed

@@ -3,16 +3,10 @@
 
 Data whose noise depends on x — a 1-D curve with noise growing along x (:func:`growing_noise`),
 Friedman #1 with a noise standard deviation that grows with x₁ (:func:`friedman_growing_noise`),
-scikit-learn's diabetes data as they are — and four ways of getting error bars from the same
-MLP trained for the same epochs (:func:`run`):
-
-* **Laplace (homoscedastic)** — trained on the squared error with
-  :class:`sigma.EvidenceCallback`: one noise level 1/β for every x;
-* **Laplace (heteroscedastic)** — 2 outputs [μ | ln σ²] trained on
-  :class:`sigma.losses.GaussianNLL` with :class:`sigma.EvidenceCallback`, then
-  ``Laplace(likelihood="heteroscedastic")``: σ²(x) = the noise head + the weight uncertainty of
-  the mean;
-* **deep ensemble** with Gaussian heads and **MC dropout** (:mod:`sigma.lab.baselines`).
+scikit-learn's diabetes data as they are — and the error bars of several methods from the same
+MLP trained for the same epochs (:func:`run`): the notebook's Laplace methods (homoscedastic
+and heteroscedastic, shown in the notebook and passed in as ``laplaces``) against the **deep
+ensemble** with Gaussian heads and **MC dropout** (:mod:`sigma.lab.baselines`).
 
 Each method is then calibrated by split conformal prediction on a calibration set held out
 from training (:mod:`sigma.conformal`) and scored on the test set: NLL, RMSE, coverage of the
@@ -23,15 +17,13 @@ and the mean width of the 90/95% intervals.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from sigma import conformal, metrics
-from sigma.callbacks import EvidenceCallback
-from sigma.lab import baselines, models
+from sigma.lab import baselines
 from sigma.lab.data import RegressionSplit, standardised
-from sigma.losses import GaussianNLL
+from sigma.lab.models import Recipe
 
 HOMOSCEDASTIC, HETEROSCEDASTIC, ENSEMBLE, DROPOUT = (
     "Laplace (homoscedastic)",
@@ -40,16 +32,6 @@ HOMOSCEDASTIC, HETEROSCEDASTIC, ENSEMBLE, DROPOUT = (
     "MC dropout",
 )
 LEVELS = (0.68, 0.9, 0.95)
-
-
-@dataclass(frozen=True)
-class Recipe(baselines.Recipe):
-    """What every method shares (:class:`sigma.lab.baselines.Recipe`) and the Laplace's own
-    settings: its structure and prior, the callback's ``every``."""
-
-    structure: str = "full"
-    prior: str = "layer"
-    every: int = 10
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -105,47 +87,23 @@ def calibration_split(split, fraction: float = 0.2, *, seed: int = 0):
 
 
 # -- methods ------------------------------------------------------------------------------------
-def heteroscedastic_laplace(x, y, recipe: Recipe, *, seed: int = 0):
-    """An MLP with outputs [μ | ln σ²] trained on :class:`~sigma.losses.GaussianNLL` with an
-    :class:`~sigma.EvidenceCallback` (``recipe``'s structure, prior, every). Returns the
-    callback's Laplace (``likelihood="heteroscedastic"``) at the final weights."""
-    model = models.mlp(x.shape[1], recipe.hidden, 2 * y.shape[1],
-                          activation=recipe.activation, dtype=recipe.dtype, seed=seed)  # fmt: skip
-    cb = EvidenceCallback(x, y, structure=recipe.structure, prior=recipe.prior,
-                          every=recipe.every, verbose=0)  # fmt: skip
-    baselines.fit(model, x, y, loss=GaussianNLL(), seed=seed, callbacks=[cb], **recipe.training())
-    return cb.laplace
-
-
-def homoscedastic_laplace(x, y, recipe: Recipe, *, seed: int = 0):
-    """The same MLP with K outputs trained on the squared error with an
-    :class:`~sigma.EvidenceCallback`; its Laplace (one noise precision β)."""
-    model = models.mlp(x.shape[1], recipe.hidden, y.shape[1],
-                          activation=recipe.activation, dtype=recipe.dtype, seed=seed)  # fmt: skip
-    cb = EvidenceCallback(x, y, structure=recipe.structure, prior=recipe.prior,
-                          every=recipe.every, verbose=0)  # fmt: skip
-    baselines.fit(model, x, y, loss="mse", seed=seed, callbacks=[cb], **recipe.training())
-    return cb.laplace
-
-
-def predictors(x, y, recipe: Recipe, *, seed: int = 0, methods=None) -> dict:
-    """Train each method on (x, y); returns {method: (predict(x) -> (mean, std), seconds)}."""
-    methods = methods or (HOMOSCEDASTIC, HETEROSCEDASTIC, ENSEMBLE, DROPOUT)
+def predictors(x, y, recipe: Recipe, *, laplaces: dict, seed: int = 0) -> dict:
+    """Train each method on (x, y): the Laplace methods ``laplaces`` {name: fit(x, y, recipe,
+    seed) → a fitted :class:`sigma.Laplace`} (the notebook shows them), then the deep ensemble
+    and MC dropout of ``recipe``. Returns {method: (predict(x) -> (mean, std), seconds)}."""
     out = {}
     n_in, k = x.shape[1], y.shape[1]
-    for method in methods:
+    for method in (*laplaces, ENSEMBLE, DROPOUT):
         start = time.perf_counter()
-        if method == HOMOSCEDASTIC:
-            predict = homoscedastic_laplace(x, y, recipe, seed=seed).predict
-        elif method == HETEROSCEDASTIC:
-            predict = heteroscedastic_laplace(x, y, recipe, seed=seed).predict
+        if method in laplaces:
+            predict = laplaces[method](x, y, recipe, seed).predict
         elif method == ENSEMBLE:
             ens = baselines.DeepEnsemble(
                 n_in, recipe.hidden, k, size=recipe.ensemble_size, head="gaussian",
                 activation=recipe.activation, dtype=recipe.dtype, seed=seed,
             ).fit(x, y, **recipe.training())  # fmt: skip
             predict = ens.predict
-        elif method == DROPOUT:
+        else:
             mc = baselines.MCDropout(
                 n_in, recipe.hidden, k, rate=recipe.dropout, activation=recipe.activation,
                 dtype=recipe.dtype, seed=seed,
@@ -154,8 +112,6 @@ def predictors(x, y, recipe: Recipe, *, seed: int = 0, methods=None) -> dict:
             def predict(xs, mc=mc):
                 return mc.predict(xs, n_samples=recipe.mc_samples, seed=seed)
 
-        else:
-            raise ValueError(f"unknown method {method!r}")
         out[method] = (predict, time.perf_counter() - start)
     return out
 
@@ -201,15 +157,15 @@ def scores(mean, std, y, *, mean_cal, std_cal, y_cal, scale: float = 1.0, respli
     return row
 
 
-def run(split, recipe: Recipe, *, seed: int = 0, calibration: float = 0.2, methods=None,
+def run(split, recipe: Recipe, *, laplaces: dict, seed: int = 0, calibration: float = 0.2,
         resplits: int = 200):  # fmt: skip
-    """Every method on one split: trained on the training set minus a ``calibration``
+    """Every method of :func:`predictors` on one split: trained on the training set minus a ``calibration``
     fraction, calibrated on that fraction, scored on the test set (original target units).
     Returns a list of rows {method, seed, seconds, <metrics of :func:`scores`>}."""
     x_fit, y_fit, x_cal, y_cal = calibration_split(split, calibration, seed=seed)
     rows = []
     for method, (predict, seconds) in predictors(
-        x_fit, y_fit, recipe, seed=seed, methods=methods
+        x_fit, y_fit, recipe, laplaces=laplaces, seed=seed
     ).items():
         mean, std = predict(split.x_test)
         mean_cal, std_cal = predict(x_cal)

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from sigma import metrics
+from sigma.lab.models import mlp
 from sigma.losses import GaussianNLL
 from sigma.selection import compare_models
 
@@ -34,7 +35,8 @@ def name(kind: str, width: int, depth: int) -> str:
 def builder(kind: str, n_inputs: int, width: int, depth: int, *, learning_rate: float,
             steps: int, steps_per_epoch: int = 1, activation: str = "tanh",
             dtype: str = "float32"):  # fmt: skip
-    """A zero-argument builder of a compiled MLP ``n_inputs → width (× depth) → outputs``:
+    """A zero-argument builder of a compiled MLP ``n_inputs → width (× depth) → outputs``
+    (:func:`sigma.lab.models.mlp`):
     one output on the squared error (homoscedastic) or two, [μ | ln σ²], on the Gaussian NLL
     (heteroscedastic). Adam with a cosine decay over ``steps`` steps to 1% of
     ``learning_rate``; one compiled call per epoch of ``steps_per_epoch`` steps."""
@@ -43,12 +45,9 @@ def builder(kind: str, n_inputs: int, width: int, depth: int, *, learning_rate: 
     if int(width) < 1 or int(depth) < 1:
         raise ValueError(f"width and depth must be at least 1, got {width}, {depth}")
 
-    def build():
-        layers = [keras.Input((n_inputs,), dtype=dtype)]
-        layers += [keras.layers.Dense(int(width), activation=activation, dtype=dtype)
-                   for _ in range(int(depth))]  # fmt: skip
-        layers.append(keras.layers.Dense(1 if kind == "homoscedastic" else 2, dtype=dtype))
-        model = keras.Sequential(layers)
+    def build():  # compare_models seeds Keras before each build: seed=None keeps that
+        model = mlp(n_inputs, (int(width),) * int(depth), 1 if kind == "homoscedastic" else 2,
+                    activation=activation, dtype=dtype, seed=None)  # fmt: skip
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.01)
         loss = "mse" if kind == "homoscedastic" else GaussianNLL()
         model.compile(

@@ -276,33 +276,6 @@ def transformer(
     return keras.Model(inp, keras.layers.Dense(n_classes, name="head")(h), name="transformer")
 
 
-def train(
-    model: keras.Model,
-    ids,
-    labels,
-    *,
-    epochs: int,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-) -> keras.callbacks.History:
-    """Adam on the softmax cross-entropy of the logits (``from_logits=True``), its step
-    cosine-decayed to 1% over training; the model's trainable variables only (compiled here,
-    so a change of ``trainable`` since the last call is taken into account)."""
-    keras.utils.set_random_seed(seed)
-    steps = epochs * int(np.ceil(len(ids) / batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(steps, 1), alpha=0.01)
-    model.compile(
-        keras.optimizers.Adam(schedule),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model.fit(
-        np.asarray(ids), np.asarray(labels), epochs=epochs, batch_size=batch_size, verbose=0,
-        shuffle=True,
-    )  # fmt: skip
-
-
 def lora_layers(model: keras.Model) -> list:
     """The layers that get LoRA adapters: every attention projection (query, key, value,
     output: EinsumDense) and both feed-forward Dense layers of every block; not the embedding

@@ -6,6 +6,8 @@ The same network, trained for the same epochs by the same optimiser, four ways:
   a :class:`sigma.Laplace` at the trained weights with α_g, β set by the evidence;
 * **evidence-trained** — training with :class:`sigma.EvidenceCallback` (the loss is the log
   posterior, α_g and β re-estimated every few epochs), then its ``laplace``;
+
+(these two are the notebook's, passed in as ``post_hoc`` and ``trained``)
 * **deep ensemble** and **MC dropout** — :mod:`sigma.lab.baselines`.
 
 Classification adds the two networks' own softmax (no weight uncertainty) as references:
@@ -22,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sigma import metrics
-from sigma.callbacks import EvidenceCallback
 from sigma.classification import softmax
 from sigma.evidence import EvidenceError
 from sigma.lab import baselines
+from sigma.lab.models import Recipe, train
 from sigma.laplace import Laplace
 
 POST_HOC, TRAINED, ENSEMBLE, DROPOUT = (
@@ -35,23 +37,6 @@ POST_HOC, TRAINED, ENSEMBLE, DROPOUT = (
     "MC dropout",
 )
 PLAIN_SOFTMAX, TRAINED_SOFTMAX = "plain softmax", "evidence-trained softmax"
-
-
-@dataclass(frozen=True)
-class Recipe(baselines.Recipe):
-    """What all methods share (:class:`sigma.lab.baselines.Recipe`: the MLP, its training,
-    the ensemble and MC dropout), and the evidence methods' own settings.
-
-    structure, prior, every, warmup : the Laplace of both evidence methods and the
-        :class:`sigma.EvidenceCallback` (re-estimate every ``every`` epochs after ``warmup``).
-    ensemble_head : the deep ensemble's head ("gaussian" or "mse", regression).
-    """
-
-    structure: str = "kfac"
-    prior: str = "layer"
-    every: int = 5
-    warmup: int = 0
-    ensemble_head: str = "gaussian"
 
 
 @dataclass
@@ -150,24 +135,18 @@ def _laplace_summary(la: Laplace, beta_unit: float) -> dict:
     return out
 
 
-def train_with_evidence(x, y, recipe: Recipe, loss, prior, *, n_out: int, seed: int = 0):
-    """A fresh network of ``recipe`` trained with a :class:`sigma.EvidenceCallback` (structure,
-    ``prior`` (a :func:`prior_spec`), every, warmup of the recipe). Returns (model, callback);
-    ``callback.laplace`` is the Laplace at the final weights."""
-    model = recipe.network(x.shape[1], n_out, seed)
-    cb = EvidenceCallback(
-        x, y, structure=recipe.structure, prior=prior, every=recipe.every,
-        warmup=recipe.warmup, verbose=0,
-    )  # fmt: skip
-    baselines.fit(model, x, y, loss=loss, seed=seed, callbacks=[cb], **recipe.training())
-    return model, cb
-
-
-def run_regression(split, recipe: Recipe, *, seed: int = 0, y_scale: float = 1.0) -> Result:
+def run_regression(split, recipe: Recipe, *, post_hoc, trained, seed: int = 0,
+                   y_scale: float = 1.0) -> Result:  # fmt: skip
     """The four methods on one regression split (x (N, D), y (N, K) standardised, e.g. a
     :class:`sigma.lab.data.RegressionSplit`). Metrics are reported in units of ``y_scale``
     (targets, means and σ multiplied by it; 1: the training units) and β in those units
-    (β / y_scale²)."""
+    (β / y_scale²).
+
+    The evidence methods are the notebook's: ``post_hoc(model, x, y, recipe, prior,
+    likelihood)`` → a :class:`sigma.Laplace` at a plainly trained model's weights with the
+    evidence's α_g, β (or :class:`~sigma.evidence.EvidenceError`); ``trained(model, x, y,
+    recipe, loss, prior, seed)`` → the :class:`sigma.EvidenceCallback` a fresh model was trained
+    with (its ``laplace`` at the final weights). ``prior`` is :func:`prior_spec`'s."""
     x_train, x_test, y_train, y_test = split[:4]
     n_in, k = x_train.shape[1], y_train.shape[1]
     result = Result(recipe=asdict(recipe))
@@ -182,11 +161,10 @@ def run_regression(split, recipe: Recipe, *, seed: int = 0, y_scale: float = 1.0
     # 1. plain training, then the evidence at the trained weights
     start = time.perf_counter()
     plain = recipe.network(n_in, k, seed)
-    baselines.fit(plain, x_train, y_train, loss="mse", seed=seed, **recipe.training())
+    train(plain, x_train, y_train, loss="mse", seed=seed, **recipe.training())
     prior = prior_spec(plain, recipe.prior)
     try:
-        la = Laplace(plain, x_train, y_train, structure=recipe.structure, prior=prior)
-        la.optimize_evidence()
+        la = post_hoc(plain, x_train, y_train, recipe, prior, "regression")
         score(POST_HOC, *la.predict(x_test), _laplace_summary(la, unit))
     except EvidenceError as err:
         result.notes[POST_HOC] = str(err)
@@ -194,7 +172,8 @@ def run_regression(split, recipe: Recipe, *, seed: int = 0, y_scale: float = 1.0
 
     # 2. training for the posterior
     start = time.perf_counter()
-    model, cb = train_with_evidence(x_train, y_train, recipe, "mse", prior, n_out=k, seed=seed)
+    model = recipe.network(n_in, k, seed)
+    cb = trained(model, x_train, y_train, recipe, "mse", prior, seed)
     score(TRAINED, *cb.laplace.predict(x_test), _laplace_summary(cb.laplace, unit))
     result.history, result.prior_groups = cb.history, _group_names(model, recipe.prior, cb)
     result.seconds[TRAINED] = time.perf_counter() - start
@@ -220,10 +199,12 @@ def run_regression(split, recipe: Recipe, *, seed: int = 0, y_scale: float = 1.0
 
 
 def run_classification(
-    x_train, labels_train, x_test, labels_test, recipe: Recipe, *, seed: int = 0
-) -> Result:
+    x_train, labels_train, x_test, labels_test, recipe: Recipe, *, post_hoc, trained,
+    seed: int = 0,
+) -> Result:  # fmt: skip
     """The four methods on a classifier (labels (N,) integers in [0, K)), plus the plain and
-    the evidence-trained networks' own softmax."""
+    the evidence-trained networks' own softmax; ``post_hoc``, ``trained`` as in
+    :func:`run_regression`."""
     n_in, k = x_train.shape[1], int(max(labels_train.max(), labels_test.max())) + 1
     result = Result(recipe=asdict(recipe))
     loss = baselines.classification_loss()
@@ -238,21 +219,19 @@ def run_classification(
 
     start = time.perf_counter()
     plain = recipe.network(n_in, k, seed)
-    baselines.fit(plain, x_train, labels_train, loss=loss, seed=seed, **recipe.training())
+    train(plain, x_train, labels_train, loss=loss, seed=seed, **recipe.training())
     score(PLAIN_SOFTMAX, softmax(baselines.model_outputs(plain, x_test)))
     prior = prior_spec(plain, recipe.prior)
     try:
-        la = Laplace(
-            plain, x_train, labels_train, likelihood="classification",
-            structure=recipe.structure, prior=prior,
-        ).optimize_evidence()  # fmt: skip
+        la = post_hoc(plain, x_train, labels_train, recipe, prior, "classification")
         score(POST_HOC, la.predict_proba(x_test), _laplace_summary(la, 1.0))
     except EvidenceError as err:
         result.notes[POST_HOC] = str(err)
     result.seconds[POST_HOC] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model, cb = train_with_evidence(x_train, labels_train, recipe, loss, prior, n_out=k, seed=seed)
+    model = recipe.network(n_in, k, seed)
+    cb = trained(model, x_train, labels_train, recipe, loss, prior, seed)
     score(TRAINED_SOFTMAX, softmax(baselines.model_outputs(model, x_test)))
     score(TRAINED, cb.laplace.predict_proba(x_test), _laplace_summary(cb.laplace, 1.0))
     result.history, result.prior_groups = cb.history, _group_names(model, recipe.prior, cb)
@@ -322,13 +301,14 @@ def mean_sd(rows: list[dict], columns, decimals: int = 3) -> list[dict]:
 
 
 def choose_structure(
-    x_train, labels_train, recipe: Recipe, candidates, *, validation: float = 0.25, seed: int = 0
-) -> tuple[str, list[dict]]:
+    x_train, labels_train, recipe: Recipe, candidates, *, trained, validation: float = 0.25,
+    seed: int = 0,
+) -> tuple[str, list[dict]]:  # fmt: skip
     """The Laplace structure for the evidence-trained classifier, chosen on held-out part of
     the *training* data (the test set is never seen): a stratified ``validation`` fraction is
     set aside, the plain network and an evidence-trained one per candidate structure are
     trained on the rest, and the candidate with the lowest validation NLL of its Laplace
-    predictive wins.
+    predictive wins (``trained`` as in :func:`run_regression`).
 
     Returns ``(structure, rows)``: rows {method, accuracy, nll, ece, confidence} on the
     validation part, the plain softmax first, then "evidence-trained (<structure>)" per
@@ -350,13 +330,13 @@ def choose_structure(
                 "ece": scores["ece"], "confidence": float(np.mean(np.max(probs, axis=1)))}  # fmt: skip
 
     plain = recipe.network(x_fit.shape[1], k, seed)
-    baselines.fit(plain, x_fit, l_fit, loss=loss, seed=seed, **recipe.training())
+    train(plain, x_fit, l_fit, loss=loss, seed=seed, **recipe.training())
     rows = [row(PLAIN_SOFTMAX, softmax(baselines.model_outputs(plain, x_val)))]
     nll = {}
     for structure in candidates:
         trial = replace(recipe, structure=structure)
-        _, cb = train_with_evidence(x_fit, l_fit, trial, loss, prior_spec(plain, recipe.prior),
-                                    n_out=k, seed=seed)  # fmt: skip
+        cb = trained(trial.network(x_fit.shape[1], k, seed), x_fit, l_fit, trial, loss,
+                     prior_spec(plain, recipe.prior), seed)  # fmt: skip
         rows.append(row(f"{TRAINED} ({structure})", cb.laplace.predict_proba(x_val)))
         nll[structure] = rows[-1]["nll"]
     return min(nll, key=nll.get), rows
