@@ -219,8 +219,12 @@ def test_over_widths_on_a_fixed_function_the_choice_is_stable_across_seeds():
     ]  # fmt: skip
     choices = [r.best for r in results]
     assert len(set(choices)) == 1, [r.table for r in results]
-    # a width that cannot follow sin(3x) is never chosen, and the seeds change the evidences
-    assert choices[0] != "1 units"
+    # and the whole order (undertrained, 6 epochs at a learning rate of 0.01, the 1- and
+    # 4-unit networks swap places between seeds); the width that cannot follow sin(3x) is last
+    orders = [tuple(r.table.names) for r in results]
+    assert len(set(orders)) == 1, orders
+    assert orders[0][-1] == "1 units"
+    # the seeds do change the evidences
     evidences = [r.table[choices[0]]["log_evidence"] for r in results]
     assert len(set(evidences)) == 3
 
