@@ -4,7 +4,9 @@
 :class:`sigma.EvidenceCallback` and scores it by its log evidence ln p(y | model), the log
 marginal likelihood of the training targets: the data fit at the most probable weights plus
 MacKay's Occam factor (:meth:`sigma.Laplace.log_evidence_parts`), which penalises weights the
-data do not need. No held-out data are used::
+data do not need, plus the log of the number of equivalent modes (:func:`log_symmetry`: hidden
+units permuted and, for tanh, sign-flipped), which the Laplace approximation at one mode leaves
+out. No held-out data are used::
 
     result = sigma.compare_models({"homoscedastic": build_mse, "heteroscedastic": build_nll},
                                   x, y, epochs=200)
@@ -38,8 +40,15 @@ FAMILIES = {"regression": "Gaussian regression", "heteroscedastic": "Gaussian re
 # EvidenceCallback's defaults.
 APPROXIMATION = {"structure": "kfac", "curvature": "ggn", "weights": "all",
                  "structure_options": None}  # fmt: skip
-COLUMNS = ("name", "likelihood", "log_evidence", "data_fit", "occam", "gamma", "n_params",
-           "alpha", "beta", "seconds")  # fmt: skip
+COLUMNS = ("name", "likelihood", "log_evidence", "data_fit", "occam", "symmetry", "gamma",
+           "n_params", "alpha", "beta", "seconds")  # fmt: skip
+# Activations with f(−a) = −f(a): flipping the signs of a hidden unit's incoming weights and bias
+# and of its outgoing weights leaves the network's function unchanged.
+ODD_ACTIVATIONS = frozenset({"tanh", "softsign", "linear"})
+# Layers between a Dense layer and its consumer that act on each unit alone (and are odd).
+_ELEMENTWISE = (keras.layers.Activation, keras.layers.Dropout)
+# Priors that treat every unit of a layer alike, and a weight and its negative alike.
+_SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
 
 
 class ComparisonTable:
@@ -126,6 +135,77 @@ class Comparison:
             f"seed={p.get('seed')}, structure={p.get('options', {}).get('structure')!r})\n"
             f"{self.table!r}"
         )
+
+
+def _activation_name(fn) -> str | None:
+    try:
+        name = keras.activations.serialize(fn)
+    except Exception:  # a custom activation Keras cannot name
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _hidden_units(model) -> list[tuple[str, int, bool]]:
+    """(layer name, units, odd) for every Dense layer of ``model`` whose outputs reach only
+    Dense layers of the model, each directly or through Activation/Dropout layers: units that
+    can be permuted (and, ``odd``, have their signs flipped: every function on the way is odd)
+    without changing what the network computes."""
+    layers = list(model.layers)
+    found = []
+    for layer in layers:
+        if not isinstance(layer, keras.layers.Dense):
+            continue
+        odd = _activation_name(layer.activation) in ODD_ACTIVATIONS
+        frontier, consumers, ok = [layer], 0, True
+        while frontier and ok:
+            current = frontier.pop()
+            for node in getattr(current, "_outbound_nodes", []):
+                nxt = node.operation
+                if not any(nxt is other for other in layers):
+                    continue  # a node of another model the layer was also called in
+                if isinstance(nxt, keras.layers.Dense):
+                    consumers += 1
+                elif isinstance(nxt, _ELEMENTWISE):
+                    if isinstance(nxt, keras.layers.Activation):
+                        odd = odd and _activation_name(nxt.activation) in ODD_ACTIVATIONS
+                    frontier.append(nxt)
+                else:
+                    ok = False
+                    break
+        if ok and consumers:
+            found.append((layer.name, int(layer.units), odd))
+    return found
+
+
+def log_symmetry(laplace) -> float:
+    """ln of the number of weight vectors equivalent to the trained one: the modes of the
+    posterior that give the same function (MacKay 1992a; Bishop 1995 §10.6).
+
+    A hidden layer of H units (a Dense layer whose outputs go, through elementwise layers only,
+    to Dense layers) can have its units permuted — H! ways — and, with an odd activation such
+    as tanh, each unit's signs flipped — 2^H ways — without changing the function or the prior
+    density. The Laplace approximation describes one of these equivalent modes, so the
+    network's evidence is its evidence times their number: ln H! + H ln 2 (tanh) or ln H!
+    (others), summed over the hidden layers. It is a constant in α and β (it changes no
+    estimate) but grows with the width and depth, so it belongs in any comparison of networks
+    of different sizes.
+
+    Counted only where it holds as stated: the posterior covers every weight (a last-layer
+    posterior's hidden units are fixed features, not integrated over) and the prior treats the
+    units of a layer alike ("scalar", "layer" or "variable"; an array of groups gives 0).
+    Hidden units of other layers (convolutions, recurrent cells) are not counted: for such
+    models it is a lower bound, 0 where no Dense layer feeds a Dense layer. Identical or dead
+    units make some of the permutations the same mode, so the count is an upper bound for a
+    network whose prior has switched units off.
+    """
+    from scipy.special import gammaln
+
+    if not laplace.selection.full or laplace.prior.kind not in _SYMMETRIC_PRIORS:
+        return 0.0
+    return float(
+        sum(gammaln(h + 1.0) + (h * np.log(2.0) if odd else 0.0)
+            for _, h, odd in _hidden_units(laplace.model))
+    )  # fmt: skip
 
 
 def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]]:
@@ -236,8 +316,14 @@ def compare_models(
         prior, every, warmup, curvature, weights, ...; default structure "kfac").
 
     Returns a :class:`Comparison`: ``best`` (the name), ``laplace`` (the best candidate's
-    fitted Laplace), ``laplaces``, ``table`` (per candidate: log evidence, its data fit and
-    Occam factor, γ, P, α, β, training seconds) and ``parameters``.
+    fitted Laplace), ``laplaces``, ``table`` (per candidate: log evidence, its data fit, Occam
+    factor and symmetry term, γ, P, α, β, training seconds) and ``parameters``. The log
+    evidence is ``laplace.log_evidence()`` (one mode) plus :func:`log_symmetry` (the number of
+    equivalent modes; 0 for a model without hidden Dense units).
+
+    The evidence is that of the most probable weights: train each candidate until its
+    training objective has stopped improving (a learning rate and enough epochs that the
+    small networks converge too), or the comparison ranks how far training got.
 
     The evidences must be comparable (module docstring): ValueError naming the candidates when
     classifiers and regressions are mixed, or when their structure, curvature, weights or
@@ -294,13 +380,15 @@ def compare_models(
             seconds = time.perf_counter() - start
             la = laplaces[name] = callback.laplace
             parts = la.log_evidence_parts()
+            symmetry = log_symmetry(la)
             rows.append(
                 {
                     "name": name,
                     "likelihood": kinds[name],
-                    "log_evidence": float(la.log_evidence()),
+                    "log_evidence": float(la.log_evidence()) + symmetry,
                     "data_fit": parts["data_fit"],
                     "occam": parts["occam"],
+                    "symmetry": symmetry,
                     "gamma": float(la.gamma),
                     "n_params": int(la.n_params),
                     "alpha": la.alpha,
