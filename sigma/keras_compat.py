@@ -113,6 +113,12 @@ def inbound_tensors(layer) -> list:
     return out
 
 
+def consumers(layer) -> list:
+    """The operations (layers) that take ``layer``'s outputs in the functional graphs it
+    belongs to, one per call."""
+    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+
+
 def history(tensor):
     """(layer, node index, tensor index) that produced a symbolic Keras tensor, or None."""
     return getattr(tensor, "_keras_history", None)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from sigma import progress
+from sigma import keras_compat, progress
 from sigma._checks import check_batch_size, check_positive_int, check_seed
 
 # The likelihood family of each compiled-loss kind (sigma.callbacks.loss_likelihood): the
@@ -159,8 +159,7 @@ def _hidden_units(model) -> list[tuple[str, int, bool]]:
         frontier, consumers, ok = [layer], 0, True
         while frontier and ok:
             current = frontier.pop()
-            for node in getattr(current, "_outbound_nodes", []):
-                nxt = node.operation
+            for nxt in keras_compat.consumers(current):
                 if not any(nxt is other for other in layers):
                     continue  # a node of another model the layer was also called in
                 if isinstance(nxt, keras.layers.Dense):

@@ -5,6 +5,7 @@ import ast
 import json
 import logging
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,25 @@ def test_a_changed_set_of_variables_gets_a_new_engine(rng, mlp64):
     second = engine(mlp64)
     assert second is not first and second.n_params == sigma.num_params(mlp64) == 54 - 20
     assert sigma.Laplace(mlp64, x, y).n_params == 34
+
+
+KERAS_PRIVATE = re.compile(
+    r"\b_(inbound_nodes|outbound_nodes|keras_history|flatten_layers|call_has_training_arg|"
+    r"fn_kwargs|tracker|functional|layers_by_name|build_shapes_dict)\b"
+    r"|\b(_getframe|currentframe|f_locals|f_back)\b"
+)
+
+
+def test_keras_internals_and_frames_are_read_in_keras_compat_only():
+    """issue 27: Keras' private names (nodes, histories, flattened layers, a call's training
+    argument) and a caller's frame are read behind named functions of sigma/keras_compat.py,
+    so that a Keras release can break one module, not seven."""
+    package = Path(__file__).resolve().parents[1] / "sigma"
+    found = [
+        f"{path.relative_to(package.parent)}:{i}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "keras_compat.py"
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if KERAS_PRIVATE.search(line)
+    ]
+    assert not found, "\n".join(found)
