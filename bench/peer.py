@@ -46,8 +46,31 @@ Every worker runs under a memory cap (--mem-cap GB, default 12): its resident me
 every 50 ms and a worker above the cap is killed and reported as "killed" with the size it had
 reached, so that a peer that runs out of memory (laplace-torch's kron on the CNN) cannot take
 the machine down; with --time-cap a worker still running after that many seconds is killed and
-reported as "stopped" (laplace-torch's diagonal GGN through curvlinops takes the Jacobian of the
-whole batch's outputs by torch.func.jacrev, a cost quadratic in the DataLoader batch).
+reported as "stopped" (none is by default).
+
+The transformer, measured (one run on the shared 2-core machine, 180 s wall including the data
+and 3 epochs of training; ``.venv/bin/python bench/peer.py --peer-python .venv-peer/bin/python
+--tasks tf-diag,tf-kfac,tf-last``, N = 10,000, 1,000 test sequences; cold, then one warm run):
+
+    step                                  sigma cold / warm      laplace-torch cold / warm
+    kfac/kron fit, all weights            15.3 s / 12.0 s        failed (both backends)
+    kfac/kron predict_proba               3.79 s / 1.76 s        —
+    diag fit, all weights                 30.5 s / 21.2 s        failed (BackPACK), killed at
+    diag predict_proba                    3.48 s / 1.64 s          the 12 GB cap after 12 s
+                                                                   (curvlinops)
+    last-layer kfac/kron fit              4.51 s / 3.02 s        1.19 s / 1.10 s (BackPACK)
+    last-layer predict_proba              0.353 s / 0.167 s      0.094 s / 0.116 s
+
+What a laplace-torch user meets on this module: BackPACK refuses the whole network ("Extension
+saving to diag_ggn_exact [kflr] does not have an extension for Module <...Transformer>": the
+attention's matmul and softmax are no modules), curvlinops' KFAC refuses it ("Found parameters
+in un-supported layers.": Embedding and LayerNorm), and its diagonal GGN (laplace-torch's
+torch.func.jacrev of the whole batch's B·K outputs) grew past 12 GB in the first batch. The last
+layer runs on both; there its kron and sigma's kfac differ in definition (laplace-torch keeps
+the bias as a block of its own): logit variances within 4.7e-2, probit probabilities within
+4.6e-3. The torch module's logits equal the Keras logits to 2.9e-6 (largest |logit| 9.5). A
+child module named ``output`` breaks BackPACK (it stores ``module.output`` on every module):
+the torch module calls it ``out_proj``.
 
 laplace-torch's backends: on Iris its default, CurvlinopsGGN (the full GGN from a curvlinops
 linear operator); on the MLP BackPackGGN by default (--backend): the exact diagonal GGN
