@@ -167,6 +167,7 @@ def prepare(n: int, n_test: int, epochs: int, seed: int, path: Path, model: str 
         y_train=y,
         x_test=xt,
         y_test=yt,
+        logits_test=logits,  # the Keras logits (bench/peer.py checks torch's against them)
         **{f"w{i}": w for i, w in enumerate(weights)},
     )
     return {

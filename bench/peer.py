@@ -3,8 +3,9 @@
     make bench-peer                       # builds .venv-peer (torch CPU + laplace-torch), then runs
     .venv/bin/python bench/peer.py --peer-python .venv-peer/bin/python [--n 10000] [--test 1000]
         [--repeats 5] [--mlp-repeats 2] [--pred-batch 50] [--backend backpack|curvlinops]
-        [--tasks iris,mlp-diag,mlp-kfac,cnn-diag,cnn-kfac,cnn-last] [--cnn-n 10000]
-        [--cnn-test 1000] [--cnn-repeats 1] [--mem-cap 12]
+        [--tasks iris,mlp-diag,mlp-kfac,cnn-diag,cnn-kfac,cnn-last,tf-diag,tf-kfac,tf-last]
+        [--cnn-n 10000] [--cnn-test 1000] [--cnn-repeats 1] [--tf-n 10000] [--tf-test 1000]
+        [--tf-epochs 3] [--tf-repeats 1] [--mem-cap 12] [--time-cap SECONDS]
 
 What it measures, in one run, printed as one table:
 
@@ -28,11 +29,48 @@ What it measures, in one run, printed as one table:
   on the last layer's weights; the fit and the probit predict_proba of the test images (cold,
   then --cnn-repeats warm runs; 0: the cold run only). laplace-torch sees the same weights in
   torch's layout (NCHW, the first Dense layer's inputs reordered to torch's flattening).
+* The small transformer classifier of bench/cnn.py (``--model transformer`` there: 32 token
+  ids from a vocabulary of 2,000 → Embedding 64 → MultiHeadAttention, 4 heads of 16, with a
+  residual → LayerNormalization → mean over positions → Dense 10 logits; 145,418 weights;
+  --tf-n training and --tf-test test sequences, --tf-epochs of training): the same three pairs
+  (tasks tf-diag, tf-kfac, tf-last). laplace-torch sees the same weights in an equivalent torch
+  module (bench/peer_torch.py): nn.Embedding, the query, key, value and output projections as
+  nn.Linear (Keras' (64, 4, 16) kernels flattened head-major and transposed), the query scaled
+  by 1/√16 as Keras does, nn.LayerNorm(64, eps=1e-3), the mean, nn.Linear(64, 10); the worker
+  checks its logits against the Keras logits of the test data (computed in the parent) and
+  records the largest difference. Where laplace-torch's backend refuses the module, the
+  exception is recorded as the user meets it ("failed: ...") and the other backend (BackPACK /
+  curvlinops) is tried in a fresh process; the table says which ran.
 
 Every worker runs under a memory cap (--mem-cap GB, default 12): its resident memory is read
 every 50 ms and a worker above the cap is killed and reported as "killed" with the size it had
 reached, so that a peer that runs out of memory (laplace-torch's kron on the CNN) cannot take
-the machine down.
+the machine down; with --time-cap a worker still running after that many seconds is killed and
+reported as "stopped" (none is by default).
+
+The transformer, measured (one run on the shared 2-core machine, 180 s wall including the data
+and 3 epochs of training; ``.venv/bin/python bench/peer.py --peer-python .venv-peer/bin/python
+--tasks tf-diag,tf-kfac,tf-last``, N = 10,000, 1,000 test sequences; cold, then one warm run):
+
+    step                                  sigma cold / warm      laplace-torch cold / warm
+    kfac/kron fit, all weights            15.3 s / 12.0 s        failed (both backends)
+    kfac/kron predict_proba               3.79 s / 1.76 s        —
+    diag fit, all weights                 30.5 s / 21.2 s        failed (BackPACK), killed at
+    diag predict_proba                    3.48 s / 1.64 s          the 12 GB cap after 12 s
+                                                                   (curvlinops)
+    last-layer kfac/kron fit              4.51 s / 3.02 s        1.19 s / 1.10 s (BackPACK)
+    last-layer predict_proba              0.353 s / 0.167 s      0.094 s / 0.116 s
+
+What a laplace-torch user meets on this module: BackPACK refuses the whole network ("Extension
+saving to diag_ggn_exact [kflr] does not have an extension for Module <...Transformer>": the
+attention's matmul and softmax are no modules), curvlinops' KFAC refuses it ("Found parameters
+in un-supported layers.": Embedding and LayerNorm), and its diagonal GGN (laplace-torch's
+torch.func.jacrev of the whole batch's B·K outputs) grew past 12 GB in the first batch. The last
+layer runs on both; there its kron and sigma's kfac differ in definition (laplace-torch keeps
+the bias as a block of its own): logit variances within 4.7e-2, probit probabilities within
+4.6e-3. The torch module's logits equal the Keras logits to 2.9e-6 (largest |logit| 9.5). A
+child module named ``output`` breaks BackPACK (it stores ``module.output`` on every module):
+the torch module calls it ``out_proj``.
 
 laplace-torch's backends: on Iris its default, CurvlinopsGGN (the full GGN from a curvlinops
 linear operator); on the MLP BackPackGGN by default (--backend): the exact diagonal GGN
@@ -79,7 +117,9 @@ IRIS = (4, 16, 16, 3)  # tanh hidden layers
 MLP = (784, 256, 256, 10)  # relu hidden layers
 ACTIVATION = {"iris": "tanh", "mlp": "relu"}
 CNN_TASKS = ("cnn-diag", "cnn-kfac", "cnn-last")  # sigma kfac = laplace-torch kron
-TASKS = ("iris", "mlp-diag", "mlp-kfac", *CNN_TASKS)
+TF_TASKS = ("tf-diag", "tf-kfac", "tf-last")  # the transformer of bench/cnn.py, the same three
+TASKS = ("iris", "mlp-diag", "mlp-kfac", *CNN_TASKS, *TF_TASKS)
+BACKENDS = ("backpack", "curvlinops")
 
 
 # -- helpers shared with bench/peer_torch.py (standard library and numpy only) ---------------------
@@ -192,6 +232,31 @@ def cnn_torch_weights(data: dict) -> list[np.ndarray]:
     ]  # fmt: skip
 
 
+def transformer_torch_weights(data: dict) -> dict[str, np.ndarray]:
+    """The transformer's Keras weights (w0..w12: embeddings (V, D); query, key, value kernels
+    (D, H, Dh) and biases (H, Dh); the attention output kernel (H, Dh, D) and bias (D,);
+    LayerNormalization γ, β; the Dense kernel (D, K) and bias) by the parameter names of
+    bench/peer_torch.py's module: nn.Linear weights (out, in), the heads' axes flattened
+    head-major (the order in which Keras' einsum contracts them)."""
+    w = [data[f"w{i}"] for i in range(13)]
+    d = w[0].shape[1]
+    out = {"embedding.weight": w[0]}
+    for i, name in enumerate(("query", "key", "value")):
+        out[f"{name}.weight"] = w[1 + 2 * i].reshape(d, -1).T  # (D, H·Dh) → (H·Dh, D)
+        out[f"{name}.bias"] = w[2 + 2 * i].reshape(-1)
+    out["out_proj.weight"] = w[7].reshape(-1, d).T
+    out["out_proj.bias"] = w[8]
+    out["norm.weight"], out["norm.bias"] = w[9], w[10]
+    out["head.weight"], out["head.bias"] = w[11].T, w[12]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def failure(exc: BaseException) -> str:
+    """An exception as a user meets it: its type and the first lines of its message."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg[:300]}" if msg else type(exc).__name__
+
+
 def emit(row: dict):
     """The worker's result: one JSON line, last on stdout."""
     row["peak"] = peak_bytes()
@@ -206,7 +271,7 @@ def sigma_worker(args):
     import sigma
 
     data = load_data(args.data)
-    if args.task.startswith("cnn"):
+    if args.task.startswith(("cnn", "tf")):
         return sigma_cnn_worker(args, data)
     name = "iris" if args.task == "iris" else "mlp"
 
@@ -265,18 +330,20 @@ def sigma_worker(args):
 
 
 def sigma_cnn_worker(args, data):
-    """The CNN of bench/cnn.py, classification: the fit and predict_proba (probit)."""
+    """The CNN or the transformer of bench/cnn.py, classification: the fit and predict_proba
+    (probit); for the transformer also the logit variances diag J A⁻¹ Jᵀ (untimed, the check)."""
     import tensorflow as tf
-    from cnn import cnn
+    from cnn import network
 
     import sigma
 
-    net = cnn(0)
-    net.set_weights([data[f"w{i}"] for i in range(8)])
+    model = "transformer" if args.task.startswith("tf") else "cnn"
+    net = network(model, 0)
+    net.set_weights([data[f"w{i}"] for i in range(len(net.weights))])
     x, y, xt = data["x_train"], data["y_train"], data["x_test"]
     structure, weights = {
-        "cnn-diag": ("diag", "all"), "cnn-kfac": ("kfac", "all"), "cnn-last": ("kfac", "last_layer")
-    }[args.task]  # fmt: skip
+        "diag": ("diag", "all"), "kfac": ("kfac", "all"), "last": ("kfac", "last_layer")
+    }[args.task.split("-")[1]]  # fmt: skip
     row = {
         "library": "sigma",
         "version": f"sigma {sigma.__version__}, TensorFlow {tf.__version__}",
@@ -290,9 +357,15 @@ def sigma_cnn_worker(args, data):
             alpha=args.alpha,
         )  # fmt: skip
 
-    row["fit"], la = measure(fit, args.repeats)
-    row["pred"], proba = measure(lambda: la.predict_proba(xt), args.repeats)
-    np.savez(args.out, proba=proba)
+    out = {}
+    try:
+        row["fit"], la = measure(fit, args.repeats)
+        row["pred"], out["proba"] = measure(lambda: la.predict_proba(xt), args.repeats)
+        if model == "transformer":
+            out["fvar"] = np.diagonal(la.predictive_covariance(xt), axis1=1, axis2=2)
+    except Exception as exc:  # reported in the table, not a crash of the run
+        row["failed"] = failure(exc)
+    np.savez(args.out, **out)
     emit(row)
 
 
@@ -331,6 +404,17 @@ def prepare(args, tmp: Path) -> dict[str, Path]:
         paths["cnn"] = tmp / "cnn.npz"
         info = prepare_cnn(args.cnn_n, args.cnn_test, args.cnn_epochs, args.seed, paths["cnn"])
         print(f"CNN: test accuracy {info['test_accuracy']:.3f}", file=sys.stderr)
+    if any(t.startswith("tf") for t in tasks):
+        from cnn import prepare as prepare_cnn
+
+        paths["tf"] = tmp / "tf.npz"  # with the Keras logits of the test data (the torch check)
+        info = prepare_cnn(
+            args.tf_n, args.tf_test, args.tf_epochs, args.seed, paths["tf"], model="transformer"
+        )
+        print(
+            f"transformer: {info['params']:,} weights, test accuracy {info['test_accuracy']:.3f}",
+            file=sys.stderr,
+        )
     return paths
 
 
@@ -352,10 +436,11 @@ def process_rss(pid: int) -> int:
         return 0
 
 
-def run_worker(cmd, env=None, mem_cap: float | None = None) -> dict | None:
-    """Run a worker; its JSON line, or None if it failed. With ``mem_cap`` (bytes) its resident
-    memory is watched every 50 ms and the worker killed when it exceeds the cap: the result is
-    then {"killed": peak bytes seen, "seconds": time until then}."""
+def run_worker(cmd, env=None, mem_cap: float | None = None, time_cap: float | None = None) -> dict:
+    """Run a worker; its JSON line, or {"failed": the last line of its stderr}. With ``mem_cap``
+    (bytes) its resident memory is watched every 50 ms and the worker killed when it exceeds
+    the cap: the result is then {"killed": peak bytes seen, "seconds": time until then}; with
+    ``time_cap`` (seconds) a worker still running then is killed: {"stopped": seconds}."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
@@ -366,13 +451,18 @@ def run_worker(cmd, env=None, mem_cap: float | None = None) -> dict | None:
                 proc.kill()
                 proc.wait()
                 return {"killed": seen, "seconds": time.perf_counter() - t0}
+            if time_cap and time.perf_counter() - t0 > time_cap:
+                proc.kill()
+                proc.wait()
+                return {"stopped": time.perf_counter() - t0, "seconds": time.perf_counter() - t0}
             time.sleep(0.05)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode:
         print(f"worker failed: {' '.join(cmd[:4])} ...\n{stderr[-3000:]}", file=sys.stderr)
-        return None
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        return {"failed": (lines[-1] if lines else f"exit code {proc.returncode}")[:300]}
     return json.loads(stdout.strip().splitlines()[-1])
 
 
@@ -403,9 +493,19 @@ def main():
     p.add_argument("--cnn-test", type=int, default=1_000, help="CNN test points")
     p.add_argument("--cnn-epochs", type=int, default=1, help="CNN training epochs")
     p.add_argument("--cnn-repeats", type=int, default=1, help="warm runs per CNN step (median)")
+    p.add_argument("--tf-n", type=int, default=10_000, help="transformer training sequences")
+    p.add_argument("--tf-test", type=int, default=1_000, help="transformer test sequences")
+    p.add_argument("--tf-epochs", type=int, default=3, help="transformer training epochs")
+    p.add_argument(
+        "--tf-repeats", type=int, default=1, help="warm runs per transformer step (median)"
+    )
     p.add_argument(
         "--mem-cap", type=float, default=12.0,
         help="GB of resident memory at which a worker is killed (reported as killed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--time-cap", type=float, default=None,
+        help="seconds after which a worker is killed (reported as stopped; default: none)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -432,24 +532,54 @@ def main():
         print(f"data and training: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for task in [t for t in args.tasks.split(",") if t]:
             name = task.split("-")[0]
-            beta = {"iris": args.iris_beta, "mlp": args.mlp_beta, "cnn": 1.0}[name]
-            repeats = {"iris": args.repeats, "mlp": args.mlp_repeats, "cnn": args.cnn_repeats}
+            beta = {"iris": args.iris_beta, "mlp": args.mlp_beta, "cnn": 1.0, "tf": 1.0}[name]
+            repeats = {
+                "iris": args.repeats, "mlp": args.mlp_repeats, "cnn": args.cnn_repeats,
+                "tf": args.tf_repeats,
+            }  # fmt: skip
             common = ["--task", task, "--data", str(paths[name]), "--alpha", str(args.alpha)]
             common += ["--beta", str(beta), "--pred-batch", str(args.pred_batch)]
-            common += ["--backend", args.backend, "--repeats", str(repeats[name])]
-            for lib, cmd in (
-                ("sigma", [sys.executable, __file__, "--worker", "sigma"]),
-                ("torch", [args.peer_python, str(ROOT / "bench" / "peer_torch.py")]),
-            ):
-                outfile = tmp / f"{lib}-{task}.npz"
+            common += ["--repeats", str(repeats[name])]
+            # the transformer: when laplace-torch fails with one backend, the other is tried
+            backends = [args.backend]
+            if name == "tf":
+                backends += [b for b in BACKENDS if b != args.backend]
+            runs = [("sigma", [sys.executable, __file__, "--worker", "sigma"], args.backend)]
+            runs += [
+                ("torch", [args.peer_python, str(ROOT / "bench" / "peer_torch.py")], b)
+                for b in backends
+            ]
+            attempts = []
+            for lib, cmd, backend in runs:
+                if lib == "torch" and attempts and "pred" in attempts[-1]:
+                    break  # a backend ran: the other is not tried
+                outfile = tmp / f"{lib}-{task}-{backend}.npz"
                 t1 = time.perf_counter()
                 row = run_worker(
-                    [*cmd, *common, "--out", str(outfile)], env=env, mem_cap=args.mem_cap * 1e9
+                    [*cmd, *common, "--backend", backend, "--out", str(outfile)],
+                    env=env,
+                    mem_cap=args.mem_cap * 1e9,
+                    time_cap=args.time_cap,
                 )
-                print(f"{task} {lib}: {time.perf_counter() - t1:.0f} s", file=sys.stderr)
-                if row is not None and "killed" not in row:
+                seconds = time.perf_counter() - t1
+                print(f"{task} {lib} ({backend}): {seconds:.0f} s", file=sys.stderr)
+                if row is not None and outfile.exists():
                     row["sigma_out"] = load_data(outfile)
-                results[(task, lib)] = row
+                if lib == "sigma":
+                    results[(task, lib)] = row
+                    continue
+                if row is not None:
+                    row.setdefault("backend_name", backend)
+                attempts.append(row or {"failed": "no result", "backend_name": backend})
+            # the first attempt that ran, else the last; the others kept for the notes
+            ran = [r for r in attempts if "pred" in r]
+            best = ran[0] if ran else attempts[-1]
+            best["other_attempts"] = [
+                {k: r.get(k) for k in ("backend_name", "failed", "killed", "stopped", "seconds")}
+                for r in attempts
+                if r is not best
+            ]
+            results[(task, "torch")] = best
     print_table(results, args)
 
 
@@ -473,7 +603,8 @@ def print_table(results, args):
         f"sigma vs laplace-torch, CPU ({os.cpu_count()} cores; threads: sigma "
         f"{threads.get('sigma')}, torch {threads.get('torch')}), float32 unless stated; "
         f"warm = median of {args.repeats} runs (Iris) / {args.mlp_repeats} runs (MLP) / "
-        f"{args.cnn_repeats} runs (CNN; 0: warm = the cold run)"
+        f"{args.cnn_repeats} runs (CNN) / {args.tf_repeats} runs (transformer; 0: warm = the "
+        "cold run)"
     )
     for lib in ("sigma", "torch"):
         if lib in versions:
@@ -493,9 +624,15 @@ def print_table(results, args):
         ("cnn-diag", "pred", f"CNN diag predict_proba, {args.cnn_test:,}"),
         ("cnn-last", "fit", f"CNN last-layer kfac/kron fit, N={args.cnn_n:,}"),
         ("cnn-last", "pred", f"CNN last-layer predict_proba, {args.cnn_test:,}"),
+        ("tf-kfac", "fit", f"Transformer kfac/kron fit, N={args.tf_n:,}"),
+        ("tf-kfac", "pred", f"Transformer kfac/kron predict_proba, {args.tf_test:,}"),
+        ("tf-diag", "fit", f"Transformer diag fit, N={args.tf_n:,}"),
+        ("tf-diag", "pred", f"Transformer diag predict_proba, {args.tf_test:,}"),
+        ("tf-last", "fit", f"Transformer last-layer kfac/kron fit, N={args.tf_n:,}"),
+        ("tf-last", "pred", f"Transformer last-layer predict_proba, {args.tf_test:,}"),
     ]
     head = (
-        f"{'step':<38} {'sigma cold':>10} {'sigma warm':>10} {'torch cold':>10} "
+        f"{'step':<44} {'sigma cold':>10} {'sigma warm':>10} {'torch cold':>10} "
         f"{'torch warm':>10} {'warm t/s':>8} {'sigma ΔMB':>9} {'torch ΔMB':>9}"
     )
     print(head)
@@ -506,15 +643,19 @@ def print_table(results, args):
             continue
         killed = {
             lib: f"killed {r['killed'] / 1e9:.1f}G"
+            if "killed" in r
+            else f"stopped {r['stopped']:.0f}s"
+            if "stopped" in r
+            else "failed"
             for lib, r in (("sigma", s), ("torch", t))
-            if r and "killed" in r
+            if r and ("killed" in r or "stopped" in r or (r.get("failed") and step not in r))
         }
         s, t = (s or {}).get(step, {}), (t or {}).get(step, {})
         ratio = t["warm"] / s["warm"] if s.get("warm") and t.get("warm") else None
         sc, sw = (killed["sigma"], "") if "sigma" in killed else (s.get("cold"), s.get("warm"))
         tc, tw = (killed["torch"], "") if "torch" in killed else (t.get("cold"), t.get("warm"))
         print(
-            f"{label:<38} {fmt(sc):>10} {fmt(sw):>10} {fmt(tc):>10} {fmt(tw):>10} "
+            f"{label:<44} {fmt(sc):>10} {fmt(sw):>10} {fmt(tc):>10} {fmt(tw):>10} "
             f"{fmt(ratio, 1) + '×' if ratio else '—':>8} "
             f"{fmt(s['mem'] / mb, 0) if 'mem' in s else '—':>9} "
             f"{fmt(t['mem'] / mb, 0) if 'mem' in t else '—':>9}"
@@ -524,6 +665,14 @@ def print_table(results, args):
     print()
     print(f"{'process':<12} {'library':<8} {'setup MB':>9} {'peak MB':>8}  backend / notes")
     for (task, lib), r in results.items():
+        for a in (r or {}).get("other_attempts", []):  # laplace-torch backends that did not run
+            if a.get("killed"):
+                why = f"killed after {a['seconds']:.0f} s at {a['killed'] / mb:.0f} MB resident"
+            elif a.get("stopped"):
+                why = f"stopped at the time cap after {a['stopped']:.0f} s"
+            else:
+                why = f"failed: {a.get('failed')}"
+            print(f"{task:<12} {lib:<8} {'':>9} {'':>8}  --backend {a['backend_name']}: {why}")
         if r is None:
             print(f"{task:<12} {lib:<8} failed (see stderr)")
             continue
@@ -531,10 +680,23 @@ def print_table(results, args):
             print(
                 f"{task:<12} {lib:<8} killed after {r['seconds']:.0f} s at {r['killed'] / mb:.0f}"
                 f" MB resident (cap {args.mem_cap:g} GB)"
+                + (f", --backend {r['backend_name']}" if r.get("backend_name") else "")
+            )
+            continue
+        if "stopped" in r:
+            print(
+                f"{task:<12} {lib:<8} stopped at the time cap after {r['stopped']:.0f} s "
+                f"(--backend {r.get('backend_name')})"
             )
             continue
         note = r.get("backend", "")
-        print(f"{task:<12} {lib:<8} {r['rss_setup'] / mb:9.0f} {r['peak'] / mb:8.0f}  {note}")
+        if r.get("failed"):
+            note = f"{note}; failed: {r['failed']}" if note else f"failed: {r['failed']}"
+        setup = f"{r['rss_setup'] / mb:9.0f}" if "rss_setup" in r else f"{'—':>9}"
+        peak = f"{r['peak'] / mb:8.0f}" if "peak" in r else f"{'—':>8}"
+        print(f"{task:<12} {lib:<8} {setup} {peak}  {note}")
+        if "logit_check" in r:
+            print(f"{'':<12} {'':<8} {'':>9} {'':>8}  {r['logit_check']}")
     print()
     print("σ agreement (same weights, same α and β): max over points and outputs of |s − t| / |t|")
     checks = [
@@ -554,12 +716,17 @@ def print_table(results, args):
         dv = max_rel(so[f"var{prec[:2]}"], to[f"var{prec}"])
         ds = max_rel(so[f"std{prec[:2]}"], to[f"std{prec}"])
         print(f"  {label:<66} gᵀA⁻¹g {dv:8.1e}   σ (with 1/β) {ds:8.1e}")
-    for task in ("cnn-diag", "cnn-kfac", "cnn-last"):
+    for task in (*CNN_TASKS, *TF_TASKS):
         s, t = results.get((task, "sigma")), results.get((task, "torch"))
         if s and t and "proba" in s.get("sigma_out", {}) and "proba" in t.get("sigma_out", {}):
             d = np.abs(s["sigma_out"]["proba"] - t["sigma_out"]["proba"]).max()
-            kind = "same curvature" if task == "cnn-diag" else "definitions differ"
+            kind = "same curvature" if task.endswith("diag") else "definitions differ"
             print(f"  {task}: predict_proba (probit) max |p_sigma − p_torch| {d:.1e} ({kind})")
+        if s and t and "fvar" in s.get("sigma_out", {}) and "fvar" in t.get("sigma_out", {}):
+            print(
+                f"  {task}: logit variances diag J A⁻¹ Jᵀ, max relative difference "
+                f"{max_rel(s['sigma_out']['fvar'], t['sigma_out']['fvar']):.1e}"
+            )
     s, t = results.get(("iris", "sigma")), results.get(("iris", "torch"))
     if not (s and t and "sigma_out" in s and "sigma_out" in t):
         return

@@ -5,7 +5,7 @@ bench/peer-requirements.txt), never in the project's: torch is no dependency of 
 started by bench/peer.py, which writes the data and the trained Keras weights to an npz file
 and reads back the JSON line and the predictive σ:
 
-    .venv-peer/bin/python bench/peer_torch.py --task iris|mlp-diag|mlp-kfac|cnn-... --data D.npz
+    .venv-peer/bin/python bench/peer_torch.py --task iris|mlp-diag|mlp-kfac|cnn-...|tf-... --data D.npz
         --out S.npz --alpha A --beta B [--repeats R] [--pred-batch 50] [--backend backpack]
 
 The Keras kernels (in, out) are loaded transposed into torch.nn.Linear weights (out, in), so
@@ -17,6 +17,7 @@ is sigma's A = αI + βC (its MSELoss GGN carries the factor ½ that makes GGN =
 
 from __future__ import annotations
 
+import sys
 import warnings
 from importlib import metadata
 
@@ -29,10 +30,12 @@ from peer import (
     MLP,
     cnn_torch_weights,
     emit,
+    failure,
     layer_weights,
     load_data,
     measure,
     resident_bytes,
+    transformer_torch_weights,
     worker_args,
 )
 
@@ -49,6 +52,8 @@ def main():
     data = load_data(args.data)
     if args.task.startswith("cnn"):
         return cnn_task(args, data)
+    if args.task.startswith("tf"):
+        return tf_task(args, data)
     name = "iris" if args.task == "iris" else "mlp"
     widths = IRIS if name == "iris" else MLP
     act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[ACTIVATION[name]]
@@ -204,6 +209,126 @@ def cnn_task(args, data):
     row["fit"], la = measure(fit, args.repeats)
     row["pred"], proba = measure(lambda: predict(la), args.repeats)
     np.savez(args.out, proba=proba)
+    emit(row)
+
+
+def transformer_module():
+    """bench/cnn.py's transformer as a torch module whose weights laplace-torch's backends can
+    see: nn.Embedding, the attention's query, key, value and output projections as nn.Linear
+    (Keras' EinsumDense kernels flattened head-major), nn.LayerNorm with Keras' ε = 1e-3, the
+    mean over positions and nn.Linear logits. The attention itself (scores, softmax, weighted
+    sum) is tensor operations between the modules, as in torch's own attention layers."""
+    import torch
+    from torch import nn
+
+    class Transformer(nn.Module):
+        def __init__(self, vocab=2_000, dim=64, heads=4, key_dim=16, classes=10):
+            super().__init__()
+            self.heads, self.key_dim = heads, key_dim
+            self.embedding = nn.Embedding(vocab, dim)
+            self.query = nn.Linear(dim, heads * key_dim)
+            self.key = nn.Linear(dim, heads * key_dim)
+            self.value = nn.Linear(dim, heads * key_dim)
+            self.out_proj = nn.Linear(heads * key_dim, dim)
+            self.norm = nn.LayerNorm(dim, eps=1e-3)
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, ids):
+            h = self.embedding(ids)  # (B, T, D)
+            b, t, _ = h.shape
+
+            def split(z):  # (B, T, H·Dh) → (B, H, T, Dh)
+                return z.view(b, t, self.heads, self.key_dim).transpose(1, 2)
+
+            q = split(self.query(h)) * self.key_dim**-0.5  # Keras scales the query
+            k, v = split(self.key(h)), split(self.value(h))
+            a = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v  # (B, H, T, Dh)
+            a = self.out_proj(a.transpose(1, 2).reshape(b, t, -1))
+            return self.head(self.norm(h + a).mean(dim=1))
+
+    return Transformer()
+
+
+def tf_task(args, data):
+    """The transformer of bench/cnn.py with the same weights, classification: the fit (diag or
+    kron on all weights, kron on the last layer) and the probit predictive probabilities, plus
+    the GLM logit variances (untimed) for the check against sigma. A failure of laplace-torch
+    (a module its backend does not support) is recorded as the user meets it, not raised."""
+    import torch
+    from laplace import Laplace
+    from laplace.curvature import BackPackGGN, CurvlinopsGGN
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = transformer_module()
+    net.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in transformer_torch_weights(data).items()}
+    )
+    net = net.eval()
+    x = torch.from_numpy(data["x_train"]).long()
+    y = torch.from_numpy(data["y_train"]).long()
+    xt = torch.from_numpy(data["x_test"]).long()
+    backend = {"backpack": BackPackGGN, "curvlinops": CurvlinopsGGN}[args.backend]
+    subset, structure = {
+        "tf-diag": ("all", "diag"), "tf-kfac": ("all", "kron"), "tf-last": ("last_layer", "kron")
+    }[args.task]  # fmt: skip
+    batch = 128
+    row = {
+        "library": "laplace-torch",
+        "version": f"laplace-torch {metadata.version('laplace-torch')}, torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "backend": f"{backend.__name__}, subset_of_weights={subset!r}, hessian_structure="
+        f"{structure!r}, DataLoader batch {batch}, predictive batch {args.pred_batch}",
+        "rss_setup": resident_bytes(),
+    }
+    with torch.no_grad():
+        logits = net(xt).numpy()
+    diff = float(np.abs(logits - data["logits_test"]).max())
+    row["logit_diff"] = diff
+    row["logit_check"] = (
+        f"torch logits vs Keras logits, {len(xt):,} test sequences: max |Δ| {diff:.1e} "
+        f"(largest |logit| {np.abs(data['logits_test']).max():.1f})"
+    )
+    print(row["logit_check"], file=sys.stderr)
+
+    def fit():
+        la = Laplace(
+            net, "classification", subset_of_weights=subset, hessian_structure=structure,
+            prior_precision=args.alpha, backend=backend,
+        )  # fmt: skip
+        la.fit(DataLoader(TensorDataset(x, y), batch_size=batch))
+        return la
+
+    def predict(la):
+        return torch.cat(
+            [
+                la(xt[s : s + args.pred_batch], pred_type="glm", link_approx="probit")
+                for s in range(0, len(xt), args.pred_batch)
+            ]
+        ).numpy()
+
+    def logit_variances(la):
+        return torch.cat(
+            [
+                torch.diagonal(
+                    la._glm_predictive_distribution(xt[s : s + args.pred_batch])[1], 0, -2, -1
+                )
+                for s in range(0, len(xt), args.pred_batch)
+            ]
+        ).numpy()
+
+    out = {}
+    try:
+        row["fit"], la = measure(fit, args.repeats)
+    except Exception as exc:  # what a user meets: recorded, the run goes on
+        row["failed"] = f"fit: {failure(exc)}"
+    else:
+        try:
+            row["pred"], out["proba"] = measure(lambda: predict(la), args.repeats)
+        except Exception as exc:
+            row["failed"] = f"predict: {failure(exc)}"
+        else:
+            out["fvar"] = logit_variances(la)
+    np.savez(args.out, **out)
     emit(row)
 
 
