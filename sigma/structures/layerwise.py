@@ -239,17 +239,27 @@ class Layerwise(Structure):
         # here once, not in every batch's graph (a 9,217² rotation is 85M elements).
         dtype = self.engine_for(model).dtype
         n_fast = len(self.plan.fast)
-        exact = self._block_params(alpha, float(beta))
-        params = [
-            [
-                None if t is None else tf.constant(t, dtype if i < n_fast and j < 2 else tf.float64)
-                for j, t in enumerate(blk)
-            ]
-            for i, blk in enumerate(exact)
-        ]
         head = output_block(model, self.plan) is not None
-        if head and not covariance and params[0][1] is not None:
-            params = [_head_columns(params[0], exact[0])]
+
+        def constants():
+            blocks = self._block_params(alpha, float(beta))
+            if head and not covariance and blocks[0][1] is not None:
+                blocks = [_head_columns(blocks[0], dtype)]
+            return [
+                [
+                    None
+                    if t is None
+                    else tf.constant(t, dtype if i < n_fast and j < 2 else tf.float64)
+                    for j, t in enumerate(blk)
+                ]
+                for i, blk in enumerate(blocks)
+            ]
+
+        # a head at the same precisions again (predict after predict_proba): the same
+        # constants, not another conversion of its K×K rotation (a body's rotations, as large
+        # as 9,217² for a CNN's Dense layer, are not kept beyond the call)
+        key = (np.asarray(alpha, np.float64).tobytes(), float(beta), covariance, str(dtype))
+        params = self.memo("head_constants", key, constants) if head else constants()
         flat = [t for blk in params for t in blk if t is not None]
         fn = self._predict_fn(model, x, params, covariance)
         if head:  # K per input, K² with covariances
@@ -469,29 +479,22 @@ def served_plan(eng, spec):
     return eng.described_plan(spec["plan"], fast=spec.get("fast", True))
 
 
-def _head_columns(params, exact):
-    """A head's predictive parameters [U_in, U_out, W] (the constants of the predict graph)
-    with only the output eigen-directions j the curvature moves off the prior: a direction of
-    the output factor with no curvature (a class no training label was drawn from, the
-    softmax's shift of all logits) has W[:, j] = w₀, the prior's column, so those add
-    (ã² w₀) r_k with r_k = Σ_j U_kj² over them: one number per output, not K. A column counts
-    as the prior's within K·ε (the numerical-rank tolerance of the K×K eigendecomposition, as
-    numpy.linalg.matrix_rank's, ε of U_out's dtype): every term of a variance is positive and
-    each dropped one within that of its value, so the variances are exact to K·ε relative
-    (6·10⁻⁴ for 5,000 float32 classes, 10⁻¹² in float64). ``exact``: the same in float64."""
+def _head_columns(params, dtype):
+    """A head's predictive parameters [U_in, U_out, W] (float64 arrays) with only the output
+    eigen-directions j the curvature moves off the prior: a direction of the output factor
+    with no curvature (a class no training label was drawn from, the softmax's shift of all
+    logits) has W[:, j] = w₀, the prior's column, so those add (ã² w₀) r_k with
+    r_k = Σ_j U_kj² over them: one number per output, not K. A column counts as the prior's
+    within K·ε (the numerical-rank tolerance of the K×K eigendecomposition, as
+    numpy.linalg.matrix_rank's; ε of the model's ``dtype``, in which U_out is applied): every
+    term of a variance is positive and each dropped one within that of its value, so the
+    variances are exact to K·ε relative (6·10⁻⁴ for 5,000 float32 classes, 10⁻¹² in
+    float64). Returns [U_in, U_out's kept columns, W's, w₀, r], or ``params`` unchanged."""
     u_in, u_out, w = params
-    _, u64, w64 = exact
-    tol = u_out.shape[0] * float(np.finfo(u_out.dtype.as_numpy_dtype).eps)
-    w0 = w64.max(axis=1)  # the prior's column: the largest variance of each input direction
-    free = np.all(np.abs(w64 - w0[:, None]) <= tol * w0[:, None], axis=0)
+    u_out, w = np.asarray(u_out, np.float64), np.asarray(w, np.float64)
+    tol = u_out.shape[0] * float(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).eps)
+    w0 = w.max(axis=1)  # the prior's column: the largest variance of each input direction
+    free = np.all(np.abs(w - w0[:, None]) <= tol * w0[:, None], axis=0)
     if not free.any():
         return params
-    keep = ~free
-    rest = np.sum(np.square(np.asarray(u64, np.float64)[:, free]), axis=1)
-    return [
-        u_in,
-        tf.constant(np.asarray(u64)[:, keep], u_out.dtype),
-        tf.constant(w64[:, keep], tf.float64),
-        tf.constant(w0, tf.float64),
-        tf.constant(rest, tf.float64),
-    ]
+    return [u_in, u_out[:, ~free], w[:, ~free], w0, np.sum(np.square(u_out[:, free]), axis=1)]
