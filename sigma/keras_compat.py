@@ -119,6 +119,11 @@ def consumers(layer) -> list:
     return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
 
 
+def call_count(layer) -> int:
+    """How many times ``layer`` was called in functional graphs (its nodes)."""
+    return len(getattr(layer, "_inbound_nodes", []))
+
+
 def history(tensor):
     """(layer, node index, tensor index) that produced a symbolic Keras tensor, or None."""
     return getattr(tensor, "_keras_history", None)

@@ -146,25 +146,36 @@ def _activation_name(fn) -> str | None:
 
 
 def _hidden_units(model) -> list[tuple[str, int, bool]]:
-    """(layer name, units, odd) for every Dense layer of ``model`` whose outputs reach only
-    Dense layers of the model, each directly or through Activation/Dropout layers: units that
-    can be permuted (and, ``odd``, have their signs flipped: every function on the way is odd)
-    without changing what the network computes."""
-    layers = list(model.layers)
+    """(layer name, units, odd) for every trainable Dense layer of ``model``, called once and
+    not an output, whose outputs reach only trainable Dense layers called once, each directly
+    or through Activation/Dropout layers: units that can be permuted (and, ``odd``, have their
+    signs flipped: every function on the way is odd) without changing what the network
+    computes. Any other operation on the way (a slice, ``keras.ops.exp``, a concatenation) and
+    a model whose graph cannot be read count no units: the term is then a lower bound."""
+    try:
+        # a functional model's operations include raw ops; a Sequential's are its layers
+        members = list(model.operations if hasattr(model, "operations") else model.layers)
+        ends = {id(keras_compat.history(t).operation) for t in model.outputs}
+    except (AttributeError, ValueError, TypeError):  # subclassed or unbuilt: no graph to read
+        return []
     found = []
-    for layer in layers:
-        if not isinstance(layer, keras.layers.Dense):
+
+    def single(layer) -> bool:
+        return layer.trainable and keras_compat.call_count(layer) == 1
+
+    for layer in members:
+        if not isinstance(layer, keras.layers.Dense) or not single(layer) or id(layer) in ends:
             continue
         odd = _activation_name(layer.activation) in ODD_ACTIVATIONS
         frontier, consumers, ok = [layer], 0, True
         while frontier and ok:
             current = frontier.pop()
             for nxt in keras_compat.consumers(current):
-                if not any(nxt is other for other in layers):
+                if not any(nxt is other for other in members):
                     continue  # a node of another model the layer was also called in
-                if isinstance(nxt, keras.layers.Dense):
+                if isinstance(nxt, keras.layers.Dense) and single(nxt):
                     consumers += 1
-                elif isinstance(nxt, _ELEMENTWISE):
+                elif isinstance(nxt, _ELEMENTWISE) and id(nxt) not in ends:
                     if isinstance(nxt, keras.layers.Activation):
                         odd = odd and _activation_name(nxt.activation) in ODD_ACTIVATIONS
                     frontier.append(nxt)
