@@ -382,14 +382,15 @@ def ill_conditioned_hint(
     alpha: float,
     x=None,
     scalar: bool = True,
-    tempered: bool = False,
+    tempered: bool | None = False,
     alpha_max: float = 0.0,
 ) -> str:
     """Why A = D_α + βC is refused when α is below the round-off of βC's largest eigenvalue
     ``top`` (A's condition number beyond 1/ROUNDOFF: its smallest eigenvalues are round-off,
     positive or negative by chance), and what helps. ``alpha``: the smallest α; ``x``: the training inputs (arrays, or a
     list/dict of them), whose magnitude is named when it is the likely cause; ``tempered``: β
-    is 1/temperature (a classifier), so the remedy is a larger temperature, not a smaller β."""
+    is 1/temperature (a classifier), so the remedy is a larger temperature, not a smaller β;
+    None: the likelihood has neither (heteroscedastic), only α helps."""
     from sigma.evidence import ROUNDOFF
 
     which = "alpha" if scalar else "the smallest alpha"
@@ -402,7 +403,9 @@ def ill_conditioned_hint(
             f" The inputs reach |x| = {big:.3g}: a layer's curvature grows as the square of the "
             "scale of its inputs."
         )
-    other = "or a larger temperature" if tempered else "or a smaller beta"
+    # the likelihood's other scale of βC: 1/T for a classifier, β for regression, none for a
+    # heteroscedastic model (its noise is its own output)
+    other = {True: " (or a larger temperature)", False: " (or a smaller beta)", None: ""}[tempered]
     if alpha_max > 0.5 * top:  # the largest α, not the curvature, sets A's largest eigenvalue
         return (
             f"the largest alpha ({alpha_max:g}) is {top / alpha:.2g} times {which} = {alpha:g}: "
@@ -417,7 +420,7 @@ def ill_conditioned_hint(
         f"eigenvalues are below the round-off of its largest (~{top * np.finfo(float).eps:.2g} "
         f"in float64), so neither A nor the error bars can be trusted.{cause} What helps: "
         f"standardise the inputs (e.g. (x - mean)/std per feature) and retrain, or alpha >= "
-        f"{top * ROUNDOFF * 10:.3g}{'' if scalar else ' for every group'} ({other}), "
+        f"{top * ROUNDOFF * 10:.3g}{'' if scalar else ' for every group'}{other}, "
         "a prior that is not lost in round-off"
     )
 

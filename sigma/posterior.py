@@ -239,7 +239,7 @@ class Posterior:
                 a_min,
                 None if scale is None else np.array([scale]),
                 self.prior.scalar,
-                tempered=self.likelihood.tempered,
+                tempered=self.likelihood.tempered or (None if not self.likelihood.noise else False),
                 alpha_max=a_max,
             )
         elif lam.size < self.n_params:
