@@ -64,8 +64,12 @@ def test_a_float32_heads_variances_are_the_diagonal_of_its_covariance(alpha):
     np.testing.assert_allclose(var, np.einsum("nkk->nk", cov), rtol=2e-5)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_classes_without_curvature_cost_nothing_and_change_no_variance(dtype):
+@pytest.mark.parametrize(
+    "dtype,structure,prior",
+    [("float64", "kfac", "scalar"), ("float32", "kfac", "scalar"),
+     ("float64", "ekfac", "scalar"), ("float64", "kfac", "variable")],
+)  # fmt: skip
+def test_classes_without_curvature_cost_nothing_and_change_no_variance(dtype, structure, prior):
     """300 classes and 40 labels under the MC GGN: most eigen-directions of the output factor
     carry no curvature, so the variances keep only the others' columns (plus one number per
     class for the prior's share) and must still be the covariance's diagonal, to K·ε."""
@@ -74,11 +78,17 @@ def test_classes_without_curvature_cost_nothing_and_change_no_variance(dtype):
     model = _head_model(300, dtype=dtype)
     x, y = RNG.normal(size=(40, 6)).astype(dtype), RNG.integers(0, 300, 40)
     la = sigma.Laplace(model, x, y, likelihood="classification", weights="last_layer",
-                       structure="kfac", curvature="ggn_mc", alpha=0.3)  # fmt: skip
+                       structure=structure, curvature="ggn_mc", alpha=0.3,
+                       prior=prior)  # fmt: skip
     s = la.structure
-    kept = _head_columns(s._block_params(0.3, 1.0)[0], dtype)
-    assert len(kept) == 5 and kept[1].shape[1] <= 41  # rank ≤ N + 1 of 300 columns kept
-    var = s.predictive_variance(model, x[:7], 0.3, 1.0)
-    cov = s.predictive_covariance(model, x[:7], 0.3, 1.0)
+    # "variable": the bias rows' α apart from the kernel's (the head's input basis is then
+    # scaled, not orthogonal)
+    alpha = 0.3 if prior == "scalar" else np.r_[np.full(8 * 300, 0.3), np.full(300, 3.0)]
+    kept = _head_columns(s._block_params(alpha, 1.0)[0], dtype)
+    if structure == "kfac":  # rank ≤ N + 1 of 300 columns kept (ekfac's eigenvalues of the
+        # null directions are round-off of per-sample projections, above K·ε: all kept)
+        assert len(kept) == 5 and kept[1].shape[1] <= 41
+    var = s.predictive_variance(model, x[:7], alpha, 1.0)
+    cov = s.predictive_covariance(model, x[:7], alpha, 1.0)
     rtol = 1e-10 if dtype == "float64" else 300 * np.finfo("f4").eps
     np.testing.assert_allclose(var, np.einsum("nkk->nk", cov), rtol=rtol)
