@@ -1,6 +1,7 @@
 """Where the time of the layer-wise structures goes on the CNN of bench/cnn.py (issue 26).
 
     .venv/bin/python bench/cnn_profile.py [--n 1000] [--test 200] [--what capture,fit,eigh]
+        [--model transformer]
 
 Prints, for the sigma on PYTHONPATH (this checkout by default):
 
@@ -30,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from cnn import cnn, data, gradient_pass, train  # noqa: E402
+from cnn import data, gradient_pass, network, train  # noqa: E402
 
 
 def med(fn, repeats):
@@ -51,6 +52,7 @@ def main():
     p.add_argument("--batch", type=int, default=0, help="batch for the per-call timings (0: auto)")
     p.add_argument("--what", default="capture,fit,predict,eigh")
     p.add_argument("--eigh-n", type=int, default=9217)
+    p.add_argument("--model", choices=("cnn", "transformer"), default="cnn")
     p.add_argument("--fit-runs", type=int, default=1, help="fits per structure (1 or 2)")
     args = p.parse_args()
     what = set(args.what.split(","))
@@ -62,8 +64,8 @@ def main():
     from sigma.curvature.engine import engine
 
     print(f"sigma from {Path(sigma.__file__).parent}")
-    x, y, xt, yt = data(args.n, args.test, 0)
-    net = train(cnn(0), x, y, args.epochs, 0)
+    x, y, xt, yt = data(args.n, args.test, 0, args.model)
+    net = train(network(args.model, 0), x, y, args.epochs, 0)
     unit = med(gradient_pass(net, x, y, 500), args.repeats)
     print(f"unit: one gradient pass over N = {args.n}: {unit:.3f} s")
 
@@ -87,7 +89,7 @@ def main():
         pass
     for b in plan.fast:
         print(f"  {b.layer.name:<12} {b.kind:<7} D={b.d_in:<6} C={b.d_out:<4} T={b.positions}")
-    root = sigma.likelihoods.get("classification").hessian_sqrt
+    lik = sigma.likelihoods.get("classification")
 
     if "capture" in what:
         from sigma.structures.diag import Diag
@@ -96,29 +98,30 @@ def main():
         batches = [args.batch] if args.batch else sorted({bs, 64, 256})
         for b in batches:
             xb = tf.constant(x[:b])
-            spec = [tf.TensorSpec([None, *x.shape[1:]], tf.float32)]
+            spec = [tf.TensorSpec([None, *x.shape[1:]], x.dtype)]
 
             def fwd(xb):
                 return tf.reduce_sum(net(xb, training=False))
 
             def cap_only(xb):
-                c = cap_mod.capture(net, plan, xb, root=root)
-                return tf.add_n(
-                    [tf.reduce_sum(a) for a in c.acts] + [tf.reduce_sum(s) for s in c.sens]
+                c = cap_mod.capture(net, plan, xb, likelihood=lik)
+                return tf.add_n(  # an embedding's inputs are ids
+                    [tf.cast(tf.reduce_sum(a), tf.float32) for a in c.acts]
+                    + [tf.reduce_sum(s) for s in c.sens]
                 )
 
             def kfac_stats(xb):
-                c = cap_mod.capture(net, plan, xb, root=root)
-                return KFAC._batch_stats(plan, c, max_block=2048)
+                c = cap_mod.capture(net, plan, xb, likelihood=lik)
+                return KFAC._batch_stats(plan, c, max_block=2048, positions="expand")
 
             def diag_stats(xb):
-                c = cap_mod.capture(net, plan, xb, root=root)
+                c = cap_mod.capture(net, plan, xb, likelihood=lik)
                 return Diag._batch_stats(plan, c)
 
             def kfac_stats_no_dense_q(xb):  # Q of the 9,217-input Dense layer left out
-                c = cap_mod.capture(net, plan, xb, root=root)
-                out = KFAC._batch_stats(plan, c, max_block=2048)
-                return [o for o in out if o.shape[0] < 5000]
+                c = cap_mod.capture(net, plan, xb, likelihood=lik)
+                out = KFAC._batch_stats(plan, c, max_block=2048, positions="expand")
+                return [o for o in out if o.shape[0] is None or o.shape[0] < 5000]
 
             fns = {
                 "forward": fwd, "capture (fwd + K bwd + patches)": cap_only,
