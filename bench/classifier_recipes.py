@@ -25,21 +25,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's sigma
 
 
-def tempered_laplace(model, x_fit, labels_fit, x_val, labels_val, recipe):
-    """Notebook 06's "sigma" method (written out there): a Laplace at the MAP weights, the
-    likelihood's temperature searched within ``recipe.temperatures`` on the validation NLL."""
-    import numpy as np
-
-    import sigma
-
-    la = sigma.Laplace(model, x_fit, labels_fit, likelihood="classification",
-                       structure=recipe.structure, weights=recipe.weights, prior=recipe.prior)  # fmt: skip
-    low, high = recipe.temperatures
-    la.temperature = np.sqrt(low * high)
-    return la.optimize_prior(x_val, labels_val, method=recipe.link, span=np.sqrt(high / low),
-                             tol=0.05)  # fmt: skip
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -53,9 +38,7 @@ def main(argv=None) -> None:
     setup = Recipe(hidden=(32,), epochs=args.epochs)
     results = []
     for seed in args.seeds:
-        predictors, _ = classifiers.recipes(
-            x_train, l_train, setup, laplace=tempered_laplace, seed=seed
-        )
+        predictors, _ = classifiers.recipes(x_train, l_train, setup, seed=seed)
         results.append(
             classifiers.evaluate(predictors, x_test, l_test, angles=[45], ood=True, seed=seed)
         )

@@ -154,14 +154,39 @@ def main():
     emit(row)
 
 
+def classifier_steps(net, x, y, xt, args, subset, structure, backend, batch):
+    """(fit, predict) of laplace-torch on a classifier: ``fit()`` a Laplace of ``structure``
+    over ``subset`` with ``backend`` on (x, y) in batches of ``batch``; ``predict(la)`` its
+    probit GLM predictive of xt in batches of --pred-batch, as a NumPy array."""
+    import torch
+    from laplace import Laplace
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def fit():
+        la = Laplace(
+            net, "classification", subset_of_weights=subset, hessian_structure=structure,
+            prior_precision=args.alpha, backend=backend,
+        )  # fmt: skip
+        la.fit(DataLoader(TensorDataset(x, y), batch_size=batch))
+        return la
+
+    def predict(la):
+        return torch.cat(
+            [
+                la(xt[s : s + args.pred_batch], pred_type="glm", link_approx="probit")
+                for s in range(0, len(xt), args.pred_batch)
+            ]
+        ).numpy()
+
+    return fit, predict
+
+
 def cnn_task(args, data):
     """The CNN of bench/cnn.py with the same weights (torch layout, NCHW inputs),
     classification: the fit (kron / diag on all weights, or kron on the last layer) and the
     probit predictive probabilities (sigma's predict_proba default)."""
     import torch
-    from laplace import Laplace
     from laplace.curvature import BackPackGGN, CurvlinopsGGN
-    from torch.utils.data import DataLoader, TensorDataset
 
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(),
@@ -190,21 +215,7 @@ def cnn_task(args, data):
         "rss_setup": resident_bytes(),
     }
 
-    def fit():
-        la = Laplace(
-            net, "classification", subset_of_weights=subset, hessian_structure=structure,
-            prior_precision=args.alpha, backend=backend,
-        )  # fmt: skip
-        la.fit(DataLoader(TensorDataset(x, y), batch_size=batch))
-        return la
-
-    def predict(la):
-        return torch.cat(
-            [
-                la(xt[s : s + args.pred_batch], pred_type="glm", link_approx="probit")
-                for s in range(0, len(xt), args.pred_batch)
-            ]
-        ).numpy()
+    fit, predict = classifier_steps(net, x, y, xt, args, subset, structure, backend, batch)
 
     row["fit"], la = measure(fit, args.repeats)
     row["pred"], proba = measure(lambda: predict(la), args.repeats)
@@ -255,9 +266,7 @@ def tf_task(args, data):
     the GLM logit variances (untimed) for the check against sigma. A failure of laplace-torch
     (a module its backend does not support) is recorded as the user meets it, not raised."""
     import torch
-    from laplace import Laplace
     from laplace.curvature import BackPackGGN, CurvlinopsGGN
-    from torch.utils.data import DataLoader, TensorDataset
 
     net = transformer_module()
     net.load_state_dict(
@@ -290,21 +299,7 @@ def tf_task(args, data):
     )
     print(row["logit_check"], file=sys.stderr)
 
-    def fit():
-        la = Laplace(
-            net, "classification", subset_of_weights=subset, hessian_structure=structure,
-            prior_precision=args.alpha, backend=backend,
-        )  # fmt: skip
-        la.fit(DataLoader(TensorDataset(x, y), batch_size=batch))
-        return la
-
-    def predict(la):
-        return torch.cat(
-            [
-                la(xt[s : s + args.pred_batch], pred_type="glm", link_approx="probit")
-                for s in range(0, len(xt), args.pred_batch)
-            ]
-        ).numpy()
+    fit, predict = classifier_steps(net, x, y, xt, args, subset, structure, backend, batch)
 
     def logit_variances(la):
         return torch.cat(

@@ -68,15 +68,15 @@ metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
 import dataclasses
+import inspect
 import time
 
 import numpy as np
 import pandas as pd
 
-import sigma
 from sigma.lab import data, plots
 from sigma.lab import training_comparison as comparison
-from sigma.lab.models import Recipe, train
+from sigma.lab.models import Recipe
 from sigma.sweep.records import save_metrics
 
 started = time.time()
@@ -125,22 +125,9 @@ for name, recipe in [("Friedman", recipe_friedman), ("diabetes", recipe_diabetes
 #   the log posterior, α_g and β re-estimated every `every` epochs after `warmup`;
 #   `cb.laplace` is its Laplace at the final weights.
 
-
 # %%
-def post_hoc_evidence(model, x, y, recipe, prior, likelihood):
-    la = sigma.Laplace(model, x, y, likelihood=likelihood, structure=recipe.structure,
-                       prior=prior)  # fmt: skip
-    return la.optimize_evidence()
-
-
-def evidence_trained(model, x, y, recipe, loss, prior, seed):
-    cb = sigma.EvidenceCallback(x, y, structure=recipe.structure, prior=prior,
-                                every=recipe.every, warmup=recipe.warmup, verbose=0)  # fmt: skip
-    train(model, x, y, loss=loss, seed=seed, callbacks=[cb], **recipe.training())
-    return cb
-
-
-methods = dict(post_hoc=post_hoc_evidence, trained=evidence_trained)
+print(inspect.getsource(comparison.post_hoc_evidence))
+print(inspect.getsource(comparison.evidence_trained))
 
 # %% [markdown]
 # ## Friedman #1: is β the true noise level?
@@ -155,7 +142,7 @@ friedman_split = data.friedman_regression(
     n_friedman, n_friedman_test, noise=friedman_noise, seed=seed
 )
 friedman = comparison.run_regression(
-    friedman_split, recipe_friedman, **methods, seed=seed, y_scale=friedman_split.y_scale
+    friedman_split, recipe_friedman, seed=seed, y_scale=friedman_split.y_scale
 )
 table_friedman = pd.DataFrame(comparison.table(friedman, regression_columns))
 print(table_friedman.round(3).to_string(index=False))
@@ -186,7 +173,7 @@ fig = plots.evidence_history(
 # %%
 diabetes = [
     comparison.run_regression(
-        data.diabetes_split(0.2, seed=seed + i), recipe_diabetes, **methods, seed=seed + i
+        data.diabetes_split(0.2, seed=seed + i), recipe_diabetes, seed=seed + i
     )
     for i in range(n_splits)
 ]
@@ -228,7 +215,7 @@ fig = plots.evidence_history(
 # %%
 x_train, x_test, labels_train, labels_test = data.digits_split(seed=seed)
 structure_chosen, validation_rows = comparison.choose_structure(
-    x_train, labels_train, recipe_digits, structures_digits, trained=evidence_trained,
+    x_train, labels_train, recipe_digits, structures_digits,
     validation=validation_digits, seed=seed,
 )  # fmt: skip
 table_validation = pd.DataFrame(validation_rows)
@@ -238,7 +225,7 @@ recipe_digits = dataclasses.replace(recipe_digits, structure=structure_chosen)
 
 # %%
 digits = comparison.run_classification(
-    x_train, labels_train, x_test, labels_test, recipe_digits, **methods, seed=seed
+    x_train, labels_train, x_test, labels_test, recipe_digits, seed=seed
 )
 table_digits = pd.DataFrame(comparison.table(digits, classification_columns))
 print(table_digits.round(4).to_string(index=False))

@@ -65,12 +65,11 @@ recipe_seed: int = 0  # the seed of the "which recipe" comparison
 metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
+import inspect
 import time
 
-import numpy as np
 import pandas as pd
 
-import sigma
 from sigma.lab import classifiers, data, plots
 from sigma.lab.models import Recipe
 from sigma.sweep.records import save_metrics
@@ -94,16 +93,8 @@ setup
 # in ln T): at each T the α_g maximise the tempered model's evidence, and T minimises the
 # validation NLL of the `link` predictive. The Laplace is left at the best T with its α_g.
 
-
 # %%
-def tempered_laplace(model, x_fit, labels_fit, x_val, labels_val, recipe):
-    la = sigma.Laplace(model, x_fit, labels_fit, likelihood="classification",
-                       structure=recipe.structure, weights=recipe.weights, prior=recipe.prior)  # fmt: skip
-    low, high = recipe.temperatures
-    la.temperature = np.sqrt(low * high)
-    return la.optimize_prior(x_val, labels_val, method=recipe.link, span=np.sqrt(high / low),
-                             tol=0.05)  # fmt: skip
-
+print(inspect.getsource(classifiers.tempered_laplace))
 
 # %% [markdown]
 # ## Which recipe
@@ -117,9 +108,7 @@ def tempered_laplace(model, x_fit, labels_fit, x_val, labels_val, recipe):
 # entropy).
 
 # %%
-recipe_predictors, recipe_info = classifiers.recipes(
-    x_train, labels_train, setup, laplace=tempered_laplace, seed=recipe_seed
-)
+recipe_predictors, recipe_info = classifiers.recipes(x_train, labels_train, setup, seed=recipe_seed)
 recipe_scores = classifiers.evaluate(
     recipe_predictors, x_test, labels_test, angles=[45], ood=True, seed=recipe_seed
 )
@@ -162,7 +151,7 @@ pd.DataFrame(recipe_info).T[["alpha", "temperature"]]
 
 # %%
 results = classifiers.run(
-    x_train, labels_train, x_test, labels_test, setup, laplace=tempered_laplace, seeds=seeds,
+    x_train, labels_train, x_test, labels_test, setup, seeds=seeds,
     angles=angles, noise_levels=noise_levels, ood=True,
 )  # fmt: skip
 in_distribution = pd.DataFrame(
@@ -259,7 +248,7 @@ iris_setup = Recipe(
     structure=structure, weights=weights, prior=prior, link=link,
 )  # fmt: skip
 iris_results = classifiers.run(xi_train, li_train, xi_test, li_test, iris_setup,
-                               laplace=tempered_laplace, seeds=seeds)  # fmt: skip
+                               seeds=seeds)  # fmt: skip
 iris = pd.DataFrame(
     classifiers.mean_over_seeds(iris_results, "in_distribution", ("method",))
 ).set_index("method")

@@ -61,14 +61,14 @@ mc_samples: int = 100  # test-time passes of MC dropout
 metrics_path: str = ""  # where to write metrics.json (empty: do not write)
 
 # %%
+import inspect
 import time
 
 import numpy as np
 import pandas as pd
 
-import sigma
 from sigma.lab import data, noise
-from sigma.lab.models import Recipe, train
+from sigma.lab.models import Recipe
 from sigma.sweep.records import save_metrics
 
 started = time.time()
@@ -101,27 +101,9 @@ columns = ["nll", "rmse", "coverage_68", "coverage_95", "conformal_coverage_68",
 #   reads the compiled loss and fits `Laplace(likelihood="heteroscedastic")` (no β: the noise is
 #   the head's).
 
-
 # %%
-def homoscedastic_laplace(x, y, recipe, seed):
-    model = recipe.network(x.shape[1], y.shape[1], seed)
-    cb = sigma.EvidenceCallback(x, y, structure=recipe.structure, prior=recipe.prior,
-                                every=recipe.every, verbose=0)  # fmt: skip
-    train(model, x, y, loss="mse", seed=seed, callbacks=[cb], **recipe.training())
-    return cb.laplace
-
-
-def heteroscedastic_laplace(x, y, recipe, seed):
-    model = recipe.network(x.shape[1], 2 * y.shape[1], seed)  # outputs [μ | ln σ²]
-    cb = sigma.EvidenceCallback(x, y, structure=recipe.structure, prior=recipe.prior,
-                                every=recipe.every, verbose=0)  # fmt: skip
-    train(model, x, y, loss=sigma.losses.GaussianNLL(), seed=seed, callbacks=[cb],
-          **recipe.training())  # fmt: skip
-    return cb.laplace
-
-
-laplaces = {noise.HOMOSCEDASTIC: homoscedastic_laplace,
-            noise.HETEROSCEDASTIC: heteroscedastic_laplace}  # fmt: skip
+for method in (noise.homoscedastic_laplace, noise.heteroscedastic_laplace, noise._evidence_trained):
+    print(inspect.getsource(method))
 
 # %% [markdown]
 # ## 1. A curve whose noise grows along x
@@ -132,8 +114,8 @@ laplaces = {noise.HOMOSCEDASTIC: homoscedastic_laplace,
 
 # %%
 x_line, y_line, _ = noise.growing_noise(n_line, seed=seed)
-homo_line = homoscedastic_laplace(x_line, y_line, line_recipe, seed)
-hetero_line = heteroscedastic_laplace(x_line, y_line, line_recipe, seed)
+homo_line = noise.homoscedastic_laplace(x_line, y_line, line_recipe, seed)
+hetero_line = noise.heteroscedastic_laplace(x_line, y_line, line_recipe, seed)
 grid = np.linspace(-1, 1, 200)[:, None]
 bands = {
     "Laplace (homoscedastic)": homo_line.predict(grid),
@@ -184,7 +166,7 @@ for s in range(seed, seed + n_seeds):
     split = noise.friedman_growing_noise(
         n_friedman, n_friedman_test, low=friedman_low, high=friedman_high, seed=s
     )
-    friedman_rows += noise.run(split, friedman_recipe, laplaces=laplaces, seed=s,
+    friedman_rows += noise.run(split, friedman_recipe, seed=s,
                                calibration=calibration, resplits=resplits)  # fmt: skip
 friedman = pd.DataFrame(friedman_rows)
 friedman_table = friedman.groupby("method", sort=False)[columns].mean()
@@ -205,8 +187,8 @@ friedman.pivot(index="seed", columns="method", values="nll")
 # %%
 diabetes_rows = []
 for s in range(seed, seed + n_seeds):
-    diabetes_rows += noise.run(data.diabetes_split(seed=s), diabetes_recipe, laplaces=laplaces,
-                               seed=s, calibration=calibration, resplits=resplits)  # fmt: skip
+    diabetes_rows += noise.run(data.diabetes_split(seed=s), diabetes_recipe, seed=s,
+                               calibration=calibration, resplits=resplits)  # fmt: skip
 diabetes = pd.DataFrame(diabetes_rows)
 diabetes_table = diabetes.groupby("method", sort=False)[columns].mean()
 diabetes_table

@@ -11,16 +11,14 @@ import sigma
 from sigma import metrics
 from sigma.lab import classifiers as cl
 from sigma.lab import data
+from sigma.lab.models import Recipe
 
 
 def tempered_laplace(model, x, labels, x_val, labels_val, *, temperatures):
-    """Notebook 06's method: a Laplace at the trained weights, its temperature searched within
-    ``temperatures`` on the validation NLL with α_g by the tempered evidence at each T."""
-    la = sigma.Laplace(model, x, labels, likelihood="classification", structure="full",
-                       prior="layer")  # fmt: skip
-    low, high = temperatures
-    la.temperature = np.sqrt(low * high)
-    la.optimize_prior(x_val, labels_val, method="mean_field", span=np.sqrt(high / low), tol=0.05)
+    """Notebook 06's method (:func:`sigma.lab.classifiers.tempered_laplace`) over every weight
+    with the full structure, and its search record."""
+    recipe = Recipe(structure="full", prior="layer", link="mean_field", temperatures=temperatures)
+    la = cl.tempered_laplace(model, x, labels, x_val, labels_val, recipe)
     return la, cl.tuning_info(la)
 
 

@@ -8,7 +8,7 @@ class probabilities five ways:
 * **temperature scaling** — its logits divided by one T fitted on a validation part of the
   training data (:class:`sigma.lab.baselines.TemperatureScaling`);
 * **deep ensemble** and **MC dropout** — :mod:`sigma.lab.baselines`;
-* **sigma** — a Laplace at the MAP weights (the notebook's ``laplace``): KFAC curvature over
+* **sigma** — a Laplace at the MAP weights (:func:`tempered_laplace`, which notebook 06 prints; any ``laplace=`` of its signature): KFAC curvature over
   every layer, one prior precision per layer, and the likelihood's temperature T
   (``Laplace(temperature=)``): for each T the α_g are set by the evidence of the tempered
   model, and T is chosen by the validation NLL; probabilities by Lu et al.'s mean-field link
@@ -76,11 +76,23 @@ def split(x_train, labels_train, validation: float, seed: int):
     )
 
 
-def predictors(x_train, labels_train, setup: Recipe, *, laplace, seed: int = 0
+def tempered_laplace(model, x_fit, labels_fit, x_val, labels_val, recipe: Recipe) -> Laplace:
+    """sigma's classifier recipe, as the README gives it: a Laplace at the network's weights,
+    then ``optimize_prior`` on the held-out part — the temperature T by its NLL within
+    ``recipe.temperatures``, α_g by the evidence at each T — with ``recipe.link``."""
+    la = Laplace(model, x_fit, labels_fit, likelihood="classification",
+                 structure=recipe.structure, weights=recipe.weights, prior=recipe.prior)  # fmt: skip
+    low, high = recipe.temperatures
+    la.temperature = np.sqrt(low * high)
+    return la.optimize_prior(x_val, labels_val, method=recipe.link, span=np.sqrt(high / low),
+                             tol=0.05)  # fmt: skip
+
+
+def predictors(x_train, labels_train, setup: Recipe, *, laplace=tempered_laplace, seed: int = 0
                ) -> tuple[dict, dict]:  # fmt: skip
     """Train every method on one seed: the MAP network, temperature scaling, the deep ensemble,
     MC dropout, and sigma — ``laplace(model, x_fit, labels_fit, x_val, labels_val, setup)``,
-    the notebook's: a fitted and tuned :class:`sigma.Laplace` at the MAP network's weights.
+    by default :func:`tempered_laplace`: a fitted and tuned :class:`sigma.Laplace` at the MAP network's weights.
     Returns ``(predictors, info)``: {method: callable x (N, D) → probabilities (N, K)} and
     {"seconds": {method: training time}, "temperature_scaling": T, "sigma":
     :func:`tuning_info`}."""
@@ -182,7 +194,8 @@ def evaluate(
 
 
 def run(
-    x_train, labels_train, x_test, labels_test, setup: Recipe, *, laplace, seeds=(0,),
+    x_train, labels_train, x_test, labels_test, setup: Recipe, *, laplace=tempered_laplace,
+    seeds=(0,),
     angles=(), noise_levels=(), ood: bool = False,
 ) -> list[dict]:  # fmt: skip
     """:func:`predictors` and :func:`evaluate` for every seed (the data split stays; the seed sets
@@ -280,7 +293,7 @@ def targets(results: list[dict], *, method: str = SIGMA, min_angle: float = 30.0
     return rows
 
 
-def recipes(x_train, labels_train, setup: Recipe, *, laplace, seed: int = 0
+def recipes(x_train, labels_train, setup: Recipe, *, laplace=tempered_laplace, seed: int = 0
             ) -> tuple[dict, dict]:  # fmt: skip
     """The ingredients of sigma's recipe, one at a time, on one seed: a Laplace at the MAP
     weights of :func:`predictors`' network with the α_g of the post-hoc evidence, of training with

@@ -4,8 +4,8 @@
 Data whose noise depends on x — a 1-D curve with noise growing along x (:func:`growing_noise`),
 Friedman #1 with a noise standard deviation that grows with x₁ (:func:`friedman_growing_noise`),
 scikit-learn's diabetes data as they are — and the error bars of several methods from the same
-MLP trained for the same epochs (:func:`run`): the notebook's Laplace methods (homoscedastic
-and heteroscedastic, shown in the notebook and passed in as ``laplaces``) against the **deep
+MLP trained for the same epochs (:func:`run`): the Laplace methods (:func:`homoscedastic_laplace`
+and :func:`heteroscedastic_laplace`, whose source notebook 07 prints; ``laplaces=`` others) against the **deep
 ensemble** with Gaussian heads and **MC dropout** (:mod:`sigma.lab.baselines`).
 
 Each method is then calibrated by split conformal prediction on a calibration set held out
@@ -23,7 +23,8 @@ import numpy as np
 from sigma import conformal, metrics
 from sigma.lab import baselines
 from sigma.lab.data import RegressionSplit, standardised
-from sigma.lab.models import Recipe
+from sigma.lab.models import Recipe, train
+from sigma.losses import GaussianNLL
 
 HOMOSCEDASTIC, HETEROSCEDASTIC, ENSEMBLE, DROPOUT = (
     "Laplace (homoscedastic)",
@@ -87,7 +88,30 @@ def calibration_split(split, fraction: float = 0.2, *, seed: int = 0):
 
 
 # -- methods ------------------------------------------------------------------------------------
-def predictors(x, y, recipe: Recipe, *, laplaces: dict, seed: int = 0) -> dict:
+def homoscedastic_laplace(x, y, recipe: Recipe, seed: int):
+    """An MLP trained on the squared error with :class:`sigma.EvidenceCallback`: one noise
+    level 1/β for every input. Returns the callback's Laplace."""
+    return _evidence_trained(recipe.network(x.shape[1], y.shape[1], seed), x, y, recipe, "mse",
+                             seed)  # fmt: skip
+
+
+def heteroscedastic_laplace(x, y, recipe: Recipe, seed: int):
+    """An MLP with outputs [μ | ln σ²] trained on :class:`sigma.losses.GaussianNLL` with the
+    evidence: the noise σ²(x) is the network's own. Returns the callback's Laplace."""
+    model = recipe.network(x.shape[1], 2 * y.shape[1], seed)
+    return _evidence_trained(model, x, y, recipe, GaussianNLL(), seed)
+
+
+def _evidence_trained(model, x, y, recipe: Recipe, loss, seed: int):
+    options = dict(structure=recipe.structure, prior=recipe.prior, every=recipe.every, verbose=0)
+    history = train(model, x, y, loss=loss, seed=seed, evidence=options, **recipe.training())
+    return history.evidence.laplace
+
+
+LAPLACES = {HOMOSCEDASTIC: homoscedastic_laplace, HETEROSCEDASTIC: heteroscedastic_laplace}
+
+
+def predictors(x, y, recipe: Recipe, *, laplaces: dict = LAPLACES, seed: int = 0) -> dict:
     """Train each method on (x, y): the Laplace methods ``laplaces`` {name: fit(x, y, recipe,
     seed) → a fitted :class:`sigma.Laplace`} (the notebook shows them), then the deep ensemble
     and MC dropout of ``recipe``. Returns {method: (predict(x) -> (mean, std), seconds)}."""
@@ -157,7 +181,8 @@ def scores(mean, std, y, *, mean_cal, std_cal, y_cal, scale: float = 1.0, respli
     return row
 
 
-def run(split, recipe: Recipe, *, laplaces: dict, seed: int = 0, calibration: float = 0.2,
+def run(split, recipe: Recipe, *, laplaces: dict = LAPLACES, seed: int = 0,
+        calibration: float = 0.2,
         resplits: int = 200):  # fmt: skip
     """Every method of :func:`predictors` on one split: trained on the training set minus a ``calibration``
     fraction, calibrated on that fraction, scored on the test set (original target units).

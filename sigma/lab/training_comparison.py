@@ -7,7 +7,8 @@ The same network, trained for the same epochs by the same optimiser, four ways:
 * **evidence-trained** — training with :class:`sigma.EvidenceCallback` (the loss is the log
   posterior, α_g and β re-estimated every few epochs), then its ``laplace``;
 
-(these two are the notebook's, passed in as ``post_hoc`` and ``trained``)
+(:func:`post_hoc_evidence` and :func:`evidence_trained`, whose source notebook 05 prints;
+``post_hoc=``/``trained=`` others)
 * **deep ensemble** and **MC dropout** — :mod:`sigma.lab.baselines`.
 
 Classification adds the two networks' own softmax (no weight uncertainty) as references:
@@ -135,14 +136,31 @@ def _laplace_summary(la: Laplace, beta_unit: float) -> dict:
     return out
 
 
-def run_regression(split, recipe: Recipe, *, post_hoc, trained, seed: int = 0,
+def post_hoc_evidence(model, x, y, recipe: Recipe, prior, likelihood):
+    """A :class:`sigma.Laplace` at a plainly trained model's weights with α_g (and β) by the
+    evidence."""
+    la = Laplace(model, x, y, likelihood=likelihood, structure=recipe.structure, prior=prior)
+    return la.optimize_evidence()
+
+
+def evidence_trained(model, x, y, recipe: Recipe, loss, prior, seed):
+    """``model`` trained with :class:`sigma.EvidenceCallback` (the loss the log posterior at the
+    evidence's current α_g, β); returns the callback (its ``laplace``, ``history``)."""
+    options = dict(structure=recipe.structure, prior=prior, every=recipe.every,
+                   warmup=recipe.warmup, verbose=0)  # fmt: skip
+    return train(model, x, y, loss=loss, seed=seed, evidence=options,
+                 **recipe.training()).evidence  # fmt: skip
+
+
+def run_regression(split, recipe: Recipe, *, post_hoc=post_hoc_evidence,
+                   trained=evidence_trained, seed: int = 0,
                    y_scale: float = 1.0) -> Result:  # fmt: skip
     """The four methods on one regression split (x (N, D), y (N, K) standardised, e.g. a
     :class:`sigma.lab.data.RegressionSplit`). Metrics are reported in units of ``y_scale``
     (targets, means and σ multiplied by it; 1: the training units) and β in those units
     (β / y_scale²).
 
-    The evidence methods are the notebook's: ``post_hoc(model, x, y, recipe, prior,
+    The evidence methods (by default :func:`post_hoc_evidence` and :func:`evidence_trained`): ``post_hoc(model, x, y, recipe, prior,
     likelihood)`` → a :class:`sigma.Laplace` at a plainly trained model's weights with the
     evidence's α_g, β (or :class:`~sigma.evidence.EvidenceError`); ``trained(model, x, y,
     recipe, loss, prior, seed)`` → the :class:`sigma.EvidenceCallback` a fresh model was trained
@@ -199,7 +217,8 @@ def run_regression(split, recipe: Recipe, *, post_hoc, trained, seed: int = 0,
 
 
 def run_classification(
-    x_train, labels_train, x_test, labels_test, recipe: Recipe, *, post_hoc, trained,
+    x_train, labels_train, x_test, labels_test, recipe: Recipe, *,
+    post_hoc=post_hoc_evidence, trained=evidence_trained,
     seed: int = 0,
 ) -> Result:  # fmt: skip
     """The four methods on a classifier (labels (N,) integers in [0, K)), plus the plain and
@@ -301,7 +320,8 @@ def mean_sd(rows: list[dict], columns, decimals: int = 3) -> list[dict]:
 
 
 def choose_structure(
-    x_train, labels_train, recipe: Recipe, candidates, *, trained, validation: float = 0.25,
+    x_train, labels_train, recipe: Recipe, candidates, *, trained=evidence_trained,
+    validation: float = 0.25,
     seed: int = 0,
 ) -> tuple[str, list[dict]]:  # fmt: skip
     """The Laplace structure for the evidence-trained classifier, chosen on held-out part of
