@@ -190,8 +190,6 @@ def match_compiled_loss(model, lik, requested):  # noqa: D401
     parameterisation stated) follows it; a :class:`~sigma.likelihoods.Heteroscedastic` of
     another parameterisation is refused, naming both — read in the wrong form, the heads give
     σ² = exp(−ln σ²) and a mean divided by it, finite and wrong."""
-    from sigma.losses import GaussianNLL, compiled_loss  # sigma.losses builds on this module
-
     loss = compiled_loss(model)
     if not isinstance(loss, GaussianNLL) or loss.parameterisation == lik.parameterisation:
         return lik
@@ -325,3 +323,38 @@ def _predictive(lik, f, second, *, noise=True, split=False, name="x"):
     if split:
         return mean, np.sqrt(aleatoric), np.sqrt(epistemic)
     return mean, np.sqrt(epistemic + aleatoric if noise else epistemic)
+
+
+# -- the training loss (re-exported as sigma.losses) ------------------------------------------
+@keras.saving.register_keras_serializable(package="sigma")
+class GaussianNLL(keras.losses.Loss):
+    """Σ_k ½ ln 2π + ½ ln σ²_k + (t_k − μ_k)²/(2σ²_k) per sample, from outputs (B, 2K) in
+    ``parameterisation`` ("mean_logvar": [μ | ln σ²]; "natural": [μ/σ² | −ln σ²]) and
+    targets (B, K) (or (B,) for K = 1). Returns (B,); reduced by Keras (mean over the batch).
+    """
+
+    def __init__(self, parameterisation: str = "mean_logvar", name: str = "gaussian_nll", **kw):
+        super().__init__(name=name, **kw)
+        self.likelihood = Heteroscedastic(parameterisation)
+        self.parameterisation = parameterisation
+
+    def call(self, y_true, y_pred):
+        mean, logvar = self.likelihood.moments(y_pred)
+        t = tf.cast(y_true, mean.dtype)
+        t = tf.reshape(t, tf.shape(mean))
+        nll = HALF_LOG_2PI + 0.5 * logvar + 0.5 * tf.square(t - mean) * tf.exp(-logvar)
+        return tf.reduce_sum(nll, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "parameterisation": self.parameterisation}
+
+
+def compiled_loss(model):
+    """The single loss ``model`` was compiled with (Keras' ``model.loss``: a string, a Loss or
+    a function; one entry of a list or dict of one), or None."""
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, list | tuple) and len(loss) == 1:
+        loss = loss[0]
+    if isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    return loss
