@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import PeakRSS, peak_bytes, resident_bytes  # noqa: E402  (shared with bench/peer.py)
+from memory_probe import PeakRSS, peak_bytes, resident_bytes  # noqa: E402  (shared with bench/peer.py)
 
 STEPS = ("kfac", "ekfac", "diag", "last", "mc", "mcdiag")
 SHAPE = (28, 28, 1)

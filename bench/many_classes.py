@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import PeakRSS  # noqa: E402
+from memory_probe import PeakRSS  # noqa: E402
 
 
 def main():

@@ -22,6 +22,7 @@ import warnings
 from importlib import metadata
 
 import numpy as np
+from memory_probe import resident_bytes
 
 # bench/ is on sys.path as this script's folder: the helpers are shared with bench/peer.py
 from peer import (
@@ -34,7 +35,6 @@ from peer import (
     layer_weights,
     load_data,
     measure,
-    resident_bytes,
     transformer_torch_weights,
     worker_args,
 )

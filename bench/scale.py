@@ -36,7 +36,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer import peak_bytes  # noqa: E402  (the same measurement as the peer comparison)
+from memory_probe import peak_bytes  # noqa: E402  (the same measurement as the peer comparison)
 
 WIDTHS = (784, 256, 256, 10)
 
