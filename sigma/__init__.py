@@ -5,7 +5,7 @@ The Laplace approximation around trained weights (docs/math.md):
 
 The package is layered; each layer imports only those below it:
 
-* the core — :func:`sigma.fit` (:mod:`sigma.fitting`: a model and its data to a
+* the core — :func:`sigma.fit` (:mod:`sigma.fitting`, made a value by :mod:`sigma.posterior`: a model and its data to a
   :class:`~sigma.posterior.Posterior`, the value that predicts, gives the evidence and
   returns new posteriors at other precisions), :mod:`sigma.laplace` (the :class:`Laplace`
   facade over it), :mod:`sigma.structures`
@@ -35,8 +35,8 @@ _EXPORTS = {
     "Laplace": "sigma.laplace",
     "Posterior": "sigma.posterior",
     "compare_models": "sigma.selection",
-    "fit": "sigma.fitting",
-    "load": "sigma.saving",
+    "fit": "sigma.posterior",
+    "load": "sigma.posterior",
     "curvature_product": "sigma.curvature",
     "data_error": "sigma.curvature",
     "gauss_newton": "sigma.curvature",

@@ -3,7 +3,7 @@
 
     A = D_α + Σ_h β_h C_h        C_h: the GGN (or Hessian) of precision group h's data term
 
-:func:`fit` validates the input, binds the likelihood to the model's outputs, summarises the
+:func:`fitted` validates the input, binds the likelihood to the model's outputs, summarises the
 data the evidence needs, checks the memory the structure will take, accumulates the curvature
 once in the chosen structure (:mod:`sigma.structures`) over the chosen weights
 (:mod:`sigma.weights`), builds the prior's groups (:mod:`sigma.priors`) and returns the
@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+import sigma
 from sigma import evidence, likelihoods, structures
 from sigma._checks import (
     MAX_PRECISION,
@@ -43,18 +44,18 @@ from sigma.curvature.accumulate import (
     prepare_dataset,
 )
 from sigma.likelihoods.heads import check_mixed_heads
-from sigma.posterior import DataSummary, Posterior, frozen_state
 from sigma.priors import build_prior, owners_of
 from sigma.progress import check as progress_check
 from sigma.progress import mode as progress_mode
 from sigma.structures import Structure, fit_structure
+from sigma.summary import DataSummary, frozen_state
 from sigma.weights import select
 
 CURVATURES = ("ggn", "ggn_mc", "hessian")
 NEGATIVE = ("keep", "clip")
 
 
-def fit(
+def fitted(
     model,
     x,
     y=None,
@@ -74,10 +75,10 @@ def fit(
     max_memory: int | str | None = None,
     progress: bool | None = None,
     seed: int = 0,
-) -> Posterior:
-    """The Gaussian posterior N(w*, A⁻¹) over the weights of a trained Keras model, fitted
-    once: a :class:`~sigma.posterior.Posterior` (a value: its methods predict, give the
-    evidence and return new posteriors at other precisions; nothing is refitted).
+) -> tuple[dict, object, object]:
+    """The fields of the Gaussian posterior N(w*, A⁻¹) over the weights of a trained Keras
+    model, its α and its starting β: :func:`sigma.fit` (:func:`sigma.posterior.fit`) makes
+    the :class:`~sigma.posterior.Posterior` of them.
 
     Parameters
     ----------
@@ -260,7 +261,7 @@ def fit(
         w_post = np.asarray(fitted.posterior_weights(model), np.float64)
         if negative == "clip":
             _clip_negative(fitted, curvature)
-        post = Posterior(
+        fields = dict(
             structure=fitted,
             prior=prior,
             selection=selection,
@@ -280,10 +281,10 @@ def fit(
             memory_estimate=memory_estimate,
             progress=progress,
         )
-        return post.replace(alpha=alpha, beta=_start_beta(groups, beta, temperature))
+        return fields, alpha, _start_beta(groups, beta, temperature)
 
 
-def regroup(post: Posterior, *, per_output: bool) -> Posterior:
+def regroup(post: sigma.Posterior, *, per_output: bool) -> sigma.Posterior:
     """The posterior with one β per output (its structure refitted with each output's
     curvature apart, from the training data) or one β for all (the groups' curvatures
     summed, nothing refitted)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigma import fitting
-from sigma.posterior import Posterior
+from sigma.posterior import Posterior, fit, load
 
 
 def _read(name: str, doc: str):
@@ -51,7 +51,7 @@ class Laplace:
                     "x is required: the training inputs (N, ...) with their targets y, or a "
                     "tf.data.Dataset of (x, y) batches (or posterior=, a fitted posterior)"
                 )
-            posterior = fitting.fit(model, x, y, **options)
+            posterior = fit(model, x, y, **options)
         elif x is not None or y is not None or options:
             raise ValueError("posterior= is a fitted posterior: give it without data or options")
         elif posterior.model is not model:
@@ -303,9 +303,7 @@ class Laplace:
         naming the difference). Nothing is refitted; predictions, the evidence and its
         optimisation work as before saving. (One β per output needs the saved blocks; a file
         from another format version is refused.)"""
-        from sigma import saving
-
-        return cls(model, posterior=saving.load(path, model))
+        return cls(model, posterior=load(path, model))
 
     def __repr__(self):
         post = self.posterior
@@ -324,5 +322,5 @@ class Laplace:
 
 Laplace.__init__.__doc__ = (
     "Fit the posterior (or hold ``posterior=``): the parameters are those of "
-    ":func:`sigma.fit`.\n\n" + (fitting.fit.__doc__ or "")
+    ":func:`sigma.fit`.\n\n" + (fit.__doc__ or "")
 )

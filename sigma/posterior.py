@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
-from sigma import evidence
+from sigma import evidence, fitting, saving
 from sigma._checks import (
     as_array,
     check_inputs,
@@ -35,30 +36,7 @@ from sigma.likelihoods import Groups
 from sigma.outputs import OutputLayout
 from sigma.priors import Prior
 from sigma.progress import mode as progress_mode
-
-
-@dataclass(frozen=True)
-class DataSummary:
-    """What the evidence needs of the training data (not the data themselves).
-
-    n_data : N samples; n_outputs : K outputs per sample (all outputs flattened);
-    data_error : the likelihood's data term E (½ Σ (f − t)² for regression, the cross-entropy
-    for classification), summed; data_errors : ½ Σ_n (f_nk − t_nk)² per output (K,)
-    (regression) or None; group_errors : the data term of each precision group (G,) (None:
-    one group, ``data_error``); output_scale : the RMS of the outputs (for telling
-    interpolation from noise); batch_size : as fitted (None: automatic); input_scale : the
-    largest |x| of the float training inputs (arrays; None for a dataset or a loaded
-    posterior), named when an ill-conditioned A is refused.
-    """
-
-    n_data: int
-    n_outputs: int
-    data_error: float
-    data_errors: np.ndarray | None
-    output_scale: float
-    batch_size: int | None = None
-    input_scale: float | None = None
-    group_errors: np.ndarray | None = None
+from sigma.summary import DataSummary, frozen_state
 
 
 @dataclass(frozen=True)
@@ -264,9 +242,7 @@ class Posterior:
 
     def with_temperature(self, value) -> Posterior:
         """This posterior at temperature T (its classifier outputs' β = 1/T; nothing refitted)."""
-        from sigma.fitting import check_temperature
-
-        value = check_temperature(value, self.likelihood)
+        value = fitting.check_temperature(value, self.likelihood)
         tempered = np.array(self.groups.kinds) == "tempered"
         if not tempered.any():
             return self
@@ -371,7 +347,7 @@ class Posterior:
         it was reached (see :meth:`sigma.Laplace.optimize_evidence`). ``confidence_check``
         (a classifier): warn when its predictive is less confident than the network on the
         training data (:func:`sigma.tuning.check_confidence`)."""
-        from sigma import fitting, tuning
+        from sigma import tuning
         from sigma.evidence import posterior as posterior_evidence
 
         self.check_weights_unchanged()
@@ -424,8 +400,6 @@ class Posterior:
     # -- saving and serving -----------------------------------------------------------------------
     def save(self, path):
         """Write this posterior to ``path`` atomically (:mod:`sigma.saving`); returns the path."""
-        from sigma import saving
-
         self.check_weights_unchanged()
         return saving.save(self, path)
 
@@ -465,16 +439,6 @@ def check_noise_variance(beta) -> None:
         )
 
 
-def frozen_state(model) -> list[np.ndarray]:
-    """Copies of the non-trainable state the curvature depends on (normalisation statistics;
-    not the random-seed state, which inference does not use)."""
-    return [
-        np.array(v.numpy())
-        for v in model.non_trainable_variables
-        if "seed_generator" not in getattr(v, "path", v.name)
-    ]
-
-
 @contextlib.contextmanager
 def calls(model, progress=None):
     """sigma's graph-optimiser options for the model's graphs and the bars of ``progress``."""
@@ -494,3 +458,30 @@ def check_samples(n_samples) -> int:
     if n_samples > MAX_SAMPLES:
         raise ValueError(f"n_samples must be at most {MAX_SAMPLES:.0e}, got {n_samples}")
     return n_samples
+
+
+# -- the two ways to a posterior: fitting one, and loading a saved one ---------------------------
+def fit(model, x, y=None, **options) -> Posterior:
+    fields, alpha, beta = fitting.fitted(model, x, y, **options)
+    return Posterior(**fields).replace(alpha=alpha, beta=beta)
+
+
+def load(path, model) -> Posterior:
+    """The :class:`Posterior` saved in ``path`` (:mod:`sigma.saving`), for ``model`` — refused
+    (ValueError naming the difference) unless it is the model it was fitted on."""
+    fields, alpha, beta = saving.read_posterior(path, model)
+    return Posterior(**fields).replace(alpha=alpha, beta=beta)
+
+
+def _fit_doc() -> str:
+    doc = fitting.fitted.__doc__ or ""
+    return (
+        "The Gaussian posterior N(w*, A⁻¹) over the weights of a trained Keras model, fitted\n"
+        "    once: a :class:`Posterior` (a value: its methods predict, give the evidence and\n"
+        "    return new posteriors at other precisions; nothing is refitted).\n\n    "
+        + doc[doc.index("Parameters") :]
+    )
+
+
+fit.__doc__ = _fit_doc()
+fit.__signature__ = inspect.signature(fitting.fitted).replace(return_annotation="Posterior")

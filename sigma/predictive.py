@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
+import sigma
 from sigma._checks import check_finite_outputs
 from sigma.curvature.engine import engine
-from sigma.posterior import Posterior
 
 
-def predict(post: Posterior, model, x, *, batch_size=None, name="x", flat=False, **options):
+def predict(post: sigma.Posterior, model, x, *, batch_size=None, name="x", flat=False, **options):
     """The prediction of ``post``'s likelihood at checked inputs x (options: ``noise``,
     ``split``, ``method``, ``n_samples``, ``seed``, as the likelihood reads them), in the
     model's output structure (``flat``: (N, K) arrays)."""
@@ -35,7 +35,7 @@ def predict(post: Posterior, model, x, *, batch_size=None, name="x", flat=False,
     )
 
 
-def weight_uncertainty(post: Posterior, model, x, form: str, *, batch_size=None, name="x"):
+def weight_uncertainty(post: sigma.Posterior, model, x, form: str, *, batch_size=None, name="x"):
     """J A⁻¹ Jᵀ at checked inputs x: its diagonal (N, K) for ``form="variance"``, else the
     covariance (N, K, K), float64; a NaN or inf is refused naming ``name``."""
     structure, beta = post.operator()
@@ -48,7 +48,7 @@ def weight_uncertainty(post: Posterior, model, x, form: str, *, batch_size=None,
     return out
 
 
-def covariance(post: Posterior, model, x, *, noise=True, batch_size=None) -> np.ndarray:
+def covariance(post: sigma.Posterior, model, x, *, noise=True, batch_size=None) -> np.ndarray:
     """Σ(x) = β⁻¹ I + J A⁻¹ Jᵀ (N, K, K) for checked inputs x (no noise term for outputs
     without a noise precision: a classifier's logits)."""
     cov = weight_uncertainty(post, model, x, "covariance", batch_size=batch_size)
@@ -57,7 +57,7 @@ def covariance(post: Posterior, model, x, *, noise=True, batch_size=None) -> np.
     return cov
 
 
-def noise_variance(post: Posterior) -> np.ndarray:
+def noise_variance(post: sigma.Posterior) -> np.ndarray:
     """1/β of each output's precision group, (K,); 0 for an output without a noise precision
     (a classifier's logits, a heteroscedastic head)."""
     noise = post.groups.free[post.groups.outputs]

@@ -37,8 +37,8 @@ import numpy as np
 from sigma import likelihoods, structures
 from sigma.jsonable import to_jsonable
 from sigma.outputs import OutputLayout
-from sigma.posterior import DataSummary, Posterior, frozen_state
 from sigma.priors import Prior
+from sigma.summary import DataSummary, frozen_state
 from sigma.weights import from_index, select
 
 FORMAT = "sigma.laplace"
@@ -144,9 +144,10 @@ def _sigma_version() -> str:
     return sigma.__version__
 
 
-def load(path, model):
-    """The :class:`~sigma.posterior.Posterior` saved in ``path``, for ``model`` — refused
-    (ValueError naming the difference) unless it is the model it was fitted on."""
+def read_posterior(path, model) -> tuple[dict, np.ndarray, object]:
+    """The fields, α and β of the :class:`~sigma.posterior.Posterior` saved in ``path``, for
+    ``model`` — refused (ValueError naming the difference) unless it is the model it was
+    fitted on; :func:`sigma.load` (:func:`sigma.posterior.load`) makes the posterior of them."""
     header, arrays = read(path)
     check_fingerprint(header["fingerprint"], model, path)
     spec = header["structure"]
@@ -161,7 +162,7 @@ def load(path, model):
     output_layout = OutputLayout.from_description(layout)
     likelihood = likelihoods.from_description(lik, output_layout)
     prior = header["prior"]
-    post = Posterior(
+    fields = dict(
         structure=structure,
         prior=Prior(arrays["prior_groups"].astype(np.int64), tuple(prior["names"]), prior["kind"]),
         selection=selection,
@@ -189,7 +190,7 @@ def load(path, model):
     )
     beta = header["beta"]
     beta = np.asarray(beta, np.float64) if isinstance(beta, list) else beta
-    return post.replace(alpha=np.asarray(header["alpha"], np.float64), beta=beta)
+    return fields, np.asarray(header["alpha"], np.float64), beta
 
 
 def read(path) -> tuple[dict, dict]:

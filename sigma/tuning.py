@@ -27,11 +27,11 @@ import warnings
 
 import numpy as np
 
+import sigma
 from sigma import metrics, predictive
 from sigma._checks import check_inputs, check_positive_int, check_precision, take
 from sigma._checks import n_samples as sample_count
 from sigma.evidence import EvidenceError
-from sigma.posterior import Posterior
 
 # check_confidence: how many training samples its predictive pass reads at most, and by how
 # much (relative) the predictive's mean NLL there may exceed the network's own before it warns
@@ -39,14 +39,14 @@ CONFIDENCE_SAMPLES = 2000
 CONFIDENCE_MARGIN = 0.10
 
 
-def is_classifier(post: Posterior) -> bool:
+def is_classifier(post: sigma.Posterior) -> bool:
     """Whether every precision group of the likelihood is a classifier's tempered one (β =
     1/T): held-out tuning then searches T, with α by the evidence."""
     return all(kind == "tempered" for kind in post.groups.kinds)
 
 
 def optimize_prior(
-    post: Posterior,
+    post: sigma.Posterior,
     model,
     x_val,
     y_val,
@@ -59,7 +59,7 @@ def optimize_prior(
     tol: float = 1e-3,
     max_iter: int = 100,
     start: float | None = None,
-) -> tuple[Posterior, dict]:
+) -> tuple[sigma.Posterior, dict]:
     """(the posterior at the best value of ``metric`` on (x_val, y_val), a record of the
     search): see :meth:`sigma.Laplace.optimize_prior`.
 
@@ -120,7 +120,7 @@ def optimize_prior(
     tune_beta = beta and post.n_groups == 1 and bool(post.groups.free[0]) and not temperature
     metrics.check_validation_size(metric, n_val, lik.validation_values(n_val, k), 1 + tune_beta)
 
-    def score(trial: Posterior) -> float:
+    def score(trial: sigma.Posterior) -> float:
         prediction = predictive.predict(trial, model, x_val, name="x_val", flat=True, method=method)
         return lik.score(prediction, y_val, metric)
 
@@ -144,7 +144,7 @@ def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
         alpha0 = np.full_like(alpha0, post.alpha_from_zero())
     trials = []
 
-    def at(z) -> Posterior | None:
+    def at(z) -> sigma.Posterior | None:
         try:
             return post.replace(
                 alpha=alpha0 * np.exp(z[0]), beta=beta0 * np.exp(z[1]) if tune_beta else None
@@ -196,9 +196,9 @@ def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
 
 
 def optimize_temperature(
-    post: Posterior, score, *, metric: str, method: str, span: float, tol: float, max_iter: int,
+    post: sigma.Posterior, score, *, metric: str, method: str, span: float, tol: float, max_iter: int,
     start: float | None = None,
-) -> tuple[Posterior, dict]:  # fmt: skip
+) -> tuple[sigma.Posterior, dict]:  # fmt: skip
     """A classifier's temperature T within ``span``× of the current one either way, each T
     with the α_g that maximise the tempered model's evidence (from the current α), chosen by
     ``score`` (a held-out metric of a posterior, smaller is better).
@@ -218,7 +218,7 @@ def optimize_temperature(
 
     t0 = post.temperature if start is None else float(start)
     bound = float(np.log(span))
-    tried: dict[float, tuple[float, Posterior] | None] = {}
+    tried: dict[float, tuple[float, sigma.Posterior] | None] = {}
 
     def evaluate(z: float) -> float:
         z = float(z)
@@ -299,7 +299,7 @@ def _warn_at_bound(at_bound: dict, metric: str, span: float) -> None:
     )
 
 
-def check_confidence(post: Posterior) -> dict | None:
+def check_confidence(post: sigma.Posterior) -> dict | None:
     """After the evidence on a classifier: the mean NLL of the predictive (its link, as
     ``predict_proba`` gives it by default) and of the network's own softmax on the training data, and a RuntimeWarning
     when the predictive's exceeds the network's by more than :data:`CONFIDENCE_MARGIN`

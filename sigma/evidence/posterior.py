@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import numpy as np
 
+import sigma
 from sigma import evidence
 from sigma._checks import check_precisions
-from sigma.posterior import Posterior
 
 # Residuals below this many units of the model dtype's precision (relative to the outputs)
 # are round-off: the network interpolates its training data and β has no finite optimum.
 INTERPOLATION = 100
 
 
-def from_eigenvalues(post: Posterior, structure=None) -> bool:
+def from_eigenvalues(post: sigma.Posterior, structure=None) -> bool:
     """The evidence follows from C's eigenvalues: one α, one precision group and a structure
     whose A is diagonal in C's eigenbasis."""
     s = structure or post.structure
     return post.prior.scalar and post.n_groups == 1 and s.evidence_from_eigenvalues
 
 
-def checked_eigenvalues(post: Posterior, structure=None) -> np.ndarray:
+def checked_eigenvalues(post: sigma.Posterior, structure=None) -> np.ndarray:
     """C's eigenvalues; ValueError for a curvature with negative ones (the evidence needs
     a positive semi-definite C)."""
     lam = (structure or post.operator()[0]).eigenvalues
@@ -44,7 +44,7 @@ def checked_eigenvalues(post: Posterior, structure=None) -> np.ndarray:
     return lam
 
 
-def terms(post: Posterior):
+def terms(post: sigma.Posterior):
     """``terms(alphas (G_α,), betas (G_β,)) -> (ln|A|, γ_g (G_α,), γ_h (G_β,))`` for
     :func:`sigma.evidence.maximize`."""
     if from_eigenvalues(post):
@@ -62,20 +62,20 @@ def terms(post: Posterior):
     return at
 
 
-def gammas(post: Posterior) -> np.ndarray:
+def gammas(post: sigma.Posterior) -> np.ndarray:
     """γ_g = P_g − α_g Tr_g(A⁻¹) per prior group, (G,), within [0, P_g]."""
     values = terms(post)(post.alpha, post.beta)[1]
     return np.clip(np.asarray(values, np.float64).reshape(-1), 0.0, post.prior.sizes)
 
 
-def group_gammas(post: Posterior) -> np.ndarray:
+def group_gammas(post: sigma.Posterior) -> np.ndarray:
     """γ_h = β_h Tr(A⁻¹ C_h) per precision group, (G_β,): how many parameters each group's
     data determine (Σ_h γ_h = Σ_g γ_g)."""
     values = terms(post)(post.alpha, post.beta)[2]
     return np.clip(np.asarray(values, np.float64).reshape(-1), 0.0, post.n_params)
 
 
-def gamma(post: Posterior) -> float:
+def gamma(post: sigma.Posterior) -> float:
     """γ = Σ_g γ_g (= Σ_i λ_i/(λ_i + α), λ_i the eigenvalues of β C, for one α)."""
     if from_eigenvalues(post):
         return evidence.effective_parameters(
@@ -84,7 +84,7 @@ def gamma(post: Posterior) -> float:
     return float(gammas(post).sum())
 
 
-def _formula(post: Posterior, logdet, alphas, betas, parts=False):
+def _formula(post: sigma.Posterior, logdet, alphas, betas, parts=False):
     formula = evidence.log_evidence_parts if parts else evidence.log_evidence_terms
     return formula(
         logdet=logdet, alphas=alphas, weight_errors=post.weight_errors, sizes=post.prior.sizes,
@@ -93,7 +93,7 @@ def _formula(post: Posterior, logdet, alphas, betas, parts=False):
     )  # fmt: skip
 
 
-def log_evidence_parts(post: Posterior) -> dict:
+def log_evidence_parts(post: sigma.Posterior) -> dict:
     """ln p(D | α, β) at the posterior's precisions as ``{"data_fit", "occam"}`` (floats, nats;
     :func:`sigma.evidence.log_evidence_parts`): their sum is :func:`log_evidence`."""
     if not from_eigenvalues(post):
@@ -104,7 +104,7 @@ def log_evidence_parts(post: Posterior) -> dict:
     return {name: float(np.asarray(value).reshape(())) for name, value in parts.items()}
 
 
-def log_evidence(post: Posterior, alpha=None, beta=None):
+def log_evidence(post: sigma.Posterior, alpha=None, beta=None):
     """ln p(D | α, β) in nats (see :meth:`sigma.Laplace.log_evidence`): at the posterior's
     precisions by default; with one prior group and one precision group, ``alpha``/``beta``
     may be broadcasting grids."""
@@ -141,7 +141,7 @@ def log_evidence(post: Posterior, alpha=None, beta=None):
     return float(_formula(post, logdet, alphas, betas))
 
 
-def interpolates(post: Posterior, eps: float) -> bool:
+def interpolates(post: sigma.Posterior, eps: float) -> bool:
     """The training residuals of a noise group are at the float precision ``eps`` of the
     model's outputs."""
     s = post.summary
@@ -153,14 +153,14 @@ def interpolates(post: Posterior, eps: float) -> bool:
 
 
 def optimize(
-    post: Posterior,
+    post: sigma.Posterior,
     *,
     fix_alpha: bool,
     fix_beta: bool,
     tol: float,
     max_iter: int,
     eps: float,
-) -> tuple[Posterior, evidence.EvidenceResult]:
+) -> tuple[sigma.Posterior, evidence.EvidenceResult]:
     """(the posterior at the maximum of the evidence, how it was reached): MacKay's fixed
     point from the current α, β, or a direct maximisation where it overshoots or oscillates
     (see :meth:`sigma.Laplace.optimize_evidence`). ``eps``: the precision of the model's dtype

@@ -1,0 +1,46 @@
+"""What a fitted posterior keeps of its training data and of its model's state.
+
+Below :mod:`sigma.posterior`: fitting (:mod:`sigma.fitting`) and loading (:mod:`sigma.saving`)
+build these pieces, and :func:`sigma.posterior.fit` / :func:`sigma.posterior.load` make the
+posterior of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the evidence needs of the training data (not the data themselves).
+
+    n_data : N samples; n_outputs : K outputs per sample (all outputs flattened);
+    data_error : the likelihood's data term E (½ Σ (f − t)² for regression, the cross-entropy
+    for classification), summed; data_errors : ½ Σ_n (f_nk − t_nk)² per output (K,)
+    (regression) or None; group_errors : the data term of each precision group (G,) (None:
+    one group, ``data_error``); output_scale : the RMS of the outputs (for telling
+    interpolation from noise); batch_size : as fitted (None: automatic); input_scale : the
+    largest |x| of the float training inputs (arrays; None for a dataset or a loaded
+    posterior), named when an ill-conditioned A is refused.
+    """
+
+    n_data: int
+    n_outputs: int
+    data_error: float
+    data_errors: np.ndarray | None
+    output_scale: float
+    batch_size: int | None = None
+    input_scale: float | None = None
+    group_errors: np.ndarray | None = None
+
+
+def frozen_state(model) -> list[np.ndarray]:
+    """Copies of the non-trainable state the curvature depends on (normalisation statistics;
+    not the random-seed state, which inference does not use)."""
+    return [
+        np.array(v.numpy())
+        for v in model.non_trainable_variables
+        if "seed_generator" not in getattr(v, "path", v.name)
+    ]
