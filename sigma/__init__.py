@@ -5,9 +5,11 @@ The Laplace approximation around trained weights (docs/math.md):
 
 The package is layered; each layer imports only those below it:
 
-* the core — :func:`sigma.fit` (:mod:`sigma.fitting`, made a value by :mod:`sigma.posterior`: a model and its data to a
+* the core — :func:`sigma.fit` (a model and its data to a
   :class:`~sigma.posterior.Posterior`, the value that predicts, gives the evidence and
-  returns new posteriors at other precisions), :mod:`sigma.laplace` (the :class:`Laplace`
+  returns new posteriors at other precisions; :mod:`sigma.fitting` computes its pieces, and
+  the posterior's module, on top of the core, makes the value of them), :mod:`sigma.laplace`
+  (the :class:`Laplace`
   facade over it), :mod:`sigma.structures`
   (one file per structure of the posterior precision), :mod:`sigma.curvature` (one engine
   computing every curvature, traced once per model), :mod:`sigma.evidence`,
