@@ -37,10 +37,20 @@ def _model():
     return model
 
 
+@pytest.fixture(scope="module")
+def mlp():
+    """One ``_model()`` for the module: sigma traces a model's Jacobian once (its curvature
+    engine), so the tests that share it do not trace it again. Nothing here changes its
+    weights (a Laplace and its served model read them)."""
+    return _model()
+
+
 @pytest.mark.parametrize(("structure", "options", "prior"), CASES)
-def test_to_keras_equals_predict_and_survives_keras_saving(tmp_path, structure, options, prior):
+def test_to_keras_equals_predict_and_survives_keras_saving(
+    tmp_path, mlp, structure, options, prior
+):
     la = sigma.Laplace(
-        _model(), X, Y, structure=structure, structure_options=options, prior=prior
+        mlp, X, Y, structure=structure, structure_options=options, prior=prior
     ).optimize_evidence()
     served = la.to_keras()
     mean, std = la.predict(X[:7])
@@ -52,8 +62,8 @@ def test_to_keras_equals_predict_and_survives_keras_saving(tmp_path, structure, 
     np.testing.assert_allclose(reloaded(X[:7])["std"], std, rtol=1e-10)
 
 
-def test_classification_serves_the_probit_probabilities():
-    la = sigma.Laplace(_model(), X, LABELS, likelihood="classification", structure="kfac")
+def test_classification_serves_the_probit_probabilities(mlp):
+    la = sigma.Laplace(mlp, X, LABELS, likelihood="classification", structure="kfac")
     np.testing.assert_allclose(la.to_keras()(X[:6]), la.predict_proba(X[:6]), rtol=1e-10)
 
 
@@ -82,10 +92,10 @@ _SERVE = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_an_exported_savedmodel_serves_sigma_without_sigma(tmp_path):
+def test_an_exported_savedmodel_serves_sigma_without_sigma(tmp_path, mlp):
     expected = {}
     for structure in ("diag", "kfac", "full"):
-        la = sigma.Laplace(_model(), X, Y, structure=structure).optimize_evidence()
+        la = sigma.Laplace(mlp, X, Y, structure=structure).optimize_evidence()
         la.to_keras().export(tmp_path / structure, verbose=False)
         expected[str(tmp_path / structure)] = la.predict(X[:9])[1]
     np.save(tmp_path / "x.npy", X[:9])
@@ -149,12 +159,12 @@ def test_a_subclassed_model_without_declared_inputs_is_refused():
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("likelihood", ["regression", "classification"])
-def test_non_finite_input_is_refused_by_the_served_model_as_by_predict(tmp_path, likelihood):
+def test_non_finite_input_is_refused_by_the_served_model_as_by_predict(tmp_path, mlp, likelihood):
     """issue 19: Laplace.predict raises a ValueError for NaN or inf in x; the served model (a
     call, model.predict, the reloaded .keras file; the SavedModel: above) raises an
     InvalidArgumentError in its graph instead of serving NaN probabilities or σ."""
     y = Y if likelihood == "regression" else LABELS
-    la = sigma.Laplace(_model(), X, y, likelihood=likelihood, structure="diag")
+    la = sigma.Laplace(mlp, X, y, likelihood=likelihood, structure="diag")
     served = la.to_keras()
     served.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -180,10 +190,10 @@ def test_non_finite_input_is_refused_by_the_served_model_as_by_predict(tmp_path,
         served32(huge)
 
 
-def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
+def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path, mlp):
     """issue 19: a wrong feature count or a missing batch axis is refused naming the expected
     shape (None, 3) and the one given, in memory and after a .keras reload."""
-    served = sigma.Laplace(_model(), X, Y, structure="diag").to_keras()
+    served = sigma.Laplace(mlp, X, Y, structure="diag").to_keras()
     served.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     for model in (served, reloaded):
@@ -192,7 +202,7 @@ def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
                 model.predict(x, verbose=0)
     # after one valid predict Keras relaxes its trace and no longer checks the feature count:
     # the graph's own check refuses it (it gave a TensorFlow error at Tanh)
-    for model in (sigma.Laplace(_model(), X, Y, structure=s).to_keras() for s in ("diag", "full")):
+    for model in (sigma.Laplace(mlp, X, Y, structure=s).to_keras() for s in ("diag", "full")):
         model.predict(X[:4], verbose=0)
         with pytest.raises(
             tf.errors.InvalidArgumentError, match=r"sigma: x must have shape \(None, 3\)"
@@ -216,10 +226,10 @@ def test_the_served_model_says_which_input_dimension_is_wrong(tmp_path):
         fresh.predict(X[0], verbose=0)
 
 
-def test_the_served_model_inside_a_users_vectorized_map():
+def test_the_served_model_inside_a_users_vectorized_map(mlp):
     """A fixed batch size (here inside tf.vectorized_map) traces the Jacobian inline: the
     shared trace, for a batch of None, is one TensorFlow cannot vectorise."""
-    served = sigma.Laplace(_model(), X, Y, structure="full").to_keras()
+    served = sigma.Laplace(mlp, X, Y, structure="full").to_keras()
     xx = tf.constant(X[:12].reshape(3, 4, 3))
     std = tf.vectorized_map(lambda xb: served(xb)["std"], xx)
     np.testing.assert_allclose(std, np.stack([served(xb)["std"] for xb in xx]), rtol=1e-12)

@@ -11,13 +11,15 @@ the step, the exception and the end of its traceback (and the process's stderr w
 
 Each case prints one JSON line (fit time, peak memory above the case's start, sigma's
 ``memory_estimate``); the test writes them to the pytest cache (``.pytest_cache/d/zoo/``, one
-file per group) and checks no time. Memory: the peak during fit + evidence + predict may exceed
+file per group; a temporary directory when pytest runs without its cache, -p no:cacheprovider)
+and checks no time. Memory: the peak during fit + evidence + predict may exceed
 the estimate — which counts the structure's dominant arrays, not TensorFlow's traced graphs —
 by a fixed allowance for those graphs, and the estimate itself by a factor (MEMORY_FACTOR ×
 estimate + MEMORY_ALLOWANCE).
 
 `make test` runs the cases that fit its time budget (GPT-2 with kfac and with its LoRA
-adapters); ``SIGMA_ZOO=all`` runs every case (about ten minutes of CPU today; see GROUPS).
+adapters) at tests/zoo_models.py's "small" size (one transformer block); ``SIGMA_ZOO=all`` runs
+every case at the "full" size (about ten minutes of CPU today; see GROUPS).
 
 KerasHub is installed by ``make env`` with ``--no-deps`` (tests/zoo-requirements.txt says why);
 where it is missing the KerasHub group is skipped, except under CI (CI=true), where that is a
@@ -44,11 +46,13 @@ TIMEOUT = 900  # seconds for one group's process
 
 # One process per model, spread over xdist's workers: (family, the cases `make test` runs, the
 # cases SIGMA_ZOO=all runs), as selectors "model" or "model/case" of tests/zoo_models.py. make
-# test runs what fits its time budget today (all of the zoo in ≤ 60 s of CPU is the aim).
+# test runs what fits its time budget today (all of the zoo in ≤ 60 s of CPU is the aim), at
+# tests/zoo_models.py's "small" size (SIGMA_ZOO=all: "full"; SIZES there says what differs).
 # CPU seconds of each process (one thread, as under xdist) on the 2-core development machine
-# with sigma at d27a672, every case: gpt2 59-70 (diag 31, kfac 25, lora-full 8), bert 50,
+# with sigma at d27a672, every case, "full": gpt2 59-70 (diag 31, kfac 25, lora-full 8), bert 50,
 # mobilenet_v3_small 196, resnet50 264 — about 570 in all. Tracing dominates: GPT-2's first kfac
-# fit takes 13 s and a refit 0.4 s; its first predict 8.5 s and the next 0.03 s.
+# fit takes 13 s and a refit 0.4 s; its first predict 8.5 s and the next 0.03 s. make test's
+# GPT-2 process (kfac, lora-full) at 99a6b30: 57 s "full", 31 s "small" (the other groups skip).
 GROUPS = {
     "gpt2": ("hub", ["gpt2/kfac", "gpt2/lora-full"], ["gpt2"]),
     "bert": ("hub", [], ["bert"]),
@@ -69,10 +73,10 @@ def _params():
         yield pytest.param(group, marks=marks, id=group)
 
 
-def _run(family, models):
+def _run(family, models, size):
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
-    cmd = [sys.executable, str(WORKER), family, "--only", *models]
+    cmd = [sys.executable, str(WORKER), family, "--only", *models, "--size", size]
     try:
         proc = subprocess.run(
             cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT
@@ -122,16 +126,18 @@ def _table(records):
 
 
 @pytest.mark.parametrize("group", list(_params()))
-def test_the_zoo_fits_predicts_saves_loads_and_serves(group, request):
+def test_the_zoo_fits_predicts_saves_loads_and_serves(group, request, tmp_path_factory):
     family, default, every = GROUPS[group]
-    models = every if ALL else default
+    models, size = (every, "full") if ALL else (default, "small")
     if family == "hub" and importlib.util.find_spec("keras_hub") is None:
         message = "keras-hub is not installed: pip install --no-deps -r tests/zoo-requirements.txt"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    records, stderr, code = _run(family, models)
-    out = request.config.cache.mkdir("zoo") / f"{group}.jsonl"
+    records, stderr, code = _run(family, models, size)
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    folder = cache.mkdir("zoo") if cache is not None else tmp_path_factory.mktemp("zoo")
+    out = folder / f"{group}.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in records))
     print(_table(records))
 

@@ -2,7 +2,7 @@
 end. Run by tests/test_zoo.py, one process per family (a segmentation fault is then a failed
 test, not a dead suite); by hand, to reproduce one case:
 
-    python tests/zoo_models.py hub --only gpt2/kfac
+    python tests/zoo_models.py hub --only gpt2/kfac [--size small]
 
 Each model is built from its library's own constructor with random weights (``weights=None``;
 KerasHub backbones from small constructor arguments, never a preset: nothing is downloaded),
@@ -43,12 +43,28 @@ K = 3  # classes
 # The memory a fit may plan to use, fixed so that a structure's refusal does not depend on what
 # else the machine is doing (sigma's default: 80% of the memory available at the time).
 MAX_MEMORY = "8GB"
-N, N_TEST = 24, 6  # training samples, test samples
-VOCAB, SEQ = 64, 8  # token ids in [1, VOCAB), sequences of SEQ tokens (a padded tail)
+# The sizes: "n" training samples and "n_test" test samples; token ids in [1, "vocab"),
+# sequences of "seq" tokens (a padded tail); the KerasHub backbones' "layers", "hidden" size and
+# "intermediate" (feed-forward) size. SIGMA_ZOO=all runs "full"; `make test` runs "small" (--size
+# small): one transformer block instead of two, narrower, on fewer samples. Tracing dominates
+# (a graph per fit, evidence check, covariance and served model) and grows with the number of
+# blocks; sizes barely count: GPT-2 kfac + lora-full, one process with one TensorFlow thread
+# (as under xdist), took 57 s of CPU in "full" and 31 s in "small", TensorFlow's import included.
+# "small" still runs every kind of layer the backbone has (token and position embeddings,
+# masked self-attention with its EinsumDense projections and their LoRA adapters, layer norms,
+# the feed-forward block) with two attention heads.
+SIZES = {
+    "full": {"n": 24, "n_test": 6, "vocab": 64, "seq": 8, "layers": 2, "hidden": 16,
+             "intermediate": 32},
+    "small": {"n": 16, "n_test": 4, "vocab": 32, "seq": 8, "layers": 1, "hidden": 8,
+              "intermediate": 16},
+}  # fmt: skip
+SIZE = SIZES["full"]  # main() sets it from --size
 
 
 # -- the models: each builder returns (model, x_train, y_train, x_test, extra) ------------------
-def _images(size=32, n=N + N_TEST):
+def _images(size=32):
+    N, n = SIZE["n"], SIZE["n"] + SIZE["n_test"]
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(n, size, size, 3)).astype("float32")
     y = rng.integers(0, K, size=n)
@@ -75,8 +91,9 @@ def resnet50():
     return (_classifier_on(base), *_images(), {})
 
 
-def _tokens(segments=False, n=N + N_TEST):
+def _tokens(segments=False):
     """Random token ids with a padded tail of random length (padding_mask 0 there, id 0)."""
+    N, n, VOCAB, SEQ = SIZE["n"], SIZE["n"] + SIZE["n_test"], SIZE["vocab"], SIZE["seq"]
     rng = np.random.default_rng(1)
     ids = rng.integers(1, VOCAB, size=(n, SEQ)).astype("int32")
     lengths = rng.integers(SEQ // 2, SEQ + 1, size=n)
@@ -89,16 +106,19 @@ def _tokens(segments=False, n=N + N_TEST):
     return {k: v[:N] for k, v in x.items()}, y[:N], {k: v[N:] for k, v in x.items()}
 
 
+def _hub_config():
+    return {"vocabulary_size": SIZE["vocab"], "num_layers": SIZE["layers"], "num_heads": 2,
+            "hidden_dim": SIZE["hidden"], "intermediate_dim": SIZE["intermediate"],
+            "max_sequence_length": 2 * SIZE["seq"]}  # fmt: skip
+
+
 def gpt2():
-    """GPT2Backbone (2 layers, hidden 16) → masked mean over the sequence → Dense logits; the
-    backbone is returned too, for its LoRA adapters."""
+    """GPT2Backbone (SIZES: 2 layers, hidden 16 in "full"; 1 and 8 in "small") → masked mean
+    over the sequence → Dense logits; the backbone is returned too, for its LoRA adapters."""
     import keras_hub
 
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=2 * SEQ,
-    )  # fmt: skip
+    backbone = keras_hub.models.GPT2Backbone(**_hub_config())
     inputs = {
         "token_ids": keras.Input((None,), dtype="int32", name="token_ids"),
         "padding_mask": keras.Input((None,), dtype="int32", name="padding_mask"),
@@ -115,10 +135,7 @@ def bert():
     import keras_hub
 
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=2 * SEQ, num_segments=2,
-    )  # fmt: skip
+    backbone = keras_hub.models.BertBackbone(**_hub_config(), num_segments=2)
     model = keras_hub.models.BertTextClassifier(backbone, num_classes=K, preprocessor=None)
     return (model, *_tokens(segments=True), {"backbone": backbone})
 
@@ -295,7 +312,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("family", choices=sorted(FAMILIES))
     parser.add_argument("--only", nargs="*", default=[], help="model or model/case, e.g. gpt2/kfac")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="see SIZES")
     args = parser.parse_args(argv)
+    global SIZE
+    SIZE = SIZES[args.size]
     with tempfile.TemporaryDirectory() as workdir:
         for name in FAMILIES[args.family]:
             if args.only and not any(o.split("/")[0] == name for o in args.only):
