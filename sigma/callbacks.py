@@ -328,6 +328,11 @@ class EvidenceCallback(keras.callbacks.Callback):
         elif self.start_alpha is not None:
             la = self._laplace(alpha=self.start_alpha, beta=self.start_beta)
             self._set_penalty(la.alpha, la.beta, la.n_data, la.n_outputs)
+        # Keras (no distribution strategy) creates the optimizer's variables inside the first
+        # trace of the train step, and so traces it twice; built here, as Keras itself does
+        # under a strategy, the penalised step is traced once
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         # the penalty enters the train step, and only it (see _PenalisedStep)
         model.make_train_function(force=True)
         self._step = _PenalisedStep(self, model, model.train_function)

@@ -2,7 +2,8 @@
 
 The quick starts (regression and classifier) are self-contained and run alone; the later
 blocks continue from names a reader has by then (a model, its training data, a fitted
-Laplace), which :data:`SETUP` provides with small data. A block that needs other machines is
+Laplace), which :data:`REGRESSION_DATA` provides with small data, or the regression quick
+start itself (run once per test process by the ``quick_start`` fixture). A block that needs other machines is
 skipped with its reason. A README block this file does not know is a failure: add it here.
 """
 
@@ -48,6 +49,7 @@ KNOWN = [
     ),
 ]
 SLOW = {2, 3, 4, 5}  # training runs (digits + KFAC; the callbacks' refits; compare_models)
+QUICK_START = 1  # the regression quick start: run once, shared with the blocks continuing from it
 
 
 def test_every_readme_block_is_known():
@@ -61,27 +63,47 @@ def _run(code: str, namespace: dict) -> dict:
     return namespace
 
 
+def _seed():
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+def _run_block(index: int, namespace: dict) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a search at its bound
+        return _run(BLOCKS[index], namespace)
+
+
+@pytest.fixture(scope="module")
+def quick_start() -> dict:
+    """The names the regression quick start leaves a reader (its model trained, its fitted
+    Laplace): the block runs once per test process, for its own test and for the blocks that
+    continue from it (each gets a copy of the namespace; none changes the model's weights)."""
+    _seed()
+    return _run_block(QUICK_START, {})
+
+
 @pytest.mark.parametrize(
     "index",
     [pytest.param(i, marks=pytest.mark.slow) if i in SLOW else i for i in range(len(KNOWN))],
 )
-def test_readme_block_runs(index, tmp_path, monkeypatch):
+def test_readme_block_runs(index, tmp_path, monkeypatch, request):
     _, before, skip = KNOWN[index]
     if skip:
         pytest.skip(skip)
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
-    import keras
-
-    keras.utils.set_random_seed(0)
-    namespace: dict = {}
-    if before == "quick start":
-        _run(BLOCKS[1], namespace)
-    elif before:
-        _run(before, namespace)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a search at its bound
-        out = _run(BLOCKS[index], namespace)
-    if index == 1:  # the regression quick start: mean, std of the test inputs
+    if index == QUICK_START:
+        out = request.getfixturevalue("quick_start")
+    else:
+        namespace: dict = {}
+        if before == "quick start":
+            namespace = dict(request.getfixturevalue("quick_start"))
+        _seed()
+        if before and before != "quick start":
+            _run(before, namespace)
+        out = _run_block(index, namespace)
+    if index == QUICK_START:  # the regression quick start: mean, std of the test inputs
         assert out["mean"].shape == out["std"].shape == (101, 1)
         assert np.all(out["std"] > 0)
     if index == 2:  # the classifier quick start: probabilities, a temperature from the search
