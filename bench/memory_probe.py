@@ -1,5 +1,9 @@
 """Memory probes shared by the bench scripts (standard library only): the current and peak
-resident set size of this process, and the peak above a starting level while a block runs."""
+resident set size of this process, and the peak above a starting level while a block runs.
+
+The same probe as :class:`sigma.memory.PeakMemory`, kept apart on purpose: bench/peer_torch.py
+runs in the peer's environment (PyTorch, laplace-torch), which has neither sigma nor Keras, and
+both libraries must be measured by the same code."""
 
 from __future__ import annotations
 
