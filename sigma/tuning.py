@@ -220,13 +220,17 @@ def optimize_temperature(
     bound = float(np.log(span))
     tried: dict[float, tuple[float, sigma.Posterior] | None] = {}
 
+    def temperature(z: float) -> float:
+        # the ends of the range exactly: t0·exp(ln span) can round past t0·span
+        return t0 * span if z >= bound else t0 / span if z <= -bound else t0 * float(np.exp(z))
+
     def evaluate(z: float) -> float:
         z = float(z)
         if z not in tried:
             if len(tried) >= max_iter:
                 return _FAILED
             try:
-                trial = post.with_temperature(t0 * np.exp(z)).optimize_evidence(
+                trial = post.with_temperature(temperature(z)).optimize_evidence(
                     confidence_check=False
                 )
                 tried[z] = (score(trial), trial)
@@ -265,7 +269,7 @@ def optimize_temperature(
         "value": float(value),
         "evaluations": len(tried),
         "values": [
-            (float(t0 * np.exp(z)), None if v is None else float(v[0]))
+            (temperature(z), None if v is None else float(v[0]))
             for z, v in sorted(tried.items())
         ],
         "at_bound": at_bound,

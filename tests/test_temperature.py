@@ -253,3 +253,17 @@ def test_a_large_temperature_finds_the_evidence_maximum_where_the_terms_balance(
     root = np.exp(scipy.optimize.brentq(slope, np.log(1e-20), np.log(1e-3), xtol=1e-14))
     la.optimize_evidence()
     assert la.alpha == pytest.approx(root, rel=1e-5)
+
+
+def test_the_temperature_search_stays_inside_its_range(problem, rng):
+    """The ends of the search are start ÷ span and start × span exactly: a search centred on
+    T = 0.01 with span 100 never reports a T above 1 (t0·exp(ln span) rounds to 1 + 4e-16)."""
+    model, x, labels = problem
+    x_val, labels_val = rng.normal(size=(20, 3)), rng.integers(0, 3, size=20)
+    la = sigma.Laplace(model, x, labels, likelihood="classification", temperature=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the best T may be at a bound
+        la.optimize_prior(x_val, labels_val, span=100.0)
+    tried = [t for t, _ in la.prior_result["values"]]
+    assert min(tried) == 1e-4 and max(tried) == 1.0
+    assert 1e-4 <= la.temperature <= 1.0
