@@ -66,6 +66,17 @@ def own_variables(layer) -> list:
     return list(trainable or []) + list(frozen or [])
 
 
+def runs_time_loops(model) -> bool:
+    """Whether ``model`` holds a recurrent layer that steps through time in a ``while`` loop
+    (a ``keras.layers.RNN`` — SimpleRNN, GRU, LSTM, inside a Bidirectional too — not
+    unrolled): TensorFlow's pfor cannot vectorise the gradients of such a loop, so sigma loops
+    over the samples instead of trying it first."""
+    return any(
+        isinstance(layer, keras.layers.RNN) and not getattr(layer, "unroll", False)
+        for layer in layers(model, include_self=True)
+    )
+
+
 def call_has_training_arg(model) -> bool:
     """Whether ``model.call`` takes ``training`` (``stateless_call`` passes it through)."""
     return bool(getattr(model, "_call_has_training_arg", True))

@@ -85,3 +85,47 @@ def test_the_jacobian_of_a_recurrent_model_equals_a_per_sample_loop(kind, caplog
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
         r.getMessage()[:200] for r in caplog.records
     ]
+
+
+def test_a_recurrent_model_loops_over_samples_without_trying_pfor_first(monkeypatch):
+    """pfor cannot vectorise a while loop's gradient; trying it first costs 3–4× the loop's
+    tracing, in every graph traced for the model. The engine knows from the layers (a
+    recurrent layer not unrolled) and loops at once; an unrolled one, without a while loop,
+    is vectorised; a failure pfor meets elsewhere is remembered per model."""
+    from sigma.curvature.engine import Engine
+
+    assert all(
+        sigma.keras_compat.runs_time_loops(recurrent(kind))
+        for kind in ["SimpleRNN", "GRU", "LSTM", "Bidirectional"]
+    )
+    inp = keras.Input((5, 3))
+    unrolled = keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(4, unroll=True)(inp)))
+    assert not sigma.keras_compat.runs_time_loops(unrolled)
+
+    attempts = []
+    real = tf.vectorized_map
+
+    def counting(fn, elems, **kwargs):
+        attempts.append(fn)
+        return real(fn, elems, **kwargs)
+
+    monkeypatch.setattr(tf, "vectorized_map", counting)
+    x = RNG.normal(size=(6, 5, 3))
+    model = recurrent("LSTM")
+    sigma.output_jacobian(model, x)
+    sigma.Laplace(model, x, RNG.normal(size=(6, 2)), structure="diag")
+    assert attempts == []
+    sigma.output_jacobian(unrolled, x.astype("float32"))
+    assert len(attempts) == 1
+
+    def fails(fn, elems, **kwargs):
+        attempts.append(fn)
+        raise NotImplementedError("no converter")
+
+    monkeypatch.setattr(tf, "vectorized_map", fails)
+    attempts.clear()
+    memo = {}
+    for _ in range(2):
+        out = vectorize.per_sample(lambda t: 2.0 * t, tf.ones(3), tf.TensorSpec([]), memo=memo)
+        np.testing.assert_array_equal(out, [2.0, 2.0, 2.0])
+    assert len(attempts) == 1 and memo == {"pfor": False}

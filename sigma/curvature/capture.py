@@ -204,6 +204,7 @@ def plan_layers(model, *, fast: bool = True, exclude: tuple = (), selection=None
         return np.arange(starts[i], starts[i] + n)
 
     plan = LayerPlan(n_params=int(sum(counts)), excluded=tuple(exclude), selection=selection)
+    plan.generic_pfor = not keras_compat.runs_time_loops(model)  # see vectorize.per_sample
     taken = set()
     layers = keras_compat.layers(model, include_self=True)
     labels = keras_compat.layer_labels(model)

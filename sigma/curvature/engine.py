@@ -102,6 +102,8 @@ class Engine:
         # Model.__call__ drops `training` for a call() without it; stateless_call does not.
         self._kwargs = {"training": False} if keras_compat.call_has_training_arg(model) else {}
         self.store: dict = {}
+        # pfor cannot vectorise a while loop's gradient: loop over the samples from the start
+        self.vectorizing: dict = {"pfor": not keras_compat.runs_time_loops(model)}
         self._k: dict = {}
 
     @property
@@ -224,7 +226,7 @@ class Engine:
             k = self.forward(w, tf.nest.map_structure(lambda t: t[:1], x)).shape[1]
             return tf.TensorSpec([k], w.dtype), tf.TensorSpec([k, self.n_params], w.dtype)
 
-        return vectorize.per_sample(one, x, signature)
+        return vectorize.per_sample(one, x, signature, memo=self.vectorizing)
 
     def pseudo_jacobian(self, lik, f, j):
         """Lᵀ J per sample, (B, K', P) float64, with Λ = L Lᵀ the likelihood's output Hessian."""
@@ -639,6 +641,7 @@ class SubsetEngine(Engine):
 
     def __init__(self, parent: Engine, selection):
         super().__init__(parent.model)
+        self.vectorizing = parent.vectorizing  # what pfor failed on, it fails on for a subset
         self.selection = selection
         self.n_params = selection.n_params
         self._parent = parent

@@ -121,18 +121,25 @@ def converting():
 CONVERSION_ERRORS = (ValueError, TypeError, NotImplementedError, tf.errors.OpError)
 
 
-def per_sample(fn, elems, fn_output_signature):
+def per_sample(fn, elems, fn_output_signature, *, memo: dict | None = None):
     """``fn`` on every sample of ``elems`` (a nest of tensors with a leading batch axis):
     ``tf.vectorized_map`` where pfor converts ``fn``, else ``tf.map_fn`` (a loop over the
     samples, the same values). Traceable; the choice is made once, when traced.
 
     ``fn_output_signature``: ``tf.TensorSpec`` nest of one sample's result (for the loop), or
-    a function returning it (called only when the loop is needed)."""
+    a function returning it (called only when the loop is needed).
+
+    ``memo``: a dict kept with the model (its engine's store). Its ``"pfor"`` entry, False,
+    skips pfor; a failed conversion sets it, so a model pfor cannot convert pays for the
+    attempt once, not in every graph traced for it (on a recurrent model the failed attempt
+    costs 3–4× the loop's tracing)."""
     with converting():
-        try:
-            return tf.vectorized_map(fn, elems)
-        except CONVERSION_ERRORS:
-            pass
+        if memo is None or memo.get("pfor", True):
+            try:
+                return tf.vectorized_map(fn, elems)
+            except CONVERSION_ERRORS:
+                if memo is not None:
+                    memo["pfor"] = False
         if callable(fn_output_signature):
             fn_output_signature = fn_output_signature()
         return tf.map_fn(fn, elems, fn_output_signature=fn_output_signature)
