@@ -4,6 +4,7 @@ and sampled predictives against quadrature, the evidence against numerical integ
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import make_linear, make_mlp
 from scipy.optimize import minimize
 
@@ -32,6 +33,37 @@ def test_ggn_equals_hessian_and_explicit_softmax_formula_for_linear_model(labell
         j = np.concatenate([np.kron(xn, np.eye(3)), np.eye(3)], axis=1)  # (K, P)
         ref += j.T @ (np.diag(pn) - np.outer(pn, pn)) @ j
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("heads", [None, ((0, 4), (4, 7), (7, 8), (8, 12))])
+def test_the_output_hessian_root_has_one_column_fewer_per_softmax_head(rng, heads):
+    """Λ = diag(p) − p pᵀ has rank C − 1 (Λ 1 = 0), so L (K, K') with C − 1 columns per head
+    of C classes (one per binary head) is enough: L Lᵀ = Λ block by block, and ``pseudo`` and
+    ``root`` are Lᵀ and L. Logits up to ±9: a head's last class from near-certain to ~1e-8."""
+    k = 5 if heads is None else 12
+    lik = sigma.likelihoods.Classification(heads)
+    f = rng.normal(size=(8, k)) * 3.0
+    root = lik.hessian_sqrt(tf.constant(f)).numpy()
+    assert root.shape == (8, k, 4 if heads is None else 3 + 2 + 1 + 3)
+    assert lik.pseudo_groups(k).shape == (root.shape[2],)
+    for n in range(len(f)):
+        lam = np.zeros((k, k))
+        for s, e in heads or ((0, k),):
+            if e - s == 1:
+                p = 1.0 / (1.0 + np.exp(-f[n, s]))
+                lam[s, s] = p * (1.0 - p)
+            else:
+                p = classification.softmax(f[n, s:e][None])[0]
+                lam[s:e, s:e] = np.diag(p) - np.outer(p, p)
+        np.testing.assert_allclose(root[n] @ root[n].T, lam, rtol=0, atol=1e-15)
+    u = rng.normal(size=(8, root.shape[2], 3))
+    np.testing.assert_allclose(
+        lik.root(tf.constant(f), tf.constant(u)), np.einsum("bkj,bjp->bkp", root, u), atol=1e-14
+    )
+    j = rng.normal(size=(8, k, 3))
+    np.testing.assert_allclose(
+        lik.pseudo(tf.constant(f), tf.constant(j)), np.einsum("bkj,bkp->bjp", root, j), atol=1e-14
+    )
 
 
 def _gauss_hermite_expectation(mean, cov, n=24):

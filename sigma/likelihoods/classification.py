@@ -1,6 +1,16 @@
 """Softmax cross-entropy on logits, one softmax per head: E = −Σ_n Σ_k t_nk log softmax(f_n)_k,
-Λ = diag(p) − p pᵀ, L = diag(√p) − p √pᵀ (L Lᵀ = diag(p) − 2 p pᵀ + p pᵀ Σ p = Λ). No β
-(it is 1, or 1/T for a tempered likelihood).
+Λ = diag(p) − p pᵀ. No β (it is 1, or 1/T for a tempered likelihood).
+
+Λ has rank C − 1 for a head of C classes (Λ 1 = 0: the softmax ignores a common shift of the
+logits), so its root L (C, C − 1) has C − 1 columns, and the GGN's pseudo-outputs — one
+backward pass each in a layer-wise fit — are C − 1 per head, not C. With the last class as
+reference, g = f_{1..C−1} − f_C, p' = p_{1..C−1} and q = √p' (|q|² = 1 − p_C):
+
+    Λ = Eᵀ Λ' E,  E = [I, −1],  Λ' = diag(p') − p' p'ᵀ = D^½ (I − q qᵀ) D^½,
+    I − q qᵀ = (I − c q qᵀ)²  with  c = 1 / (1 + √p_C),
+
+so L = Eᵀ L' with L' = D^½ (I − c q qᵀ): the pseudo-outputs u = Lᵀ f = √p' ⊙ (g − c p'ᵀ g)
+and L u = [v, −Σ v] with v = √p' ⊙ u − c p' (√p'ᵀ u). Exact: L Lᵀ = Λ (tested).
 
 Heads: a model with one output of shape (C,) has one head of C classes; an output per position,
 (T, C) or (H, W, C), has one head per position (token classification, segmentation); a model
@@ -18,6 +28,21 @@ from sigma._checks import as_array
 from sigma.likelihoods.base import Groups, Likelihood, check_rows_cols
 
 SCORES = ("nll", "brier", "ece")
+
+
+def _expander(t):
+    """Reshapes a (B, H, C) tensor to broadcast against t (B, H, C, ...)."""
+    extra = t.shape.rank - 3
+    if extra == 0:
+        return lambda v: v
+    return lambda v: tf.reshape(v, tf.concat([tf.shape(v), [1] * extra], 0))
+
+
+def _reference(logits):
+    """p' (B, H, C − 1), the probabilities of all classes but the last, and c (B, H, 1) =
+    1 / (1 + √p_C), from logits (B, H, C)."""
+    p = tf.nn.softmax(logits, axis=-1)
+    return p[:, :, :-1], 1.0 / (1.0 + tf.sqrt(p[:, :, -1:]))
 
 
 class Classification(Likelihood):
@@ -67,68 +92,72 @@ class Classification(Likelihood):
                 runs.append([s, 1, e - s])
         return [tuple(r) for r in runs]
 
-    def _apply(self, f, j, fn):
-        """fn(run logits (B, H, C), run values (B, H, C, ...)) over every run, concatenated."""
+    @staticmethod
+    def width(size: int) -> int:
+        """Pseudo-outputs of a head of ``size`` logits: C − 1 (Λ's rank), 1 for a binary head."""
+        return max(size - 1, 1)
+
+    def pseudo_groups(self, k: int) -> np.ndarray:
+        return np.zeros(sum(c * self.width(s) for _, c, s in self.runs(k)), dtype=np.int64)
+
+    def _apply(self, f, j, fn, *, reduced_in: bool = False):
+        """fn(run logits (B, H, C), run values (B, H, C or C − 1, ...)) over every run,
+        concatenated along axis 1. ``reduced_in``: j holds pseudo-outputs (C − 1 per head)."""
         k = f.shape[-1]
-        out = []
+        out, at = [], 0
         for start, count, size in self.runs(k):
             stop = start + count * size
             fr = tf.reshape(f[:, start:stop], (-1, count, size))
-            jr = j[:, start:stop]
-            jr = tf.reshape(jr, tf.concat([[tf.shape(jr)[0], count, size], tf.shape(jr)[2:]], 0))
+            w = self.width(size) if reduced_in else size
+            jr = j[:, at : at + count * w]
+            at += count * w
+            jr = tf.reshape(jr, tf.concat([[tf.shape(jr)[0], count, w], tf.shape(jr)[2:]], 0))
             r = fn(fr, jr, size)
             out.append(
-                tf.reshape(r, tf.concat([[tf.shape(jr)[0], count * size], tf.shape(jr)[3:]], 0))
+                tf.reshape(r, tf.concat([[tf.shape(jr)[0], count * r.shape[2]], tf.shape(jr)[3:]], 0))
             )
         return out[0] if len(out) == 1 else tf.concat(out, axis=1)
 
     def pseudo(self, f, j):
-        """Lᵀ j per head: √p ⊙ j − √p (pᵀ j); binary: √(p(1 − p)) j."""
+        """Lᵀ j per head, (B, K'[, ...]) with C − 1 rows per head of C classes (see the module
+        docstring): √p' ⊙ (g − c p'ᵀ g), g = j_{1..C−1} − j_C; binary: √(p(1 − p)) j."""
 
         def fn(fr, jr, size):
             fr = tf.cast(fr, jr.dtype)
-            extra = jr.shape.rank - 3
-            expand = (
-                (lambda t: t)
-                if extra == 0
-                else (lambda t: tf.reshape(t, tf.concat([tf.shape(t), [1] * extra], 0)))
-            )
+            expand = _expander(jr)
             if size == 1:
                 return expand(tf.sqrt(tf.sigmoid(fr) * tf.sigmoid(-fr))) * jr
-            p = tf.nn.softmax(fr, axis=-1)
-            sp = expand(tf.sqrt(p))
-            pj = tf.reduce_sum(expand(p) * jr, axis=2, keepdims=True)
-            return sp * jr - sp * pj
+            p, c = _reference(fr)
+            g = jr[:, :, :-1] - jr[:, :, -1:]
+            pg = tf.reduce_sum(expand(p) * g, axis=2, keepdims=True)
+            return expand(tf.sqrt(p)) * (g - expand(c) * pg)
 
-        return self._static(j, self._apply(f, j, fn))
+        return self._static(j, self._apply(f, j, fn), self.pseudo_groups(f.shape[-1]).size)
 
     def root(self, f, u):
-        """L u per head: √p ⊙ u − p (√pᵀ u); binary: √(p(1 − p)) u."""
+        """L u per head, (B, K[, ...]) from u (B, K'[, ...]): [v, −Σ v] with
+        v = √p' ⊙ u − c p' (√p'ᵀ u); binary: √(p(1 − p)) u."""
 
         def fn(fr, ur, size):
             fr = tf.cast(fr, ur.dtype)
-            extra = ur.shape.rank - 3
-            expand = (
-                (lambda t: t)
-                if extra == 0
-                else (lambda t: tf.reshape(t, tf.concat([tf.shape(t), [1] * extra], 0)))
-            )
+            expand = _expander(ur)
             if size == 1:
                 return expand(tf.sqrt(tf.sigmoid(fr) * tf.sigmoid(-fr))) * ur
-            p = tf.nn.softmax(fr, axis=-1)
+            p, c = _reference(fr)
             sp = tf.sqrt(p)
             spu = tf.reduce_sum(expand(sp) * ur, axis=2, keepdims=True)
-            return expand(sp) * ur - expand(p) * spu
+            v = expand(sp) * ur - expand(c * p) * spu
+            return tf.concat([v, -tf.reduce_sum(v, axis=2, keepdims=True)], axis=2)
 
-        return self._static(u, self._apply(f, u, fn))
+        return self._static(u, self._apply(f, u, fn, reduced_in=True), f.shape[-1])
 
     @staticmethod
-    def _static(like, out):
-        out.set_shape(like.shape)
+    def _static(like, out, width):
+        out.set_shape([like.shape[0], width, *like.shape[2:]])
         return out
 
     def hessian_sqrt(self, f):
-        """L_n, (B, K, K), dense (block-diagonal over heads): for references and tests."""
+        """L_n, (B, K, K'), dense (block-diagonal over heads): for references and tests."""
         k = f.shape[-1]
         eye = tf.eye(k, batch_shape=tf.shape(f)[:1], dtype=f.dtype)  # (B, K, K)
         return tf.linalg.matrix_transpose(self.pseudo(f, eye))

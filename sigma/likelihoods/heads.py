@@ -129,14 +129,29 @@ class PerHead(Likelihood):
             parts.append(lik.group_errors(f[:, s:e], t[:, s:e], lik.groups(e - s)))
         return tf.concat(parts, axis=0)
 
+    def pseudo_groups(self, k: int) -> np.ndarray:
+        parts, offset = [], 0
+        for _, lik, s, e in self.bound():
+            parts.append(lik.pseudo_groups(e - s) + offset)
+            offset += lik.groups(e - s).n_groups
+        return np.concatenate(parts)
+
     def pseudo(self, f, j):
+        """Lᵀ j head by head: each head's pseudo-outputs (a softmax head of C classes has
+        C − 1), concatenated."""
         out = tf.concat([lik.pseudo(f[:, s:e], j[:, s:e]) for _, lik, s, e in self.bound()], axis=1)
-        out.set_shape(j.shape)
+        out.set_shape([j.shape[0], self.pseudo_groups(f.shape[-1]).size, *j.shape[2:]])
         return out
 
     def root(self, f, u):
-        out = tf.concat([lik.root(f[:, s:e], u[:, s:e]) for _, lik, s, e in self.bound()], axis=1)
-        out.set_shape(u.shape)
+        """L u head by head, u laid out as :meth:`pseudo`'s result."""
+        parts, at = [], 0
+        for _, lik, s, e in self.bound():
+            width = lik.pseudo_groups(e - s).size
+            parts.append(lik.root(f[:, s:e], u[:, at : at + width]))
+            at += width
+        out = tf.concat(parts, axis=1)
+        out.set_shape([u.shape[0], f.shape[-1], *u.shape[2:]])
         return out
 
     def hessian_sqrt(self, f):
