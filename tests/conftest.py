@@ -106,6 +106,22 @@ CORE_MODULES = {
 }
 
 
+def _core_only(config) -> bool:
+    """Whether the run selects core tests alone (``-m core`` or ``-m "core and ..."``, as
+    `make test-fast` does)."""
+    expr = (getattr(config.option, "markexpr", "") or "").strip()
+    return expr == "core" or expr.startswith("core and ")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With core tests alone selected, the other test modules are not imported at all (in each
+    pytest-xdist process: their imports — KerasHub, papermill, the zoo — cost seconds)."""
+    name = collection_path.name
+    if name.startswith("test_") and name.endswith(".py") and _core_only(config):
+        return True if collection_path.stem not in CORE_MODULES else None
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark the core modules' tests `core`; run the long tiers first (notebooks, then slow
     tests), the quick unit tests last: spread over processes (pytest-xdist), the short tests
