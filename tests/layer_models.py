@@ -127,7 +127,8 @@ def jacobian_from_capture(model, x, *, fast=True, likelihood=None):
     plan = probe(model, plan_layers(model, fast=fast), x[:8])
     lik = None if likelihood is None else sigma.likelihoods.get(likelihood)
     cap = with_pfor_fallback(plan, lambda: capture(model, plan, tf.constant(x), likelihood=lik))
-    n, k = cap.outputs.shape
+    n = cap.outputs.shape[0]  # k: the pseudo-outputs' count (C − 1 per softmax head of C)
+    k = next(t.shape[0] for t in cap.sens if t is not None) if plan.fast else cap.jacs[0].shape[1]
     j = np.zeros((n, k, plan.n_params))
     for blk, a, s in zip(plan.fast, cap.acts, cap.sens, strict=True):
         a = np.eye(blk.d_in)[a.numpy()] if blk.sparse else a.numpy()  # token ids: one-hot rows

@@ -343,6 +343,9 @@ def maximize(
             converged = True
             break
     method = "fixed point"
+    if converged and _below_box(alphas, betas, weight_errors, sizes, errors, counts, free_beta,
+                                fix_alpha):  # fmt: skip
+        converged = False  # a fixed point beyond the direct search's box: the space's edge
     if not converged:
         budget = int(max_iter) - n_iter
         if budget <= 0 or not direct:
@@ -403,6 +406,20 @@ def _out(values):
     return float(values[0]) if values.size == 1 else values.copy()
 
 
+BOX = 1e12  # the direct search's box: [max / BOX, max] for each precision (see _direct)
+
+
+def _below_box(alphas, betas, weight_errors, sizes, errors, counts, free_beta, fix_alpha) -> bool:
+    """Whether a free precision lies below the direct search's box, more than 12 decades
+    under α_g ≤ P_g/(2E_Wg) or β_h ≤ N_h/(2E_h): a stationary point there (a likelihood
+    tempered by T = 1e30: γ ≈ 1e-14, its log evidence at round-off) is treated as the edge
+    of the space, as the direct search treats the box's edge, not returned as an optimum."""
+    low = (not fix_alpha) and np.any(alphas * BOX < sizes / (2.0 * weight_errors))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low_b = free_beta & (betas * BOX < counts / (2.0 * errors))
+    return bool(low or np.any(low_b))
+
+
 def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha, free_beta, tol,
             budget, iterations):  # fmt: skip
     """L-BFGS-B on −ln p(D | α, β) in log coordinates, from ``best``; the box is
@@ -427,7 +444,7 @@ def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha,
     x0 = np.r_[np.log(a0), np.log(b0)]
     free = np.r_[np.full(ga, free_alpha), free_beta]
     hi = np.where(free, np.maximum(hi, x0), x0)
-    lo = np.where(free, hi - np.log(1e12), x0)
+    lo = np.where(free, hi - np.log(BOX), x0)
     x0 = np.clip(x0, lo, hi)
 
     def parts(z):
