@@ -269,8 +269,7 @@ def optimize_temperature(
         "value": float(value),
         "evaluations": len(tried),
         "values": [
-            (temperature(z), None if v is None else float(v[0]))
-            for z, v in sorted(tried.items())
+            (temperature(z), None if v is None else float(v[0])) for z, v in sorted(tried.items())
         ],
         "at_bound": at_bound,
     }

@@ -51,6 +51,17 @@ def make_linear(n_in=3, n_out=2, dtype="float64", seed=0, use_bias=True):
     )
 
 
+def terminal_sigint() -> None:
+    """``preexec_fn`` of a subprocess that a test interrupts with SIGINT: Ctrl-C as a terminal
+    program gets it — default disposition, not blocked — whatever this pytest process has
+    (a worker process may hold SIGINT ignored or blocked, and a child inherits both, after
+    which the test's Ctrl-C never arrives)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from conftest import terminal_sigint
 from sweeputil import DATA, METRICS, PLAIN, ROOT, write_grid
 
 from sigma.sweep import cli, engine, run
@@ -305,6 +306,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_resumes(tmp_path):
         cwd=ROOT,
         env=env,
         start_new_session=True,
+        preexec_fn=terminal_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

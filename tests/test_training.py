@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_mlp
+from conftest import make_mlp, terminal_sigint
 
 import sigma
 from sigma import evidence
@@ -485,6 +485,7 @@ def test_ctrl_c_during_fit_leaves_the_model_as_it_was_given(tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-c", _INTERRUPTED],
             cwd=tmp_path,
+            preexec_fn=terminal_sigint,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,

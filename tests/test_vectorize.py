@@ -92,7 +92,6 @@ def test_a_recurrent_model_loops_over_samples_without_trying_pfor_first(monkeypa
     tracing, in every graph traced for the model. The engine knows from the layers (a
     recurrent layer not unrolled) and loops at once; an unrolled one, without a while loop,
     is vectorised; a failure pfor meets elsewhere is remembered per model."""
-    from sigma.curvature.engine import Engine
 
     assert all(
         sigma.keras_compat.runs_time_loops(recurrent(kind))

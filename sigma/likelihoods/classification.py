@@ -114,7 +114,9 @@ class Classification(Likelihood):
             jr = tf.reshape(jr, tf.concat([[tf.shape(jr)[0], count, w], tf.shape(jr)[2:]], 0))
             r = fn(fr, jr, size)
             out.append(
-                tf.reshape(r, tf.concat([[tf.shape(jr)[0], count * r.shape[2]], tf.shape(jr)[3:]], 0))
+                tf.reshape(
+                    r, tf.concat([[tf.shape(jr)[0], count * r.shape[2]], tf.shape(jr)[3:]], 0)
+                )
             )
         return out[0] if len(out) == 1 else tf.concat(out, axis=1)
 
