@@ -1,6 +1,8 @@
 """The evidence framework against closed forms: BayesianRidge, the Gaussian marginal likelihood
 of Bayesian linear regression, and the stationarity of the log evidence at the fixed point."""
 
+import functools
+
 import numpy as np
 import pytest
 from conftest import make_linear, make_mlp
@@ -327,3 +329,28 @@ def test_failed_optimisation_leaves_the_laplace_unchanged(linear_data):
     ):
         la.optimize_evidence(max_iter=1)
     assert (la.alpha, la.beta, la.evidence_result) == (1.0, 5.0, None)
+
+
+@pytest.mark.parametrize("scale, interior", [(1e-20, True), (1e-30, False)])
+def test_a_fixed_point_beyond_the_search_box_is_the_edge_of_the_space(scale, interior):
+    """With a curvature c·scale the data barely touch (a tempered classifier, no β), the
+    evidence's stationary point is α* ≈ √(Σc·scale / (2E_W)) (there γ ≈ Σc·scale/α ≪ 1 and
+    ½γ = αE_W). At scale 1e-20 it lies 10 decades below P/(2E_W) and is the maximum; at 1e-30
+    it lies 15 decades below, beyond the 12 of the direct search's box: the edge, α → 0.
+    (Started there: from elsewhere the fixed point α ← Σc·scale/(2E_W α) alternates between
+    two values, and the direct search takes over.)"""
+    c = np.linspace(1.0, 3.0, 10) * scale
+    weight_error, p = 2.5, 10
+    expected = np.sqrt(c.sum() / (2.0 * weight_error))
+    for direct in (True, False):
+        call = functools.partial(
+            evidence.maximize, evidence.eigen_terms(c, p), weight_errors=[weight_error],
+            sizes=[p], errors=[1.0], counts=[0], noise=[False], alphas=[expected], betas=[1.0],
+            fix_beta=True, direct=direct,
+        )  # fmt: skip
+        if interior:
+            assert float(call().alpha) == pytest.approx(expected, rel=1e-6)
+        else:
+            with pytest.raises(evidence.EvidenceBoundaryError, match=r"alpha → 0") as e:
+                call()
+            assert e.value.which == ["alpha"]

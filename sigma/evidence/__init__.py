@@ -343,9 +343,10 @@ def maximize(
             converged = True
             break
     method = "fixed point"
-    if converged and _below_box(alphas, betas, weight_errors, sizes, errors, counts, free_beta,
-                                fix_alpha):  # fmt: skip
-        converged = False  # a fixed point beyond the direct search's box: the space's edge
+    if converged:
+        _refuse_below_box(alphas, betas, gammas, weight_errors=weight_errors,
+                          sizes=sizes, errors=errors, counts=counts, free_beta=free_beta,
+                          fix_alpha=fix_alpha, n_iter=n_iter)  # fmt: skip
     if not converged:
         budget = int(max_iter) - n_iter
         if budget <= 0 or not direct:
@@ -409,15 +410,34 @@ def _out(values):
 BOX = 1e12  # the direct search's box: [max / BOX, max] for each precision (see _direct)
 
 
-def _below_box(alphas, betas, weight_errors, sizes, errors, counts, free_beta, fix_alpha) -> bool:
-    """Whether a free precision lies below the direct search's box, more than 12 decades
-    under α_g ≤ P_g/(2E_Wg) or β_h ≤ N_h/(2E_h): a stationary point there (a likelihood
-    tempered by T = 1e30: γ ≈ 1e-14, its log evidence at round-off) is treated as the edge
-    of the space, as the direct search treats the box's edge, not returned as an optimum."""
-    low = (not fix_alpha) and np.any(alphas * BOX < sizes / (2.0 * weight_errors))
+def _refuse_below_box(
+    alphas, betas, gammas, *, weight_errors, sizes, errors, counts, free_beta, fix_alpha, n_iter
+) -> None:
+    """EvidenceBoundaryError for a fixed point with a free precision more than 12 decades
+    (:data:`BOX`) below its bound, α_g ≤ P_g/(2E_Wg) or β_h ≤ N_h/(2E_h): the direct search's
+    box ends there, and a stationary point beyond it (a likelihood tempered by T = 1e30:
+    α ≈ 1e-15, γ ≈ 1e-14, a log evidence at round-off) is the edge of the space, α → 0, as
+    the box's edge is for the direct search — never returned as an optimum."""
+    low_a = (not fix_alpha) & (alphas * BOX < sizes / (2.0 * weight_errors))
     with np.errstate(divide="ignore", invalid="ignore"):
         low_b = free_beta & (betas * BOX < counts / (2.0 * errors))
-    return bool(low or np.any(low_b))
+    if not (np.any(low_a) or np.any(low_b)):
+        return
+    names = [f"alpha[{i}]" if alphas.size > 1 else "alpha" for i in np.flatnonzero(low_a)]
+    names += [f"beta[{i}]" if betas.size > 1 else "beta" for i in np.flatnonzero(low_b)]
+    fixes = sorted({"fix_beta=True" if n.startswith("beta") else "fix_alpha=True" for n in names})
+    raise EvidenceBoundaryError(
+        f"the evidence has no interior maximum within {np.log10(BOX):.0f} decades of its "
+        f"bound: it keeps growing as {', '.join(names)} → 0 (a stationary point at "
+        f"alpha={_out(alphas)!r}, beta={_out(betas)!r}, where the data determine "
+        f"γ = {float(np.sum(gammas)):.3g} weights). The data do not determine "
+        f"{'these precisions' if len(names) > 1 else 'it'}: hold it ({' / '.join(fixes)}), "
+        "use a prior with fewer groups, or more data",
+        alpha=_out(alphas),
+        beta=_out(betas),
+        n_iter=n_iter,
+        which=names,
+    )
 
 
 def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha, free_beta, tol,
