@@ -11,7 +11,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -34,6 +33,8 @@ settings.load_profile("fuzz" if os.environ.get("SIGMA_FUZZ") else "ci")
 
 
 def make_mlp(n_in=3, hidden=(5, 4), n_out=2, dtype="float64", seed=0, activation="tanh"):
+    import keras
+
     keras.utils.set_random_seed(seed)
     layers = [keras.Input((n_in,), dtype=dtype)]
     layers += [keras.layers.Dense(h, activation=activation, dtype=dtype) for h in hidden]
@@ -42,6 +43,8 @@ def make_mlp(n_in=3, hidden=(5, 4), n_out=2, dtype="float64", seed=0, activation
 
 
 def make_linear(n_in=3, n_out=2, dtype="float64", seed=0, use_bias=True):
+    import keras
+
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
         [
@@ -78,6 +81,8 @@ def mlp64(_shared_mlp64):
     """``make_mlp()``, one model per test process: each test gets it back with its initial
     weights, every layer trainable and the seed set as ``make_mlp`` leaves it. The curvature
     engine is traced once per model, so the tests that share it do not trace it again."""
+    import keras
+
     model, weights = _shared_mlp64
     for layer in model.layers:
         layer.trainable = True
