@@ -126,7 +126,7 @@ def _core_only(config) -> bool:
     """Whether the run selects core tests alone (``-m core`` or ``-m "core and ..."``, as
     `make test-fast` does)."""
     expr = (getattr(config.option, "markexpr", "") or "").strip()
-    return expr == "core" or expr.startswith("core and ")
+    return (expr == "core" or expr.startswith("core and ")) and " or " not in expr
 
 
 def pytest_ignore_collect(collection_path, config):

@@ -35,7 +35,7 @@ def test_ggn_equals_hessian_and_explicit_softmax_formula_for_linear_model(labell
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("heads", [None, ((0, 4), (4, 7), (7, 8), (8, 12))])
+@pytest.mark.parametrize("heads", [None, ((0, 3), (3, 6), (6, 7), (7, 8), (8, 12))])
 def test_the_output_hessian_root_has_one_column_fewer_per_softmax_head(rng, heads):
     """Λ = diag(p) − p pᵀ has rank C − 1 (Λ 1 = 0), so L (K, K') with C − 1 columns per head
     of C classes (one per binary head) is enough: L Lᵀ = Λ block by block, and ``pseudo`` and
@@ -44,7 +44,7 @@ def test_the_output_hessian_root_has_one_column_fewer_per_softmax_head(rng, head
     lik = sigma.likelihoods.Classification(heads)
     f = rng.normal(size=(8, k)) * 3.0
     root = lik.hessian_sqrt(tf.constant(f)).numpy()
-    assert root.shape == (8, k, 4 if heads is None else 3 + 2 + 1 + 3)
+    assert root.shape == (8, k, 4 if heads is None else 2 + 2 + 1 + 1 + 3)
     assert lik.pseudo_groups(k).shape == (root.shape[2],)
     for n in range(len(f)):
         lam = np.zeros((k, k))
@@ -64,6 +64,20 @@ def test_the_output_hessian_root_has_one_column_fewer_per_softmax_head(rng, head
     np.testing.assert_allclose(
         lik.pseudo(tf.constant(f), tf.constant(j)), np.einsum("bkj,bkp->bjp", root, j), atol=1e-14
     )
+
+
+def test_the_root_of_a_confident_float32_head_keeps_its_curvature(rng):
+    """The pseudo-outputs are formed in the model's dtype: a float32 head with logits of scale 10
+    (most samples near-certain of one class) still gives L Lᵀ = Λ to 1e-4 of Λ's largest
+    entry, because the reference class is each sample's most probable one (the last class as
+    reference lost 3e-2 there, the C-column root of Λ 3e-4)."""
+    f = rng.normal(size=(300, 10)) * 10.0
+    root = sigma.likelihoods.Classification().hessian_sqrt(tf.constant(f, tf.float32)).numpy()
+    p = classification.softmax(f)
+    lam = np.einsum("bk,kl->bkl", p, np.eye(10)) - np.einsum("bk,bl->bkl", p, p)
+    gram = np.einsum("bkj,blj->bkl", root.astype(np.float64), root.astype(np.float64))
+    error = np.abs(gram - lam).max(axis=(1, 2)) / np.abs(lam).max(axis=(1, 2))
+    assert error.max() < 1e-4
 
 
 def _gauss_hermite_expectation(mean, cov, n=24):

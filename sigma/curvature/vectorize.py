@@ -134,15 +134,18 @@ def per_sample(fn, elems, fn_output_signature, *, memo: dict | None = None):
     attempt once, not in every graph traced for it (on a recurrent model the failed attempt
     costs 3–4× the loop's tracing)."""
     with converting():
+        failed = False
         if memo is None or memo.get("pfor", True):
             try:
                 return tf.vectorized_map(fn, elems)
             except CONVERSION_ERRORS:
-                if memo is not None:
-                    memo["pfor"] = False
+                failed = True
         if callable(fn_output_signature):
             fn_output_signature = fn_output_signature()
-        return tf.map_fn(fn, elems, fn_output_signature=fn_output_signature)
+        out = tf.map_fn(fn, elems, fn_output_signature=fn_output_signature)
+        if failed and memo is not None:  # remembered once the loop works: pfor's failure
+            memo["pfor"] = False
+        return out
 
 
 def jacobian(tape, target, sources, **kwargs):

@@ -427,10 +427,10 @@ def _refuse_below_box(
     names += [f"beta[{i}]" if betas.size > 1 else "beta" for i in np.flatnonzero(low_b)]
     fixes = sorted({"fix_beta=True" if n.startswith("beta") else "fix_alpha=True" for n in names})
     raise EvidenceBoundaryError(
-        f"the evidence has no interior maximum within {np.log10(BOX):.0f} decades of its "
-        f"bound: it keeps growing as {', '.join(names)} → 0 (a stationary point at "
-        f"alpha={_out(alphas)!r}, beta={_out(betas)!r}, where the data determine "
-        f"γ = {float(np.sum(gammas)):.3g} weights). The data do not determine "
+        f"the evidence's maximum lies more than {np.log10(BOX):.0f} decades below its bound, "
+        f"at alpha={_out(alphas)!r}, beta={_out(betas)!r}, where the data determine "
+        f"γ = {float(np.sum(gammas)):.3g} weights: treated as the edge of the space, "
+        f"{', '.join(names)} → 0. The data do not determine "
         f"{'these precisions' if len(names) > 1 else 'it'}: hold it ({' / '.join(fixes)}), "
         "use a prior with fewer groups, or more data",
         alpha=_out(alphas),

@@ -3,14 +3,16 @@
 
 Λ has rank C − 1 for a head of C classes (Λ 1 = 0: the softmax ignores a common shift of the
 logits), so its root L (C, C − 1) has C − 1 columns, and the GGN's pseudo-outputs — one
-backward pass each in a layer-wise fit — are C − 1 per head, not C. With the last class as
-reference, g = f_{1..C−1} − f_C, p' = p_{1..C−1} and q = √p' (|q|² = 1 − p_C):
+backward pass each in a layer-wise fit — are C − 1 per head, not C. With a reference class r
+(each sample's most probable: p_r ≥ 1/C, so no step cancels in float32), g = f_{−r} − f_r
+(the other classes' logits minus the reference's), p' = p_{−r} and q = √p' (|q|² = 1 − p_r):
 
-    Λ = Eᵀ Λ' E,  E = [I, −1],  Λ' = diag(p') − p' p'ᵀ = D^½ (I − q qᵀ) D^½,
-    I − q qᵀ = (I − c q qᵀ)²  with  c = 1 / (1 + √p_C),
+    Λ = Eᵀ Λ' E,  E = [I, −1] (classes reordered),  Λ' = diag(p') − p' p'ᵀ = D^½ (I − q qᵀ) D^½,
+    I − q qᵀ = (I − c q qᵀ)²  with  c = 1 / (1 + √p_r),
 
 so L = Eᵀ L' with L' = D^½ (I − c q qᵀ): the pseudo-outputs u = Lᵀ f = √p' ⊙ (g − c p'ᵀ g)
-and L u = [v, −Σ v] with v = √p' ⊙ u − c p' (√p'ᵀ u). Exact: L Lᵀ = Λ (tested).
+and L u = v at the other classes, −Σ v at r, with v = √p' ⊙ u − c p' (√p'ᵀ u). Any root of
+Λ gives the same GGN, so the reference may differ between samples. Exact: L Lᵀ = Λ (tested).
 
 Heads: a model with one output of shape (C,) has one head of C classes; an output per position,
 (T, C) or (H, W, C), has one head per position (token classification, segmentation); a model
@@ -39,10 +41,16 @@ def _expander(t):
 
 
 def _reference(logits):
-    """p' (B, H, C − 1), the probabilities of all classes but the last, and c (B, H, 1) =
-    1 / (1 + √p_C), from logits (B, H, C)."""
+    """Each head's reference class, the most probable (so p_r ≥ 1/C and nothing cancels in
+    float32): p' (B, H, C − 1), the other classes' probabilities, their indices (B, H, C − 1),
+    the reference's index r (B, H, 1) and c (B, H, 1) = 1 / (1 + √p_r), from logits (B, H, C)."""
     p = tf.nn.softmax(logits, axis=-1)
-    return p[:, :, :-1], 1.0 / (1.0 + tf.sqrt(p[:, :, -1:]))
+    size = logits.shape[-1]
+    r = tf.argmax(p, axis=-1, output_type=tf.int32)[..., None]
+    k = tf.range(size - 1, dtype=tf.int32)
+    others = k + tf.cast(k >= r, tf.int32)
+    p_ref = tf.gather(p, r, axis=2, batch_dims=2)
+    return tf.gather(p, others, axis=2, batch_dims=2), others, r, 1.0 / (1.0 + tf.sqrt(p_ref))
 
 
 class Classification(Likelihood):
@@ -122,34 +130,39 @@ class Classification(Likelihood):
 
     def pseudo(self, f, j):
         """Lᵀ j per head, (B, K'[, ...]) with C − 1 rows per head of C classes (see the module
-        docstring): √p' ⊙ (g − c p'ᵀ g), g = j_{1..C−1} − j_C; binary: √(p(1 − p)) j."""
+        docstring): √p' ⊙ (g − c p'ᵀ g), g = j_{−r} − j_r; binary: √(p(1 − p)) j."""
 
         def fn(fr, jr, size):
             fr = tf.cast(fr, jr.dtype)
             expand = _expander(jr)
             if size == 1:
                 return expand(tf.sqrt(tf.sigmoid(fr) * tf.sigmoid(-fr))) * jr
-            p, c = _reference(fr)
-            g = jr[:, :, :-1] - jr[:, :, -1:]
+            p, others, r, c = _reference(fr)
+            g = tf.gather(jr, others, axis=2, batch_dims=2) - tf.gather(jr, r, axis=2, batch_dims=2)
             pg = tf.reduce_sum(expand(p) * g, axis=2, keepdims=True)
             return expand(tf.sqrt(p)) * (g - expand(c) * pg)
 
         return self._static(j, self._apply(f, j, fn), self.pseudo_groups(f.shape[-1]).size)
 
     def root(self, f, u):
-        """L u per head, (B, K[, ...]) from u (B, K'[, ...]): [v, −Σ v] with
-        v = √p' ⊙ u − c p' (√p'ᵀ u); binary: √(p(1 − p)) u."""
+        """L u per head, (B, K[, ...]) from u (B, K'[, ...]): v at the classes other than the
+        reference r, −Σ v at r, v = √p' ⊙ u − c p' (√p'ᵀ u); binary: √(p(1 − p)) u."""
 
         def fn(fr, ur, size):
             fr = tf.cast(fr, ur.dtype)
             expand = _expander(ur)
             if size == 1:
                 return expand(tf.sqrt(tf.sigmoid(fr) * tf.sigmoid(-fr))) * ur
-            p, c = _reference(fr)
+            p, others, r, c = _reference(fr)
             sp = tf.sqrt(p)
             spu = tf.reduce_sum(expand(sp) * ur, axis=2, keepdims=True)
-            v = expand(sp) * ur - expand(c * p) * spu
-            return tf.concat([v, -tf.reduce_sum(v, axis=2, keepdims=True)], axis=2)
+            v = expand(sp) * ur - expand(c * p) * spu  # (B, H, C − 1, ...)
+            # v at the other classes, −Σ v at the reference: Eᵀ v with E = [I, −1] reordered
+            place = tf.one_hot(others, size, dtype=v.dtype)  # (B, H, C − 1, C)
+            ref = tf.one_hot(r[..., 0], size, dtype=v.dtype)  # (B, H, C)
+            return tf.einsum("bhkc,bhk...->bhc...", place, v) - tf.einsum(
+                "bhc,bh...->bhc...", ref, tf.reduce_sum(v, axis=2)
+            )
 
         return self._static(u, self._apply(f, u, fn, reduced_in=True), f.shape[-1])
 
