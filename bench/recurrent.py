@@ -4,7 +4,7 @@ before sigma knew that a ``while`` loop's gradient never converts), in one proce
 
     .venv/bin/python bench/recurrent.py [--n 40] [--repeats 3] [--structure kfac]
 
-Each run builds a fresh model (Input (5, 3) → layer → Dense 2, float64, seeded), so each pays its
+Each run builds a fresh model (tests/test_vectorize.py's: Input (5, 3) → layer → Dense 2, float64, seeded), so each pays its
 graphs' tracing — what a user meets on the first fit of a model. Prints the median seconds of
 ``Laplace(model, x, y)`` + ``optimize_evidence()`` + ``predict(x[:5])`` per layer and path.
 """
@@ -14,26 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
+from test_vectorize import recurrent  # noqa: E402
 
 KINDS = ("SimpleRNN", "GRU", "LSTM", "Bidirectional")
-
-
-def model_of(kind: str, seed: int):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((5, 3), dtype="float64")
-    if kind == "Bidirectional":
-        layer = keras.layers.Bidirectional(keras.layers.LSTM(3, dtype="float64"), dtype="float64")
-    else:
-        layer = getattr(keras.layers, kind)(4, dtype="float64")
-    return keras.Model(inp, keras.layers.Dense(2, dtype="float64")(layer(inp)))
 
 
 def one_run(kind: str, structure: str, n: int, seed: int) -> float:
@@ -41,7 +33,7 @@ def one_run(kind: str, structure: str, n: int, seed: int) -> float:
 
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(n, 5, 3)), rng.normal(size=(n, 2))
-    model = model_of(kind, seed)
+    model = recurrent(kind, seed)  # the recurrent models of tests/test_vectorize.py
     start = time.perf_counter()
     la = sigma.Laplace(model, x, y, structure=structure, progress=False)
     la.optimize_evidence()

@@ -129,7 +129,7 @@ def per_sample(fn, elems, fn_output_signature, *, memo: dict | None = None):
     ``fn_output_signature``: ``tf.TensorSpec`` nest of one sample's result (for the loop), or
     a function returning it (called only when the loop is needed).
 
-    ``memo``: a dict kept with the model (its engine's store). Its ``"pfor"`` entry, False,
+    ``memo``: a dict kept with the model (its engine's ``vectorizing``). Its ``"pfor"`` entry, False,
     skips pfor; a failed conversion sets it, so a model pfor cannot convert pays for the
     attempt once, not in every graph traced for it (on a recurrent model the failed attempt
     costs 3–4× the loop's tracing)."""

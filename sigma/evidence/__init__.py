@@ -423,20 +423,35 @@ def _refuse_below_box(
         low_b = free_beta & (betas * BOX < counts / (2.0 * errors))
     if not (np.any(low_a) or np.any(low_b)):
         return
-    names = [f"alpha[{i}]" if alphas.size > 1 else "alpha" for i in np.flatnonzero(low_a)]
-    names += [f"beta[{i}]" if betas.size > 1 else "beta" for i in np.flatnonzero(low_b)]
-    fixes = sorted({"fix_beta=True" if n.startswith("beta") else "fix_alpha=True" for n in names})
-    raise EvidenceBoundaryError(
+    names = _precision_names(alphas.size, betas.size)
+    low = [n for n, is_low in zip(names, np.r_[low_a, low_b], strict=True) if is_low]
+    raise _edge_error(
         f"the evidence's maximum lies more than {np.log10(BOX):.0f} decades below its bound, "
         f"at alpha={_out(alphas)!r}, beta={_out(betas)!r}, where the data determine "
         f"γ = {float(np.sum(gammas)):.3g} weights: treated as the edge of the space, "
-        f"{', '.join(names)} → 0. The data do not determine "
+        f"{', '.join(low)} → 0.",
+        low, alphas, betas, n_iter,
+    )  # fmt: skip
+
+
+def _precision_names(n_alpha: int, n_beta: int) -> list[str]:
+    """ "alpha" or "alpha[g]" for each α, then "beta" or "beta[h]" for each β."""
+    names = [f"alpha[{i}]" if n_alpha > 1 else "alpha" for i in range(n_alpha)]
+    return names + [f"beta[{i}]" if n_beta > 1 else "beta" for i in range(n_beta)]
+
+
+def _edge_error(message: str, names, alphas, betas, n_iter) -> EvidenceBoundaryError:
+    """The error for precisions ``names`` whose maximum is the edge of the space (→ 0):
+    ``message``, then what to do."""
+    fixes = sorted({"fix_beta=True" if n.startswith("beta") else "fix_alpha=True" for n in names})
+    return EvidenceBoundaryError(
+        f"{message} The data do not determine "
         f"{'these precisions' if len(names) > 1 else 'it'}: hold it ({' / '.join(fixes)}), "
         "use a prior with fewer groups, or more data",
         alpha=_out(alphas),
         beta=_out(betas),
         n_iter=n_iter,
-        which=names,
+        which=list(names),
     )
 
 
@@ -503,28 +518,18 @@ def _direct(evaluate, best, *, weight_errors, sizes, errors, counts, free_alpha,
     x[free] = res.x
     a, b = np.exp(x[:ga]), np.exp(x[ga:])
     _, grad = objective(res.x)
-    names = [f"alpha[{i}]" if ga > 1 else "alpha" for i in range(ga)]
-    names += [f"beta[{i}]" if b.size > 1 else "beta" for i in range(b.size)]
-    names = [n for n, f in zip(names, free, strict=True) if f]
+    names = [n for n, f in zip(_precision_names(ga, b.size), free, strict=True) if f]
     at_low = [
         names[i]
         for i, (v, lo_i, gr) in enumerate(zip(x[free], lo[free], grad, strict=True))
         if v <= lo_i + 1e-9 and gr > 0
     ]  # fmt: skip (gr is −∂ln p: > 0 means the evidence still grows towards the bound)
     if at_low:
-        fixes = sorted(
-            {"fix_beta=True" if n.startswith("beta") else "fix_alpha=True" for n in at_low}
-        )
-        raise EvidenceBoundaryError(
+        raise _edge_error(
             f"the evidence has no interior maximum: it keeps growing as {', '.join(at_low)} → 0 "
-            f"(reached alpha={_out(a)!r}, beta={_out(b)!r}). The data do not determine "
-            f"{'these precisions' if len(at_low) > 1 else 'it'}: hold it ({' / '.join(fixes)}), "
-            "use a prior with fewer groups, or more data",
-            alpha=_out(a),
-            beta=_out(b),
-            n_iter=iterations + nit,
-            which=at_low,
-        )
+            f"(reached alpha={_out(a)!r}, beta={_out(b)!r}).",
+            at_low, a, b, iterations + nit,
+        )  # fmt: skip
     if not res.success and nit >= budget:
         raise EvidenceError(
             f"the evidence maximisation did not converge in {iterations + budget} iterations "
