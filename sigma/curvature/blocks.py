@@ -382,8 +382,11 @@ def gradient_squares(blk: FastBlock, a, s):
     k, c = tf.shape(s)[0], tf.shape(s)[3]
     st = tf.reshape(tf.transpose(s, (1, 2, 0, 3)), (tf.shape(s)[1], tf.shape(s)[2], k * c))
     g = tf.matmul(a, st, transpose_a=True)  # (B, D, K·C)
-    g = tf.reshape(tf.square(g), (tf.shape(g)[0], tf.shape(g)[1], k, c))
-    return tf.reduce_sum(g, axis=(0, 2))
+    # the sum over samples first, over a leading axis, then over k: one reduce_sum over the
+    # axes (0, 2) of (B, D, K, C) strides through memory and took 3× as long (19 ms against
+    # 6.6 ms for the projection above with K = 9)
+    g = tf.reduce_sum(tf.square(g), axis=0)  # (D, K·C)
+    return tf.reduce_sum(tf.reshape(g, (tf.shape(g)[0], k, c)), axis=1)
 
 
 def quadratic(blk: FastBlock, a, s, w, *, covariance: bool):
