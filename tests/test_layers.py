@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_mlp
 from layer_models import (
+    attention,
     cnn,
     embedding_bn_dropout,
     folded,
@@ -21,7 +22,7 @@ from layer_models import (
 )
 
 import sigma
-from sigma.curvature.capture import capture, plan_layers
+from sigma.curvature.capture import capture, plan_layers, probe
 
 RNG = np.random.default_rng(0)
 MODELS = {
@@ -32,6 +33,32 @@ MODELS = {
     "strided_dilated_causal_conv": (strided_cnn, lambda n: RNG.normal(size=(n, 8, 6, 2))),
     "embedding_batchnorm_dropout": (embedding_bn_dropout, tokens),
 }
+
+
+@pytest.mark.parametrize(
+    "build, inputs, looped",
+    [
+        (lambda: attention(n_out=4), lambda n: RNG.normal(size=(n, 4, 6)), True),
+        (lambda: make_mlp(n_out=4), lambda n: RNG.normal(size=(n, 3)), True),
+        (lambda: cnn(n_out=4), lambda n: RNG.normal(size=(n, 7, 7, 2)), False),
+    ],
+)
+def test_a_traced_capture_loops_its_backward_passes_where_that_pays(build, inputs, looped):
+    """Traced, the K backward passes are one while loop (the backward graph built once, not K
+    times) except in a convolutional network, where the unrolled passes run faster; either
+    way the sensitivities are those of the eager capture's K separate passes."""
+    model, x = build(), tf.constant(inputs(5))
+    plan = probe(model, plan_layers(model), x[:4])
+    lik = sigma.likelihoods.get("classification")
+    eager = capture(model, plan, x, likelihood=lik)
+    traced = tf.function(lambda xb: capture(model, plan, xb, likelihood=lik))
+    graph = traced.get_concrete_function(x).graph
+    loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    assert bool(loops) == looped
+    out = traced(x)
+    assert eager.sens[0].shape[0] == (model.output_shape[-1] - 1)  # C − 1 pseudo-outputs
+    for mine, ref in zip(out.sens, eager.sens, strict=True):
+        np.testing.assert_allclose(mine.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", MODELS)
