@@ -18,7 +18,8 @@ are generated here (each class has 20 marker tokens; a sequence of class c carri
 among uniform random tokens).
 
 The unit is one gradient pass: the gradient of the summed cross-entropy over the N training
-images (traced once, warm, batches of --grad-batch), measured in the same process as the step;
+images (traced once, warm, batches of --grad-batch), measured in the same process as the step
+(the median of 3 passes before the step and 3 after it);
 the predictive is in units of the same pass over the test points. Each step runs in a subprocess
 of its own (sigma's memory is that process's alone):
 
@@ -225,14 +226,16 @@ def worker(args) -> dict:
     net = network(args.model, args.seed)
     net.set_weights(weights)
     x, y, xt = d["x_train"], d["y_train"], d["x_test"]
+    # the unit passes are timed 3 times before the step and 3 times after it (median of the
+    # 6): one pass of the small transformer varied 0.8–1.3 s between step processes timed
+    # before the step alone, more than the steps' own differences
+    unit_pass = gradient_pass(net, x, y, args.grad_batch)
+    test_pass = gradient_pass(net, xt, d["y_test"], args.grad_batch)
+    units, units_test = timed(unit_pass, 3)[0], timed(test_pass, 3)[0]
     row = {
         "step": args.worker,
         "sigma": str(Path(sigma.__file__).resolve().parent),
         "tf": tf.__version__,
-        "unit": statistics.median(timed(gradient_pass(net, x, y, args.grad_batch), 3)[0]),
-        "unit_test": statistics.median(
-            timed(gradient_pass(net, xt, d["y_test"], args.grad_batch), 3)[0]
-        ),
     }
     row["rss_setup"] = resident_bytes()
     structure = {"last": "kfac", "mc": "kfac", "mcdiag": "diag"}.get(args.worker, args.worker)
@@ -264,6 +267,9 @@ def worker(args) -> dict:
         row["pred_mem"], row["pred_peak"] = mem.bytes, peak_bytes()
         row["pred_check"] = float(np.abs(p - p2).max())
         np.save(args.out, p)
+    units += timed(unit_pass, 3)[0]
+    units_test += timed(test_pass, 3)[0]
+    row["unit"], row["unit_test"] = statistics.median(units), statistics.median(units_test)
     return row
 
 
