@@ -285,3 +285,35 @@ def test_reduce_warns_when_it_leaves_an_attention_key_without_curvature():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         sigma.Laplace(model, x, y, **kw).optimize_evidence()  # expand: every group determined
+
+
+@pytest.mark.parametrize("case", ["float32", "float16", "float64", "tiny_precision", "huge_g"])
+def test_the_quadratic_over_positions_is_the_slow_sum(case):
+    """Σ_dc G_nk,dc G_nl,dc W_dc with G_nk = Σ_t ã_nt s_nktᵀ (the predictive of a block used at
+    several positions) against the plain float64 sums: in float32 with W scaled, half-precision
+    inputs in float32, W beyond float32 (a tiny α), and G² beyond float32 (the float64 path)."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from sigma.curvature import blocks
+
+    rng = np.random.default_rng(0)
+    b, t, d, k, c = 3, 4, 5, 2, 3
+    a, s = rng.normal(size=(b, t, d)), rng.normal(size=(k, b, t, c))
+    w = rng.uniform(0.1, 1.0, (d, c))
+    dtype = {"float16": "float16", "float64": "float64"}.get(case, "float32")
+    if case == "tiny_precision":
+        w = w * 1e300
+    if case == "huge_g":
+        a = a * 1e20
+    a, s = a.astype(dtype), s.astype(dtype)
+    g = np.einsum("btd,kbtc->bkdc", a.astype(np.float64), s.astype(np.float64))
+    ref = np.einsum("bkdc,dc,bldc->bkl", g, w, g)
+    blk = SimpleNamespace(positions=t, sparse=False)
+    for covariance, want in [(False, np.einsum("bkk->bk", ref)), (True, ref)]:
+        out = blocks.quadratic(
+            blk, tf.constant(a), tf.constant(s), tf.constant(w), covariance=covariance
+        ).numpy()
+        assert out.dtype == np.float64 and out.shape == want.shape
+        np.testing.assert_allclose(out, want, rtol=1e-12 if dtype == "float64" else 1e-5)
