@@ -247,6 +247,30 @@ def test_softmax_outputs_are_refused(labelled, head):
         classification.check_logits(make_linear(), np.full((4, 2), 0.5))
 
 
+def test_probabilities_are_refused_from_the_first_inputs_alone(labelled, monkeypatch):
+    """The logits check reads the outputs at the first ``check_rows`` training inputs (a model
+    that outputs probabilities does so everywhere), not a forward pass over all of them."""
+    x, labels = labelled
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,), dtype="float64")
+    logits = keras.layers.Dense(3, dtype="float64")(inputs)
+    probs = keras.layers.Lambda(lambda z: keras.ops.softmax(z), dtype="float64")(logits)
+    model = keras.Model(inputs, probs)  # no softmax layer to recognise: the values tell
+    seen = []
+    check = sigma.likelihoods.classification.Classification.check_outputs
+
+    def spy(self, model, f, layout):
+        seen.append(len(f))
+        return check(self, model, f, layout)
+
+    monkeypatch.setattr(sigma.likelihoods.classification.Classification, "check_rows", 5)
+    monkeypatch.setattr(sigma.likelihoods.classification.Classification, "check_outputs", spy)
+    assert len(x) > 5
+    with pytest.raises(ValueError, match="non-negative and sums to 1"):
+        sigma.Laplace(model, x, labels, likelihood="classification")
+    assert seen == [5]
+
+
 def test_alpha_scan_matches_direct_evaluation_and_restores_alpha(clf):
     _, x, labels, la = clf
     scan = sigma.lab.alpha_scan(la, [0.1, 2.0], x[:10], labels[:10])

@@ -178,9 +178,13 @@ class Likelihood:
         passed; e.g. the heteroscedastic form a compiled loss trained)."""
         return self
 
+    # how many training inputs :meth:`check_outputs` needs to see (None: all of them)
+    check_rows: int | None = None
+
     def check_outputs(self, model, f, layout) -> None:
         """Refuse outputs f (N, K) at the training inputs that this likelihood cannot read
-        (probabilities where logits are needed, a variance head that is not a log-variance)."""
+        (probabilities where logits are needed, a variance head that is not a log-variance);
+        f holds the first :attr:`check_rows` inputs' outputs when that is set."""
 
     def predictive_form(self, *, method: str = "probit", **_) -> str:
         """What :meth:`predictive` needs of J A⁻¹ Jᵀ: "variance" (its diagonal, (N, K)) or

@@ -193,6 +193,11 @@ class Classification(Likelihood):
         return total
 
     # -- behaviour --------------------------------------------------------------------------------
+    # a model that outputs probabilities does so at every input: a few thousand rows tell,
+    # without a forward pass over all the data before the summary's (0.5 s of a transformer
+    # classifier's 8.6 s diag fit at N = 10,000)
+    check_rows = 4096
+
     def check_outputs(self, model, f, layout) -> None:
         """Logits, not probabilities (:func:`sigma.classification.check_logits`)."""
         from sigma.classification import check_logits
