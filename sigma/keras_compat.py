@@ -80,7 +80,7 @@ def runs_time_loops(model) -> bool:
 def has_convolution(model) -> bool:
     """Whether ``model`` holds a convolution layer (Conv1D/2D/3D, depthwise, separable,
     transposed), by class name: Keras' common base of them is private."""
-    return any("Conv" in type(layer).__name__ for layer in layers(model, include_self=True))
+    return any("Conv" in type(layer).__name__ for layer in layers(model))
 
 
 def call_has_training_arg(model) -> bool:

@@ -287,11 +287,14 @@ def test_reduce_warns_when_it_leaves_an_attention_key_without_curvature():
         sigma.Laplace(model, x, y, **kw).optimize_evidence()  # expand: every group determined
 
 
-@pytest.mark.parametrize("case", ["float32", "float16", "float64", "tiny_precision", "huge_g"])
+@pytest.mark.parametrize(
+    "case", ["float32", "float16", "float64", "tiny_precision", "huge_g", "tiny_g"]
+)
 def test_the_quadratic_over_positions_is_the_slow_sum(case):
     """Σ_dc G_nk,dc G_nl,dc W_dc with G_nk = Σ_t ã_nt s_nktᵀ (the predictive of a block used at
     several positions) against the plain float64 sums: in float32 with W scaled, half-precision
-    inputs in float32, W beyond float32 (a tiny α), and G² beyond float32 (the float64 path)."""
+    inputs in float32, W beyond float32 (a tiny α), G² above and below float32's range; eager
+    and traced."""
     from types import SimpleNamespace
 
     import tensorflow as tf
@@ -307,13 +310,18 @@ def test_the_quadratic_over_positions_is_the_slow_sum(case):
         w = w * 1e300
     if case == "huge_g":
         a = a * 1e20
+    if case == "tiny_g":  # G ~ 1e-22: G² underflows float32, not G
+        a, w = a * 1e-22, w * 1e30
     a, s = a.astype(dtype), s.astype(dtype)
     g = np.einsum("btd,kbtc->bkdc", a.astype(np.float64), s.astype(np.float64))
     ref = np.einsum("bkdc,dc,bldc->bkl", g, w, g)
     blk = SimpleNamespace(positions=t, sparse=False)
     for covariance, want in [(False, np.einsum("bkk->bk", ref)), (True, ref)]:
-        out = blocks.quadratic(
-            blk, tf.constant(a), tf.constant(s), tf.constant(w), covariance=covariance
-        ).numpy()
-        assert out.dtype == np.float64 and out.shape == want.shape
-        np.testing.assert_allclose(out, want, rtol=1e-12 if dtype == "float64" else 1e-5)
+
+        def run(a, s, w, covariance=covariance):
+            return blocks.quadratic(blk, a, s, w, covariance=covariance)
+
+        for fn in (run, tf.function(run)):
+            out = fn(tf.constant(a), tf.constant(s), tf.constant(w)).numpy()
+            assert out.dtype == np.float64 and out.shape == want.shape
+            np.testing.assert_allclose(out, want, rtol=1e-12 if dtype == "float64" else 1e-5)

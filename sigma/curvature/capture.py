@@ -674,7 +674,8 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
         refs = [tv[i].value for i in g.variables]
         norms.append((g, al, len(wanted), len(zl), refs))
         wanted += list(zl) + refs
-    grads = tape.gradient(total, wanted) if wanted else []
+    zero = tf.UnconnectedGradients.ZERO  # a layer whose output never reaches f: zeros
+    grads = tape.gradient(total, wanted, unconnected_gradients=zero) if wanted else []
     for blk, al, start, nz, refs in checks:
         a = _block_inputs(blk, al)
         s = tf.concat(
