@@ -51,14 +51,14 @@ def test_the_captured_blocks_rebuild_the_exact_jacobian(name):
 
 
 def test_which_einsum_forms_and_layers_take_the_fast_path():
-    plan = sigma.curvature.engine(einsum_stack()).layer_plan(RNG.normal(size=(2, 4, 5)))
+    plan = sigma.curvature.engine(m := einsum_stack()).layer_plan(RNG.normal(size=(2, 4, 5)))
     assert [b.kind for b in plan.fast] == ["einsum"] * 4 + ["dense"]
     # positions: the sequence (4), the sequence again, every leading axis, the sequence
     assert [b.positions for b in plan.fast] == [4, 4, 4, 4, 1]
     # (D, C): 5 + bias × 2·3 heads; 2·3 + bias × 4; 4 + bias × 3; 3 (bias over "e" only) × 2·2
     assert [(b.d_in, b.d_out) for b in plan.fast[:4]] == [(6, 6), (7, 4), (5, 3), (3, 4)]
     assert [(g.layer_class, g.size) for g in plan.generic] == [("EinsumDense", 2)]
-    plan = sigma.curvature.engine(attention()).layer_plan(RNG.normal(size=(2, 4, 6)))
+    plan = sigma.curvature.engine(m := attention()).layer_plan(RNG.normal(size=(2, 4, 6)))
     assert [b.kind for b in plan.fast] == ["einsum"] * 4 + ["dense"]
     assert [g.layer_class for g in plan.generic] == ["LayerNormalization"]
     plan = sigma.curvature.engine(m := lora_stack()).layer_plan(lora_ids(2))

@@ -365,6 +365,16 @@ def _token_sums(blk: FastBlock, a, s):
     return g, tf.cast(uniq % blk.d_in, tf.int32), tf.cast(uniq // blk.d_in, tf.int32)
 
 
+def _per_sample_gradients(a, s):
+    """G_nk = Σ_t ã_nt s_nktᵀ for every k at once, (B, D, K·C), as one batched product per
+    sample, ã_nᵀ (D, T) by the sensitivities laid out (T, K·C): TensorFlow's einsum
+    "btd,kbtc->kbdc" takes twice as long (it transposes its (K, B, D, C) result; 75 ms against
+    41 ms for a transformer's projection, B = 192, T = 32, D = 65, C = 64, K = 10)."""
+    b, t, k, c = tf.shape(s)[1], tf.shape(s)[2], tf.shape(s)[0], tf.shape(s)[3]
+    st = tf.reshape(tf.transpose(s, (1, 2, 0, 3)), (b, t, k * c))
+    return tf.matmul(a, st, transpose_a=True)
+
+
 def gradient_squares(blk: FastBlock, a, s):
     """Σ_n Σ_k G_nk ⊙ G_nk (D, C), G_nk = Σ_t ã_nt s_nktᵀ the per-sample gradients: the exact
     GGN diagonal of the block (in the basis ã and s are given in)."""
@@ -375,13 +385,8 @@ def gradient_squares(blk: FastBlock, a, s):
         return tf.matmul(
             tf.square(a[:, 0]), tf.reduce_sum(tf.square(s[:, :, 0]), 0), transpose_a=True
         )
-    # G_nk for every k at once as one batched product per sample, ã_nᵀ (D, T) by the
-    # sensitivities laid out (T, K·C): TensorFlow's einsum "btd,kbtc->kbdc" takes twice as long
-    # (it transposes its (K, B, D, C) result; 75 ms against 41 ms for a transformer's
-    # projection, B = 192, T = 32, D = 65, C = 64, K = 10)
+    g = _per_sample_gradients(a, s)  # (B, D, K·C)
     k, c = tf.shape(s)[0], tf.shape(s)[3]
-    st = tf.reshape(tf.transpose(s, (1, 2, 0, 3)), (tf.shape(s)[1], tf.shape(s)[2], k * c))
-    g = tf.matmul(a, st, transpose_a=True)  # (B, D, K·C)
     # the sum over samples first, over a leading axis, then over k: one reduce_sum over the
     # axes (0, 2) of (B, D, K, C) strides through memory and took 3× as long (19 ms against
     # 6.6 ms for the projection above with K = 9)
@@ -414,9 +419,9 @@ def quadratic(blk: FastBlock, a, s, w, *, covariance: bool):
 
 def _positions_quadratic(a, s, w, *, covariance: bool):
     """:func:`quadratic` of a block used at several positions: G_nk = Σ_t ã_nt s_nktᵀ for
-    every k at once as one (D, T)·(T, K·C) product per sample (as :func:`gradient_squares`),
-    in the model's dtype (at least float32): the sum over positions is most of the work, and
-    float32 takes half float64's time. The covariance is contracted in W's dtype, whose
+    every k at once (:func:`_per_sample_gradients`), in the model's dtype (at least float32):
+    the sum over positions is most of the work, and float32 takes half float64's time. The
+    covariance is contracted in W's dtype, whose
     inverse eigenvalues overflow float32 for tiny α, β. Its diagonal, Σ_dc G² W (positive
     terms), in the model's dtype with G and W scaled to at most 1: a transformer's projection
     (B = 200, T = 32, D = 65, C = 64, K = 10) took 10 ms instead of 24 ms with einsum
@@ -424,8 +429,7 @@ def _positions_quadratic(a, s, w, *, covariance: bool):
     dtype = a.dtype if a.dtype.size >= 4 else tf.float32  # float16's squares overflow at 6.5e4
     a, s = tf.cast(a, dtype), tf.cast(s, dtype)
     b, d, k, c = tf.shape(a)[0], tf.shape(a)[2], tf.shape(s)[0], tf.shape(s)[3]
-    st = tf.reshape(tf.transpose(s, (1, 2, 0, 3)), (b, tf.shape(s)[2], k * c))
-    g = tf.matmul(a, st, transpose_a=True)  # (B, D, K·C)
+    g = _per_sample_gradients(a, s)  # (B, D, K·C)
     if covariance:
         g = tf.cast(tf.reshape(g, (b, d, k, c)), w.dtype) * tf.sqrt(w)[None, :, None, :]
         g = tf.reshape(tf.transpose(g, (0, 2, 1, 3)), (b, k, d * c))
@@ -434,17 +438,12 @@ def _positions_quadratic(a, s, w, *, covariance: bool):
     # that neither G² nor W over- or underflows the model's dtype; the scales back in W's
     top = tf.reduce_max(w)
     top = tf.where(top > 0, top, tf.ones_like(top))
-    big = _largest(g, axis=(1, 2))  # (B,)
+    big = tf.reduce_max(tf.abs(g), axis=(1, 2))  # (B,)
+    big = tf.where(big > 0, big, tf.ones_like(big))
     scaled = tf.tile(tf.cast(w / top, dtype), (1, k))  # (D, K·C)
     g2 = tf.reduce_sum(tf.square(g / big[:, None, None]) * scaled, 1)  # (B, K·C)
     g2 = tf.cast(tf.reduce_sum(tf.reshape(g2, (b, k, c)), -1), w.dtype)
     return g2 * tf.square(tf.cast(big, w.dtype))[:, None] * top
-
-
-def _largest(t, axis):
-    """The largest |t| over ``axis``, 1 where that is 0."""
-    big = tf.reduce_max(tf.abs(t), axis=axis)
-    return tf.where(big > 0, big, tf.ones_like(big))
 
 
 def rotate(blk: FastBlock, a, s, u_in, u_out):
