@@ -244,8 +244,9 @@ class Laplace:
         A classifier (``temperature=None`` or True): the likelihood's temperature T within
         ``span``× of the current one either way, with α_g set by the evidence of the tempered
         model at each T, and T chosen by ``metric`` of ``predict_proba(x_val, method=method)``
-        — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`). The
-        Laplace ends at the best T with its α_g, and ``method`` (default "mean_field": the
+        — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`); a T
+        at the lower bound goes on with a common factor c ≥ 1 of its α_g (up to ``span``). The
+        Laplace ends at the best T with its α_g (× c), and ``method`` (default "mean_field": the
         variances of the logit differences, blind to the shift common to all logits that
         softmax ignores) becomes the link ``predict_proba`` uses when given none.
         ``temperature=False``: a common factor of α at the current T instead (``method``

@@ -10,7 +10,9 @@ temperature T within ``span``× of the current one, with the α_g of the tempere
 evidence at each T (:func:`optimize_temperature`) — one value per decade of T, then Brent's
 method around the best of them. The evidence alone spreads the variance over the weight
 directions the data pin down and leaves a classifier less confident than its own softmax; a
-small T takes it off those directions and keeps the prior's variance on the others.
+small T takes it off those directions and keeps the prior's variance on the others. A search
+whose best T is its lower bound goes on by raising those α_g by a common factor (up to
+``span``): at the limit, the network's own softmax.
 
 Every trial is a new :class:`~sigma.posterior.Posterior` (nothing is refitted); the posterior
 given is never changed. A search that ends at a bound of its range (within twice its
@@ -129,16 +131,52 @@ def optimize_prior(
             post, score, metric=metric, method=method, span=span, tol=tol, max_iter=max_iter,
             start=start,
         )  # fmt: skip
+        if record["at_bound"].get("temperature") == "lower":
+            found, record = _shrink_prior_variance(
+                found, record, score, metric=metric, span=span, tol=tol, max_iter=max_iter
+            )
     else:
         found, record = _optimize_factor(
             post, score, metric=metric, tune_beta=tune_beta, span=span, tol=tol,
             max_iter=max_iter,
         )  # fmt: skip
+    edges = dict(record["at_bound"])
+    if "alpha_factor" in record and "alpha" not in edges:
+        edges.pop("temperature", None)  # the factor of α went on past T's bound, and stopped
+    _warn_at_bound(edges, metric, span)
     return dataclasses.replace(found, link=method), record
 
 
-def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
-    """A common factor of α (and of β with ``tune_beta``) within ``span``× either way."""
+def _shrink_prior_variance(found, record, score, *, metric, span, tol, max_iter):
+    """After a temperature search that ended at its lower bound: a common factor c ≥ 1 of the
+    α_g found there, up to ``span``, by the same held-out metric.
+
+    As T → 0 the tempered evidence's α_g stay finite (γ_g tends to the number of weights), so
+    a small T removes the variance on the directions the training data determine and keeps
+    the prior's, 1/α_g, on the others. A held-out metric still falling at the smallest T asks
+    for less of that too; raising α_g is the one way left, and at c → ∞ the predictive is the
+    network's own softmax. The record gains ``alpha_factor`` (c, 1.0 when it stays), the
+    final ``alpha`` and ``value``, and ``at_bound["alpha"] = "upper"`` when c reaches
+    ``span``."""
+    scaled, factor = _optimize_factor(
+        found, score, metric=metric, tune_beta=False, span=span, tol=tol, max_iter=max_iter,
+        upward=True,
+    )  # fmt: skip
+    if factor["value"] >= record["value"]:  # no better than the T search's own best
+        return found, {**record, "alpha_factor": 1.0}
+    return scaled, {
+        **record,
+        "alpha": factor["alpha"],
+        "alpha_factor": factor["alpha_factor"],
+        "value": factor["value"],
+        "evaluations": record["evaluations"] + factor["evaluations"],
+        "at_bound": {**record["at_bound"], **factor["at_bound"]},
+    }
+
+
+def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter, upward=False):
+    """A common factor of α (and of β with ``tune_beta``) within ``span``× either way (α
+    alone: from 1 up to ``span`` with ``upward``)."""
     alpha0, beta0 = post.alpha, post.beta
     if post.prior.scalar and alpha0[0] == 0:
         alpha0 = np.full_like(alpha0, post.alpha_from_zero())
@@ -170,8 +208,8 @@ def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
         best = res.x
     else:
         res = scipy.optimize.minimize_scalar(
-            lambda s: objective([s]), bounds=(-bound, bound), method="bounded",
-            options={"xatol": tol, "maxiter": max_iter},
+            lambda s: objective([s]), bounds=(0.0 if upward else -bound, bound),
+            method="bounded", options={"xatol": tol, "maxiter": max_iter},
         )  # fmt: skip
         best = np.array([res.x])
     value = objective(best)
@@ -183,13 +221,15 @@ def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
             "posterior precision: widen span or fit with another structure"
         )
     at_bound = _at_bound(best, bound, tol, ("alpha", "beta") if tune_beta else ("alpha",))
-    _warn_at_bound(at_bound, metric, span)
+    if upward:  # the lower end, c = 1, is where the caller's search stopped: not an edge
+        at_bound = {k: v for k, v in at_bound.items() if v == "upper"}
     record = {
         "alpha": float(found.alpha[0]) if found.prior.scalar else found.alpha.copy(),
         "beta": float(found.beta[0]) if found.beta.size == 1 else found.beta.copy(),
         "metric": metric,
         "value": float(value),
         "evaluations": len(trials),
+        "alpha_factor": float(np.exp(best[0])),
         "at_bound": at_bound,
     }
     return found, record
@@ -260,7 +300,6 @@ def optimize_temperature(
     best = min(ok, key=lambda z: ok[z][0])
     value, found = ok[best]
     at_bound = _at_bound([best], bound, tol, ("temperature",))
-    _warn_at_bound(at_bound, metric, span)
     record = {
         "temperature": found.temperature,
         "alpha": float(found.alpha[0]) if found.prior.scalar else found.alpha.copy(),
@@ -289,16 +328,16 @@ def _warn_at_bound(at_bound: dict, metric: str, span: float) -> None:
     hint = ""
     if at_bound.get("temperature") == "lower":
         hint = (
-            " (as the temperature falls the predictive tends to the network's own softmax "
-            "where the data pin the weights: the held-out data prefer the network's "
-            "probabilities here)"
+            " (with T at its smallest and α_g raised as far, the predictive is close to the "
+            "network's own softmax: the held-out data prefer the network's probabilities "
+            "here)"
         )
     warnings.warn(
         f"optimize_prior: the held-out {metric} is best with {ends}, the edge of the "
         f"search: the best value may lie beyond it{hint}. Search a wider range (span={span:g} "
         "now), or start from other precisions",
         RuntimeWarning,
-        stacklevel=6,
+        stacklevel=5,
     )
 
 
