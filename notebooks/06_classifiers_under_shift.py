@@ -91,7 +91,10 @@ setup
 # `weights`, one α per layer. `optimize_prior` on the validation images then searches the
 # likelihood's temperature T within `temperatures` (centred on their geometric mean, to 0.05
 # in ln T): at each T the α_g maximise the tempered model's evidence, and T minimises the
-# validation NLL of the `link` predictive. The Laplace is left at the best T with its α_g.
+# validation NLL of the `link` predictive. The Laplace is left at the best T with its α_g —
+# unless that T is the lowest of the range: then T and a common factor c ≥ 1 of the
+# evidence's α_g are searched together (a small T keeps the prior's variance 1/α_g on the
+# directions the images leave free; raising α_g is the one way to have less of it).
 
 # %%
 print(inspect.getsource(classifiers.tempered_laplace))

@@ -245,10 +245,11 @@ class Laplace:
         ``span``× of the current one either way, with α_g set by the evidence of the tempered
         model at each T, and T chosen by ``metric`` of ``predict_proba(x_val, method=method)``
         — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`); a T
-        at the lower bound goes on with a common factor c ≥ 1 of its α_g (up to ``span``). The
-        Laplace ends at the best T with its α_g (× c), and ``method`` (default "mean_field": the
-        variances of the logit differences, blind to the shift common to all logits that
-        softmax ignores) becomes the link ``predict_proba`` uses when given none.
+        at the lower bound goes on: T and a common factor c ≥ 1 of the evidence's α_g (up to
+        ``span``) together. The Laplace ends at the best T with its α_g (× c), and
+        ``method`` (default "mean_field": the variances of the logit differences, blind to
+        the shift common to all logits that softmax ignores) becomes the link
+        ``predict_proba`` uses when given none.
         ``temperature=False``: a common factor of α at the current T instead (``method``
         default: the current link).
 
@@ -258,8 +259,9 @@ class Laplace:
         coordinates in 2-D. Heteroscedastic: α only.
 
         ``metric``: "nll", or for a classifier "brier" or "ece". ``prior_result`` records
-        the values found (a classifier's: temperature, the evidence's alpha there, the metric
-        at every T tried), how many predictions it took and ``at_bound``: {"alpha": "upper" |
+        the values found (a classifier's: temperature, alpha — the evidence's there × the
+        ``alpha_factor`` c — and the metric at every T of the first search), how many
+        predictions it took and ``at_bound``: {"alpha": "upper" |
         "lower", "beta": ..., "temperature": ...} for a value at the edge of the search
         (``span``× its start; empty when none is), which a RuntimeWarning naming ``span`` also
         reports — the best value may lie beyond."""

@@ -11,8 +11,8 @@ evidence at each T (:func:`optimize_temperature`) — one value per decade of T,
 method around the best of them. The evidence alone spreads the variance over the weight
 directions the data pin down and leaves a classifier less confident than its own softmax; a
 small T takes it off those directions and keeps the prior's variance on the others. A search
-whose best T is its lower bound goes on by raising those α_g by a common factor (up to
-``span``): at the limit, the network's own softmax.
+whose best T is its lower bound goes on with T and a common factor c ≥ 1 of those α_g
+together (c up to ``span``): as c → ∞, the network's own softmax.
 
 Every trial is a new :class:`~sigma.posterior.Posterior` (nothing is refitted); the posterior
 given is never changed. A search that ends at a bound of its range (within twice its
@@ -132,51 +132,90 @@ def optimize_prior(
             start=start,
         )  # fmt: skip
         if record["at_bound"].get("temperature") == "lower":
-            found, record = _shrink_prior_variance(
-                found, record, score, metric=metric, span=span, tol=tol, max_iter=max_iter
+            found, record = _temperature_and_factor(
+                post, score, found, record, start=start, span=span, tol=tol, max_iter=max_iter
             )
     else:
         found, record = _optimize_factor(
             post, score, metric=metric, tune_beta=tune_beta, span=span, tol=tol,
             max_iter=max_iter,
         )  # fmt: skip
-    edges = dict(record["at_bound"])
-    if "alpha_factor" in record and "alpha" not in edges:
-        edges.pop("temperature", None)  # the factor of α went on past T's bound, and stopped
-    _warn_at_bound(edges, metric, span)
+    _warn_at_bound(record["at_bound"], metric, span)
     return dataclasses.replace(found, link=method), record
 
 
-def _shrink_prior_variance(found, record, score, *, metric, span, tol, max_iter):
-    """After a temperature search that ended at its lower bound: a common factor c ≥ 1 of the
-    α_g found there, up to ``span``, by the same held-out metric.
+def _temperature_and_factor(post, score, found, record, *, start, span, tol, max_iter):
+    """After a temperature search that ended at its lower bound: T and a common factor c ≥ 1
+    of the evidence's α_g at T searched together, (ln T, ln c) in [−ln span, ln span] × [0,
+    ln span] by Nelder–Mead from that bound, on the same held-out metric (at most
+    ``max_iter`` more evaluations).
 
     As T → 0 the tempered evidence's α_g stay finite (γ_g tends to the number of weights), so
     a small T removes the variance on the directions the training data determine and keeps
     the prior's, 1/α_g, on the others. A held-out metric still falling at the smallest T asks
-    for less of that too; raising α_g is the one way left, and at c → ∞ the predictive is the
-    network's own softmax. The record gains ``alpha_factor`` (c, 1.0 when it stays), the
-    final ``alpha`` and ``value``, and ``at_bound["alpha"] = "upper"`` when c reaches
-    ``span``."""
-    scaled, factor = _optimize_factor(
-        found, score, metric=metric, tune_beta=False, span=span, tol=tol, max_iter=max_iter,
-        upward=True,
+    for less of that too: raising α_g is the one way left, and at c → ∞ the predictive is the
+    network's own softmax. With c free the best T can move back inside the range, hence the
+    joint search. Returns (posterior, record) as :func:`optimize_temperature`, the record's
+    ``alpha_factor`` c (1.0 and the first search's result when the joint one does no better),
+    ``alpha`` the α_g used (c × the evidence's), ``evaluations`` both searches', and
+    ``at_bound`` {"temperature": ..., "alpha": "upper"} for each that ends at the edge."""
+    import scipy.optimize
+
+    t0 = post.temperature if start is None else float(start)
+    bound = float(np.log(span))
+    box = ((-bound, bound), (0.0, bound))
+    evidences: dict[float, sigma.Posterior | None] = {}
+    seen: list[tuple[float, sigma.Posterior, float, float]] = []
+    calls = []
+
+    def objective(point) -> float:
+        z, c = (float(np.clip(v, lo, hi)) for v, (lo, hi) in zip(point, box, strict=True))
+        calls.append(1)
+        if z not in evidences:
+            try:
+                evidences[z] = post.with_temperature(_temperature(t0, span, z)).optimize_evidence(
+                    confidence_check=False
+                )
+            except (EvidenceError, ValueError):  # no maximum, or A ill-conditioned at this T
+                evidences[z] = None
+        at_t = evidences[z]
+        if at_t is None:
+            return _FAILED
+        try:
+            trial = at_t.replace(alpha=at_t.alpha * np.exp(c))
+            value = score(trial)
+        except ValueError:
+            return _FAILED
+        if not np.isfinite(value):
+            return _FAILED
+        seen.append((float(value), trial, z, c))
+        return float(value)
+
+    scipy.optimize.minimize(
+        objective, np.array([-bound, 0.0]), method="Powell", bounds=box,
+        options={"xtol": tol, "ftol": tol * 1e-3, "maxfev": max_iter},
     )  # fmt: skip
-    if factor["value"] >= record["value"]:  # no better than the T search's own best
-        return found, {**record, "alpha_factor": 1.0}
-    return scaled, {
+    evaluations = record["evaluations"] + len(calls)
+    best = min(seen, key=lambda v: v[0], default=None)
+    if best is None or best[0] >= record["value"]:  # no better than T alone
+        return found, {**record, "evaluations": evaluations}
+    value, trial, z, c = best
+    at_bound = _at_bound([z], bound, tol, ("temperature",))
+    if bound - c <= 2.0 * tol:
+        at_bound["alpha"] = "upper"
+    return trial, {
         **record,
-        "alpha": factor["alpha"],
-        "alpha_factor": factor["alpha_factor"],
-        "value": factor["value"],
-        "evaluations": record["evaluations"] + factor["evaluations"],
-        "at_bound": {**record["at_bound"], **factor["at_bound"]},
+        "temperature": trial.temperature,
+        "alpha": float(trial.alpha[0]) if trial.prior.scalar else trial.alpha.copy(),
+        "alpha_factor": float(np.exp(c)),
+        "value": value,
+        "evaluations": evaluations,
+        "at_bound": at_bound,
     }
 
 
-def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter, upward=False):
-    """A common factor of α (and of β with ``tune_beta``) within ``span``× either way (α
-    alone: from 1 up to ``span`` with ``upward``)."""
+def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
+    """A common factor of α (and of β with ``tune_beta``) within ``span``× either way."""
     alpha0, beta0 = post.alpha, post.beta
     if post.prior.scalar and alpha0[0] == 0:
         alpha0 = np.full_like(alpha0, post.alpha_from_zero())
@@ -208,8 +247,8 @@ def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter, upw
         best = res.x
     else:
         res = scipy.optimize.minimize_scalar(
-            lambda s: objective([s]), bounds=(0.0 if upward else -bound, bound),
-            method="bounded", options={"xatol": tol, "maxiter": max_iter},
+            lambda s: objective([s]), bounds=(-bound, bound), method="bounded",
+            options={"xatol": tol, "maxiter": max_iter},
         )  # fmt: skip
         best = np.array([res.x])
     value = objective(best)
@@ -221,15 +260,12 @@ def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter, upw
             "posterior precision: widen span or fit with another structure"
         )
     at_bound = _at_bound(best, bound, tol, ("alpha", "beta") if tune_beta else ("alpha",))
-    if upward:  # the lower end, c = 1, is where the caller's search stopped: not an edge
-        at_bound = {k: v for k, v in at_bound.items() if v == "upper"}
     record = {
         "alpha": float(found.alpha[0]) if found.prior.scalar else found.alpha.copy(),
         "beta": float(found.beta[0]) if found.beta.size == 1 else found.beta.copy(),
         "metric": metric,
         "value": float(value),
         "evaluations": len(trials),
-        "alpha_factor": float(np.exp(best[0])),
         "at_bound": at_bound,
     }
     return found, record
@@ -251,8 +287,8 @@ def optimize_temperature(
     convergence) or whose A is ill-conditioned is never chosen.
 
     Returns the posterior at the best T seen, with its α_g and ``evidence_result``, and the
-    record {temperature, alpha (the evidence's at that T), metric, method, value,
-    evaluations, values: [(T, value)] of every T tried in increasing T (None where the
+    record {temperature, alpha (the evidence's at that T), alpha_factor (1.0), metric, method,
+    value, evaluations, values: [(T, value)] of every T tried in increasing T (None where the
     evidence failed), at_bound: {"temperature": "upper" | "lower"} or {}}."""
     import scipy.optimize
 
@@ -261,8 +297,7 @@ def optimize_temperature(
     tried: dict[float, tuple[float, sigma.Posterior] | None] = {}
 
     def temperature(z: float) -> float:
-        # the ends of the range exactly: t0·exp(ln span) can round past t0·span
-        return t0 * span if z >= bound else t0 / span if z <= -bound else t0 * float(np.exp(z))
+        return _temperature(t0, span, z)
 
     def evaluate(z: float) -> float:
         z = float(z)
@@ -304,6 +339,7 @@ def optimize_temperature(
         "temperature": found.temperature,
         "alpha": float(found.alpha[0]) if found.prior.scalar else found.alpha.copy(),
         "metric": metric,
+        "alpha_factor": 1.0,
         "method": method,
         "value": float(value),
         "evaluations": len(tried),
@@ -313,6 +349,13 @@ def optimize_temperature(
         "at_bound": at_bound,
     }
     return found, record
+
+
+def _temperature(t0: float, span: float, z: float) -> float:
+    """T = t0·exp(z) on [ln(1/span), ln span], its ends exactly (t0·exp(ln span) can round
+    past t0·span)."""
+    bound = float(np.log(span))
+    return t0 * span if z >= bound else t0 / span if z <= -bound else t0 * float(np.exp(z))
 
 
 _FAILED = 1e100  # finite: an infinite score makes Brent's parabolic step NaN
@@ -326,11 +369,17 @@ def _warn_at_bound(at_bound: dict, metric: str, span: float) -> None:
         for name, side in at_bound.items()
     )
     hint = ""
-    if at_bound.get("temperature") == "lower":
+    if at_bound.get("temperature") == "lower" and at_bound.get("alpha") == "upper":
         hint = (
             " (with T at its smallest and α_g raised as far, the predictive is close to the "
             "network's own softmax: the held-out data prefer the network's probabilities "
             "here)"
+        )
+    elif at_bound.get("temperature") == "lower":
+        hint = (
+            " (as the temperature falls the predictive tends to the network's own softmax "
+            "where the data pin the weights: the held-out data prefer the network's "
+            "probabilities there)"
         )
     warnings.warn(
         f"optimize_prior: the held-out {metric} is best with {ends}, the edge of the "

@@ -50,14 +50,14 @@ def test_a_temperature_at_the_edge_of_the_search_is_named_with_span(rng):
     la = sigma.Laplace(model, x[:40], labels[:40], likelihood="classification")
     with pytest.warns(RuntimeWarning, match=r"temperature at the (upper|lower) bound.*span=1\.001"):
         la.optimize_prior(x[40:], labels[40:], span=1.001)  # narrower than 2·tol: at a bound
-    assert set(la.prior_result["at_bound"]) == {"temperature"}
+    assert "temperature" in la.prior_result["at_bound"]
 
 
 def test_a_temperature_at_its_lower_bound_goes_on_by_raising_alpha(rng):
-    """T's search ends at its lower bound (a trained network whose held-out NLL is best near
-    T = 0.12, searched from T = 1 within 5×): the α_g of the evidence there are then raised by
-    a common factor c ≥ 1 (up to span) on the same held-out NLL — the prior's variance on the
-    directions the data leave free is all a small T keeps."""
+    """T's search ends at its lower bound (a trained network, searched from T = 1 within 5×):
+    T and a common factor c ≥ 1 of the evidence's α_g at T are then searched together on the
+    same held-out NLL — the prior's variance on the directions the data leave free is all a
+    small T keeps, and with c free the best T moves back inside the range."""
     import keras
 
     model, x, labels = _problem(rng)
@@ -65,25 +65,35 @@ def test_a_temperature_at_its_lower_bound_goes_on_by_raising_alpha(rng):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
     model.fit(x[:40], labels[:40], epochs=300, batch_size=40, verbose=0)
     la = sigma.Laplace(model, x[:40], labels[:40], likelihood="classification")
-    la.optimize_prior(x[40:], labels[40:], span=5.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        la.optimize_prior(x[40:], labels[40:], span=5.0)
     r = la.prior_result
-    assert r["at_bound"].get("temperature") == "lower" and la.temperature == pytest.approx(0.2)
+    first = min((v, t) for t, v in r["values"] if v is not None)  # the search over T alone
+    assert first[1] == pytest.approx(0.2)  # ended at its lower bound
+    assert r["value"] < first[0] - 1e-3  # the joint search does better
     c = r["alpha_factor"]
-    assert 1.0 < c <= 5.0 * (1 + 1e-9)
-    at_t = sigma.Laplace(model, posterior=la.posterior.with_temperature(0.2))
+    assert 1.0 < c < 5.0 and 0.2 < la.temperature < 5.0 and r["at_bound"] == {}
+    assert not [w for w in caught if "optimize_prior" in str(w.message)]  # not at an edge
+    at_t = sigma.Laplace(model, posterior=la.posterior.with_temperature(la.temperature))
     at_t.optimize_evidence(confidence_check=False)  # the evidence's α at that T, times c
     np.testing.assert_allclose(la.alpha, c * at_t.alpha, rtol=1e-5)
-    val = lambda a: metrics.nll(  # noqa: E731
-        sigma.Laplace(model, posterior=at_t.posterior.replace(alpha=a)).predict_proba(
-            x[40:], method="mean_field"), labels[40:])  # fmt: skip
-    assert r["value"] == pytest.approx(val(la.alpha), rel=1e-9)
-    assert r["value"] < min(v for _, v in r["values"] if v is not None)  # better than T alone
-    for factor in np.geomspace(1.0, 5.0, 6):  # no factor of a grid does better
-        assert val(factor * at_t.alpha) >= r["value"] - 1e-6, factor
+    np.testing.assert_allclose(r["alpha"], la.alpha)
+
+    def val(t, factor):
+        at = sigma.Laplace(model, posterior=la.posterior.with_temperature(t))
+        at.optimize_evidence(confidence_check=False)
+        at.alpha = factor * at.alpha
+        return metrics.nll(at.predict_proba(x[40:], method="mean_field"), labels[40:])
+
+    assert r["value"] == pytest.approx(val(la.temperature, c), rel=1e-9)
+    for t in np.geomspace(0.2, 5.0, 5):  # no (T, c) of a grid does better
+        for factor in np.geomspace(1.0, 5.0, 5):
+            assert val(t, factor) >= r["value"] - 1e-4, (t, factor)
     # a search whose T is inside its range does not go on
     la.optimize_prior(x[40:], labels[40:], span=1e3)
     assert "temperature" not in la.prior_result["at_bound"]
-    assert "alpha_factor" not in la.prior_result
+    assert la.prior_result["alpha_factor"] == 1.0
 
 
 def test_temperature_and_method_are_refused_where_they_do_not_apply(rng):
@@ -197,6 +207,6 @@ def test_the_readme_classifier_lines_beat_the_softmax_on_digits():
     # Laplace ties the softmax: 0.0360960 against 0.0360948 on seed 0 (3e-5 relative; −5e-5
     # to +5e-4 over the five seeds), where T alone gave 0.03627 and the evidence alone 0.385
     assert nll <= (1 + 1e-3) * own_nll
-    assert la.prior_result["alpha_factor"] > 1
+    assert la.prior_result["alpha_factor"] > 1 and la.prior_result["evaluations"] <= 200
     for k in scores:
         assert auroc[k] >= own_auroc[k], k

@@ -54,12 +54,14 @@ MAX_PROB, ENTROPY = "max probability", "entropy"
 def tuning_info(la: Laplace) -> dict:
     """What a classifier's held-out tuning of the likelihood's temperature found
     (``la.posterior.prior_result`` after :meth:`sigma.Laplace.optimize_prior`): {temperature,
-    alpha, validation_nll, evaluations, at_bound}; ``at_bound`` is "lower" or "upper" when T
-    ended at a bound of the search, else None."""
+    alpha, alpha_factor, validation_nll, evaluations, at_bound}; ``at_bound`` is "lower" or
+    "upper" when T ended at a bound of the search, else None; ``alpha_factor`` is the factor
+    of the evidence's α_g the search went on with from T's lower bound (1.0 otherwise)."""
     found = la.posterior.prior_result
     return {
         "temperature": la.temperature,
         "alpha": np.atleast_1d(la.alpha).tolist(),
+        "alpha_factor": found.get("alpha_factor", 1.0),
         "validation_nll": found["value"],
         "evaluations": found["evaluations"],
         "at_bound": found["at_bound"].get("temperature"),
@@ -79,7 +81,8 @@ def split(x_train, labels_train, validation: float, seed: int):
 def tempered_laplace(model, x_fit, labels_fit, x_val, labels_val, recipe: Recipe) -> Laplace:
     """sigma's classifier recipe, as the README gives it: a Laplace at the network's weights,
     then ``optimize_prior`` on the held-out part — the temperature T by its NLL within
-    ``recipe.temperatures``, α_g by the evidence at each T — with ``recipe.link``."""
+    ``recipe.temperatures``, α_g by the evidence at each T (and at the lowest T, a factor
+    c ≥ 1 of them searched with T) — with ``recipe.link``."""
     la = Laplace(model, x_fit, labels_fit, likelihood="classification",
                  structure=recipe.structure, weights=recipe.weights, prior=recipe.prior)  # fmt: skip
     low, high = recipe.temperatures
