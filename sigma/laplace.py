@@ -244,9 +244,10 @@ class Laplace:
         A classifier (``temperature=None`` or True): the likelihood's temperature T within
         ``span``× of the current one either way, with α_g set by the evidence of the tempered
         model at each T, and T chosen by ``metric`` of ``predict_proba(x_val, method=method)``
-        — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`); a T
-        at the lower bound goes on: T and a common factor c ≥ 1 of the evidence's α_g (up to
-        ``span``) together. The Laplace ends at the best T with its α_g (× c), and
+        — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`); at
+        the lower bound, if the metric is still worse than the network's own probabilities
+        give, the α_g are raised by the smallest factor c ≥ 1 (≤ ``span``) making it no
+        worse. The Laplace ends at the best T with its α_g (× c), and
         ``method`` (default "mean_field": the variances of the logit differences, blind to
         the shift common to all logits that softmax ignores) becomes the link
         ``predict_proba`` uses when given none.

@@ -11,8 +11,9 @@ evidence at each T (:func:`optimize_temperature`) — one value per decade of T,
 method around the best of them. The evidence alone spreads the variance over the weight
 directions the data pin down and leaves a classifier less confident than its own softmax; a
 small T takes it off those directions and keeps the prior's variance on the others. A search
-whose best T is its lower bound goes on with T and a common factor c ≥ 1 of those α_g
-together (c up to ``span``): as c → ∞, the network's own softmax.
+whose best T is its lower bound, and whose metric there is still worse than the network's
+own probabilities give, raises those α_g by the smallest common factor (up to ``span``) that
+makes it no worse: as the factor → ∞, the network's own softmax.
 
 Every trial is a new :class:`~sigma.posterior.Posterior` (nothing is refitted); the posterior
 given is never changed. A search that ends at a bound of its range (within twice its
@@ -132,9 +133,11 @@ def optimize_prior(
             start=start,
         )  # fmt: skip
         if record["at_bound"].get("temperature") == "lower":
-            found, record = _temperature_and_factor(
-                post, score, found, record, start=start, span=span, tol=tol, max_iter=max_iter
-            )
+            own = lik.score(_network_prediction(lik, model, x_val, k, method), y_val, metric)
+            if record["value"] > own:
+                found, record = _no_worse_than_the_network(
+                    found, record, score, float(own), span=span, tol=tol, max_iter=max_iter
+                )
     else:
         found, record = _optimize_factor(
             post, score, metric=metric, tune_beta=tune_beta, span=span, tol=tol,
@@ -144,74 +147,65 @@ def optimize_prior(
     return dataclasses.replace(found, link=method), record
 
 
-def _temperature_and_factor(post, score, found, record, *, start, span, tol, max_iter):
-    """After a temperature search that ended at its lower bound: T and a common factor c ≥ 1
-    of the evidence's α_g at T searched together, (ln T, ln c) in [−ln span, ln span] × [0,
-    ln span] by Nelder–Mead from that bound, on the same held-out metric (at most
-    ``max_iter`` more evaluations).
+def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter):
+    """After a temperature search that ended at its lower bound with a held-out metric worse
+    than the network's own probabilities give (``own``): the smallest common factor c ≥ 1 of
+    the evidence's α_g there (up to ``span``) at which the metric is no worse than ``own``,
+    by bisection in ln c to ``tol``.
 
     As T → 0 the tempered evidence's α_g stay finite (γ_g tends to the number of weights), so
     a small T removes the variance on the directions the training data determine and keeps
-    the prior's, 1/α_g, on the others. A held-out metric still falling at the smallest T asks
-    for less of that too: raising α_g is the one way left, and at c → ∞ the predictive is the
-    network's own softmax. With c free the best T can move back inside the range, hence the
-    joint search. Returns (posterior, record) as :func:`optimize_temperature`, the record's
-    ``alpha_factor`` c (1.0 and the first search's result when the joint one does no better),
-    ``alpha`` the α_g used (c × the evidence's), ``evaluations`` both searches', and
-    ``at_bound`` {"temperature": ..., "alpha": "upper"} for each that ends at the edge."""
-    import scipy.optimize
-
-    t0 = post.temperature if start is None else float(start)
+    the prior's, 1/α_g, on the others — the variance an input unlike the training data sees.
+    Held-out data from the training distribution cannot value that; when they say the
+    Laplace is worse than the network itself, α_g are raised just until it is not (as c → ∞
+    the predictive is the network's own), and no further. Returns (posterior, record) as
+    :func:`optimize_temperature`, the record's ``alpha_factor`` c and ``alpha`` (c × the
+    evidence's), ``value`` and ``evaluations`` updated, ``network_value`` ``own``, and
+    ``at_bound["alpha"] = "upper"`` when even c = ``span`` leaves it worse."""
     bound = float(np.log(span))
-    box = ((-bound, bound), (0.0, bound))
-    evidences: dict[float, sigma.Posterior | None] = {}
-    seen: list[tuple[float, sigma.Posterior, float, float]] = []
     calls = []
 
-    def objective(point) -> float:
-        z, c = (float(np.clip(v, lo, hi)) for v, (lo, hi) in zip(point, box, strict=True))
+    def at(z: float):
+        trial = found.replace(alpha=found.alpha * np.exp(z))
         calls.append(1)
-        if z not in evidences:
-            try:
-                evidences[z] = post.with_temperature(_temperature(t0, span, z)).optimize_evidence(
-                    confidence_check=False
-                )
-            except (EvidenceError, ValueError):  # no maximum, or A ill-conditioned at this T
-                evidences[z] = None
-        at_t = evidences[z]
-        if at_t is None:
-            return _FAILED
-        try:
-            trial = at_t.replace(alpha=at_t.alpha * np.exp(c))
-            value = score(trial)
-        except ValueError:
-            return _FAILED
-        if not np.isfinite(value):
-            return _FAILED
-        seen.append((float(value), trial, z, c))
-        return float(value)
+        return trial, score(trial)
 
-    scipy.optimize.minimize(
-        objective, np.array([-bound, 0.0]), method="Powell", bounds=box,
-        options={"xtol": tol, "ftol": tol * 1e-3, "maxfev": max_iter},
-    )  # fmt: skip
-    evaluations = record["evaluations"] + len(calls)
-    best = min(seen, key=lambda v: v[0], default=None)
-    if best is None or best[0] >= record["value"]:  # no better than T alone
-        return found, {**record, "evaluations": evaluations}
-    value, trial, z, c = best
-    at_bound = _at_bound([z], bound, tol, ("temperature",))
-    if bound - c <= 2.0 * tol:
-        at_bound["alpha"] = "upper"
-    return trial, {
+    lo, hi = 0.0, bound  # the metric is worse than own at lo; is it still at hi?
+    best, value = at(hi)
+    at_bound = {}
+    if value > own:
+        at_bound = {"alpha": "upper"}
+    else:
+        while hi - lo > tol and len(calls) < max_iter:
+            z = 0.5 * (lo + hi)
+            trial, v = at(z)
+            if v <= own:
+                hi, best, value = z, trial, v
+            else:
+                lo = z
+    if not value < record["value"]:  # round-off: never worse than T alone
+        return found, {**record, "evaluations": record["evaluations"] + len(calls),
+                       "network_value": own}  # fmt: skip
+    return best, {
         **record,
-        "temperature": trial.temperature,
-        "alpha": float(trial.alpha[0]) if trial.prior.scalar else trial.alpha.copy(),
-        "alpha_factor": float(np.exp(c)),
-        "value": value,
-        "evaluations": evaluations,
-        "at_bound": at_bound,
+        "alpha": float(best.alpha[0]) if best.prior.scalar else best.alpha.copy(),
+        "alpha_factor": float(np.exp(hi)),
+        "value": float(value),
+        "network_value": own,
+        "evaluations": record["evaluations"] + len(calls),
+        "at_bound": {**record["at_bound"], **at_bound},
     }
+
+
+def _network_prediction(lik, model, x, k: int, method: str):
+    """The likelihood's prediction at x with no weight uncertainty: the network's own
+    probabilities (its softmax, or sigmoid)."""
+    from sigma.curvature.engine import engine
+
+    mean = engine(model).outputs(x)
+    n = len(mean)
+    shape = (n, k) if lik.predictive_form(method=method) == "variance" else (n, k, k)
+    return lik.predictive(mean, np.zeros(shape), noise_var=np.zeros(k), method=method)
 
 
 def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):

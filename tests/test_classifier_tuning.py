@@ -53,43 +53,39 @@ def test_a_temperature_at_the_edge_of_the_search_is_named_with_span(rng):
     assert "temperature" in la.prior_result["at_bound"]
 
 
-def test_a_temperature_at_its_lower_bound_goes_on_by_raising_alpha(rng):
-    """T's search ends at its lower bound (a trained network, searched from T = 1 within 5×):
-    T and a common factor c ≥ 1 of the evidence's α_g at T are then searched together on the
-    same held-out NLL — the prior's variance on the directions the data leave free is all a
-    small T keeps, and with c free the best T moves back inside the range."""
+def test_a_temperature_at_its_lower_bound_raises_alpha_until_no_worse_than_the_network(rng):
+    """T's search ends at its lower bound (searched from T = 400 within 20×) with a held-out
+    NLL worse than the network's own softmax gives: the evidence's α_g there are raised by
+    the smallest common factor c ≥ 1 that makes it no worse, and no further — the prior's
+    variance is kept wherever held-out data do not ask for less."""
     import keras
 
     model, x, labels = _problem(rng)
     model.compile(keras.optimizers.Adam(0.05),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
-    model.fit(x[:40], labels[:40], epochs=300, batch_size=40, verbose=0)
-    la = sigma.Laplace(model, x[:40], labels[:40], likelihood="classification")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        la.optimize_prior(x[40:], labels[40:], span=5.0)
+    model.fit(x[:40], labels[:40], epochs=60, batch_size=40, verbose=0)
+    own = metrics.nll(sigma.classification.softmax(model(x[40:]).numpy()), labels[40:])
+    la = sigma.Laplace(model, x[:40], labels[:40], likelihood="classification", temperature=400.0)
+    with pytest.warns(RuntimeWarning, match=r"temperature at the lower bound"):
+        la.optimize_prior(x[40:], labels[40:], span=20.0)
     r = la.prior_result
-    first = min((v, t) for t, v in r["values"] if v is not None)  # the search over T alone
-    assert first[1] == pytest.approx(0.2)  # ended at its lower bound
-    assert r["value"] < first[0] - 1e-3  # the joint search does better
+    assert la.temperature == pytest.approx(20.0) and r["at_bound"] == {"temperature": "lower"}
+    assert r["network_value"] == pytest.approx(own, rel=1e-9)
+    first = min(v for _, v in r["values"] if v is not None)  # T alone: worse than the network
+    assert first > own
     c = r["alpha_factor"]
-    assert 1.0 < c < 5.0 and 0.2 < la.temperature < 5.0 and r["at_bound"] == {}
-    assert not [w for w in caught if "optimize_prior" in str(w.message)]  # not at an edge
-    at_t = sigma.Laplace(model, posterior=la.posterior.with_temperature(la.temperature))
+    assert 1.0 < c < 20.0 and r["value"] <= own
+    at_t = sigma.Laplace(model, posterior=la.posterior.with_temperature(20.0))
     at_t.optimize_evidence(confidence_check=False)  # the evidence's α at that T, times c
     np.testing.assert_allclose(la.alpha, c * at_t.alpha, rtol=1e-5)
     np.testing.assert_allclose(r["alpha"], la.alpha)
 
-    def val(t, factor):
-        at = sigma.Laplace(model, posterior=la.posterior.with_temperature(t))
-        at.optimize_evidence(confidence_check=False)
-        at.alpha = factor * at.alpha
+    def val(factor):
+        at = sigma.Laplace(model, posterior=at_t.posterior.replace(alpha=factor * at_t.alpha))
         return metrics.nll(at.predict_proba(x[40:], method="mean_field"), labels[40:])
 
-    assert r["value"] == pytest.approx(val(la.temperature, c), rel=1e-9)
-    for t in np.geomspace(0.2, 5.0, 5):  # no (T, c) of a grid does better
-        for factor in np.geomspace(1.0, 5.0, 5):
-            assert val(t, factor) >= r["value"] - 1e-4, (t, factor)
+    assert r["value"] == pytest.approx(val(c), rel=1e-9)
+    assert val(c * np.exp(-1e-3)) > own  # the smallest such c, to the search's tolerance
     # a search whose T is inside its range does not go on
     la.optimize_prior(x[40:], labels[40:], span=1e3)
     assert "temperature" not in la.prior_result["at_bound"]
@@ -178,8 +174,10 @@ README_LINES = (
 @pytest.mark.slow
 def test_the_readme_classifier_lines_beat_the_softmax_on_digits():
     """The issue's case (an MLP on digits 0–4, whose evidence-only NLL was 10× the
-    softmax's): the README's three lines give a test NLL no worse than the softmax's and an
-    AUROC of digits 5–9 against the test digits no worse, by max probability and entropy."""
+    softmax's): the README's three lines tie the softmax's test NLL (within 0.1%: the held-out
+    data prefer the network's own probabilities, T and the α factor end at their bounds) and
+    give an AUROC of digits 5–9 against the test digits no worse, by max probability and
+    entropy."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for line in README_LINES:
         assert line in readme, line  # the lines measured here are the README's

@@ -81,8 +81,8 @@ def split(x_train, labels_train, validation: float, seed: int):
 def tempered_laplace(model, x_fit, labels_fit, x_val, labels_val, recipe: Recipe) -> Laplace:
     """sigma's classifier recipe, as the README gives it: a Laplace at the network's weights,
     then ``optimize_prior`` on the held-out part — the temperature T by its NLL within
-    ``recipe.temperatures``, α_g by the evidence at each T (and at the lowest T, a factor
-    c ≥ 1 of them searched with T) — with ``recipe.link``."""
+    ``recipe.temperatures``, α_g by the evidence at each T (raised at the lowest T only as
+    far as makes the NLL no worse than the network's own) — with ``recipe.link``."""
     la = Laplace(model, x_fit, labels_fit, likelihood="classification",
                  structure=recipe.structure, weights=recipe.weights, prior=recipe.prior)  # fmt: skip
     low, high = recipe.temperatures
