@@ -261,7 +261,8 @@ class Laplace:
 
         ``metric``: "nll", or for a classifier "brier" or "ece". ``prior_result`` records
         the values found (a classifier's: temperature, alpha — the evidence's there × the
-        ``alpha_factor`` c — and the metric at every T of the first search), how many
+        ``alpha_factor`` c — the metric at every T of the first search, and at T's lower
+        bound ``network_value``, the metric of the network's own probabilities), how many
         predictions it took and ``at_bound``: {"alpha": "upper" |
         "lower", "beta": ..., "temperature": ...} for a value at the edge of the search
         (``span``× its start; empty when none is), which a RuntimeWarning naming ``span`` also

@@ -133,10 +133,11 @@ def optimize_prior(
             start=start,
         )  # fmt: skip
         if record["at_bound"].get("temperature") == "lower":
-            own = lik.score(_network_prediction(lik, model, x_val, k, method), y_val, metric)
+            own = float(lik.score(_network_prediction(lik, model, x_val, k, method), y_val, metric))
+            record = {**record, "network_value": own}
             if record["value"] > own:
                 found, record = _no_worse_than_the_network(
-                    found, record, score, float(own), span=span, tol=tol, max_iter=max_iter
+                    found, record, score, own, span=span, tol=tol, max_iter=max_iter
                 )
     else:
         found, record = _optimize_factor(
@@ -160,8 +161,8 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
     Laplace is worse than the network itself, α_g are raised just until it is not (as c → ∞
     the predictive is the network's own), and no further. Returns (posterior, record) as
     :func:`optimize_temperature`, the record's ``alpha_factor`` c and ``alpha`` (c × the
-    evidence's), ``value`` and ``evaluations`` updated, ``network_value`` ``own``, and
-    ``at_bound["alpha"] = "upper"`` when even c = ``span`` leaves it worse."""
+    evidence's), ``value`` and ``evaluations`` updated, and ``at_bound["alpha"] = "upper"``
+    when even c = ``span`` leaves it worse."""
     bound = float(np.log(span))
     calls = []
 
@@ -184,14 +185,12 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
             else:
                 lo = z
     if not value < record["value"]:  # round-off: never worse than T alone
-        return found, {**record, "evaluations": record["evaluations"] + len(calls),
-                       "network_value": own}  # fmt: skip
+        return found, {**record, "evaluations": record["evaluations"] + len(calls)}
     return best, {
         **record,
         "alpha": float(best.alpha[0]) if best.prior.scalar else best.alpha.copy(),
         "alpha_factor": float(np.exp(hi)),
         "value": float(value),
-        "network_value": own,
         "evaluations": record["evaluations"] + len(calls),
         "at_bound": {**record["at_bound"], **at_bound},
     }
