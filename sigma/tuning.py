@@ -133,7 +133,7 @@ def optimize_prior(
             start=start,
         )  # fmt: skip
         if record["at_bound"].get("temperature") == "lower":
-            own = float(lik.score(_network_prediction(lik, model, x_val, k, method), y_val, metric))
+            own = float(lik.score(_network_prediction(lik, model, x_val, k), y_val, metric))
             record = {**record, "network_value": own}
             if record["value"] > own:
                 found, record = _no_worse_than_the_network(
@@ -196,15 +196,13 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
     }
 
 
-def _network_prediction(lik, model, x, k: int, method: str):
-    """The likelihood's prediction at x with no weight uncertainty: the network's own
-    probabilities (its softmax, or sigmoid)."""
+def _network_prediction(lik, model, x, k: int):
+    """The network's own probabilities at x (its softmax, or sigmoid): the probit link at zero
+    variance, which is exactly that (the Laplace bridge's at zero covariance is not)."""
     from sigma.curvature.engine import engine
 
     mean = engine(model).outputs(x)
-    n = len(mean)
-    shape = (n, k) if lik.predictive_form(method=method) == "variance" else (n, k, k)
-    return lik.predictive(mean, np.zeros(shape), noise_var=np.zeros(k), method=method)
+    return lik.predictive(mean, np.zeros((len(mean), k)), noise_var=np.zeros(k), method="probit")
 
 
 def _optimize_factor(post, score, *, metric, tune_beta, span, tol, max_iter):
