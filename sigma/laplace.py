@@ -247,7 +247,8 @@ class Laplace:
         — one T per decade, then Brent's method around the best (:mod:`sigma.tuning`); at
         the lower bound, if the metric is still worse than the network's own probabilities
         give, the α_g are raised by the smallest factor c ≥ 1 (≤ ``span``) making it no
-        worse. The Laplace ends at the best T with its α_g (× c), and
+        worse to within 0.1% (else the best c tried). The Laplace ends at the best T with its
+        α_g (× c), and
         ``method`` (default "mean_field": the variances of the logit differences, blind to
         the shift common to all logits that softmax ignores) becomes the link
         ``predict_proba`` uses when given none.
@@ -261,7 +262,7 @@ class Laplace:
 
         ``metric``: "nll", or for a classifier "brier" or "ece". ``prior_result`` records
         the values found (a classifier's: temperature, alpha — the evidence's there × the
-        ``alpha_factor`` c — the metric at every T of the first search, and at T's lower
+        ``alpha_factor`` c — the metric at every T of the search over T, and at T's lower
         bound ``network_value``, the metric of the network's own probabilities), how many
         predictions it took and ``at_bound``: {"alpha": "upper" |
         "lower", "beta": ..., "temperature": ...} for a value at the edge of the search

@@ -13,7 +13,8 @@ directions the data pin down and leaves a classifier less confident than its own
 small T takes it off those directions and keeps the prior's variance on the others. A search
 whose best T is its lower bound, and whose metric there is still worse than the network's
 own probabilities give, raises those α_g by the smallest common factor (up to ``span``) that
-makes it no worse: as the factor → ∞, the network's own softmax.
+makes it no worse, to within :data:`NETWORK_TOLERANCE`: as the factor → ∞, the network's own
+softmax.
 
 Every trial is a new :class:`~sigma.posterior.Posterior` (nothing is refitted); the posterior
 given is never changed. A search that ends at a bound of its range (within twice its
@@ -40,6 +41,11 @@ from sigma.evidence import EvidenceError
 # much (relative) the predictive's mean NLL there may exceed the network's own before it warns
 CONFIDENCE_SAMPLES = 2000
 CONFIDENCE_MARGIN = 0.10
+# optimize_prior on a classifier whose smallest T is still worse on held-out data than the
+# network's own probabilities: how far (relative) above the network's metric is "no worse"
+# (a Laplace tends to the network's value from above as its α_g grow, reaching it only in
+# the limit)
+NETWORK_TOLERANCE = 1e-3
 
 
 def is_classifier(post: sigma.Posterior) -> bool:
@@ -135,7 +141,7 @@ def optimize_prior(
         if record["at_bound"].get("temperature") == "lower":
             own = float(lik.score(_network_prediction(lik, model, x_val, k), y_val, metric))
             record = {**record, "network_value": own}
-            if record["value"] > own:
+            if record["value"] > own + NETWORK_TOLERANCE * abs(own):
                 found, record = _no_worse_than_the_network(
                     found, record, score, own, span=span, tol=tol, max_iter=max_iter
                 )
@@ -144,64 +150,76 @@ def optimize_prior(
             post, score, metric=metric, tune_beta=tune_beta, span=span, tol=tol,
             max_iter=max_iter,
         )  # fmt: skip
-    _warn_at_bound(record["at_bound"], metric, span)
+    _warn_at_bound(record, metric, span)
     return dataclasses.replace(found, link=method), record
 
 
 def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter):
     """After a temperature search that ended at its lower bound with a held-out metric worse
     than the network's own probabilities give (``own``): the smallest common factor c ≥ 1 of
-    the evidence's α_g there (up to ``span``) at which the metric is no worse than ``own``,
-    by bisection in ln c to ``tol``.
+    the evidence's α_g there, up to ``span``, at which the metric is within
+    :data:`NETWORK_TOLERANCE` (relative) of ``own`` — two c per decade from 1, then bisection
+    in ln c to ``tol`` between the first that is and the one before (at most ``max_iter``
+    more predictions). When no c up to ``span`` is, the c of the best metric tried, with
+    ``at_bound["alpha"] = "upper"`` if that is ``span``.
 
-    As T → 0 the tempered evidence's α_g stay finite (γ_g tends to the number of weights), so
-    a small T removes the variance on the directions the training data determine and keeps
-    the prior's, 1/α_g, on the others — the variance an input unlike the training data sees.
-    Held-out data from the training distribution cannot value that; when they say the
-    Laplace is worse than the network itself, α_g are raised just until it is not (as c → ∞
-    the predictive is the network's own), and no further. Returns (posterior, record) as
-    :func:`optimize_temperature`, the record's ``alpha_factor`` c and ``alpha`` (c × the
-    evidence's), ``value`` and ``evaluations`` updated, and ``at_bound["alpha"] = "upper"``
-    when even c = ``span`` leaves it worse."""
+    As T → 0 the tempered evidence's α_g stay finite (γ_g tends to the number of weights the
+    data give any curvature), so a small T removes the variance on the directions the
+    training data determine and keeps the prior's, 1/α_g, on the others — the variance an
+    input unlike the training data sees. Held-out data from the training distribution cannot
+    value that; when they say the Laplace is worse than the network itself, α_g are raised
+    until it is not (as c → ∞ the predictive tends to the network's own), and no further.
+    Returns (posterior, record) as :func:`optimize_temperature`, the record's
+    ``alpha_factor`` c, ``alpha`` (c × the evidence's), ``value`` and ``evaluations``
+    updated; the posterior and record given when no c > 1 does better than c = 1."""
     bound = float(np.log(span))
-    calls = []
+    enough = own + NETWORK_TOLERANCE * abs(own)
+    tried: dict[float, tuple[float, sigma.Posterior]] = {0.0: (record["value"], found)}
 
-    def at(z: float):
-        trial = found.replace(alpha=found.alpha * np.exp(z))
-        calls.append(1)
-        return trial, score(trial)
+    def at(z: float) -> float:
+        if z not in tried:
+            trial = found.replace(alpha=found.alpha * (span if z >= bound else np.exp(z)))
+            value = float(score(trial))
+            tried[z] = (value if np.isfinite(value) else np.inf, trial)
+        return tried[z][0]
 
-    lo, hi = 0.0, bound  # the metric is worse than own at lo; is it still at hi?
-    best, value = at(hi)
-    at_bound = {}
-    if value > own:
-        at_bound = {"alpha": "upper"}
-    else:
-        while hi - lo > tol and len(calls) < max_iter:
+    n_grid = max(5, int(np.ceil(2.0 * bound / np.log(10.0))) + 1)  # ≥ two c per decade
+    grid = np.linspace(0.0, bound, n_grid)
+    passing = next((k for k, z in enumerate(grid) if k and at(z) <= enough), None)
+    if passing is not None:
+        lo, hi = grid[passing - 1], grid[passing]  # worse at lo (or c = 1), within at hi
+        while hi - lo > tol and len(tried) <= max_iter:
             z = 0.5 * (lo + hi)
-            trial, v = at(z)
-            if v <= own:
-                hi, best, value = z, trial, v
-            else:
-                lo = z
-    if not value < record["value"]:  # round-off: never worse than T alone
-        return found, {**record, "evaluations": record["evaluations"] + len(calls)}
+            lo, hi = (lo, z) if at(z) <= enough else (z, hi)
+        z = hi
+    else:
+        z = min(tried, key=lambda key: tried[key][0])
+    value, best = tried[z]
+    evaluations = record["evaluations"] + len(tried) - 1
+    if z == 0.0:  # no c > 1 does better than the evidence's α_g (a metric not monotone in c)
+        return found, {**record, "evaluations": evaluations}
+    at_bound = {"alpha": "upper"} if passing is None and z >= bound - 2.0 * tol else {}
     return best, {
         **record,
         "alpha": float(best.alpha[0]) if best.prior.scalar else best.alpha.copy(),
-        "alpha_factor": float(np.exp(hi)),
-        "value": float(value),
-        "evaluations": record["evaluations"] + len(calls),
+        "alpha_factor": float(span) if z >= bound else float(np.exp(z)),
+        "value": value,
+        "evaluations": evaluations,
         "at_bound": {**record["at_bound"], **at_bound},
     }
 
 
 def _network_prediction(lik, model, x, k: int):
-    """The network's own probabilities at x (its softmax, or sigmoid): the probit link at zero
-    variance, which is exactly that (the Laplace bridge's at zero covariance is not)."""
+    """The network's own probabilities at x (its softmax, or sigmoid)."""
     from sigma.curvature.engine import engine
 
-    mean = engine(model).outputs(x)
+    return _softmax(lik, engine(model).outputs(x), k)
+
+
+def _softmax(lik, mean, k: int):
+    """The likelihood's probabilities of the logits ``mean`` with no weight uncertainty: the
+    probit link at zero variance, which is exactly the softmax (or sigmoid) of every head (the
+    Laplace bridge's at zero covariance is not)."""
     return lik.predictive(mean, np.zeros((len(mean), k)), noise_var=np.zeros(k), method="probit")
 
 
@@ -288,7 +306,8 @@ def optimize_temperature(
     tried: dict[float, tuple[float, sigma.Posterior] | None] = {}
 
     def temperature(z: float) -> float:
-        return _temperature(t0, span, z)
+        # the ends of the range exactly: t0·exp(ln span) can round past t0·span
+        return t0 * span if z >= bound else t0 / span if z <= -bound else t0 * float(np.exp(z))
 
     def evaluate(z: float) -> float:
         z = float(z)
@@ -342,17 +361,14 @@ def optimize_temperature(
     return found, record
 
 
-def _temperature(t0: float, span: float, z: float) -> float:
-    """T = t0·exp(z) on [ln(1/span), ln span], its ends exactly (t0·exp(ln span) can round
-    past t0·span)."""
-    bound = float(np.log(span))
-    return t0 * span if z >= bound else t0 / span if z <= -bound else t0 * float(np.exp(z))
-
-
 _FAILED = 1e100  # finite: an infinite score makes Brent's parabolic step NaN
 
 
-def _warn_at_bound(at_bound: dict, metric: str, span: float) -> None:
+def _warn_at_bound(record: dict, metric: str, span: float) -> None:
+    """The RuntimeWarning for a search that ended at an edge of its range (``record``'s
+    ``at_bound``), with the network's own held-out value beside the posterior's when the
+    temperature ended at its lower bound."""
+    at_bound = record["at_bound"]
     if not at_bound:
         return
     ends = " and ".join(
@@ -360,17 +376,17 @@ def _warn_at_bound(at_bound: dict, metric: str, span: float) -> None:
         for name, side in at_bound.items()
     )
     hint = ""
-    if at_bound.get("temperature") == "lower" and at_bound.get("alpha") == "upper":
+    if "network_value" in record:
+        value, own = record["value"], record["network_value"]
         hint = (
-            " (with T at its smallest and α_g raised as far, the predictive is close to the "
-            "network's own softmax: the held-out data prefer the network's probabilities "
-            "here)"
-        )
-    elif at_bound.get("temperature") == "lower":
-        hint = (
-            " (as the temperature falls the predictive tends to the network's own softmax "
-            "where the data pin the weights: the held-out data prefer the network's "
-            "probabilities there)"
+            f" (the held-out {metric} is {value:.6g} there, the network's own probabilities' "
+            f"{own:.6g}: "
+            + (
+                "the held-out data prefer the network's probabilities to the posterior's spread"
+                if value > own + NETWORK_TOLERANCE * abs(own)
+                else "no worse than the network"
+            )
+            + ")"
         )
     warnings.warn(
         f"optimize_prior: the held-out {metric} is best with {ends}, the edge of the "
@@ -412,7 +428,7 @@ def check_confidence(post: sigma.Posterior) -> dict | None:
     form = lik.predictive_form(method=post.link)
     second = predictive.weight_uncertainty(post, model, x, form)
     probs = lik.predictive(mean, second, noise_var=np.zeros(k), method=post.link)
-    own = lik.predictive(mean, np.zeros_like(second), noise_var=np.zeros(k), method=post.link)
+    own = _softmax(lik, mean, k)
     found = {
         "nll": float(lik.score(probs, t, "nll")),
         "softmax_nll": float(lik.score(own, t, "nll")),

@@ -56,7 +56,7 @@ def tuning_info(la: Laplace) -> dict:
     (``la.posterior.prior_result`` after :meth:`sigma.Laplace.optimize_prior`): {temperature,
     alpha, alpha_factor, validation_nll, evaluations, at_bound}; ``at_bound`` is "lower" or
     "upper" when T ended at a bound of the search, else None; ``alpha_factor`` is the factor
-    of the evidence's α_g the search went on with from T's lower bound (1.0 otherwise)."""
+    by which the evidence's α_g were raised at T's lower bound (1.0 otherwise)."""
     found = la.posterior.prior_result
     return {
         "temperature": la.temperature,
