@@ -13,8 +13,8 @@ directions the data pin down and leaves a classifier less confident than its own
 small T takes it off those directions and keeps the prior's variance on the others. A search
 whose best T is its lower bound, and whose metric there is still worse than the network's
 own probabilities give, raises those α_g by the smallest common factor (up to ``span``) that
-makes it no worse, to within :data:`NETWORK_TOLERANCE`: as the factor → ∞, the network's own
-softmax.
+makes it no worse, to within :data:`NETWORK_TOLERANCE` (else the best factor tried): as the
+factor → ∞, the network's own softmax.
 
 Every trial is a new :class:`~sigma.posterior.Posterior` (nothing is refitted); the posterior
 given is never changed. A search that ends at a bound of its range (within twice its
@@ -160,7 +160,8 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
     the evidence's α_g there, up to ``span``, at which the metric is within
     :data:`NETWORK_TOLERANCE` (relative) of ``own`` — two c per decade from 1, then bisection
     in ln c to ``tol`` between the first that is and the one before (at most ``max_iter``
-    more predictions). When no c up to ``span`` is, the c of the best metric tried, with
+    more predictions; the smallest such c where the metric falls as c grows). When no c up
+    to ``span`` is, the c of the best metric tried (1: α unchanged), with
     ``at_bound["alpha"] = "upper"`` if that is ``span``.
 
     As T → 0 the tempered evidence's α_g stay finite (γ_g tends to the number of weights the
@@ -184,6 +185,7 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
         return tried[z][0]
 
     n_grid = max(5, int(np.ceil(2.0 * bound / np.log(10.0))) + 1)  # ≥ two c per decade
+    n_grid = max(2, min(n_grid, max_iter + 1))  # c = 1 is known: max_iter predictions at most
     grid = np.linspace(0.0, bound, n_grid)
     passing = next((k for k, z in enumerate(grid) if k and at(z) <= enough), None)
     if passing is not None:
@@ -377,14 +379,17 @@ def _warn_at_bound(record: dict, metric: str, span: float) -> None:
     )
     hint = ""
     if "network_value" in record:
-        value, own = record["value"], record["network_value"]
+        value, own, c = record["value"], record["network_value"], record["alpha_factor"]
+        worse = value > own + NETWORK_TOLERANCE * abs(own)
         hint = (
-            f" (the held-out {metric} is {value:.6g} there, the network's own probabilities' "
-            f"{own:.6g}: "
+            f" (the held-out {metric} is {value:.6g} there with the evidence's α_g"
+            + (f" × {c:.4g}" if c != 1.0 else "")
+            + f", the network's own probabilities' {own:.6g}: "
             + (
-                "the held-out data prefer the network's probabilities to the posterior's spread"
-                if value > own + NETWORK_TOLERANCE * abs(own)
-                else "no worse than the network"
+                "the held-out data prefer the network's probabilities to the posterior's "
+                "spread" + ("; no factor of α_g up to span helped" if c == 1.0 else "")
+                if worse
+                else f"within {NETWORK_TOLERANCE:.1%} of the network or better"
             )
             + ")"
         )
