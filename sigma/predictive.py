@@ -19,13 +19,16 @@ from sigma._checks import check_finite_outputs
 from sigma.curvature.engine import engine
 
 
-def predict(post: sigma.Posterior, model, x, *, batch_size=None, name="x", flat=False, **options):
+def predict(post: sigma.Posterior, model, x, *, batch_size=None, name="x", flat=False,
+            mean=None, **options):  # fmt: skip
     """The prediction of ``post``'s likelihood at checked inputs x (options: ``noise``,
     ``split``, ``method``, ``n_samples``, ``seed``, as the likelihood reads them), in the
-    model's output structure (``flat``: (N, K) arrays)."""
+    model's output structure (``flat``: (N, K) arrays). ``mean``: the network's outputs at x
+    (:func:`outputs`) when the caller already has them (a search predicting at the same
+    inputs for many posteriors)."""
     lik = post.likelihood
-    mean = engine(model).outputs(x)
-    check_finite_outputs(model, x, mean, name)
+    if mean is None:
+        mean = outputs(model, x, name)
     second = weight_uncertainty(
         post, model, x, lik.predictive_form(**options), batch_size=batch_size, name=name
     )
@@ -33,6 +36,14 @@ def predict(post: sigma.Posterior, model, x, *, batch_size=None, name="x", flat=
     return lik.predictive(
         mean, second, noise_var=noise_variance(post), layout=layout, name=name, **options
     )
+
+
+def outputs(model, x, name="x") -> np.ndarray:
+    """The network's outputs f(x; w*) (N, K) at checked inputs x; non-finite ones refused
+    naming ``name``."""
+    mean = engine(model).outputs(x)
+    check_finite_outputs(model, x, mean, name)
+    return mean
 
 
 def weight_uncertainty(post: sigma.Posterior, model, x, form: str, *, batch_size=None, name="x"):

@@ -129,8 +129,12 @@ def optimize_prior(
     tune_beta = beta and post.n_groups == 1 and bool(post.groups.free[0]) and not temperature
     metrics.check_validation_size(metric, n_val, lik.validation_values(n_val, k), 1 + tune_beta)
 
+    mean = predictive.outputs(model, x_val, "x_val")  # once: the weights do not change
+
     def score(trial: sigma.Posterior) -> float:
-        prediction = predictive.predict(trial, model, x_val, name="x_val", flat=True, method=method)
+        prediction = predictive.predict(
+            trial, model, x_val, name="x_val", flat=True, mean=mean, method=method
+        )
         return lik.score(prediction, y_val, metric)
 
     if temperature:
@@ -139,9 +143,9 @@ def optimize_prior(
             start=start,
         )  # fmt: skip
         if record["at_bound"].get("temperature") == "lower":
-            own = float(lik.score(_network_prediction(lik, model, x_val, k), y_val, metric))
+            own = float(lik.score(_softmax(lik, mean, k), y_val, metric))
             record = {**record, "network_value": own}
-            if record["value"] > own + NETWORK_TOLERANCE * abs(own):
+            if record["value"] > _no_worse_bound(own):
                 found, record = _no_worse_than_the_network(
                     found, record, score, own, span=span, tol=tol, max_iter=max_iter
                 )
@@ -174,7 +178,7 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
     ``alpha_factor`` c, ``alpha`` (c × the evidence's), ``value`` and ``evaluations``
     updated; the posterior and record given when no c > 1 does better than c = 1."""
     bound = float(np.log(span))
-    enough = own + NETWORK_TOLERANCE * abs(own)
+    enough = _no_worse_bound(own)
     tried: dict[float, tuple[float, sigma.Posterior]] = {0.0: (record["value"], found)}
 
     def at(z: float) -> float:
@@ -211,11 +215,9 @@ def _no_worse_than_the_network(found, record, score, own, *, span, tol, max_iter
     }
 
 
-def _network_prediction(lik, model, x, k: int):
-    """The network's own probabilities at x (its softmax, or sigmoid)."""
-    from sigma.curvature.engine import engine
-
-    return _softmax(lik, engine(model).outputs(x), k)
+def _no_worse_bound(own: float) -> float:
+    """The largest held-out metric still "no worse" than the network's ``own``."""
+    return own + NETWORK_TOLERANCE * abs(own)
 
 
 def _softmax(lik, mean, k: int):
@@ -380,7 +382,7 @@ def _warn_at_bound(record: dict, metric: str, span: float) -> None:
     hint = ""
     if "network_value" in record:
         value, own, c = record["value"], record["network_value"], record["alpha_factor"]
-        worse = value > own + NETWORK_TOLERANCE * abs(own)
+        worse = value > _no_worse_bound(own)
         hint = (
             f" (the held-out {metric} is {value:.6g} there with the evidence's α_g"
             + (f" × {c:.4g}" if c != 1.0 else "")
