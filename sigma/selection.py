@@ -42,6 +42,8 @@ APPROXIMATION = {"structure": "kfac", "curvature": "ggn", "weights": "all",
                  "structure_options": None}  # fmt: skip
 COLUMNS = ("name", "likelihood", "log_evidence", "data_fit", "occam", "symmetry", "gamma",
            "n_params", "alpha", "beta", "seconds")  # fmt: skip
+# Shown as well when a candidate was trained more than once (compare_models(restarts=k)).
+RESTART_COLUMNS = ("restart", "restart_evidences")
 # Activations with f(−a) = −f(a): flipping the signs of a hidden unit's incoming weights and bias
 # and of its outgoing weights leaves the network's function unchanged.
 ODD_ACTIVATIONS = frozenset({"tanh", "softsign", "linear"})
@@ -52,14 +54,18 @@ _SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
 
 
 class ComparisonTable:
-    """One row per candidate (dicts with :data:`COLUMNS`), best log evidence first.
+    """One row per candidate (dicts with :data:`COLUMNS`, and :data:`RESTART_COLUMNS`: the
+    restart kept, every restart's log evidence), best log evidence first.
 
     Iterate over it, index it by position or candidate name, ``list(table)`` for the dicts
-    (``pandas.DataFrame(list(table))`` for a data frame), :meth:`to_markdown` for text.
+    (``pandas.DataFrame(list(table))`` for a data frame), :meth:`to_markdown` for text (with
+    the restart columns when some candidate was trained more than once).
     """
 
     def __init__(self, rows):
         self.rows = tuple(sorted(rows, key=lambda r: -r["log_evidence"]))
+        several = any(len(row.get("restart_evidences", ())) > 1 for row in self.rows)
+        self.columns = COLUMNS + (RESTART_COLUMNS if several else ())
 
     def __len__(self):
         return len(self.rows)
@@ -81,14 +87,16 @@ class ComparisonTable:
 
     def to_markdown(self) -> str:
         """The table as GitHub markdown (numbers to 4 significant digits)."""
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        columns = self.columns
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in self.rows:
-            lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
+            lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
         return "\n".join(lines)
 
     def __repr__(self):
-        cells = [list(COLUMNS)] + [[_cell(row[c]) for c in COLUMNS] for row in self.rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+        columns = self.columns
+        cells = [list(columns)] + [[_cell(row[c]) for c in columns] for row in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
         return "\n".join(
             "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
             for r in cells
@@ -303,6 +311,7 @@ def compare_models(
     epochs: int,
     batch_size: int = 32,
     seed: int = 0,
+    restarts: int = 1,
     verbose: int = 1,
     **callback_options,
 ) -> Comparison:
@@ -320,6 +329,13 @@ def compare_models(
     epochs, batch_size : of ``model.fit``.
     seed : ``keras.utils.set_random_seed(seed)`` before each candidate is built and again
         before it is trained: each candidate's result does not depend on the others.
+    restarts : how many times each candidate is built and trained, from the seeds ``seed``,
+        ``seed + 1``, …, ``seed + restarts - 1`` (≥ 1). A network's training ends in one of
+        many modes, some better than others; the restart with the largest log evidence
+        represents the candidate (MacKay 1992a: the evidence chooses among the solutions of
+        one architecture as among architectures). Its row says which (``restart``, from 0)
+        and gives every restart's log evidence (``restart_evidences``); the others' models
+        are not kept. The cost is ``restarts`` trainings per candidate.
     verbose : 1 (default) a progress bar over the candidates (once the work takes a few
         seconds), 0 silent.
     **callback_options : for every candidate's :class:`sigma.EvidenceCallback` (structure,
@@ -327,7 +343,8 @@ def compare_models(
 
     Returns a :class:`Comparison`: ``best`` (the name), ``laplace`` (the best candidate's
     fitted Laplace), ``laplaces``, ``table`` (per candidate: log evidence, its data fit, Occam
-    factor and symmetry term, γ, P, α, β, training seconds) and ``parameters``. The log
+    factor and symmetry term, γ, P, α, β, training seconds of the restart kept, which restart
+    that is and every restart's log evidence) and ``parameters``. The log
     evidence is ``laplace.log_evidence()`` (one mode) plus :func:`log_symmetry` (the number of
     equivalent modes; 0 for a model without hidden Dense units).
 
@@ -349,6 +366,7 @@ def compare_models(
     seed = check_seed(seed)
     if seed is None:
         raise ValueError("seed must be a non-negative integer (the comparison is reproducible)")
+    restarts = check_positive_int(restarts, "restarts")
     if isinstance(verbose, bool) or verbose not in (0, 1):
         raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
     specs = _candidates(candidates, callback_options)
@@ -373,47 +391,67 @@ def compare_models(
         models[name] = model
     _check_comparable(kinds, {name: opts for name, (_, opts) in specs.items()})
 
-    rows, laplaces = [], {}
-    bar = progress.bar(specs, desc="compare_models", progress=None if verbose else False)
+    rows, laplaces = {}, {}
+    runs = [(name, r) for name in specs for r in range(restarts)]
+    bar = progress.bar(runs, desc="compare_models", progress=None if verbose else False)
     with bar:
-        for name in bar:
-            bar.set_postfix_str(name)
-            model, callback = models.pop(name), callbacks.pop(name)
-            keras.utils.set_random_seed(seed)
+        for name, r in bar:
+            bar.set_postfix_str(name if restarts == 1 else f"{name}, restart {r + 1}/{restarts}")
+            if r == 0:  # built (and checked) above
+                model, callback = models.pop(name), callbacks.pop(name)
+            else:
+                build, options = specs[name]
+                callback = EvidenceCallback(x, y, verbose=0, **options)
+                keras.utils.set_random_seed(seed + r)
+                model = build()
+            keras.utils.set_random_seed(seed + r)
             start = time.perf_counter()
             try:
                 model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[callback],
                           verbose=0)  # fmt: skip
             except Exception as exc:
-                exc.add_note(f"(sigma.compare_models, candidate {name!r})")
+                exc.add_note(
+                    f"(sigma.compare_models, candidate {name!r}"
+                    + (f", restart {r}, seed {seed + r})" if restarts > 1 else ")")
+                )
                 raise
             seconds = time.perf_counter() - start
-            la = laplaces[name] = callback.laplace
-            parts = la.log_evidence_parts()
-            symmetry = log_symmetry(la)
-            rows.append(
-                {
-                    "name": name,
-                    "likelihood": kinds[name],
-                    "log_evidence": float(la.log_evidence()) + symmetry,
-                    "data_fit": parts["data_fit"],
-                    "occam": parts["occam"],
-                    "symmetry": symmetry,
-                    "gamma": float(la.gamma),
-                    "n_params": int(la.n_params),
-                    "alpha": la.alpha,
-                    "beta": la.beta if la.likelihood.has_beta else None,
-                    "seconds": seconds,
-                }
-            )
-    table = ComparisonTable(rows)
+            la = callback.laplace
+            row = _row(name, kinds[name], la, seconds)
+            kept = rows.get(name)
+            evidences = (kept["restart_evidences"] if kept else ()) + (row["log_evidence"],)
+            if kept is None or row["log_evidence"] > kept["log_evidence"]:
+                rows[name], laplaces[name] = {**row, "restart": r}, la
+            rows[name]["restart_evidences"] = evidences
+            del model, callback, la
+    table = ComparisonTable(rows.values())
     best = table.rows[0]["name"]
     parameters = {
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
+        "restarts": restarts,
         "n_data": int(laplaces[best].n_data),
         "options": {**APPROXIMATION, **callback_options},
         "candidate_options": {n: o for n, (_, o) in specs.items() if o != callback_options},
     }
     return Comparison(best, laplaces[best], laplaces, table, parameters)
+
+
+def _row(name: str, likelihood: str, la, seconds: float) -> dict:
+    """A candidate's row of :data:`COLUMNS` from its fitted Laplace."""
+    parts = la.log_evidence_parts()
+    symmetry = log_symmetry(la)
+    return {
+        "name": name,
+        "likelihood": likelihood,
+        "log_evidence": float(la.log_evidence()) + symmetry,
+        "data_fit": parts["data_fit"],
+        "occam": parts["occam"],
+        "symmetry": symmetry,
+        "gamma": float(la.gamma),
+        "n_params": int(la.n_params),
+        "alpha": la.alpha,
+        "beta": la.beta if la.likelihood.has_beta else None,
+        "seconds": seconds,
+    }

@@ -237,6 +237,37 @@ def test_over_widths_on_a_fixed_function_the_choice_is_stable_across_seeds():
     assert len(set(evidences)) == 3
 
 
+# -- restarts: the evidence chooses among the modes of one candidate --------------------------------
+def test_restarts_keep_the_mode_with_the_largest_evidence(rng):
+    x = rng.uniform(-1, 1, (60, 1))
+    y = np.sin(3 * x) + 0.1 * rng.standard_normal(x.shape)
+    candidates = {"4 units": _width(4), "8 units": _width(8)}
+    result = sigma.compare_models(candidates, x, y, epochs=4, batch_size=20, every=2,
+                                  restarts=3, seed=5, verbose=0)  # fmt: skip
+    alone = {  # each restart r is the candidate trained alone from seed 5 + r
+        r: sigma.compare_models(candidates, x, y, epochs=4, batch_size=20, every=2, seed=5 + r,
+                                verbose=0).table
+        for r in range(3)
+    }  # fmt: skip
+    assert result.parameters["restarts"] == 3 and result.parameters["seed"] == 5
+    for row in result.table:
+        evidences = [alone[r][row["name"]]["log_evidence"] for r in range(3)]
+        np.testing.assert_allclose(row["restart_evidences"], evidences, rtol=1e-6)
+        assert len(set(np.round(evidences, 3))) == 3  # the seeds give different modes
+        assert row["restart"] == int(np.argmax(evidences))
+        assert row["log_evidence"] == max(row["restart_evidences"])
+        la = result.laplaces[row["name"]]  # the kept restart's Laplace, at its weights
+        np.testing.assert_allclose(la.log_evidence() + row["symmetry"], row["log_evidence"],
+                                   rtol=1e-9)  # fmt: skip
+        kept = alone[row["restart"]][row["name"]]
+        for column in ("data_fit", "occam", "gamma"):
+            np.testing.assert_allclose(row[column], kept[column], rtol=1e-6)
+    assert result.best == max(result.log_evidences, key=result.log_evidences.get)
+    assert "restart_evidences" in repr(result.table)
+    assert "| restart | restart_evidences |" in result.table.to_markdown()
+    assert "restart" not in repr(alone[0])  # one training per candidate: no restart columns
+
+
 # -- comparisons that are not valid ------------------------------------------------------------------
 def test_classifiers_and_regressions_are_not_compared(rng):
     x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
@@ -283,6 +314,9 @@ def test_arguments_are_checked(rng):
         sigma.compare_models(good, x, y, epochs=1, verbose=2)
     with pytest.raises(ValueError, match=r"seed must be a non-negative integer"):
         sigma.compare_models(good, x, y, epochs=1, seed=None)
+    for restarts in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"restarts must be a positive integer"):
+            sigma.compare_models(good, x, y, epochs=1, restarts=restarts)
     with pytest.raises(ValueError, match=r"'verbose' is set by compare_models"):
         sigma.compare_models({"net": (_mlp(1, "mse"), {"verbose": 1})}, x, y, epochs=1)
 
@@ -293,6 +327,9 @@ def test_an_error_in_training_names_the_candidate(rng):
     with pytest.raises(ValueError, match=r"compiled loss is a regression loss") as info:
         sigma.compare_models(candidates, x, y, epochs=1, verbose=0)
     assert "(sigma.compare_models, candidate 'net')" in info.value.__notes__
+    with pytest.raises(ValueError, match=r"compiled loss is a regression loss") as info:
+        sigma.compare_models(candidates, x, y, epochs=1, verbose=0, restarts=2, seed=4)
+    assert "(sigma.compare_models, candidate 'net', restart 0, seed 4)" in info.value.__notes__
 
 
 def test_callback_options_are_checked_before_training(rng):
