@@ -25,8 +25,9 @@
 # * the **Occam factor**, −Σ α_g E_Wg + ½ ln|D_α| − ½ ln|A|, about −½ ln(λ_i/α) for every
 #   direction in weight space the data determine: the price of the weights the fit uses;
 # * and, for a network, the **symmetry** term: the log of the number of weight vectors that give
-#   the same function (H! permutations of a hidden layer's H units, 2^H sign flips for tanh), each
-#   a mode of the posterior that the Laplace approximation at one of them leaves out.
+#   the same function (up to H! permutations of a hidden layer's H units, 2^H sign flips for
+#   tanh), each a mode of the posterior that the Laplace approximation at one of them leaves
+#   out — counted only where the posterior tells the copies apart.
 #
 # `sigma.compare_models(candidates, x, y, epochs=...)` trains each candidate with
 # `sigma.EvidenceCallback` and ranks them by the evidence. Here every candidate (homoscedastic
@@ -47,6 +48,7 @@ n_friedman: int = 400  # training samples of Friedman #1
 n_friedman_test: int = 1000  # test samples of Friedman #1
 friedman_noise: float = 1.0  # noise standard deviation of Friedman #1 (original units)
 epochs: int = 60  # training epochs of every candidate
+restarts: int = 2  # trainings of every candidate (seeds split, split + 1, ...), best evidence kept
 batch_size: int = 32  # minibatch size
 learning_rate: float = 0.05  # Adam's initial step, cosine-decayed to 1% over training
 every: int = 10  # re-estimate α, β by the evidence every this many epochs
@@ -79,9 +81,11 @@ datasets = {
 # %% [markdown]
 # ## 1. Every candidate on every split
 #
-# For each data set and split, `compare_models` trains every candidate from the same seed for
+# For each data set and split, `compare_models` trains every candidate from the same seeds for
 # the same epochs (the training set's inputs and targets standardised), with α (one per layer)
-# and, for the homoscedastic candidates, β re-estimated by the evidence every `every` epochs.
+# and, for the homoscedastic candidates, β re-estimated by the evidence every `every` epochs;
+# each candidate `restarts` times (seeds split, split + 1, ...), the training with the largest
+# evidence representing it: the evidence chooses among the modes of one network too.
 # Diabetes: 442 patients, random 80/20 splits. Friedman #1: 10 inputs of which 5 matter,
 # Gaussian noise of standard deviation `friedman_noise` (so the best possible mean test
 # log-likelihood per point, that of the true function with the true noise, is
@@ -102,7 +106,7 @@ for dataset, make_split in datasets.items():
         )  # fmt: skip
         rows += occam.run_split(
             split, builders, dataset=dataset, split_id=s, epochs=epochs, batch_size=batch_size,
-            seed=s, structure=structure, prior=prior, every=every,
+            seed=s, restarts=restarts, structure=structure, prior=prior, every=every,
         )  # fmt: skip
 results = pd.DataFrame(rows)
 print(f"{len(results)} trained candidates in {time.time() - started:.0f} s")

@@ -5,11 +5,12 @@
 marginal likelihood of the training targets: the data fit at the most probable weights plus
 MacKay's Occam factor (:meth:`sigma.Laplace.log_evidence_parts`), which penalises weights the
 data do not need, plus the log of the number of equivalent modes (:func:`log_symmetry`: hidden
-units permuted and, for tanh, sign-flipped), which the Laplace approximation at one mode leaves
-out. No held-out data are used::
+units permuted and, for tanh, sign-flipped, where the posterior tells the copies apart), which
+the Laplace approximation at one mode leaves out. ``restarts=k`` trains each candidate from k
+seeds and keeps its mode with the largest evidence. No held-out data are used::
 
     result = sigma.compare_models({"homoscedastic": build_mse, "heteroscedastic": build_nll},
-                                  x, y, epochs=200)
+                                  x, y, epochs=200, restarts=2)
     result.best, result.laplace.predict(x_new)
 
 Evidences are compared only where they are densities of the same targets computed the same
@@ -49,6 +50,9 @@ RESTART_COLUMNS = ("restart", "restart_evidences")
 ODD_ACTIVATIONS = frozenset({"tanh", "softsign", "linear"})
 # Layers between a Dense layer and its consumer that act on each unit alone (and are odd).
 _ELEMENTWISE = (keras.layers.Activation, keras.layers.Dropout)
+# The squared Mahalanobis distance (in the posterior's marginal variances) beyond which a
+# permuted or sign-flipped weight vector is another mode (log_symmetry).
+RESOLUTION = 4.0
 # Priors that treat every unit of a layer alike, and a weight and its negative alike.
 _SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
 
@@ -154,12 +158,18 @@ def _activation_name(fn) -> str | None:
 
 
 def _hidden_units(model) -> list[tuple[str, int, bool]]:
-    """(layer name, units, odd) for every trainable Dense layer of ``model``, called once and
-    not an output, whose outputs reach only trainable Dense layers called once, each directly
-    or through Activation/Dropout layers: units that can be permuted (and, ``odd``, have their
-    signs flipped: every function on the way is odd) without changing what the network
-    computes. Any other operation on the way (a slice, ``keras.ops.exp``, a concatenation) and
-    a model whose graph cannot be read count no units: the term is then a lower bound."""
+    """(layer name, units, odd) of every hidden layer :func:`_hidden_layers` finds."""
+    return [(layer.name, int(layer.units), odd) for layer, _, odd in _hidden_layers(model)]
+
+
+def _hidden_layers(model) -> list[tuple[keras.layers.Dense, list, bool]]:
+    """(layer, the Dense layers it feeds, odd) for every trainable Dense layer of ``model``,
+    called once and not an output, whose outputs reach only trainable Dense layers called
+    once, each directly or through Activation/Dropout layers: units that can be permuted (and,
+    ``odd``, have their signs flipped: every function on the way is odd) without changing what
+    the network computes. Any other operation on the way (a slice, ``keras.ops.exp``, a
+    concatenation) and a model whose graph cannot be read count no units: the term is then a
+    lower bound."""
     try:
         # a functional model's operations include raw ops; a Sequential's are its layers
         members = list(model.operations if hasattr(model, "operations") else model.layers)
@@ -175,14 +185,14 @@ def _hidden_units(model) -> list[tuple[str, int, bool]]:
         if not isinstance(layer, keras.layers.Dense) or not single(layer) or id(layer) in ends:
             continue
         odd = _activation_name(layer.activation) in ODD_ACTIVATIONS
-        frontier, consumers, ok = [layer], 0, True
+        frontier, consumers, ok = [layer], [], True
         while frontier and ok:
             current = frontier.pop()
             for nxt in keras_compat.consumers(current):
                 if not any(nxt is other for other in members):
                     continue  # a node of another model the layer was also called in
                 if isinstance(nxt, keras.layers.Dense) and single(nxt):
-                    consumers += 1
+                    consumers.append(nxt)
                 elif isinstance(nxt, _ELEMENTWISE) and id(nxt) not in ends:
                     if isinstance(nxt, keras.layers.Activation):
                         odd = odd and _activation_name(nxt.activation) in ODD_ACTIVATIONS
@@ -191,39 +201,121 @@ def _hidden_units(model) -> list[tuple[str, int, bool]]:
                     ok = False
                     break
         if ok and consumers:
-            found.append((layer.name, int(layer.units), odd))
+            found.append((layer, consumers, odd))
     return found
 
 
-def log_symmetry(laplace) -> float:
-    """ln of the number of weight vectors equivalent to the trained one: the modes of the
-    posterior that give the same function (MacKay 1992a; Bishop 1995 §10.6).
+def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
+    """ln of the number of distinct modes of the posterior equivalent to the trained one:
+    weight vectors that give the same function (MacKay 1992a; Bishop 1995 §10.6) and that the
+    posterior tells apart.
 
     A hidden layer of H units (a Dense layer whose outputs go, through elementwise layers only,
     to Dense layers) can have its units permuted — H! ways — and, with an odd activation such
     as tanh, each unit's signs flipped — 2^H ways — without changing the function or the prior
-    density. The Laplace approximation describes one of these equivalent modes, so the
-    network's evidence is its evidence times their number: ln H! + H ln 2 (tanh) or ln H!
-    (others), summed over the hidden layers. It is a constant in α and β (it changes no
-    estimate) but grows with the width and depth, so it belongs in any comparison of networks
-    of different sizes.
+    density. The Laplace approximation describes one mode, so the network's evidence is its
+    evidence times the number of modes. It is a constant in α and β (it changes no estimate)
+    but grows with the width and depth, so it belongs in any comparison of networks of
+    different sizes.
+
+    A permuted or flipped weight vector is another mode only if it lies outside the posterior
+    around this one; where it lies within it, the one-mode evidence already counts it. With
+    ``resolution`` (a squared Mahalanobis distance, default :data:`RESOLUTION`, in the
+    posterior's marginal variances): units whose exchange (up to sign, for an odd activation)
+    moves the weights by less than it are one group, and only the H!/Π c_j! permutations
+    between groups of sizes c_j count; a unit's sign flip counts when it moves the weights by
+    more (docs/math.md §8). A Gaussian prior makes such groups common: a feature split over k
+    identical units costs 1/k of the penalty of one unit carrying it. ``resolution=None``
+    counts every permutation and flip, ln H! + H ln 2 per layer: an upper bound.
 
     Counted only where it holds as stated: the posterior covers every weight (a last-layer
     posterior's hidden units are fixed features, not integrated over) and the prior treats the
     units of a layer alike ("scalar", "layer" or "variable"; an array of groups gives 0).
     Hidden units of other layers (convolutions, recurrent cells) are not counted: for such
-    models it is a lower bound, 0 where no Dense layer feeds a Dense layer. Identical or dead
-    units make some of the permutations the same mode, so the count is an upper bound for a
-    network whose prior has switched units off.
+    models it is a lower bound, 0 where no Dense layer feeds a Dense layer.
     """
     from scipy.special import gammaln
 
+    if resolution is not None and not (
+        isinstance(resolution, int | float) and not isinstance(resolution, bool) and resolution > 0
+    ):
+        raise ValueError(f"resolution must be a positive number or None, got {resolution!r}")
     if not laplace.selection.full or laplace.prior.kind not in _SYMMETRIC_PRIORS:
         return 0.0
-    return float(
-        sum(gammaln(h + 1.0) + (h * np.log(2.0) if odd else 0.0)
-            for _, h, odd in _hidden_units(laplace.model))
-    )  # fmt: skip
+    layers = _hidden_layers(laplace.model)
+    if resolution is None or not layers:
+        return float(
+            sum(gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0)
+                for layer, _, odd in layers)
+        )  # fmt: skip
+    weights, precisions = _per_variable(laplace)
+    total = 0.0
+    for layer, consumers, odd in layers:
+        units, precision = _unit_vectors(layer, consumers, weights, precisions)
+        if units is None:  # a variable outside the posterior's reach: count every mode
+            total += gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0)
+            continue
+        sizes, flips = _distinct(units, precision, odd, float(resolution))
+        total += gammaln(len(units) + 1.0) - gammaln(sizes + 1.0).sum() + flips * np.log(2.0)
+    return float(total)
+
+
+def _per_variable(laplace) -> tuple[dict, dict]:
+    """{variable path: weights} and {variable path: 1 / marginal posterior variance}, float64,
+    for the posterior's weights (every trainable variable: the selection is full)."""
+    post = laplace.posterior
+    structure, b = post.operator()
+    variances = np.asarray(structure.inverse_diagonal(post.alpha_weights(), b), np.float64)
+    variables = laplace.model.trainable_variables
+    weights, precisions, offset = {}, {}, 0
+    for (i, chunk), size in zip(post.selection.parts, post.selection.sizes, strict=True):
+        variable = variables[i]
+        w = np.asarray(keras.ops.convert_to_numpy(variable.value), np.float64).reshape(-1)
+        p = np.full(w.size, np.nan)
+        p[slice(None) if chunk is None else chunk] = 1.0 / variances[offset : offset + size]
+        weights[variable.path] = w.reshape(variable.shape)
+        precisions[variable.path] = p.reshape(variable.shape)
+        offset += size
+    return weights, precisions
+
+
+def _unit_vectors(layer, consumers, weights, precisions):
+    """(H, d) weights of each unit of ``layer`` (its incoming kernel column, bias, outgoing
+    kernel rows in every consumer) and their precisions, or (None, None) when one of them is
+    not a posterior variable."""
+    parts = [(layer.kernel, False)] + ([(layer.bias, False)] if layer.use_bias else [])
+    parts += [(consumer.kernel, True) for consumer in consumers]
+    units, precision = [], []
+    for variable, outgoing in parts:
+        path = getattr(variable, "path", None)
+        if path not in weights or np.isnan(precisions[path]).any():
+            return None, None
+        w, p = weights[path], precisions[path]
+        if w.ndim == 1:  # a bias: one weight per unit
+            w, p = w[None, :], p[None, :]
+        units.append(w if not outgoing else w.T)
+        precision.append(p if not outgoing else p.T)
+    return np.concatenate(units, 0).T, np.concatenate(precision, 0).T
+
+
+def _distinct(units, precision, odd: bool, resolution: float) -> tuple[np.ndarray, int]:
+    """Sizes of the groups of units no exchange within which moves the weights by more than
+    ``resolution`` (squared, in the posterior's precisions; up to sign for ``odd``), chained
+    (single linkage), and the number of units whose sign flip moves them by more."""
+    from scipy.sparse.csgraph import connected_components
+
+    flipped = ((2.0 * units) ** 2 * precision).sum(axis=1)  # a flip moves a unit by twice it
+    flips = int((flipped > resolution).sum()) if odd else 0
+    n = len(units)
+    near = np.zeros((n, n), bool)
+    for u in range(n):  # exchanging u and v moves u's weights to v's place and back
+        scale = precision[u] + precision
+        moved = ((units[u] - units) ** 2 * scale).sum(axis=1)
+        if odd:
+            moved = np.minimum(moved, ((units[u] + units) ** 2 * scale).sum(axis=1))
+        near[u] = moved <= resolution
+    _, labels = connected_components(near | near.T, directed=False)
+    return np.bincount(labels), flips
 
 
 def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]]:

@@ -13,10 +13,12 @@ NOTEBOOK = ROOT / "notebooks" / "09_model_selection.py"
 def test_parameters_are_declared(tmp_path):
     params = declared_parameters(NOTEBOOK, tmp_path)
     for name in ("seed", "n_splits", "widths", "depths", "default_width", "n_friedman",
-                 "friedman_noise", "epochs", "every", "structure", "metrics_path"):  # fmt: skip
+                 "friedman_noise", "epochs", "restarts", "every", "structure",
+                 "metrics_path"):  # fmt: skip
         assert name in params, name
     assert params["n_splits"]["default"] == "5" and params["default_width"]["default"] == "50"
     assert params["friedman_noise"]["inferred_type_name"] == "float"
+    assert params["restarts"]["default"] == "2"
 
 
 @pytest.mark.notebook
@@ -33,6 +35,7 @@ def test_runs_with_tiny_parameters_and_writes_metrics(tmp_path):
             "n_friedman": 80,
             "n_friedman_test": 50,
             "epochs": 4,
+            "restarts": 2,
             "every": 2,
             "metrics_path": str(metrics_path),
         },
@@ -52,4 +55,4 @@ def test_runs_with_tiny_parameters_and_writes_metrics(tmp_path):
     }
     assert len(metrics["targets"]) == 4
     assert all(isinstance(v, bool) for v in metrics["targets"].values())
-    assert record["parameters"]["widths"] == [4]
+    assert record["parameters"]["widths"] == [4] and record["parameters"]["restarts"] == 2

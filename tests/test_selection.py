@@ -402,7 +402,70 @@ def test_the_symmetry_counts_hidden_dense_units_feeding_dense_layers_only():
 
     la = sigma.Laplace(seq(dense(6, "tanh"), dense(1)), RNG.normal(size=(20, 3)),
                        RNG.normal(size=(20, 1)), structure="kfac")  # fmt: skip
-    assert log_symmetry(la) == pytest.approx(gammaln(7.0) + 6 * np.log(2.0))
+    assert log_symmetry(la, resolution=None) == pytest.approx(gammaln(7.0) + 6 * np.log(2.0))
+    assert 0.0 <= log_symmetry(la) <= log_symmetry(la, resolution=None)
     last = sigma.Laplace(la.model, RNG.normal(size=(20, 3)), RNG.normal(size=(20, 1)),
                          structure="kfac", weights="last_layer")  # fmt: skip
     assert log_symmetry(last) == 0.0  # the hidden units are fixed features, not integrated over
+
+
+def _four_units(spread: float):
+    """A 1 → 4 tanh → 1 network: units 0 and 1 the same feature (1 apart by ``spread`` in the
+    incoming weight), unit 2 another, unit 3 dead (all its weights 0)."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, "tanh"),
+                              keras.layers.Dense(1)])  # fmt: skip
+    model.layers[0].set_weights([np.array([[1.0, 1.0 + spread, -2.0, 0.0]]),
+                                 np.array([0.0, 0.0, 0.3, 0.0])])  # fmt: skip
+    model.layers[1].set_weights([np.array([[0.5], [0.5], [1.0], [0.0]]), np.zeros(1)])
+    return model
+
+
+def _modes_by_brute_force(model, x, alpha, beta, resolution):
+    """ln(|G| / |G_w|), G every permutation and sign flip of the 4 hidden units, G_w those that
+    move the weights by at most ``resolution`` (Σ Δ² / marginal variance, the variances of
+    the full A = α I + β GGN inverted directly): a slow obvious loop over all 384."""
+    import itertools
+
+    w = sigma.flat_weights(model).astype(np.float64)
+    precision = alpha * np.eye(w.size) + beta * sigma.gauss_newton(model, x)
+    variance = np.diag(np.linalg.inv(precision))
+    k1, b1, k2, b2 = (v.astype(np.float64) for v in model.get_weights())
+    within = 0
+    for order in itertools.permutations(range(4)):
+        for signs in itertools.product((1.0, -1.0), repeat=4):
+            s = np.array(signs)
+            moved = np.concatenate([(k1[:, order] * s).ravel(), b1[list(order)] * s,
+                                    (k2[list(order)] * s[:, None]).ravel(), b2])  # fmt: skip
+            within += np.sum((moved - w) ** 2 / variance) <= resolution
+    return float(np.log(384 / within))
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.01])
+def test_the_symmetry_counts_only_the_modes_the_posterior_tells_apart(spread):
+    """Exchanging two units that carry the same feature, or flipping a dead unit, leaves the
+    weights within the posterior around them: not another mode. Where every exchange and flip
+    moves the weights either well within the resolution or well beyond it, the count equals a
+    brute-force count over all 4! 2⁴ permutations and flips; it runs from every mode
+    (resolution None) to one (above every distance)."""
+    from scipy.special import gammaln
+
+    model = _four_units(spread)
+    x = np.linspace(-1, 1, 30)[:, None]
+    y = model.predict(x, verbose=0) + 0.1 * RNG.standard_normal((30, 1))
+    la = sigma.Laplace(model, x, y, structure="full", prior="scalar", alpha=1.0)
+    la.beta = 50.0
+    assert log_symmetry(la, resolution=None) == pytest.approx(gammaln(5.0) + 4 * np.log(2.0))
+    assert log_symmetry(la, resolution=1e12) == 0.0  # every image within: one mode
+    # at 1.0 (exchanges cost < 0.01, ≥ 2.7 or more; flips 0 or ≥ 6): units 0 and 1 one
+    # group, 2 and 3 apart, and the flips of 0, 1 and 2 other modes: ln(4!/2! · 2³)
+    assert _modes_by_brute_force(model, x, 1.0, 50.0, 1.0) == pytest.approx(np.log(96))
+    assert log_symmetry(la, resolution=1.0) == pytest.approx(np.log(96), rel=1e-9)
+    # at the default (4: two units whose exchange moves the weights by less are one mode of
+    # their mixture) the dead unit joins the group of 0 and 1 (exchanging it with either moves
+    # the weights by 2.75): ln(4!/3! · 2³)
+    assert log_symmetry(la) == pytest.approx(np.log(32), rel=1e-9)
+    if spread == 0.0:  # exact copies stay one group however fine the resolution
+        assert log_symmetry(la, resolution=1e-12) == pytest.approx(np.log(96))
+    for bad in (0.0, -1.0, "4", True):
+        with pytest.raises(ValueError, match=r"resolution must be a positive number or None"):
+            log_symmetry(la, resolution=bad)

@@ -88,14 +88,16 @@ def test_loglik(la, x, y, scale: float = 1.0) -> float:
 
 
 def run_split(split, candidate_builders: dict, *, dataset: str, split_id: int, epochs: int,
-              batch_size: int, seed: int, **callback_options) -> list[dict]:  # fmt: skip
+              batch_size: int, seed: int, restarts: int = 1,
+              **callback_options) -> list[dict]:  # fmt: skip
     """Train every candidate on ``split`` (a :class:`~sigma.lab.data.RegressionSplit`) with
-    :func:`sigma.compare_models`; one row per candidate: its evidence (total, per point, data
-    fit, Occam factor, γ, P), its test log-likelihood per point, whether the evidence chose it,
+    :func:`sigma.compare_models` (``restarts`` times, the largest evidence kept); one row per
+    candidate: its evidence (total, per point, data fit, Occam factor, symmetry term, γ, P),
+    its test log-likelihood per point, whether the evidence chose it, the restart kept,
     training seconds."""
     result = compare_models(
         candidate_builders, split.x_train, split.y_train, epochs=epochs, batch_size=batch_size,
-        seed=seed, verbose=0, **callback_options,
+        seed=seed, restarts=restarts, verbose=0, **callback_options,
     )  # fmt: skip
     n, shift = len(split.x_train), float(np.log(split.y_scale))
     rows = []
@@ -112,7 +114,8 @@ def run_split(split, candidate_builders: dict, *, dataset: str, split_id: int, e
                 "gamma": row["gamma"],
                 "n_params": row["n_params"],
                 "test_loglik": test_loglik(la, split.x_test, split.y_test, split.y_scale),
-                "chosen": row["name"] == result.best, "seconds": row["seconds"],
+                "chosen": row["name"] == result.best, "restart": row["restart"],
+                "seconds": row["seconds"],
             }
         )  # fmt: skip
     return rows
