@@ -232,7 +232,8 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
     posterior's hidden units are fixed features, not integrated over) and the prior treats the
     units of a layer alike ("scalar", "layer" or "variable"; an array of groups gives 0).
     Hidden units of other layers (convolutions, recurrent cells) are not counted: for such
-    models it is a lower bound, 0 where no Dense layer feeds a Dense layer.
+    models it is a lower bound, 0 where no Dense layer feeds a Dense layer. A structure that
+    cannot give the marginal variances (``inverse_diagonal``) gets the bound.
     """
     from scipy.special import gammaln
 
@@ -248,7 +249,10 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
             sum(gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0)
                 for layer, _, odd in layers)
         )  # fmt: skip
-    weights, precisions = _per_variable(laplace)
+    try:
+        weights, precisions = _per_variable(laplace)
+    except NotImplementedError:  # a structure without diag(A⁻¹): the bound
+        return log_symmetry(laplace, resolution=None)
     total = 0.0
     for layer, consumers, odd in layers:
         units, precision = _unit_vectors(layer, consumers, weights, precisions)

@@ -469,3 +469,18 @@ def test_the_symmetry_counts_only_the_modes_the_posterior_tells_apart(spread):
     for bad in (0.0, -1.0, "4", True):
         with pytest.raises(ValueError, match=r"resolution must be a positive number or None"):
             log_symmetry(la, resolution=bad)
+
+
+def test_a_structure_without_marginal_variances_gets_the_bound(monkeypatch):
+    from scipy.special import gammaln
+
+    model = _four_units(0.0)
+    x = np.linspace(-1, 1, 30)[:, None]
+    la = sigma.Laplace(model, x, model.predict(x, verbose=0), structure="kfac", alpha=1.0)
+    assert log_symmetry(la) < gammaln(5.0) + 4 * np.log(2.0)
+
+    def unavailable(self, alpha, beta):
+        raise NotImplementedError
+
+    monkeypatch.setattr(type(la.posterior.structure), "inverse_diagonal", unavailable)
+    assert log_symmetry(la) == pytest.approx(gammaln(5.0) + 4 * np.log(2.0))
