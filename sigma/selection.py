@@ -23,6 +23,7 @@ ValueError naming the candidates.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -124,9 +125,10 @@ class Comparison:
     """What :func:`compare_models` found.
 
     best : the name of the candidate with the largest log evidence; laplace : its fitted
-    :class:`~sigma.Laplace` (at its trained weights, α and β); laplaces : every candidate's, by
-    name; table : a :class:`ComparisonTable`; parameters : how they were trained and scored
-    (epochs, batch_size, seed, the EvidenceCallback options, the number of training samples).
+    :class:`~sigma.Laplace` (at its trained weights, α and β; of the restart kept); laplaces :
+    every candidate's, by name; table : a :class:`ComparisonTable`; parameters : how they were
+    trained and scored (epochs, batch_size, seed, restarts, the EvidenceCallback options, the
+    number of training samples).
     """
 
     best: str
@@ -144,7 +146,8 @@ class Comparison:
         p = self.parameters
         return (
             f"Comparison(best={self.best!r}, N={p.get('n_data')}, epochs={p.get('epochs')}, "
-            f"seed={p.get('seed')}, structure={p.get('options', {}).get('structure')!r})\n"
+            f"seed={p.get('seed')}, restarts={p.get('restarts')}, "
+            f"structure={p.get('options', {}).get('structure')!r})\n"
             f"{self.table!r}"
         )
 
@@ -224,9 +227,11 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
     posterior's marginal variances): units whose exchange (up to sign, for an odd activation)
     moves the weights by less than it are one group, and only the H!/Π c_j! permutations
     between groups of sizes c_j count; a unit's sign flip counts when it moves the weights by
-    more (docs/math.md §8). A Gaussian prior makes such groups common: a feature split over k
-    identical units costs 1/k of the penalty of one unit carrying it. ``resolution=None``
-    counts every permutation and flip, ln H! + H ln 2 per layer: an upper bound.
+    more (docs/math.md §8). Trained wide layers have such groups: units at zero, and copies of
+    one feature (k copies carrying v/k each pay 1/k of the outgoing weights' penalty). The
+    distances use the marginal variances, not the full covariance, and groups chain (single
+    linkage): approximations docs/math.md §8 discusses. ``resolution=None`` counts every
+    permutation and flip, ln H! + H ln 2 per layer: an upper bound.
 
     Counted only where it holds as stated: the posterior covers every weight (a last-layer
     posterior's hidden units are fixed features, not integrated over) and the prior treats the
@@ -238,7 +243,7 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
     from scipy.special import gammaln
 
     if resolution is not None and not (
-        isinstance(resolution, int | float) and not isinstance(resolution, bool) and resolution > 0
+        isinstance(resolution, numbers.Real) and not isinstance(resolution, bool) and resolution > 0
     ):
         raise ValueError(f"resolution must be a positive number or None, got {resolution!r}")
     if not laplace.selection.full or laplace.prior.kind not in _SYMMETRIC_PRIORS:
@@ -265,7 +270,7 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
 
 
 def _per_variable(laplace) -> tuple[dict, dict]:
-    """{variable path: weights} and {variable path: 1 / marginal posterior variance}, float64,
+    """{id(variable): weights} and {id(variable): 1 / marginal posterior variance}, float64,
     for the posterior's weights (every trainable variable: the selection is full)."""
     post = laplace.posterior
     structure, b = post.operator()
@@ -273,12 +278,12 @@ def _per_variable(laplace) -> tuple[dict, dict]:
     variables = laplace.model.trainable_variables
     weights, precisions, offset = {}, {}, 0
     for (i, chunk), size in zip(post.selection.parts, post.selection.sizes, strict=True):
-        variable = variables[i]
+        variable = variables[i]  # keyed by identity: paths repeat in nested models
         w = np.asarray(keras.ops.convert_to_numpy(variable.value), np.float64).reshape(-1)
         p = np.full(w.size, np.nan)
         p[slice(None) if chunk is None else chunk] = 1.0 / variances[offset : offset + size]
-        weights[variable.path] = w.reshape(variable.shape)
-        precisions[variable.path] = p.reshape(variable.shape)
+        weights[id(variable)] = w.reshape(variable.shape)
+        precisions[id(variable)] = p.reshape(variable.shape)
         offset += size
     return weights, precisions
 
@@ -291,10 +296,10 @@ def _unit_vectors(layer, consumers, weights, precisions):
     parts += [(consumer.kernel, True) for consumer in consumers]
     units, precision = [], []
     for variable, outgoing in parts:
-        path = getattr(variable, "path", None)
-        if path not in weights or np.isnan(precisions[path]).any():
+        key = id(variable)
+        if key not in weights or np.isnan(precisions[key]).any():
             return None, None
-        w, p = weights[path], precisions[path]
+        w, p = weights[key], precisions[key]
         if w.ndim == 1:  # a bias: one weight per unit
             w, p = w[None, :], p[None, :]
         units.append(w if not outgoing else w.T)
@@ -432,8 +437,8 @@ def compare_models(
         one architecture as among architectures). Its row says which (``restart``, from 0)
         and gives every restart's log evidence (``restart_evidences``); the others' models
         are not kept. The cost is ``restarts`` trainings per candidate.
-    verbose : 1 (default) a progress bar over the candidates (once the work takes a few
-        seconds), 0 silent.
+    verbose : 1 (default) a progress bar over the trainings, candidates × restarts (once the
+        work takes a few seconds), 0 silent.
     **callback_options : for every candidate's :class:`sigma.EvidenceCallback` (structure,
         prior, every, warmup, curvature, weights, ...; default structure "kfac").
 
@@ -492,31 +497,29 @@ def compare_models(
     bar = progress.bar(runs, desc="compare_models", progress=None if verbose else False)
     with bar:
         for name, r in bar:
-            bar.set_postfix_str(name if restarts == 1 else f"{name}, restart {r + 1}/{restarts}")
-            if r == 0:  # built (and checked) above
-                model, callback = models.pop(name), callbacks.pop(name)
-            else:
-                build, options = specs[name]
-                callback = EvidenceCallback(x, y, verbose=0, **options)
-                keras.utils.set_random_seed(seed + r)
-                model = build()
-            keras.utils.set_random_seed(seed + r)
-            start = time.perf_counter()
+            where = "" if restarts == 1 else f", restart {r}, seed {seed + r}"
+            bar.set_postfix_str(name + where)
             try:
+                if r == 0:  # built (and checked) above
+                    model, callback = models.pop(name), callbacks.pop(name)
+                else:
+                    build, options = specs[name]
+                    callback = EvidenceCallback(x, y, verbose=0, **options)
+                    keras.utils.set_random_seed(seed + r)
+                    model = build()
+                keras.utils.set_random_seed(seed + r)
+                start = time.perf_counter()
                 model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[callback],
                           verbose=0)  # fmt: skip
+                seconds = time.perf_counter() - start
+                la = callback.laplace
+                row = _row(name, kinds[name], la, seconds)
             except Exception as exc:
-                exc.add_note(
-                    f"(sigma.compare_models, candidate {name!r}"
-                    + (f", restart {r}, seed {seed + r})" if restarts > 1 else ")")
-                )
+                exc.add_note(f"(sigma.compare_models, candidate {name!r}{where})")
                 raise
-            seconds = time.perf_counter() - start
-            la = callback.laplace
-            row = _row(name, kinds[name], la, seconds)
             kept = rows.get(name)
             evidences = (kept["restart_evidences"] if kept else ()) + (row["log_evidence"],)
-            if kept is None or row["log_evidence"] > kept["log_evidence"]:
+            if kept is None or _larger(row["log_evidence"], kept["log_evidence"]):
                 rows[name], laplaces[name] = {**row, "restart": r}, la
             rows[name]["restart_evidences"] = evidences
             del model, callback, la
@@ -532,6 +535,11 @@ def compare_models(
         "candidate_options": {n: o for n, (_, o) in specs.items() if o != callback_options},
     }
     return Comparison(best, laplaces[best], laplaces, table, parameters)
+
+
+def _larger(new: float, old: float) -> bool:
+    """Whether evidence ``new`` beats ``old``; a NaN beats nothing and anything beats a NaN."""
+    return bool(new > old or (np.isnan(old) and not np.isnan(new)))
 
 
 def _row(name: str, likelihood: str, la, seconds: float) -> dict:

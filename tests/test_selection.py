@@ -484,3 +484,83 @@ def test_a_structure_without_marginal_variances_gets_the_bound(monkeypatch):
 
     monkeypatch.setattr(type(la.posterior.structure), "inverse_diagonal", unavailable)
     assert log_symmetry(la) == pytest.approx(gammaln(5.0) + 4 * np.log(2.0))
+
+
+def test_a_units_weights_are_what_an_exchange_or_a_flip_moves():
+    """Against the network itself: exchanging two units (and negating both) or flipping one,
+    in a layer without bias feeding a tanh layer, and in a layer feeding two Dense heads,
+    leaves the outputs unchanged, and moves the flat weights by exactly the distance the count
+    uses (Σ Δ² / marginal variance)."""
+    from sigma.selection import _hidden_layers, _per_variable, _unit_vectors
+
+    rng = np.random.default_rng(1)
+    inputs = keras.Input((3,))
+    h1 = keras.layers.Dense(4, "tanh", use_bias=False, name="h1")(inputs)
+    h2 = keras.layers.Dense(5, "tanh", name="h2")(h1)
+    outputs = keras.layers.Add()([keras.layers.Dense(2)(h2), keras.layers.Dense(2)(h2)])
+    model = keras.Model(inputs, outputs)
+    for v in model.trainable_variables:
+        v.assign(rng.normal(size=v.shape))
+    x = rng.normal(size=(30, 3))
+    y = model(x).numpy() + 0.1 * rng.normal(size=(30, 2))
+    la = sigma.Laplace(model, x, y, structure="full", prior="scalar", alpha=1.0)
+    post = la.posterior
+    structure, b = post.operator()
+    variance = np.asarray(structure.inverse_diagonal(post.alpha_weights(), b), np.float64)
+    flat = sigma.flat_weights(model).astype(np.float64)
+    before, start = model(x).numpy(), [v.numpy() for v in model.trainable_variables]
+    weights, precisions = _per_variable(la)
+    layers = _hidden_layers(model)
+    assert [(layer.name, len(consumers)) for layer, consumers, _ in layers] == [
+        ("h1", 1),
+        ("h2", 2),
+    ]
+    for layer, consumers, _ in layers:
+        units, precision = _unit_vectors(layer, consumers, weights, precisions)
+        for order, signs, expected in [
+            ([1, 0] + list(range(2, layer.units)), [1.0] * layer.units,
+             ((units[0] - units[1]) ** 2 * (precision[0] + precision[1])).sum()),
+            ([1, 0] + list(range(2, layer.units)), [-1.0, -1.0] + [1.0] * (layer.units - 2),
+             ((units[0] + units[1]) ** 2 * (precision[0] + precision[1])).sum()),
+            (list(range(layer.units)), [1.0, 1.0, -1.0] + [1.0] * (layer.units - 3),
+             (4 * units[2] ** 2 * precision[2]).sum()),
+        ]:  # fmt: skip
+            s = np.array(signs)
+            layer.kernel.assign(layer.kernel.numpy()[:, order] * s)
+            if layer.use_bias:
+                layer.bias.assign(layer.bias.numpy()[order] * s)
+            for consumer in consumers:
+                consumer.kernel.assign(consumer.kernel.numpy()[order] * s[:, None])
+            np.testing.assert_allclose(model(x).numpy(), before, rtol=1e-5, atol=1e-5)
+            moved = sigma.flat_weights(model).astype(np.float64)
+            np.testing.assert_allclose(np.sum((moved - flat) ** 2 / variance), expected, rtol=1e-9)
+            for v, w in zip(model.trainable_variables, start, strict=True):
+                v.assign(w)
+
+
+def test_the_count_reads_a_layers_own_weights_in_a_model_with_a_nested_model():
+    """Keras paths repeat across nested models (a top-level "h" and a sub-model's "h" are both
+    "h/kernel"): the count must read the 4-unit layer's weights, not the sub-model's 6."""
+    from scipy.special import gammaln
+
+    inner = keras.Input((3,))
+    sub = keras.Model(
+        inner, keras.layers.Dense(1, name="o")(keras.layers.Dense(6, "tanh", name="h")(inner))
+    )
+    inputs = keras.Input((3,))
+    top = keras.layers.Dense(1, name="o")(keras.layers.Dense(4, "tanh", name="h")(inputs))
+    model = keras.Model(inputs, keras.layers.Add()([top, sub(inputs)]))
+    paths = [v.path for v in model.trainable_variables]
+    assert len(paths) > len(set(paths))  # the premise: paths collide
+    x, y = RNG.normal(size=(30, 3)), RNG.normal(size=(30, 1))
+    la = sigma.Laplace(model, x, y, structure="kfac", prior="scalar", alpha=1.0)
+    every = gammaln(5.0) + 4 * np.log(2.0)  # the top-level layer's 4 units, all distinct
+    assert log_symmetry(la, resolution=None) == pytest.approx(every)
+    assert log_symmetry(la, resolution=1e-9) == pytest.approx(every)
+
+
+def test_a_nan_evidence_is_never_the_one_kept():
+    from sigma.selection import _larger
+
+    assert _larger(1.0, float("nan")) and not _larger(float("nan"), 1.0)
+    assert _larger(2.0, 1.0) and not _larger(1.0, 2.0) and not _larger(1.0, 1.0)

@@ -2,8 +2,9 @@
 
 For every candidate MLP — homoscedastic (squared error, one noise precision β) or
 heteroscedastic (:class:`sigma.losses.GaussianNLL`), of several widths and depths —
-:func:`run_split` trains it with :func:`sigma.compare_models` on one training set and records
-its log evidence (with the data fit and the Occam factor) and its test log-likelihood per point.
+:func:`run_split` trains it with :func:`sigma.compare_models` on one training set (``restarts``
+times, the training with the largest evidence kept) and records its log evidence (with the
+data fit, the Occam factor and the symmetry term) and its test log-likelihood per point.
 :func:`summary` says, per data set, how often the evidence's choice is the held-out best, how
 far behind it is when it is not, and how it does against a fixed default network.
 
