@@ -243,17 +243,19 @@ def test_restarts_keep_the_mode_with_the_largest_evidence(rng):
     y = np.sin(3 * x) + 0.1 * rng.standard_normal(x.shape)
     candidates = {"4 units": _width(4), "8 units": _width(8)}
     result = sigma.compare_models(candidates, x, y, epochs=4, batch_size=20, every=2,
-                                  restarts=3, seed=5, verbose=0)  # fmt: skip
-    alone = {  # each restart r is the candidate trained alone from seed 5 + r
-        r: sigma.compare_models(candidates, x, y, epochs=4, batch_size=20, every=2, seed=5 + r,
+                                  restarts=2, seed=1, verbose=0)  # fmt: skip
+    alone = {  # each restart r is the candidate trained alone from seed 1 + r
+        r: sigma.compare_models(candidates, x, y, epochs=4, batch_size=20, every=2, seed=1 + r,
                                 verbose=0).table
-        for r in range(3)
+        for r in range(2)
     }  # fmt: skip
-    assert result.parameters["restarts"] == 3 and result.parameters["seed"] == 5
+    assert result.parameters["restarts"] == 2 and result.parameters["seed"] == 1
+    # from seed 1 one candidate keeps its first training, the other its second
+    assert sorted(row["restart"] for row in result.table) == [0, 1]
     for row in result.table:
-        evidences = [alone[r][row["name"]]["log_evidence"] for r in range(3)]
+        evidences = [alone[r][row["name"]]["log_evidence"] for r in range(2)]
         np.testing.assert_allclose(row["restart_evidences"], evidences, rtol=1e-6)
-        assert len(set(np.round(evidences, 3))) == 3  # the seeds give different modes
+        assert len(set(np.round(evidences, 3))) == 2  # the seeds give different modes
         assert row["restart"] == int(np.argmax(evidences))
         assert row["log_evidence"] == max(row["restart_evidences"])
         la = result.laplaces[row["name"]]  # the kept restart's Laplace, at its weights
