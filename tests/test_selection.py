@@ -238,6 +238,7 @@ def test_over_widths_on_a_fixed_function_the_choice_is_stable_across_seeds():
 
 
 # -- restarts: the evidence chooses among the modes of one candidate --------------------------------
+@pytest.mark.slow  # 8 trainings: make test, not test-fast
 def test_restarts_keep_the_mode_with_the_largest_evidence(rng):
     x = rng.uniform(-1, 1, (60, 1))
     y = np.sin(3 * x) + 0.1 * rng.standard_normal(x.shape)
