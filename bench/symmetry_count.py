@@ -39,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import numpy as np  # noqa: E402
 
-COUNTS = {"every": None, "distinct": "default", "none": 0}
+from sigma.selection import log_symmetry  # noqa: E402
+
+COUNTS = {  # ln of the number of modes, from a fitted Laplace
+    "every": lambda la: log_symmetry(la, resolution=None),
+    "distinct": lambda la: log_symmetry(la),
+    "none": lambda la: 0.0,
+}
 DEFAULT = "homoscedastic 50×1"
 
 
@@ -54,7 +60,6 @@ def main(argv=None) -> None:
 
     from sigma import compare_models
     from sigma.lab import data, occam
-    from sigma.selection import log_symmetry
 
     rows = []
     for s in (int(v) for v in args.splits.split(",")):
@@ -76,11 +81,7 @@ def main(argv=None) -> None:
             for row in result.table:
                 la = result.laplaces[row["name"]]
                 one_mode = row["log_evidence"] - row["symmetry"]
-                counts = {
-                    c: 0.0 if v == 0 else log_symmetry(la) if v == "default"
-                    else log_symmetry(la, resolution=None)
-                    for c, v in COUNTS.items()
-                }  # fmt: skip
+                counts = {c: count(la) for c, count in COUNTS.items()}
                 rows.append(
                     {
                         "split": s, "restart": r, "name": row["name"],

@@ -160,11 +160,6 @@ def _activation_name(fn) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _hidden_units(model) -> list[tuple[str, int, bool]]:
-    """(layer name, units, odd) of every hidden layer :func:`_hidden_layers` finds."""
-    return [(layer.name, int(layer.units), odd) for layer, _, odd in _hidden_layers(model)]
-
-
 def _hidden_layers(model) -> list[tuple[keras.layers.Dense, list, bool]]:
     """(layer, the Dense layers it feeds, odd) for every trainable Dense layer of ``model``,
     called once and not an output, whose outputs reach only trainable Dense layers called
@@ -240,8 +235,6 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
     models it is a lower bound, 0 where no Dense layer feeds a Dense layer. A structure that
     cannot give the marginal variances (``inverse_diagonal``) gets the bound.
     """
-    from scipy.special import gammaln
-
     if resolution is not None and not (
         isinstance(resolution, numbers.Real) and not isinstance(resolution, bool) and resolution > 0
     ):
@@ -249,24 +242,31 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
     if not laplace.selection.full or laplace.prior.kind not in _SYMMETRIC_PRIORS:
         return 0.0
     layers = _hidden_layers(laplace.model)
-    if resolution is None or not layers:
-        return float(
-            sum(gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0)
-                for layer, _, odd in layers)
-        )  # fmt: skip
-    try:
-        weights, precisions = _per_variable(laplace)
-    except NotImplementedError:  # a structure without diag(A⁻¹): the bound
-        return log_symmetry(laplace, resolution=None)
-    total = 0.0
-    for layer, consumers, odd in layers:
+    weights = precisions = None  # None: every permutation and flip counts
+    if resolution is not None and layers:
+        try:
+            weights, precisions = _per_variable(laplace)
+        except NotImplementedError:  # a structure without diag(A⁻¹): the bound
+            pass
+    return float(
+        sum(_log_modes(layer, consumers, odd, weights, precisions, resolution)
+            for layer, consumers, odd in layers)
+    )  # fmt: skip
+
+
+def _log_modes(layer, consumers, odd: bool, weights, precisions, resolution) -> float:
+    """ln of the modes one hidden layer gives: those the posterior tells apart, or every
+    permutation and flip (ln H! + H ln 2 for ``odd``) without ``weights`` or when one of the
+    layer's variables is outside the posterior."""
+    from scipy.special import gammaln
+
+    units, precision = (None, None)
+    if weights is not None:
         units, precision = _unit_vectors(layer, consumers, weights, precisions)
-        if units is None:  # a variable outside the posterior's reach: count every mode
-            total += gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0)
-            continue
-        sizes, flips = _distinct(units, precision, odd, float(resolution))
-        total += gammaln(len(units) + 1.0) - gammaln(sizes + 1.0).sum() + flips * np.log(2.0)
-    return float(total)
+    if units is None:
+        return float(gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0))
+    sizes, flips = _distinct(units, precision, odd, float(resolution))
+    return float(gammaln(len(units) + 1.0) - gammaln(sizes + 1.0).sum() + flips * np.log(2.0))
 
 
 def _per_variable(laplace) -> tuple[dict, dict]:

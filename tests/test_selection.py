@@ -371,9 +371,9 @@ def test_classifiers_are_compared_among_themselves(rng):
 
 
 def _units(model):
-    from sigma.selection import _hidden_units
+    from sigma.selection import _hidden_layers
 
-    return [(units, odd) for _, units, odd in _hidden_units(model)]
+    return [(layer.units, odd) for layer, _, odd in _hidden_layers(model)]
 
 
 def test_the_symmetry_counts_hidden_dense_units_feeding_dense_layers_only():
