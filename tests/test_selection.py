@@ -567,3 +567,26 @@ def test_a_nan_evidence_is_never_the_one_kept():
 
     assert _larger(1.0, float("nan")) and not _larger(float("nan"), 1.0)
     assert _larger(2.0, 1.0) and not _larger(1.0, 2.0) and not _larger(1.0, 1.0)
+
+
+def test_the_notebook_summary_states_the_floor_of_the_regret():
+    """occam.summary: the regret of the evidence's choice, its margin over the default, and the
+    floor — the regret of the one candidate closest to the held-out best over all splits."""
+    from sigma.lab import occam
+
+    tests = {  # split → candidate → test log-likelihood; the evidence chooses "a" then "c"
+        0: {"a": -1.0, "b": -1.1, "c": -1.3},
+        1: {"a": -1.2, "b": -1.0, "c": -1.05},
+    }
+    chosen = {0: "a", 1: "c"}
+    rows = [
+        {"dataset": "d", "split": s, "candidate": c, "test_loglik": t, "chosen": chosen[s] == c}
+        for s, per in tests.items()
+        for c, t in per.items()
+    ]
+    out = occam.summary(rows, default="b")["d"]
+    assert out["regret"] == pytest.approx((0.0 + 0.05) / 2)
+    assert out["agreement"] == 0.5 and out["choices"] == ["a", "c"]
+    assert out["chosen_minus_default"] == pytest.approx((0.1 - 0.05) / 2)
+    # always "a": regrets 0 and 0.2; always "b": 0.1 and 0; always "c": 0.3 and 0.05
+    assert out["best_fixed"] == "b" and out["fixed_regret"] == pytest.approx(0.05)
