@@ -72,7 +72,10 @@ class Laplace:
     weight_error = _read("weight_error", "E_W = ½ ‖w‖² over the posterior's weights.")
     w_map = _read("w_map", "The weights (P,) the posterior was fitted at.")
     memory_estimate = _read("memory_estimate", "Bytes the structure was estimated to need.")
-    evidence_result = _read("evidence_result", "How optimize_evidence reached its optimum.")
+    evidence_result = _read(
+        "evidence_result",
+        "How optimize_evidence reached its optimum (None before it, or once α or β is set).",
+    )
     prior_result = _read("prior_result", "The record of optimize_prior's search.")
     gammas = _read("gammas", "γ_g = P_g − α_g Tr_g(A⁻¹) per prior group (G,).")
     gamma = _read("gamma", "γ = Σ_g γ_g, the effective number of well-determined weights.")

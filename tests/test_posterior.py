@@ -45,5 +45,18 @@ def test_optimize_evidence_and_optimize_prior_replace_the_posterior():
     assert best.alpha[0] == pytest.approx(la.alpha, rel=1e-12) and result.alpha == la.alpha
     evidence_post = la.posterior
     la.optimize_prior(X[:10], Y[:10])
-    assert evidence_post.alpha[0] == la.evidence_result.alpha  # the old value kept its α
+    assert evidence_post.alpha[0] == evidence_post.evidence_result.alpha  # the old value kept
+    # its α and its record; the new one's α is not the evidence's, so it has no evidence record
+    assert la.alpha != evidence_post.alpha[0] and la.evidence_result is None
     assert la.prior_result["alpha"] == la.alpha
+
+
+def test_the_evidence_record_goes_with_the_precisions_it_describes():
+    la = sigma.Laplace(make_mlp(), X, Y, alpha=1.0, beta=1.0)
+    la.optimize_evidence()
+    result = la.evidence_result
+    la.alpha = la.alpha  # the same precisions: the record still describes them
+    assert la.evidence_result is result
+    assert la.posterior.replace().evidence_result is result
+    la.beta = 2.0 * la.beta
+    assert la.evidence_result is None
