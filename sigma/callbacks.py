@@ -316,7 +316,7 @@ class EvidenceCallback(keras.callbacks.Callback):
                 "EvidenceCallback replaces the weight regularizers of the model during fit "
                 "(the prior's penalty takes their place); they are restored afterwards",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=keras_compat.user_stacklevel(),
             )
         # Keras adds the penalties to its compiled loss, which it computes in floatx whatever
         # the model's own dtype (a keras.losses.Loss made without a dtype)

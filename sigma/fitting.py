@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import sigma
-from sigma import evidence, likelihoods, structures
+from sigma import evidence, keras_compat, likelihoods, structures
 from sigma._checks import (
     MAX_PRECISION,
     check_finite_outputs,
@@ -381,7 +381,7 @@ def _clip_negative(structure, curvature) -> None:
         "A = alpha*I + beta*C+ with C+ the positive part, for predictions and the evidence "
         "alike",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=keras_compat.user_stacklevel(),
     )
 
 

@@ -200,3 +200,20 @@ def fit_arguments(model) -> dict:
     finally:
         del frame
     return {}
+
+
+_OURS = ("sigma", "keras", "tensorflow")  # packages a warning never points into
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the calling function that names the
+    user's line: the first frame outside sigma, Keras and TensorFlow (a warning from
+    ``Laplace.optimize_prior`` and from ``Posterior.optimize_prior`` alike, or from an
+    EvidenceCallback inside ``model.fit``)."""
+    frame, level = inspect.currentframe().f_back, 1
+    try:
+        while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _OURS:
+            frame, level = frame.f_back, level + 1
+        return level
+    finally:
+        del frame

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from sigma import keras_compat
 from sigma._checks import check_positive_int
 from sigma.progress import bar as progress_bar
 
@@ -113,7 +114,7 @@ def block_lanczos(
             f"{residuals.max() / max(scale, 1e-300):.2g}; the top-{len(idx)} Ritz pairs are "
             "used as they are (raise max_passes or tol)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=keras_compat.user_stacklevel(),
         )
     vectors = basis[:, : starts[passes]] @ s[:, idx]
     order = np.argsort(-theta[idx])

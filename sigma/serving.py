@@ -217,7 +217,7 @@ def to_keras(model, post, *, name: str | None = None) -> keras.Model:
             f"posterior's link {post.link!r} (set by optimize_prior): its probabilities differ "
             f"from predict_proba's; compare predict_proba(x, method='probit') with them",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=keras_compat.user_stacklevel(),
         )
     structure, b = post.operator()  # Σ_h β_h C_h for several precision groups
     k = post.summary.n_outputs

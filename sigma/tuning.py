@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 import sigma
-from sigma import metrics, predictive
+from sigma import keras_compat, metrics, predictive
 from sigma._checks import check_inputs, check_positive_int, check_precision, take
 from sigma._checks import n_samples as sample_count
 from sigma.evidence import EvidenceError
@@ -400,7 +400,7 @@ def _warn_at_bound(record: dict, metric: str, span: float) -> None:
         f"search: the best value may lie beyond it{hint}. Search a wider range (span={span:g} "
         "now), or start from other precisions",
         RuntimeWarning,
-        stacklevel=5,
+        stacklevel=keras_compat.user_stacklevel(),
     )
 
 
@@ -452,7 +452,7 @@ def check_confidence(post: sigma.Posterior) -> dict | None:
             "alpha by the evidence at each, or set a smaller temperature before "
             "optimize_evidence()",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=keras_compat.user_stacklevel(),
         )
     return found
 

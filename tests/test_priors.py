@@ -234,10 +234,16 @@ def test_optimize_prior_names_the_precision_that_ends_at_a_bound(rng):
     la = sigma.Laplace(model, x[:40], y[:40], alpha=1.0)
     residual = np.mean((la.predict(x[40:])[0] - y[40:]) ** 2)
     la.beta = 1e-3 / residual
-    with pytest.warns(RuntimeWarning, match=r"beta at the upper bound .*span=10 now"):
+    start = la.posterior
+    with pytest.warns(RuntimeWarning, match=r"beta at the upper bound .*span=10 now") as caught:
         la.optimize_prior(x[40:], y[40:], span=10.0)
     assert la.prior_result["at_bound"].get("beta") == "upper"
     assert la.beta == pytest.approx(1e-2 / residual, rel=2e-3)
+    with pytest.warns(RuntimeWarning, match=r"beta at the upper bound") as direct:
+        start.optimize_prior(x[40:], y[40:], span=10.0)  # the Posterior's own method
+    # each names the line that called it, not a line inside sigma
+    assert caught[0].filename == direct[0].filename == __file__
+    assert caught[0].lineno != direct[0].lineno
 
 
 def test_bad_priors_are_refused_with_their_name(rng):

@@ -421,9 +421,10 @@ def test_a_fit_ended_by_an_exception_gives_back_the_users_regularizers():
     )
     model.compile(keras.optimizers.SGD(1e-3), "mse")
     cb = EvidenceCallback(X, Y, structure="diag", every=1, verbose=0)
-    with pytest.warns(RuntimeWarning, match="replaces the weight regularizers"):
+    with pytest.warns(RuntimeWarning, match="replaces the weight regularizers") as caught:
         with pytest.raises(RuntimeError, match="raised by another callback"):
             model.fit(X, Y, epochs=3, batch_size=10, verbose=0, callbacks=[cb, _Raise("epoch end")])
+    assert caught[0].filename == __file__  # the warning names the user's model.fit
     kernel = model.layers[0].kernel
     assert kernel.regularizer is l2 and len(model.losses) == 1
     expected = np.mean((model.predict(X, verbose=0) - Y) ** 2) + 0.01 * np.sum(kernel.numpy() ** 2)

@@ -718,7 +718,7 @@ def probe(model, plan: LayerPlan, x, *, rtol: float | None = None) -> LayerPlan:
             f"layers {names}: their weights are also used outside their call() (tied weights?) "
             "or see a batch axis other than the model's samples; they take the generic "
             "autodiff path instead",
-            stacklevel=3,
+            stacklevel=keras_compat.user_stacklevel(),
         )
         replanned = plan_layers(
             model, exclude=plan.excluded + tuple(bad), selection=getattr(plan, "selection", None)

@@ -45,6 +45,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from sigma import keras_compat
 from sigma._checks import check_positive_int, model_dtype
 from sigma._linalg import eigh
 from sigma.curvature import blocks
@@ -101,7 +102,7 @@ class KFAC(Layerwise):
                 "key projection's do, its softmax ignoring a shift common to all keys). Use "
                 "positions='expand' (the default) for these layers",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=keras_compat.user_stacklevel(),
             )
 
     def _fit_elements(self, plan, k) -> int:
