@@ -264,7 +264,10 @@ def maximize(
     which groups have a free noise precision (the others' β is held).  alphas, betas : start.
 
     MacKay's fixed point first (at most ``fixed_point_iter`` iterations); if it overshoots (an
-    update ≤ 0, e.g. γ_h ≥ N_h) or has not converged, a direct maximisation in (ln α_g, ln β_h)
+    update ≤ 0, e.g. γ_h ≥ N_h), has not converged, or converges so slowly that ``tol`` is
+    more than :data:`SLOW` iterations away (its steps shrinking by a constant factor, as with
+    several prior groups that trade weights between them; judged from the tenth iteration on,
+    at the rate of the last five steps), a direct maximisation in (ln α_g, ln β_h)
     with the exact gradient (L-BFGS-B), from the best point seen, within α_g ≤ P_g/(2E_Wg) and
     β_h ≤ N_h/(2E_h) (the maximum is always below both); ``direct=False`` raises
     :class:`EvidenceError` there instead. ``max_iter`` caps the iterations of both together.
@@ -311,6 +314,7 @@ def maximize(
     value, gammas, group_gammas = evaluate(alphas, betas)
     best = (value, alphas, betas)
     converged = False
+    steps = []  # the fixed point's steps (largest change of a log precision)
     for _ in range(min(int(fixed_point_iter) if direct else int(max_iter), int(max_iter))):
         n_iter += 1
         new_a = alphas if fix_alpha else gammas / (2.0 * weight_errors)
@@ -342,6 +346,9 @@ def maximize(
         if change < tol:
             converged = True
             break
+        steps.append(change)
+        if direct and _slow(steps, tol):
+            break  # the direct maximisation gets there in fewer evaluations
     method = "fixed point"
     if converged:
         _refuse_below_box(alphas, betas, gammas, weight_errors=weight_errors,
@@ -400,6 +407,25 @@ def _check_determined(gammas, sizes, alphas, betas, n_iter) -> None:
         n_iter=n_iter,
         which=names,
     )
+
+
+# The fixed point converges linearly: where its steps shrink by a factor ρ each, reaching tol
+# from a step s takes ln(tol/s)/ln ρ more. With several prior groups ρ can be 0.8 or more
+# (hundreds of iterations, each a decomposition of A for a full structure); the direct search
+# (L-BFGS-B with the exact gradient) then needs a few tens of evaluations.
+SLOW = 20
+
+
+def _slow(steps: list, tol: float) -> bool:
+    """Whether the fixed point, after at least ten steps, would need more than :data:`SLOW`
+    further ones to reach ``tol`` at the rate of its last five."""
+    if len(steps) < 10:
+        return False
+    first, last = steps[-5], steps[-1]
+    if not (0 < last < first):
+        return True  # not shrinking
+    rate = (last / first) ** 0.25
+    return np.log(tol / last) / np.log(rate) > SLOW
 
 
 def _out(values):
