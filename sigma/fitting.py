@@ -298,6 +298,7 @@ def regroup(post: sigma.Posterior, *, per_output: bool) -> sigma.Posterior:
             groups=regression.groups(post.summary.n_outputs),
             beta=np.array([float(np.mean(post.beta))]),
             summary=dataclasses.replace(post.summary, group_errors=None),
+            evidence_result=None, prior_result=None,  # records of other precision groups
         )  # fmt: skip
     if post.curvature != "ggn":
         raise ValueError(
@@ -323,6 +324,7 @@ def regroup(post: sigma.Posterior, *, per_output: bool) -> sigma.Posterior:
         post, structure=fitted, likelihood=per, groups=groups,
         beta=np.broadcast_to(post.beta[:1], (groups.n_groups,)).copy(),
         summary=dataclasses.replace(post.summary, group_errors=post.summary.data_errors),
+        evidence_result=None, prior_result=None,  # records of other precision groups
     )  # fmt: skip
 
 

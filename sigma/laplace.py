@@ -74,9 +74,13 @@ class Laplace:
     memory_estimate = _read("memory_estimate", "Bytes the structure was estimated to need.")
     evidence_result = _read(
         "evidence_result",
-        "How optimize_evidence reached its optimum (None before it, or once α or β is set).",
+        "How optimize_evidence reached its optimum (None before it, and once α or β is set "
+        "otherwise).",
     )
-    prior_result = _read("prior_result", "The record of optimize_prior's search.")
+    prior_result = _read(
+        "prior_result",
+        "The record of optimize_prior's search (None before it, and once α or β is set otherwise).",
+    )
     gammas = _read("gammas", "γ_g = P_g − α_g Tr_g(A⁻¹) per prior group (G,).")
     gamma = _read("gamma", "γ = Σ_g γ_g, the effective number of well-determined weights.")
     beta_gammas = _read("beta_gammas", "γ_h = β_h Tr(A⁻¹ C_h) per precision group.")
@@ -214,8 +218,10 @@ class Laplace:
         trained weights; returns self.
 
         MacKay's fixed point, α_g ← γ_g/(2E_Wg), β_h ← (N_h − γ_h)/(2E_h), from the current
-        precisions until the relative change is below ``tol``; where it overshoots (γ ≥ NK) or
-        oscillates, a direct maximisation in (ln α_g, ln β_h) (:func:`sigma.evidence.maximize`).
+        precisions until the relative change is below ``tol``; where it overshoots (γ ≥ NK),
+        oscillates or crawls (``tol`` more than 20 iterations away at its rate), a direct
+        maximisation in (ln α_g, ln β_h), finished by the fixed point where it converges
+        from there (:func:`sigma.evidence.maximize`).
         ``fix_alpha`` / ``fix_beta`` hold one kind at its current value. ``per_output``: one
         β_k per output (True; refits the structure with each output's curvature apart, from
         the training data) or one for all (False); default: keep the current form of β.

@@ -179,16 +179,17 @@ class Posterior:
     def replace(self, *, alpha=None, beta=None) -> Posterior:
         """This posterior at other precisions (None: keep), checked; ValueError naming the
         precision that is wrong, or saying why A would not be positive definite. Its
-        ``evidence_result`` is kept only if the precisions are unchanged: at others, it no
-        longer says how they were reached."""
+        ``evidence_result`` and ``prior_result`` are kept only if the precisions are
+        unchanged: at others, they no longer say how these were reached."""
         alpha = self.alpha if alpha is None else self.check_alpha(alpha)
         beta = self.beta if beta is None else self.check_beta(beta)
         check_noise_variance(beta)
         structure, b = self.operator(beta)
         self.check_positive_definite(alpha, b, structure)
-        same = np.array_equal(alpha, self.alpha) and np.array_equal(beta, self.beta)
+        if np.array_equal(alpha, self.alpha) and np.array_equal(beta, self.beta):
+            return dataclasses.replace(self, alpha=alpha, beta=beta)
         return dataclasses.replace(
-            self, alpha=alpha, beta=beta, evidence_result=self.evidence_result if same else None
+            self, alpha=alpha, beta=beta, evidence_result=None, prior_result=None
         )
 
     def check_positive_definite(self, alpha, beta, structure=None) -> None:

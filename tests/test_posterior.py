@@ -60,3 +60,19 @@ def test_the_evidence_record_goes_with_the_precisions_it_describes():
     assert la.posterior.replace().evidence_result is result
     la.beta = 2.0 * la.beta
     assert la.evidence_result is None
+    la.optimize_evidence()
+    la.beta = np.full(2, la.beta)  # one β per output: other precision groups, the same values
+    assert la.evidence_result is None
+
+
+def test_the_prior_search_record_goes_with_the_precisions_it_describes():
+    la = sigma.Laplace(make_mlp(), X, Y, alpha=1.0, beta=1.0)
+    la.optimize_prior(X[:10], Y[:10])
+    assert la.prior_result["alpha"] == la.alpha
+    la.alpha = la.alpha
+    assert la.prior_result is not None
+    la.alpha = 2.0 * la.alpha
+    assert la.prior_result is None
+    la.optimize_prior(X[:10], Y[:10])
+    la.optimize_evidence()  # α, β from the evidence now: no longer the search's
+    assert la.prior_result is None and la.evidence_result is not None

@@ -267,10 +267,13 @@ def maximize(
     update ≤ 0, e.g. γ_h ≥ N_h), has not converged, or converges so slowly that ``tol`` is
     more than :data:`SLOW` iterations away (its steps shrinking by a constant factor, as with
     several prior groups that trade weights between them; judged from the tenth iteration on,
-    at the rate of the last five steps), a direct maximisation in (ln α_g, ln β_h)
-    with the exact gradient (L-BFGS-B), from the best point seen, within α_g ≤ P_g/(2E_Wg) and
-    β_h ≤ N_h/(2E_h) (the maximum is always below both); ``direct=False`` raises
-    :class:`EvidenceError` there instead. ``max_iter`` caps the iterations of both together.
+    at the rate of the last five steps; only with ``direct``), a direct maximisation in
+    (ln α_g, ln β_h) with the exact gradient (L-BFGS-B), from the best point seen, within
+    α_g ≤ P_g/(2E_Wg) and β_h ≤ N_h/(2E_h) (the maximum is always below both), then the fixed
+    point again from its result for as long as that contracts (to ``tol``, which L-BFGS-B on
+    ln p cannot resolve; at most 2·SLOW iterations). ``direct=False``: no hand-over, and an
+    overshoot or the end of the iterations raises :class:`EvidenceError`. ``max_iter`` caps
+    the iterations of all three together.
     Raises :class:`EvidenceBoundaryError` when the maximum is at the edge of the space
     (α_g → 0, β_h → 0) and :class:`EvidenceError` when the iterations run out.
     """
@@ -315,15 +318,28 @@ def maximize(
     best = (value, alphas, betas)
     converged = False
     steps = []  # the fixed point's steps (largest change of a log precision)
-    for _ in range(min(int(fixed_point_iter) if direct else int(max_iter), int(max_iter))):
-        n_iter += 1
+
+    def update(alphas, betas, gammas, group_gammas):
+        """MacKay's re-estimation: (α, β, whether both are positive and finite)."""
         new_a = alphas if fix_alpha else gammas / (2.0 * weight_errors)
         with np.errstate(divide="ignore", invalid="ignore"):
             new_b = np.where(free_beta, (counts - group_gammas) / (2.0 * errors), betas)
-        if not (
+        valid = (
             np.all(np.isfinite(new_a)) and np.all(new_a > 0)
             and np.all(np.isfinite(new_b)) and np.all(new_b > 0)
-        ):  # fmt: skip
+        )  # fmt: skip
+        return new_a, new_b, valid
+
+    def change_of(new_a, new_b, alphas, betas):
+        return max(
+            float(np.max(np.abs(np.log(new_a) - np.log(alphas)))),
+            float(np.max(np.abs(np.log(new_b) - np.log(betas)))),
+        )
+
+    for _ in range(min(int(fixed_point_iter) if direct else int(max_iter), int(max_iter))):
+        n_iter += 1
+        new_a, new_b, valid = update(alphas, betas, gammas, group_gammas)
+        if not valid:
             if not direct:
                 raise EvidenceError(
                     f"the evidence re-estimation diverged at iteration {n_iter}: the update gave "
@@ -334,10 +350,7 @@ def maximize(
                     alpha=_out(alphas), beta=_out(betas), n_iter=n_iter,
                 )  # fmt: skip
             break  # the fixed point overshoots (e.g. γ ≥ NK): maximise directly
-        change = max(
-            float(np.max(np.abs(np.log(new_a) - np.log(alphas)))),
-            float(np.max(np.abs(np.log(new_b) - np.log(betas)))),
-        )
+        change = change_of(new_a, new_b, alphas, betas)
         alphas, betas = new_a, new_b
         history.append((_out(alphas), _out(betas)))
         value, gammas, group_gammas = evaluate(alphas, betas)
@@ -373,6 +386,21 @@ def maximize(
         history.append((_out(alphas), _out(betas)))
         value, gammas, group_gammas = evaluate(alphas, betas)
         method = "direct"
+        # L-BFGS-B works on ln p, whose round-off leaves the precisions ~1e-7 (relative) from
+        # the maximum; the fixed point, contracting there, takes them to tol. Only while it
+        # contracts (where it oscillates or overshoots, the direct search's point stands).
+        last = np.inf
+        for _ in range(min(2 * SLOW, int(max_iter) - n_iter)):
+            new_a, new_b, valid = update(alphas, betas, gammas, group_gammas)
+            change = change_of(new_a, new_b, alphas, betas) if valid else np.inf
+            if not change < last:
+                break
+            n_iter, last = n_iter + 1, change
+            alphas, betas = new_a, new_b
+            history.append((_out(alphas), _out(betas)))
+            value, gammas, group_gammas = evaluate(alphas, betas)
+            if change < tol:
+                break
     if not fix_alpha:
         _check_determined(np.atleast_1d(gammas), sizes, alphas, betas, n_iter)
     return EvidenceResult(
