@@ -104,8 +104,7 @@ def main(argv=None) -> None:
           f"{'− default*':>10} {'floor':>6} {'fixed':>8}  choices")  # fmt: skip
     for c in COUNTS:
         for k in range(1, args.restarts + 1):
-            regrets, margins, chosen, regrets_all, margins_once, names = [], [], [], [], [], []
-            shortfall = {}  # each candidate's regret per split, were it always chosen
+            scored, regrets_all, margins_once = [], [], []  # scored: occam.summary's rows
             for s in dict.fromkeys(r["split"] for r in rows):
                 these = [r for r in rows if r["split"] == s and r["restart"] < k]
                 kept = {}  # each candidate's restart with the largest evidence (this count's)
@@ -113,22 +112,19 @@ def main(argv=None) -> None:
                     if r["name"] not in kept or r[c] > kept[r["name"]][c]:
                         kept[r["name"]] = r
                 pick = max(kept.values(), key=lambda r, c=c: r[c])
-                regrets.append(max(r["test"] for r in kept.values()) - pick["test"])
-                for r in kept.values():
-                    shortfall.setdefault(r["name"], []).append(
-                        max(v["test"] for v in kept.values()) - r["test"]
-                    )
-                margins.append(pick["test"] - kept[DEFAULT]["test"])
-                chosen.append(pick["test"])
+                scored += [
+                    {"dataset": args.dataset, "split": s, "candidate": r["name"],
+                     "test_loglik": r["test"], "chosen": r is pick}
+                    for r in kept.values()
+                ]  # fmt: skip
                 regrets_all.append(max(r["test"] for r in these) - pick["test"])
                 once = next(r for r in these if r["name"] == DEFAULT and r["restart"] == 0)
                 margins_once.append(pick["test"] - once["test"])
-                names.append(short(pick["name"]))
-            floor = min(shortfall, key=lambda n: np.mean(shortfall[n]))
-            print(f"{c:10} {k:2d} {np.mean(regrets):8.4f} {np.mean(margins):+10.4f} "
-                  f"{np.mean(chosen):8.4f} {np.mean(regrets_all):8.4f} "
-                  f"{np.mean(margins_once):+10.4f} {np.mean(shortfall[floor]):6.4f} "
-                  f"{short(floor):>8}  {', '.join(names)}")  # fmt: skip
+            got = occam.summary(scored, DEFAULT)[args.dataset]
+            print(f"{c:10} {k:2d} {got['regret']:8.4f} {got['chosen_minus_default']:+10.4f} "
+                  f"{got['chosen_test_loglik']:8.4f} {np.mean(regrets_all):8.4f} "
+                  f"{np.mean(margins_once):+10.4f} {got['fixed_regret']:6.4f} "
+                  f"{short(got['best_fixed']):>8}  {', '.join(map(short, got['choices']))}")  # fmt: skip
     print("regret, − default: against the candidates as kept (each its best-evidence restart), "
           "as notebook 09 reports;\nregret*: against the best of all trainings; − default*: "
           "against the default trained once (seed = split);\nfloor: the regret of the one "
