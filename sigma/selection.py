@@ -364,6 +364,46 @@ def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]
     return out
 
 
+def _check_data(x, y) -> None:
+    """ValueError, before anything is built or trained, unless ``x`` (an array, or a list or
+    dict of arrays, one per model input) and ``y`` are arrays with one row per sample, and
+    the numeric ones are finite: naming the part that is not."""
+    from sigma._checks import as_array
+    from sigma.curvature.accumulate import is_dataset
+
+    if is_dataset(x) or is_dataset(y):
+        raise ValueError(
+            "x and y must be arrays (x an array, or a list or dict of arrays, one per model "
+            "input), the same for every candidate, got a tf.data.Dataset: compare_models "
+            "batches them itself (batch_size=) for model.fit and the evidence"
+        )
+    if y is None:
+        raise ValueError("y is required: the training targets, one row per sample of x")
+    y = as_array(y, "y")
+    if y.ndim == 0:
+        raise ValueError(f"y must have one row per sample, got a scalar {y!r}")
+    if isinstance(x, Mapping):
+        parts = [(f"x[{key!r}]", value) for key, value in x.items()]
+    elif isinstance(x, list | tuple):
+        parts = [(f"x[{i}]", value) for i, value in enumerate(x)]
+    else:
+        parts = [("x", x)]
+    if not parts:
+        raise ValueError("x is empty: pass the training inputs, one row per sample of y")
+    for name, value in parts:
+        if isinstance(value, np.ndarray | list | tuple | numbers.Number):
+            value = np.asarray(value)
+            if value.dtype.kind in "fiu":  # numbers must be finite (strings go to their layers)
+                as_array(value, name)
+        shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+        if not shape or shape[0] != len(y):  # tensors, sparse and ragged ones too, by shape
+            rows = "a scalar" if not shape else f"{shape[0]} rows"
+            raise ValueError(
+                f"{name} has {rows} but y has {len(y)}: x and y must have one row per "
+                "training sample, the same number"
+            )
+
+
 def _check_comparable(kinds: dict[str, str], options: dict[str, dict]) -> None:
     """ValueError unless every candidate's evidence is a density of the same targets computed
     by the same kind of approximation, naming the candidates that differ."""
@@ -426,7 +466,9 @@ def compare_models(
         and a log-variance per target) or a cross-entropy on logits (classification). A value
         may also be a pair ``(build, {EvidenceCallback options})`` overriding the shared
         options for that candidate (its ``prior``, say).
-    x, y : the training data (arrays), the same for every candidate.
+    x, y : the training data, the same for every candidate: arrays with one row per sample
+        (x may be a list or dict of arrays, one per model input); checked before anything is
+        built (as many rows in every part of x as in y, finite numbers).
     epochs, batch_size : of ``model.fit``.
     seed : ``keras.utils.set_random_seed(seed)`` before each candidate is built and again
         before it is trained: each candidate's result does not depend on the others.
@@ -471,6 +513,7 @@ def compare_models(
     if isinstance(verbose, bool) or verbose not in (0, 1):
         raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
     specs = _candidates(candidates, callback_options)
+    _check_data(x, y)
 
     models, kinds, callbacks = {}, {}, {}
     for name, (build, options) in specs.items():

@@ -324,6 +324,35 @@ def test_arguments_are_checked(rng):
         sigma.compare_models({"net": (_mlp(1, "mse"), {"verbose": 1})}, x, y, epochs=1)
 
 
+def test_the_data_are_checked_before_any_candidate_is_built(rng):
+    import tensorflow as tf
+
+    x, y = rng.normal(size=(10, 2)), rng.normal(size=(10, 1))
+    built = []
+
+    def build():
+        built.append(1)
+        return _mlp(1, "mse", n_in=2)()
+
+    good = {"net": build}
+    bad_x = x.copy()
+    bad_x[3, 1] = np.nan
+    cases = [
+        ((x, y[:7]), r"x has 10 rows but y has 7"),
+        (({"a": x, "b": x[:4]}, y), r"x\['b'\] has 4 rows but y has 10"),
+        (([x, x[:9]], y), r"x\[1\] has 9 rows but y has 10"),
+        ((bad_x, y), r"x contains 1 NaN or infinite value"),
+        ((x, np.full_like(y, np.inf)), r"y contains 10 NaN or infinite value"),
+        ((x, None), r"y is required"),
+        ((x, 1.0), r"y must have one row per sample"),
+        ((tf.data.Dataset.from_tensor_slices((x, y)).batch(4), None), r"got a tf.data.Dataset"),
+    ]
+    for (xs, ys), message in cases:
+        with pytest.raises(ValueError, match=message):
+            sigma.compare_models(good, xs, ys, epochs=1, verbose=0)
+    assert not built  # refused before anything was built or trained
+
+
 def test_an_error_in_training_names_the_candidate(rng):
     x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
     candidates = {"net": (_mlp(1, "mse"), {"likelihood": "classification"})}
