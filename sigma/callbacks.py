@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from sigma import keras_compat, likelihoods, structures
 from sigma._checks import check_positive_int
-from sigma.curvature.accumulate import is_dataset
+from sigma.curvature.accumulate import first_samples, is_dataset
 from sigma.fit_call import refuse_sample_weights, training_part
 from sigma.keras_compat import fit_arguments
 from sigma.laplace import Laplace
@@ -297,6 +297,8 @@ class EvidenceCallback(keras.callbacks.Callback):
                 f"{len(tf.nest.flatten(self._x)[0])} that fit trains on"
             )
         self._owner, self._fits = weakref.ref(model), self._fits + 1
+        if not model.built:  # Keras builds it in the first train step; the prior needs its weights
+            model(first_samples(self._x, 1), training=False)
         # the likelihood the compiled loss trains (a heteroscedastic one in its parameterisation)
         self._likelihood = likelihoods.get(compiled).for_model(model, compiled)
         self._fitted_at = None

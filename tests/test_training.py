@@ -147,6 +147,45 @@ def test_a_dataset_and_sigma_train(rng):
     assert [h["epoch"] for h in history.evidence.history] == [1, 2]
 
 
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(6, activation="tanh")
+        self.out = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+@pytest.mark.parametrize("kind", ["subclassed", "sequential without Input"])
+def test_an_unbuilt_model_trains_as_the_same_model_built_first(kind):
+    """Keras builds an unbuilt model in its first train step; the callback needs its weights
+    before (the prior, the optimizer's variables), and builds it on the first sample."""
+    x, y = X.astype("float32"), Y.astype("float32")
+
+    def run(built: bool):
+        keras.utils.set_random_seed(3)
+        if kind == "subclassed":
+            model = SubclassedNet()
+        else:
+            model = keras.Sequential(
+                [keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)]
+            )
+        if built:
+            model(x[:1])
+        model.compile(keras.optimizers.Adam(1e-2), "mse")
+        cb = EvidenceCallback(x, y, structure="kfac", prior="layer", every=2, verbose=0)
+        keras.utils.set_random_seed(3)
+        model.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[cb])
+        return flat_weights(model), cb
+
+    (w_unbuilt, cb), (w_built, cb_built) = run(False), run(True)
+    assert cb.laplace.n_params == w_unbuilt.size == 3 * 6 + 6 + 6 * 2 + 2
+    assert len(cb.history) == 2 and len(cb.prior_groups) == 2
+    np.testing.assert_allclose(w_unbuilt, w_built, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cb.laplace.alpha, cb_built.laplace.alpha, rtol=1e-4)
+
+
 def test_evidence_training_is_deterministic_for_a_seed():
     def run():
         keras.utils.set_random_seed(7)
