@@ -364,43 +364,54 @@ def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]
     return out
 
 
+def _parts(data, name: str) -> list[tuple[str, object]]:
+    """(name, array) of each part of ``data``: a dict or a list of arrays (one per model input
+    or output), else ``data`` itself (a list of rows is one array)."""
+    if isinstance(data, Mapping):
+        return [(f"{name}[{key!r}]", value) for key, value in data.items()]
+    if isinstance(data, list | tuple) and all(
+        np.ndim(v) >= 1 and hasattr(v, "shape") for v in data
+    ):
+        return [(f"{name}[{i}]", value) for i, value in enumerate(data)]
+    return [(name, data)]
+
+
 def _check_data(x, y) -> None:
-    """ValueError, before anything is built or trained, unless ``x`` (an array, or a list or
-    dict of arrays, one per model input) and ``y`` are arrays with one row per sample, and
-    the numeric ones are finite: naming the part that is not."""
+    """ValueError, before anything is built or trained, unless ``x`` and ``y`` (arrays, or
+    lists or dicts of arrays: one per model input, one per output) have one row per sample in
+    every part, the same number, and the numeric ones are finite: naming the part that is
+    not."""
     from sigma._checks import as_array
     from sigma.curvature.accumulate import is_dataset
 
     if is_dataset(x) or is_dataset(y):
         raise ValueError(
-            "x and y must be arrays (x an array, or a list or dict of arrays, one per model "
-            "input), the same for every candidate, got a tf.data.Dataset: compare_models "
+            "x and y must be arrays (or lists or dicts of arrays, one per model input or "
+            "output), the same for every candidate, got a tf.data.Dataset: compare_models "
             "batches them itself (batch_size=) for model.fit and the evidence"
         )
     if y is None:
         raise ValueError("y is required: the training targets, one row per sample of x")
-    y = as_array(y, "y")
-    if y.ndim == 0:
-        raise ValueError(f"y must have one row per sample, got a scalar {y!r}")
-    if isinstance(x, Mapping):
-        parts = [(f"x[{key!r}]", value) for key, value in x.items()]
-    elif isinstance(x, list | tuple):
-        parts = [(f"x[{i}]", value) for i, value in enumerate(x)]
-    else:
-        parts = [("x", x)]
-    if not parts:
-        raise ValueError("x is empty: pass the training inputs, one row per sample of y")
+    parts = _parts(y, "y") + _parts(x, "x")
+    if len(parts) < 2:
+        raise ValueError("x and y must not be empty: one row per training sample in each")
+    reference = None  # (name, rows) of the first part
     for name, value in parts:
+        if value is None:
+            raise ValueError(f"{name} is None: pass an array with one row per training sample")
         if isinstance(value, np.ndarray | list | tuple | numbers.Number):
             value = np.asarray(value)
             if value.dtype.kind in "fiu":  # numbers must be finite (strings go to their layers)
                 as_array(value, name)
         shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
-        if not shape or shape[0] != len(y):  # tensors, sparse and ragged ones too, by shape
-            rows = "a scalar" if not shape else f"{shape[0]} rows"
+        if not shape:
+            raise ValueError(f"{name} must have one row per sample, got a scalar")
+        if reference is None:
+            reference = (name, shape[0])
+        elif shape[0] != reference[1]:  # tensors, sparse and ragged ones too, by their shape
             raise ValueError(
-                f"{name} has {rows} but y has {len(y)}: x and y must have one row per "
-                "training sample, the same number"
+                f"{name} has {shape[0]} rows but {reference[0]} has {reference[1]}: x and y "
+                "must have one row per training sample, the same number in every part"
             )
 
 
@@ -466,9 +477,9 @@ def compare_models(
         and a log-variance per target) or a cross-entropy on logits (classification). A value
         may also be a pair ``(build, {EvidenceCallback options})`` overriding the shared
         options for that candidate (its ``prior``, say).
-    x, y : the training data, the same for every candidate: arrays with one row per sample
-        (x may be a list or dict of arrays, one per model input); checked before anything is
-        built (as many rows in every part of x as in y, finite numbers).
+    x, y : the training data, the same for every candidate: arrays with one row per sample,
+        or lists or dicts of them (one per model input, one per output); checked before
+        anything is built (the same number of rows in every part, finite numbers).
     epochs, batch_size : of ``model.fit``.
     seed : ``keras.utils.set_random_seed(seed)`` before each candidate is built and again
         before it is trained: each candidate's result does not depend on the others.

@@ -343,6 +343,7 @@ def test_the_data_are_checked_before_any_candidate_is_built(rng):
         (([x, x[:9]], y), r"x\[1\] has 9 rows but y has 10"),
         ((bad_x, y), r"x contains 1 NaN or infinite value"),
         ((x, np.full_like(y, np.inf)), r"y contains 10 NaN or infinite value"),
+        ((x, {"a": y, "b": y[:8]}), r"y\['b'\] has 8 rows but y\['a'\] has 10"),
         ((x, None), r"y is required"),
         ((x, 1.0), r"y must have one row per sample"),
         ((tf.data.Dataset.from_tensor_slices((x, y)).batch(4), None), r"got a tf.data.Dataset"),
