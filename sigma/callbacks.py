@@ -93,6 +93,29 @@ def loss_likelihood(model) -> str:
             "model is not compiled: call model.compile(optimizer, loss) with loss='mse' "
             "(regression) or a categorical cross-entropy with from_logits=True before fit"
         )
+    if isinstance(loss, list | tuple | dict):
+        raise ValueError(
+            f"the model is compiled with one loss per output ({len(loss)}): the evidence needs "
+            "one likelihood for the whole model — compile with a single loss (loss='mse', "
+            "which Keras applies to every output, or one cross-entropy on logits)"
+        )
+    try:
+        weights = model.get_compile_config().get("loss_weights")
+    except Exception:  # noqa: BLE001 - a model compiled in a way Keras cannot describe
+        weights = None
+    if weights is not None and any(float(w) != 1.0 for w in tf.nest.flatten(weights)):
+        raise ValueError(
+            f"the model is compiled with loss_weights={weights!r}: they scale the data term of "
+            "the training loss but not the prior's penalty, so training would not reach the "
+            "most probable weights whose evidence is computed; compile without loss_weights"
+        )
+    for option, neutral in (("label_smoothing", 0.0), ("ignore_class", None)):
+        value = None if isinstance(loss, str) else keras_compat.loss_option(loss, option)
+        if value is not None and value != neutral:
+            raise ValueError(
+                f"the compiled loss has {option}={value!r}: training would fit other targets "
+                "than the labels whose likelihood the evidence is; compile without it"
+            )
     if isinstance(loss, GaussianNLL):
         if getattr(loss, "reduction", None) not in ("sum_over_batch_size", None):
             raise ValueError(
@@ -126,10 +149,14 @@ def loss_likelihood(model) -> str:
                 "binary classifier"
             )
         if not from_logits:
+            fix = (
+                "keras.losses.BinaryCrossentropy(from_logits=True)"
+                if "binary" in name
+                else "keras.losses.CategoricalCrossentropy(from_logits=True) (or the sparse one)"
+            )
             raise ValueError(
                 f"the compiled loss {name!r} takes probabilities: training for the posterior "
-                "needs logits — compile with keras.losses.CategoricalCrossentropy("
-                "from_logits=True) (or the sparse one) and a linear last layer"
+                f"needs logits — compile with {fix} and a linear last layer"
             )
         return "classification"
     raise ValueError(

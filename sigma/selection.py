@@ -279,7 +279,7 @@ def _per_variable(laplace) -> tuple[dict, dict]:
     weights, precisions, offset = {}, {}, 0
     for (i, chunk), size in zip(post.selection.parts, post.selection.sizes, strict=True):
         variable = variables[i]  # keyed by identity: paths repeat in nested models
-        w = np.asarray(keras.ops.convert_to_numpy(variable.value), np.float64).reshape(-1)
+        w = np.asarray(variable.numpy(), np.float64).reshape(-1)
         p = np.full(w.size, np.nan)
         p[slice(None) if chunk is None else chunk] = 1.0 / variances[offset : offset + size]
         weights[id(variable)] = w.reshape(variable.shape)
@@ -533,7 +533,11 @@ def compare_models(
         except (TypeError, ValueError) as exc:
             raise ValueError(f"candidates[{name!r}]: {exc}") from None
         keras.utils.set_random_seed(seed)
-        model = build()
+        try:
+            model = build()
+        except Exception as exc:
+            exc.add_note(f"(sigma.compare_models, building candidate {name!r})")
+            raise
         if not isinstance(model, keras.Model):
             raise ValueError(
                 f"candidates[{name!r}]() must return a compiled keras.Model, got "

@@ -354,6 +354,17 @@ def test_the_data_are_checked_before_any_candidate_is_built(rng):
     assert not built  # refused before anything was built or trained
 
 
+def test_an_error_in_a_builder_names_the_candidate(rng):
+    x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
+
+    def broken():
+        raise RuntimeError("no such layer")
+
+    with pytest.raises(RuntimeError, match="no such layer") as info:
+        sigma.compare_models({"ok": _mlp(1, "mse"), "broken": broken}, x, y, epochs=1, verbose=0)
+    assert "building candidate 'broken'" in "".join(getattr(info.value, "__notes__", []))
+
+
 def test_an_error_in_training_names_the_candidate(rng):
     x, y = rng.normal(size=(10, 1)), rng.normal(size=(10, 1))
     candidates = {"net": (_mlp(1, "mse"), {"likelihood": "classification"})}

@@ -275,6 +275,53 @@ def test_losses_whose_scale_is_unknown_are_refused():
         model.fit(X, Y, epochs=1, verbose=0, callbacks=[bad])
 
 
+def test_training_that_is_not_for_the_evidences_likelihood_is_refused_before_it_starts():
+    onehot = np.eye(2)[LABELS]
+    cases = [  # (loss, compile options, targets, n_out, the message)
+        ("mse", {"loss_weights": 5.0}, Y, 2, r"loss_weights=5\.0: they scale the data term"),
+        (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2), {},
+         onehot, 2, r"label_smoothing=0\.2"),
+        (keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1), {},
+         LABELS, 2, r"ignore_class=-1"),
+        ("binary_crossentropy", {}, LABELS[:, None].astype(float), 1,
+         r"compile with keras\.losses\.BinaryCrossentropy\(from_logits=True\)"),
+    ]  # fmt: skip
+    for loss, options, targets, n_out, match in cases:
+        model = make_mlp(n_out=n_out)
+        model.compile("sgd", loss, **options)
+        before = flat_weights(model)
+        with pytest.raises(ValueError, match=match):
+            model.fit(X, targets, epochs=1, verbose=0,
+                      callbacks=[EvidenceCallback(X, targets, verbose=0)])  # fmt: skip
+        np.testing.assert_array_equal(flat_weights(model), before)  # refused before training
+
+
+def test_one_loss_name_per_output_is_one_loss_and_different_ones_are_refused():
+    def two_heads():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((3,), dtype="float64")
+        h = keras.layers.Dense(5, activation="tanh", dtype="float64")(inputs)
+        heads = {n: keras.layers.Dense(1, name=n, dtype="float64")(h) for n in ("a", "b")}
+        return keras.Model(inputs, heads)
+
+    targets = {"a": Y[:, :1], "b": Y[:, 1:]}
+    model = two_heads()
+    model.compile("sgd", {"a": "mse", "b": "mae"})
+    with pytest.raises(ValueError, match=r"compiled with one loss per output \(2\)"):
+        model.fit(X, targets, epochs=1, verbose=0,
+                  callbacks=[EvidenceCallback(X, targets, verbose=0)])  # fmt: skip
+    fitted = []
+    for loss in ({"a": "mse", "b": "mse"}, ["mse", "mse"], "mse"):
+        model = two_heads()
+        model.compile(keras.optimizers.SGD(1e-2), loss)
+        cb = EvidenceCallback(X, targets, every=2, verbose=0)
+        model.fit(X, targets, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+        fitted.append((flat_weights(model), cb.laplace.log_evidence()))
+    for weights, log_evidence in fitted[:2]:  # Keras applies one loss to every output alike
+        np.testing.assert_allclose(weights, fitted[2][0], rtol=1e-12)
+        assert log_evidence == pytest.approx(fitted[2][1], rel=1e-10)
+
+
 def test_the_estimates_go_into_keras_logs_history_and_csv(tmp_path, capsys):
     """Every epoch's logs carry the latest α_g, β, γ and log evidence (NaN before the first
     re-estimation), so History and CSVLogger record them; the report line follows fit's

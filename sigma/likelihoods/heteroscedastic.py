@@ -351,10 +351,12 @@ class GaussianNLL(keras.losses.Loss):
 
 def compiled_loss(model):
     """The single loss ``model`` was compiled with (Keras' ``model.loss``: a string, a Loss or
-    a function; one entry of a list or dict of one), or None."""
+    a function; one entry of a list or dict of one, or the name every entry gives, which Keras
+    applies to each output as it does one loss), or None."""
     loss = getattr(model, "loss", None)
-    if isinstance(loss, list | tuple) and len(loss) == 1:
-        loss = loss[0]
-    if isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
+    entries = list(loss.values()) if isinstance(loss, dict) else loss
+    if isinstance(entries, list | tuple) and entries:
+        same = all(isinstance(e, str) and e.lower() == str(entries[0]).lower() for e in entries)
+        if len(entries) == 1 or same:
+            loss = entries[0]
     return loss
