@@ -203,6 +203,16 @@ def test_classification_evidence_against_numerical_integration(rng):
     assert abs(la.log_evidence() - exact) < 0.03, (la.log_evidence(), exact)
 
 
+def test_labels_with_a_trailing_axis_are_labels(labelled):
+    x, labels = labelled  # Keras' sparse cross-entropy takes labels (N,) and (N, 1) alike
+    model = make_mlp(hidden=(4,), n_out=3)
+    flat = sigma.Laplace(model, x, labels, likelihood="classification")
+    column = sigma.Laplace(model, x, labels[:, None], likelihood="classification")
+    assert column.log_evidence() == flat.log_evidence()
+    with pytest.raises(ValueError, match=r"integer class labels in \[0, 3\)"):
+        sigma.Laplace(model, x, labels[:, None] + 1, likelihood="classification")
+
+
 def test_classification_bad_input(labelled, rng):
     x, labels = labelled
     model = make_mlp(hidden=(4,), n_out=3)

@@ -309,6 +309,8 @@ def _one_output(y, n, shape, name, x_name):
             )
         return arr.astype(np.float64)
     label_shape = (n, *positions)
+    if arr.shape == (*label_shape, 1):  # labels with a trailing axis, as Keras' sparse loss takes
+        arr = arr.reshape(label_shape)
     if arr.shape == label_shape or (not positions and arr.ndim == 1):
         if arr.size and (not np.all(arr == np.round(arr)) or arr.min() < 0 or arr.max() >= classes):
             what = "1-D array" if not positions else f"array of shape {label_shape}"
