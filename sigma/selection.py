@@ -369,9 +369,7 @@ def _parts(data, name: str) -> list[tuple[str, object]]:
     or output), else ``data`` itself (a list of rows is one array)."""
     if isinstance(data, Mapping):
         return [(f"{name}[{key!r}]", value) for key, value in data.items()]
-    if isinstance(data, list | tuple) and all(
-        np.ndim(v) >= 1 and hasattr(v, "shape") for v in data
-    ):
+    if isinstance(data, list | tuple) and all(len(getattr(v, "shape", ())) >= 1 for v in data):
         return [(f"{name}[{i}]", value) for i, value in enumerate(data)]
     return [(name, data)]
 
