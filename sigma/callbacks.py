@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from sigma import keras_compat, likelihoods, structures
 from sigma._checks import check_positive_int
+from sigma.curvature import prepare
 from sigma.curvature.accumulate import first_samples, is_dataset
 from sigma.fit_call import refuse_sample_weights, training_part
 from sigma.keras_compat import fit_arguments
@@ -328,6 +329,8 @@ class EvidenceCallback(keras.callbacks.Callback):
             model(first_samples(self._x, 1), training=False)
         # the likelihood the compiled loss trains (a heteroscedastic one in its parameterisation)
         self._likelihood = likelihoods.get(compiled).for_model(model, compiled)
+        if not is_dataset(self._x):  # the data checked now, not after `every` epochs of training
+            prepare(model, self._x, self._y, self._likelihood)
         self._fitted_at = None
         self.selection = select(model, structures.resolve(self.structure, self.weights_spec)[1])
         self._variables = self.selection.variables(model)

@@ -296,6 +296,23 @@ def test_training_that_is_not_for_the_evidences_likelihood_is_refused_before_it_
         np.testing.assert_array_equal(flat_weights(model), before)  # refused before training
 
 
+def test_bad_data_is_refused_before_the_first_epoch_not_at_the_first_estimate():
+    bad_x = X.copy()
+    bad_x[2, 1] = np.inf
+    cases = [
+        (X, np.hstack([Y, Y[:, :1]]), r"y has 3 columns but the model has 2 outputs"),
+        (bad_x, Y, r"x contains 1 NaN or infinite value"),
+    ]
+    for x, y, match in cases:
+        model = make_mlp()
+        model.compile("sgd", "mse")
+        before = flat_weights(model)
+        with pytest.raises(ValueError, match=match):
+            model.fit(x, y, epochs=4, verbose=0,
+                      callbacks=[EvidenceCallback(x, y, warmup=2, every=2, verbose=0)])  # fmt: skip
+        np.testing.assert_array_equal(flat_weights(model), before)
+
+
 def test_one_loss_name_per_output_is_one_loss_and_different_ones_are_refused():
     def two_heads():
         keras.utils.set_random_seed(0)
