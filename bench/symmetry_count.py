@@ -1,10 +1,11 @@
 """What decides notebook 09's choice: the count of equivalent modes, and restarts (issue 29).
 
     .venv/bin/python bench/symmetry_count.py [--dataset friedman] [--splits 0,1,2,3,4]
-        [--epochs 60] [--restarts 2] [--n-friedman 400] [--full]
+        [--epochs 60] [--restarts 2] [--n-friedman 400] [--depths 0,1,2] [--full]
 
 Trains notebook 09's candidates (homoscedastic and heteroscedastic × widths 10, 50 × depths
-1, 2; KFAC, one α per layer, α and β re-estimated every 10 epochs) on each split with
+``--depths``, default 0, 1, 2, depth 0 a linear model; KFAC, one α per layer, α and β
+re-estimated every 10 epochs) on each split with
 ``sigma.compare_models`` (``--restarts`` trainings per candidate from seeds split, split + 1,
 …; each one's Laplace kept here) and re-ranks them by the one-mode Laplace evidence plus a
 count of the modes that give the same function (:func:`sigma.selection.log_symmetry`):
@@ -80,12 +81,14 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--restarts", type=int, default=2)
     p.add_argument("--n-friedman", type=int, default=400, help="Friedman #1 training samples")
+    p.add_argument("--depths", default="0,1,2", help="hidden layers of the candidates (0: linear)")
     p.add_argument("--full", action="store_true", help="also rank by the full GGN's evidence")
     args = p.parse_args(argv)
 
     from sigma import compare_models
     from sigma.lab import data, occam
 
+    depths = [int(v) for v in args.depths.split(",")]
     rows = []
     for s in (int(v) for v in args.splits.split(",")):
         split = (
@@ -94,7 +97,7 @@ def main(argv=None) -> None:
             else data.friedman_regression(args.n_friedman, 1000, noise=1.0, seed=s)
         )
         builders = occam.candidates(
-            split.x_train.shape[1], len(split.x_train), widths=[10, 50], depths=[1, 2],
+            split.x_train.shape[1], len(split.x_train), widths=[10, 50], depths=depths,
             epochs=args.epochs, batch_size=32, learning_rate=0.05,
             default=("homoscedastic", 50, 1),
         )  # fmt: skip
@@ -119,7 +122,7 @@ def main(argv=None) -> None:
             print(f"split {s}, restart {r} trained", flush=True)
 
     print(f"\n{args.dataset}" + (f" (N = {args.n_friedman})" if args.dataset == "friedman" else "")
-          + f", {args.epochs} epochs, splits {args.splits}")  # fmt: skip
+          + f", {args.epochs} epochs, splits {args.splits}, depths {args.depths}")  # fmt: skip
     print(f"{'count':10} {'k':>2} {'regret':>8} {'− default':>10} {'chosen':>8} {'regret*':>8} "
           f"{'− default*':>10} {'floor':>6} {'fixed':>8}  choices")  # fmt: skip
     for c in list(COUNTS) + (["full"] if args.full else []):

@@ -7,6 +7,7 @@ import json
 import pytest
 from nbutil import ROOT, declared_parameters, run_notebook
 
+KINDS = ("homoscedastic", "heteroscedastic")
 NOTEBOOK = ROOT / "notebooks" / "09_model_selection.py"
 
 
@@ -30,7 +31,7 @@ def test_runs_with_tiny_parameters_and_writes_metrics(tmp_path):
         {
             "n_splits": 1,
             "widths": [4],
-            "depths": [1],
+            "depths": [0, 1],
             "default_width": 4,
             "n_friedman": 80,
             "n_friedman_test": 50,
@@ -46,12 +47,10 @@ def test_runs_with_tiny_parameters_and_writes_metrics(tmp_path):
     assert set(metrics["summary"]) == {"diabetes", "friedman"}
     for row in metrics["summary"].values():
         assert row["splits"] == 1 and 0 <= row["agreement"] <= 1 and row["regret"] >= 0
-        assert row["choices"][0] in {"homoscedastic 4×1", "heteroscedastic 4×1"}
+        assert row["choices"][0] in {f"{k} {s}" for k in KINDS for s in ("4×1", "linear")}
         assert row["best_test_loglik"] >= row["chosen_test_loglik"]
     assert set(metrics["per_candidate"]) == {
-        f"{d} | {k} 4×1"
-        for d in ("diabetes", "friedman")
-        for k in ("homoscedastic", "heteroscedastic")
+        f"{d} | {k} {s}" for d in ("diabetes", "friedman") for k in KINDS for s in ("4×1", "linear")
     }
     assert len(metrics["targets"]) == 4
     assert all(isinstance(v, bool) for v in metrics["targets"].values())

@@ -631,3 +631,41 @@ def test_the_notebook_summary_states_the_floor_of_the_regret():
     assert out["chosen_minus_default"] == pytest.approx((0.1 - 0.05) / 2)
     # always "a": regrets 0 and 0.2; always "b": 0.1 and 0; always "c": 0.3 and 0.05
     assert out["best_fixed"] == "b" and out["fixed_regret"] == pytest.approx(0.05)
+
+
+def test_the_notebooks_linear_candidate_has_the_exact_evidence_of_bayesian_linear_regression():
+    """Depth 0 in notebook 09's grid is a linear model, one per kind whatever the widths. Its
+    KFAC evidence (one Dense layer, one output: the Kronecker factorisation is exact) is
+    Bayesian linear regression's at the trained weights, A = α I + β ΦᵀΦ with Φ = [x | 1],
+    and it has no hidden units to permute."""
+    from sigma.lab import occam
+
+    assert occam.name("homoscedastic", 50, 0) == "homoscedastic linear"
+    assert occam.parse("homoscedastic linear") == ("homoscedastic", 0, 0)
+    assert occam.parse(occam.name("heteroscedastic", 10, 2)) == ("heteroscedastic", 10, 2)
+    builders = occam.candidates(3, 60, widths=[4, 8], depths=[0, 1], epochs=8, batch_size=20,
+                                learning_rate=0.05, default=("homoscedastic", 8, 1))  # fmt: skip
+    assert sorted(builders) == sorted(
+        f"{k} {s}" for k in occam.KINDS for s in ("linear", "4×1", "8×1")
+    )
+    with pytest.raises(ValueError, match="depth must be at least 0"):
+        occam.builder("homoscedastic", 3, 4, -1, learning_rate=0.01, steps=1)
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 3))
+    y = x @ np.array([[1.0], [-0.5], [0.2]]) + 0.3 + 0.4 * rng.standard_normal((60, 1))
+    result = sigma.compare_models({"linear": builders["homoscedastic linear"]}, x, y, epochs=8,
+                                  batch_size=20, every=2, structure="kfac", prior="layer",
+                                  verbose=0, seed=1)  # fmt: skip
+    la = result.laplace
+    assert [len(layer.weights) for layer in la.model.layers] == [2]  # one Dense: kernel, bias
+    kernel, bias = (v.numpy().astype(np.float64) for v in la.model.layers[0].weights)
+    phi = np.hstack([x, np.ones((60, 1))])
+    w = np.concatenate([kernel[:, 0], bias])
+    alpha, beta = float(np.asarray(la.alpha).reshape(-1)[0]), float(la.beta)
+    a = alpha * np.eye(4) + beta * phi.T @ phi
+    e_d, e_w = 0.5 * np.sum((y[:, 0] - phi @ w) ** 2), 0.5 * w @ w
+    truth = (-beta * e_d - alpha * e_w + 30 * np.log(beta) + 2 * np.log(alpha)
+             - 0.5 * np.linalg.slogdet(a)[1] - 30 * np.log(2 * np.pi))  # fmt: skip
+    np.testing.assert_allclose(result.table[0]["log_evidence"], truth, rtol=1e-4)
+    assert result.table[0]["symmetry"] == 0.0 and result.table[0]["n_params"] == 4

@@ -29,22 +29,35 @@ KINDS = ("homoscedastic", "heteroscedastic")
 
 
 def name(kind: str, width: int, depth: int) -> str:
-    """A candidate's name, e.g. ``"homoscedastic 50×1"`` (width × hidden layers)."""
-    return f"{kind} {int(width)}×{int(depth)}"
+    """A candidate's name, e.g. ``"homoscedastic 50×1"`` (width × hidden layers), or
+    ``"homoscedastic linear"`` for no hidden layer (depth 0, any width)."""
+    return f"{kind} linear" if int(depth) == 0 else f"{kind} {int(width)}×{int(depth)}"
+
+
+def parse(candidate: str) -> tuple[str, int, int]:
+    """(kind, width, depth) of a :func:`name`; a linear model's width is 0."""
+    kind, size = candidate.split(" ")
+    if size == "linear":
+        return kind, 0, 0
+    width, depth = (int(v) for v in size.split("×"))
+    return kind, width, depth
 
 
 def builder(kind: str, n_inputs: int, width: int, depth: int, *, learning_rate: float,
             steps: int, steps_per_epoch: int = 1, activation: str = "tanh",
             dtype: str = "float32"):  # fmt: skip
     """A zero-argument builder of a compiled MLP ``n_inputs → width (× depth) → outputs``
-    (:func:`sigma.lab.models.mlp`):
+    (:func:`sigma.lab.models.mlp`; depth 0: a linear model, ``width`` ignored):
     one output on the squared error (homoscedastic) or two, [μ | ln σ²], on the Gaussian NLL
     (heteroscedastic). Adam with a cosine decay over ``steps`` steps to 1% of
     ``learning_rate``; one compiled call per epoch of ``steps_per_epoch`` steps."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if int(width) < 1 or int(depth) < 1:
-        raise ValueError(f"width and depth must be at least 1, got {width}, {depth}")
+    if int(depth) < 0 or (int(depth) > 0 and int(width) < 1):
+        raise ValueError(
+            f"depth must be at least 0 and width at least 1 (with hidden layers), got width "
+            f"{width}, depth {depth}"
+        )
 
     def build():  # compare_models seeds Keras before each build: seed=None keeps that
         model = mlp(n_inputs, (int(width),) * int(depth), 1 if kind == "homoscedastic" else 2,
@@ -61,10 +74,13 @@ def builder(kind: str, n_inputs: int, width: int, depth: int, *, learning_rate: 
 
 def candidates(n_inputs: int, n_train: int, *, widths, depths, epochs: int, batch_size: int,
                learning_rate: float, default: tuple[str, int, int]) -> dict:  # fmt: skip
-    """{name: builder} for every kind × width × depth, and the ``default`` (kind, width,
-    depth) if it is not among them."""
+    """{name: builder} for every kind × width × depth (depth 0: one linear model per kind,
+    whatever the widths), and the ``default`` (kind, width, depth) if it is not among them."""
     per_epoch = int(np.ceil(n_train / batch_size))
-    combos = list(itertools.product(KINDS, widths, depths))
+    combos = list(
+        dict.fromkeys((k, 0 if int(d) == 0 else int(w), int(d))
+                      for k, w, d in itertools.product(KINDS, widths, depths))
+    )  # fmt: skip
     if tuple(default) not in combos:
         combos.append(tuple(default))
     return {
@@ -104,8 +120,7 @@ def run_split(split, candidate_builders: dict, *, dataset: str, split_id: int, e
     rows = []
     for row in result.table:
         la = result.laplaces[row["name"]]
-        kind, size = row["name"].split(" ")
-        width, depth = (int(v) for v in size.split("×"))
+        kind, width, depth = parse(row["name"])
         rows.append(
             {
                 "dataset": dataset, "split": split_id, "candidate": row["name"], "kind": kind,
