@@ -189,18 +189,23 @@ def summary(rows: list[dict], default: str) -> dict:
 def plot(rows: list[dict], default: str):
     """Evidence per point against test log-likelihood per point, one panel per data set: every
     candidate on every split (circles homoscedastic, triangles heteroscedastic, darker = wider,
-    larger = deeper), the evidence's choice ringed in black, the default crossed."""
+    larger = deeper, grey = linear), the evidence's choice ringed in black, the default
+    crossed."""
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.6 * len(datasets), 4.4), squeeze=False)
-    widths = sorted({r["width"] for r in rows})
+    widths = sorted({r["width"] for r in rows if r["depth"] > 0})
     for ax, dataset in zip(axes[0], datasets, strict=True):
         these = [r for r in rows if r["dataset"] == dataset]
         for r in these:
-            shade = 0.35 + 0.65 * widths.index(r["width"]) / max(len(widths) - 1, 1)
-            color = plt.cm.Blues(shade) if r["kind"] == "homoscedastic" else plt.cm.Oranges(shade)
-            ax.scatter(r["evidence_per_point"], r["test_loglik"], s=22 + 18 * r["depth"],
+            if r["depth"] == 0:  # linear: no width to shade by
+                color = "0.5"
+            else:
+                shade = 0.35 + 0.65 * widths.index(r["width"]) / max(len(widths) - 1, 1)
+                cmap = plt.cm.Blues if r["kind"] == "homoscedastic" else plt.cm.Oranges
+                color = cmap(shade)
+            ax.scatter(r["evidence_per_point"], r["test_loglik"], s=32 + 18 * r["depth"],
                        marker="o" if r["kind"] == "homoscedastic" else "^", color=color,
                        edgecolors="black" if r["chosen"] else "none", linewidths=1.4,
                        zorder=3 if r["chosen"] else 2)  # fmt: skip
@@ -214,6 +219,7 @@ def plot(rows: list[dict], default: str):
     handles = [
         plt.Line2D([], [], marker="o", ls="", color=plt.cm.Blues(0.8), label="homoscedastic"),
         plt.Line2D([], [], marker="^", ls="", color=plt.cm.Oranges(0.8), label="heteroscedastic"),
+        plt.Line2D([], [], marker="o", ls="", color="0.5", label="linear (no hidden layer)"),
         plt.Line2D([], [], marker="o", ls="", mfc="none", mec="black", label="evidence's choice"),
         plt.Line2D([], [], marker="x", ls="", color="black", label=f"default ({default})"),
     ]
