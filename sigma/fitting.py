@@ -48,7 +48,7 @@ from sigma.priors import build_prior, owners_of
 from sigma.progress import check as progress_check
 from sigma.progress import mode as progress_mode
 from sigma.structures import Structure, fit_structure
-from sigma.summary import DataSummary, frozen_state
+from sigma.summary import DataSummary, frozen_state, moments, target_moments
 from sigma.weights import select
 
 CURVATURES = ("ggn", "ggn_mc", "hessian")
@@ -196,7 +196,7 @@ def fitted(
         if is_dataset(x):
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
-            x, n, k, e_d, e_dk, square, e_g = prepare_dataset(
+            x, n, k, e_d, e_dk, square, e_g, sums = prepare_dataset(
                 model, x, lik, batch_size=batch_size, layout=layout
             )
             first = tf.nest.map_structure(lambda t: t.numpy(), next(iter(x))[0])
@@ -209,6 +209,7 @@ def fitted(
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, lik)
+            sums = moments(y)
             rows = lik.check_rows
             shown = x if rows is None else tf.nest.map_structure(lambda a: a[:rows], x)
             lik.check_outputs(model, engine(model).outputs(shown), layout)
@@ -225,6 +226,7 @@ def fitted(
             batch_size=batch_size,
             input_scale=None if is_dataset(x) else input_scale(x),
             group_errors=np.asarray(e_g, np.float64),
+            target_moments=target_moments(sums),
         )
         groups = lik.groups(k)
         memory_estimate = structures.check_memory(

@@ -89,6 +89,11 @@ class Laplace:
     batch_size = _summary("batch_size", "The batch size of the fit (None: automatic).")
     data_error = _summary("data_error", "E_D at the trained weights (a cross-entropy too).")
     data_errors = _summary("data_errors", "E_D per output (K,), regression; else None.")
+    target_moments = _summary(
+        "target_moments",
+        "(mean, mean square) of the training targets' entries: which targets the evidence is "
+        "of (None for a posterior saved before it was kept).",
+    )
 
     @property
     def prior_groups(self) -> tuple[str, ...]:

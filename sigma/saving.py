@@ -108,6 +108,7 @@ def save(post, path) -> Path:
             "output_scale": summary.output_scale,
             "batch_size": summary.batch_size,
             "group_errors": summary.group_errors,
+            "target_moments": summary.target_moments,
         },
         "weight_errors": post.weight_errors,
         "fingerprint": fingerprint(model),
@@ -180,6 +181,9 @@ def read_posterior(path, model) -> tuple[dict, np.ndarray, object]:
             group_errors=None
             if data.get("group_errors") is None
             else np.asarray(data["group_errors"], np.float64),
+            target_moments=None  # files from before it was kept: None
+            if data.get("target_moments") is None
+            else tuple(float(v) for v in data["target_moments"]),
         ),
         weight_errors=np.asarray(header["weight_errors"], np.float64),
         alpha=np.zeros(len(prior["names"])),

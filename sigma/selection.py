@@ -18,7 +18,9 @@ way: candidates are all regressions (mean squared error with its β, or
 :class:`sigma.losses.GaussianNLL`: both Gaussian densities of y) or all classifiers, and share
 the structure, curvature and weights of their Laplace approximation (KFAC's, a diagonal's or the
 full one's evidences are approximations of different quality). Anything else is refused with a
-ValueError naming the candidates.
+ValueError naming the candidates. :func:`compare_laplaces` ranks Laplaces fitted elsewhere
+after the same checks, and refuses those fitted on different targets (their number, mean and
+mean square: :attr:`sigma.Laplace.target_moments`).
 """
 
 from __future__ import annotations
@@ -413,16 +415,18 @@ def _check_data(x, y) -> None:
             )
 
 
-def _check_comparable(kinds: dict[str, str], options: dict[str, dict]) -> None:
+def _check_comparable(kinds: dict[str, str], options: dict[str, dict],
+                       what: str = "candidates") -> None:  # fmt: skip
     """ValueError unless every candidate's evidence is a density of the same targets computed
-    by the same kind of approximation, naming the candidates that differ."""
+    by the same kind of approximation, naming the candidates that differ (``what``: what the
+    names are of, "candidates" or "laplaces")."""
     families = {}
     for name, kind in kinds.items():
-        families.setdefault(FAMILIES[kind], []).append(name)
+        families.setdefault(FAMILIES.get(kind, kind), []).append(name)
     if len(families) > 1:
         listed = "; ".join(f"{family}: {names}" for family, names in families.items())
         raise ValueError(
-            f"candidates mix likelihood families ({listed}): a classifier's evidence is a "
+            f"{what} mix likelihood families ({listed}): a classifier's evidence is a "
             "probability of labels, a regression's a density of real targets, so the two are "
             "not comparable. Compare classifiers with classifiers and regressions with "
             "regressions (mean squared error and sigma.losses.GaussianNLL may be mixed)"
@@ -437,7 +441,7 @@ def _check_comparable(kinds: dict[str, str], options: dict[str, dict]) -> None:
                 opts["structure"], opts["weights"]
             )  # an alias such as "last_layer" as its two axes
         except ValueError as exc:
-            raise ValueError(f"candidates[{name!r}]: {exc}") from None
+            raise ValueError(f"{what}[{name!r}]: {exc}") from None
         resolved[name] = opts
     for key in APPROXIMATION:
         values = {}
@@ -445,11 +449,13 @@ def _check_comparable(kinds: dict[str, str], options: dict[str, dict]) -> None:
             values.setdefault(repr(opts[key]), []).append(name)
         if len(values) > 1:
             listed = "; ".join(f"{key}={value}: {names}" for value, names in values.items())
+            how = ("pass it once, as a keyword of compare_models" if what == "candidates"
+                   else "fit them with one")  # fmt: skip
             raise ValueError(
-                f"candidates differ in the {key} of their Laplace approximation ({listed}): "
+                f"{what} differ in the {key} of their Laplace approximation ({listed}): "
                 "evidences of different approximations differ by the quality of the "
                 f"approximation as much as by the models, so compare them with one {key} "
-                "(pass it once, as a keyword of compare_models)"
+                f"({how})"
             )
 
 
@@ -593,12 +599,88 @@ def compare_models(
     return Comparison(best, laplaces[best], laplaces, table, parameters)
 
 
+def compare_laplaces(laplaces: Mapping) -> Comparison:
+    """Rank Laplaces fitted elsewhere by their log evidence, as :func:`compare_models` ranks the
+    candidates it trains, after the same checks that the evidences are comparable.
+
+    laplaces : {name: :class:`sigma.Laplace`}, each fitted on its own trained model (by
+        ``sigma.Laplace(model, x, y, ...)``, an :class:`sigma.EvidenceCallback`, or loaded),
+        at the α and β it holds (``optimize_evidence()`` first for the evidence's own).
+
+    Returns a :class:`Comparison` (``seconds`` None: nothing is trained here). The log
+    evidence is ``laplace.log_evidence()`` plus :func:`log_symmetry`, as in compare_models.
+
+    ValueError naming the Laplaces that differ when they are not densities of the same
+    targets: fitted on different numbers of samples or on different targets (told apart by
+    their mean and mean square, :attr:`sigma.Laplace.target_moments`: rescaled, shifted or
+    other targets; a Laplace loaded from a file saved before sigma kept them is checked by its
+    number of samples only), classifiers mixed with regressions, or different structures,
+    curvatures or weights (docs/math.md §8).
+    """
+    from sigma.laplace import Laplace
+
+    if not isinstance(laplaces, Mapping) or not laplaces:
+        raise ValueError(
+            "laplaces must be a non-empty dict {name: sigma.Laplace}, got "
+            f"{type(laplaces).__name__ if not isinstance(laplaces, Mapping) else 'an empty dict'}"
+        )
+    for name, la in laplaces.items():
+        if not isinstance(name, str):
+            raise ValueError(f"laplaces must be keyed by names (str), got the key {name!r}")
+        if not isinstance(la, Laplace):
+            raise ValueError(f"laplaces[{name!r}] must be a sigma.Laplace, got {type(la).__name__}")
+    kinds = {name: la.likelihood.name for name, la in laplaces.items()}
+    options = {
+        name: {"structure": la.structure.name, "curvature": la.curvature,
+               "weights": la.selection.kind, "structure_options": la.structure.options() or None}
+        for name, la in laplaces.items()
+    }  # fmt: skip
+    _check_comparable(kinds, options, "laplaces")
+    _check_same_targets(laplaces)
+    table = ComparisonTable(_row(name, kinds[name], la, None) for name, la in laplaces.items())
+    best = table.rows[0]["name"]
+    parameters = {"n_data": int(laplaces[best].n_data), "options": options[best]}
+    return Comparison(best, laplaces[best], dict(laplaces), table, parameters)
+
+
+# How close two fingerprints of the same targets are: the targets in float32 and float64 models.
+_TARGETS_RTOL = 1e-6
+
+
+def _check_same_targets(laplaces: Mapping) -> None:
+    """ValueError unless every Laplace was fitted on as many samples and on targets with the
+    same mean and mean square (where both are known), naming those that differ."""
+    sizes = {}
+    for name, la in laplaces.items():
+        sizes.setdefault(int(la.n_data), []).append(name)
+    if len(sizes) > 1:
+        listed = "; ".join(f"N = {n}: {names}" for n, names in sizes.items())
+        raise ValueError(
+            f"laplaces were fitted on different numbers of samples ({listed}): each evidence "
+            "is a density of its own targets, so they compare only on the same (x, y)"
+        )
+    known = {n: la.target_moments for n, la in laplaces.items() if la.target_moments is not None}
+    if not known:
+        return
+    first, reference = next(iter(known.items()))
+    scale = max(abs(reference[1]), 1e-300)  # the mean square: the targets' squared scale
+    for name, moments in known.items():
+        if not np.allclose(moments, reference, rtol=_TARGETS_RTOL, atol=_TARGETS_RTOL * scale):
+            raise ValueError(
+                f"laplaces[{name!r}] and laplaces[{first!r}] were fitted on different targets "
+                f"(mean and mean square of the targets {moments[0]:.6g}, {moments[1]:.6g} "
+                f"against {reference[0]:.6g}, {reference[1]:.6g}): each evidence is a density "
+                "of its own targets, so evidences of rescaled, shifted or other targets do not "
+                "compare; fit every Laplace on the same (x, y)"
+            )
+
+
 def _larger(new: float, old: float) -> bool:
     """Whether evidence ``new`` beats ``old``; a NaN beats nothing and anything beats a NaN."""
     return bool(new > old or (np.isnan(old) and not np.isnan(new)))
 
 
-def _row(name: str, likelihood: str, la, seconds: float) -> dict:
+def _row(name: str, likelihood: str, la, seconds: float | None) -> dict:
     """A candidate's row of :data:`COLUMNS` from its fitted Laplace."""
     parts = la.log_evidence_parts()
     symmetry = log_symmetry(la)

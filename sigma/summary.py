@@ -23,7 +23,10 @@ class DataSummary:
     one group, ``data_error``); output_scale : the RMS of the outputs (for telling
     interpolation from noise); batch_size : as fitted (None: automatic); input_scale : the
     largest |x| of the float training inputs (arrays; None for a dataset or a loaded
-    posterior), named when an ill-conditioned A is refused.
+    posterior), named when an ill-conditioned A is refused; target_moments : the mean and the
+    mean square of every entry of the targets as the likelihood takes them, (2,), a
+    fingerprint of the targets by which evidences of different targets are told apart
+    (:func:`sigma.compare_laplaces`; None for a posterior saved before it was kept).
     """
 
     n_data: int
@@ -34,6 +37,20 @@ class DataSummary:
     batch_size: int | None = None
     input_scale: float | None = None
     group_errors: np.ndarray | None = None
+    target_moments: tuple[float, float] | None = None
+
+
+def moments(t) -> np.ndarray:
+    """Σ t and Σ t² over every entry of targets ``t``, and their count, (3,) float64: summed
+    over batches, :func:`target_moments` of the sums is that of all the targets."""
+    t = np.asarray(t, np.float64)
+    return np.array([t.sum(), np.square(t).sum(), t.size], np.float64)
+
+
+def target_moments(sums) -> tuple[float, float]:
+    """(mean, mean square) of the target entries from the :func:`moments` sums."""
+    total, square, count = (float(v) for v in sums)
+    return total / max(count, 1.0), square / max(count, 1.0)
 
 
 def frozen_state(model) -> list[np.ndarray]:

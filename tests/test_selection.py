@@ -669,3 +669,76 @@ def test_the_notebooks_linear_candidate_has_the_exact_evidence_of_bayesian_linea
              - 0.5 * np.linalg.slogdet(a)[1] - 30 * np.log(2 * np.pi))  # fmt: skip
     np.testing.assert_allclose(result.table[0]["log_evidence"], truth, rtol=1e-4)
     assert result.table[0]["symmetry"] == 0.0 and result.table[0]["n_params"] == 4
+
+
+# -- Laplaces fitted elsewhere -----------------------------------------------------------------
+def test_laplaces_fitted_elsewhere_rank_as_compare_models_ranks_them(rng, tmp_path):
+    """compare_laplaces scores each by log_evidence() + log_symmetry, best first, as
+    compare_models does: the same table from compare_models' own Laplaces; a saved and loaded
+    Laplace, a float32 model and a dataset fit keep the fingerprint of the same targets."""
+    x = rng.uniform(-2, 2, size=(40, 1))
+    y = np.sin(x) + 0.1 * rng.standard_normal((40, 1))
+    trained = sigma.compare_models({"4": _mlp(1, "mse", hidden=4), "1": _mlp(1, "mse", hidden=1)},
+                                   x, y, epochs=20, every=5, verbose=0)  # fmt: skip
+    ranked = sigma.compare_laplaces(trained.laplaces)
+    assert ranked.best == trained.best and ranked.table.names == trained.table.names
+    for row in ranked.table:
+        la = trained.laplaces[row["name"]]
+        assert row["log_evidence"] == pytest.approx(la.log_evidence() + log_symmetry(la))
+        assert row["log_evidence"] == pytest.approx(trained.table[row["name"]]["log_evidence"])
+        assert row["seconds"] is None
+    assert ranked.laplace is trained.laplaces[trained.best]
+
+    la = trained.laplaces["4"]
+    mean, square = la.target_moments
+    assert mean == pytest.approx(y.mean()) and square == pytest.approx(np.mean(y**2))
+    la.save(tmp_path / "la")
+    loaded = sigma.Laplace.load(tmp_path / "la", la.model)
+    assert loaded.target_moments == la.target_moments
+    import tensorflow as tf
+
+    streamed = sigma.Laplace(la.model, tf.data.Dataset.from_tensor_slices((x, y)).batch(7),
+                             alpha=1.0)  # fmt: skip
+    np.testing.assert_allclose(streamed.target_moments, la.target_moments, rtol=1e-12)
+    narrow = make_mlp(n_in=1, hidden=(3,), n_out=1, dtype="float32")
+    in_float32 = sigma.Laplace(narrow, x, y, alpha=1.0, structure="kfac")
+    assert sigma.compare_laplaces({"float64": loaded, "float32": in_float32}).table.names
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda x, y: (x, 2.0 * y), "fitted on different targets"),
+        (lambda x, y: (x, y + 1.0), "fitted on different targets"),
+        (lambda x, y: (x[:30], y[:30]), r"different numbers of samples \(N = 40: \['a'\]; N = 30"),
+    ],
+    ids=["rescaled", "shifted", "subset"],
+)
+def test_laplaces_of_different_targets_are_not_compared(rng, change, message):
+    x, y = rng.normal(size=(40, 2)), rng.normal(size=(40, 1))
+    a = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=1), x, y, alpha=1.0)
+    b = sigma.Laplace(make_mlp(n_in=2, hidden=(5,), n_out=1), *change(x, y), alpha=1.0)
+    with pytest.raises(ValueError, match=message) as info:
+        sigma.compare_laplaces({"a": a, "b": b})
+    assert "'a'" in str(info.value) and "'b'" in str(info.value)
+
+
+def test_laplaces_of_other_families_or_approximations_are_not_compared(rng):
+    x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+    labels = rng.integers(0, 3, size=30)
+    reg = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=1), x, y, alpha=1.0)
+    clf = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=3), x, labels, alpha=1.0,
+                        likelihood="classification")  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"laplaces mix likelihood families .*\['reg'\].*\['clf'\]"
+    ):
+        sigma.compare_laplaces({"reg": reg, "clf": clf})
+    diag = sigma.Laplace(make_mlp(n_in=2, hidden=(4,), n_out=1), x, y, alpha=1.0, structure="diag")
+    with pytest.raises(ValueError, match=r"laplaces differ in the structure .*fit them with one"):
+        sigma.compare_laplaces({"kfac": reg, "diag": diag})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        sigma.compare_laplaces({})
+    with pytest.raises(
+        ValueError, match=r"laplaces\['m'\] must be a sigma.Laplace, got Sequential"
+    ):
+        sigma.compare_laplaces({"m": reg.model})

@@ -35,6 +35,7 @@ from sigma._checks import (
     n_samples,
 )
 from sigma.progress import bar as progress_bar
+from sigma.summary import moments
 
 # Cap on the elements of one batch's largest intermediate (2²⁵ ≈ 256 MB in float64).
 ELEMENT_BUDGET = 2**25
@@ -301,11 +302,13 @@ def check_dataset(dataset, model=None) -> None:
 def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None, layout=None):
     """Validate a ``tf.data.Dataset`` of ``(x, y)`` batches in one pass.
 
-    Returns ``(data, n, k, data_error, data_errors, square, group_errors)``: ``data`` yields
+    Returns ``(data, n, k, data_error, data_errors, square, group_errors, target_sums)``:
+    ``data`` yields
     ``(x_b, y_b)`` cast to the model dtype with targets as (B, K) (integer labels one-hot
     encoded for classification); N samples, K outputs, the summed data term E_D, for
     regression E_Dk per output (K,), Σ f² over the outputs, and the data term of each
-    precision group (G,). With ``batch_size`` the data are re-batched.
+    precision group (G,), and the sums of the targets (:func:`sigma.summary.moments`). With
+    ``batch_size`` the data are re-batched.
     """
     lik = likelihoods.get(likelihood)
     check_model(model)
@@ -313,7 +316,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     if batch_size is not None:
         dataset = dataset.unbatch().batch(check_batch_size(batch_size))
     dtype = model_dtype(model)
-    n, k, e_d, e_dk, square, e_g = 0, None, 0.0, None, 0.0, None
+    n, k, e_d, e_dk, square, e_g, sums = 0, None, 0.0, None, 0.0, None, np.zeros(3)
     for i, (xb, yb) in enumerate(dataset):
         xb = tf.nest.map_structure(lambda t: t.numpy(), xb)
         xb = check_inputs(model, xb, f"x (dataset batch {i})")
@@ -324,6 +327,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         yb = tf.nest.map_structure(lambda t: t.numpy(), yb)
         t = lik.targets(yb, n_samples(xb), k, f"y (dataset batch {i})", layout=layout)
         t = t.astype(np.float64)
+        sums += moments(t)
         e_d += float(lik.data_error(tf.constant(f), tf.constant(t)))
         part = lik.group_errors(tf.constant(f), tf.constant(t), lik.groups(k)).numpy()
         e_g = part if e_g is None else e_g + part
@@ -349,7 +353,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         t.set_shape([None, k])
         return xb, t
 
-    return dataset.map(cast), n, k, e_d, e_dk, square, e_g
+    return dataset.map(cast), n, k, e_d, e_dk, square, e_g, sums
 
 
 def _flat(out) -> np.ndarray:
