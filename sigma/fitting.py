@@ -209,7 +209,7 @@ def fitted(
                     "tf.data.Dataset of (x, y) batches"
                 )
             x, y, k = prepare(model, x, y, lik)
-            sums = moments(y)
+            sums = moments(lik.distinct_targets(y))
             rows = lik.check_rows
             shown = x if rows is None else tf.nest.map_structure(lambda a: a[:rows], x)
             lik.check_outputs(model, engine(model).outputs(shown), layout)

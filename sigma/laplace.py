@@ -91,8 +91,8 @@ class Laplace:
     data_errors = _summary("data_errors", "E_D per output (K,), regression; else None.")
     target_moments = _summary(
         "target_moments",
-        "(mean, mean square) of the training targets' entries: which targets the evidence is "
-        "of (None for a posterior saved before it was kept).",
+        "The training targets' column means (class frequencies for labels) and mean square: "
+        "which targets the evidence is of (None for a posterior saved before it was kept).",
     )
 
     @property

@@ -124,7 +124,7 @@ def _cell(value) -> str:
 
 @dataclass
 class Comparison:
-    """What :func:`compare_models` found.
+    """What :func:`compare_models` (or :func:`compare_laplaces`: no training parameters) found.
 
     best : the name of the candidate with the largest log evidence; laplace : its fitted
     :class:`~sigma.Laplace` (at its trained weights, α and β; of the restart kept); laplaces :
@@ -146,12 +146,11 @@ class Comparison:
 
     def __repr__(self):
         p = self.parameters
-        return (
-            f"Comparison(best={self.best!r}, N={p.get('n_data')}, epochs={p.get('epochs')}, "
-            f"seed={p.get('seed')}, restarts={p.get('restarts')}, "
-            f"structure={p.get('options', {}).get('structure')!r})\n"
-            f"{self.table!r}"
-        )
+        shown = {"N": p.get("n_data"), "epochs": p.get("epochs"), "seed": p.get("seed"),
+                 "restarts": p.get("restarts"),
+                 "structure": repr(p.get("options", {}).get("structure"))}  # fmt: skip
+        listed = ", ".join(f"{k}={v}" for k, v in shown.items() if v is not None)
+        return f"Comparison(best={self.best!r}, {listed})\n{self.table!r}"
 
 
 def _activation_name(fn) -> str | None:
@@ -612,10 +611,13 @@ def compare_laplaces(laplaces: Mapping) -> Comparison:
 
     ValueError naming the Laplaces that differ when they are not densities of the same
     targets: fitted on different numbers of samples or on different targets (told apart by
-    their mean and mean square, :attr:`sigma.Laplace.target_moments`: rescaled, shifted or
-    other targets; a Laplace loaded from a file saved before sigma kept them is checked by its
-    number of samples only), classifiers mixed with regressions, or different structures,
-    curvatures or weights (docs/math.md §8).
+    their column means and mean square, :attr:`sigma.Laplace.target_moments`: rescaled,
+    shifted or other targets, labels of other class frequencies; a Laplace loaded from a file
+    saved before sigma kept them is checked by its number of samples only), classifiers mixed
+    with regressions (a likelihood per head: by its heads'), a classifier at a temperature
+    T ≠ 1, or different structures, curvatures, weights or structure options (docs/math.md
+    §8). The evidences are at the α and β each Laplace holds: call ``optimize_evidence()``
+    first on one fitted at given precisions (an EvidenceCallback's are the evidence's own).
     """
     from sigma.laplace import Laplace
 
@@ -629,7 +631,14 @@ def compare_laplaces(laplaces: Mapping) -> Comparison:
             raise ValueError(f"laplaces must be keyed by names (str), got the key {name!r}")
         if not isinstance(la, Laplace):
             raise ValueError(f"laplaces[{name!r}] must be a sigma.Laplace, got {type(la).__name__}")
-    kinds = {name: la.likelihood.name for name, la in laplaces.items()}
+    kinds = {name: _family(la.likelihood) for name, la in laplaces.items()}
+    tempered = {n: la.temperature for n, la in laplaces.items() if la.temperature != 1.0}
+    if tempered:
+        raise ValueError(
+            f"laplaces {sorted(tempered)} are at a temperature T ≠ 1 ({tempered}): the "
+            "evidence of a tempered likelihood p(y | f)^(1/T) is not a probability of the "
+            "labels, so it does not compare; set la.temperature = 1.0 to compare them"
+        )
     options = {
         name: {"structure": la.structure.name, "curvature": la.curvature,
                "weights": la.selection.kind, "structure_options": la.structure.options() or None}
@@ -643,8 +652,20 @@ def compare_laplaces(laplaces: Mapping) -> Comparison:
     return Comparison(best, laplaces[best], dict(laplaces), table, parameters)
 
 
-# How close two fingerprints of the same targets are: the targets in float32 and float64 models.
+# How close two fingerprints of the same targets are, relative to the targets' RMS: the
+# targets as a float32 and as a float64 model takes them.
 _TARGETS_RTOL = 1e-6
+
+
+def _family(likelihood) -> str:
+    """The likelihood family of a fitted likelihood: a per-head likelihood's is its heads'
+    (one family if they share it, else the heads' families by name)."""
+    if likelihood.name != "per_head":
+        return likelihood.name
+    heads = {name: FAMILIES.get(part.name, part.name) for name, part, *_ in likelihood.bound()}
+    if len(set(heads.values())) == 1:
+        return next(iter(heads.values()))
+    return "heads " + ", ".join(f"{name}: {family}" for name, family in heads.items())
 
 
 def _check_same_targets(laplaces: Mapping) -> None:
@@ -663,16 +684,27 @@ def _check_same_targets(laplaces: Mapping) -> None:
     if not known:
         return
     first, reference = next(iter(known.items()))
-    scale = max(abs(reference[1]), 1e-300)  # the mean square: the targets' squared scale
+    square = max(float(reference[-1]), 1e-300)  # the mean square: the targets' squared scale
     for name, moments in known.items():
-        if not np.allclose(moments, reference, rtol=_TARGETS_RTOL, atol=_TARGETS_RTOL * scale):
+        same = (
+            len(moments) == len(reference)
+            and np.allclose(  # means: in units of the RMS
+                moments[:-1], reference[:-1], rtol=0.0, atol=_TARGETS_RTOL * np.sqrt(square)
+            )
+            and abs(moments[-1] - reference[-1]) <= _TARGETS_RTOL * square
+        )
+        if not same:
             raise ValueError(
                 f"laplaces[{name!r}] and laplaces[{first!r}] were fitted on different targets "
-                f"(mean and mean square of the targets {moments[0]:.6g}, {moments[1]:.6g} "
-                f"against {reference[0]:.6g}, {reference[1]:.6g}): each evidence is a density "
-                "of its own targets, so evidences of rescaled, shifted or other targets do not "
-                "compare; fit every Laplace on the same (x, y)"
+                f"(the targets' column means and mean square {_short(moments)} against "
+                f"{_short(reference)}): each evidence is a density of its own targets, so "
+                "evidences of rescaled, shifted or other targets (other labels) do not compare; "
+                "fit every Laplace on the same (x, y)"
             )
+
+
+def _short(values) -> str:
+    return np.array2string(np.asarray(values), precision=6, threshold=6, edgeitems=2)
 
 
 def _larger(new: float, old: float) -> bool:

@@ -23,10 +23,12 @@ class DataSummary:
     one group, ``data_error``); output_scale : the RMS of the outputs (for telling
     interpolation from noise); batch_size : as fitted (None: automatic); input_scale : the
     largest |x| of the float training inputs (arrays; None for a dataset or a loaded
-    posterior), named when an ill-conditioned A is refused; target_moments : the mean and the
-    mean square of every entry of the targets as the likelihood takes them, (2,), a
-    fingerprint of the targets by which evidences of different targets are told apart
-    (:func:`sigma.compare_laplaces`; None for a posterior saved before it was kept).
+    posterior), named when an ill-conditioned A is refused; target_moments : a fingerprint of
+    the targets as the likelihood takes them (one-hot labels, a heteroscedastic model's targets
+    once), by which evidences of different targets are told apart
+    (:func:`sigma.compare_laplaces`): the mean of each target column (class frequencies for
+    labels; one mean over all entries beyond :data:`MOMENT_COLUMNS` columns), then the mean
+    square of all entries (None for a posterior saved before it was kept).
     """
 
     n_data: int
@@ -37,20 +39,26 @@ class DataSummary:
     batch_size: int | None = None
     input_scale: float | None = None
     group_errors: np.ndarray | None = None
-    target_moments: tuple[float, float] | None = None
+    target_moments: tuple[float, ...] | None = None
+
+
+# Targets with more columns than this are fingerprinted by one mean over all their entries.
+MOMENT_COLUMNS = 256
 
 
 def moments(t) -> np.ndarray:
-    """Σ t and Σ t² over every entry of targets ``t``, and their count, (3,) float64: summed
-    over batches, :func:`target_moments` of the sums is that of all the targets."""
-    t = np.asarray(t, np.float64)
-    return np.array([t.sum(), np.square(t).sum(), t.size], np.float64)
+    """Sums of targets ``t`` (N, K): Σ_n t_nk per column (or Σ over every entry when K >
+    :data:`MOMENT_COLUMNS`), Σ t², and N, float64: summed over batches, :func:`target_moments`
+    of the sums is that of all the targets."""
+    t = np.asarray(t, np.float64).reshape(np.shape(t)[0], -1)
+    columns = t.sum(axis=0) if t.shape[1] <= MOMENT_COLUMNS else [t.sum() / t.shape[1]]
+    return np.concatenate([columns, [np.square(t).sum() / t.shape[1], t.shape[0]]])
 
 
-def target_moments(sums) -> tuple[float, float]:
-    """(mean, mean square) of the target entries from the :func:`moments` sums."""
-    total, square, count = (float(v) for v in sums)
-    return total / max(count, 1.0), square / max(count, 1.0)
+def target_moments(sums) -> tuple[float, ...]:
+    """The column means and the mean square of the targets from the :func:`moments` sums."""
+    n = max(float(sums[-1]), 1.0)
+    return tuple(float(v) / n for v in sums[:-1])
 
 
 def frozen_state(model) -> list[np.ndarray]:

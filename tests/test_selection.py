@@ -702,7 +702,7 @@ def test_laplaces_fitted_elsewhere_rank_as_compare_models_ranks_them(rng, tmp_pa
     np.testing.assert_allclose(streamed.target_moments, la.target_moments, rtol=1e-12)
     narrow = make_mlp(n_in=1, hidden=(3,), n_out=1, dtype="float32")
     in_float32 = sigma.Laplace(narrow, x, y, alpha=1.0, structure="kfac")
-    assert sigma.compare_laplaces({"float64": loaded, "float32": in_float32}).table.names
+    assert len(sigma.compare_laplaces({"float64": loaded, "float32": in_float32}).table) == 2
 
 
 @pytest.mark.parametrize(
@@ -742,3 +742,57 @@ def test_laplaces_of_other_families_or_approximations_are_not_compared(rng):
         ValueError, match=r"laplaces\['m'\] must be a sigma.Laplace, got Sequential"
     ):
         sigma.compare_laplaces({"m": reg.model})
+
+
+def test_the_targets_fingerprint_tells_apart_what_differs_and_only_that(rng):
+    """Small centred targets in a float32 and a float64 model, arrays or a dataset: the same.
+    A heteroscedastic and a homoscedastic model of the same y: the same. Integer and one-hot
+    labels: the same; other labels: refused."""
+    import tensorflow as tf
+
+    x = rng.normal(size=(30, 2))
+    y = 1e-3 * rng.normal(size=(30, 1))
+    y -= y.mean()  # a mean at round-off, far below the mean square's tolerance
+    f64 = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=1), x, y, structure="kfac")
+    f32 = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=1, dtype="float32"),
+                        tf.data.Dataset.from_tensor_slices((x, y)).batch(8), structure="kfac")  # fmt: skip
+    het = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=2), x, y, structure="kfac",
+                        likelihood="heteroscedastic")  # fmt: skip
+    assert len(sigma.compare_laplaces({"f64": f64, "f32": f32, "het": het}).table) == 3
+
+    labels = rng.integers(0, 3, size=30)
+    kw = dict(likelihood="classification", structure="kfac", alpha=1.0)
+    as_int = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=3), x, labels, **kw)
+    one_hot = sigma.Laplace(make_mlp(n_in=2, hidden=(4,), n_out=3), x, np.eye(3)[labels], **kw)
+    np.testing.assert_allclose(as_int.target_moments, one_hot.target_moments)
+    np.testing.assert_allclose(as_int.target_moments[:3], np.bincount(labels, minlength=3) / 30)
+    other = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=3), x, (labels + 1) % 3, **kw)
+    assert len(sigma.compare_laplaces({"int": as_int, "one-hot": one_hot}).table) == 2
+    with pytest.raises(ValueError, match="fitted on different targets"):
+        sigma.compare_laplaces({"int": as_int, "other": other})
+
+
+def test_tempered_classifiers_and_heads_of_other_families_are_not_compared(rng):
+    x, labels = rng.normal(size=(30, 2)), rng.integers(0, 3, size=30)
+    kw = dict(likelihood="classification", structure="kfac", alpha=1.0)
+    a = sigma.Laplace(make_mlp(n_in=2, hidden=(3,), n_out=3), x, labels, **kw)
+    b = sigma.Laplace(make_mlp(n_in=2, hidden=(4,), n_out=3), x, labels, **kw)
+    b.temperature = 0.5
+    with pytest.raises(ValueError, match=r"laplaces \['b'\] are at a temperature T ≠ 1"):
+        sigma.compare_laplaces({"a": a, "b": b})
+
+    inputs = keras.Input((2,), dtype="float64")
+    hidden = keras.layers.Dense(4, "tanh", dtype="float64")(inputs)
+    two = keras.Model(inputs, {"r": keras.layers.Dense(1, dtype="float64", name="r")(hidden),
+                               "c": keras.layers.Dense(3, dtype="float64", name="c")(hidden)})  # fmt: skip
+    y = {"r": rng.normal(size=(30, 1)), "c": np.eye(3)[labels]}
+    mixed = sigma.Laplace(two, x, y, structure="kfac", alpha=1.0,
+                          likelihood={"r": "regression", "c": "classification"})  # fmt: skip
+    regressions = sigma.Laplace(two, x, y, structure="kfac", alpha=1.0,
+                                likelihood={"r": "regression", "c": "regression"})  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"families \(heads c: classification, r: Gaussian regression: \['mixed'\]; "
+        r"Gaussian regression: \['regressions'\]\)",
+    ):
+        sigma.compare_laplaces({"mixed": mixed, "regressions": regressions})

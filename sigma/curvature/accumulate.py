@@ -316,7 +316,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     if batch_size is not None:
         dataset = dataset.unbatch().batch(check_batch_size(batch_size))
     dtype = model_dtype(model)
-    n, k, e_d, e_dk, square, e_g, sums = 0, None, 0.0, None, 0.0, None, np.zeros(3)
+    n, k, e_d, e_dk, square, e_g, sums = 0, None, 0.0, None, 0.0, None, 0.0
     for i, (xb, yb) in enumerate(dataset):
         xb = tf.nest.map_structure(lambda t: t.numpy(), xb)
         xb = check_inputs(model, xb, f"x (dataset batch {i})")
@@ -327,7 +327,7 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
         yb = tf.nest.map_structure(lambda t: t.numpy(), yb)
         t = lik.targets(yb, n_samples(xb), k, f"y (dataset batch {i})", layout=layout)
         t = t.astype(np.float64)
-        sums += moments(t)
+        sums = sums + moments(lik.distinct_targets(t))
         e_d += float(lik.data_error(tf.constant(f), tf.constant(t)))
         part = lik.group_errors(tf.constant(f), tf.constant(t), lik.groups(k)).numpy()
         e_g = part if e_g is None else e_g + part

@@ -169,6 +169,11 @@ class Likelihood:
         return self.pseudo(tf.stop_gradient(f), f)
 
     # -- targets ------------------------------------------------------------------------------
+    def distinct_targets(self, t):
+        """The columns of targets ``t`` as :meth:`targets` gives them that are distinct
+        targets (what identifies the targets, :func:`sigma.summary.moments`): all of them."""
+        return t
+
     def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
         raise NotImplementedError
 

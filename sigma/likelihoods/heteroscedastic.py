@@ -135,6 +135,10 @@ class Heteroscedastic(Likelihood):
         std = tf.sqrt(var[:, :k] + tf.exp(mean[:, k:]))
         return {"mean": mean[:, :k], "std": std}
 
+    def distinct_targets(self, t):
+        """The targets once: :meth:`targets` repeats them for the variance heads."""
+        return t[:, : t.shape[1] // 2]
+
     def targets(self, y, n: int, k: int, name: str = "y", x_name: str = "x", layout=None):
         """Targets (n, k/2) (or (n,) for one target) as (n, k): each head's target is y."""
         if k % 2:
