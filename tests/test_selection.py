@@ -672,6 +672,7 @@ def test_the_notebooks_linear_candidate_has_the_exact_evidence_of_bayesian_linea
 
 
 # -- Laplaces fitted elsewhere -----------------------------------------------------------------
+@pytest.mark.slow  # trains two candidates: make test, not test-fast
 def test_laplaces_fitted_elsewhere_rank_as_compare_models_ranks_them(rng, tmp_path):
     """compare_laplaces scores each by log_evidence() + log_symmetry, best first, as
     compare_models does: the same table from compare_models' own Laplaces; a saved and loaded
