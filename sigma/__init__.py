@@ -15,8 +15,8 @@ The package is layered; each layer imports only those below it:
   computing every curvature, traced once per model), :mod:`sigma.evidence`,
   :mod:`sigma.likelihoods`, :mod:`sigma.classification`,
   :mod:`sigma.conformal`, :mod:`sigma.selection` (:func:`compare_models`: the evidence
-  chooses among candidate networks; :func:`compare_laplaces`: among fitted Laplaces), :mod:`sigma.losses`, :mod:`sigma.metrics`,
-  :mod:`sigma.memory`, :mod:`sigma.params`;
+  chooses among candidate networks; :func:`compare_laplaces`: among fitted Laplaces),
+  :mod:`sigma.losses`, :mod:`sigma.metrics`, :mod:`sigma.memory`, :mod:`sigma.params`;
 * :mod:`sigma.lab` — the notebook helpers (data, models, the original formula, scans, plots);
 * :mod:`sigma.sweep` — papermill sweeps and HTML reports, which never import the layers above.
 

@@ -19,8 +19,8 @@ way: candidates are all regressions (mean squared error with its β, or
 the structure, curvature and weights of their Laplace approximation (KFAC's, a diagonal's or the
 full one's evidences are approximations of different quality). Anything else is refused with a
 ValueError naming the candidates. :func:`compare_laplaces` ranks Laplaces fitted elsewhere
-after the same checks, and refuses those fitted on different targets (their number, mean and
-mean square: :attr:`sigma.Laplace.target_moments`).
+after the same checks, and refuses those fitted on different targets (their number, column
+means and mean square: :attr:`sigma.Laplace.target_moments`).
 """
 
 from __future__ import annotations

@@ -303,9 +303,8 @@ def prepare_dataset(model, dataset, likelihood, *, batch_size: int | None = None
     """Validate a ``tf.data.Dataset`` of ``(x, y)`` batches in one pass.
 
     Returns ``(data, n, k, data_error, data_errors, square, group_errors, target_sums)``:
-    ``data`` yields
-    ``(x_b, y_b)`` cast to the model dtype with targets as (B, K) (integer labels one-hot
-    encoded for classification); N samples, K outputs, the summed data term E_D, for
+    ``data`` yields ``(x_b, y_b)`` cast to the model dtype with targets as (B, K) (integer
+    labels one-hot encoded for classification); N samples, K outputs, the summed data term E_D, for
     regression E_Dk per output (K,), Σ f² over the outputs, and the data term of each
     precision group (G,), and the sums of the targets (:func:`sigma.summary.moments`). With
     ``batch_size`` the data are re-batched.
