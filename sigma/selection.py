@@ -36,10 +36,6 @@ import numpy as np
 from sigma import keras_compat, progress
 from sigma._checks import check_batch_size, check_positive_int, check_seed
 
-# The likelihood family of each compiled-loss kind (sigma.callbacks.loss_likelihood): the
-# evidences of one family are densities of the same targets.
-FAMILIES = {"regression": "Gaussian regression", "heteroscedastic": "Gaussian regression",
-            "classification": "classification"}  # fmt: skip
 # The options that make two evidences approximations of the same kind (they must agree), with
 # EvidenceCallback's defaults.
 APPROXIMATION = {"structure": "kfac", "curvature": "ggn", "weights": "all",
@@ -414,16 +410,17 @@ def _check_data(x, y) -> None:
             )
 
 
-def _check_comparable(kinds: dict[str, str], options: dict[str, dict],
+def _check_comparable(families: dict[str, str], options: dict[str, dict],
                        what: str = "candidates") -> None:  # fmt: skip
     """ValueError unless every candidate's evidence is a density of the same targets computed
-    by the same kind of approximation, naming the candidates that differ (``what``: what the
-    names are of, "candidates" or "laplaces")."""
-    families = {}
-    for name, kind in kinds.items():
-        families.setdefault(FAMILIES.get(kind, kind), []).append(name)
-    if len(families) > 1:
-        listed = "; ".join(f"{family}: {names}" for family, names in families.items())
+    by the same kind of approximation, naming the candidates that differ (``families``: each
+    one's likelihood family, ``Likelihood.family``; ``what``: what the names are of,
+    "candidates" or "laplaces")."""
+    by_family = {}
+    for name, family in families.items():
+        by_family.setdefault(family, []).append(name)
+    if len(by_family) > 1:
+        listed = "; ".join(f"{family}: {names}" for family, names in by_family.items())
         raise ValueError(
             f"{what} mix likelihood families ({listed}): a classifier's evidence is a "
             "probability of labels, a regression's a density of real targets, so the two are "
@@ -551,7 +548,12 @@ def compare_models(
         except ValueError as exc:
             raise ValueError(f"candidates[{name!r}]: {exc}") from None
         models[name] = model
-    _check_comparable(kinds, {name: opts for name, (_, opts) in specs.items()})
+    from sigma import likelihoods
+
+    _check_comparable(
+        {name: likelihoods.get(kind).family for name, kind in kinds.items()},
+        {name: opts for name, (_, opts) in specs.items()},
+    )
 
     rows, laplaces = {}, {}
     runs = [(name, r) for name in specs for r in range(restarts)]
@@ -631,7 +633,7 @@ def compare_laplaces(laplaces: Mapping) -> Comparison:
             raise ValueError(f"laplaces must be keyed by names (str), got the key {name!r}")
         if not isinstance(la, Laplace):
             raise ValueError(f"laplaces[{name!r}] must be a sigma.Laplace, got {type(la).__name__}")
-    kinds = {name: _family(la.likelihood) for name, la in laplaces.items()}
+    kinds = {name: la.likelihood.family for name, la in laplaces.items()}
     tempered = {n: la.temperature for n, la in laplaces.items() if la.temperature != 1.0}
     if tempered:
         raise ValueError(
@@ -655,17 +657,6 @@ def compare_laplaces(laplaces: Mapping) -> Comparison:
 # How close two fingerprints of the same targets are, relative to the targets' RMS: the
 # targets as a float32 and as a float64 model takes them.
 _TARGETS_RTOL = 1e-6
-
-
-def _family(likelihood) -> str:
-    """The likelihood family of a fitted likelihood: a per-head likelihood's is its heads'
-    (one family if they share it, else the heads' families by name)."""
-    if likelihood.name != "per_head":
-        return likelihood.name
-    heads = {name: FAMILIES.get(part.name, part.name) for name, part, *_ in likelihood.bound()}
-    if len(set(heads.values())) == 1:
-        return next(iter(heads.values()))
-    return "heads " + ", ".join(f"{name}: {family}" for name, family in heads.items())
 
 
 def _check_same_targets(laplaces: Mapping) -> None:

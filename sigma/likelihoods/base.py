@@ -169,6 +169,12 @@ class Likelihood:
         return self.pseudo(tf.stop_gradient(f), f)
 
     # -- targets ------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        """What the evidence is a probability of: likelihoods of one family give evidences of
+        the same targets that compare (:mod:`sigma.selection`)."""
+        return self.name
+
     def distinct_targets(self, t):
         """The columns of targets ``t`` as :meth:`targets` gives them that are distinct
         targets (what identifies the targets, :func:`sigma.summary.moments`): all of them."""

@@ -85,6 +85,14 @@ class PerHead(Likelihood):
         }
         return PerHead(self.spec, layout, bound)
 
+    @property
+    def family(self) -> str:
+        """The heads' family when they share one, else each head's by name."""
+        heads = {name: part.family for name, part, *_ in self.bound()}
+        if len(set(heads.values())) == 1:
+            return next(iter(heads.values()))
+        return "heads " + ", ".join(f"{name}: {family}" for name, family in heads.items())
+
     def bound(self):
         if self.layout is None:
             raise ValueError("a likelihood per head must be bound to the model's outputs first")

@@ -41,6 +41,7 @@ class Heteroscedastic(Likelihood):
     """
 
     name = "heteroscedastic"
+    family = "Gaussian regression"  # a density of real targets, noise fixed or modelled
     noise = False
     beta_message = (
         "beta has no meaning for likelihood='heteroscedastic': the noise variance is the "

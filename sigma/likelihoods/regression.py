@@ -14,6 +14,7 @@ class Regression(Likelihood):
     with ``per_output=True``."""
 
     name = "regression"
+    family = "Gaussian regression"  # a density of real targets, noise fixed or modelled
     noise = True
 
     def __init__(self, per_output: bool = False):
