@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -54,6 +55,11 @@ _ELEMENTWISE = (keras.layers.Activation, keras.layers.Dropout)
 RESOLUTION = 4.0
 # Priors that treat every unit of a layer alike, and a weight and its negative alike.
 _SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
+# Angles at which the path test evaluates the data term along the rotation of two units, a
+# quarter turn in steps of 5.6°: the data term is a smooth function of the angle.
+PATH_ANGLES = np.pi / 2 * np.arange(1, 17) / 16
+# (unit pair, angle) evaluations per traced call of the path test.
+_PATH_CHUNK = 512
 
 
 class ComparisonTable:
@@ -200,7 +206,8 @@ def _hidden_layers(model) -> list[tuple[keras.layers.Dense, list, bool]]:
     return found
 
 
-def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
+def log_symmetry(laplace, x=None, y=None, *, resolution: float | None = RESOLUTION,
+                 paths: bool = True) -> float:  # fmt: skip
     """ln of the number of distinct modes of the posterior equivalent to the trained one:
     weight vectors that give the same function (MacKay 1992a; Bishop 1995 §10.6) and that the
     posterior tells apart.
@@ -225,6 +232,21 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
     linkage): approximations docs/math.md §8 discusses. ``resolution=None`` counts every
     permutation and flip, ln H! + H ln 2 per layer: an upper bound.
 
+    Copies can also be joined by a curved path the posterior stays high along: rotating two
+    units of an odd activation (their incoming weights, bias and outgoing weights) in their
+    common plane leaves every weight's norm, so the prior, unchanged, and a quarter turn is
+    an exchange with one sign flipped, a symmetry. Where the units work in the activation's
+    linear range (or one of them is unused) the function barely changes on the way. With
+    ``paths`` (default) and the training data — ``x``, ``y`` as for the fit, by default the
+    Laplace's own (a Laplace loaded from a file has none: then no path is tested) — two
+    units in different groups join when the data term Σ_h β_h E_h rises by at most
+    ``resolution``/8 anywhere along the rotation (:data:`PATH_ANGLES`): the fall of the
+    posterior density halfway between two modes ``resolution`` apart, the straight test's own
+    threshold. A group joined by a path counts one sign flip at most (the rotations reach
+    every exchange and even number of flips within it), none when one of its units' flip is
+    within the resolution. The path test costs H²/2 · 16 forward passes over the data per
+    layer at most, one traced graph per layer of a model; it only ever lowers the count.
+
     Counted only where it holds as stated: the posterior covers every weight (a last-layer
     posterior's hidden units are fixed features, not integrated over) and the prior treats the
     units of a layer alike ("scalar", "layer" or "variable"; an array of groups gives 0).
@@ -238,6 +260,8 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
         raise ValueError(f"resolution must be a positive number or None, got {resolution!r}")
     if not laplace.selection.full or laplace.prior.kind not in _SYMMETRIC_PRIORS:
         return 0.0
+    if not isinstance(paths, bool):
+        raise ValueError(f"paths must be True or False, got {paths!r}")
     layers = _hidden_layers(laplace.model)
     weights = precisions = None  # None: every permutation and flip counts
     if resolution is not None and layers:
@@ -245,13 +269,17 @@ def log_symmetry(laplace, *, resolution: float | None = RESOLUTION) -> float:
             weights, precisions = _per_variable(laplace)
         except NotImplementedError:  # a structure without diag(A⁻¹): the bound
             pass
+    rises = None
+    if paths and weights is not None and any(odd for _, _, odd in layers):
+        rises = _PathRises.of(laplace, x, y)
     return float(
-        sum(_log_modes(layer, consumers, odd, weights, precisions, resolution)
+        sum(_log_modes(layer, consumers, odd, weights, precisions, resolution,
+                       rises if odd else None)
             for layer, consumers, odd in layers)
     )  # fmt: skip
 
 
-def _log_modes(layer, consumers, odd: bool, weights, precisions, resolution) -> float:
+def _log_modes(layer, consumers, odd: bool, weights, precisions, resolution, rises) -> float:
     """ln of the modes one hidden layer gives: those the posterior tells apart, or every
     permutation and flip (ln H! + H ln 2 for ``odd``) without ``weights`` or when one of the
     layer's variables is outside the posterior."""
@@ -262,7 +290,13 @@ def _log_modes(layer, consumers, odd: bool, weights, precisions, resolution) -> 
         units, precision = _unit_vectors(layer, consumers, weights, precisions)
     if units is None:
         return float(gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0))
-    sizes, flips = _distinct(units, precision, odd, float(resolution))
+    joined = None
+    if rises is not None:
+
+        def joined(u, others):  # noqa: E306 - the path test of one layer's units
+            return rises(layer, consumers, u, others).max(axis=1) <= resolution / 8.0
+
+    sizes, flips = _distinct(units, precision, odd, float(resolution), joined)
     return float(gammaln(len(units) + 1.0) - gammaln(sizes + 1.0).sum() + flips * np.log(2.0))
 
 
@@ -304,14 +338,19 @@ def _unit_vectors(layer, consumers, weights, precisions):
     return np.concatenate(units, 0).T, np.concatenate(precision, 0).T
 
 
-def _distinct(units, precision, odd: bool, resolution: float) -> tuple[np.ndarray, int]:
+def _distinct(units, precision, odd: bool, resolution: float,
+              joined=None) -> tuple[np.ndarray, int]:  # fmt: skip
     """Sizes of the groups of units no exchange within which moves the weights by more than
     ``resolution`` (squared, in the posterior's precisions; up to sign for ``odd``), chained
-    (single linkage), and the number of units whose sign flip moves them by more."""
+    (single linkage), and the number of sign flips that count: of every unit whose flip moves
+    it by more, but one at most in a group a path joined.
+
+    ``joined(u, others)``: which of the units ``others`` (indices) a path of high posterior
+    joins to unit u (bool array); asked for the pairs of units in different groups, once each
+    (the groups grow as the answers come: a pair already in one group is not asked again)."""
     from scipy.sparse.csgraph import connected_components
 
     flipped = ((2.0 * units) ** 2 * precision).sum(axis=1)  # a flip moves a unit by twice it
-    flips = int((flipped > resolution).sum()) if odd else 0
     n = len(units)
     near = np.zeros((n, n), bool)
     for u in range(n):  # exchanging u and v moves u's weights to v's place and back
@@ -321,7 +360,144 @@ def _distinct(units, precision, odd: bool, resolution: float) -> tuple[np.ndarra
             moved = np.minimum(moved, ((units[u] + units) ** 2 * scale).sum(axis=1))
         near[u] = moved <= resolution
     _, labels = connected_components(near | near.T, directed=False)
+    by_path = np.zeros(n, bool)  # per group label: joined by a path
+    if joined is not None:
+        for u in range(n - 1):
+            others = np.flatnonzero(labels[u + 1 :] != labels[u]) + u + 1
+            if others.size == 0:
+                continue
+            for v in others[np.asarray(joined(u, others), bool)]:
+                if labels[v] != labels[u]:  # merge v's group into u's
+                    old = labels[v]
+                    by_path[labels[u]] |= by_path[old]
+                    labels[labels == old] = labels[u]
+                by_path[labels[u]] = True
+    flips = 0
+    if odd:
+        distinct = flipped > resolution
+        for label in np.unique(labels):
+            members = labels == label
+            flips += (
+                int(distinct[members].all()) if by_path[label] else int(distinct[members].sum())
+            )
+    _, labels = np.unique(labels, return_inverse=True)
     return np.bincount(labels), flips
+
+
+class _PathRises:
+    """The rise of the data term Σ_h β_h E_h along the rotation of two hidden units, over the
+    Laplace's training data: ``rises(layer, consumers, u, others)`` (len(others),
+    len(:data:`PATH_ANGLES`)) in nats. One traced graph per layer, kept in the model's engine
+    (``stateless_call`` with the layer's kernel, bias and consumers' kernels rotated)."""
+
+    def __init__(self, laplace, data):
+        from sigma import likelihoods
+        from sigma.curvature.engine import engine
+
+        post = laplace.posterior
+        self.model, self.data = laplace.model, data
+        self.engine = engine(self.model)
+        self.likelihood = likelihoods.get(post.likelihood)
+        self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
+
+    @classmethod
+    def of(cls, laplace, x, y):
+        """For the data ``x``, ``y`` (as for the fit) or the Laplace's own; None without any."""
+        from sigma.curvature.accumulate import ArrayBatches, is_dataset
+
+        post = laplace.posterior
+        if x is None and y is None:
+            if post.data is None:  # loaded from a file
+                return None
+            data = post.data if is_dataset(post.data) else ArrayBatches(
+                (post.data, post.targets), 4096
+            )  # fmt: skip
+            return cls(laplace, data)
+        from sigma.fitting import prepare
+
+        if is_dataset(x):
+            if y is not None:
+                raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
+            return cls(laplace, x)
+        if y is None:
+            raise ValueError("y is required with x: the training targets of the Laplace")
+        from sigma.summary import moments, target_moments
+
+        x, y, _ = prepare(laplace.model, x, y, post.likelihood)
+        n = len(keras.tree.flatten(x)[0])
+        known = post.summary.target_moments
+        given = target_moments(moments(post.likelihood.distinct_targets(y)))
+        if n != post.summary.n_data or (known is not None and not _same_targets(given, known)):
+            raise ValueError(
+                f"x, y ({n} samples, targets' column means and mean square {_short(given)}) are "
+                f"not the data the Laplace was fitted on ({post.summary.n_data} samples"
+                + ("" if known is None else f", {_short(known)}")
+                + "): pass its training data"
+            )
+        return cls(laplace, ArrayBatches((x, y), 4096))
+
+    def _accumulator(self, layer, consumers):
+        import tensorflow as tf
+
+        from sigma.curvature.capture import flat_outputs
+
+        model, lik, groups = self.model, self.likelihood, self.groups
+        variables = model.trainable_variables
+        where = {id(v): i for i, v in enumerate(variables)}
+        kernel = where[id(layer.kernel)]
+        bias = where[id(layer.bias)] if layer.use_bias else None
+        outgoing = [where[id(c.kernel)] for c in consumers]
+        kwargs = {"training": False} if keras_compat.call_has_training_arg(model) else {}
+        h, dtype = int(layer.units), self.engine.dtype
+
+        def body(batch, pairs, angles):
+            x, t = batch
+            base = [tf.convert_to_tensor(v.value) for v in variables]
+            frozen = [v.value for v in model.non_trainable_variables]
+            t = tf.cast(t, tf.float64)
+
+            def one(args):
+                pair, angle = args
+                e_i, e_j = tf.one_hot(pair[0], h, dtype=dtype), tf.one_hot(pair[1], h, dtype=dtype)
+                c, s = tf.cos(angle), tf.sin(angle)
+                # R: columns i, j of the identity rotated by the angle (kernel @ R, Rᵀ @ outgoing)
+                r = (tf.eye(h, dtype=dtype)
+                     + (c - 1.0) * (e_i[:, None] * e_i + e_j[:, None] * e_j)
+                     + s * (e_j[:, None] * e_i - e_i[:, None] * e_j))  # fmt: skip
+                values = list(base)
+                values[kernel] = tf.matmul(base[kernel], r)
+                if bias is not None:
+                    values[bias] = tf.linalg.matvec(r, base[bias], transpose_a=True)
+                for k in outgoing:
+                    values[k] = tf.matmul(r, base[k], transpose_a=True)
+                out, _ = model.stateless_call(values, frozen, x, **kwargs)
+                f = tf.cast(flat_outputs(out), tf.float64)
+                return tf.cast(lik.group_errors(f, t, groups), tf.float64)
+
+            from sigma.curvature import vectorize
+
+            spec = tf.TensorSpec([groups.n_groups], tf.float64)
+            return vectorize.per_sample(one, (pairs, angles), spec, memo=self.engine.vectorizing)
+
+        key = ("path rises", id(layer), lik.key, tuple(groups.outputs.tolist()))
+        return self.engine.accumulator(
+            key, body, self.data,
+            arg_specs=[tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([None], dtype)],
+            progress=False,
+        )  # fmt: skip
+
+    def __call__(self, layer, consumers, u: int, others) -> np.ndarray:
+        acc = self._accumulator(layer, consumers)
+        others = np.asarray(others, np.int32)
+        # the angle 0 first: the data term at the trained weights, from the same graph
+        pairs = np.array([[u, others[0]]] + [[u, v] for v in others for _ in PATH_ANGLES], np.int32)
+        angles = np.concatenate([[0.0], np.tile(PATH_ANGLES, len(others))])
+        errors = np.concatenate([
+            acc(pairs[s : s + _PATH_CHUNK], angles[s : s + _PATH_CHUNK].astype(self.engine.dtype))
+            for s in range(0, len(pairs), _PATH_CHUNK)
+        ])  # fmt: skip
+        energy = errors @ self.beta  # Σ_h β_h E_h per (pair, angle)
+        return (energy[1:] - energy[0]).reshape(len(others), len(PATH_ANGLES))
 
 
 def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]]:
@@ -600,13 +776,17 @@ def compare_models(
     return Comparison(best, laplaces[best], laplaces, table, parameters)
 
 
-def compare_laplaces(laplaces: Mapping) -> Comparison:
+def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
     """Rank Laplaces fitted elsewhere by their log evidence, as :func:`compare_models` ranks the
     candidates it trains, after the same checks that the evidences are comparable.
 
     laplaces : {name: :class:`sigma.Laplace`}, each fitted on its own trained model (by
         ``sigma.Laplace(model, x, y, ...)``, an :class:`sigma.EvidenceCallback`, or loaded),
         at the α and β it holds (``optimize_evidence()`` first for the evidence's own).
+    x, y : the training data they were all fitted on, for the path test of the count of modes
+        (:func:`log_symmetry`); by default each Laplace's own. A Laplace loaded from a file
+        has none: without x, y the modes of every Laplace are then counted without the path
+        test (a count that can only be larger), with a warning naming those without data.
 
     Returns a :class:`Comparison` (``seconds`` None: nothing is trained here). The log
     evidence is ``laplace.log_evidence()`` plus :func:`log_symmetry`, as in compare_models.
@@ -648,7 +828,22 @@ def compare_laplaces(laplaces: Mapping) -> Comparison:
     }  # fmt: skip
     _check_comparable(kinds, options, "laplaces")
     _check_same_targets(laplaces)
-    table = ComparisonTable(_row(name, kinds[name], la, None) for name, la in laplaces.items())
+    paths = True
+    if x is None and y is None:
+        missing = [n for n, la in laplaces.items() if la.posterior.data is None]
+        if missing:
+            warnings.warn(
+                f"laplaces {missing} have no training data (loaded from a file): every "
+                "Laplace's modes are counted without the path test (log_symmetry), a count "
+                "that can only be larger; pass x, y (the training data) to compare_laplaces "
+                "to count them with it",
+                stacklevel=2,
+            )
+            paths = False
+    table = ComparisonTable(
+        _row(name, kinds[name], la, None, log_symmetry(la, x, y, paths=paths))
+        for name, la in laplaces.items()
+    )
     best = table.rows[0]["name"]
     parameters = {"n_data": int(laplaces[best].n_data), "options": options[best]}
     return Comparison(best, laplaces[best], dict(laplaces), table, parameters)
@@ -675,16 +870,8 @@ def _check_same_targets(laplaces: Mapping) -> None:
     if not known:
         return
     first, reference = next(iter(known.items()))
-    square = max(float(reference[-1]), 1e-300)  # the mean square: the targets' squared scale
     for name, moments in known.items():
-        same = (
-            len(moments) == len(reference)
-            and np.allclose(  # means: in units of the RMS
-                moments[:-1], reference[:-1], rtol=0.0, atol=_TARGETS_RTOL * np.sqrt(square)
-            )
-            and abs(moments[-1] - reference[-1]) <= _TARGETS_RTOL * square
-        )
-        if not same:
+        if not _same_targets(moments, reference):
             raise ValueError(
                 f"laplaces[{name!r}] and laplaces[{first!r}] were fitted on different targets "
                 f"(the targets' column means and mean square {_short(moments)} against "
@@ -692,6 +879,19 @@ def _check_same_targets(laplaces: Mapping) -> None:
                 "evidences of rescaled, shifted or other targets (other labels) do not compare; "
                 "fit every Laplace on the same (x, y)"
             )
+
+
+def _same_targets(moments, reference) -> bool:
+    """Whether two fingerprints (column means, mean square) are of the same targets: the means
+    within :data:`_TARGETS_RTOL` of the RMS, the mean square within it relative."""
+    square = max(float(reference[-1]), 1e-300)  # the mean square: the targets' squared scale
+    return bool(
+        len(moments) == len(reference)
+        and np.allclose(  # means: in units of the RMS
+            moments[:-1], reference[:-1], rtol=0.0, atol=_TARGETS_RTOL * np.sqrt(square)
+        )
+        and abs(moments[-1] - reference[-1]) <= _TARGETS_RTOL * square
+    )
 
 
 def _short(values) -> str:
@@ -703,10 +903,13 @@ def _larger(new: float, old: float) -> bool:
     return bool(new > old or (np.isnan(old) and not np.isnan(new)))
 
 
-def _row(name: str, likelihood: str, la, seconds: float | None) -> dict:
-    """A candidate's row of :data:`COLUMNS` from its fitted Laplace."""
+def _row(name: str, likelihood: str, la, seconds: float | None,
+         symmetry: float | None = None) -> dict:  # fmt: skip
+    """A candidate's row of :data:`COLUMNS` from its fitted Laplace (``symmetry``: its
+    :func:`log_symmetry`, computed here by default)."""
     parts = la.log_evidence_parts()
-    symmetry = log_symmetry(la)
+    if symmetry is None:
+        symmetry = log_symmetry(la)
     return {
         "name": name,
         "likelihood": likelihood,

@@ -500,19 +500,165 @@ def test_the_symmetry_counts_only_the_modes_the_posterior_tells_apart(spread):
     la.beta = 50.0
     assert log_symmetry(la, resolution=None) == pytest.approx(gammaln(5.0) + 4 * np.log(2.0))
     assert log_symmetry(la, resolution=1e12) == 0.0  # every image within: one mode
+    # the straight test alone (no path test): the brute force moves the weights in a line
     # at 1.0 (exchanges cost < 0.01, ≥ 2.7 or more; flips 0 or ≥ 6): units 0 and 1 one
     # group, 2 and 3 apart, and the flips of 0, 1 and 2 other modes: ln(4!/2! · 2³)
     assert _modes_by_brute_force(model, x, 1.0, 50.0, 1.0) == pytest.approx(np.log(96))
-    assert log_symmetry(la, resolution=1.0) == pytest.approx(np.log(96), rel=1e-9)
+    assert log_symmetry(la, resolution=1.0, paths=False) == pytest.approx(np.log(96), rel=1e-9)
     # at the default (4: two units whose exchange moves the weights by less are one mode of
     # their mixture) the dead unit joins the group of 0 and 1 (exchanging it with either moves
     # the weights by 2.75): ln(4!/3! · 2³)
-    assert log_symmetry(la) == pytest.approx(np.log(32), rel=1e-9)
+    assert log_symmetry(la, paths=False) == pytest.approx(np.log(32), rel=1e-9)
+    assert log_symmetry(la) <= log_symmetry(la, paths=False)  # paths only ever join
     if spread == 0.0:  # exact copies stay one group however fine the resolution
-        assert log_symmetry(la, resolution=1e-12) == pytest.approx(np.log(96))
+        assert log_symmetry(la, resolution=1e-12, paths=False) == pytest.approx(np.log(96))
     for bad in (0.0, -1.0, "4", True):
         with pytest.raises(ValueError, match=r"resolution must be a positive number or None"):
             log_symmetry(la, resolution=bad)
+    with pytest.raises(ValueError, match=r"paths must be True or False"):
+        log_symmetry(la, paths=1)
+
+
+def _linear_and_dead(kind: str = "homoscedastic"):
+    """A 1 → 3 tanh → 1 network (→ 2, [μ | ln σ²], heteroscedastic): unit 0 a strongly
+    nonlinear feature (tanh 2x), unit 1 in tanh's linear range (0.02 x, carried by an
+    outgoing weight of 10), unit 2 unused (all its weights 0)."""
+    k = 1 if kind == "homoscedastic" else 2
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, "tanh"),
+                              keras.layers.Dense(k)])  # fmt: skip
+    model.layers[0].set_weights([np.array([[2.0, 0.02, 0.0]]), np.zeros(3)])
+    out = np.array([[1.0], [10.0], [0.0]])
+    if k == 2:  # ln σ² from the same features, weakly
+        out = np.concatenate([out, np.array([[0.3], [-1.0], [0.0]])], axis=1)
+    model.layers[1].set_weights([out, np.full(k, -1.0) * (np.arange(k) == 1)])
+    return model
+
+
+def _rotated(model, layer_index: int, i: int, j: int, angle: float) -> list[np.ndarray]:
+    """The model's weights with hidden units i and j of Dense layer ``layer_index`` rotated by
+    ``angle`` in their plane (incoming kernel columns, biases, outgoing kernel rows)."""
+    weights = [w.astype(np.float64) for w in model.get_weights()]
+    c, s = np.cos(angle), np.sin(angle)
+    kernel, bias, outgoing = 2 * layer_index, 2 * layer_index + 1, 2 * layer_index + 2
+    for index, axis in ((kernel, 1), (bias, 0), (outgoing, 0)):
+        w = weights[index]
+        a, b = np.take(w, i, axis=axis), np.take(w, j, axis=axis)
+        new = np.array(w)
+        if axis == 1:
+            new[:, i], new[:, j] = c * a + s * b, -s * a + c * b
+        else:
+            new[i], new[j] = c * a + s * b, -s * a + c * b
+        weights[index] = new
+    return weights
+
+
+@pytest.mark.parametrize("kind", ["homoscedastic", "heteroscedastic"])
+def test_the_path_test_measures_the_data_term_along_the_rotation(kind):
+    """Against a slow obvious loop: the rise of Σ β E along the rotation of two units, for
+    every angle of PATH_ANGLES, equals the data term of the network with those weights set
+    (β ½ Σ (f − t)² for the squared error, the summed Gaussian NLL for a heteroscedastic
+    model), minus its value at the trained weights; the function is unchanged by the quarter
+    turn (an exchange with a sign flipped)."""
+    from sigma.selection import PATH_ANGLES, _hidden_layers, _PathRises
+
+    model = _linear_and_dead(kind)
+    x = np.linspace(-1, 1, 40)[:, None]
+    f = model.predict(x, verbose=0)
+    y = f[:, :1] + 0.1 * RNG.standard_normal((40, 1))
+    lik = "regression" if kind == "homoscedastic" else "heteroscedastic"
+    la = sigma.Laplace(model, x, y, structure="kfac", prior="scalar", alpha=1.0, likelihood=lik)
+    beta = 50.0 if kind == "homoscedastic" else 1.0
+    if kind == "homoscedastic":
+        la.beta = beta
+
+    def energy(weights):
+        clone = keras.models.clone_model(model)
+        clone.set_weights(weights)
+        out = clone.predict(x, verbose=0).astype(np.float64)
+        if kind == "homoscedastic":
+            return beta * 0.5 * np.sum((out - y) ** 2)
+        mean, logvar = out[:, :1], out[:, 1:]
+        return np.sum(0.5 * np.log(2 * np.pi) + 0.5 * logvar + 0.5 * (y - mean) ** 2 / np.exp(logvar))
+
+    e0 = energy(model.get_weights())
+    layer, consumers, odd = _hidden_layers(model)[0]
+    assert odd
+    rises = _PathRises.of(la, None, None)
+    for u, others in ((0, [1, 2]), (1, [2])):
+        got = rises(layer, consumers, u, others)
+        assert got.shape == (len(others), len(PATH_ANGLES))
+        for row, v in zip(got, others, strict=True):
+            expected = [energy(_rotated(model, 0, u, v, a)) - e0 for a in PATH_ANGLES]
+            np.testing.assert_allclose(row, expected, rtol=1e-3, atol=1e-3)
+            assert abs(row[-1]) < 1e-3  # a quarter turn: the same function
+    # the linear unit and the unused one: the data term barely moves; the nonlinear unit and
+    # the unused one: it rises by far more than resolution / 8 = 0.5
+    assert np.abs(rises(layer, consumers, 1, [2])).max() < 0.01
+    assert rises(layer, consumers, 0, [2]).max() > 0.5
+
+
+def test_units_a_path_of_high_posterior_joins_are_one_mode():
+    """The linear unit's exchange with the unused one moves the weights far (its outgoing
+    weight is 10), so the straight test counts them apart: ln(3! · 2²) (flips of units 0 and
+    1). The rotation joins them: ln(3!/2! · 2) — the nonlinear unit apart, and no flip in the
+    joined group, whose unused unit's flip is within the resolution. A hidden layer with a
+    linear activation is one mode up to one flip (every rotation leaves the function), and a
+    relu layer is not path-tested (not odd)."""
+    from scipy.special import gammaln
+
+    model = _linear_and_dead()
+    x = np.linspace(-1, 1, 40)[:, None]
+    y = model.predict(x, verbose=0) + 0.1 * RNG.standard_normal((40, 1))
+    la = sigma.Laplace(model, x, y, structure="full", prior="scalar", alpha=1.0)
+    la.beta = 50.0
+    assert log_symmetry(la, paths=False) == pytest.approx(np.log(24), rel=1e-9)
+    assert log_symmetry(la) == pytest.approx(np.log(6), rel=1e-9)
+    assert log_symmetry(la, x, y) == pytest.approx(np.log(6), rel=1e-9)  # the data given
+
+    linear = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, "linear"),
+                               keras.layers.Dense(1)])  # fmt: skip
+    linear.layers[0].set_weights([np.array([[3.0, 0.0, 1.0, -2.0], [0.0, 3.0, 2.0, 1.0]]),
+                                  np.array([0.5, -0.5, 0.0, 1.0])])  # fmt: skip
+    linear.layers[1].set_weights([np.array([[2.0], [-3.0], [1.5], [2.5]]), np.zeros(1)])
+    x2 = RNG.normal(size=(50, 2))
+    y2 = linear.predict(x2, verbose=0) + 0.1 * RNG.standard_normal((50, 1))
+    la2 = sigma.Laplace(linear, x2, y2, structure="full", prior="scalar", alpha=1.0)
+    la2.beta = 100.0
+    # four distinct units (the straight test): every permutation and flip
+    assert log_symmetry(la2, paths=False) == pytest.approx(gammaln(5.0) + 4 * np.log(2.0))
+    assert log_symmetry(la2) == pytest.approx(np.log(2.0))  # one group, its flips' parity
+
+    relu = keras.Sequential([keras.Input((2,)), keras.layers.Dense(6, "relu"),
+                             keras.layers.Dense(1)])  # fmt: skip
+    la3 = sigma.Laplace(relu, x2, y2, structure="kfac", prior="scalar", alpha=1.0)
+    assert log_symmetry(la3) == log_symmetry(la3, paths=False)
+    assert gammaln(7.0) >= log_symmetry(la3) > 0.0
+
+
+def test_a_loaded_laplace_is_path_tested_on_the_data_given(tmp_path):
+    """A Laplace loaded from a file has no training data: log_symmetry counts its modes without
+    the path test, or with it on the x, y given (the same count as before saving), and refuses
+    other data; compare_laplaces warns, naming it, and counts every Laplace alike."""
+    model = _linear_and_dead()
+    x = np.linspace(-1, 1, 40)[:, None]
+    y = model.predict(x, verbose=0) + 0.1 * RNG.standard_normal((40, 1))
+    la = sigma.Laplace(model, x, y, structure="kfac", prior="scalar", alpha=1.0)
+    la.beta = 50.0
+    la.save(tmp_path / "la")
+    loaded = sigma.Laplace.load(tmp_path / "la", model)
+    assert log_symmetry(loaded) == log_symmetry(la, paths=False)
+    assert log_symmetry(loaded, x, y) == pytest.approx(log_symmetry(la), rel=1e-9)
+    assert log_symmetry(la) < log_symmetry(la, paths=False)
+    with pytest.raises(ValueError, match=r"not the data the Laplace was fitted on"):
+        log_symmetry(loaded, x, 2.0 * y)
+    with pytest.raises(ValueError, match=r"not the data the Laplace was fitted on"):
+        log_symmetry(loaded, x[:30], y[:30])
+    with pytest.warns(UserWarning, match=r"laplaces \['loaded'\] have no training data"):
+        table = sigma.compare_laplaces({"loaded": loaded, "fresh": la}).table
+    assert table["fresh"]["symmetry"] == pytest.approx(log_symmetry(la, paths=False))
+    table = sigma.compare_laplaces({"loaded": loaded, "fresh": la}, x, y).table
+    assert table["loaded"]["symmetry"] == pytest.approx(table["fresh"]["symmetry"])
+    assert table["fresh"]["symmetry"] == pytest.approx(log_symmetry(la))
 
 
 def test_a_structure_without_marginal_variances_gets_the_bound(monkeypatch):
@@ -701,9 +847,13 @@ def test_laplaces_fitted_elsewhere_rank_as_compare_models_ranks_them(rng, tmp_pa
     streamed = sigma.Laplace(la.model, tf.data.Dataset.from_tensor_slices((x, y)).batch(7),
                              alpha=1.0)  # fmt: skip
     np.testing.assert_allclose(streamed.target_moments, la.target_moments, rtol=1e-12)
+    # the path test of the count of modes runs on the Laplace's own dataset as on its arrays
+    in_arrays = sigma.Laplace(la.model, x, y, alpha=1.0)
+    assert log_symmetry(streamed) == pytest.approx(log_symmetry(in_arrays), abs=1e-9)
     narrow = make_mlp(n_in=1, hidden=(3,), n_out=1, dtype="float32")
     in_float32 = sigma.Laplace(narrow, x, y, alpha=1.0, structure="kfac")
-    assert len(sigma.compare_laplaces({"float64": loaded, "float32": in_float32}).table) == 2
+    # a loaded Laplace has no training data: given here, for the path test
+    assert len(sigma.compare_laplaces({"float64": loaded, "float32": in_float32}, x, y).table) == 2
 
 
 @pytest.mark.parametrize(
