@@ -36,6 +36,7 @@ import numpy as np
 
 from sigma import keras_compat, progress
 from sigma._checks import check_batch_size, check_positive_int, check_seed
+from sigma.curvature.accumulate import batch_size_for
 
 # The options that make two evidences approximations of the same kind (they must agree), with
 # EvidenceCallback's defaults.
@@ -272,6 +273,13 @@ def log_symmetry(laplace, x=None, y=None, *, resolution: float | None = RESOLUTI
     rises = None
     if paths and weights is not None and any(odd for _, _, odd in layers):
         rises = _PathRises.of(laplace, x, y)
+        if rises is None:
+            warnings.warn(
+                "the Laplace has no training data (loaded from a file): its modes are counted "
+                "without the path test, a count that can only be larger; pass x, y (its "
+                "training data) to count them with it, or paths=False",
+                stacklevel=2,
+            )
     return float(
         sum(_log_modes(layer, consumers, odd, weights, precisions, resolution,
                        rises if odd else None)
@@ -347,7 +355,10 @@ def _distinct(units, precision, odd: bool, resolution: float,
 
     ``joined(u, others)``: which of the units ``others`` (indices) a path of high posterior
     joins to unit u (bool array); asked for the pairs of units in different groups, once each
-    (the groups grow as the answers come: a pair already in one group is not asked again)."""
+    (the groups grow as the answers come: a pair already in one group is not asked again). A
+    group a path joined counts one flip (the rotations reach the signed permutations of
+    determinant +1), none when it holds a unit whose flip, or two units whose exchange, is
+    within the resolution (either a reflection: then every signed permutation)."""
     from scipy.sparse.csgraph import connected_components
 
     flipped = ((2.0 * units) ** 2 * precision).sum(axis=1)  # a flip moves a unit by twice it
@@ -360,7 +371,10 @@ def _distinct(units, precision, odd: bool, resolution: float,
             moved = np.minimum(moved, ((units[u] + units) ** 2 * scale).sum(axis=1))
         near[u] = moved <= resolution
     _, labels = connected_components(near | near.T, directed=False)
-    by_path = np.zeros(n, bool)  # per group label: joined by a path
+    # per group label: a straight link within (an exchange, or one with both signs flipped,
+    # within the resolution: a reflection), and joined by a path
+    linked = np.bincount(labels, minlength=n) > 1
+    by_path = np.zeros(n, bool)
     if joined is not None:
         for u in range(n - 1):
             others = np.flatnonzero(labels[u + 1 :] != labels[u]) + u + 1
@@ -370,6 +384,7 @@ def _distinct(units, precision, odd: bool, resolution: float,
                 if labels[v] != labels[u]:  # merge v's group into u's
                     old = labels[v]
                     by_path[labels[u]] |= by_path[old]
+                    linked[labels[u]] |= linked[old]
                     labels[labels == old] = labels[u]
                 by_path[labels[u]] = True
     flips = 0
@@ -377,11 +392,18 @@ def _distinct(units, precision, odd: bool, resolution: float,
         distinct = flipped > resolution
         for label in np.unique(labels):
             members = labels == label
-            flips += (
-                int(distinct[members].all()) if by_path[label] else int(distinct[members].sum())
-            )
+            if not by_path[label]:
+                flips += int(distinct[members].sum())
+            else:  # the rotations reach the signed permutations of determinant +1: two modes,
+                # one if a flip or a straight link (a reflection) is within the resolution
+                flips += int(distinct[members].all() and not linked[label])
     _, labels = np.unique(labels, return_inverse=True)
     return np.bincount(labels), flips
+
+
+def _dense(model) -> list:
+    """The model's Dense layers, nested models included (to size the path test's batches)."""
+    return [layer for layer in keras_compat.layers(model) if isinstance(layer, keras.layers.Dense)]
 
 
 class _PathRises:
@@ -390,43 +412,55 @@ class _PathRises:
     len(:data:`PATH_ANGLES`)) in nats. One traced graph per layer, kept in the model's engine
     (``stateless_call`` with the layer's kernel, bias and consumers' kernels rotated)."""
 
-    def __init__(self, laplace, data):
+    def __init__(self, laplace, data, *, own: bool):
         from sigma import likelihoods
         from sigma.curvature.engine import engine
 
         post = laplace.posterior
-        self.model, self.data = laplace.model, data
+        self.model, self.data, self.own = laplace.model, data, own
         self.engine = engine(self.model)
         self.likelihood = likelihoods.get(post.likelihood)
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
+        self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
+        self.checked = False
 
     @classmethod
     def of(cls, laplace, x, y):
-        """For the data ``x``, ``y`` (as for the fit) or the Laplace's own; None without any."""
-        from sigma.curvature.accumulate import ArrayBatches, is_dataset
+        """For the data ``x``, ``y`` (as for the fit) or the Laplace's own; None without any.
+        ValueError when x, y are not the Laplace's training data (their N and targets'
+        fingerprint; the data term at the trained weights is checked when first evaluated)."""
+        from sigma.curvature.accumulate import ArrayBatches, is_dataset, prepare_dataset
+        from sigma.fitting import prepare
+        from sigma.summary import moments, target_moments
 
         post = laplace.posterior
+        post.check_weights_unchanged()
+        # (pair, angle) evaluations × samples × units: a batch within the element budget
+        units = sum(int(layer.units) for layer in _dense(laplace.model))
+        per_sample = _PATH_CHUNK * max(units, 1)
         if x is None and y is None:
             if post.data is None:  # loaded from a file
                 return None
-            data = post.data if is_dataset(post.data) else ArrayBatches(
-                (post.data, post.targets), 4096
-            )  # fmt: skip
-            return cls(laplace, data)
-        from sigma.fitting import prepare
-
+            if is_dataset(post.data):
+                return cls(laplace, post.data, own=True)
+            size = batch_size_for(post.summary.n_data, per_sample, None)
+            return cls(laplace, ArrayBatches((post.data, post.targets), size), own=True)
+        if x is None:
+            raise ValueError("x is required with y: the training inputs of the Laplace")
         if is_dataset(x):
             if y is not None:
                 raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
-            return cls(laplace, x)
-        if y is None:
-            raise ValueError("y is required with x: the training targets of the Laplace")
-        from sigma.summary import moments, target_moments
-
-        x, y, _ = prepare(laplace.model, x, y, post.likelihood)
-        n = len(keras.tree.flatten(x)[0])
-        known = post.summary.target_moments
-        given = target_moments(moments(post.likelihood.distinct_targets(y)))
+            data, n, *_, sums = prepare_dataset(
+                laplace.model, x, post.likelihood, layout=post.output_layout
+            )
+        else:
+            if y is None:
+                raise ValueError("y is required with x: the training targets of the Laplace")
+            x, y, _ = prepare(laplace.model, x, y, post.likelihood)
+            n = len(keras.tree.flatten(x)[0])
+            sums = moments(post.likelihood.distinct_targets(y))
+            data = ArrayBatches((x, y), batch_size_for(n, per_sample, None))
+        known, given = post.summary.target_moments, target_moments(sums)
         if n != post.summary.n_data or (known is not None and not _same_targets(given, known)):
             raise ValueError(
                 f"x, y ({n} samples, targets' column means and mean square {_short(given)}) are "
@@ -434,7 +468,7 @@ class _PathRises:
                 + ("" if known is None else f", {_short(known)}")
                 + "): pass its training data"
             )
-        return cls(laplace, ArrayBatches((x, y), 4096))
+        return cls(laplace, data, own=False)
 
     def _accumulator(self, layer, consumers):
         import tensorflow as tf
@@ -497,6 +531,15 @@ class _PathRises:
             for s in range(0, len(pairs), _PATH_CHUNK)
         ])  # fmt: skip
         energy = errors @ self.beta  # Σ_h β_h E_h per (pair, angle)
+        if not self.checked:  # the data term at the trained weights: the fit's
+            if not abs(energy[0] - self.fitted) <= 1e-3 * max(abs(self.fitted), 1.0):
+                raise ValueError(
+                    f"the data term on {'its training data' if self.own else 'x, y'} is "
+                    f"{energy[0]:.6g}, the Laplace's {self.fitted:.6g}: "
+                    + ("the model's weights or state changed since the fit"
+                       if self.own else "x, y are not the data the Laplace was fitted on")
+                )  # fmt: skip
+            self.checked = True
         return (energy[1:] - energy[0]).reshape(len(others), len(PATH_ANGLES))
 
 

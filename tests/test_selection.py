@@ -578,7 +578,9 @@ def test_the_path_test_measures_the_data_term_along_the_rotation(kind):
         if kind == "homoscedastic":
             return beta * 0.5 * np.sum((out - y) ** 2)
         mean, logvar = out[:, :1], out[:, 1:]
-        return np.sum(0.5 * np.log(2 * np.pi) + 0.5 * logvar + 0.5 * (y - mean) ** 2 / np.exp(logvar))
+        return np.sum(
+            0.5 * np.log(2 * np.pi) + 0.5 * logvar + 0.5 * (y - mean) ** 2 / np.exp(logvar)
+        )
 
     e0 = energy(model.get_weights())
     layer, consumers, odd = _hidden_layers(model)[0]
@@ -635,6 +637,47 @@ def test_units_a_path_of_high_posterior_joins_are_one_mode():
     assert gammaln(7.0) >= log_symmetry(la3) > 0.0
 
 
+def test_the_path_threshold_is_an_eighth_of_the_resolution_and_joins_fix_the_flips():
+    """With stub path rises: a rise of 0.49 joins every pair at resolution 4 (0.5 nats), 0.51
+    none; at resolution 2, 0.26 none. A group a path joined counts one flip, none when it
+    holds a unit whose flip is within the resolution (the unused unit 2) or two units whose
+    exchange is (exact copies: a reflection), and every other flip otherwise."""
+    from sigma.selection import PATH_ANGLES, _distinct, _hidden_layers, _log_modes, _per_variable
+
+    model = _linear_and_dead()
+    x = np.linspace(-1, 1, 40)[:, None]
+    y = model.predict(x, verbose=0) + 0.1 * RNG.standard_normal((40, 1))
+    la = sigma.Laplace(model, x, y, structure="full", prior="scalar", alpha=1.0)
+    la.beta = 50.0
+    layer, consumers, odd = _hidden_layers(model)[0]
+    weights, precisions = _per_variable(la)
+
+    def stub(value):
+        return lambda layer, consumers, u, others: np.full((len(others), len(PATH_ANGLES)), value)
+
+    def count(value, resolution=4.0):
+        return _log_modes(layer, consumers, odd, weights, precisions, resolution, stub(value))
+
+    assert count(0.49) == pytest.approx(0.0)  # one group, holding the unused unit: no flip
+    assert count(0.51) == pytest.approx(np.log(24))  # ln(3! · 2²): the straight test's
+    assert count(0.26, resolution=2.0) == count(1.0, resolution=2.0)
+    assert count(0.24, resolution=2.0) == pytest.approx(0.0)
+
+    units = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    precision = np.full_like(units, 100.0)  # every flip and exchange far beyond 4
+
+    def joined(u, others):
+        return np.ones(len(others), bool)
+
+    sizes, flips = _distinct(units, precision, True, 4.0)
+    assert list(sizes) == [1, 1, 1] and flips == 3
+    sizes, flips = _distinct(units, precision, True, 4.0, joined)
+    assert list(sizes) == [3] and flips == 1  # the parity of the flips
+    copies = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    sizes, flips = _distinct(copies, precision, True, 4.0, joined)
+    assert list(sizes) == [3] and flips == 0  # exchanging the copies is a reflection
+
+
 def test_a_loaded_laplace_is_path_tested_on_the_data_given(tmp_path):
     """A Laplace loaded from a file has no training data: log_symmetry counts its modes without
     the path test, or with it on the x, y given (the same count as before saving), and refuses
@@ -646,13 +689,28 @@ def test_a_loaded_laplace_is_path_tested_on_the_data_given(tmp_path):
     la.beta = 50.0
     la.save(tmp_path / "la")
     loaded = sigma.Laplace.load(tmp_path / "la", model)
-    assert log_symmetry(loaded) == log_symmetry(la, paths=False)
+    with pytest.warns(UserWarning, match=r"no training data \(loaded from a file\)"):
+        assert log_symmetry(loaded) == log_symmetry(la, paths=False)
     assert log_symmetry(loaded, x, y) == pytest.approx(log_symmetry(la), rel=1e-9)
     assert log_symmetry(la) < log_symmetry(la, paths=False)
-    with pytest.raises(ValueError, match=r"not the data the Laplace was fitted on"):
-        log_symmetry(loaded, x, 2.0 * y)
-    with pytest.raises(ValueError, match=r"not the data the Laplace was fitted on"):
-        log_symmetry(loaded, x[:30], y[:30])
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices((x, y[:, 0])).batch(16)  # targets (B,)
+    assert log_symmetry(loaded, batches) == pytest.approx(log_symmetry(la), rel=1e-9)
+    for bad_x, bad_y in [(x, 2.0 * y), (x[:30], y[:30]),
+                         (tf.data.Dataset.from_tensor_slices((x[:30], y[:30])).batch(16), None)]:  # fmt: skip
+        with pytest.raises(ValueError, match=r"not the data the Laplace was fitted on"):
+            log_symmetry(loaded, bad_x, bad_y)
+    # the right targets with other inputs: the data term at the trained weights tells
+    with pytest.raises(ValueError, match=r"x, y are not the data the Laplace was fitted on"):
+        log_symmetry(loaded, -x, y)
+    with pytest.raises(ValueError, match=r"x is required with y"):
+        log_symmetry(loaded, None, y)
+    # weights changed since the fit: refused, as the Laplace's predictions are
+    model.layers[1].kernel.assign(model.layers[1].kernel * 1.01)
+    with pytest.raises(ValueError, match=r"model weights .* changed since this Laplace"):
+        log_symmetry(la)
+    model.layers[1].kernel.assign(model.layers[1].kernel / 1.01)
     with pytest.warns(UserWarning, match=r"laplaces \['loaded'\] have no training data"):
         table = sigma.compare_laplaces({"loaded": loaded, "fresh": la}).table
     assert table["fresh"]["symmetry"] == pytest.approx(log_symmetry(la, paths=False))
