@@ -12,8 +12,11 @@ count of the modes that give the same function (:func:`sigma.selection.log_symme
 
 * ``every``: every permutation and sign flip of a hidden layer's H units, ln H! + H ln 2
   (``resolution=None``);
-* ``distinct``: only those the posterior tells apart (the default resolution, a squared
-  Mahalanobis distance of 4: two copies closer than that are one mode of their mixture);
+* ``straight``: only those the posterior tells apart on the straight line between them (the
+  default resolution, a squared Mahalanobis distance of 4: two copies closer than that are one
+  mode of their mixture; ``paths=False``);
+* ``distinct`` (sigma's): as ``straight``, and units also joined by the rotation that carries
+  one into the other's place where the data term rises by at most 4/8 along it;
 * ``none``: the evidence of one mode;
 * ``full`` (with ``--full``): the evidence of the full Gauss–Newton posterior instead of
   KFAC's, at the same trained weights (α and β maximised from KFAC's; about 30 s for each
@@ -51,6 +54,7 @@ from sigma.selection import log_symmetry  # noqa: E402
 
 COUNTS = {  # ln of the number of modes, from a fitted Laplace
     "every": lambda la: log_symmetry(la, resolution=None),
+    "straight": lambda la: log_symmetry(la, paths=False),
     "distinct": lambda la: log_symmetry(la),
     "none": lambda la: 0.0,
 }

@@ -36,6 +36,7 @@ import numpy as np
 
 from sigma import keras_compat, progress
 from sigma._checks import check_batch_size, check_positive_int, check_seed
+from sigma._grappler import own_calls
 from sigma.curvature.accumulate import batch_size_for
 
 # The options that make two evidences approximations of the same kind (they must agree), with
@@ -298,13 +299,17 @@ def _log_modes(layer, consumers, odd: bool, weights, precisions, resolution, ris
         units, precision = _unit_vectors(layer, consumers, weights, precisions)
     if units is None:
         return float(gammaln(layer.units + 1.0) + (layer.units * np.log(2.0) if odd else 0.0))
-    joined = None
-    if rises is not None:
+    if rises is None:
+        sizes, flips = _distinct(units, precision, odd, float(resolution))
+    else:  # a bar over the units once the path test takes a few seconds
+        bar = progress.bar(total=len(units), desc=f"log_symmetry paths ({layer.name})")
 
-        def joined(u, others):  # noqa: E306 - the path test of one layer's units
+        def joined(u, others):
+            bar.update(u + 1 - bar.n)
             return rises(layer, consumers, u, others).max(axis=1) <= resolution / 8.0
 
-    sizes, flips = _distinct(units, precision, odd, float(resolution), joined)
+        with bar:
+            sizes, flips = _distinct(units, precision, odd, float(resolution), joined)
     return float(gammaln(len(units) + 1.0) - gammaln(sizes + 1.0).sum() + flips * np.log(2.0))
 
 
@@ -526,10 +531,12 @@ class _PathRises:
         # the angle 0 first: the data term at the trained weights, from the same graph
         pairs = np.array([[u, others[0]]] + [[u, v] for v in others for _ in PATH_ANGLES], np.int32)
         angles = np.concatenate([[0.0], np.tile(PATH_ANGLES, len(others))])
-        errors = np.concatenate([
-            acc(pairs[s : s + _PATH_CHUNK], angles[s : s + _PATH_CHUNK].astype(self.engine.dtype))
-            for s in range(0, len(pairs), _PATH_CHUNK)
-        ])  # fmt: skip
+        angles = angles.astype(self.engine.dtype)
+        with own_calls(self.model):
+            errors = np.concatenate(
+                [acc(pairs[s : s + _PATH_CHUNK], angles[s : s + _PATH_CHUNK])
+                 for s in range(0, len(pairs), _PATH_CHUNK)]
+            )  # fmt: skip
         energy = errors @ self.beta  # Σ_h β_h E_h per (pair, angle)
         if not self.checked:  # the data term at the trained weights: the fit's
             if not abs(energy[0] - self.fitted) <= 1e-3 * max(abs(self.fitted), 1.0):
