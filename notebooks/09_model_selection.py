@@ -224,16 +224,16 @@ targets
 #   by a rotation in their common plane that keeps the prior and barely changes the function:
 #   one mode. With that path test the count falls to 26–36 nats on diabetes and is unchanged on
 #   Friedman #1, whose units carry curved features. Ranked on the same trainings
-#   (`bench/symmetry_count.py --restarts 2`):
+#   (`bench/symmetry_count.py --restarts 2`;
+#   [docs/math.md §8](../docs/math.md#8-which-model-comparing-evidences)):
 #
-#   | count of modes | Friedman #1 regret / vs default | diabetes regret / vs default |
-#   |---|---|---|
-#   | straight and path tests (sigma's) | **0.000 / +0.018** | **0.022 / +0.032** |
-#   | straight test only | 0.004 / +0.014 | 0.049 / +0.008 |
-#   | every permutation and flip | 0.024 / −0.011 | 0.052 / +0.002 |
-#   | none | 0.031 / −0.018 | 0.010 / +0.044 |
+# | count of modes | Friedman #1 regret / vs default | diabetes regret / vs default |
+# |---|---|---|
+# | straight and path tests (sigma's) | **0.000 / +0.018** | **0.022 / +0.032** |
+# | straight test only | 0.004 / +0.014 | 0.049 / +0.008 |
+# | every permutation and flip | 0.024 / −0.011 | 0.052 / +0.002 |
+# | none | 0.031 / −0.018 | 0.010 / +0.044 |
 #
-#   ([docs/math.md §8](../docs/math.md#8-which-model-comparing-evidences).)
 # * **The floor.** The held-out best of a split is the largest of ten test log-likelihoods
 #   that scatter with the split and the training, so even the one candidate that is closest to
 #   it on average, chosen in hindsight for every split, falls short: by 0.004 nats on diabetes
