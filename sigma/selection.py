@@ -37,7 +37,7 @@ import numpy as np
 from sigma import keras_compat, progress
 from sigma._checks import check_batch_size, check_positive_int, check_seed
 from sigma._grappler import own_calls
-from sigma.curvature.accumulate import batch_size_for
+from sigma.curvature.accumulate import ELEMENT_BUDGET, batch_size_for, is_dataset
 
 # The options that make two evidences approximations of the same kind (they must agree), with
 # EvidenceCallback's defaults.
@@ -406,9 +406,11 @@ def _distinct(units, precision, odd: bool, resolution: float,
     return np.bincount(labels), flips
 
 
-def _dense(model) -> list:
-    """The model's Dense layers, nested models included (to size the path test's batches)."""
-    return [layer for layer in keras_compat.layers(model) if isinstance(layer, keras.layers.Dense)]
+def _units(model) -> int:
+    """The units of the model's Dense layers, nested models included (≥ 1): the values per
+    sample a forward pass holds, to size the path test's batches."""
+    dense = [layer for layer in keras_compat.layers(model) if isinstance(layer, keras.layers.Dense)]
+    return max(1, sum(int(layer.units) for layer in dense))
 
 
 class _PathRises:
@@ -424,6 +426,13 @@ class _PathRises:
         post = laplace.posterior
         self.model, self.data, self.own = laplace.model, data, own
         self.engine = engine(self.model)
+        # (pair, angle) evaluations per call: within the element budget for a dataset's batches
+        self.chunk = _PATH_CHUNK
+        if is_dataset(data):
+            batch = len(keras.tree.flatten(next(iter(data))[0])[0])
+            self.chunk = int(
+                np.clip(ELEMENT_BUDGET // max(batch * _units(self.model), 1), 1, _PATH_CHUNK)
+            )
         self.likelihood = likelihoods.get(post.likelihood)
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
         self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
@@ -434,15 +443,14 @@ class _PathRises:
         """For the data ``x``, ``y`` (as for the fit) or the Laplace's own; None without any.
         ValueError when x, y are not the Laplace's training data (their N and targets'
         fingerprint; the data term at the trained weights is checked when first evaluated)."""
-        from sigma.curvature.accumulate import ArrayBatches, is_dataset, prepare_dataset
+        from sigma.curvature.accumulate import ArrayBatches, prepare_dataset
         from sigma.fitting import prepare
         from sigma.summary import moments, target_moments
 
         post = laplace.posterior
         post.check_weights_unchanged()
         # (pair, angle) evaluations × samples × units: a batch within the element budget
-        units = sum(int(layer.units) for layer in _dense(laplace.model))
-        per_sample = _PATH_CHUNK * max(units, 1)
+        per_sample = _PATH_CHUNK * _units(laplace.model)
         if x is None and y is None:
             if post.data is None:  # loaded from a file
                 return None
@@ -534,8 +542,8 @@ class _PathRises:
         angles = angles.astype(self.engine.dtype)
         with own_calls(self.model):
             errors = np.concatenate(
-                [acc(pairs[s : s + _PATH_CHUNK], angles[s : s + _PATH_CHUNK])
-                 for s in range(0, len(pairs), _PATH_CHUNK)]
+                [acc(pairs[s : s + self.chunk], angles[s : s + self.chunk])
+                 for s in range(0, len(pairs), self.chunk)]
             )  # fmt: skip
         energy = errors @ self.beta  # Σ_h β_h E_h per (pair, angle)
         if not self.checked:  # the data term at the trained weights: the fit's
