@@ -236,18 +236,21 @@ def log_symmetry(laplace, x=None, y=None, *, resolution: float | None = RESOLUTI
 
     Copies can also be joined by a curved path the posterior stays high along: rotating two
     units of an odd activation (their incoming weights, bias and outgoing weights) in their
-    common plane leaves every weight's norm, so the prior, unchanged, and a quarter turn is
-    an exchange with one sign flipped, a symmetry. Where the units work in the activation's
-    linear range (or one of them is unused) the function barely changes on the way. With
-    ``paths`` (default) and the training data — ``x``, ``y`` as for the fit, by default the
-    Laplace's own (a Laplace loaded from a file has none: then no path is tested) — two
-    units in different groups join when the data term Σ_h β_h E_h rises by at most
-    ``resolution``/8 anywhere along the rotation (:data:`PATH_ANGLES`): the fall of the
-    posterior density halfway between two modes ``resolution`` apart, the straight test's own
-    threshold. A group joined by a path counts one sign flip at most (the rotations reach
-    every exchange and even number of flips within it), none when one of its units' flip is
-    within the resolution. The path test costs H²/2 · 16 forward passes over the data per
-    layer at most, one traced graph per layer of a model; it only ever lowers the count.
+    common plane keeps every variable's norm, so the prior, and a quarter turn is an exchange
+    with one sign flipped, a symmetry. Where the units work in the activation's linear range
+    (or one of them is unused) the function barely changes on the way. With ``paths``
+    (default) and the training data — ``x``, ``y`` as for the fit, by default the Laplace's
+    own; a Laplace loaded from a file has none, and is then counted without the path test,
+    with a warning — two units in different groups join when the data term Σ_h β_h E_h rises
+    by at most ``resolution``/8 anywhere along the rotation (:data:`PATH_ANGLES`): the rise
+    the straight test allows the Laplace approximation's quadratic halfway, asked of the
+    posterior itself along the curved path (a rule of thumb, docs/math.md §8). A group joined
+    by a path counts one sign flip (the rotations reach the signed permutations of
+    determinant +1), none when it also holds a reflection within the resolution. Data that
+    are not the Laplace's (another N, other targets, a data term at the trained weights other
+    than the fit's) and weights changed since the fit raise ValueError. The path test costs
+    at most H²/2 · 16 forward passes over the data per layer, one traced graph per layer of a
+    model; it only ever lowers the count.
 
     Counted only where it holds as stated: the posterior covers every weight (a last-layer
     posterior's hidden units are fixed features, not integrated over) and the prior treats the
@@ -437,6 +440,7 @@ class _PathRises:
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
         self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
         self.checked = False
+        self._accumulators = {}
 
     @classmethod
     def of(cls, laplace, x, y):
@@ -486,6 +490,7 @@ class _PathRises:
     def _accumulator(self, layer, consumers):
         import tensorflow as tf
 
+        from sigma.curvature import vectorize
         from sigma.curvature.capture import flat_outputs
 
         model, lik, groups = self.model, self.likelihood, self.groups
@@ -521,8 +526,6 @@ class _PathRises:
                 f = tf.cast(flat_outputs(out), tf.float64)
                 return tf.cast(lik.group_errors(f, t, groups), tf.float64)
 
-            from sigma.curvature import vectorize
-
             spec = tf.TensorSpec([groups.n_groups], tf.float64)
             return vectorize.per_sample(one, (pairs, angles), spec, memo=self.engine.vectorizing)
 
@@ -534,7 +537,9 @@ class _PathRises:
         )  # fmt: skip
 
     def __call__(self, layer, consumers, u: int, others) -> np.ndarray:
-        acc = self._accumulator(layer, consumers)
+        acc = self._accumulators.get(id(layer))
+        if acc is None:
+            acc = self._accumulators[id(layer)] = self._accumulator(layer, consumers)
         others = np.asarray(others, np.int32)
         # the angle 0 first: the data term at the trained weights, from the same graph
         pairs = np.array([[u, others[0]]] + [[u, v] for v in others for _ in PATH_ANGLES], np.int32)
