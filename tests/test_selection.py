@@ -813,7 +813,8 @@ def test_the_count_reads_a_layers_own_weights_in_a_model_with_a_nested_model():
     la = sigma.Laplace(model, x, y, structure="kfac", prior="scalar", alpha=1.0)
     every = gammaln(5.0) + 4 * np.log(2.0)  # the top-level layer's 4 units, all distinct
     assert log_symmetry(la, resolution=None) == pytest.approx(every)
-    assert log_symmetry(la, resolution=1e-9) == pytest.approx(every)
+    # the straight test (random weights are no mode: a rotation may lower the data term)
+    assert log_symmetry(la, resolution=1e-9, paths=False) == pytest.approx(every)
 
 
 def test_a_nan_evidence_is_never_the_one_kept():
