@@ -270,6 +270,7 @@ def log_symmetry(laplace, x=None, y=None, *, resolution: float | None = RESOLUTI
     layers = _hidden_layers(laplace.model)
     weights = precisions = None  # None: every permutation and flip counts
     if resolution is not None and layers:
+        laplace.posterior.check_weights_unchanged()  # the weights read are the fitted ones
         try:
             weights, precisions = _per_variable(laplace)
         except NotImplementedError:  # a structure without diag(A⁻¹): the bound
@@ -409,11 +410,11 @@ def _distinct(units, precision, odd: bool, resolution: float,
     return np.bincount(labels), flips
 
 
-def _units(model) -> int:
-    """The units of the model's Dense layers, nested models included (≥ 1): the values per
-    sample a forward pass holds, to size the path test's batches."""
-    dense = [layer for layer in keras_compat.layers(model) if isinstance(layer, keras.layers.Dense)]
-    return max(1, sum(int(layer.units) for layer in dense))
+def _activations(model) -> int:
+    """Values a forward pass holds per sample (≥ 1), to size the path test's batches."""
+    from sigma.memory import activation_elements
+
+    return max(1, int(activation_elements(model)))
 
 
 class _PathRises:
@@ -429,18 +430,18 @@ class _PathRises:
         post = laplace.posterior
         self.model, self.data, self.own = laplace.model, data, own
         self.engine = engine(self.model)
-        # (pair, angle) evaluations per call: within the element budget for a dataset's batches
-        self.chunk = _PATH_CHUNK
-        if is_dataset(data):
-            batch = len(keras.tree.flatten(next(iter(data))[0])[0])
-            self.chunk = int(
-                np.clip(ELEMENT_BUDGET // max(batch * _units(self.model), 1), 1, _PATH_CHUNK)
-            )
+        # the samples per batch, to size the (pair, angle) evaluations per call (chunk)
+        self.batch = (
+            len(keras.tree.flatten(next(iter(data))[0])[0])
+            if is_dataset(data)
+            else min(data.n, data.batch_size)
+        )
         self.likelihood = likelihoods.get(post.likelihood)
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
         self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
         self.checked = False
         self._accumulators = {}
+        self._bases = []  # the data term at the trained weights, every call
 
     @classmethod
     def of(cls, laplace, x, y):
@@ -453,8 +454,8 @@ class _PathRises:
 
         post = laplace.posterior
         post.check_weights_unchanged()
-        # (pair, angle) evaluations × samples × units: a batch within the element budget
-        per_sample = _PATH_CHUNK * _units(laplace.model)
+        # batches of samples that leave room for at least 16 evaluations within the budget
+        per_sample = 16 * _activations(laplace.model)
         if x is None and y is None:
             if post.data is None:  # loaded from a file
                 return None
@@ -536,31 +537,57 @@ class _PathRises:
             progress=False,
         )  # fmt: skip
 
+    def _chunk(self, layer, consumers) -> int:
+        """(pair, angle) evaluations per call: each holds a batch's activations and its own
+        copy of the rotated variables (and R), within the element budget."""
+        rotated = int(np.prod(layer.kernel.shape)) + 2 * int(layer.units) ** 2
+        rotated += sum(int(np.prod(c.kernel.shape)) for c in consumers)
+        each = self.batch * _activations(self.model) + rotated
+        return int(np.clip(ELEMENT_BUDGET // max(each, 1), 1, _PATH_CHUNK))
+
     def __call__(self, layer, consumers, u: int, others) -> np.ndarray:
-        acc = self._accumulators.get(id(layer))
-        if acc is None:
-            acc = self._accumulators[id(layer)] = self._accumulator(layer, consumers)
+        key = id(layer)
+        if key not in self._accumulators:
+            self._accumulators[key] = (
+                self._accumulator(layer, consumers),
+                self._chunk(layer, consumers),
+            )
+        acc, chunk = self._accumulators[key]
         others = np.asarray(others, np.int32)
-        # the angle 0 first: the data term at the trained weights, from the same graph
-        pairs = np.array([[u, others[0]]] + [[u, v] for v in others for _ in PATH_ANGLES], np.int32)
-        angles = np.concatenate([[0.0], np.tile(PATH_ANGLES, len(others))])
-        angles = angles.astype(self.engine.dtype)
+        pairs = np.array([[u, v] for v in others for _ in PATH_ANGLES], np.int32)
+        angles = np.tile(PATH_ANGLES, len(others)).astype(self.engine.dtype)
+        rises, bases = [], []
         with own_calls(self.model):
-            errors = np.concatenate(
-                [acc(pairs[s : s + self.chunk], angles[s : s + self.chunk])
-                 for s in range(0, len(pairs), self.chunk)]
-            )  # fmt: skip
-        energy = errors @ self.beta  # Σ_h β_h E_h per (pair, angle)
+            for s in range(0, len(pairs), max(chunk - 1, 1)):
+                # the angle 0 first in every call: the data term at the trained weights, over
+                # the same batches as the rotated ones
+                part_pairs = np.concatenate([pairs[s : s + 1], pairs[s : s + max(chunk - 1, 1)]])
+                part_angles = np.concatenate([[0.0], angles[s : s + max(chunk - 1, 1)]])
+                energy = acc(part_pairs, part_angles.astype(self.engine.dtype)) @ self.beta
+                bases.append(energy[0])
+                rises.append(energy[1:] - energy[0])
+        self._bases += bases
+        bases = np.array(self._bases)
+        scale = max(abs(self.fitted), 1.0)
+        if np.ptp(bases) > 1e-5 * scale:
+            raise ValueError(
+                f"the data term at the trained weights differs from one pass over the "
+                f"{'training data' if self.own else 'data x'} to the next ({bases.min():.6g} to "
+                f"{bases.max():.6g}): a dataset that shuffles with drop_remainder or augments at "
+                "random; pass the training data as arrays, or a dataset that yields the same "
+                "batches every pass"
+            )
         if not self.checked:  # the data term at the trained weights: the fit's
-            if not abs(energy[0] - self.fitted) <= 1e-3 * max(abs(self.fitted), 1.0):
+            if not abs(bases[0] - self.fitted) <= 1e-3 * scale:
                 raise ValueError(
                     f"the data term on {'its training data' if self.own else 'x, y'} is "
-                    f"{energy[0]:.6g}, the Laplace's {self.fitted:.6g}: "
-                    + ("the model's weights or state changed since the fit"
-                       if self.own else "x, y are not the data the Laplace was fitted on")
+                    f"{bases[0]:.6g}, the Laplace's {self.fitted:.6g}: "
+                    + ("its training data no longer give the fit's (a dataset that differs "
+                       "from pass to pass?)" if self.own
+                       else "x, y are not the data the Laplace was fitted on")
                 )  # fmt: skip
             self.checked = True
-        return (energy[1:] - energy[0]).reshape(len(others), len(PATH_ANGLES))
+        return np.concatenate(rises).reshape(len(others), len(PATH_ANGLES))
 
 
 def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]]:
@@ -846,10 +873,10 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
     laplaces : {name: :class:`sigma.Laplace`}, each fitted on its own trained model (by
         ``sigma.Laplace(model, x, y, ...)``, an :class:`sigma.EvidenceCallback`, or loaded),
         at the α and β it holds (``optimize_evidence()`` first for the evidence's own).
-    x, y : the training data they were all fitted on, for the path test of the count of modes
-        (:func:`log_symmetry`); by default each Laplace's own. A Laplace loaded from a file
-        has none: without x, y the modes of every Laplace are then counted without the path
-        test (a count that can only be larger), with a warning naming those without data.
+    x, y : the training data, for the path test of the count of modes (:func:`log_symmetry`)
+        of the Laplaces loaded from a file, which keep none (each other Laplace uses its own).
+        Without them the modes of every Laplace are counted without the path test (a count
+        that can only be larger), with a warning naming those without data.
 
     Returns a :class:`Comparison` (``seconds`` None: nothing is trained here). The log
     evidence is ``laplace.log_evidence()`` plus :func:`log_symmetry`, as in compare_models.
@@ -904,9 +931,11 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
             )
             paths = False
     table = ComparisonTable(
-        _row(name, kinds[name], la, None, log_symmetry(la, x, y, paths=paths))
+        _row(name, kinds[name], la, None,
+             log_symmetry(la, *((x, y) if la.posterior.data is None else (None, None)),
+                          paths=paths))
         for name, la in laplaces.items()
-    )
+    )  # fmt: skip
     best = table.rows[0]["name"]
     parameters = {"n_data": int(laplaces[best].n_data), "options": options[best]}
     return Comparison(best, laplaces[best], dict(laplaces), table, parameters)

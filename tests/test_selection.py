@@ -721,11 +721,19 @@ def test_a_loaded_laplace_is_path_tested_on_the_data_given(tmp_path):
         log_symmetry(loaded, -x, y)
     with pytest.raises(ValueError, match=r"x is required with y"):
         log_symmetry(loaded, None, y)
-    # weights changed since the fit: refused, as the Laplace's predictions are
-    model.layers[1].kernel.assign(model.layers[1].kernel * 1.01)
-    with pytest.raises(ValueError, match=r"model weights .* changed since this Laplace"):
-        log_symmetry(la)
-    model.layers[1].kernel.assign(model.layers[1].kernel / 1.01)
+    # weights changed since the fit: refused, as the Laplace's predictions are, with or
+    # without the path test
+    kernel = model.layers[1].kernel.numpy()
+    model.layers[1].kernel.assign(kernel * 1.01)
+    for paths in (True, False):
+        with pytest.raises(ValueError, match=r"model weights .* changed since this Laplace"):
+            log_symmetry(la, paths=paths)
+    model.layers[1].kernel.assign(kernel)
+    # a dataset that is another subset every pass (shuffled, drop_remainder): refused
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(40).batch(16, drop_remainder=True)
+    on_shuffled = sigma.Laplace(model, shuffled, structure="kfac", prior="scalar", alpha=1.0)
+    with pytest.raises(ValueError, match=r"(differs from one pass|no longer give the fit's)"):
+        log_symmetry(on_shuffled)
     with pytest.warns(UserWarning, match=r"laplaces \['loaded'\] have no training data"):
         table = sigma.compare_laplaces({"loaded": loaded, "fresh": la}).table
     assert table["fresh"]["symmetry"] == pytest.approx(log_symmetry(la, paths=False))
