@@ -731,6 +731,7 @@ def compare_models(
     seed: int = 0,
     restarts: int = 1,
     verbose: int = 1,
+    paths: bool = True,
     **callback_options,
 ) -> Comparison:
     """Train every candidate for the posterior and choose the one with the largest evidence.
@@ -758,6 +759,11 @@ def compare_models(
         are not kept. The cost is ``restarts`` trainings per candidate.
     verbose : 1 (default) a progress bar over the trainings, candidates × restarts (once the
         work takes a few seconds), 0 silent.
+    paths : whether the count of equivalent modes also joins units along the rotation between
+        them (:func:`log_symmetry`; default True). It costs up to H²/2 · 16 forward passes
+        over the training data per tanh layer of H units: False for large data and layers,
+        where the straight test's count (which can only be larger) is then used for every
+        candidate.
     **callback_options : for every candidate's :class:`sigma.EvidenceCallback` (structure,
         prior, every, warmup, curvature, weights, ...; default structure "kfac").
 
@@ -789,6 +795,8 @@ def compare_models(
     restarts = check_positive_int(restarts, "restarts")
     if isinstance(verbose, bool) or verbose not in (0, 1):
         raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+    if not isinstance(paths, bool):
+        raise ValueError(f"paths must be True or False, got {paths!r}")
     specs = _candidates(candidates, callback_options)
     _check_data(x, y)
 
@@ -842,7 +850,7 @@ def compare_models(
                           verbose=0)  # fmt: skip
                 seconds = time.perf_counter() - start
                 la = callback.laplace
-                row = _row(name, kinds[name], la, seconds)
+                row = _row(name, kinds[name], la, seconds, log_symmetry(la, paths=paths))
             except Exception as exc:
                 exc.add_note(f"(sigma.compare_models, candidate {name!r}{where})")
                 raise
@@ -859,6 +867,7 @@ def compare_models(
         "batch_size": batch_size,
         "seed": seed,
         "restarts": restarts,
+        "paths": paths,
         "n_data": int(laplaces[best].n_data),
         "options": {**APPROXIMATION, **callback_options},
         "candidate_options": {n: o for n, (_, o) in specs.items() if o != callback_options},
@@ -866,7 +875,7 @@ def compare_models(
     return Comparison(best, laplaces[best], laplaces, table, parameters)
 
 
-def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
+def compare_laplaces(laplaces: Mapping, x=None, y=None, *, paths: bool = True) -> Comparison:
     """Rank Laplaces fitted elsewhere by their log evidence, as :func:`compare_models` ranks the
     candidates it trains, after the same checks that the evidences are comparable.
 
@@ -877,6 +886,7 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
         of the Laplaces loaded from a file, which keep none (each other Laplace uses its own).
         Without them the modes of every Laplace are counted without the path test (a count
         that can only be larger), with a warning naming those without data.
+    paths : False counts every Laplace's modes without the path test (as compare_models).
 
     Returns a :class:`Comparison` (``seconds`` None: nothing is trained here). The log
     evidence is ``laplace.log_evidence()`` plus :func:`log_symmetry`, as in compare_models.
@@ -918,8 +928,9 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
     }  # fmt: skip
     _check_comparable(kinds, options, "laplaces")
     _check_same_targets(laplaces)
-    paths = True
-    if x is None and y is None:
+    if not isinstance(paths, bool):
+        raise ValueError(f"paths must be True or False, got {paths!r}")
+    if paths and x is None and y is None:
         missing = [n for n, la in laplaces.items() if la.posterior.data is None]
         if missing:
             warnings.warn(
@@ -937,7 +948,7 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None) -> Comparison:
         for name, la in laplaces.items()
     )  # fmt: skip
     best = table.rows[0]["name"]
-    parameters = {"n_data": int(laplaces[best].n_data), "options": options[best]}
+    parameters = {"n_data": int(laplaces[best].n_data), "options": options[best], "paths": paths}
     return Comparison(best, laplaces[best], dict(laplaces), table, parameters)
 
 

@@ -315,6 +315,8 @@ def test_arguments_are_checked(rng):
         sigma.compare_models(good, x, y, epochs=0)
     with pytest.raises(ValueError, match=r"verbose must be 0 or 1"):
         sigma.compare_models(good, x, y, epochs=1, verbose=2)
+    with pytest.raises(ValueError, match=r"paths must be True or False"):
+        sigma.compare_models(good, x, y, epochs=1, paths="no")
     with pytest.raises(ValueError, match=r"seed must be a non-negative integer"):
         sigma.compare_models(good, x, y, epochs=1, seed=None)
     for restarts in (0, 1.5, True):
@@ -917,6 +919,14 @@ def test_laplaces_fitted_elsewhere_rank_as_compare_models_ranks_them(rng, tmp_pa
         assert row["log_evidence"] == pytest.approx(trained.table[row["name"]]["log_evidence"])
         assert row["seconds"] is None
     assert ranked.laplace is trained.laplaces[trained.best]
+    # without the path test: the straight test's count, for every Laplace (and recorded)
+    straight = sigma.compare_laplaces(trained.laplaces, paths=False)
+    assert straight.parameters["paths"] is False and trained.parameters["paths"] is True
+    for row in straight.table:
+        la = trained.laplaces[row["name"]]
+        assert row["symmetry"] == pytest.approx(log_symmetry(la, paths=False))
+    with pytest.raises(ValueError, match=r"paths must be True or False"):
+        sigma.compare_laplaces(trained.laplaces, paths=1)
 
     la = trained.laplaces["4"]
     mean, square = la.target_moments
