@@ -439,9 +439,8 @@ class _PathRises:
         self.likelihood = likelihoods.get(post.likelihood)
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
         self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
-        self.checked = False
+        self._base = None  # the data term at the trained weights, once checked
         self._accumulators = {}
-        self._bases = []  # the data term at the trained weights, every call
 
     @classmethod
     def of(cls, laplace, x, y):
@@ -452,8 +451,7 @@ class _PathRises:
         from sigma.fitting import prepare
         from sigma.summary import moments, target_moments
 
-        post = laplace.posterior
-        post.check_weights_unchanged()
+        post = laplace.posterior  # its weights: checked by log_symmetry
         # batches of samples that leave room for at least 16 evaluations within the budget
         per_sample = 16 * _activations(laplace.model)
         if x is None and y is None:
@@ -545,6 +543,29 @@ class _PathRises:
         each = self.batch * _activations(self.model) + rotated
         return int(np.clip(ELEMENT_BUDGET // max(each, 1), 1, _PATH_CHUNK))
 
+    def _check_base(self, base: float) -> None:
+        """ValueError unless the data term at the trained weights is the fit's (the first
+        call) and the same in every call (data that do not change from pass to pass)."""
+        scale = max(abs(self.fitted), 1.0)
+        if self._base is None:
+            if not abs(base - self.fitted) <= 1e-3 * scale:
+                raise ValueError(
+                    f"the data term on {'its training data' if self.own else 'x, y'} is "
+                    f"{base:.6g}, the Laplace's {self.fitted:.6g}: "
+                    + ("its training data no longer give the fit's (a dataset that differs "
+                       "from pass to pass?)" if self.own
+                       else "x, y are not the data the Laplace was fitted on")
+                )  # fmt: skip
+            self._base = base
+        elif abs(base - self._base) > 1e-5 * scale:
+            raise ValueError(
+                f"the data term at the trained weights differs from one pass over the "
+                f"{'training data' if self.own else 'data x'} to the next ({self._base:.6g}, "
+                f"{base:.6g}): a dataset that shuffles with drop_remainder or augments at "
+                "random; pass the training data as arrays, or a dataset that yields the same "
+                "batches every pass"
+            )
+
     def __call__(self, layer, consumers, u: int, others) -> np.ndarray:
         key = id(layer)
         if key not in self._accumulators:
@@ -555,38 +576,23 @@ class _PathRises:
         acc, chunk = self._accumulators[key]
         others = np.asarray(others, np.int32)
         pairs = np.array([[u, v] for v in others for _ in PATH_ANGLES], np.int32)
-        angles = np.tile(PATH_ANGLES, len(others)).astype(self.engine.dtype)
-        rises, bases = [], []
+        angles = np.tile(PATH_ANGLES, len(others))
+        step = max(chunk - 1, 1)
+        rises = []
         with own_calls(self.model):
-            for s in range(0, len(pairs), max(chunk - 1, 1)):
+            for s in range(0, len(pairs), step):
                 # the angle 0 first in every call: the data term at the trained weights, over
                 # the same batches as the rotated ones
-                part_pairs = np.concatenate([pairs[s : s + 1], pairs[s : s + max(chunk - 1, 1)]])
-                part_angles = np.concatenate([[0.0], angles[s : s + max(chunk - 1, 1)]])
-                energy = acc(part_pairs, part_angles.astype(self.engine.dtype)) @ self.beta
-                bases.append(energy[0])
+                part = slice(s, s + step)
+                energy = (
+                    acc(
+                        np.concatenate([pairs[s : s + 1], pairs[part]]),
+                        np.concatenate([[0.0], angles[part]]).astype(self.engine.dtype),
+                    )
+                    @ self.beta
+                )
+                self._check_base(energy[0])
                 rises.append(energy[1:] - energy[0])
-        self._bases += bases
-        bases = np.array(self._bases)
-        scale = max(abs(self.fitted), 1.0)
-        if np.ptp(bases) > 1e-5 * scale:
-            raise ValueError(
-                f"the data term at the trained weights differs from one pass over the "
-                f"{'training data' if self.own else 'data x'} to the next ({bases.min():.6g} to "
-                f"{bases.max():.6g}): a dataset that shuffles with drop_remainder or augments at "
-                "random; pass the training data as arrays, or a dataset that yields the same "
-                "batches every pass"
-            )
-        if not self.checked:  # the data term at the trained weights: the fit's
-            if not abs(bases[0] - self.fitted) <= 1e-3 * scale:
-                raise ValueError(
-                    f"the data term on {'its training data' if self.own else 'x, y'} is "
-                    f"{bases[0]:.6g}, the Laplace's {self.fitted:.6g}: "
-                    + ("its training data no longer give the fit's (a dataset that differs "
-                       "from pass to pass?)" if self.own
-                       else "x, y are not the data the Laplace was fitted on")
-                )  # fmt: skip
-            self.checked = True
         return np.concatenate(rises).reshape(len(others), len(PATH_ANGLES))
 
 
