@@ -447,44 +447,9 @@ class _PathRises:
         """For the data ``x``, ``y`` (as for the fit) or the Laplace's own; None without any.
         ValueError when x, y are not the Laplace's training data (their N and targets'
         fingerprint; the data term at the trained weights is checked when first evaluated)."""
-        from sigma.curvature.accumulate import ArrayBatches, prepare_dataset
-        from sigma.fitting import prepare
-        from sigma.summary import moments, target_moments
-
-        post = laplace.posterior  # its weights: checked by log_symmetry
         # batches of samples that leave room for at least 16 evaluations within the budget
-        per_sample = 16 * _activations(laplace.model)
-        if x is None and y is None:
-            if post.data is None:  # loaded from a file
-                return None
-            if is_dataset(post.data):
-                return cls(laplace, post.data, own=True)
-            size = batch_size_for(post.summary.n_data, per_sample, None)
-            return cls(laplace, ArrayBatches((post.data, post.targets), size), own=True)
-        if x is None:
-            raise ValueError("x is required with y: the training inputs of the Laplace")
-        if is_dataset(x):
-            if y is not None:
-                raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
-            data, n, *_, sums = prepare_dataset(
-                laplace.model, x, post.likelihood, layout=post.output_layout
-            )
-        else:
-            if y is None:
-                raise ValueError("y is required with x: the training targets of the Laplace")
-            x, y, _ = prepare(laplace.model, x, y, post.likelihood)
-            n = len(keras.tree.flatten(x)[0])
-            sums = moments(post.likelihood.distinct_targets(y))
-            data = ArrayBatches((x, y), batch_size_for(n, per_sample, None))
-        known, given = post.summary.target_moments, target_moments(sums)
-        if n != post.summary.n_data or (known is not None and not _same_targets(given, known)):
-            raise ValueError(
-                f"x, y ({n} samples, targets' column means and mean square {_short(given)}) are "
-                f"not the data the Laplace was fitted on ({post.summary.n_data} samples"
-                + ("" if known is None else f", {_short(known)}")
-                + "): pass its training data"
-            )
-        return cls(laplace, data, own=False)
+        found = _training_data(laplace, x, y, 16 * _activations(laplace.model))
+        return None if found is None else cls(laplace, found[0], own=found[1])
 
     def _accumulator(self, layer, consumers):
         import tensorflow as tf
@@ -548,14 +513,7 @@ class _PathRises:
         call) and the same in every call (data that do not change from pass to pass)."""
         scale = max(abs(self.fitted), 1.0)
         if self._base is None:
-            if not abs(base - self.fitted) <= 1e-3 * scale:
-                raise ValueError(
-                    f"the data term on {'its training data' if self.own else 'x, y'} is "
-                    f"{base:.6g}, the Laplace's {self.fitted:.6g}: "
-                    + ("its training data no longer give the fit's (a dataset that differs "
-                       "from pass to pass?)" if self.own
-                       else "x, y are not the data the Laplace was fitted on")
-                )  # fmt: skip
+            _check_fitted_term(base, self.fitted, self.own)
             self._base = base
         elif abs(base - self._base) > 1e-5 * scale:
             raise ValueError(
@@ -594,6 +552,106 @@ class _PathRises:
                 self._check_base(energy[0])
                 rises.append(energy[1:] - energy[0])
         return np.concatenate(rises).reshape(len(others), len(PATH_ANGLES))
+
+
+def _training_data(laplace, x, y, per_sample: int):
+    """(batches, own) of the data ``x``, ``y`` (prepared as for the fit) or of the
+    Laplace's own training data (``own``: True), in batches of ``per_sample`` elements per
+    sample within the budget; None for a Laplace without data (loaded from a file) and no
+    x, y. ValueError when x, y are not its training data: another N or other targets (their
+    fingerprint, :attr:`sigma.Laplace.target_moments`)."""
+    from sigma.curvature.accumulate import ArrayBatches, prepare_dataset
+    from sigma.fitting import prepare
+    from sigma.summary import moments, target_moments
+
+    post = laplace.posterior
+    if x is None and y is None:
+        if post.data is None:  # loaded from a file
+            return None
+        if is_dataset(post.data):
+            return post.data, True
+        size = batch_size_for(post.summary.n_data, per_sample, None)
+        return ArrayBatches((post.data, post.targets), size), True
+    if x is None:
+        raise ValueError("x is required with y: the training inputs of the Laplace")
+    if is_dataset(x):
+        if y is not None:
+            raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
+        data, n, *_, sums = prepare_dataset(
+            laplace.model, x, post.likelihood, layout=post.output_layout
+        )
+    else:
+        if y is None:
+            raise ValueError("y is required with x: the training targets of the Laplace")
+        x, y, _ = prepare(laplace.model, x, y, post.likelihood)
+        n = len(keras.tree.flatten(x)[0])
+        sums = moments(post.likelihood.distinct_targets(y))
+        data = ArrayBatches((x, y), batch_size_for(n, per_sample, None))
+    known, given = post.summary.target_moments, target_moments(sums)
+    if n != post.summary.n_data or (known is not None and not _same_targets(given, known)):
+        raise ValueError(
+            f"x, y ({n} samples, targets' column means and mean square {_short(given)}) are "
+            f"not the data the Laplace was fitted on ({post.summary.n_data} samples"
+            + ("" if known is None else f", {_short(known)}")
+            + "): pass its training data"
+        )
+    return data, False
+
+
+def _check_fitted_term(value: float, fitted: float, own: bool) -> None:
+    """ValueError unless the data term Σ_h β_h E_h at the trained weights, ``value``, is the
+    fit's (``fitted``; rtol 1e-3): other inputs with the Laplace's targets, or a dataset
+    that differs from pass to pass."""
+    if not abs(value - fitted) <= 1e-3 * max(abs(fitted), 1.0):
+        raise ValueError(
+            f"the data term on {'its training data' if own else 'x, y'} is "
+            f"{value:.6g}, the Laplace's {fitted:.6g}: "
+            + ("its training data no longer give the fit's (a dataset that differs "
+               "from pass to pass?)" if own
+               else "x, y are not the data the Laplace was fitted on")
+        )  # fmt: skip
+
+
+def mode_gap(laplace, x=None, y=None) -> float:
+    """How far short of the mode training stopped, in nats of the log posterior: ½ gᵀA⁻¹g,
+    with g the gradient of the negative log joint Σ_h β_h E_h + ½ Σ α_i w_i² at the trained
+    weights over the training data, and A the Laplace's posterior precision.
+
+    The Laplace evidence assumes g = 0. Where it is not, the quadratic model of the log
+    posterior around the weights, −E(w) − gᵀδ − ½ δᵀAδ, has its maximum ½ gᵀA⁻¹g higher, a
+    Newton step away; the evidence at the weights is then short by about that much (exactly,
+    for a linear model with a Gaussian likelihood, whose log posterior is that quadratic). A gap
+    of a nat or more is larger than the evidence differences that decide between candidates:
+    train longer, or end with a smaller learning rate. Compare with
+    ``laplace.log_evidence()`` (docs/math.md §8, "How far from the mode").
+
+    ``x``, ``y``: the training data as for the fit; by default the Laplace's own (a Laplace
+    loaded from a file has none: pass them). ValueError when they are not its training data
+    (another N, other targets, a data term at the weights other than the fit's), when the
+    weights changed since the fit, or for a structure without ``inverse_quadratic``.
+    """
+    post = laplace.posterior
+    post.check_weights_unchanged()
+    found = _training_data(laplace, x, y, 2 * _activations(laplace.model))
+    if found is None:
+        raise ValueError(
+            "the Laplace has no training data (loaded from a file): pass x, y, the data it "
+            "was fitted on"
+        )
+    data, own = found
+    beta = np.asarray(post.beta, np.float64)
+    eng = post.structure.engine_for(post.model)
+    with own_calls(post.model):
+        value, grad = eng.data_gradient(data, post.likelihood, post.groups, beta)
+    _check_fitted_term(value, float(post.group_errors @ beta), own)
+    alpha = post.alpha_weights()
+    grad = grad + np.asarray(alpha, np.float64) * eng.flat_weights().astype(np.float64)
+    structure, b = post.operator()
+    try:
+        quadratic = structure.inverse_quadratic(grad, alpha, b)
+    except NotImplementedError as err:
+        raise ValueError(f"{err}: the distance to the mode needs it") from None
+    return 0.5 * float(quadratic)
 
 
 def _candidates(candidates, callback_options) -> dict[str, tuple[Callable, dict]]:

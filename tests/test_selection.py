@@ -1039,3 +1039,159 @@ def test_tempered_classifiers_and_heads_of_other_families_are_not_compared(rng):
         r"Gaussian regression: \['regressions'\]\)",
     ):
         sigma.compare_laplaces({"mixed": mixed, "regressions": regressions})
+
+
+# -- how far from the mode ---------------------------------------------------------------------
+def _bayesian_linear_regression(phi, t, alpha_w, beta):
+    """(ln p(t | α, β), m_N) of Bayesian linear regression with the prior N(0, D_α⁻¹)
+    (Bishop 2006 §3.5, with one α per weight)."""
+    n, p = phi.shape
+    a = np.diag(np.broadcast_to(alpha_w, (p,))) + beta * phi.T @ phi
+    m = beta * np.linalg.solve(a, phi.T @ t)
+    e_d, e_w = 0.5 * np.sum((t - phi @ m) ** 2), 0.5 * np.sum(alpha_w * m**2)
+    log_z = (-beta * e_d - e_w + 0.5 * n * np.log(beta) + 0.5 * np.sum(np.log(np.broadcast_to(
+        alpha_w, (p,)))) - 0.5 * np.linalg.slogdet(a)[1] - 0.5 * n * np.log(2 * np.pi))  # fmt: skip
+    return log_z, m
+
+
+@pytest.mark.parametrize(
+    "structure, prior, alpha",
+    [("kfac", "scalar", 0.7), ("full", "scalar", 0.7), ("kfac", "variable", [0.5, 2.0]),
+     ("full", "variable", [0.5, 2.0])],  # fmt: skip
+)
+def test_the_mode_gap_closes_the_evidence_of_bayesian_linear_regression(structure, prior, alpha):
+    """A linear model's log posterior is quadratic: the evidence at any weights plus ½ gᵀA⁻¹g is
+    the evidence at the mode, Bishop's closed form, at the same α, β; the gap is 0 there."""
+    from sigma.selection import mode_gap
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 3))
+    y = x @ np.array([[1.0], [-0.5], [0.2]]) + 0.3 + 0.4 * rng.standard_normal((40, 1))
+    model = make_linear(n_in=3, n_out=1)
+    phi = np.hstack([x, np.ones((40, 1))])
+    alpha_w = np.array([alpha] * 4 if np.ndim(alpha) == 0 else [alpha[0]] * 3 + [alpha[1]])
+    truth, m = _bayesian_linear_regression(phi, y[:, 0], alpha_w, 2.5)
+    for w, at_mode in ((np.array([0.3, 0.1, -0.4, 0.9]), False), (m, True)):
+        sigma.set_flat_weights(model, w)
+        la = sigma.Laplace(model, x, y, structure=structure, prior=prior, alpha=alpha)
+        la.beta = 2.5
+        gap = mode_gap(la)
+        if at_mode:
+            assert gap < 1e-9
+        else:
+            assert gap > 1.0  # far from the mode: the evidence alone is well short
+        np.testing.assert_allclose(la.log_evidence() + gap, truth, rtol=1e-9)
+
+
+def _negative_log_joint(model, x, y, loss, alpha_w, beta):
+    """Σ β E(w) + ½ Σ α_i w_i² at the model's weights, by hand (float64)."""
+    f = model(x).numpy()
+    if loss == "mse":
+        e = 0.5 * np.sum((f - y) ** 2)
+    elif loss == "nll":  # [μ | ln σ²]
+        mu, s = f[:, :1], f[:, 1:]
+        e = 0.5 * np.sum((y - mu) ** 2 * np.exp(-s) + s + np.log(2 * np.pi))
+    else:  # cross-entropy on logits
+        z = f - f.max(axis=1, keepdims=True)
+        e = -np.sum(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1)))
+    w = sigma.flat_weights(model)
+    return beta * e + 0.5 * np.sum(alpha_w * w**2)
+
+
+@pytest.mark.parametrize("loss", ["mse", "nll", "cross-entropy"])
+def test_the_mode_gap_is_half_the_newton_decrement_of_the_negative_log_joint(loss, rng):
+    """½ gᵀA⁻¹g with g by central differences of β E + ½ Σ α_i w_i² (a squared error with its
+    β, a heteroscedastic head, a classifier at a temperature T: β = 1/T) and A the full
+    posterior precision D_α + β C: the gradient's weighting and the prior's term."""
+    from sigma.selection import mode_gap
+
+    n_out = {"mse": 2, "nll": 2, "cross-entropy": 3}[loss]
+    model = make_mlp(n_in=3, hidden=(5,), n_out=n_out)
+    x = rng.normal(size=(30, 3))
+    if loss == "cross-entropy":
+        y = rng.integers(0, 3, size=30)
+        la = sigma.Laplace(model, x, y, likelihood="classification", structure="full",
+                           prior="layer", alpha=[0.5, 2.0])  # fmt: skip
+        la.temperature, beta = 0.5, 2.0
+    else:
+        y = rng.normal(size=(30, 1 if loss == "nll" else 2))
+        likelihood = "heteroscedastic" if loss == "nll" else "regression"
+        la = sigma.Laplace(model, x, y, likelihood=likelihood, structure="full", prior="layer",
+                           alpha=[0.5, 2.0])  # fmt: skip
+        beta = 1.0
+        if loss == "mse":
+            la.beta = beta = 3.0
+    alpha_w = la.posterior.alpha_weights()
+    w0 = sigma.flat_weights(model)
+    grad, h = np.zeros(w0.size), 1e-6
+    for i in range(w0.size):
+        e_i = np.zeros(w0.size)
+        e_i[i] = h
+        sigma.set_flat_weights(model, w0 + e_i)
+        up = _negative_log_joint(model, x, y, loss, alpha_w, beta)
+        sigma.set_flat_weights(model, w0 - e_i)
+        down = _negative_log_joint(model, x, y, loss, alpha_w, beta)
+        grad[i] = (up - down) / (2 * h)
+    sigma.set_flat_weights(model, w0)
+    precision = np.diag(alpha_w) + beta * la.posterior.structure.matrix
+    expected = 0.5 * grad @ np.linalg.solve(precision, grad)
+    assert expected > 1e-3
+    np.testing.assert_allclose(mode_gap(la), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "structure, options",
+    [("kfac", None), ("diag", None), ("ekfac", None), ("lowrank", {"rank": 10}),
+     ("lowrank", {"rank": 10, "diag": False})],  # fmt: skip
+)
+@pytest.mark.parametrize("prior, alpha", [("scalar", 0.8), ("layer", [0.5, 2.0, 1.5])])
+def test_every_structure_gives_the_quadratic_form_of_its_own_inverse(structure, options, prior,
+                                                                     alpha, rng, mlp64):  # fmt: skip
+    """vᵀA⁻¹v against the dense inverse of the structure's own A = D_α + βC, C as the
+    structure approximates it (its Kronecker factors, diagonal or low-rank part)."""
+    if structure == "ekfac" and prior != "scalar":
+        alpha = 0.8  # one α per layer is EKFAC's own form; several layers' αs differ here
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 2))
+    la = sigma.Laplace(mlp64, x, y, structure=structure, prior=prior, alpha=alpha,
+                       structure_options=options)  # fmt: skip
+    la.beta = 2.5
+    s = la.posterior.structure
+    if structure == "lowrank":
+        c = s._vecs @ np.diag(s._eig) @ s._vecs.T
+        if s.residual_diagonal is not None:
+            c += np.diag(s.residual_diagonal)
+    else:
+        c = s.matrix()
+    alpha_w = np.broadcast_to(la.posterior.alpha_weights(), (s.n_params,))
+    a = np.diag(alpha_w) + 2.5 * c
+    v = rng.normal(size=s.n_params)
+    np.testing.assert_allclose(
+        s.inverse_quadratic(v, la.posterior.alpha_weights(), 2.5),
+        v @ np.linalg.solve(a, v), rtol=1e-8,
+    )  # fmt: skip
+
+
+def test_the_mode_gap_of_a_loaded_laplace_takes_its_training_data(rng, tmp_path):
+    """A Laplace loaded from a file has no data: x, y give its gap (the same), other data,
+    changed weights and no data at all are refused by name."""
+    from sigma.selection import mode_gap
+
+    model = make_mlp(n_in=3, hidden=(5,), n_out=1)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 1))
+    la = sigma.Laplace(model, x, y, structure="kfac", prior="layer")
+    la.beta = 2.0
+    gap = mode_gap(la)
+    la.save(tmp_path / "la.npz")
+    loaded = sigma.Laplace.load(tmp_path / "la.npz", model)
+    with pytest.raises(ValueError, match="no training data .*pass x, y"):
+        mode_gap(loaded)
+    np.testing.assert_allclose(mode_gap(loaded, x, y), gap, rtol=1e-9)
+    with pytest.raises(ValueError, match="x, y are not the data the Laplace was fitted on"):
+        mode_gap(loaded, x[::-1], y)  # the same targets, other inputs
+    with pytest.raises(ValueError, match="not the data the Laplace was fitted on"):
+        mode_gap(loaded, x[:20], y[:20])
+    with pytest.raises(ValueError, match="y is required"):
+        mode_gap(loaded, x)
+    sigma.set_flat_weights(model, sigma.flat_weights(model) + 0.01)
+    with pytest.raises(ValueError, match="weights .* changed"):
+        mode_gap(la)

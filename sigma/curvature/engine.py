@@ -247,6 +247,20 @@ class Engine:
 
         return body
 
+    def _gradient_body(self, lik, groups):
+        def body(batch, beta):
+            x, y = batch
+            w = self.weights()
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                f = tf.cast(self.forward(w, x), tf.float64)
+                e = tf.cast(lik.group_errors(f, tf.cast(y, tf.float64), groups), tf.float64)
+                total = tf.reduce_sum(beta * e)
+            grad = tape.gradient(total, w, unconnected_gradients=ZERO)
+            return total, tf.cast(grad, tf.float64)
+
+        return body
+
     def _ggn_dense_body(self, lik, columns):
         p = self.n_params
 
@@ -385,6 +399,20 @@ class Engine:
         acc = self.accumulator(key, self._summary_body(lik, groups), data)
         count, e_d, per_output, square, per_group = acc()
         return int(round(float(count))), float(e_d), per_output, float(square), per_group
+
+    def data_gradient(self, data, likelihood, groups, beta, *, progress=None):
+        """(Σ_h β_h E_h, its gradient ∇_w (P,)) in float64 at the current weights, summed over
+        the ``(x, y)`` batches of ``data`` (one traced step per likelihood and grouping, kept
+        here)."""
+        lik = _likelihoods.get(likelihood)
+        key = ("data gradient", lik.key, tuple(groups.outputs.tolist()))
+        acc = self.accumulator(
+            key, self._gradient_body(lik, groups), data,
+            arg_specs=[tf.TensorSpec([groups.n_groups], tf.float64)], progress=progress,
+            desc="gradient",
+        )  # fmt: skip
+        total, grad = acc(tf.constant(np.asarray(beta, np.float64).reshape(groups.n_groups)))
+        return float(total), grad
 
     def dense(
         self,

@@ -195,6 +195,11 @@ class Structure:
         """diag(A⁻¹), (P,): with :meth:`logdet`, the evidence for any prior groups."""
         raise NotImplementedError
 
+    def inverse_quadratic(self, v, alpha, beta) -> float:
+        """vᵀA⁻¹v for a vector v (P,) of the posterior's weights (the distance to the mode,
+        :func:`sigma.selection.mode_gap`)."""
+        raise NotImplementedError(f"structure {self.name!r} does not define inverse_quadratic()")
+
     @property
     def eigenvalues(self) -> np.ndarray:
         """Eigenvalues of C, shape (r,), r ≤ P (the remaining P − r are zero)."""

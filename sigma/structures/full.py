@@ -133,6 +133,16 @@ class Full(Eigenbasis):
             raise np.linalg.LinAlgError(f"the Cholesky factor of A is singular (info={info})")
         return np.einsum("ip,ip->p", inverse, inverse)
 
+    def inverse_quadratic(self, v, alpha, beta) -> float:
+        """vᵀA⁻¹v: Σ_i (V_iᵀv)² / (α + β c_i), or ‖L⁻¹v‖²."""
+        v = np.asarray(v, np.float64)
+        if self._eigenbasis(alpha):
+            z = self._vecs.T @ v
+            return float(np.sum(z**2 / (alpha + beta * self._eig)))
+        with one_blas_thread():
+            z = scipy.linalg.solve_triangular(self._factor(alpha, beta), v, lower=True)
+        return float(z @ z)
+
     # -- predictive -----------------------------------------------------------------------------
     def _jacobian_batches(self, model, x, batch_size):
         """Yield J(x) per batch, (B, K, P) float64."""

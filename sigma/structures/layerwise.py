@@ -450,6 +450,24 @@ class Layerwise(Structure):
             out[blk.index] = np.ravel(d)
         return out
 
+    def inverse_quadratic(self, v, alpha, beta) -> float:
+        """vᵀA⁻¹v block by block: per fast block Σ W ∘ (R_inᵀ V R_out)² with V the block's part
+        of v as (D, C), per generic block Σ w ∘ (Rᵀ v)²."""
+        v = np.asarray(v, np.float64)
+        total = 0.0
+        blocks = self.plan.fast + self.plan.generic
+        for blk, spec in zip(blocks, self.block_inverses(alpha, beta), strict=True):
+            if len(spec) == 4:
+                r_in, r_out, w, _ = spec
+                z = v[blk.index].reshape(w.shape)
+                z = z if r_in is None else r_in.T @ z
+                z = z if r_out is None else z @ r_out
+            else:
+                r, w, _ = spec
+                z = v[blk.index] if r is None else r.T @ v[blk.index]
+            total += float(np.sum(w * z**2))
+        return total
+
     def _alpha_blocks(self, alpha):
         """α of each block's weights: (D, C) per fast block, (P_l,) per generic block."""
         a = np.broadcast_to(np.asarray(alpha, np.float64), (self.n_params,))

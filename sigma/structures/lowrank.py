@@ -444,6 +444,17 @@ class LowRank(Structure):
         d, du, s, _ = self._woodbury(alpha, beta)
         return 1.0 / d - np.einsum("pi,ij,pj->p", du, s, du)
 
+    def inverse_quadratic(self, v, alpha, beta) -> float:
+        """vᵀA⁻¹v = vᵀD⁻¹v − (UᵀD⁻¹v)ᵀ S (UᵀD⁻¹v) (Woodbury), or in C's eigenbasis."""
+        v = np.asarray(v, np.float64)
+        if self._uses_eigenbasis(alpha):
+            z = self._vecs.T @ v
+            inv = 1.0 / (alpha + beta * self._eig) - 1.0 / alpha
+            return float(v @ v / alpha + np.sum(z**2 * inv))
+        d, du, s, _ = self._woodbury(alpha, beta)
+        z = du.T @ v
+        return float(v @ (v / d) - z @ s @ z)
+
     def _woodbury_covariance(self, model, x, alpha, beta, batch_size):
         d, du, s, _ = self._woodbury(alpha, beta)
         out = []
