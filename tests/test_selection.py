@@ -1056,8 +1056,12 @@ def _bayesian_linear_regression(phi, t, alpha_w, beta):
 
 @pytest.mark.parametrize(
     "structure, prior, alpha",
-    [("kfac", "scalar", 0.7), ("full", "scalar", 0.7), ("kfac", "variable", [0.5, 2.0]),
-     ("full", "variable", [0.5, 2.0])],  # fmt: skip
+    [
+        ("kfac", "scalar", 0.7),
+        ("full", "scalar", 0.7),
+        ("kfac", "variable", [0.5, 2.0]),
+        ("full", "variable", [0.5, 2.0]),
+    ],  # fmt: skip
 )
 def test_the_mode_gap_closes_the_evidence_of_bayesian_linear_regression(structure, prior, alpha):
     """A linear model's log posterior is quadratic: the evidence at any weights plus ½ gᵀA⁻¹g is
@@ -1141,8 +1145,13 @@ def test_the_mode_gap_is_half_the_newton_decrement_of_the_negative_log_joint(los
 
 @pytest.mark.parametrize(
     "structure, options",
-    [("kfac", None), ("diag", None), ("ekfac", None), ("lowrank", {"rank": 10}),
-     ("lowrank", {"rank": 10, "diag": False})],  # fmt: skip
+    [
+        ("kfac", None),
+        ("diag", None),
+        ("ekfac", None),
+        ("lowrank", {"rank": 10}),
+        ("lowrank", {"rank": 10, "diag": False}),
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("prior, alpha", [("scalar", 0.8), ("layer", [0.5, 2.0, 1.5])])
 def test_every_structure_gives_the_quadratic_form_of_its_own_inverse(structure, options, prior,
