@@ -43,8 +43,8 @@ from sigma.curvature.accumulate import ELEMENT_BUDGET, batch_size_for, is_datase
 # EvidenceCallback's defaults.
 APPROXIMATION = {"structure": "kfac", "curvature": "ggn", "weights": "all",
                  "structure_options": None}  # fmt: skip
-COLUMNS = ("name", "likelihood", "log_evidence", "data_fit", "occam", "symmetry", "gamma",
-           "n_params", "alpha", "beta", "seconds")  # fmt: skip
+COLUMNS = ("name", "likelihood", "log_evidence", "data_fit", "occam", "symmetry", "mode_gap",
+           "gamma", "n_params", "alpha", "beta", "seconds")  # fmt: skip
 # Shown as well when a candidate was trained more than once (compare_models(restarts=k)).
 RESTART_COLUMNS = ("restart", "restart_evidences")
 # Activations with f(−a) = −f(a): flipping the signs of a hidden unit's incoming weights and bias
@@ -439,6 +439,7 @@ class _PathRises:
         self.likelihood = likelihoods.get(post.likelihood)
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
         self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
+        self.n_obs = post.n_obs
         self._base = None  # the data term at the trained weights, once checked
         self._accumulators = {}
 
@@ -511,9 +512,9 @@ class _PathRises:
     def _check_base(self, base: float) -> None:
         """ValueError unless the data term at the trained weights is the fit's (the first
         call) and the same in every call (data that do not change from pass to pass)."""
-        scale = max(abs(self.fitted), 1.0)
+        scale = _term_scale(self.fitted, self.n_obs)
         if self._base is None:
-            _check_fitted_term(base, self.fitted, self.own)
+            _check_fitted_term(base, self.fitted, self.own, self.n_obs)
             self._base = base
         elif abs(base - self._base) > 1e-5 * scale:
             raise ValueError(
@@ -598,11 +599,18 @@ def _training_data(laplace, x, y, per_sample: int):
     return data, False
 
 
-def _check_fitted_term(value: float, fitted: float, own: bool) -> None:
+def _term_scale(fitted: float, n_obs: int) -> float:
+    """The scale of a data term's round-off: its size, or its number of observed values (one
+    nat each), whichever is larger (a heteroscedastic or tempered data term can be a sum of
+    terms of both signs that nearly cancel)."""
+    return max(abs(fitted), float(n_obs), 1.0)
+
+
+def _check_fitted_term(value: float, fitted: float, own: bool, n_obs: int) -> None:
     """ValueError unless the data term Σ_h β_h E_h at the trained weights, ``value``, is the
-    fit's (``fitted``; rtol 1e-3): other inputs with the Laplace's targets, or a dataset
-    that differs from pass to pass."""
-    if not abs(value - fitted) <= 1e-3 * max(abs(fitted), 1.0):
+    fit's (``fitted``; within 1e-3 of :func:`_term_scale`): other inputs with the Laplace's
+    targets, or a dataset that differs from pass to pass."""
+    if not abs(value - fitted) <= 1e-3 * _term_scale(fitted, n_obs):
         raise ValueError(
             f"the data term on {'its training data' if own else 'x, y'} is "
             f"{value:.6g}, the Laplace's {fitted:.6g}: "
@@ -643,7 +651,7 @@ def mode_gap(laplace, x=None, y=None) -> float:
     eng = post.structure.engine_for(post.model)
     with own_calls(post.model):
         value, grad = eng.data_gradient(data, post.likelihood, post.groups, beta)
-    _check_fitted_term(value, float(post.group_errors @ beta), own)
+    _check_fitted_term(value, float(post.group_errors @ beta), own, post.n_obs)
     alpha = post.alpha_weights()
     grad = grad + np.asarray(alpha, np.float64) * eng.flat_weights().astype(np.float64)
     structure, b = post.operator()
@@ -1006,10 +1014,9 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None, *, paths: bool = True) -
             )
             paths = False
     table = ComparisonTable(
-        _row(name, kinds[name], la, None,
-             log_symmetry(la, *((x, y) if la.posterior.data is None else (None, None)),
-                          paths=paths))
+        _row(name, kinds[name], la, None, log_symmetry(la, *data, paths=paths), data)
         for name, la in laplaces.items()
+        for data in [(x, y) if la.posterior.data is None else (None, None)]
     )  # fmt: skip
     best = table.rows[0]["name"]
     parameters = {"n_data": int(laplaces[best].n_data), "options": options[best], "paths": paths}
@@ -1071,12 +1078,16 @@ def _larger(new: float, old: float) -> bool:
 
 
 def _row(name: str, likelihood: str, la, seconds: float | None,
-         symmetry: float | None = None) -> dict:  # fmt: skip
+         symmetry: float | None = None, data=(None, None)) -> dict:  # fmt: skip
     """A candidate's row of :data:`COLUMNS` from its fitted Laplace (``symmetry``: its
-    :func:`log_symmetry`, computed here by default)."""
+    :func:`log_symmetry`, computed here by default; ``data``: x, y for the :func:`mode_gap` of
+    a Laplace without its own, None without any)."""
     parts = la.log_evidence_parts()
     if symmetry is None:
         symmetry = log_symmetry(la)
+    gap = None
+    if la.posterior.data is not None or data[0] is not None:
+        gap = mode_gap(la, *data)
     return {
         "name": name,
         "likelihood": likelihood,
@@ -1084,6 +1095,7 @@ def _row(name: str, likelihood: str, la, seconds: float | None,
         "data_fit": parts["data_fit"],
         "occam": parts["occam"],
         "symmetry": symmetry,
+        "mode_gap": gap,
         "gamma": float(la.gamma),
         "n_params": int(la.n_params),
         "alpha": la.alpha,

@@ -1204,3 +1204,23 @@ def test_the_mode_gap_of_a_loaded_laplace_takes_its_training_data(rng, tmp_path)
     sigma.set_flat_weights(model, sigma.flat_weights(model) + 0.01)
     with pytest.raises(ValueError, match="weights .* changed"):
         mode_gap(la)
+
+
+def test_a_data_term_that_nearly_cancels_is_compared_on_the_scale_of_its_observations():
+    """A heteroscedastic data term is a sum of terms of both signs: on Friedman #1 a trained
+    network's was −1.939 over 400 samples, and float32 round-off moved it by 2e-5 from one
+    pass to the next. The checks of the path test and of mode_gap compare it on the scale of
+    its 400 observed values (a nat each), so round-off passes and a real difference does not."""
+    from sigma.selection import _check_fitted_term, _PathRises
+
+    _check_fitted_term(-1.9387 + 2e-3, -1.9387, True, 400)
+    with pytest.raises(ValueError, match="no longer give the fit's"):
+        _check_fitted_term(-1.9387 + 1.0, -1.9387, True, 400)
+    with pytest.raises(ValueError, match="x, y are not the data"):
+        _check_fitted_term(-1.9387 + 1.0, -1.9387, False, 400)
+    rises = object.__new__(_PathRises)
+    rises.fitted, rises.n_obs, rises.own, rises._base = -1.9387, 400, True, None
+    rises._check_base(-1.93870)
+    rises._check_base(-1.93868)  # the pass-to-pass round-off that was refused
+    with pytest.raises(ValueError, match="differs from one pass"):
+        rises._check_base(-1.9387 + 0.5)  # another sample's term: a reshuffled dataset
