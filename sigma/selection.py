@@ -57,6 +57,9 @@ _ELEMENTWISE = (keras.layers.Activation, keras.layers.Dropout)
 RESOLUTION = 4.0
 # Priors that treat every unit of a layer alike, and a weight and its negative alike.
 _SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
+# The distance to the mode (mode_gap, nats) beyond which compare_models and compare_laplaces
+# warn: evidence differences of a nat or two decide comparisons.
+MODE_GAP = 1.0
 # Angles at which the path test evaluates the data term along the rotation of two units, a
 # quarter turn in steps of 5.6°: the data term is a smooth function of the angle.
 PATH_ANGLES = np.pi / 2 * np.arange(1, 17) / 16
@@ -841,14 +844,18 @@ def compare_models(
 
     Returns a :class:`Comparison`: ``best`` (the name), ``laplace`` (the best candidate's
     fitted Laplace), ``laplaces``, ``table`` (per candidate: log evidence, its data fit, Occam
-    factor and symmetry term, γ, P, α, β, training seconds of the restart kept, which restart
-    that is and every restart's log evidence) and ``parameters``. The log
-    evidence is ``laplace.log_evidence()`` (one mode) plus :func:`log_symmetry` (the number of
-    equivalent modes; 0 for a model without hidden Dense units).
+    factor and symmetry term, its :func:`mode_gap`, γ, P, α, β, training seconds of the
+    restart kept, which restart that is and every restart's log evidence) and
+    ``parameters``. The log evidence is ``laplace.log_evidence()`` (one mode) plus
+    :func:`log_symmetry` (the number of equivalent modes; 0 for a model without hidden Dense
+    units).
 
     The evidence is that of the most probable weights: train each candidate until its
     training objective has stopped improving (a learning rate and enough epochs that the
-    small networks converge too), or the comparison ranks how far training got.
+    small networks converge too), or the comparison ranks how far training got. The table's
+    ``mode_gap`` says how far each stopped from its mode, in nats of the log posterior (½ gᵀA⁻¹g,
+    the rise a Newton step would give), and a RuntimeWarning names the candidates beyond
+    :data:`MODE_GAP` (1 nat): their evidences are short by about that much.
 
     The evidences must be comparable (module docstring): ValueError naming the candidates when
     classifiers and regressions are mixed, or when their structure, curvature, weights or
@@ -933,6 +940,7 @@ def compare_models(
             rows[name]["restart_evidences"] = evidences
             del model, callback, la
     table = ComparisonTable(rows.values())
+    _warn_far_from_mode(table)
     best = table.rows[0]["name"]
     parameters = {
         "epochs": epochs,
@@ -961,7 +969,9 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None, *, paths: bool = True) -
     paths : False counts every Laplace's modes without the path test (as compare_models).
 
     Returns a :class:`Comparison` (``seconds`` None: nothing is trained here). The log
-    evidence is ``laplace.log_evidence()`` plus :func:`log_symmetry`, as in compare_models.
+    evidence is ``laplace.log_evidence()`` plus :func:`log_symmetry`, as in compare_models,
+    with each :func:`mode_gap` (None for a Laplace without data when x, y are not given) and
+    the same warning for gaps beyond :data:`MODE_GAP`.
 
     ValueError naming the Laplaces that differ when they are not densities of the same
     targets: fitted on different numbers of samples or on different targets (told apart by
@@ -1018,6 +1028,7 @@ def compare_laplaces(laplaces: Mapping, x=None, y=None, *, paths: bool = True) -
         for name, la in laplaces.items()
         for data in [(x, y) if la.posterior.data is None else (None, None)]
     )  # fmt: skip
+    _warn_far_from_mode(table)
     best = table.rows[0]["name"]
     parameters = {"n_data": int(laplaces[best].n_data), "options": options[best], "paths": paths}
     return Comparison(best, laplaces[best], dict(laplaces), table, parameters)
@@ -1053,6 +1064,22 @@ def _check_same_targets(laplaces: Mapping) -> None:
                 "evidences of rescaled, shifted or other targets (other labels) do not compare; "
                 "fit every Laplace on the same (x, y)"
             )
+
+
+def _warn_far_from_mode(table: ComparisonTable) -> None:
+    """A RuntimeWarning naming the candidates whose :func:`mode_gap` exceeds :data:`MODE_GAP`."""
+    far = {r["name"]: round(r["mode_gap"], 1) for r in table
+           if r["mode_gap"] is not None and r["mode_gap"] > MODE_GAP}  # fmt: skip
+    if far:
+        warnings.warn(
+            f"training stopped short of the mode for {far} (mode_gap, in nats): the Laplace "
+            "evidence assumes the most probable weights, and each of these evidences is short "
+            "by roughly its gap (exactly, for a linear model with a Gaussian likelihood), more "
+            "than the differences that can decide a comparison; train longer, or end with a "
+            "smaller learning rate",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _same_targets(moments, reference) -> bool:

@@ -739,9 +739,11 @@ def test_a_loaded_laplace_is_path_tested_on_the_data_given(tmp_path):
     with pytest.warns(UserWarning, match=r"laplaces \['loaded'\] have no training data"):
         table = sigma.compare_laplaces({"loaded": loaded, "fresh": la}).table
     assert table["fresh"]["symmetry"] == pytest.approx(log_symmetry(la, paths=False))
+    assert table["loaded"]["mode_gap"] is None and table["fresh"]["mode_gap"] > 0
     table = sigma.compare_laplaces({"loaded": loaded, "fresh": la}, x, y).table
     assert table["loaded"]["symmetry"] == pytest.approx(table["fresh"]["symmetry"])
     assert table["fresh"]["symmetry"] == pytest.approx(log_symmetry(la))
+    assert table["loaded"]["mode_gap"] == pytest.approx(table["fresh"]["mode_gap"], rel=1e-9)
 
 
 def test_a_structure_without_marginal_variances_gets_the_bound(monkeypatch):
@@ -884,9 +886,10 @@ def test_the_notebooks_linear_candidate_has_the_exact_evidence_of_bayesian_linea
     rng = np.random.default_rng(5)
     x = rng.normal(size=(60, 3))
     y = x @ np.array([[1.0], [-0.5], [0.2]]) + 0.3 + 0.4 * rng.standard_normal((60, 1))
-    result = sigma.compare_models({"linear": builders["homoscedastic linear"]}, x, y, epochs=8,
-                                  batch_size=20, every=2, structure="kfac", prior="layer",
-                                  verbose=0, seed=1)  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="training stopped short of the mode") as caught:
+        result = sigma.compare_models({"linear": builders["homoscedastic linear"]}, x, y,
+                                      epochs=8, batch_size=20, every=2, structure="kfac",
+                                      prior="layer", verbose=0, seed=1)  # fmt: skip
     la = result.laplace
     assert [len(layer.weights) for layer in la.model.layers] == [2]  # one Dense: kernel, bias
     kernel, bias = (v.numpy().astype(np.float64) for v in la.model.layers[0].weights)
@@ -899,6 +902,14 @@ def test_the_notebooks_linear_candidate_has_the_exact_evidence_of_bayesian_linea
              - 0.5 * np.linalg.slogdet(a)[1] - 30 * np.log(2 * np.pi))  # fmt: skip
     np.testing.assert_allclose(result.table[0]["log_evidence"], truth, rtol=1e-4)
     assert result.table[0]["symmetry"] == 0.0 and result.table[0]["n_params"] == 4
+    # eight epochs stop short of the mode: the gap is ½ gᵀA⁻¹g, and compare_models says so
+    g = alpha * w - beta * phi.T @ (y[:, 0] - phi @ w)
+    gap = 0.5 * g @ np.linalg.solve(a, g)
+    assert gap > 1.0
+    np.testing.assert_allclose(result.table[0]["mode_gap"], gap, rtol=1e-5)
+    assert len(caught) == 1 and f"{{'linear': {gap:.1f}}}" in str(caught[0].message)
+    assert issubclass(caught[0].category, RuntimeWarning)
+    assert "| mode_gap |" in result.table.to_markdown() and "mode_gap" in repr(result.table)
 
 
 # -- Laplaces fitted elsewhere -----------------------------------------------------------------
