@@ -115,15 +115,18 @@ print(f"{len(results)} trained candidates in {time.time() - started:.0f} s")
 
 # %% [markdown]
 # Mean over the splits, per candidate: the evidence (per training point, original units) with
-# its three terms (totals, nats), γ of P, and the test log-likelihood per point. The split into
-# data fit and Occam factor shows the trade: wider and deeper networks fit better and pay more;
-# the symmetry term counts their equivalent modes.
+# its three terms (totals, nats), how far training stopped from the mode (`mode_gap`, nats: the
+# rise of the log posterior a Newton step would give, `sigma.selection.mode_gap`), γ of P, and
+# the test log-likelihood per point. The split into data fit and Occam factor shows the trade:
+# wider and deeper networks fit better and pay more; the symmetry term counts their equivalent
+# modes. The evidence assumes the most probable weights: a candidate's evidence is short by
+# roughly its gap.
 
 # %%
 per_candidate = (
     results.groupby(["dataset", "candidate"], sort=False)[
-        ["evidence_per_point", "data_fit", "occam", "symmetry", "gamma", "n_params",
-         "test_loglik", "seconds"]
+        ["evidence_per_point", "data_fit", "occam", "symmetry", "mode_gap", "gamma",
+         "n_params", "test_loglik", "seconds"]
     ]
     .mean()
     .sort_values(["dataset", "evidence_per_point"], ascending=[True, False])
