@@ -220,8 +220,10 @@ class EvidenceCallback(keras.callbacks.Callback):
     callback before those in ``callbacks=[...]``: Keras runs them in that order).
 
     Attributes after ``fit``: ``history`` (a list of dicts: fit, epoch, n_data, alpha, beta,
-    gamma, gammas, log_evidence, data_error, weight_error, method), ``laplace`` (the Laplace
-    at the final weights), ``prior_groups``.
+    gamma, gammas, log_evidence, data_error, weight_error, method; the last also mode_gap),
+    ``laplace`` (the Laplace at the final weights), ``mode_gap`` (how far short of the mode
+    of the log posterior training stopped, in nats, :func:`sigma.selection.mode_gap`; a
+    RuntimeWarning when it exceeds 1 nat: the evidence and σ assume the mode), ``prior_groups``.
 
     What ``fit`` is called with matters: sample weights or class weights are refused (the
     evidence is that of the unweighted likelihood); with ``validation_split``, when (x, y)
@@ -290,6 +292,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         self.likelihood, self.verbose = likelihood, verbose
         self.history: list[dict] = []
         self.laplace: Laplace | None = None
+        self.mode_gap: float | None = None
         self.prior_groups: tuple[str, ...] = ()
         self._owner, self._fits = None, 0
         self._alpha = self._beta = None
@@ -423,11 +426,38 @@ class EvidenceCallback(keras.callbacks.Callback):
         try:
             if self._fitted_at is None or not np.array_equal(self._weights(), self.laplace.w_map):
                 self._reestimate("end")
+            self._check_mode()
         finally:
             self._step = self._armed = None
             for v, saved in zip(self._variables, self._saved, strict=True):
                 v.regularizer = saved
             self.model.make_train_function(force=True)  # the model's own step, no penalty
+
+    def _check_mode(self) -> None:
+        """``mode_gap``: how far short of the mode of the log posterior training stopped, in
+        nats (:func:`sigma.selection.mode_gap`; None for data that differ from pass to pass),
+        in the last history row too; a RuntimeWarning beyond
+        :data:`sigma.selection.MODE_GAP`."""
+        from sigma.selection import MODE_GAP, mode_gap
+
+        try:
+            self.mode_gap = mode_gap(self.laplace)
+        except ValueError:  # a dataset that differs from pass to pass: no gap to report
+            self.mode_gap = None
+            return
+        self.history[-1]["mode_gap"] = self.mode_gap
+        if self.mode_gap > MODE_GAP:
+            warnings.warn(
+                f"training stopped {self.mode_gap:.1f} nats short of the mode of the log "
+                "posterior (cb.mode_gap, ½ gᵀA⁻¹g): the Laplace approximation and its "
+                "evidence assume the most probable weights. Train on batches of equal size "
+                "(model.fit(x, y, batch_size=b) weighs a short last batch like a full one: "
+                "choose b that divides N, or fit a shuffled dataset that repeats, batched "
+                "with drop_remainder=True, with steps_per_epoch), for more epochs, or end "
+                "with a smaller learning rate",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # -- the loop -------------------------------------------------------------------------------
     def _weights(self):

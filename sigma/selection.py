@@ -951,11 +951,14 @@ def compare_models(
                 keras.utils.set_random_seed(seed + r)
                 start = time.perf_counter()
                 data, steps = _stream(x, y, n_data, batch_size, seed + r)
-                model.fit(data, epochs=epochs, steps_per_epoch=steps, shuffle=False,
-                          callbacks=[callback], verbose=0)  # fmt: skip
+                with warnings.catch_warnings():  # one warning for all, with the table
+                    warnings.filterwarnings("ignore", message="training stopped .* short of")
+                    model.fit(data, epochs=epochs, steps_per_epoch=steps, shuffle=False,
+                              callbacks=[callback], verbose=0)  # fmt: skip
                 seconds = time.perf_counter() - start
                 la = callback.laplace
-                row = _row(name, kinds[name], la, seconds, log_symmetry(la, paths=paths))
+                row = _row(name, kinds[name], la, seconds, log_symmetry(la, paths=paths),
+                           gap=callback.mode_gap)  # fmt: skip
             except Exception as exc:
                 exc.add_note(f"(sigma.compare_models, candidate {name!r}{where})")
                 raise
@@ -1131,15 +1134,14 @@ def _larger(new: float, old: float) -> bool:
 
 
 def _row(name: str, likelihood: str, la, seconds: float | None,
-         symmetry: float | None = None, data=(None, None)) -> dict:  # fmt: skip
+         symmetry: float | None = None, data=(None, None), gap=None) -> dict:  # fmt: skip
     """A candidate's row of :data:`COLUMNS` from its fitted Laplace (``symmetry``: its
-    :func:`log_symmetry`, computed here by default; ``data``: x, y for the :func:`mode_gap` of
-    a Laplace without its own, None without any)."""
+    :func:`log_symmetry`, and ``gap`` its :func:`mode_gap`, computed here by default —
+    ``data``: x, y for a Laplace without its own; no gap without any)."""
     parts = la.log_evidence_parts()
     if symmetry is None:
         symmetry = log_symmetry(la)
-    gap = None
-    if la.posterior.data is not None or data[0] is not None:
+    if gap is None and (la.posterior.data is not None or data[0] is not None):
         gap = mode_gap(la, *data)
     return {
         "name": name,

@@ -490,7 +490,7 @@ def test_a_fit_ended_by_an_exception_leaves_the_model_as_it_was_given(where):
     plain = _loss_gradient(model, X, Y)
     np.testing.assert_allclose(_first_step(model, X, Y), plain, rtol=1e-4, atol=1e-7)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "EvidenceCallback replaces the weight regularizers"
+        warnings.filterwarnings("error", message="EvidenceCallback replaces the weight")
         model.fit(X, Y, epochs=1, verbose=0, callbacks=[EvidenceCallback(X, Y, verbose=0)])
 
 

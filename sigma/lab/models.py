@@ -14,6 +14,7 @@ new layers. :func:`mlp` passes ``dtype`` to every layer so float64 models are fl
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import keras
@@ -177,17 +178,19 @@ def train(
                 f"EvidenceCallback, got {type(evidence).__name__}"
             )
         callbacks.append(found)
-    if fast:
-        data = dataset(x, y, batch_size=batch_size, seed=seed, dtype=dtype)
-        if not callbacks and validation_data is None:
-            data, epochs = data.repeat(epochs), 1
-        history = model.fit(data, epochs=epochs, verbose=verbose, shuffle=False,
-                            validation_data=validation_data, callbacks=callbacks)  # fmt: skip
-    else:
-        history = model.fit(
-            x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-            verbose=verbose, shuffle=True, callbacks=callbacks,
-        )  # fmt: skip
+    with warnings.catch_warnings():  # the distance to the mode: kept as found.mode_gap
+        warnings.filterwarnings("ignore", message="training stopped .* nats short of the mode")
+        if fast:
+            data = dataset(x, y, batch_size=batch_size, seed=seed, dtype=dtype)
+            if not callbacks and validation_data is None:
+                data, epochs = data.repeat(epochs), 1
+            history = model.fit(data, epochs=epochs, verbose=verbose, shuffle=False,
+                                validation_data=validation_data, callbacks=callbacks)  # fmt: skip
+        else:
+            history = model.fit(
+                x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                verbose=verbose, shuffle=True, callbacks=callbacks,
+            )  # fmt: skip
     history.evidence = found
     return history
 
