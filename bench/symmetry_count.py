@@ -1,7 +1,7 @@
 """What decides notebook 09's choice: the count of equivalent modes, and restarts (issue 29).
 
     .venv/bin/python bench/symmetry_count.py [--dataset friedman] [--splits 0,1,2,3,4]
-        [--epochs 60] [--restarts 2] [--n-friedman 400] [--depths 0,1,2] [--full]
+        [--epochs 200] [--restarts 2] [--n-friedman 400] [--depths 0,1,2] [--full]
 
 Trains notebook 09's candidates (homoscedastic and heteroscedastic × widths 10, 50 × depths
 ``--depths``, default 0, 1, 2, depth 0 a linear model; KFAC, one α per layer, α and β
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=("friedman", "diabetes"), default="friedman")
     p.add_argument("--splits", default="0,1,2,3,4")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--restarts", type=int, default=2)
     p.add_argument("--n-friedman", type=int, default=400, help="Friedman #1 training samples")
     p.add_argument("--depths", default="0,1,2", help="hidden layers of the candidates (0: linear)")
