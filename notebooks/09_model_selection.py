@@ -219,7 +219,8 @@ targets
 # * **At the mode.** The evidence is that of the most probable weights, and `mode_gap` says
 #   how far short of them each training stopped (½ gᵀA⁻¹g, the rise of the log posterior one
 #   Newton step would give). Mean over the splits: the linear models at their modes (under
-#   0.004 nats: their evidence is Bishop's closed form), the homoscedastic networks within a
+#   0.004 nats; the homoscedastic one's evidence is Bishop's closed form), the homoscedastic
+#   networks within a
 #   nat on diabetes and 1.3–3.3 nats on Friedman #1, the heteroscedastic ones 1.5–3 and 1.8–13.
 #   Two things brought them there. *Equal batches*: `model.fit(x, y, batch_size=32)` on
 #   diabetes's 353 training samples ends every epoch on a batch of one sample, which Keras

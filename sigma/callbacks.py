@@ -435,15 +435,17 @@ class EvidenceCallback(keras.callbacks.Callback):
 
     def _check_mode(self) -> None:
         """``mode_gap``: how far short of the mode of the log posterior training stopped, in
-        nats (:func:`sigma.selection.mode_gap`; None for data that differ from pass to pass),
+        nats (:func:`sigma.selection.mode_gap`; None, with a warning, where it cannot be
+        measured: data that differ from pass to pass),
         in the last history row too; a RuntimeWarning beyond
         :data:`sigma.selection.MODE_GAP`."""
-        from sigma.selection import MODE_GAP, mode_gap
+        from sigma.selection import MODE_GAP, ModeGapUnavailable, mode_gap
 
         try:
             self.mode_gap = mode_gap(self.laplace)
-        except ValueError:  # a dataset that differs from pass to pass: no gap to report
+        except ModeGapUnavailable as err:  # data that differ from pass to pass, say
             self.mode_gap = None
+            warnings.warn(f"cb.mode_gap not measured: {err}", RuntimeWarning, stacklevel=2)
             return
         self.history[-1]["mode_gap"] = self.mode_gap
         if self.mode_gap > MODE_GAP:

@@ -60,6 +60,7 @@ _SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
 # The distance to the mode (mode_gap, nats) beyond which compare_models and compare_laplaces
 # warn: evidence differences of a nat or two decide comparisons.
 MODE_GAP = 1.0
+_MEASURE = object()  # _row's default: measure the mode gap
 # Angles at which the path test evaluates the data term along the rotation of two units, a
 # quarter turn in steps of 5.6°: the data term is a smooth function of the angle.
 PATH_ANGLES = np.pi / 2 * np.arange(1, 17) / 16
@@ -442,7 +443,7 @@ class _PathRises:
         self.likelihood = likelihoods.get(post.likelihood)
         self.groups, self.beta = post.groups, np.asarray(post.beta, np.float64)
         self.fitted = float(post.group_errors @ self.beta)  # Σ β_h E_h when it was fitted
-        self.n_obs = post.n_obs
+        self.n_data = post.summary.n_data
         self._base = None  # the data term at the trained weights, once checked
         self._accumulators = {}
 
@@ -515,9 +516,9 @@ class _PathRises:
     def _check_base(self, base: float) -> None:
         """ValueError unless the data term at the trained weights is the fit's (the first
         call) and the same in every call (data that do not change from pass to pass)."""
-        scale = _term_scale(self.fitted, self.n_obs)
+        scale = _term_scale(self.fitted, self.n_data)
         if self._base is None:
-            _check_fitted_term(base, self.fitted, self.own, self.n_obs)
+            _check_fitted_term(base, self.fitted, self.own, self.n_data)
             self._base = base
         elif abs(base - self._base) > 1e-5 * scale:
             raise ValueError(
@@ -602,18 +603,18 @@ def _training_data(laplace, x, y, per_sample: int):
     return data, False
 
 
-def _term_scale(fitted: float, n_obs: int) -> float:
-    """The scale of a data term's round-off: its size, or its number of observed values (one
-    nat each), whichever is larger (a heteroscedastic or tempered data term can be a sum of
-    terms of both signs that nearly cancel)."""
-    return max(abs(fitted), float(n_obs), 1.0)
+def _term_scale(fitted: float, n_data: int) -> float:
+    """The scale of a data term's round-off: its size, or its number of samples (a nat or so
+    each), whichever is larger (a heteroscedastic data term can be a sum of terms of both signs
+    that nearly cancel)."""
+    return max(abs(fitted), float(n_data), 1.0)
 
 
-def _check_fitted_term(value: float, fitted: float, own: bool, n_obs: int) -> None:
+def _check_fitted_term(value: float, fitted: float, own: bool, n_data: int) -> None:
     """ValueError unless the data term Σ_h β_h E_h at the trained weights, ``value``, is the
     fit's (``fitted``; within 1e-3 of :func:`_term_scale`): other inputs with the Laplace's
     targets, or a dataset that differs from pass to pass."""
-    if not abs(value - fitted) <= 1e-3 * _term_scale(fitted, n_obs):
+    if not abs(value - fitted) <= 1e-3 * _term_scale(fitted, n_data):
         raise ValueError(
             f"the data term on {'its training data' if own else 'x, y'} is "
             f"{value:.6g}, the Laplace's {fitted:.6g}: "
@@ -621,6 +622,12 @@ def _check_fitted_term(value: float, fitted: float, own: bool, n_obs: int) -> No
                "from pass to pass?)" if own
                else "x, y are not the data the Laplace was fitted on")
         )  # fmt: skip
+
+
+class ModeGapUnavailable(ValueError):
+    """:func:`mode_gap` cannot be measured: the Laplace's own training data give another data
+    term than at the fit (a dataset that differs from pass to pass), or its structure has no
+    ``inverse_quadratic``."""
 
 
 def mode_gap(laplace, x=None, y=None) -> float:
@@ -631,15 +638,19 @@ def mode_gap(laplace, x=None, y=None) -> float:
     The Laplace evidence assumes g = 0. Where it is not, the quadratic model of the log
     posterior around the weights, −E(w) − gᵀδ − ½ δᵀAδ, has its maximum ½ gᵀA⁻¹g higher, a
     Newton step away; the evidence at the weights is then short by about that much (exactly,
-    for a linear model with a Gaussian likelihood, whose log posterior is that quadratic). A gap
-    of a nat or more is larger than the evidence differences that decide between candidates:
-    train longer, or end with a smaller learning rate. Compare with
-    ``laplace.log_evidence()`` (docs/math.md §8, "How far from the mode").
+    for a linear model with a Gaussian likelihood and a structure whose A is exact, "full", or
+    "kfac" for one output: its log posterior is that quadratic). A gap of a nat or more is
+    larger than the evidence differences that decide between candidates: train longer, on
+    batches of equal size, or end with a smaller learning rate (docs/math.md §4, "How far from
+    the mode"). The gap is measured in the structure's own A, so it differs between structures;
+    with ``weights=`` a subset it is the distance of the selected weights from the mode given
+    the others.
 
     ``x``, ``y``: the training data as for the fit; by default the Laplace's own (a Laplace
     loaded from a file has none: pass them). ValueError when they are not its training data
-    (another N, other targets, a data term at the weights other than the fit's), when the
-    weights changed since the fit, or for a structure without ``inverse_quadratic``.
+    (another N, other targets, a data term at the weights other than the fit's) or when the
+    weights changed since the fit; :class:`ModeGapUnavailable` (a ValueError) when its own
+    data differ from pass to pass or its structure has no ``inverse_quadratic``.
     """
     post = laplace.posterior
     post.check_weights_unchanged()
@@ -654,14 +665,19 @@ def mode_gap(laplace, x=None, y=None) -> float:
     eng = post.structure.engine_for(post.model)
     with own_calls(post.model):
         value, grad = eng.data_gradient(data, post.likelihood, post.groups, beta)
-    _check_fitted_term(value, float(post.group_errors @ beta), own, post.n_obs)
+    try:
+        _check_fitted_term(value, float(post.group_errors @ beta), own, post.summary.n_data)
+    except ValueError as err:
+        if own:
+            raise ModeGapUnavailable(str(err)) from None
+        raise
     alpha = post.alpha_weights()
     grad = grad + np.asarray(alpha, np.float64) * eng.flat_weights().astype(np.float64)
     structure, b = post.operator()
     try:
         quadratic = structure.inverse_quadratic(grad, alpha, b)
     except NotImplementedError as err:
-        raise ValueError(f"{err}: the distance to the mode needs it") from None
+        raise ModeGapUnavailable(f"{err}: the distance to the mode needs it") from None
     return 0.5 * float(quadratic)
 
 
@@ -756,10 +772,10 @@ def _stream(x, y, n: int, batch_size: int, seed: int):
     """(dataset, steps per epoch) for ``model.fit``: batches of exactly ``batch_size`` samples
     (all N when fewer) drawn from a shuffled stream of (x, y) that repeats, ⌈N/batch_size⌉ per
     epoch. Keras weighs each batch's mean loss alike, so the short last batch of
-    ``fit(x, y, batch_size=...)`` — one sample of 353 at batch_size=32 — weighs its samples up
-    to batch_size times over and holds the weights off the mode of the log posterior (by 7 to
-    30 nats for notebook 09's linear models); equal batches from a stream weigh every sample
-    alike on average."""
+    ``fit(x, y, batch_size=...)`` — one sample of 353 at batch_size=32 — ends every epoch on a
+    full step driven by its few samples, which leaves the weights off the mode of the log
+    posterior (by 7 to 29 nats for notebook 09's linear models, however many epochs); equal
+    batches from a stream reach it."""
     import tensorflow as tf
 
     def nest(v):  # a list of inputs is a nest of its parts, not one stacked tensor
@@ -1103,9 +1119,8 @@ def _warn_far_from_mode(table: ComparisonTable) -> None:
         warnings.warn(
             f"training stopped short of the mode for {far} (mode_gap, in nats): the Laplace "
             "evidence assumes the most probable weights, and each of these evidences is short "
-            "by roughly its gap (exactly, for a linear model with a Gaussian likelihood), more "
-            "than the differences that can decide a comparison; train longer, or end with a "
-            "smaller learning rate",
+            "by roughly its gap, more than the differences that can decide a comparison; "
+            "train longer, or end with a smaller learning rate",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -1134,15 +1149,21 @@ def _larger(new: float, old: float) -> bool:
 
 
 def _row(name: str, likelihood: str, la, seconds: float | None,
-         symmetry: float | None = None, data=(None, None), gap=None) -> dict:  # fmt: skip
+         symmetry: float | None = None, data=(None, None), gap=_MEASURE) -> dict:  # fmt: skip
     """A candidate's row of :data:`COLUMNS` from its fitted Laplace (``symmetry``: its
-    :func:`log_symmetry`, and ``gap`` its :func:`mode_gap`, computed here by default —
-    ``data``: x, y for a Laplace without its own; no gap without any)."""
+    :func:`log_symmetry`, and ``gap`` its :func:`mode_gap` or None, measured here by default
+    — ``data``: x, y for a Laplace without its own; None without any, or where it cannot be
+    measured, with a warning saying why)."""
     parts = la.log_evidence_parts()
     if symmetry is None:
         symmetry = log_symmetry(la)
-    if gap is None and (la.posterior.data is not None or data[0] is not None):
-        gap = mode_gap(la, *data)
+    if gap is _MEASURE:
+        gap = None
+        if la.posterior.data is not None or data[0] is not None:
+            try:
+                gap = mode_gap(la, *data)
+            except ModeGapUnavailable as err:
+                warnings.warn(f"{name!r}: mode_gap not measured: {err}", stacklevel=3)
     return {
         "name": name,
         "likelihood": likelihood,

@@ -1230,7 +1230,7 @@ def test_a_data_term_that_nearly_cancels_is_compared_on_the_scale_of_its_observa
     with pytest.raises(ValueError, match="x, y are not the data"):
         _check_fitted_term(-1.9387 + 1.0, -1.9387, False, 400)
     rises = object.__new__(_PathRises)
-    rises.fitted, rises.n_obs, rises.own, rises._base = -1.9387, 400, True, None
+    rises.fitted, rises.n_data, rises.own, rises._base = -1.9387, 400, True, None
     rises._check_base(-1.93870)
     rises._check_base(-1.93868)  # the pass-to-pass round-off that was refused
     with pytest.raises(ValueError, match="differs from one pass"):
@@ -1270,3 +1270,74 @@ def test_compare_models_trains_on_equal_batches_and_reaches_the_mode():
         model.fit(x, y, epochs=40, batch_size=20, callbacks=[callback], verbose=0)
     assert callback.mode_gap > 1.0 and callback.history[-1]["mode_gap"] == callback.mode_gap
     assert callback.mode_gap == pytest.approx(mode_gap(callback.laplace), rel=1e-9)
+
+
+def test_the_mode_gap_of_a_last_layer_with_a_noise_precision_per_output_from_a_dataset(rng):
+    """weights="last_layer" (the prior and the gradient over the selected weights only), one β
+    per output: ½ gᵀA⁻¹g by hand from the last layer's features, g = Σ_k β_k Φᵀ(f_k − t_k)
+    and A = α I + Σ_k β_k ΦᵀΦ per output's columns; the same data as a dataset give the same
+    gap (one β)."""
+    import tensorflow as tf
+
+    from sigma.selection import mode_gap
+
+    model = make_mlp(n_in=3, hidden=(5,), n_out=2)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 2))
+    options = dict(structure="full", weights="last_layer", prior="scalar", alpha=0.7)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    on_data, on_arrays = (
+        sigma.Laplace(model, data, **options),
+        sigma.Laplace(model, x, y, **options),
+    )
+    on_data.beta = on_arrays.beta = 2.0
+    np.testing.assert_allclose(mode_gap(on_data), mode_gap(on_arrays), rtol=1e-10)
+    la = sigma.Laplace(model, x, y, **options)
+    la.beta = [1.0, 4.0]
+    w1, b1, w2, b2 = (v.numpy() for v in model.trainable_variables)
+    phi = np.hstack([np.tanh(x @ w1 + b1), np.ones((30, 1))])  # (N, 6): features and bias
+    residual = phi @ np.vstack([w2, b2]) - y  # (N, 2)
+    beta = np.array([1.0, 4.0])
+    # weights in package order: the kernel (5, 2) row-major, then the bias (2,)
+    grad = np.zeros((6, 2))
+    precision = 0.7 * np.eye(12)
+    index = np.arange(12).reshape(6, 2)  # the weight of feature i for output k
+    for k in range(2):
+        grad[:, k] = beta[k] * phi.T @ residual[:, k]
+        precision[np.ix_(index[:, k], index[:, k])] += beta[k] * phi.T @ phi
+    w = np.vstack([w2, b2])
+    g = (grad + 0.7 * w).reshape(-1)
+    np.testing.assert_allclose(mode_gap(la), 0.5 * g @ np.linalg.solve(precision, g), rtol=1e-8)
+
+
+def test_a_mode_gap_that_cannot_be_measured_is_none_with_the_reason(rng, monkeypatch):
+    """A dataset that differs from pass to pass (shuffled, drop_remainder) or a structure
+    without inverse_quadratic: mode_gap raises ModeGapUnavailable (a ValueError), and the
+    comparison tables and EvidenceCallback give None with a warning saying why, instead of
+    failing. Data that are not the Laplace's stay a plain error."""
+    import tensorflow as tf
+
+    from sigma.selection import ModeGapUnavailable, mode_gap
+    from sigma.structures.base import Structure
+    from sigma.structures.diag import Diag
+
+    model = make_mlp(n_in=3, hidden=(5,), n_out=1)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(40).batch(7, drop_remainder=True)
+    la = sigma.Laplace(model, shuffled, structure="kfac", prior="scalar", alpha=1.0)
+    with pytest.raises(ModeGapUnavailable, match="no longer give the fit's"):
+        mode_gap(la)
+    with pytest.warns(UserWarning, match="'a': mode_gap not measured: the data term"):
+        table = sigma.compare_laplaces({"a": la}, paths=False).table
+    assert table["a"]["mode_gap"] is None
+    monkeypatch.setattr(Diag, "inverse_quadratic", Structure.inverse_quadratic)
+    diag = sigma.Laplace(model, x, y, structure="diag", prior="scalar", alpha=1.0)
+    with pytest.raises(ModeGapUnavailable, match="does not define inverse_quadratic"):
+        mode_gap(diag)
+    model.compile("adam", "mse")
+    callback = sigma.EvidenceCallback(x, y, structure="diag", every=1, verbose=0)
+    with pytest.warns(RuntimeWarning, match="cb.mode_gap not measured: .*inverse_quadratic"):
+        model.fit(x, y, epochs=1, batch_size=20, callbacks=[callback], verbose=0)
+    assert callback.mode_gap is None and "mode_gap" not in callback.history[-1]
+    with pytest.raises(ValueError, match="x, y are not the data") as caught:
+        mode_gap(sigma.Laplace(model, x, y, structure="kfac"), x[::-1], y)
+    assert not isinstance(caught.value, ModeGapUnavailable)
