@@ -134,7 +134,7 @@ per_candidate = (
     .mean()
     .sort_values(["dataset", "evidence_per_point"], ascending=[True, False])
 )  # fmt: skip
-per_candidate
+per_candidate.round({"mode_gap": 3})  # shown in plain decimals, not e-notation
 
 # %% [markdown]
 # ## 2. Evidence against held-out log-likelihood
