@@ -212,6 +212,9 @@ class EvidenceCallback(keras.callbacks.Callback):
     verbose : 1 (default) reports one line per re-estimation unless ``model.fit`` is silent
         (Keras' ``verbose=0``), 0 never. The line goes where Keras' own progress goes: stdout,
         or the ``sigma.callbacks`` logger when Keras' interactive logging is off.
+    check_mode : at the end of ``fit``, measure how far short of the mode training stopped
+        (``mode_gap``: one gradient pass over the data) and warn beyond 1 nat (default);
+        False skips both (``mode_gap`` stays None).
 
     At every epoch end the callback writes the current estimates into Keras' ``logs`` —
     ``evidence_alpha`` (one group) or ``evidence_alpha_<group>`` (several), ``evidence_beta``
@@ -257,6 +260,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         batch_size: int | None = None,
         max_iter: int = 1000,
         verbose: int = 1,
+        check_mode: bool = True,
     ):
         super().__init__()
         self.every = check_positive_int(every, "every")
@@ -279,7 +283,8 @@ class EvidenceCallback(keras.callbacks.Callback):
                 "y is required when x is an array: pass the training targets, or x as a "
                 "tf.data.Dataset of (x, y) batches"
             )
-        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta")):
+        for flag, name in ((fix_alpha, "fix_alpha"), (fix_beta, "fix_beta"),
+                           (check_mode, "check_mode")):  # fmt: skip
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.x, self.y = x, y
@@ -287,6 +292,7 @@ class EvidenceCallback(keras.callbacks.Callback):
         self.structure_options, self.batch_size = structure_options, batch_size
         self.start_alpha, self.start_beta = alpha, beta
         self.fix_alpha, self.fix_beta, self.max_iter = fix_alpha, fix_beta, max_iter
+        self.check_mode = check_mode
         if verbose not in (0, 1) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
         self.likelihood, self.verbose = likelihood, verbose
@@ -426,7 +432,8 @@ class EvidenceCallback(keras.callbacks.Callback):
         try:
             if self._fitted_at is None or not np.array_equal(self._weights(), self.laplace.w_map):
                 self._reestimate("end")
-            self._check_mode()
+            if self.check_mode:
+                self._check_mode()
         finally:
             self._step = self._armed = None
             for v, saved in zip(self._variables, self._saved, strict=True):
@@ -434,11 +441,10 @@ class EvidenceCallback(keras.callbacks.Callback):
             self.model.make_train_function(force=True)  # the model's own step, no penalty
 
     def _check_mode(self) -> None:
-        """``mode_gap``: how far short of the mode of the log posterior training stopped, in
-        nats (:func:`sigma.selection.mode_gap`; None, with a warning, where it cannot be
-        measured: data that differ from pass to pass),
-        in the last history row too; a RuntimeWarning beyond
-        :data:`sigma.selection.MODE_GAP`."""
+        """``mode_gap`` (and the last history row's): how far short of the mode of the log
+        posterior training stopped, in nats (:func:`sigma.selection.mode_gap`), with a
+        RuntimeWarning beyond :data:`sigma.selection.MODE_GAP`; None, with a warning saying
+        why, where it cannot be measured (data that differ from pass to pass)."""
         from sigma.selection import MODE_GAP, ModeGapUnavailable, mode_gap
 
         try:

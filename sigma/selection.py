@@ -60,7 +60,9 @@ _SYMMETRIC_PRIORS = ("scalar", "layer", "variable")
 # The distance to the mode (mode_gap, nats) beyond which compare_models and compare_laplaces
 # warn: evidence differences of a nat or two decide comparisons.
 MODE_GAP = 1.0
-_MEASURE = object()  # _row's default: measure the mode gap
+# compare_models measures each candidate's gap for its table (one warning for all): the
+# callbacks it trains with do not.
+_MEASURED_HERE = {"check_mode": False}
 # Angles at which the path test evaluates the data term along the rotation of two units, a
 # quarter turn in steps of 5.6°: the data term is a smooth function of the angle.
 PATH_ANGLES = np.pi / 2 * np.arange(1, 17) / 16
@@ -672,7 +674,8 @@ def mode_gap(laplace, x=None, y=None) -> float:
             raise ModeGapUnavailable(str(err)) from None
         raise
     alpha = post.alpha_weights()
-    grad = grad + np.asarray(alpha, np.float64) * eng.flat_weights().astype(np.float64)
+    weights = post.structure.posterior_weights(post.model).astype(np.float64)
+    grad = grad + np.asarray(alpha, np.float64) * weights
     structure, b = post.operator()
     try:
         quadratic = structure.inverse_quadratic(grad, alpha, b)
@@ -923,7 +926,7 @@ def compare_models(
     models, kinds, callbacks = {}, {}, {}
     for name, (build, options) in specs.items():
         try:  # the options are checked before anything is trained
-            callbacks[name] = EvidenceCallback(x, y, verbose=0, **options)
+            callbacks[name] = EvidenceCallback(x, y, verbose=0, **options, **_MEASURED_HERE)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"candidates[{name!r}]: {exc}") from None
         keras.utils.set_random_seed(seed)
@@ -961,20 +964,17 @@ def compare_models(
                     model, callback = models.pop(name), callbacks.pop(name)
                 else:
                     build, options = specs[name]
-                    callback = EvidenceCallback(x, y, verbose=0, **options)
+                    callback = EvidenceCallback(x, y, verbose=0, **options, **_MEASURED_HERE)
                     keras.utils.set_random_seed(seed + r)
                     model = build()
                 keras.utils.set_random_seed(seed + r)
                 start = time.perf_counter()
                 data, steps = _stream(x, y, n_data, batch_size, seed + r)
-                with warnings.catch_warnings():  # one warning for all, with the table
-                    warnings.filterwarnings("ignore", message="training stopped .* short of")
-                    model.fit(data, epochs=epochs, steps_per_epoch=steps, shuffle=False,
-                              callbacks=[callback], verbose=0)  # fmt: skip
+                model.fit(data, epochs=epochs, steps_per_epoch=steps, shuffle=False,
+                          callbacks=[callback], verbose=0)  # fmt: skip
                 seconds = time.perf_counter() - start
                 la = callback.laplace
-                row = _row(name, kinds[name], la, seconds, log_symmetry(la, paths=paths),
-                           gap=callback.mode_gap)  # fmt: skip
+                row = _row(name, kinds[name], la, seconds, log_symmetry(la, paths=paths))
             except Exception as exc:
                 exc.add_note(f"(sigma.compare_models, candidate {name!r}{where})")
                 raise
@@ -1149,21 +1149,20 @@ def _larger(new: float, old: float) -> bool:
 
 
 def _row(name: str, likelihood: str, la, seconds: float | None,
-         symmetry: float | None = None, data=(None, None), gap=_MEASURE) -> dict:  # fmt: skip
+         symmetry: float | None = None, data=(None, None)) -> dict:  # fmt: skip
     """A candidate's row of :data:`COLUMNS` from its fitted Laplace (``symmetry``: its
-    :func:`log_symmetry`, and ``gap`` its :func:`mode_gap` or None, measured here by default
-    — ``data``: x, y for a Laplace without its own; None without any, or where it cannot be
-    measured, with a warning saying why)."""
+    :func:`log_symmetry`, computed here by default; the :func:`mode_gap` on ``data``, x, y for
+    a Laplace without its own: None without any, or where it cannot be measured, with a
+    warning saying why)."""
     parts = la.log_evidence_parts()
     if symmetry is None:
         symmetry = log_symmetry(la)
-    if gap is _MEASURE:
-        gap = None
-        if la.posterior.data is not None or data[0] is not None:
-            try:
-                gap = mode_gap(la, *data)
-            except ModeGapUnavailable as err:
-                warnings.warn(f"{name!r}: mode_gap not measured: {err}", stacklevel=3)
+    gap = None
+    if la.posterior.data is not None or data[0] is not None:
+        try:
+            gap = mode_gap(la, *data)
+        except ModeGapUnavailable as err:
+            warnings.warn(f"{name!r}: mode_gap not measured: {err}", stacklevel=3)
     return {
         "name": name,
         "likelihood": likelihood,

@@ -3,6 +3,8 @@ regression over polynomial degrees, Bishop 2006 §3.5, and scikit-learn's Bayesi
 data whose noise does or does not depend on x, and the refusals of comparisons that are not
 valid; the split of the evidence into data fit and Occam factor."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -1270,6 +1272,14 @@ def test_compare_models_trains_on_equal_batches_and_reaches_the_mode():
         model.fit(x, y, epochs=40, batch_size=20, callbacks=[callback], verbose=0)
     assert callback.mode_gap > 1.0 and callback.history[-1]["mode_gap"] == callback.mode_gap
     assert callback.mode_gap == pytest.approx(mode_gap(callback.laplace), rel=1e-9)
+    # check_mode=False: no gradient pass, no gap, no warning
+    unchecked = sigma.EvidenceCallback(x, y, verbose=0, check_mode=False, **options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="training stopped")
+        model.fit(x, y, epochs=2, batch_size=20, callbacks=[unchecked], verbose=0)
+    assert unchecked.mode_gap is None and "mode_gap" not in unchecked.history[-1]
+    with pytest.raises(ValueError, match="check_mode must be True or False, got 'yes'"):
+        sigma.EvidenceCallback(x, y, check_mode="yes")
 
 
 def test_the_mode_gap_of_a_last_layer_with_a_noise_precision_per_output_from_a_dataset(rng):
